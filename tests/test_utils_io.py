@@ -1,0 +1,22 @@
+"""Atomic output: a failure never leaves a half-written or replaced file."""
+
+import pytest
+
+from tvm_hcprune.utils import atomic_write, atomic_write_text
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    dest = tmp_path / "out.json"
+    atomic_write_text(dest, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(dest) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert dest.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_atomic_write_creates_parents(tmp_path):
+    dest = tmp_path / "a" / "b" / "x.txt"
+    atomic_write_text(dest, "hello")
+    assert dest.read_text() == "hello"
