@@ -1,0 +1,1 @@
+"""Schedules: CPU schedule rules, MetaSchedule tuning and database handling."""
