@@ -1,0 +1,167 @@
+"""ONNX models built with ``onnx.helper``: the shapes of real networks with seeded weights.
+
+They stand in for real checkpoints where only the topology matters (schedules, analysis
+speed, structure tests). Every builder returns an ``onnx.ModelProto`` (opset 17) whose
+single input is named ``"input"`` with shape ``[1, C, H, W]`` float32, with BatchNorm left
+unfused as exporters emit it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+class GraphBuilder:
+    """Accumulates nodes and initializers; names are generated and unique."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def const(self, value: np.ndarray, prefix: str = "c") -> str:
+        name = self._name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], prefix: str | None = None, **attrs) -> str:
+        out = self._name(prefix or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def conv(self, x, cin, cout, k, stride=1, groups=1, bias=False, pad=None):
+        fan_in = cin // groups * k * k
+        w = self.rng.normal(0, np.sqrt(2.0 / fan_in), (cout, cin // groups, k, k))
+        inputs = [x, self.const(w.astype(np.float32), "w")]
+        if bias:
+            inputs.append(self.const(self.rng.normal(0, 0.1, cout).astype(np.float32), "b"))
+        p = k // 2 if pad is None else pad
+        return self.op("Conv", inputs, "conv", kernel_shape=[k, k], strides=[stride, stride],
+                       pads=[p, p, p, p], group=groups)
+
+    def bn(self, x, c, gamma=1.0):
+        r = self.rng
+        params = [r.uniform(0.5, 1.5, c) * gamma, r.normal(0, 0.1, c), r.normal(0, 0.1, c),
+                  r.uniform(0.5, 1.5, c)]
+        names = [self.const(p.astype(np.float32), "bn") for p in params]
+        return self.op("BatchNormalization", [x, *names], "bn", epsilon=1e-5)
+
+    def conv_bn(self, x, cin, cout, k, stride=1, groups=1, act="relu", gamma=1.0):
+        # residual branches end with a small gamma (as with zero-init BN) so that
+        # activations stay O(1) through deep random networks
+        y = self.bn(self.conv(x, cin, cout, k, stride, groups), cout, gamma)
+        if act == "relu":
+            y = self.op("Relu", [y])
+        elif act == "relu6":
+            lo = self.const(np.array(0.0, np.float32), "lo")
+            hi = self.const(np.array(6.0, np.float32), "hi")
+            y = self.op("Clip", [y, lo, hi])
+        return y
+
+    def head(self, x, cin, num_classes):
+        y = self.op("GlobalAveragePool", [x])
+        y = self.op("Flatten", [y], axis=1)
+        w = self.rng.normal(0, np.sqrt(1.0 / cin), (num_classes, cin)).astype(np.float32)
+        b = np.zeros(num_classes, np.float32)
+        return self.op("Gemm", [y, self.const(w, "fc_w"), self.const(b, "fc_b")], "logits",
+                       transB=1)
+
+    def model(self, out: str, in_shape, out_shape, name: str) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(in_shape))],
+            [helper.make_tensor_value_info(out, TensorProto.FLOAT, list(out_shape))],
+            self.inits,
+        )
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="tvm_hcprune.testing")
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
+
+
+def resnet(depth: int = 18, width: int = 64, image: int = 224, num_classes: int = 1000,
+           in_channels: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-18/34 (basic blocks) or ResNet-50 (bottlenecks), torchvision's layout."""
+    layers = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}
+    if depth not in layers:
+        raise ValueError(f"resnet depth must be one of {sorted(layers)}, got {depth}")
+    bottleneck = depth >= 50
+    g = GraphBuilder(seed)
+    x = g.conv_bn("input", in_channels, width, 7, stride=2)
+    x = g.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = width
+    for stage, blocks in enumerate(layers[depth]):
+        planes = width * 2**stage
+        cout = planes * 4 if bottleneck else planes
+        for b in range(blocks):
+            stride = 2 if (stage > 0 and b == 0) else 1
+            if bottleneck:
+                y = g.conv_bn(x, cin, planes, 1)
+                y = g.conv_bn(y, planes, planes, 3, stride)
+                y = g.conv_bn(y, planes, cout, 1, act=None, gamma=0.2)
+            else:
+                y = g.conv_bn(x, cin, planes, 3, stride)
+                y = g.conv_bn(y, planes, cout, 3, act=None, gamma=0.2)
+            short = x if (stride == 1 and cin == cout) else g.conv_bn(x, cin, cout, 1, stride,
+                                                                      act=None)
+            x = g.op("Relu", [g.op("Add", [y, short])])
+            cin = cout
+    out = g.head(x, cin, num_classes)
+    return g.model(out, [1, in_channels, image, image], [1, num_classes], f"resnet{depth}")
+
+
+def mobilenet_v2(width_mult: float = 1.0, image: int = 224, num_classes: int = 1000,
+                 seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV2: inverted residuals with depthwise 3x3 and ReLU6 (Clip)."""
+
+    def rnd(c):
+        return max(8, int(c * width_mult + 4) // 8 * 8)
+
+    cfg = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+           (6, 160, 3, 2), (6, 320, 1, 1)]
+    g = GraphBuilder(seed)
+    cin = rnd(32)
+    x = g.conv_bn("input", 3, cin, 3, stride=2, act="relu6")
+    for t, c, n, s in cfg:
+        cout = rnd(c)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            y = x if t == 1 else g.conv_bn(x, cin, hidden, 1, act="relu6")
+            y = g.conv_bn(y, hidden, hidden, 3, stride, groups=hidden, act="relu6")
+            y = g.conv_bn(y, hidden, cout, 1, act=None, gamma=0.3)
+            x = g.op("Add", [x, y]) if (stride == 1 and cin == cout) else y
+            cin = cout
+    last = max(1280, rnd(1280))
+    x = g.conv_bn(x, cin, last, 1, act="relu6")
+    out = g.head(x, last, num_classes)
+    return g.model(out, [1, 3, image, image], [1, num_classes], "mobilenet_v2")
+
+
+def small_resnet(width: int = 32, image: int = 32, num_classes: int = 10,
+                 in_channels: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """A small ResNet-style CNN (three stages, residuals, BN, Gemm head) for the demo."""
+    g = GraphBuilder(seed)
+    x = g.conv_bn("input", in_channels, width, 3)
+    cin = width
+    for stage in range(3):
+        cout = width * 2**stage
+        stride = 1 if stage == 0 else 2
+        y = g.conv_bn(x, cin, cout, 3, stride)
+        y = g.conv_bn(y, cout, cout, 3, act=None)
+        short = x if (stride == 1 and cin == cout) else g.conv_bn(x, cin, cout, 1, stride,
+                                                                  act=None)
+        x = g.op("Relu", [g.op("Add", [y, short])])
+        cin = cout
+    out = g.head(x, cin, num_classes)
+    return g.model(out, [1, in_channels, image, image], [1, num_classes], "small_resnet")
