@@ -1,0 +1,68 @@
+"""Hardware profiles: channel multiples per ISA, host detection, immutability."""
+
+import dataclasses
+
+import pytest
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware import HardwareProfile, host_physical_cores, profile_for
+
+
+@pytest.mark.parametrize(
+    ("target", "isa", "multiple", "lanes"),
+    [
+        ({"kind": "llvm", "mcpu": "haswell"}, "avx2", 8, 8),
+        ({"kind": "llvm", "mcpu": "znver3"}, "avx2", 8, 8),
+        ({"kind": "llvm", "mcpu": "skylake-avx512"}, "avx512", 16, 16),
+        ("llvm -mcpu=znver3 -mattr=+avx512f", "avx512", 16, 16),
+        ("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72", "neon", 4, 4),
+    ],
+)
+def test_llvm_profiles_by_mcpu_and_mattr(target, isa, multiple, lanes):
+    """The ISA, channel multiple and fp32 lanes follow the target's mcpu/mattr."""
+    prof = profile_for(target)
+    assert prof.kind == "llvm"
+    assert prof.isa == isa
+    assert prof.channel_multiple == multiple
+    assert prof.lanes("float32") == lanes
+    assert prof.lanes("int8") == lanes * 4
+
+
+def test_host_profile_uses_host_cpu():
+    """profile_for(None) describes this machine: its LLVM CPU name and physical cores."""
+    from tvm.target import codegen
+
+    prof = profile_for(None)
+    assert prof.mcpu == codegen.llvm_get_system_cpu()
+    assert prof.cores == host_physical_cores()
+    assert prof.peak_gflops() == pytest.approx(
+        2 * prof.lanes() * prof.fma_units * prof.cores * prof.freq_ghz
+    )
+
+
+def test_cuda_and_vta_profiles():
+    """CUDA profiles come from arch (multiple 8); VTA from its 16x16 GEMM core."""
+    cuda = profile_for("cuda -arch=sm_80")
+    assert (cuda.kind, cuda.mcpu, cuda.channel_multiple) == ("cuda", "sm_80", 8)
+    assert profile_for("nvidia/nvidia-a100").l2_bytes == 41943040
+    vta = profile_for("vta")
+    assert (vta.kind, vta.channel_multiple) == ("vta", 16)
+    big = profile_for("vta", vta_config={"LOG_BLOCK_IN": 5, "LOG_BLOCK_OUT": 5})
+    assert big.channel_multiple == 32
+
+
+def test_profile_is_frozen_and_serialisable():
+    """Profiles are immutable records with a dict form."""
+    prof = profile_for({"kind": "llvm", "mcpu": "haswell"})
+    assert isinstance(prof, HardwareProfile)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prof.channel_multiple = 4  # type: ignore[misc]
+    assert prof.to_dict()["channel_multiple"] == 8
+
+
+def test_bad_inputs_raise():
+    """Unknown kinds and dtypes raise HCPruneError naming them."""
+    with pytest.raises(HCPruneError, match="opencl"):
+        profile_for("opencl")
+    with pytest.raises(HCPruneError, match="float64"):
+        profile_for({"kind": "llvm", "mcpu": "haswell"}).lanes("float64")

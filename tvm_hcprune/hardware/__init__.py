@@ -1,0 +1,14 @@
+"""Hardware profiles: frozen :class:`HardwareProfile` records and :func:`profile_for`.
+
+``profile_for(target)`` reads an LLVM target's ``mcpu``/``mattr`` (the host CPU when the
+target names none), a CUDA target's ``arch`` or the VTA configuration, and returns the record
+the pruner (default ``align`` = ``channel_multiple``) and the CPU schedules (channel block)
+share.
+"""
+
+from __future__ import annotations
+
+from tvm_hcprune.hardware.detect import host_physical_cores, profile_for
+from tvm_hcprune.hardware.profile import HardwareProfile
+
+__all__ = ["HardwareProfile", "host_physical_cores", "profile_for"]

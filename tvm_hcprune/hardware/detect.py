@@ -1,0 +1,231 @@
+"""``profile_for(target)``: build a :class:`HardwareProfile` from a TVM target."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.profile import HardwareProfile
+
+# Channel multiples (the pruner's default align and the schedules' channel block):
+#  * x86 AVX2: one 256-bit register holds 8 fp32 -> 8.
+#  * x86 AVX-512: 16 fp32 per register -> 16.
+#  * Arm NEON: 4 fp32 per 128-bit register -> 4.
+#  * VTA: the GEMM core is BLOCK_IN x BLOCK_OUT = 16 x 16 -> 16.
+#  * CUDA: 8. NVIDIA's Tensor Core guidance asks for channel counts that are multiples of 8
+#    for fp16 (and of 4 for tf32); cuDNN/cuBLAS otherwise pad or fall back to slower
+#    kernels, and TVM's dlight GEMM rules pad M/N/K to their tiles anyway, so a coarser
+#    multiple (e.g. the 32-thread warp) would cost accuracy for no measured speed.
+_CUDA_CHANNEL_MULTIPLE = 8
+
+# SM counts of well-known parts (for the peak estimate only).
+_CUDA_SMS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132}
+
+
+def host_physical_cores() -> int:
+    """Number of physical CPU cores of this machine (at least 1)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+        if n:
+            return int(n)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        pass
+    return max(1, os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _host_cache_sizes() -> tuple[int, int]:
+    """(L1d, L2) sizes in bytes of this machine, from sysfs; (32 KiB, 512 KiB) if unknown."""
+    l1, l2 = 32 * 1024, 512 * 1024
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in base.glob("index*"):
+            level = (idx / "level").read_text().strip()
+            ctype = (idx / "type").read_text().strip()
+            size = _parse_size((idx / "size").read_text().strip())
+            if level == "1" and ctype in ("Data", "Unified"):
+                l1 = size
+            elif level == "2":
+                l2 = size
+    except OSError:
+        pass
+    return l1, l2
+
+
+def _parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([KMG]?)", text.upper())
+    if not m:
+        raise ValueError(text)
+    return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2)]
+
+
+@functools.lru_cache(maxsize=1)
+def _host_freq_ghz() -> float:
+    """Maximum clock of this machine in GHz (cpufreq if exposed, else /proc/cpuinfo)."""
+    try:
+        khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
+        return int(khz) / 1e6
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("cpu mhz"):
+                return float(line.split(":")[1]) / 1000.0
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2.5
+
+
+def _llvm_features(target) -> set[str]:
+    from tvm.target import codegen
+
+    try:
+        return set(codegen.llvm_get_cpu_features(target))
+    except Exception as err:  # noqa: BLE001 - LLVM errors come as several types
+        raise HCPruneError(
+            f"cannot query the CPU features of target {target}: {err}; "
+            "give a valid 'mcpu' (e.g. 'znver3', 'skylake-avx512', 'cortex-a72')"
+        ) from err
+
+
+def _llvm_profile(target) -> HardwareProfile:
+    from tvm.target import codegen
+
+    attrs = dict(target.attrs)
+    triple = str(attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    mcpu = str(attrs.get("mcpu", "") or "")
+    host_triple = codegen.llvm_get_system_triple()
+    is_host = triple == host_triple or not attrs.get("mtriple")
+    if not mcpu and is_host:
+        mcpu = str(codegen.llvm_get_system_cpu())
+        from tvm.target import Target
+
+        target = Target({**_target_dict(target), "mcpu": mcpu})
+    feats = _llvm_features(target)
+    cores = int(attrs.get("num-cores", 0) or 0) or (host_physical_cores() if is_host else 1)
+    l1, l2 = _host_cache_sizes() if is_host else (32 * 1024, 512 * 1024)
+    freq = _host_freq_ghz() if is_host else 2.0
+    arch = triple.split("-")[0]
+    if arch in ("x86_64", "i686", "i386") or "avx2" in feats or "sse2" in feats:
+        if "avx512f" in feats:
+            isa, bits, regs, mult = "avx512", 512, 32, 16
+        elif "avx2" in feats:
+            isa, bits, regs, mult = "avx2", 256, 16, 8
+        elif "avx" in feats:
+            isa, bits, regs, mult = "avx", 256, 16, 8
+        else:
+            isa, bits, regs, mult = "sse", 128, 16, 4
+        fma = 2 if ("fma" in feats or isa == "avx512") else 1
+        name = f"x86-{isa}"
+    elif arch.startswith(("aarch64", "arm64", "arm")) or "neon" in feats:
+        isa, bits, regs, mult = "neon", 128, 32 if arch.startswith(("aarch64", "arm64")) else 16, 4
+        fma = 2
+        name = "arm-neon"
+    else:
+        isa, bits, regs, mult, fma = "scalar", 32, 16, 1, 1
+        name = f"{arch}-scalar"
+    return HardwareProfile(
+        name=name,
+        kind="llvm",
+        isa=isa,
+        vector_bits=bits,
+        fma_units=fma,
+        vector_registers=regs,
+        channel_multiple=mult,
+        l1_bytes=l1,
+        l2_bytes=l2,
+        cores=cores,
+        freq_ghz=round(freq, 3),
+        mcpu=mcpu,
+        notes="peak uses the reported clock; turbo can exceed it" if is_host else "",
+    )
+
+
+def _target_dict(target) -> dict:
+    import json
+
+    return json.loads(str(target))
+
+
+def _cuda_profile(target) -> HardwareProfile:
+    attrs = dict(target.attrs)
+    arch = str(attrs.get("arch", "") or "sm_80")
+    smem = int(attrs.get("max_shared_memory_per_block", 49152) or 49152)
+    l2 = int(attrs.get("l2_cache_size_bytes", 0) or 0) or 4 * 1024 * 1024
+    return HardwareProfile(
+        name=f"cuda-{arch}",
+        kind="cuda",
+        isa="cuda",
+        vector_bits=32 * 32,
+        fma_units=4,
+        vector_registers=255,
+        channel_multiple=_CUDA_CHANNEL_MULTIPLE,
+        l1_bytes=smem,
+        l2_bytes=l2,
+        cores=_CUDA_SMS.get(arch, 0),
+        freq_ghz=1.4,
+        mcpu=arch,
+        notes="channel_multiple 8: Tensor Core fp16 channel guidance; peak is a rough estimate",
+    )
+
+
+def _vta_profile(config: dict | None = None) -> HardwareProfile:
+    cfg = {"BLOCK_IN": 16, "BLOCK_OUT": 16, "BATCH": 1}
+    if config:
+        cfg.update({k.upper(): v for k, v in config.items()})
+    for key in ("LOG_BLOCK_IN", "LOG_BLOCK_OUT"):
+        if key in cfg:
+            cfg[key[4:]] = 1 << int(cfg[key])
+    block = int(cfg["BLOCK_OUT"])
+    return HardwareProfile(
+        name="vta",
+        kind="vta",
+        isa="vta",
+        vector_bits=block * 8,
+        fma_units=int(cfg["BLOCK_IN"]),
+        vector_registers=0,
+        channel_multiple=max(int(cfg["BLOCK_IN"]), block),
+        l1_bytes=32 * 1024,
+        l2_bytes=0,
+        cores=1,
+        freq_ghz=0.1,
+        notes="GEMM core BLOCK_IN x BLOCK_OUT int8",
+    )
+
+
+def profile_for(target=None, vta_config: dict | None = None) -> HardwareProfile:
+    """Return the :class:`HardwareProfile` of ``target``.
+
+    Parameters
+    ----------
+    target : tvm.target.Target, str, dict or None
+        Anything :func:`tvm_hcprune.target.parse_target` accepts, or ``"vta"``. ``None`` is the
+        host CPU (``llvm`` with the host's ``mcpu`` and physical core count).
+    vta_config : dict, optional
+        VTA configuration (``LOG_BLOCK_IN``/``BLOCK_IN`` ...); defaults to the 16x16 core.
+
+    Returns
+    -------
+    HardwareProfile
+    """
+    if isinstance(target, str) and target.strip().lower() in ("vta", "ext_dev -device=vta"):
+        return _vta_profile(vta_config)
+    from tvm_hcprune.target import parse_target
+
+    tgt = parse_target("llvm" if target is None else target)
+    kind = tgt.kind.name
+    keys = [str(k) for k in tgt.keys]
+    if kind == "ext_dev" or "vta" in keys:
+        return _vta_profile(vta_config)
+    if kind == "llvm":
+        return _llvm_profile(tgt)
+    if kind in ("cuda", "nvptx"):
+        return _cuda_profile(tgt)
+    raise HCPruneError(
+        f"no hardware profile for target kind {kind!r}; supported kinds: llvm, cuda, vta"
+    )
