@@ -1,0 +1,272 @@
+"""Channel dependency analysis: ``analyze(mod) -> ChannelGraph``.
+
+The analysis walks ``main`` binding by binding and asks each op's handler (``ops``) how
+channel axes map from inputs to outputs. Producers (conv/matmul weights) create channel
+spaces; residual adds, SE gates, depthwise convs and the like unify spaces; the union-find
+classes are the channel *groups* that must shrink together. Ops without a handler are
+barriers: groups touching them are frozen, with the reason recorded. Nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax
+
+from .. import ops as _ops  # noqa: F401  (registers the built-in handlers)
+from ..errors import HCPruneError
+from ..ops.desc import desc_length, desc_spaces
+from ..ops.registry import get_op_handler
+from .context import AnalysisContext, Member, is_const, static_shape
+
+__all__ = ["ChannelGraph", "ChannelGroup", "FrozenRecord", "analyze", "Member"]
+
+
+@dataclass(frozen=True)
+class FrozenRecord:
+    """Why a group cannot be pruned."""
+
+    group: int
+    op: str
+    var: str
+    reason: str
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be removed together (one union-find class of spaces)."""
+
+    id: int
+    size: int
+    spaces: list[int]
+    producers: list[str]
+    members: list[Member] = field(default_factory=list, repr=False)
+    frozen: bool = False
+    reasons: list[FrozenRecord] = field(default_factory=list)
+    macs: int = 0
+    params: int = 0
+
+    @property
+    def prunable(self) -> bool:
+        return not self.frozen
+
+
+class ChannelGraph:
+    """Result of :func:`analyze`: channel groups, frozen groups with reasons, MACs, params.
+
+    Attributes
+    ----------
+    mod : tvm.IRModule
+        The canonicalised module the analysis describes (what the rewrite applies to).
+    groups : list of ChannelGroup
+    frozen : list of FrozenRecord
+        One record per (group, op, reason) that froze a group.
+    total_macs, total_params : int
+        Multiply-accumulates of conv/matmul ops and constant elements of ``main``.
+    fingerprint : str
+        Identifies the module (topology, shapes and weights) a plan belongs to.
+    """
+
+    def __init__(self, mod, ctx: AnalysisContext, fingerprint: str, total_params: int):
+        self.mod = mod
+        self.ctx = ctx
+        self.fingerprint = fingerprint
+        self.total_params = total_params
+        self.total_macs = sum(m for _, m in ctx.macs.values())
+        roots: dict[int, ChannelGroup] = {}
+        self.space_group: dict[int, int] = {}
+        for s in range(len(ctx.parent)):
+            r = ctx.find(s)
+            if r not in roots:
+                roots[r] = ChannelGroup(len(roots), ctx.sizes[r], [], [])
+            g = roots[r]
+            g.spaces.append(s)
+            self.space_group[s] = g.id
+            var, op = ctx.origin[s]
+            g.producers.append(var.name)
+        self.groups = list(roots.values())
+        self.frozen: list[FrozenRecord] = []
+        for s, reasons in ctx.frozen.items():
+            g = self.groups[self.space_group[s]]
+            for var, op, reason in reasons:
+                rec = FrozenRecord(g.id, op, var, reason)
+                if rec not in g.reasons:
+                    g.reasons.append(rec)
+                    self.frozen.append(rec)
+            g.frozen = True
+        for m in ctx.members:
+            for gid in {self.space_group[s] for s in desc_spaces(m.desc)}:
+                self.groups[gid].members.append(m)
+        for var, (_op, macs) in ctx.macs.items():
+            touched = set()
+            for m in ctx.members:
+                if m.var.same_as(var) and m.kind in ("producer", "consumer"):
+                    touched |= {self.space_group[s] for s in desc_spaces(m.desc)}
+            for gid in touched:
+                self.groups[gid].macs += macs
+        for var, slices in ctx.const_slices.items():
+            call = ctx.values[var]
+            for arg, axis, desc in slices:
+                shape = static_shape(call.args[arg])
+                n = math.prod(shape)
+                for seg in desc:
+                    if seg.space is not None:
+                        frac = seg.length / shape[axis]
+                        self.groups[self.space_group[seg.space]].params += int(n * frac)
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def summary(self) -> str:
+        n_frozen = sum(g.frozen for g in self.groups)
+        lines = [f"{len(self.groups)} channel groups ({n_frozen} frozen), "
+                 f"{self.total_macs / 1e6:.1f} MMACs, {self.total_params / 1e6:.2f} M params"]
+        for g in self.groups:
+            state = "frozen: " + g.reasons[0].reason if g.frozen else "prunable"
+            lines.append(f"  group {g.id:3d}: {g.size:5d} ch, {len(g.spaces)} producer(s) "
+                         f"[{', '.join(g.producers[:3])}{'...' if len(g.producers) > 3 else ''}]"
+                         f", {g.macs / 1e6:.1f} MMACs - {state}")
+        return "\n".join(lines)
+
+
+def _bindings(func):
+    for block in func.body.blocks:
+        yield from block.bindings
+
+
+def _fingerprint(func) -> str:
+    """A stable hash of the function's text and constant contents."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(func.script(show_meta=False).encode())
+    for b in _bindings(func):
+        v = b.value
+        args = v.args if isinstance(v, relax.Call) else []
+        for a in args:
+            if is_const(a):
+                arr = a.value.numpy()
+                h.update(str(arr.shape).encode())
+                h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _count_params(func) -> int:
+    n = 0
+    for b in _bindings(func):
+        v = b.value
+        args = list(v.args) if isinstance(v, relax.Call) else []
+        for a in args:
+            if isinstance(a, relax.Tuple):
+                args.extend(a.fields)
+            elif is_const(a):
+                shape = static_shape(a)
+                n += math.prod(shape) if shape else 1
+    return n
+
+
+def _tensor_descs(ctx, expr):
+    d = ctx.desc(expr)
+    return [] if d is None else [d]
+
+
+def analyze(mod, canonicalize: bool = True) -> ChannelGraph:
+    """Analyse the channel dependencies of ``mod["main"]``.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A Relax module with static shapes and weights as constants (as
+        :func:`tvm_hcprune.load_onnx` returns).
+    canonicalize : bool
+        Run :class:`~tvm_hcprune.transform.canonicalize.CanonicalizeForPruning` first
+        (folds constant-only bindings, re-expresses importer ``call_tir`` clutter).
+
+    Returns
+    -------
+    ChannelGraph
+    """
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise HCPruneError("the module has no 'main' function; pass the module a frontend "
+                           "importer returns (e.g. tvm_hcprune.load_onnx)")
+    if canonicalize:
+        from ..transform.canonicalize import CanonicalizeForPruning
+
+        mod = CanonicalizeForPruning()(mod)
+    func = mod["main"]
+    if not isinstance(func, relax.Function):
+        raise HCPruneError("mod['main'] is not a Relax function")
+    ctx = AnalysisContext()
+    ctx.values = {}
+    n_calls = 0
+    for b in _bindings(func):
+        var, value = b.var, getattr(b, "value", None)
+        ctx.var_order.append(var)
+        if not isinstance(b, relax.VarBinding):
+            ctx.descs[var] = None
+            continue
+        ctx.values[var] = value
+        out = None
+        if isinstance(value, relax.Call) and hasattr(value.op, "name"):
+            n_calls += 1
+            name = value.op.name
+            ctx.ops[var] = name
+            handler = get_op_handler(name)
+            if handler is None:
+                _freeze_args(ctx, var, value, name, "no op handler registered (barrier)")
+            else:
+                try:
+                    out = handler.analyze(ctx, var, value)
+                except Exception as err:  # noqa: BLE001 - a handler gap must not crash users
+                    _freeze_args(ctx, var, value, name, f"handler failed: {err}")
+                    out = None
+        elif isinstance(value, relax.TupleGetItem):
+            t = ctx.desc(value.tuple_value)
+            out = t[int(value.index)] if t is not None else None
+        elif isinstance(value, relax.Tuple):
+            out = [ctx.desc(f) for f in value.fields]
+        elif isinstance(value, relax.Var):
+            out = ctx.desc(value)
+        elif isinstance(value, relax.Call):
+            _freeze_args(ctx, var, value, "call", "call of a non-op function (barrier)")
+        ctx.descs[var] = _checked(ctx, var, out)
+    ret = func.body.body
+    ctx.freeze(_flatten(ctx.desc(ret)), None, "return", "model output shape must not change")
+    if n_calls == 0:
+        raise HCPruneError("the model is empty: main has no operations to analyse")
+    return ChannelGraph(mod, ctx, _fingerprint(func), _count_params(func))
+
+
+def _flatten(d):
+    if d is None:
+        return []
+    if d and isinstance(d[0], list):
+        return [x for sub in d for x in _flatten(sub)]
+    return [d]
+
+
+def _freeze_args(ctx, var, call, op, reason):
+    for a in call.args:
+        ctx.freeze(_flatten(ctx.desc(a)), var, op, reason)
+
+
+def _checked(ctx, var, out):
+    """Drop descriptors whose length disagrees with the static shape (never guess)."""
+    ty = var.ty
+    if out is None:
+        return None
+    if isinstance(ty, relax.TupleType):
+        return out
+    shape = static_shape(var)
+    if shape is None or len(out) != len(shape):
+        ctx.freeze(_flatten(out), var, ctx.ops.get(var, "?"), "descriptor rank mismatch")
+        return [None] * len(shape) if shape is not None else None
+    fixed = []
+    for ax, d in enumerate(out):
+        if d is not None and desc_length(d) != shape[ax]:
+            ctx.freeze([d], var, ctx.ops.get(var, "?"), "descriptor length mismatch")
+            d = None
+        fixed.append(d)
+    return fixed

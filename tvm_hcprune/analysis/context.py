@@ -1,0 +1,153 @@
+"""The state an analysis run builds: channel spaces, their union-find, and declarations.
+
+Op handlers talk to an :class:`AnalysisContext`; nothing in here knows about specific ops.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import relax
+
+from ..ops.desc import AxisDesc, Seg, desc_spaces
+
+
+@dataclass
+class Member:
+    """A weight slice that belongs to a channel space (what criteria read).
+
+    kind : "producer" (the space's output-channel axis of a conv/matmul weight),
+        "consumer" (a weight's input-channel axis, through a descriptor),
+        "scale" (a per-channel scale such as batch-norm gamma).
+    """
+
+    kind: str
+    var: relax.Var
+    op: str
+    arg: int
+    axis: int
+    desc: AxisDesc
+
+
+def static_shape(expr) -> list[int] | None:
+    """The static shape of a tensor-typed expression, or None."""
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return None
+    try:
+        return [int(s) for s in ty.shape]
+    except (TypeError, ValueError):
+        return None
+
+
+def is_const(expr) -> bool:
+    return hasattr(expr, "value") and hasattr(expr.value, "numpy") and not isinstance(
+        expr, relax.Var
+    )
+
+
+class AnalysisContext:
+    """Union-find of channel spaces plus everything handlers declare."""
+
+    def __init__(self):
+        self.parent: list[int] = []
+        self.sizes: list[int] = []
+        self.origin: list[tuple[relax.Var, str]] = []
+        self.descs: dict = {}
+        self.frozen: dict[int, list[tuple[str, str, str]]] = defaultdict(list)
+        self.const_slices: dict = defaultdict(list)  # var -> [(arg, axis, desc)]
+        self.members: list[Member] = []
+        self.macs: dict = {}  # var -> (op, macs)
+        self.ops: dict = {}  # var -> op name
+        self.var_order: list = []
+
+    # ---- spaces -------------------------------------------------------------------------
+    def new_space(self, size: int, var, op: str) -> int:
+        sid = len(self.parent)
+        self.parent.append(sid)
+        self.sizes.append(int(size))
+        self.origin.append((var, op))
+        return sid
+
+    def find(self, s: int) -> int:
+        while self.parent[s] != s:
+            self.parent[s] = self.parent[self.parent[s]]
+            s = self.parent[s]
+        return s
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            assert self.sizes[ra] == self.sizes[rb], "unifying spaces of different sizes"
+            lo, hi = min(ra, rb), max(ra, rb)
+            self.parent[hi] = lo
+
+    def freeze(self, desc_or_descs, var, op: str, reason: str) -> None:
+        """Freeze every space appearing in a descriptor or a list of descriptors."""
+        items = desc_or_descs if isinstance(desc_or_descs, list) else [desc_or_descs]
+        for d in items:
+            if isinstance(d, list):
+                self.freeze(d, var, op, reason)
+                continue
+            for s in desc_spaces(d):
+                self.frozen[s].append((var.name if var is not None else "<output>", op, reason))
+
+    def unify(self, a: AxisDesc | None, b: AxisDesc | None, var, op: str) -> AxisDesc | None:
+        """Two operands meet on one axis (residual add, concat's other axes, ...)."""
+        if a is None and b is None:
+            return None
+        if a is None or b is None:
+            self.freeze(a if b is None else b, var, op,
+                        "meets channels that cannot be pruned (model input or barrier)")
+            return a if b is None else b
+        same = len(a) == len(b) and all(
+            x.size == y.size and x.inner == y.inner for x, y in zip(a, b, strict=True)
+        )
+        if not same:
+            self.freeze([a, b], var, op, "operands carry differently structured channels")
+            return a
+        for x, y in zip(a, b, strict=True):
+            if x.space is None or y.space is None:
+                self.freeze((x if y.space is None else y,), var, op,
+                            "meets channels that cannot be pruned")
+            else:
+                self.union(x.space, y.space)
+        return a
+
+    # ---- descriptors ----------------------------------------------------------------------
+    def desc(self, expr):
+        """Per-axis descriptors of an expression (all None for constants and inputs)."""
+        d = self.descs.get(expr) if isinstance(expr, relax.Var) else None
+        if d is not None:
+            return d
+        if isinstance(expr, relax.Tuple):
+            return [self.desc(f) for f in expr.fields]
+        shape = static_shape(expr)
+        if shape is None:
+            return None
+        return [None] * len(shape)
+
+    def slice_const(self, var, arg: int, axis: int, desc: AxisDesc | None) -> None:
+        """Declare that constant argument ``arg`` of ``var``'s call follows ``desc`` on ``axis``."""
+        if desc is not None and desc_spaces(desc):
+            self.const_slices[var].append((arg, axis, desc))
+
+    def add_member(self, kind: str, var, op: str, arg: int, axis: int, desc) -> None:
+        if desc is not None and desc_spaces(desc):
+            self.members.append(Member(kind, var, op, arg, axis, desc))
+
+    def add_macs(self, var, op: str, macs: int) -> None:
+        self.macs[var] = (op, int(macs))
+
+    @staticmethod
+    def one_space(space: int, size: int) -> AxisDesc:
+        return (Seg(space, size, 1),)
+
+    @staticmethod
+    def fixed(size: int) -> AxisDesc:
+        return (Seg(None, size, 1),)
+
+    def const_array(self, expr) -> np.ndarray:
+        return expr.value.numpy()

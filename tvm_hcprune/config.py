@@ -1,0 +1,80 @@
+"""``PruneConfig``: the validated, frozen options of a pruning run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .errors import HCPruneError
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of a pruning run.
+
+    Parameters
+    ----------
+    ratio : float
+        Fraction of channels removed from every prunable group, in [0, 1).
+    criterion : str
+        Name of a registered criterion (``tvm_hcprune.list_criteria()``).
+    align : int or None
+        Kept channel counts are rounded to a multiple of ``align``. None: from the target's
+        hardware profile (``channel_multiple``), or 1 when no profile is available.
+    protect : tuple of str
+        Producer binding names (e.g. ``"lv12"``) or group ids (``"group:3"``) never pruned.
+    min_channels : int
+        Lower bound on the channels a group keeps (never below 1).
+    criterion_options : dict
+        Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
+    seed : int
+        Seed of randomised criteria.
+    """
+
+    ratio: float = 0.5
+    criterion: str = "l2"
+    align: int | None = None
+    protect: tuple = ()
+    min_channels: int = 1
+    criterion_options: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.ratio, (int, float)) or not (0.0 <= float(self.ratio) < 1.0):
+            raise HCPruneError(
+                f"ratio must be in [0, 1) (the fraction of channels removed), got {self.ratio!r}"
+            )
+        from .criteria import list_criteria
+
+        if self.criterion not in list_criteria():
+            raise HCPruneError(
+                f"unknown criterion {self.criterion!r}; choose one of {', '.join(list_criteria())}"
+            )
+        if self.align is not None and (not isinstance(self.align, int) or self.align < 1):
+            raise HCPruneError(f"align must be a positive integer or None, got {self.align!r}")
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise HCPruneError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        object.__setattr__(self, "protect", tuple(self.protect))
+
+    def kept_count(self, size: int, align: int) -> int:
+        """How many of ``size`` channels a group keeps under this config and ``align``."""
+        if self.ratio == 0:
+            return size
+        target = size * (1.0 - self.ratio)
+        keep = int(math.floor(target / align + 0.5)) * align
+        keep = max(keep, align, self.min_channels, 1)
+        return size if keep >= size else keep
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["protect"] = list(self.protect)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruneConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise HCPruneError(f"unknown PruneConfig keys: {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,554 @@
+"""Op handlers for the ops that TVM 0.27's ONNX and TFLite importers emit.
+
+Each handler declares how channel axes map from inputs to outputs (see ``registry``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tvm import relax
+
+from ..analysis.context import is_const, static_shape
+from .desc import Seg, desc_length
+from .registry import OpHandler, register_op_handler
+
+
+def _out_shape(var):
+    return static_shape(var)
+
+
+def _new_shape_from_descs(rw, var):
+    """The binding's output shape after pruning (channel axes shrunk)."""
+    shape = list(_out_shape(var))
+    for ax, d in enumerate(rw.out_desc(var)):
+        idx = rw.axis_index(d)
+        if idx is not None:
+            shape[ax] = len(idx)
+    return shape
+
+
+# ---------------------------------------------------------------------------------------
+# producers
+# ---------------------------------------------------------------------------------------
+@register_op_handler("relax.nn.conv2d", "relax.nn.conv1d", "relax.nn.conv3d")
+class ConvHandler(OpHandler):
+    """Convolution: output channels form a new space (groups=1), depthwise passes through.
+
+    Layouts are read from the attributes (NCHW/OIHW as ONNX imports, NHWC/HWIO/HWOI as
+    TFLite imports). Grouped convolutions other than depthwise are barriers.
+    """
+
+    transpose = False
+
+    def analyze(self, ctx, var, call):
+        x, w = call.args[0], call.args[1]
+        at = call.attrs
+        op = call.op.name
+        if not is_const(w):
+            ctx.freeze(ctx.desc(x), var, op, "weight is not a constant")
+            return self._plain_out(ctx, var, call)
+        in_c = str(at.data_layout).index("C")
+        out_c = str(at.out_layout or at.data_layout).index("C")
+        kl = str(at.kernel_layout)
+        ko, ki = kl.index("O"), kl.index("I")
+        wshape = static_shape(w)
+        xdesc = ctx.desc(x)
+        nd = len(_out_shape(var))
+        out = [None] * nd
+        # spatial axes pass through the descriptor only if they carry none (they never do)
+        cin = static_shape(x)[in_c]
+        groups = int(at.groups)
+        cout = _out_shape(var)[out_c]
+        kernel = math.prod(s for i, s in enumerate(wshape) if i not in (ko, ki))
+        ctx.add_macs(var, op, math.prod(_out_shape(var)) * (cin // groups) * kernel)
+        if self.transpose:
+            ko, ki = ki, ko  # conv2d_transpose weights are IOHW: "O" letter names inputs
+        if groups == 1:
+            sid = ctx.new_space(cout, var, op)
+            out[out_c] = ctx.one_space(sid, cout)
+            ctx.slice_const(var, 1, ko, out[out_c])
+            ctx.slice_const(var, 1, ki, xdesc[in_c])
+            ctx.add_member("producer", var, op, 1, ko, out[out_c])
+            ctx.add_member("consumer", var, op, 1, ki, xdesc[in_c])
+            return out
+        depthwise = groups == cin == cout and wshape[ki] == 1 and not self.transpose
+        if depthwise:
+            d = xdesc[in_c]
+            if d is None:
+                d = ctx.one_space(ctx.new_space(cout, var, op), cout)
+                ctx.freeze(d, var, op, "depthwise conv over channels that cannot be pruned")
+            out[out_c] = d
+            ctx.slice_const(var, 1, ko, d)
+            ctx.add_member("producer", var, op, 1, ko, d)
+            return out
+        ctx.freeze(xdesc[in_c], var, op, f"grouped convolution (groups={groups}) is a barrier")
+        sid = ctx.new_space(cout, var, op)
+        out[out_c] = ctx.one_space(sid, cout)
+        ctx.freeze(out[out_c], var, op, f"grouped convolution (groups={groups}) is a barrier")
+        return out
+
+    def _plain_out(self, ctx, var, call):
+        return [None] * len(_out_shape(var))
+
+    def rewrite(self, rw, var, call, args):
+        at = call.attrs
+        groups = int(at.groups)
+        if groups > 1:
+            in_c = str(at.data_layout).index("C")
+            new_cin = rw.new_shape(args[0])[in_c]
+            old_cin = static_shape(call.args[0])[in_c]
+            if new_cin != old_cin:  # depthwise: groups follow the channels
+                groups = new_cin
+        name = call.op.name.split(".")[-1]
+        fn = getattr(relax.op.nn, name)
+        kwargs = dict(strides=at.strides, padding=at.padding, dilation=at.dilation,
+                      groups=groups, data_layout=at.data_layout, kernel_layout=at.kernel_layout,
+                      out_layout=at.out_layout, out_dtype=at.out_dtype)
+        if self.transpose:
+            kwargs["output_padding"] = at.output_padding
+        return fn(args[0], args[1], **kwargs)
+
+
+@register_op_handler("relax.nn.conv2d_transpose", "relax.nn.conv1d_transpose")
+class ConvTransposeHandler(ConvHandler):
+    transpose = True
+
+
+@register_op_handler("relax.matmul")
+class MatmulHandler(OpHandler):
+    """``x @ W`` with a constant 2-D ``W``: W's columns are a new space, rows follow x."""
+
+    def analyze(self, ctx, var, call):
+        a, b = call.args[0], call.args[1]
+        op = call.op.name
+        out_shape = _out_shape(var)
+        nd = len(out_shape)
+        adesc = ctx.desc(a)
+        ashape = static_shape(a)
+        ctx.add_macs(var, op, math.prod(out_shape) * ashape[-1])
+        if is_const(b) and len(static_shape(b)) == 2 and not is_const(a):
+            out = list(adesc[:-1]) + [None]
+            out = [None] * (nd - len(out)) + out
+            n = out_shape[-1]
+            sid = ctx.new_space(n, var, op)
+            out[-1] = ctx.one_space(sid, n)
+            ctx.slice_const(var, 1, 0, adesc[-1])
+            ctx.slice_const(var, 1, 1, out[-1])
+            ctx.add_member("producer", var, op, 1, 1, out[-1])
+            ctx.add_member("consumer", var, op, 1, 0, adesc[-1])
+            return out
+        ctx.freeze([ctx.desc(a), ctx.desc(b)], var, op,
+                   "matmul of two activations (attention) is a barrier")
+        return [None] * nd
+
+
+# ---------------------------------------------------------------------------------------
+# channel-preserving ops
+# ---------------------------------------------------------------------------------------
+_UNARY = [
+    "relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu",
+    "relax.nn.leakyrelu", "relax.nn.softplus", "relax.nn.selu", "relax.nn.elu",
+    "relax.sigmoid", "relax.tanh", "relax.clip", "relax.astype", "relax.exp", "relax.erf",
+    "relax.sqrt", "relax.rsqrt", "relax.negative", "relax.abs", "relax.square",
+    "relax.round", "relax.floor", "relax.ceil", "relax.nn.dropout", "relax.log",
+    "relax.sin", "relax.cos", "relax.nn.hardswish", "relax.nn.hardsigmoid",
+    "relax.wrap_param", "relax.isnan", "relax.isinf",
+]
+
+
+@register_op_handler(*_UNARY)
+class UnaryHandler(OpHandler):
+    """Elementwise ops of one tensor: descriptors pass through (dropout: a tuple)."""
+
+    def analyze(self, ctx, var, call):
+        d = ctx.desc(call.args[0])
+        if isinstance(var.ty, relax.TupleType):  # dropout returns (out, mask)
+            return [list(d), list(d)]
+        return list(d)
+
+
+@register_op_handler(
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum", "relax.power", "relax.floor_divide", "relax.where",
+    "relax.broadcast_to",
+)
+class BroadcastHandler(OpHandler):
+    """Broadcasting elementwise ops.
+
+    Activations meeting on an axis are unified (residual add, SE gating); constant
+    operands (bias, scales) are sliced along the axes they span.
+    """
+
+    def analyze(self, ctx, var, call):
+        op = call.op.name
+        out_shape = _out_shape(var)
+        nd = len(out_shape)
+        descs, seen = [None] * nd, [False] * nd
+        tensor_args = [(i, a) for i, a in enumerate(call.args)
+                       if isinstance(a.ty, relax.TensorType)]
+        for _i, a in tensor_args:
+            if is_const(a):
+                continue
+            shp = static_shape(a)
+            d = ctx.desc(a)
+            off = nd - len(shp)
+            for k, s in enumerate(shp):
+                ax = off + k
+                if s == 1 and out_shape[ax] != 1:
+                    continue
+                if not seen[ax]:
+                    descs[ax], seen[ax] = d[k], True
+                else:
+                    descs[ax] = ctx.unify(descs[ax], d[k], var, op)
+        for i, a in tensor_args:
+            if not is_const(a):
+                continue
+            shp = static_shape(a)
+            off = nd - len(shp)
+            for k, s in enumerate(shp):
+                ax = off + k
+                if s != 1 and s == out_shape[ax]:
+                    ctx.slice_const(var, i, k, descs[ax])
+                    if op == "relax.multiply":
+                        ctx.add_member("scale", var, op, i, k, descs[ax])
+        return descs
+
+    def rewrite(self, rw, var, call, args):
+        if call.op.name == "relax.broadcast_to":
+            return relax.op.broadcast_to(args[0], _new_shape_from_descs(rw, var))
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+@register_op_handler("relax.nn.batch_norm")
+class BatchNormHandler(OpHandler):
+    """Inference batch-norm: parameters follow the channel axis; outputs a tuple."""
+
+    def analyze(self, ctx, var, call):
+        axis = int(call.attrs.axis)
+        d = ctx.desc(call.args[0])
+        axis = axis % len(d)
+        for i in range(1, 5):
+            ctx.slice_const(var, i, 0, d[axis])
+        ctx.add_member("scale", var, call.op.name, 1, 0, d[axis])
+        return [list(d), [d[axis]], [d[axis]]]
+
+
+@register_op_handler("relax.nn.prelu")
+class PReluHandler(OpHandler):
+    def analyze(self, ctx, var, call):
+        d = ctx.desc(call.args[0])
+        axis = int(call.attrs.axis) % len(d)
+        ctx.slice_const(var, 1, 0, d[axis])
+        return list(d)
+
+
+@register_op_handler("relax.nn.layer_norm", "relax.nn.group_norm", "relax.nn.rms_norm",
+                     "relax.nn.instance_norm")
+class NormHandler(OpHandler):
+    """Normalisation over axes: a barrier on the normalised axes, pass-through elsewhere."""
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        axes = getattr(call.attrs, "axes", None)
+        if axes is None or call.op.name == "relax.nn.group_norm":
+            axes = range(len(d))
+        for ax in axes:
+            ax = int(ax) % len(d)
+            ctx.freeze(d[ax], var, call.op.name, "normalisation over the channel axis")
+        return d
+
+
+@register_op_handler("relax.nn.softmax", "relax.nn.log_softmax")
+class SoftmaxHandler(OpHandler):
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        ax = int(call.attrs.axis) % len(d)
+        ctx.freeze(d[ax], var, call.op.name, "softmax over the channel axis")
+        return d
+
+
+@register_op_handler("relax.mean", "relax.sum", "relax.max", "relax.min", "relax.prod",
+                     "relax.variance", "relax.std")
+class ReduceHandler(OpHandler):
+    """Reductions: a barrier on reduced channel axes; other axes pass through."""
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        nd = len(d)
+        axes = call.attrs.axis
+        axes = list(range(nd)) if axes is None else [int(a) % nd for a in axes]
+        for ax in axes:
+            ctx.freeze(d[ax], var, call.op.name, "reduction over the channel axis")
+        if bool(call.attrs.keepdims):
+            return [None if i in axes else d[i] for i in range(nd)]
+        return [d[i] for i in range(nd) if i not in axes]
+
+
+@register_op_handler("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.max_pool1d",
+                     "relax.nn.avg_pool1d", "relax.nn.adaptive_avg_pool2d",
+                     "relax.nn.adaptive_avg_pool1d", "relax.image.resize2d")
+class SpatialHandler(OpHandler):
+    """Pooling and resizing: channels pass through (spatial axes carry none)."""
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        layout = str(call.attrs.layout)
+        out_layout = str(getattr(call.attrs, "out_layout", None) or layout)
+        out = [None] * len(_out_shape(var))
+        out[out_layout.index("C")] = d[layout.index("C")]
+        for i, x in enumerate(d):
+            if i != layout.index("C"):
+                ctx.freeze(x, var, call.op.name, "pooling over a channel axis")
+        return out
+
+    def rewrite(self, rw, var, call, args):
+        if call.op.name == "relax.image.resize2d":
+            # the size argument is spatial only; rebuild with the same attributes
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+# ---------------------------------------------------------------------------------------
+# layout ops
+# ---------------------------------------------------------------------------------------
+@register_op_handler("relax.permute_dims")
+class PermuteHandler(OpHandler):
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        axes = call.attrs.axes
+        axes = list(reversed(range(len(d)))) if axes is None else [int(a) for a in axes]
+        return [d[a] for a in axes]
+
+
+@register_op_handler("relax.concat")
+class ConcatHandler(OpHandler):
+    """Concatenation: the output axis lists each input's segments at its offset."""
+
+    def analyze(self, ctx, var, call):
+        op = call.op.name
+        fields = call.args[0].fields
+        nd = len(_out_shape(var))
+        axis = int(call.attrs.axis) % nd
+        segs, out = [], [None] * nd
+        for k, f in enumerate(fields):
+            d = ctx.desc(f)
+            shp = static_shape(f)
+            segs.extend(d[axis] if d[axis] is not None else ctx.fixed(shp[axis]))
+            for ax in range(nd):
+                if ax == axis:
+                    continue
+                out[ax] = d[ax] if k == 0 else ctx.unify(out[ax], d[ax], var, op)
+            if is_const(f):
+                ctx.freeze(out, var, op, "concatenation with a constant")
+        out[axis] = tuple(segs) if any(s.space is not None for s in segs) else None
+        return out
+
+
+@register_op_handler("relax.stack")
+class StackHandler(OpHandler):
+    """Stacking along a new axis: inputs are unified axis by axis (ONNX Sum imports so)."""
+
+    def analyze(self, ctx, var, call):
+        op = call.op.name
+        fields = call.args[0].fields
+        nd = len(_out_shape(var))
+        axis = int(call.attrs.axis) % nd
+        merged = None
+        for f in fields:
+            d = list(ctx.desc(f))
+            merged = d if merged is None else [ctx.unify(a, b, var, op)
+                                               for a, b in zip(merged, d, strict=True)]
+        return merged[:axis] + [None] + merged[axis:]
+
+
+@register_op_handler("relax.split")
+class SplitHandler(OpHandler):
+    """Split: along a channel axis only at segment boundaries, else a barrier."""
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        shape = static_shape(call.args[0])
+        axis = int(call.attrs.axis) % len(d)
+        ind = call.attrs.indices_or_sections
+        if isinstance(ind, int) or hasattr(ind, "value"):
+            n = int(ind)
+            bounds = [shape[axis] // n * i for i in range(1, n)]
+        else:
+            bounds = [int(i) for i in ind]
+        edges = [0, *bounds, shape[axis]]
+        outs = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            o = list(d)
+            o[axis] = _sub_desc(d[axis], lo, hi) if d[axis] is not None else None
+            if d[axis] is not None and o[axis] is None:
+                ctx.freeze(d[axis], var, call.op.name,
+                           "split inside a channel group (not at a concat boundary)")
+                o[axis] = d[axis]
+                outs = None
+                break
+            outs.append(o)
+        if outs is None:
+            return [[*d[:axis], None, *d[axis + 1:]] for _ in range(len(edges) - 1)]
+        return outs
+
+    def rewrite(self, rw, var, call, args):
+        d = rw.in_desc(call.args[0])
+        axis = int(call.attrs.axis) % len(d)
+        idx = rw.axis_index(d[axis])
+        if idx is None:
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
+        shape = static_shape(call.args[0])
+        ind = call.attrs.indices_or_sections
+        if isinstance(ind, int) or hasattr(ind, "value"):
+            n = int(ind)
+            bounds = [shape[axis] // n * i for i in range(1, n)]
+        else:
+            bounds = [int(i) for i in ind]
+        new_bounds = [int((idx < b).sum()) for b in bounds]
+        return relax.op.split(args[0], new_bounds, axis)
+
+
+def _sub_desc(desc, lo, hi):
+    """Segments of ``desc`` exactly covering [lo, hi), or None if a segment is cut."""
+    out, off = [], 0
+    for s in desc:
+        a, b = off, off + s.length
+        off = b
+        if b <= lo or a >= hi:
+            continue
+        if a < lo or b > hi:
+            return None
+        out.append(s)
+    return tuple(out)
+
+
+@register_op_handler("relax.strided_slice")
+class StridedSliceHandler(OpHandler):
+    """Slicing a channel axis is allowed only at segment boundaries with stride 1."""
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        shape = static_shape(call.args[0])
+        at = call.attrs
+        axes = [int(a) % len(d) for a in at.axes]
+        out = list(d)
+        for k, ax in enumerate(axes):
+            if d[ax] is None:
+                continue
+            lo, hi, st = _slice_bounds(at, call, k, shape[ax])
+            sub = _sub_desc(d[ax], lo, hi) if st == 1 else None
+            if sub is None:
+                ctx.freeze(d[ax], var, call.op.name, "slice inside a channel group")
+                out[ax] = None
+            else:
+                out[ax] = sub
+        return out
+
+    def rewrite(self, rw, var, call, args):
+        d = rw.in_desc(call.args[0])
+        shape = static_shape(call.args[0])
+        at = call.attrs
+        axes = [int(a) % len(d) for a in at.axes]
+        begins, ends, strides = [], [], []
+        changed = False
+        for k, ax in enumerate(axes):
+            lo, hi, st = _slice_bounds(at, call, k, shape[ax])
+            idx = rw.axis_index(d[ax])
+            if idx is not None:
+                lo, hi = int((idx < lo).sum()), int((idx < hi).sum())
+                changed = True
+            begins.append(lo)
+            ends.append(hi)
+            strides.append(st)
+        if not changed:
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
+        return relax.op.strided_slice(args[0], axes, begins, ends, strides)
+
+
+def _slice_bounds(at, call, k, dim):
+    def val(seq, default):
+        if seq is None or len(seq) <= k:
+            return default
+        return int(seq[k])
+
+    begin = call.args[2] if len(call.args) > 2 else None
+    if begin is not None and isinstance(begin, relax.ShapeExpr):
+        lo = int(begin.values[k])
+        hi = int(call.args[3].values[k])
+        st = int(call.args[4].values[k]) if len(call.args) > 4 else 1
+    else:
+        lo, hi, st = val(getattr(at, "begin", None), 0), val(getattr(at, "end", None), dim), 1
+    lo = max(0, lo + dim if lo < 0 else lo)
+    hi = min(dim, hi + dim if hi < 0 else hi)
+    return lo, hi, st
+
+
+@register_op_handler("relax.nn.pad")
+class PadHandler(OpHandler):
+    """Padding: spatial padding passes channels through; padding a channel axis appends
+    zero channels that cannot be pruned."""
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        pads = [int(p) for p in call.attrs.pad_width]
+        out = list(d)
+        for ax in range(len(d)):
+            before, after = pads[2 * ax], pads[2 * ax + 1]
+            if (before or after) and d[ax] is not None:
+                segs = list(d[ax])
+                if before:
+                    segs.insert(0, Seg(None, before, 1))
+                if after:
+                    segs.append(Seg(None, after, 1))
+                out[ax] = tuple(segs)
+        return out
+
+
+@register_op_handler("relax.squeeze", "relax.expand_dims", "relax.reshape", "relax.flatten")
+class ReshapeHandler(OpHandler):
+    """Reshapes that keep channel axes whole, or fold channels x trailing dims into one axis.
+
+    A channel axis of size C preceded by the same number of elements in input and output is
+    either kept (output dim C) or merged with trailing axes that carry no channels (output
+    dim C*m, each channel repeated over m consecutive indices). Anything else splits a
+    channel axis and is a barrier.
+    """
+
+    def analyze(self, ctx, var, call):
+        d = list(ctx.desc(call.args[0]))
+        ishape = static_shape(call.args[0])
+        oshape = _out_shape(var)
+        out = [None] * len(oshape)
+        opre = [math.prod(oshape[:i]) for i in range(len(oshape))]
+        for ax, desc in enumerate(d):
+            if desc is None:
+                continue
+            pre = math.prod(ishape[:ax])
+            hits = [j for j in range(len(oshape)) if opre[j] == pre and oshape[j] > 1]
+            ok = False
+            if hits:
+                j = hits[0]
+                m, k = oshape[j], ax + 1
+                if m % ishape[ax] == 0:
+                    rest = m // ishape[ax]
+                    # the trailing input axes folded in must carry no channels
+                    acc = 1
+                    while acc < rest and k < len(ishape):
+                        if d[k] is not None:
+                            break
+                        acc *= ishape[k]
+                        k += 1
+                    if acc == rest:
+                        ok = True
+                        out[j] = tuple(Seg(s.space, s.size, s.inner * rest) for s in desc)
+            if not ok:
+                ctx.freeze(desc, var, call.op.name, "reshape splits a channel axis")
+        for j, o in enumerate(out):
+            if o is not None and desc_length(o) != oshape[j]:  # pragma: no cover - sanity
+                ctx.freeze(o, var, call.op.name, "reshape bookkeeping mismatch")
+                out[j] = None
+        return out
+
+    def rewrite(self, rw, var, call, args):
+        return relax.op.reshape(args[0], _new_shape_from_descs(rw, var))

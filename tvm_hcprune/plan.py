@@ -1,0 +1,100 @@
+"""``PrunePlan``: the JSON contract between scoring and rewriting."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from .errors import HCPruneError
+from .utils import atomic_write_text
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Kept channel indices per group, for one module (identified by its fingerprint).
+
+    Attributes
+    ----------
+    fingerprint : str
+        ``ChannelGraph.fingerprint`` of the module the plan was made for.
+    kept : Mapping[int, tuple[int, ...]]
+        Group id -> sorted kept channel indices; groups not listed keep everything.
+    sizes : Mapping[int, int]
+        Group id -> channel count before pruning (checked when applying).
+    config : dict
+        The ``PruneConfig`` (as a dict) that made the plan, for the record.
+    """
+
+    fingerprint: str
+    kept: MappingProxyType
+    sizes: MappingProxyType
+    config: dict = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    @classmethod
+    def create(cls, fingerprint, kept: dict, sizes: dict, config: dict | None = None):
+        kept = {int(g): tuple(sorted(int(i) for i in idx)) for g, idx in kept.items()}
+        sizes = {int(g): int(s) for g, s in sizes.items()}
+        for g, idx in kept.items():
+            if g not in sizes:
+                raise HCPruneError(f"plan lists group {g} without its size")
+            if not idx:
+                raise HCPruneError(f"plan keeps no channel of group {g}; keep at least one")
+            if len(set(idx)) != len(idx) or idx[0] < 0 or idx[-1] >= sizes[g]:
+                raise HCPruneError(f"plan's kept indices for group {g} are invalid "
+                                   f"(must be distinct and in [0, {sizes[g]}))")
+        return cls(str(fingerprint), MappingProxyType(kept), MappingProxyType(sizes),
+                   dict(config or {}))
+
+    def kept_indices(self, group: int) -> np.ndarray | None:
+        idx = self.kept.get(group)
+        return None if idx is None else np.asarray(idx, dtype=np.int64)
+
+    # ---- JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "groups": [
+                {"id": g, "size": self.sizes[g], "kept": list(self.kept[g])}
+                for g in sorted(self.kept)
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrunePlan:
+        if not isinstance(d, dict) or "fingerprint" not in d or "groups" not in d:
+            raise HCPruneError("not a tvm_hcprune plan (needs 'fingerprint' and 'groups')")
+        if int(d.get("version", -1)) != PLAN_VERSION:
+            raise HCPruneError(f"plan version {d.get('version')} is not supported "
+                               f"(this tvm_hcprune reads version {PLAN_VERSION})")
+        try:
+            kept = {int(g["id"]): g["kept"] for g in d["groups"]}
+            sizes = {int(g["id"]): int(g["size"]) for g in d["groups"]}
+        except (KeyError, TypeError, ValueError) as err:
+            raise HCPruneError(f"malformed plan group entry: {err}") from None
+        return cls.create(d["fingerprint"], kept, sizes, d.get("config", {}))
+
+    def save(self, path) -> None:
+        """Write the plan as JSON, atomically."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path) -> PrunePlan:
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise HCPruneError(f"plan file {path} does not exist") from None
+        except json.JSONDecodeError as err:
+            raise HCPruneError(f"plan file {path} is not valid JSON: {err}") from None
+        return cls.from_dict(d)

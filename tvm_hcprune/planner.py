@@ -1,0 +1,80 @@
+"""Scoring and budgeting: turn a ``ChannelGraph`` and a ``PruneConfig`` into a ``PrunePlan``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import PruneConfig
+from .criteria import GroupViews, get_criterion
+from .plan import PrunePlan
+
+
+def member_matrix(graph, member, group_id: int) -> np.ndarray:
+    """The ``(channels, k)`` slice of a member's weight that belongs to ``group_id``.
+
+    Follows the member's descriptor: segment offsets (concat) and inner repetition
+    (flatten into a matmul) map each channel to its indices along the weight axis.
+    """
+    call = graph.ctx.values[member.var]
+    w = call.args[member.arg].value.numpy()
+    w = np.moveaxis(w, member.axis, 0)
+    size = graph.groups[group_id].size
+    rows = []
+    offset = 0
+    for seg in member.desc:
+        if seg.space is not None and graph.space_group[seg.space] == group_id:
+            part = w[offset:offset + seg.length].reshape(seg.size, -1)
+            rows.append(part)
+        offset += seg.length
+    if not rows:
+        return np.zeros((size, 0), w.dtype)
+    return np.concatenate(rows, axis=1)
+
+
+def group_views(graph, group) -> GroupViews:
+    by_kind = {"producer": [], "consumer": [], "scale": []}
+    for m in group.members:
+        by_kind[m.kind].append(member_matrix(graph, m, group.id))
+    return GroupViews(group.size, by_kind["producer"], by_kind["consumer"], by_kind["scale"])
+
+
+def resolve_align(align: int | None, target=None) -> int:
+    """``align`` itself, else the target's hardware profile's channel multiple (else 1)."""
+    if align is not None:
+        return int(align)
+    try:
+        from .hardware import profile_for
+    except ImportError:
+        return 1
+    return int(profile_for(target if target is not None else "llvm").channel_multiple)
+
+
+def _protected(group, protect) -> bool:
+    for p in protect:
+        if p == f"group:{group.id}" or p in group.producers:
+            return True
+    return False
+
+
+def make_plan(graph, config: PruneConfig, align: int) -> PrunePlan:
+    """Score every prunable group and keep its top channels (sorted by index)."""
+    crit = get_criterion(config.criterion)
+    rng = np.random.default_rng(config.seed)
+    kept, sizes = {}, {}
+    for g in graph.groups:
+        if g.frozen or _protected(g, config.protect):
+            continue
+        n_keep = config.kept_count(g.size, align)
+        if n_keep >= g.size:
+            continue
+        scores = np.asarray(crit(group_views(graph, g), rng, **config.criterion_options))
+        if scores.shape != (g.size,):
+            raise ValueError(f"criterion {config.criterion!r} returned shape {scores.shape} "
+                             f"for a group of {g.size} channels")
+        # stable: ties keep the lower index
+        order = np.argsort(-scores, kind="stable")
+        kept[g.id] = np.sort(order[:n_keep])
+        sizes[g.id] = g.size
+    cfg = config.to_dict()
+    cfg["align_resolved"] = align
+    return PrunePlan.create(graph.fingerprint, kept, sizes, cfg)

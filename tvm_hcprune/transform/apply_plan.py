@@ -1,0 +1,127 @@
+"""ApplyPrunePlan: physically remove the channels a ``PrunePlan`` drops."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..analysis import analyze
+from ..analysis.context import static_shape
+from ..errors import HCPruneError
+from ..ops.desc import axis_index
+from ..ops.registry import get_op_handler
+from ..plan import PrunePlan
+
+
+def kept_lookup(graph, plan: PrunePlan):
+    """``kept_of(space)`` for ``axis_index``: the plan's kept indices of a space's group."""
+    cache = {}
+
+    def kept_of(space):
+        g = graph.space_group[space]
+        if g not in cache:
+            cache[g] = plan.kept_indices(g)
+        return cache[g]
+
+    return kept_of
+
+
+def check_plan(graph, plan: PrunePlan) -> None:
+    if plan.fingerprint != graph.fingerprint:
+        raise HCPruneError(
+            "this plan was made for a different model (fingerprint "
+            f"{plan.fingerprint[:12]}..., the module's is {graph.fingerprint[:12]}...); "
+            "recompute the plan on this module"
+        )
+    for gid, size in plan.sizes.items():
+        if gid >= len(graph.groups) or graph.groups[gid].size != size:
+            raise HCPruneError(f"plan group {gid} (size {size}) does not exist in this module")
+        if graph.groups[gid].frozen:
+            raise HCPruneError(f"plan prunes group {gid}, which is frozen: "
+                               f"{graph.groups[gid].reasons[0].reason}")
+
+
+@mutator
+class _PlanRewriter(PyExprMutator):
+    def __init__(self, mod, graph, kept_of):
+        super().__init__(mod)
+        self.graph = graph
+        self.ctx = graph.ctx
+        self.kept_of = kept_of
+        self.current = None
+
+    # helpers used by handlers' rewrite()
+    def axis_index(self, desc):
+        return axis_index(desc, self.kept_of)
+
+    def out_desc(self, var):
+        return self.ctx.descs[var]
+
+    def in_desc(self, expr):
+        return self.ctx.desc(expr)
+
+    @staticmethod
+    def new_shape(expr):
+        return static_shape(expr)
+
+    def visit_var_binding_(self, binding):
+        self.current = binding.var
+        super().visit_var_binding_(binding)
+
+    def visit_call_(self, call):
+        var = self.current
+        orig = self.ctx.values.get(var) if var is not None else None
+        if orig is None or not hasattr(call.op, "name") or not orig.same_as(call):
+            return super().visit_call_(call)
+        args = [self.visit_expr(a) for a in call.args]
+        changed = any(not a.same_as(b) for a, b in zip(args, call.args, strict=True))
+        for arg, axis, desc in self.ctx.const_slices.get(var, ()):
+            idx = self.axis_index(desc)
+            if idx is None:
+                continue
+            arr = args[arg].value.numpy()
+            args[arg] = relax.const(np.take(arr, idx, axis=axis), str(arr.dtype))
+            changed = True
+        if not changed:
+            return super().visit_call_(call)
+        handler = get_op_handler(call.op.name)
+        if handler is None:  # pragma: no cover - barriers never see changed inputs
+            raise AssertionError(f"a barrier op {call.op.name} received pruned inputs")
+        return handler.rewrite(self, var, call, args)
+
+
+def apply_plan(graph, plan: PrunePlan):
+    """Rewrite ``graph.mod`` according to ``plan``; returns the pruned module."""
+    check_plan(graph, plan)
+    mod = graph.mod
+    func = mod["main"]
+    if not plan.kept:
+        return mod
+    new = _PlanRewriter(mod, graph, kept_lookup(graph, plan)).visit_expr(func)
+    new = relax.analysis.remove_all_unused(new)
+    out = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    out["main"] = new
+    ret_old, ret_new = static_shape(func.body.body), static_shape(new.body.body)
+    if ret_old != ret_new:  # pragma: no cover - outputs are frozen by analysis
+        raise AssertionError(f"pruning changed the output shape {ret_old} -> {ret_new}")
+    relax.analysis.well_formed(out)
+    return out
+
+
+@tvm.transform.module_pass(opt_level=0, name="ApplyPrunePlan")
+class ApplyPrunePlan:
+    """Apply a saved ``PrunePlan`` to the module it was made for.
+
+    Parameters
+    ----------
+    plan : PrunePlan or str or PathLike
+        The plan, or the path of its JSON file.
+    """
+
+    def __init__(self, plan):
+        self.plan = plan if isinstance(plan, PrunePlan) else PrunePlan.load(plan)
+
+    def transform_module(self, mod, ctx):
+        return apply_plan(analyze(mod), self.plan)

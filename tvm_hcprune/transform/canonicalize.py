@@ -1,0 +1,130 @@
+"""CanonicalizeForPruning: make importer output uniform before channel analysis.
+
+* Bindings computed only from constants by simple ops (``permute_dims`` of a Gemm weight,
+  ``broadcast_to`` of a constant, the ``isnan``/``where`` clutter the ONNX importer emits
+  for Clip bounds, bias ``reshape``) are evaluated with numpy and become constants.
+* Shape-specialised ``R.call_tir`` calls of single-block elementwise PrimFuncs that the
+  ONNX importer emits for Clip with tensor bounds (``T_maximum``/``T_minimum``) are
+  re-emitted as the equivalent Relax ops, which infer their shapes again when channels
+  are removed. Any other ``call_tir`` stays, and the analysis treats it as a barrier.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+import tvm.s_tir
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..analysis.context import is_const, static_shape
+
+_NUMPY_OPS = {
+    "relax.permute_dims": lambda c, a: np.transpose(
+        a[0], None if c.attrs.axes is None else [int(x) for x in c.attrs.axes]),
+    "relax.reshape": lambda c, a: a[0].reshape(static_shape(c)),
+    "relax.broadcast_to": lambda c, a: np.broadcast_to(a[0], static_shape(c)).copy(),
+    "relax.astype": lambda c, a: a[0].astype(str(c.attrs.dtype)),
+    "relax.isnan": lambda c, a: np.isnan(a[0]),
+    "relax.where": lambda c, a: np.where(a[0], a[1], a[2]),
+    "relax.add": lambda c, a: a[0] + a[1],
+    "relax.subtract": lambda c, a: a[0] - a[1],
+    "relax.multiply": lambda c, a: a[0] * a[1],
+    "relax.divide": lambda c, a: a[0] / a[1],
+    "relax.sqrt": lambda c, a: np.sqrt(a[0]),
+    "relax.squeeze": lambda c, a: a[0].reshape(static_shape(c)),
+    "relax.expand_dims": lambda c, a: a[0].reshape(static_shape(c)),
+}
+
+_ELEMENTWISE_TIR = {
+    "T_maximum": relax.op.maximum,
+    "T_minimum": relax.op.minimum,
+    "T_add": relax.op.add,
+    "T_multiply": relax.op.multiply,
+    "T_subtract": relax.op.subtract,
+    "T_divide": relax.op.divide,
+}
+
+
+def _single_block_name(func) -> str | None:
+    """Name of the only block of a single-block PrimFunc, else None."""
+    try:
+        sch = tvm.s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # noqa: BLE001 - unknown TIR shapes are simply not recognised
+        return None
+    if len(blocks) != 1:
+        return None
+    return sch.get(blocks[0]).name_hint
+
+
+@mutator
+class _Canonicalizer(PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.consts = {}
+
+    def visit_var_binding_(self, binding):
+        # a binding that folds to a constant is dropped and its uses see the constant
+        if isinstance(binding.var, relax.DataflowVar) and isinstance(binding.value, relax.Call):
+            new = self.visit_expr(binding.value)
+            if is_const(new):
+                self.consts[binding.var] = new
+                return
+        super().visit_var_binding_(binding)
+
+    def visit_dataflow_var_(self, var):
+        const = self.consts.get(var)
+        if const is not None:
+            return const
+        return super().visit_dataflow_var_(var)
+
+    def visit_call_(self, call):
+        new = super().visit_call_(call)
+        if not isinstance(new, relax.Call) or not hasattr(new.op, "name"):
+            return new
+        name = new.op.name
+        if name in _NUMPY_OPS and all(
+            is_const(a) or isinstance(a, relax.ShapeExpr) for a in new.args
+        ) and any(is_const(a) for a in new.args) and static_shape(call) is not None:
+            try:
+                arrays = [a.value.numpy() for a in new.args if is_const(a)]
+                value = np.asarray(_NUMPY_OPS[name](call, arrays))
+                dtype = str(call.ty.dtype)
+                return relax.const(value.astype(dtype), dtype)
+            except Exception:  # noqa: BLE001 - leave anything numpy cannot evaluate
+                return new
+        if name == "relax.call_tir":
+            gvar = new.args[0]
+            func = self.mod_[gvar] if gvar in self.mod_.get_global_vars() else None
+            if func is None:
+                return new
+            block = _single_block_name(func)
+            op = _ELEMENTWISE_TIR.get(block)
+            fields = list(new.args[1].fields)
+            if op is None or len(fields) != 2:
+                return new
+            out_shape = static_shape(call)
+            if out_shape is None or static_shape(fields[0]) != out_shape:
+                return new
+            if static_shape(fields[1]) not in ([], [1]):
+                return new
+            return op(fields[0], fields[1])
+        return new
+
+
+@tvm.transform.module_pass(opt_level=0, name="CanonicalizeForPruning")
+class CanonicalizeForPruning:
+    """Fold constant-only bindings and re-express elementwise ``call_tir`` as Relax ops."""
+
+    def transform_module(self, mod, ctx):
+        updates = {}
+        for gv, func in mod.functions.items():
+            if isinstance(func, relax.Function):
+                new = _Canonicalizer(mod).visit_expr(func)
+                updates[gv] = relax.analysis.remove_all_unused(new)
+        for gv, func in updates.items():
+            mod[gv] = func
+        mod = relax.transform.DeadCodeElimination()(mod)
+        return mod
