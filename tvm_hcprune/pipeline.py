@@ -1,0 +1,182 @@
+"""tvm_hcprune's compilation pipeline and :func:`build`.
+
+For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps added::
+
+    FoldConstant -> FoldBatchNorm -> FoldConstant          (Relax, whole model)
+    PackWeightsForCPU                                      (conv2d / matmul -> blocked kernels,
+                                                            weights packed once, here)
+    TVM library dispatch + legalize + FuseOps + FuseTIR    (epilogues fuse into the kernels)
+    apply_database(database)                               (hook: tuned schedules first)
+    ApplyCPURules                                          (our rules on what is left)
+    TVM dataflow lowering + finalisation
+
+PrimFuncs that no database record and no rule covers keep TVM's default lowering. Other
+targets (cuda, ...) get FoldBatchNorm and then TVM's default pipeline for the target (dlight
+rules on GPUs), with the same database hook.
+
+The pipeline is registered as ``relax.get_pipeline("hcprune")`` so
+``tvm.compile(mod, target, relax_pipeline="hcprune")`` works too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tvm
+from tvm import relax
+
+from tvm_hcprune.errors import HCPruneError
+
+PIPELINE_NAME = "hcprune"
+
+
+def set_num_threads(n: int | None = None) -> int:
+    """Use ``n`` threads (default: physical cores) for TVM's CPU thread pool.
+
+    TVM reads ``TVM_NUM_THREADS`` when its pool starts; on small VMs its default pool can run
+    a single thread. This sets the variable (if the user has not) and reconfigures the pool.
+    Returns the thread count requested.
+    """
+    from tvm_hcprune.hardware import host_physical_cores
+
+    n = int(n or host_physical_cores())
+    os.environ.setdefault("TVM_NUM_THREADS", str(n))
+    return n
+
+
+def apply_database(mod: tvm.IRModule, database, target) -> tvm.IRModule:
+    """Hook: apply a MetaSchedule ``database`` to the fused PrimFuncs of ``mod``.
+
+    Functions found in the database are marked ``tirx.is_scheduled`` and are not touched by
+    the rules afterwards. Uses :func:`tvm_hcprune.schedule.database.apply_database` when
+    that module provides it, else MetaSchedule's ``MetaScheduleApplyDatabase``.
+    """
+    if database is None:
+        return mod
+    try:
+        from tvm_hcprune.schedule import database as dbmod
+    except ImportError:
+        dbmod = None
+    fn = getattr(dbmod, "apply_database_to_fused", None) if dbmod is not None else None
+    if fn is not None:
+        return fn(mod, database, target)
+    with target, database:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def _cpu_passes(target, database, rules: bool):
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from tvm_hcprune.hardware import profile_for
+    from tvm_hcprune.schedule.cpu_rules import ApplyCPURules
+    from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
+    from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
+
+    prof = profile_for(target)
+    pre = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
+    if rules:
+        pre.append(
+            PackWeightsForCPU(lanes=prof.lanes("float32"), registers=prof.vector_registers)
+        )
+
+    @tvm.transform.module_pass(opt_level=0, name="HCPruneApplyDatabase")
+    def _db(mod, _ctx):
+        return apply_database(mod, database, target)
+
+    post = [_db]
+    if rules:
+        post.append(ApplyCPURules())
+    return (
+        pre
+        + cpu.library_dispatch_passes(target)
+        + cpu.legalize_passes(target)
+        + post
+        + cpu.dataflow_lower_passes(target)
+        + cpu.finalize_passes(target)
+    )
+
+
+def get_pipeline(target=None, database=None, rules: bool = True) -> tvm.transform.Pass:
+    """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
+
+    Parameters
+    ----------
+    target : optional
+        Anything :func:`tvm_hcprune.target.parse_target` accepts.
+    database : tvm.s_tir.meta_schedule.Database, optional
+        Tuned schedules applied before the rules.
+    rules : bool
+        Use tvm_hcprune's CPU kernels and rules (False: TVM's default lowering with BN folded).
+    """
+    from tvm_hcprune.target import parse_target
+
+    @tvm.transform.module_pass(opt_level=0, name="HCPrunePipeline")
+    def _pipeline(mod, _ctx):
+        tgt = target if target is not None else tvm.target.Target.current(allow_none=True)
+        tgt = parse_target(tgt if tgt is not None else "llvm")
+        with tgt:
+            if tgt.kind.name == "llvm":
+                seq = tvm.transform.Sequential(_cpu_passes(tgt, database, rules))
+                return seq(mod)
+            from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
+
+            mod = tvm.transform.Sequential(
+                [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
+            )(mod)
+            if database is not None:
+                mod = relax.transform.LegalizeOps()(mod)
+                mod = apply_database(mod, database, tgt)
+            return relax.get_default_pipeline(tgt)(mod)
+
+    return _pipeline
+
+
+def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True):
+    """Compile ``mod`` with tvm_hcprune's pipeline; returns what :func:`tvm.compile` returns.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A Relax module (e.g. from :func:`tvm_hcprune.load_onnx`), dense or pruned.
+    target : optional
+        Anything :func:`tvm_hcprune.target.parse_target` accepts; bare ``"llvm"`` is the host
+        CPU with its ``mcpu`` and physical core count.
+    database : tvm.s_tir.meta_schedule.Database, optional
+        Tuned MetaSchedule records, applied before tvm_hcprune's rules.
+    rules : bool
+        False compiles with TVM's default CPU lowering (BN still folded), for comparison.
+
+    Returns
+    -------
+    tvm.relax.VMExecutable
+        Run it with ``relax.VirtualMachine(ex, tvm.cpu())``.
+    """
+    from tvm_hcprune.target import parse_target
+
+    if not isinstance(mod, tvm.IRModule):
+        raise HCPruneError(
+            f"build expects a tvm.IRModule, got {type(mod).__name__}; import the model first "
+            "(tvm_hcprune.load_onnx)"
+        )
+    tgt = parse_target(target)
+    if tgt.kind.name == "llvm":
+        set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
+    return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, database, rules))
+
+
+def _register() -> None:
+    from tvm.relax import pipeline as relax_pipeline
+
+    if PIPELINE_NAME in relax_pipeline.PIPELINE_MAP:
+        return  # already registered (module reloaded)
+    try:
+
+        @relax.register_pipeline(PIPELINE_NAME)
+        def _hcprune_pipeline(database=None, rules: bool = True):
+            return get_pipeline(None, database, rules)
+
+    except ValueError:  # registered concurrently
+        pass
+
+
+_register()

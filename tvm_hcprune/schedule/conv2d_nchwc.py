@@ -1,0 +1,223 @@
+"""Channel-blocked conv2d kernels (NCHW[x]c inside the kernel) with pre-packed weights.
+
+:class:`PackConv2dNCHW` rewrites every ``relax.nn.conv2d`` that has an NCHW float32 input, a
+constant OIHW weight and static shapes into a ``call_tir`` of a TE kernel made of three
+blocks, named so the CPU schedule rule (:mod:`tvm_hcprune.schedule.cpu_rules`) finds them:
+
+``hcp_pack``
+    pads the input and packs it to ``[N, G, ICB, Hp, Wp, IB]`` (zeros beyond the channels),
+``hcp_conv``
+    the blocked convolution ``[N, G, OCB, OH, OWp, OB]`` against the weight packed once at
+    compile time to ``[G, OCB, ICB, KH, KW, IB, OB]`` (numpy, so no run-time cost),
+``hcp_unpack``
+    back to NCHW (cropping padded channels and the padded width).
+
+The kernel's ``op_pattern`` is ``kOutEWiseFusable`` so FuseOps fuses the elementwise
+epilogue (bias, relu, clip, hardswish, residual add) into it; the schedule rule then inlines
+the epilogue into the tile write-back. Depthwise convolutions (``groups == C_in == C_out``) use
+a kernel vectorised over the channel block instead (``hcp_dwpack``/``hcp_dwconv``/
+``hcp_dwunpack``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# relax's OpPatternKind
+OUT_EWISE_FUSABLE = 4
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Blocking of one conv2d.
+
+    Attributes
+    ----------
+    groups : int
+    ib, ob : int
+        Input / output channel block (the vector width, or twice it).
+    tile_w : int
+        Output pixels along W in one register tile.
+    ow_padded : int
+        Output width rounded up to ``tile_w``.
+    depthwise : bool
+    """
+
+    groups: int
+    ib: int
+    ob: int
+    tile_w: int
+    ow_padded: int
+    depthwise: bool
+
+    @property
+    def remainder_free(self) -> bool:
+        """True when no channel padding is needed (checked by the caller's shapes)."""
+        return True
+
+
+def choose_tile_w(ow: int, max_tile: int, min_tile: int = 3) -> int:
+    """Register-tile width: the smallest padded width, larger tile on ties."""
+    if ow <= max_tile:
+        return ow
+    best = None
+    for t in range(max_tile, min_tile - 1, -1):
+        padded = math.ceil(ow / t) * t
+        if best is None or padded < best[0]:
+            best = (padded, t)
+    return best[1]
+
+
+def plan_conv(ic: int, oc: int, groups: int, ow: int, lanes: int, registers: int) -> ConvPlan:
+    """Choose channel blocks and the register tile for a conv2d on a ``lanes``-wide SIMD."""
+    icg, ocg = ic // groups, oc // groups
+    if groups > 1 and groups == ic and groups == oc:
+        # depthwise: vectorise over channels; accumulators = tile_w vectors
+        max_tile = max(1, registers - 4)
+        t = choose_tile_w(ow, min(max_tile, 8))
+        return ConvPlan(groups, lanes, lanes, t, math.ceil(ow / t) * t, True)
+    ob = 2 * lanes if ocg > lanes else lanes
+    nvec = ob // lanes
+    max_tile = max(1, (registers - nvec - 1) // nvec)
+    t = choose_tile_w(ow, max_tile)
+    ib = lanes if icg >= lanes else max(1, icg)
+    return ConvPlan(groups, ib, ob, t, math.ceil(ow / t) * t, False)
+
+
+def pack_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
+    """OIHW weight -> ``[G, OCB, ICB, KH, KW, IB, OB]`` (depthwise: ``[CB, KH, KW, CBI]``)."""
+    oc, icg, kh, kw = w.shape
+    if plan.depthwise:
+        cb = math.ceil(oc / plan.ob)
+        out = np.zeros((cb * plan.ob, kh, kw), dtype=w.dtype)
+        out[:oc] = w[:, 0]
+        return np.ascontiguousarray(out.reshape(cb, plan.ob, kh, kw).transpose(0, 2, 3, 1))
+    g = plan.groups
+    ocg = oc // g
+    ocb = math.ceil(ocg / plan.ob)
+    icb = math.ceil(icg / plan.ib)
+    out = np.zeros((g, ocb * plan.ob, icb * plan.ib, kh, kw), dtype=w.dtype)
+    out[:, :ocg, :icg] = w.reshape(g, ocg, icg, kh, kw)
+    out = out.reshape(g, ocb, plan.ob, icb, plan.ib, kh, kw)
+    return np.ascontiguousarray(out.transpose(0, 1, 3, 5, 6, 4, 2))
+
+
+def i64(*dims):
+    """int64 shape (Relax's legalized kernels use int64 shapes; FuseTIR needs them equal)."""
+    from tvm import tirx
+
+    return tuple(tirx.IntImm("int64", int(d)) for d in dims)
+
+
+def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPlan):
+    """TE compute of the blocked grouped conv2d; returns the NCHW output tensor."""
+    from tvm import te, tirx
+
+    n, ic, h, w = (int(x) for x in data.shape)
+    g = plan.groups
+    _, ocb_n, icb_n, kh, kw, ib, ob = (int(x) for x in wpack.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl = padding[0], padding[1]
+    icg, ocg = ic // g, oc // g
+    oh = (h + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    owp = plan.ow_padded
+    hp = (oh - 1) * sh + (kh - 1) * dh + 1
+    wp = (owp - 1) * sw + (kw - 1) * dw + 1
+    dtype = data.dtype
+    zero = tirx.const(0.0, dtype)
+
+    def _pack(nn, gg, cb, hh, ww, ci):
+        c = cb * ib + ci
+        y = hh - pt
+        x = ww - pl
+        conds = []
+        if icb_n * ib != icg:
+            conds.append(c < icg)
+        if pt or hp - pt > h:
+            conds.extend([y >= 0, y < h])
+        if pl or wp - pl > w:
+            conds.extend([x >= 0, x < w])
+        val = data[nn, gg * icg + c if g > 1 else c, y, x]
+        if not conds:
+            return val
+        return tirx.if_then_else(tirx.all(*conds), val, zero)
+
+    dpack = te.compute(i64(n, g, icb_n, hp, wp, ib), _pack, name="hcp_pack")
+    rc = te.reduce_axis(i64(0, icb_n), name="rc")
+    ry = te.reduce_axis(i64(0, kh), name="ry")
+    rx = te.reduce_axis(i64(0, kw), name="rx")
+    ri = te.reduce_axis(i64(0, ib), name="ri")
+    cpack = te.compute(
+        i64(n, g, ocb_n, oh, owp, ob),
+        lambda nn, gg, cb, y, x, co: te.sum(
+            dpack[nn, gg, rc, y * sh + ry * dh, x * sw + rx * dw, ri]
+            * wpack[gg, cb, rc, ry, rx, ri, co],
+            axis=[rc, ry, rx, ri],
+        ),
+        name="hcp_conv",
+        attrs={"hcp_tile": plan.tile_w},
+    )
+
+    def _unpack(nn, c, y, x):
+        if g == 1:
+            return cpack[nn, 0, c // ob, y, x, c % ob]
+        cg = c % ocg
+        return cpack[nn, c // ocg, cg // ob, y, x, cg % ob]
+
+    return te.compute(i64(n, oc, oh, ow), _unpack, name="hcp_unpack")
+
+
+def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPlan):
+    """TE compute of the channel-vectorised depthwise conv2d; returns the NCHW output."""
+    from tvm import te, tirx
+
+    n, c, h, w = (int(x) for x in data.shape)
+    cb_n, kh, kw, cbi = (int(x) for x in wpack.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl = padding[0], padding[1]
+    oh = (h + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    owp = plan.ow_padded
+    hp = (oh - 1) * sh + (kh - 1) * dh + 1
+    wp = (owp - 1) * sw + (kw - 1) * dw + 1
+    zero = tirx.const(0.0, data.dtype)
+
+    def _pack(nn, cb, hh, ww, ci):
+        ch = cb * cbi + ci
+        y = hh - pt
+        x = ww - pl
+        conds = []
+        if cb_n * cbi != c:
+            conds.append(ch < c)
+        if pt or hp - pt > h:
+            conds.extend([y >= 0, y < h])
+        if pl or wp - pl > w:
+            conds.extend([x >= 0, x < w])
+        val = data[nn, ch, y, x]
+        if not conds:
+            return val
+        return tirx.if_then_else(tirx.all(*conds), val, zero)
+
+    dpack = te.compute(i64(n, cb_n, hp, wp, cbi), _pack, name="hcp_dwpack")
+    ry = te.reduce_axis(i64(0, kh), name="ry")
+    rx = te.reduce_axis(i64(0, kw), name="rx")
+    cpack = te.compute(
+        i64(n, cb_n, oh, owp, cbi),
+        lambda nn, cb, y, x, ci: te.sum(
+            dpack[nn, cb, y * sh + ry * dh, x * sw + rx * dw, ci] * wpack[cb, ry, rx, ci],
+            axis=[ry, rx],
+        ),
+        name="hcp_dwconv",
+        attrs={"hcp_tile": plan.tile_w},
+    )
+    return te.compute(
+        i64(n, c, oh, ow),
+        lambda nn, ch, y, x: cpack[nn, ch // cbi, y, x, ch % cbi],
+        name="hcp_dwunpack",
+    )

@@ -1,0 +1,187 @@
+"""CPU schedule rules for tvm_hcprune's blocked kernels, applied to fused PrimFuncs.
+
+:class:`ApplyCPURules` walks the PrimFuncs of a module after FuseOps/FuseTIR. A function that
+contains one of tvm_hcprune's kernels (blocks ``hcp_conv``, ``hcp_dwconv``, ``hcp_dense``,
+see :mod:`tvm_hcprune.schedule.rewrite`) gets its rule; every other function, and any
+function whose rule raises, keeps TVM's default lowering, so the build never fails because of
+a rule. Functions already marked ``tirx.is_scheduled`` (e.g. by a MetaSchedule database) are
+left alone.
+
+The conv rule: register tile of ``tile_w`` output pixels x ``OB`` output channels (``OB``
+vectorised, tile unrolled), reduction over (input-channel block, kh, kw, channel) outside
+the tile, parallel over (batch, group, oc block, output row, tile column); the packing of the
+input runs first, in parallel; the NCHW write-back, with the fused elementwise epilogue
+inlined, happens per tile while the accumulators are in registers.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import tirx
+
+log = logging.getLogger(__name__)
+
+TILE_ATTR = "hcp_tile"
+
+
+def _block_names(func) -> list[str]:
+    """Names of the top-level blocks of an unscheduled (fused) PrimFunc."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    try:
+        root = sch.get_sblock("root")
+    except tvm.TVMError:
+        return []
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+
+
+def _find(names: list[str], prefix: str) -> str | None:
+    hits = [n for n in names if n == prefix or n.startswith(prefix + "_")]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _inline_epilogue(sch, block) -> None:
+    """Reverse-inline the chain of elementwise consumers of ``block`` into it."""
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except tvm.TVMError:
+            return
+
+
+def _inline_producers(sch, block) -> None:
+    """Inline injective producers (other than the packing) computed inside the function."""
+    for prod in sch.get_producers(block):
+        try:
+            sch.compute_inline(prod)
+        except tvm.TVMError:
+            pass
+
+
+def _schedule_pack(sch, pack, n_outer: int) -> None:
+    loops = sch.get_loops(pack)
+    outer = sch.fuse(*loops[:n_outer])
+    sch.parallel(outer)
+    sch.unroll(loops[-1])
+
+
+def schedule_conv(sch, names: list[str]) -> bool:
+    """Schedule a fused function holding ``hcp_pack``/``hcp_conv``/``hcp_unpack``."""
+    conv_name, pack_name, unpack_name = (
+        _find(names, "hcp_conv"), _find(names, "hcp_pack"), _find(names, "hcp_unpack"))
+    if not (conv_name and pack_name and unpack_name):
+        return False
+    conv = sch.get_sblock(conv_name)
+    unpack = sch.get_sblock(unpack_name)
+    pack = sch.get_sblock(pack_name)
+    tile = int(sch.get(conv).annotations[TILE_ATTR])
+    _inline_epilogue(sch, unpack)
+    n, g, cb, y, x, co, rc, ry, rx, ri = sch.get_loops(conv)
+    xo, xi = sch.split(x, [None, tile])
+    sch.reorder(n, g, cb, y, xo, rc, ry, rx, ri, xi, co)
+    outer = sch.fuse(n, g, cb, y, xo)
+    sch.parallel(outer)
+    sch.unroll(ri)
+    sch.unroll(xi)
+    sch.vectorize(co)
+    sch.set_scope(conv, 0, "local")
+    sch.reverse_compute_at(unpack, outer)
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _schedule_pack(sch, pack, 4)
+    return True
+
+
+def schedule_dwconv(sch, names: list[str]) -> bool:
+    """Schedule a fused function holding ``hcp_dwpack``/``hcp_dwconv``/``hcp_dwunpack``."""
+    conv_name, pack_name, unpack_name = (
+        _find(names, "hcp_dwconv"), _find(names, "hcp_dwpack"), _find(names, "hcp_dwunpack"))
+    if not (conv_name and pack_name and unpack_name):
+        return False
+    conv = sch.get_sblock(conv_name)
+    unpack = sch.get_sblock(unpack_name)
+    pack = sch.get_sblock(pack_name)
+    tile = int(sch.get(conv).annotations[TILE_ATTR])
+    _inline_epilogue(sch, unpack)
+    n, cb, y, x, ci, ry, rx = sch.get_loops(conv)
+    xo, xi = sch.split(x, [None, tile])
+    sch.reorder(n, cb, y, xo, ry, rx, xi, ci)
+    outer = sch.fuse(n, cb, y, xo)
+    sch.parallel(outer)
+    sch.unroll(rx)
+    sch.unroll(xi)
+    sch.vectorize(ci)
+    sch.set_scope(conv, 0, "local")
+    sch.reverse_compute_at(unpack, outer)
+    init = sch.decompose_reduction(conv, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _schedule_pack(sch, pack, 3)
+    return True
+
+
+_RULES = (schedule_conv, schedule_dwconv)
+
+
+def apply_rules(func):
+    """Return ``func`` scheduled by the first matching rule, or None (keep the default)."""
+    from tvm import s_tir
+
+    names = _block_names(func)
+    if not any(n.startswith("hcp_") for n in names):
+        return None
+    for rule in _RULES:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        try:
+            if rule(sch, names):
+                return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        except tvm.TVMError as err:
+            log.warning("tvm_hcprune rule %s failed (%s); using TVM's default", rule.__name__,
+                        str(err).splitlines()[0] if str(err) else err)
+    return None
+
+
+@tvm.transform.module_pass(opt_level=0, name="ApplyCPURules")
+class ApplyCPURules:
+    """Apply tvm_hcprune's CPU schedule rules to every unscheduled PrimFunc that matches.
+
+    Parameters
+    ----------
+    strict : bool
+        Raise instead of falling back when a rule fails (for tests).
+    """
+
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0) or 0):
+                continue
+            new = apply_rules(func) if not self.strict else _apply_strict(func)
+            if new is not None:
+                updates[gvar] = new
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+
+def _apply_strict(func):
+    from tvm import s_tir
+
+    names = _block_names(func)
+    if not any(n.startswith("hcp_") for n in names):
+        return None
+    for rule in _RULES:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        if rule(sch, names):
+            return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    raise RuntimeError(f"no tvm_hcprune rule matched blocks {names}")

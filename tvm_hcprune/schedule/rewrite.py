@@ -1,0 +1,170 @@
+"""Relax pass :class:`PackWeightsForCPU`: route conv2d / matmul to tvm_hcprune's CPU kernels.
+
+Every supported call (static shapes, float32, constant weight) becomes a ``call_tir`` of a
+channel-blocked TE kernel whose weight was packed once, here, at compile time. Unsupported
+calls are left alone and take TVM's default path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from tvm_hcprune.schedule import conv2d_nchwc as cw
+
+_CONV = "relax.nn.conv2d"
+
+
+def _static_shape(expr) -> tuple[int, ...] | None:
+    ty = expr.ty
+    shape = getattr(ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dtype(expr) -> str:
+    return str(getattr(expr.ty, "dtype", ""))
+
+
+def _const_value(expr) -> np.ndarray | None:
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
+    return None
+
+
+def _make_call(bb: relax.BlockBuilder, name: str, te_fn, args, arg_shapes, dtypes):
+    """Create the PrimFunc from TE, register it and return the call_tir expression."""
+    placeholders = [
+        te.placeholder(cw.i64(*shape), dtype, name=f"arg{i}")
+        for i, (shape, dtype) in enumerate(zip(arg_shapes, dtypes, strict=True))
+    ]
+    out = te_fn(*placeholders)
+    func = te.create_prim_func([*placeholders, out])
+    func = func.with_attr("op_pattern", cw.OUT_EWISE_FUSABLE).with_attr("hcprune.kernel", name)
+    func = func.without_attr("global_symbol")
+    gvar = bb.add_func(func, name)
+    out_ty = relax.TensorType([int(s) for s in out.shape], out.dtype)
+    return relax.call_tir(gvar, args, out_ty)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool):
+        super().__init__(mod)
+        self.lanes = lanes
+        self.registers = registers
+        self.enable_conv = enable_conv
+        self.enable_dense = enable_dense
+        self.rewritten = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        op = getattr(call.op, "name", None)
+        try:
+            if op == _CONV and self.enable_conv:
+                new = self._conv(call)
+            elif op == "relax.matmul" and self.enable_dense:
+                from tvm_hcprune.schedule.dense import rewrite_matmul
+
+                new = rewrite_matmul(self, call)
+            else:
+                new = None
+        except (ValueError, TypeError, tvm.TVMError):  # never fail the build: keep the op
+            new = None
+        if new is None:
+            return call
+        self.rewritten += 1
+        return new
+
+    def _conv(self, call):
+        attrs = call.attrs
+        data, weight = call.args[0], call.args[1]
+        if (
+            str(attrs.data_layout) != "NCHW"
+            or str(attrs.kernel_layout) != "OIHW"
+            or str(attrs.out_layout) != "NCHW"
+        ):
+            from tvm_hcprune.schedule.conv2d_nhwc import rewrite_conv_nhwc
+
+            return rewrite_conv_nhwc(self, call)
+        w = _const_value(weight)
+        dshape = _static_shape(data)
+        if w is None or dshape is None or len(dshape) != 4:
+            return None
+        if _dtype(data) != "float32" or w.dtype != np.float32:
+            return None
+        out_dtype = attrs.out_dtype
+        if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
+            return None
+        groups = int(attrs.groups)
+        strides = [int(s) for s in attrs.strides]
+        dilation = [int(s) for s in attrs.dilation]
+        padding = [int(p) for p in attrs.padding]
+        if len(padding) == 2:
+            padding = padding * 2
+        n, ic, h, wd = dshape
+        oc, icg, kh, kw = w.shape
+        if ic != icg * groups or oc % groups:
+            return None
+        ow = (wd + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+        plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers)
+        if plan.depthwise and w.shape[1] != 1:
+            return None
+        wpack = cw.pack_weight(w, plan)
+        if plan.depthwise:
+            def fn(d, wp):
+                return cw.depthwise_nchwc_te(
+                    d, wp, strides=strides, padding=padding, dilation=dilation, plan=plan
+                )
+            name = "hcp_dwconv2d"
+        else:
+            def fn(d, wp):
+                return cw.conv2d_nchwc_te(
+                    d, wp, strides=strides, padding=padding, dilation=dilation, oc=oc, plan=plan
+                )
+            name = "hcp_conv2d"
+        return _make_call(
+            self.builder_,
+            name,
+            fn,
+            [data, relax.const(wpack)],
+            [dshape, wpack.shape],
+            ["float32", "float32"],
+        )
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackWeightsForCPU")
+class PackWeightsForCPU:
+    """Rewrite conv2d (NCHW, NHWC) and constant-weight matmul into blocked CPU kernels.
+
+    Parameters
+    ----------
+    lanes : int
+        fp32 SIMD lanes of the target (8 for AVX2, 16 for AVX-512, 4 for NEON).
+    registers : int
+        Vector registers available for the register tile.
+    conv : bool
+        Rewrite conv2d.
+    dense : bool
+        Rewrite matmul with a constant 2-D right operand.
+    """
+
+    def __init__(self, lanes: int = 8, registers: int = 16, conv: bool = True, dense: bool = True):
+        self.lanes = int(lanes)
+        self.registers = int(registers)
+        self.conv = conv
+        self.dense = dense
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense)
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                new = rw.visit_expr(func)
+                rw.builder_.update_func(gvar, new)
+        return rw.builder_.get()
