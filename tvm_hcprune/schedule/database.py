@@ -1,0 +1,587 @@
+"""Tuned schedule databases: one JSON file per database, validated on load, applied by target.
+
+A database file holds MetaSchedule workloads and tuning records together with the target
+they were tuned for::
+
+    {"format": "tvm_hcprune.schedule_database", "version": 1,
+     "target": {...}, "family": "x86-avx2", "tvm": "0.27.0.post1", "meta": {...},
+     "workloads": [<Workload.as_json()>, ...],
+     "records": [[<workload index>, <TuningRecord.as_json()>], ...]}
+
+:func:`load_database` checks the format and the target (a database tuned for another target
+raises :class:`~tvm_hcprune.errors.HCPruneError`), :func:`apply_database` replaces the fused
+PrimFuncs that have a record with their tuned schedule (the rest fall back to the schedule
+rules), and :func:`shipped_database` finds the databases shipped in the top-level
+``schedules/`` folder for a target, like TVM's old TopHub logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.utils import atomic_write_text
+
+FORMAT = "tvm_hcprune.schedule_database"
+VERSION = 1
+#: function attribute MetaScheduleApplyDatabase sets on the PrimFuncs it scheduled
+SCHEDULED_ATTR = "tirx.is_scheduled"
+#: module attribute set by :func:`prepare_for_schedules`
+PREPARED_ATTR = "hcprune.schedule_prepared"
+
+# target attributes that must agree between a database and the target it is applied to
+_MATCH_KEYS = {"llvm": ("mcpu", "mtriple"), "cuda": ("arch",)}
+
+
+# ---------------------------------------------------------------------------------------
+# target helpers
+
+
+def resolve_target(target):
+    """Turn ``target`` (Target, dict, JSON, tag or tvmc string) into a ``tvm.target.Target``."""
+    from tvm_hcprune.target import parse_target
+
+    return parse_target(target)
+
+
+def target_dict(target) -> dict:
+    """The JSON-able dict of a target (host included)."""
+    return json.loads(str(target))
+
+
+def target_family(target) -> str:
+    """Name of the shipped-database folder for ``target`` (the hardware profile's name).
+
+    Examples: ``"x86-avx2"`` for an AVX2 CPU, ``"cuda-sm_80"`` for an A100.
+    """
+    from tvm_hcprune.hardware import profile_for
+
+    return profile_for(target).name
+
+
+def _describe(d: dict) -> str:
+    parts = [d.get("kind", "?")]
+    for key in ("mcpu", "arch", "mtriple"):
+        if d.get(key):
+            parts.append(f"-{key}={d[key]}")
+    return " ".join(parts)
+
+
+def check_target_compatible(db_target: dict, target, source: str = "the database") -> None:
+    """Raise HCPruneError unless records tuned for ``db_target`` fit ``target``.
+
+    The target kinds must agree, and so must ``mcpu``/``mtriple`` (llvm) or ``arch`` (cuda)
+    when both sides name them.
+    """
+    want = target_dict(target)
+    kind = want.get("kind")
+    if db_target.get("kind") != kind:
+        raise HCPruneError(
+            f"{source} was tuned for target '{_describe(db_target)}', not '{_describe(want)}'; "
+            "re-tune for this target with `hcprune tune` or pass the database's target"
+        )
+    for key in _MATCH_KEYS.get(kind, ()):
+        have, need = db_target.get(key), want.get(key)
+        if have and need and str(have) != str(need):
+            raise HCPruneError(
+                f"{source} was tuned for target '{_describe(db_target)}' but the target is "
+                f"'{_describe(want)}' ({key} differs); re-tune with `hcprune tune --target ...` "
+                "for this target"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# tensor intrinsics: import only what the target needs
+
+
+_INTRIN_MODULES = {"llvm": ("x86",), "cuda": ("cuda",), "rocm": ("rocm",), "metal": ("metal",)}
+
+
+def ensure_tensor_intrinsics(target) -> None:
+    """Register the tensor intrinsics ``target`` can use, without the 30 s full import.
+
+    MetaSchedule's ``TuneContext`` runs ``import tvm.s_tir.tensor_intrin``, which loads the
+    intrinsics of every backend (about 30 s here, 19 s of it CUDA's). When that package is not
+    imported yet, this installs it as a bare package (the same folder, without running its
+    ``__init__``) and imports only the target's submodule (x86: 0.4 s). Later imports of any
+    ``tvm.s_tir.tensor_intrin.<backend>`` still work.
+    """
+    import tvm
+
+    kind = target_dict(target).get("kind")
+    mtriple = str(target_dict(target).get("mtriple", ""))
+    names = _INTRIN_MODULES.get(kind)
+    if kind == "llvm" and (mtriple.startswith("aarch64") or mtriple.startswith("arm")):
+        names = ("arm_cpu",)
+    pkg_name = "tvm.s_tir.tensor_intrin"
+    if names is None:
+        __import__(pkg_name)
+        return
+    if pkg_name not in sys.modules:
+        import tvm.s_tir
+
+        pkg = types.ModuleType(pkg_name)
+        pkg.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
+        pkg.__package__ = pkg_name
+        pkg.__doc__ = "Tensor intrinsics, loaded per backend by tvm_hcprune."
+        sys.modules[pkg_name] = pkg
+        tvm.s_tir.tensor_intrin = pkg
+    import importlib
+
+    for name in names:
+        importlib.import_module(f"{pkg_name}.{name}")
+
+
+# ---------------------------------------------------------------------------------------
+# the database object
+
+
+@dataclass
+class ScheduleDatabase:
+    """A MetaSchedule database together with the target it was tuned for.
+
+    Parameters
+    ----------
+    ms_database : tvm.s_tir.meta_schedule.database.Database
+        The records (usually a ``MemoryDatabase``).
+    target : dict
+        The target the records were tuned for (``json.loads(str(Target))``).
+    meta : dict
+        Free-form provenance (model, trials, CPU, date).
+    source : str
+        Where it came from (a path, ``"tuning"``, ``"shipped"``), for messages.
+    """
+
+    ms_database: object
+    target: dict
+    meta: dict = field(default_factory=dict)
+    source: str = "the database"
+
+    def __len__(self) -> int:
+        return len(self.ms_database.get_all_tuning_records())
+
+    def records(self) -> list:
+        """All tuning records."""
+        return list(self.ms_database.get_all_tuning_records())
+
+    def best_latencies(self) -> dict[str, float]:
+        """Best measured latency (seconds) per workload, keyed by the workload's hash."""
+        best: dict[str, float] = {}
+        for rec in self.records():
+            secs = _mean_secs(rec)
+            if secs is None:
+                continue
+            key = str(rec.workload.shash)
+            best[key] = min(best.get(key, float("inf")), secs)
+        return best
+
+    def to_json(self, top_k: int | None = None) -> dict:
+        """The file content (dict); ``top_k`` keeps only that many best records per workload."""
+        import tvm
+
+        from tvm_hcprune import __version__
+
+        workloads: list = []
+        index: dict[str, int] = {}
+        per_wl: dict[int, list] = {}
+        for rec in self.records():
+            wl_json = rec.workload.as_json()
+            key = json.dumps(wl_json)
+            if key not in index:
+                index[key] = len(workloads)
+                workloads.append(wl_json)
+            per_wl.setdefault(index[key], []).append(rec)
+        records = []
+        for i, recs in per_wl.items():
+            recs = sorted(recs, key=lambda r: _mean_secs(r) or float("inf"))
+            if top_k is not None:
+                recs = recs[:top_k]
+            records.extend([i, _to_plain(r.as_json())] for r in recs)
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "target": self.target,
+            "family": self.meta.get("family", ""),
+            "tvm": tvm.__version__,
+            "tvm_hcprune": __version__,
+            "meta": self.meta,
+            "workloads": [_to_plain(w) for w in workloads],
+            "records": records,
+        }
+
+    def save(self, path, top_k: int | None = None) -> Path:
+        """Write the database to ``path`` atomically (JSON)."""
+        text = json.dumps(self.to_json(top_k=top_k), separators=(",", ":"))
+        atomic_write_text(path, text)
+        return Path(path)
+
+
+def _to_plain(obj):
+    """Convert the TVM containers ``as_json`` returns into JSON-able Python values."""
+    from collections.abc import Mapping, Sequence
+
+    if obj is None or isinstance(obj, bool | int | float):
+        return obj
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, Sequence):
+        return [_to_plain(v) for v in obj]
+    if hasattr(obj, "value"):
+        return obj.value
+    raise TypeError(f"cannot store {type(obj).__name__} in a schedule database")
+
+
+def _mean_secs(rec) -> float | None:
+    secs = rec.run_secs
+    if secs is None or len(secs) == 0:
+        return None
+    vals = [float(s) for s in secs]
+    mean = sum(vals) / len(vals)
+    return mean if mean < 1e9 else None
+
+
+def new_database(target, meta: dict | None = None, source: str = "tuning") -> ScheduleDatabase:
+    """An empty in-memory database for ``target``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ScheduleDatabase(ms.database.MemoryDatabase(), target_dict(target), meta or {}, source)
+
+
+def database_from_ms(ms_database, target, meta: dict | None = None) -> ScheduleDatabase:
+    """Wrap a MetaSchedule database (e.g. the one ``tune_tasks`` returns)."""
+    out = new_database(target, meta)
+    for rec in ms_database.get_all_tuning_records():
+        wl = out.ms_database.commit_workload(rec.workload.mod)
+        out.ms_database.commit_tuning_record(_rebind(rec, wl))
+    return out
+
+
+def _rebind(rec, workload):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.TuningRecord(
+        rec.trace, workload, rec.run_secs, rec.target, rec.args_info
+    )
+
+
+def _corrupt(path, why: str) -> HCPruneError:
+    return HCPruneError(
+        f"{path} is not a valid tvm_hcprune schedule database ({why}); regenerate it with "
+        "`hcprune tune MODEL --target T -o FILE.json`"
+    )
+
+
+def _parse_file(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise HCPruneError(f"tuning records file {path} does not exist") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise HCPruneError(f"cannot read tuning records file {path}: {err}") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _corrupt(path, f"not JSON: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise _corrupt(path, f"missing the format marker {FORMAT!r}")
+    if data.get("version") != VERSION:
+        raise _corrupt(path, f"version {data.get('version')!r}, expected {VERSION}")
+    for key, typ in (("target", dict), ("workloads", list), ("records", list)):
+        if not isinstance(data.get(key), typ):
+            raise _corrupt(path, f"field {key!r} missing or not a {typ.__name__}")
+    return data
+
+
+def _load_ms_workdir(path: Path, target) -> ScheduleDatabase:
+    """Load a MetaSchedule ``JSONDatabase`` work dir (two JSON-lines files)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    wl_file = path / "database_workload.json"
+    rec_file = path / "database_tuning_record.json"
+    if not (wl_file.is_file() and rec_file.is_file()):
+        raise HCPruneError(
+            f"{path} is a folder without database_workload.json and "
+            "database_tuning_record.json; pass a tvm_hcprune database file (.json)"
+        )
+    try:
+        db = ms.database.JSONDatabase(str(wl_file), str(rec_file), allow_missing=False)
+        records = db.get_all_tuning_records()
+    except Exception as err:  # noqa: BLE001 - TVM raises its own error types
+        raise _corrupt(path, f"MetaSchedule could not read it: {err}") from err
+    if not records:
+        raise _corrupt(path, "it holds no tuning records")
+    db_target = target_dict(records[0].target)
+    if target is not None:
+        check_target_compatible(db_target, target, source=str(path))
+    out = database_from_ms(db, db_target, {"source_format": "meta_schedule work_dir"})
+    out.source = str(path)
+    return out
+
+
+def load_database(path, target=None) -> ScheduleDatabase:
+    """Load and validate a database file (or a MetaSchedule JSONDatabase folder).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`tvm_hcprune.tune` / ``hcprune tune``, or a MetaSchedule
+        work dir holding ``database_workload.json`` and ``database_tuning_record.json``.
+    target : optional
+        When given, the database must have been tuned for a compatible target
+        (:func:`check_target_compatible`).
+
+    Raises
+    ------
+    HCPruneError
+        Missing or unreadable file, corrupt content, or a database for another target.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    path = Path(path)
+    if target is not None:
+        target = resolve_target(target)
+    if path.is_dir():
+        return _load_ms_workdir(path, target)
+    data = _parse_file(path)
+    if target is not None:
+        check_target_compatible(data["target"], target, source=str(path))
+    db = ScheduleDatabase(ms.database.MemoryDatabase(), data["target"], data.get("meta") or {},
+                          str(path))
+    db.meta.setdefault("family", data.get("family", ""))
+    workloads = []
+    try:
+        for wl_json in data["workloads"]:
+            wl = ms.database.Workload.from_json(wl_json)
+            workloads.append(db.ms_database.commit_workload(wl.mod))
+        for entry in data["records"]:
+            index, rec_json = entry
+            rec = ms.database.TuningRecord.from_json(rec_json, workloads[int(index)])
+            db.ms_database.commit_tuning_record(rec)
+    except HCPruneError:
+        raise
+    except Exception as err:  # noqa: BLE001 - TVM's parsers raise assorted errors
+        raise _corrupt(path, f"a workload or record does not parse: {err}") from err
+    return db
+
+
+def as_database(database, target) -> ScheduleDatabase | None:
+    """Normalise ``database`` (path, ScheduleDatabase, MetaSchedule Database, ``None``,
+    ``"shipped"``) into a validated :class:`ScheduleDatabase` for ``target`` (or None)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if database is None:
+        return None
+    if isinstance(database, str) and database in ("shipped", "auto"):
+        return shipped_database(target)
+    if isinstance(database, ScheduleDatabase):
+        check_target_compatible(database.target, target, source=database.source)
+        return database
+    if isinstance(database, ms.database.Database):
+        records = database.get_all_tuning_records()
+        db_target = target_dict(records[0].target) if records else target_dict(target)
+        check_target_compatible(db_target, target, source="the MetaSchedule database")
+        return database_from_ms(database, db_target)
+    if isinstance(database, str | os.PathLike):
+        return load_database(database, target)
+    raise HCPruneError(
+        f"database must be a path, a ScheduleDatabase or a MetaSchedule Database, "
+        f"not {type(database).__name__}"
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# shipped databases (top-level schedules/ folder)
+
+
+def shipped_database_files(target) -> list[Path]:
+    """The shipped database files for ``target``'s family (``schedules/<family>/*.json``)."""
+    from tvm_hcprune._resources import data_dir
+
+    try:
+        root = data_dir("schedules")
+    except FileNotFoundError:
+        return []
+    folder = root / target_family(target)
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def shipped_database(target) -> ScheduleDatabase | None:
+    """All shipped records for ``target``'s family merged into one database (None if none).
+
+    Shipped files are tuned on one CPU of a family; they are applied to any target of the
+    same family (kind and ISA), so only the kind is checked here.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    files = shipped_database_files(target)
+    if not files:
+        return None
+    merged = ScheduleDatabase(ms.database.MemoryDatabase(), target_dict(target),
+                              {"files": [f.name for f in files]}, "shipped")
+    want_kind = target_dict(target).get("kind")
+    for path in files:
+        db = load_database(path)
+        if db.target.get("kind") != want_kind:
+            continue
+        for rec in db.records():
+            wl = merged.ms_database.commit_workload(rec.workload.mod)
+            merged.ms_database.commit_tuning_record(_rebind(rec, wl))
+    return merged if len(merged) else None
+
+
+# ---------------------------------------------------------------------------------------
+# preparing a module and applying a database
+
+
+class _CaptureFused:
+    """Sentinel "database": the pipeline hook stores the fused module here and stops."""
+
+    def __init__(self):
+        self.mod = None
+
+
+class _Captured(Exception):  # noqa: N818 - control flow, never shown to users
+    pass
+
+
+def _fallback_prepare_passes(target) -> list:
+    from tvm import relax
+    from tvm.relax import pipeline as rp
+
+    try:
+        dispatch = list(rp.library_dispatch_passes(target))
+    except (ValueError, AttributeError):
+        dispatch = []
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        *dispatch,
+        relax.transform.LegalizeOps(),
+        *_fuse_passes(),
+    ]
+
+
+def _fuse_passes() -> list:
+    from tvm import relax
+
+    return [
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def is_prepared(mod) -> bool:
+    """True when ``mod`` came out of :func:`prepare_for_schedules`."""
+    attrs = mod.attrs
+    return bool(attrs is not None and attrs.get(PREPARED_ATTR, False))
+
+
+def prepare_for_schedules(mod, target, rules: bool = True):
+    """The fused module exactly as the pipeline hands it to the database hook.
+
+    Runs :func:`tvm_hcprune.pipeline.get_pipeline` (BatchNorm folding, the CPU kernels,
+    legalisation, FuseOps/FuseTIR) and stops at its database hook, so :func:`tune` extracts
+    the same PrimFuncs that :func:`tvm_hcprune.build` later looks up. The result is marked
+    with the ``hcprune.schedule_prepared`` module attribute.
+    """
+    import tvm
+
+    target = resolve_target(target)
+    if is_prepared(mod):
+        return mod
+    try:
+        from tvm_hcprune import pipeline
+    except ImportError:
+        pipeline = None
+    if pipeline is not None:
+        capture = _CaptureFused()
+        try:
+            pipeline.get_pipeline(target, capture, rules)(mod)
+        except Exception:  # noqa: BLE001 - _Captured, possibly wrapped by TVM's FFI
+            if capture.mod is None:
+                raise
+        if capture.mod is None:
+            raise HCPruneError("the pipeline never reached its database hook; cannot tune")
+        out = capture.mod
+    else:
+        with target:
+            out = tvm.transform.Sequential(_fallback_prepare_passes(target))(mod)
+    return out.with_attr(PREPARED_ATTR, True)
+
+
+def apply_database_to_fused(mod, database, target):
+    """The pipeline's database hook: apply ``database`` to the fused PrimFuncs of ``mod``.
+
+    Called by :func:`tvm_hcprune.pipeline.get_pipeline` after FuseOps/FuseTIR (CPU) or
+    after LegalizeOps (GPU: the functions are fused here first, the way :func:`tune` saw
+    them). ``database`` is anything :func:`as_database` accepts.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.relax.pipeline import BackendDispatcher
+
+    target = resolve_target(target)
+    if BackendDispatcher.is_gpu_target(target) and not is_prepared(mod):
+        with target:
+            mod = tvm.transform.Sequential(_fuse_passes())(mod)
+    if isinstance(database, _CaptureFused):
+        database.mod = mod
+        raise _Captured()
+    db = as_database(database, target)
+    if db is None or len(db) == 0:
+        return mod
+    ensure_tensor_intrinsics(target)
+    with target, db.ms_database:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def scheduled_functions(mod) -> list[str]:
+    """Names of the PrimFuncs in ``mod`` marked as scheduled (by a database or a rule)."""
+    import tvm
+
+    names = []
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None:
+            if func.attrs.get(SCHEDULED_ATTR, False):
+                names.append(gv.name_hint)
+    return sorted(names)
+
+
+def apply_database(mod, target, database="shipped"):
+    """Schedule the PrimFuncs of ``mod`` that ``database`` has records for.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A Relax model; it is prepared with :func:`prepare_for_schedules` first (a module
+        that already was is used as is).
+    target : Target, dict or str
+    database : path, ScheduleDatabase, MetaSchedule Database, ``"shipped"`` or None
+        ``"shipped"`` (default) uses the databases in ``schedules/`` for the target's family;
+        None applies nothing (the module is only prepared).
+
+    Returns
+    -------
+    tvm.IRModule
+        The fused module; PrimFuncs with a record carry the tuned schedule and the
+        ``tirx.is_scheduled`` attribute, the others are left for the schedule rules
+        (:func:`tvm_hcprune.build` with ``database=`` does all of this and compiles).
+
+    Raises
+    ------
+    HCPruneError
+        A corrupt database or one tuned for another target.
+    """
+    target = resolve_target(target)
+    db = as_database(database, target)
+    mod = prepare_for_schedules(mod, target)
+    return apply_database_to_fused(mod, db, target)

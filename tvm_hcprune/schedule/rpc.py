@@ -1,0 +1,312 @@
+"""TVM RPC tracker helpers with bounded waits: check a tracker, tune and run on its devices.
+
+TVM's own client waits without bound in two places: ``connect_tracker`` retries a refused
+connection for 60 s (and a silent host for the TCP timeout), and ``TrackerSession.request``
+queues a request until a server with the key is free -- forever when the key is unknown or
+every server died. Everything here uses sockets with timeouts instead, so an unreachable
+tracker, an unknown key or a dead server gives an :class:`~tvm_hcprune.errors.HCPruneError`
+(or, inside tuning, one failed measurement) within a bounded time.
+
+Start a tracker and a server (``--port-end`` must be above ``--port``; it defaults to 9199)::
+
+    python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190 --port-end 9199
+    python -m tvm.exec.rpc_server --tracker HOST:9190 --key mydevice --port 9090 --port-end 9099
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from tvm_hcprune.errors import HCPruneError
+
+#: seconds to wait for the tracker to answer a connection or a query
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: seconds to wait for a free server of the key
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Address of an RPC tracker.
+
+    Parameters
+    ----------
+    host : str
+    port : int
+    """
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_tracker(text) -> Tracker:
+    """Parse ``"host:port"`` (or a :class:`Tracker`, or a ``(host, port)`` pair)."""
+    if isinstance(text, Tracker):
+        return text
+    if isinstance(text, tuple | list) and len(text) == 2:
+        host, port = text
+    else:
+        text = str(text).strip()
+        host, sep, port = text.rpartition(":")
+        if not sep or not host:
+            raise HCPruneError(
+                f"RPC tracker {text!r} must look like HOST:PORT, e.g. 127.0.0.1:9190"
+            )
+    try:
+        port = int(port)
+    except (TypeError, ValueError) as err:
+        raise HCPruneError(f"RPC tracker port {port!r} is not a number (HOST:PORT)") from err
+    if not 0 < port < 65536:
+        raise HCPruneError(f"RPC tracker port {port} is out of range 1..65535")
+    return Tracker(str(host), port)
+
+
+def _open(tracker: Tracker, timeout: float) -> socket.socket:
+    from tvm.rpc import base
+
+    try:
+        sock = socket.create_connection((tracker.host, tracker.port), timeout=timeout)
+    except OSError as err:
+        raise HCPruneError(
+            f"cannot reach the RPC tracker at {tracker} ({err}); start one with "
+            f"`python -m tvm.exec.rpc_tracker --host {tracker.host} --port {tracker.port} "
+            f"--port-end {tracker.port + 10}` or fix --rpc-tracker"
+        ) from err
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+        magic = struct.unpack("<i", base.recvall(sock, 4))[0]
+    except (OSError, RuntimeError, struct.error) as err:
+        sock.close()
+        raise HCPruneError(f"{tracker} does not answer like a TVM RPC tracker ({err})") from err
+    if magic != base.RPC_TRACKER_MAGIC:
+        sock.close()
+        raise HCPruneError(f"{tracker} is not a TVM RPC tracker (wrong magic number)")
+    return sock
+
+
+def tracker_summary(tracker, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> dict:
+    """The tracker's summary (``server_info`` and ``queue_info``), within ``timeout`` s."""
+    from tvm.rpc import base
+
+    tracker = parse_tracker(tracker)
+    sock = _open(tracker, timeout)
+    try:
+        base.sendjson(sock, [base.TrackerCode.SUMMARY])
+        value = base.recvjson(sock)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise HCPruneError(f"the RPC tracker at {tracker} did not answer ({err})") from err
+    finally:
+        sock.close()
+    if not value or value[0] != base.TrackerCode.SUCCESS:
+        raise HCPruneError(f"the RPC tracker at {tracker} answered {value!r}")
+    return value[1]
+
+
+def servers_for_key(summary: dict, key: str) -> int:
+    """Number of servers registered under ``key`` in a tracker summary."""
+    count = 0
+    for item in summary.get("server_info", []):
+        name = str(item.get("key", ""))
+        # servers register as "server:<key>"
+        if name.split(":", 1)[-1] == key:
+            count += 1
+    return count
+
+
+def check_key(tracker, key: str, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> int:
+    """Raise unless ``tracker`` is reachable and has servers for ``key``; return their count."""
+    if not key:
+        raise HCPruneError("an RPC key is required with an RPC tracker (--rpc-key)")
+    tracker = parse_tracker(tracker)
+    summary = tracker_summary(tracker, timeout)
+    count = servers_for_key(summary, key)
+    if count == 0:
+        keys = sorted(
+            {str(i.get("key", "")).split(":", 1)[-1] for i in summary.get("server_info", [])}
+        )
+        raise HCPruneError(
+            f"the RPC tracker at {tracker} has no server with key {key!r} "
+            f"(registered keys: {keys or 'none'}); start one with `python -m "
+            f"tvm.exec.rpc_server --tracker {tracker} --key {key}` or fix --rpc-key"
+        )
+    return count
+
+
+def request_session(tracker, key: str, timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                    session_timeout: float = 0, priority: int = 1):
+    """Request a server of ``key`` from the tracker and connect, waiting at most ``timeout``.
+
+    Parameters
+    ----------
+    tracker : str or Tracker
+        ``"host:port"``.
+    key : str
+        The device key servers registered with.
+    timeout : float
+        Seconds to wait for a free server (the tracker queues requests).
+    session_timeout : float
+        Seconds after which the server ends the session (0: no limit).
+    priority : int
+        Request priority (higher first).
+
+    Returns
+    -------
+    tvm.rpc.RPCSession
+
+    Raises
+    ------
+    HCPruneError
+        Unreachable tracker, or no free server within ``timeout`` (unknown key, all busy or
+        dead).
+    """
+    from tvm import rpc
+    from tvm.rpc import base
+
+    tracker = parse_tracker(tracker)
+    deadline = time.monotonic() + timeout
+    last_err: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = _open(tracker, min(left, DEFAULT_CONNECT_TIMEOUT))
+        sock.settimeout(left)
+        try:
+            base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", priority])
+            value = base.recvjson(sock)
+        except (OSError, RuntimeError, ValueError) as err:
+            last_err = err
+            sock.close()
+            if isinstance(err, TimeoutError | socket.timeout):
+                break
+            continue
+        sock.close()
+        if not value or value[0] != base.TrackerCode.SUCCESS:
+            last_err = RuntimeError(f"tracker answered {value!r}")
+            continue
+        url, port, matchkey = value[1]
+        try:
+            return rpc.connect(url, port, matchkey, session_timeout)
+        except Exception as err:  # noqa: BLE001 - a server that died after registering
+            last_err = err
+            time.sleep(0.2)
+    raise HCPruneError(
+        f"no free RPC server with key {key!r} at tracker {tracker} within {timeout:g} s"
+        + (f" (last error: {last_err})" if last_err else "")
+        + "; check `python -m tvm.exec.query_rpc_tracker --host "
+        f"{tracker.host} --port {tracker.port}`"
+    )
+
+
+def create_session_for_runner(rpc_config):
+    """``f_create_session`` for MetaSchedule's RPCRunner: a request with a bounded wait."""
+    return request_session(
+        Tracker(rpc_config.tracker_host, int(rpc_config.tracker_port)),
+        rpc_config.tracker_key,
+        timeout=float(rpc_config.session_timeout_sec),
+        session_timeout=float(rpc_config.session_timeout_sec),
+        priority=int(rpc_config.session_priority),
+    )
+
+
+def make_rpc_runner(tracker, key: str, *, session_timeout: float = 60.0, number: int = 3,
+                    repeat: int = 1, min_repeat_ms: int = 50, max_workers: int | None = None):
+    """A MetaSchedule ``RPCRunner`` measuring on the tracker's ``key`` servers, in parallel.
+
+    The tracker and key are checked first (:func:`check_key`); ``max_workers`` defaults to
+    the number of servers. Every measurement is bounded: the session request waits at most
+    ``session_timeout`` and a worker that exceeds ``session_timeout`` (+ 30 s) is killed, so
+    a server that dies mid-tuning costs one failed measurement, never a hang.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    tracker = parse_tracker(tracker)
+    count = check_key(tracker, key)
+    workers = max_workers or count
+    config = ms.runner.RPCConfig(
+        tracker_host=tracker.host,
+        tracker_port=tracker.port,
+        tracker_key=key,
+        session_priority=1,
+        session_timeout_sec=int(session_timeout),
+    )
+    evaluator = ms.runner.EvaluatorConfig(
+        number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+        enable_cpu_cache_flush=False,
+    )
+    runner = ms.runner.RPCRunner(
+        config, evaluator, f_create_session=create_session_for_runner, max_workers=workers
+    )
+    # bound every measurement: RPCRunner's own pool has no timeout
+    inst = runner._inst  # noqa: SLF001 - the derived object's Python instance
+    inst.pool.shutdown()
+    inst.pool = PopenPoolExecutor(max_workers=workers, timeout=session_timeout + 30)
+    return runner
+
+
+def run_remote(lib_path, inputs: dict, tracker, key: str, *, repeat: int = 0,
+               timeout: float = DEFAULT_REQUEST_TIMEOUT, device: str = "cpu",
+               entry: str = "main"):
+    """Upload a compiled model (``export_library`` output) and run it on an RPC device.
+
+    Parameters
+    ----------
+    lib_path : str or PathLike
+        The ``.so`` written by ``hcprune compile`` / ``export_library``.
+    inputs : dict
+        Input name -> numpy array, in the function's parameter order.
+    tracker, key : str
+        Tracker ``host:port`` and device key.
+    repeat : int
+        When > 0, also time the model (``repeat`` runs) and return the times.
+    timeout : float
+        Seconds to wait for a free server (the session ends after ``4 * timeout``).
+    device : str
+        ``"cpu"`` or ``"cuda"``.
+
+    Returns
+    -------
+    (outputs, times) : (list of numpy.ndarray, list of float seconds)
+    """
+    import os
+
+    import tvm
+    from tvm import relax
+
+    sess = request_session(tracker, key, timeout=timeout, session_timeout=4 * timeout)
+    name = os.path.basename(str(lib_path))
+    sess.upload(str(lib_path))
+    rlib = sess.load_module(name)
+    dev = sess.cuda() if device == "cuda" else sess.cpu()
+    vm = relax.VirtualMachine(rlib, dev)
+    args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
+    out = vm[entry](*args)
+    outputs = flatten_outputs(out)
+    times: list[float] = []
+    if repeat > 0:
+        vm.set_input(entry, *args)
+        timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat)
+        times = [float(t) for t in timer(entry).results]
+    return outputs, times
+
+
+def flatten_outputs(out) -> list:
+    """VM outputs (a tensor or nested tuple of tensors) as a flat list of numpy arrays."""
+    import tvm
+
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    result = []
+    for item in out:
+        result.extend(flatten_outputs(item))
+    return result

@@ -1,0 +1,510 @@
+"""``tune``: MetaSchedule tuning that works on TVM 0.27 here, locally or through RPC.
+
+What differs from ``ms.relax_integration.tune_relax``:
+
+- the builder compiles in-process (:class:`InProcessBuilder`): MetaSchedule's
+  ``LocalBuilder`` starts a fresh process pool per batch whose workers import
+  ``tvm.s_tir.tensor_intrin`` (about 28 s), so with its 30 s timeout most trials failed;
+- only the target's tensor intrinsics are imported
+  (:func:`~tvm_hcprune.schedule.database.ensure_tensor_intrinsics`, 0.4 s instead of 30 s);
+- the search starts from the schedule rules' own schedules when they can be expressed as a
+  trace on the task (seeds are measured like any candidate and committed to the database,
+  so tuning never ends slower than the rules);
+- the XGBoost cost model and evolutionary search are sized for small budgets;
+- progress is a tqdm bar (trials, tasks done, best total latency, ETA) while MetaSchedule's
+  own logs go to ``work_dir/logs``;
+- the result is a :class:`~tvm_hcprune.schedule.database.ScheduleDatabase`, written
+  atomically as one JSON file when ``output`` is given;
+- RPC measurement (``rpc_tracker``/``rpc_key``) checks the tracker first and bounds every
+  measurement (:mod:`tvm_hcprune.schedule.rpc`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.schedule import database as dbm
+
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+# ---------------------------------------------------------------------------------------
+# builder
+
+
+def _build_one(mod, target):
+    """Compile one candidate the way MetaSchedule's ``default_build`` does."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm.compile(mod, target=target)
+
+
+def _make_builder_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class InProcessBuilder(ms.builder.PyBuilder):
+        """Build candidates in this process: no worker start-up, no import, no timeout.
+
+        Each artifact is exported as a ``.tar`` into its own temporary folder (what
+        ``LocalRunner`` and ``RPCRunner`` load); ``RemoveBuildArtifact`` deletes it after
+        measurement.
+        """
+
+        def build(self, build_inputs):
+            from tvm.support.tar import tar
+
+            results = []
+            for item in build_inputs:
+                try:
+                    rt_mod = _build_one(item.mod, item.target)
+                    folder = tempfile.mkdtemp(prefix="hcprune_ms_")
+                    path = os.path.join(folder, "tvm_tmp_mod." + tar.output_format)
+                    rt_mod.export_library(path, fcompile=tar)
+                    results.append(ms.builder.BuilderResult(path, None))
+                except Exception as err:  # noqa: BLE001 - a failed candidate, not a failure
+                    results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"))
+            return results
+
+    return InProcessBuilder
+
+
+_BUILDER_CLASS = None
+
+
+def in_process_builder():
+    """A MetaSchedule builder that compiles in this process (see module docstring)."""
+    global _BUILDER_CLASS
+    if _BUILDER_CLASS is None:
+        _BUILDER_CLASS = _make_builder_class()
+    return _BUILDER_CLASS()
+
+
+# ---------------------------------------------------------------------------------------
+# progress
+
+
+@dataclass
+class TuneStats:
+    """What a tuning run measured.
+
+    Attributes
+    ----------
+    tasks : list of str
+        Task names, in MetaSchedule's order.
+    weights : list of int
+        How often each task's function is called by the model.
+    trials : int
+        Candidates measured (including seeds).
+    valid : int
+        Candidates that built and ran.
+    errors : list of str
+        The first few build/run error messages.
+    best : dict
+        Task name -> best measured latency (seconds).
+    seeds : dict
+        Task name -> measured latency of the schedule rules' seed (seconds).
+    seconds : float
+        Wall time of the run.
+    """
+
+    tasks: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    trials: int = 0
+    valid: int = 0
+    errors: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    seeds: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def note(self, name: str, builder_results, runner_results) -> None:
+        for b, r in zip(builder_results, runner_results, strict=False):
+            self.trials += 1
+            msg = b.error_msg or r.error_msg
+            if msg:
+                if len(self.errors) < 5:
+                    self.errors.append(str(msg).strip().splitlines()[-1][:300])
+                continue
+            secs = [float(s) for s in r.run_secs]
+            if not secs or max(secs) >= 1e9:
+                continue
+            self.valid += 1
+            mean = sum(secs) / len(secs)
+            self.best[name] = min(self.best.get(name, float("inf")), mean)
+
+    def total_latency(self) -> float:
+        """Weighted sum of the best task latencies (seconds)."""
+        weight = dict(zip(self.tasks, self.weights, strict=False))
+        return sum(weight.get(n, 1) * s for n, s in self.best.items())
+
+
+def _make_progress_callback(stats: TuneStats, bar):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+        """Record results and advance the tqdm bar after every measured batch."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            name = stats.tasks[task_id]
+            stats.note(name, builder_results, runner_results)
+            done = sum(1 for t in task_scheduler.tasks_ if t.is_terminated)
+            if bar is not None:
+                bar.update(len(measure_candidates))
+                if bar.total is not None and bar.n > bar.total:
+                    bar.total = bar.n
+                bar.set_postfix_str(
+                    f"tasks {done}/{len(stats.tasks)}, "
+                    f"best {stats.total_latency() * 1e3:.3f} ms"
+                )
+
+    return ProgressCallback()
+
+
+@contextlib.contextmanager
+def _quiet_ms_console():
+    """Send MetaSchedule's INFO chatter to its log files only (tqdm shows progress)."""
+    logger = logging.getLogger(_MS_LOGGER)
+    old = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+@contextlib.contextmanager
+def _thread_env(target):
+    """Measure with TVM_NUM_THREADS = the target's core count (as the model will run)."""
+    cores = dbm.target_dict(target).get("num-cores")
+    old = os.environ.get("TVM_NUM_THREADS")
+    if cores and old is None:
+        os.environ["TVM_NUM_THREADS"] = str(cores)
+    try:
+        yield
+    finally:
+        if cores and old is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+
+
+# ---------------------------------------------------------------------------------------
+# seeds from the schedule rules
+
+
+def rule_schedule(func, target):
+    """The schedule rules' schedule of one task function, or None.
+
+    CPU targets: tvm_hcprune's rules (:mod:`tvm_hcprune.schedule.cpu_rules`) for the
+    functions holding its blocked kernels; GPU targets: dlight's default rules. Returns a
+    ``tvm.s_tir.Schedule`` whose trace replays on the task, or None when no rule applies.
+    """
+    from tvm.relax.pipeline import BackendDispatcher
+
+    if BackendDispatcher.is_gpu_target(target):
+        return _dlight_schedule(func, target)
+    return _cpu_rule_schedule(func)
+
+
+def _cpu_rule_schedule(func):
+    import tvm
+    from tvm import s_tir
+
+    try:
+        from tvm_hcprune.schedule import cpu_rules
+    except ImportError:
+        return None
+    names = cpu_rules._block_names(func)  # noqa: SLF001 - same package, shared helper
+    if not any(n.startswith("hcp_") for n in names):
+        return None
+    for rule in cpu_rules._RULES:  # noqa: SLF001
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        try:
+            if rule(sch, names):
+                return sch
+        except tvm.TVMError:
+            continue
+    return None
+
+
+def _dlight_schedule(func, target):
+    from tvm.s_tir import dlight as dl
+
+    rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+             dl.gpu.Fallback()]
+    for rule in rules:
+        try:
+            sch = rule.apply(func, target, False)
+        except Exception:  # noqa: BLE001 - a rule that does not fit this function
+            continue
+        if isinstance(sch, list):
+            sch = sch[0] if sch else None
+        if sch is not None:
+            return sch
+    return None
+
+
+def _seed_candidates(ctx, target):
+    """A MeasureCandidate for the rules' schedule of task ``ctx`` (None if no rule fits)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    func = ctx.mod["main"]
+    try:
+        sch = rule_schedule(func, target)
+    except Exception:  # noqa: BLE001 - a rule failing on one task must not stop tuning
+        return None
+    if sch is None or sch.trace is None:
+        return None
+    # replay the trace on a fresh schedule of the task to make sure it is a valid seed
+    try:
+        from tvm import s_tir
+
+        fresh = s_tir.Schedule(ctx.mod)
+        sch.trace.apply_to_schedule(fresh, remove_postproc=False)
+    except Exception:  # noqa: BLE001
+        return None
+    return ms.MeasureCandidate(fresh, ms.arg_info.ArgInfo.from_entry_func(fresh.mod, False))
+
+
+def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats):
+    """Measure the rules' schedules and commit them as tuning records (the search's start)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    items = []
+    for i, ctx in enumerate(ctxs):
+        cand = _seed_candidates(ctx, target)
+        if cand is not None:
+            items.append((i, ctx, cand))
+    if not items:
+        return
+    built = builder.build([ms.builder.BuilderInput(c.sch.mod, target) for _, _, c in items])
+    run_inputs, keep = [], []
+    for (i, ctx, cand), b in zip(items, built, strict=True):
+        if b.error_msg:
+            continue
+        run_inputs.append(ms.runner.RunnerInput(b.artifact_path, target.kind.name,
+                                                cand.args_info))
+        keep.append((i, ctx, cand, b))
+    futures = runner.run(run_inputs) if run_inputs else []
+    for (_i, ctx, cand, b), fut in zip(keep, futures, strict=True):
+        res = fut.result()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(os.path.dirname(b.artifact_path))
+        if res.error_msg or not res.run_secs:
+            continue
+        wl = database.commit_workload(ctx.mod)
+        database.commit_tuning_record(
+            ms.database.TuningRecord(cand.sch.trace, wl, res.run_secs, target, cand.args_info)
+        )
+        secs = [float(s) for s in res.run_secs]
+        stats.seeds[ctx.task_name] = sum(secs) / len(secs)
+
+
+# ---------------------------------------------------------------------------------------
+# the entry point
+
+
+def extract_tasks(mod, target):
+    """Prepare ``mod`` (:func:`~tvm_hcprune.schedule.database.prepare_for_schedules`) and
+    return MetaSchedule's tasks for it (already-scheduled functions excluded)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    target = dbm.resolve_target(target)
+    prepared = dbm.prepare_for_schedules(mod, target)
+    tasks = ms.relax_integration.extract_tasks(prepared, target)
+    out = []
+    for task in tasks:
+        func = task.dispatched[0]["main"]
+        if func.attrs is not None and func.attrs.get(dbm.SCHEDULED_ATTR, False):
+            continue
+        out.append(task)
+    return out
+
+
+def _check_trials(trials, trials_per_task):
+    for name, value in (("trials", trials), ("trials_per_task", trials_per_task)):
+        if value is None and name == "trials_per_task":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise HCPruneError(f"{name} must be a positive integer, got {value!r}")
+
+
+def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_tracker=None,
+         rpc_key=None, *, output=None, trials_per_task: int | None = None,
+         num_trials_per_iter: int | None = None, seed_rules: bool = True, seed: int = 0,
+         number: int = 3, repeat: int = 1, min_repeat_ms: int = 50,
+         session_timeout: float = 60.0, progress: bool = True, meta: dict | None = None,
+         return_stats: bool = False):
+    """Tune the fused functions of ``mod`` for ``target`` with MetaSchedule.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A Relax model (pruned or not); it is prepared the way :func:`apply_database` and
+        the pipeline prepare it, so the records match at compile time.
+    target : Target, dict or str
+        E.g. ``"llvm"`` (host CPU), ``{"kind": "llvm", "mcpu": "znver3"}``,
+        ``"cuda -arch=sm_80"``.
+    trials : int
+        Total measurement budget over all tasks (tvmc's ``--trials``).
+    work_dir : str or PathLike, optional
+        Where MetaSchedule's logs go; a temporary folder (removed afterwards) when None.
+    runner : ``"local"``, ``"rpc"`` or a MetaSchedule Runner
+        ``"rpc"`` is implied by ``rpc_tracker``.
+    rpc_tracker, rpc_key : str, optional
+        ``"host:port"`` and device key of a TVM RPC tracker; measurements run on all its
+        servers for the key in parallel.
+    output : str or PathLike, optional
+        Write the database there (JSON, atomically).
+    trials_per_task : int, optional
+        Cap per task (default: ``trials``).
+    num_trials_per_iter : int, optional
+        Candidates per measured batch (default: ``min(trials_per_task, 16)``).
+    seed_rules : bool
+        Measure the schedule rules' schedules first and start the search from them.
+    seed : int
+        Random seed of the search.
+    number, repeat, min_repeat_ms : int
+        Evaluator settings of each measurement.
+    session_timeout : float
+        Bound (seconds) of one RPC measurement.
+    progress : bool
+        Show a tqdm bar.
+    meta : dict, optional
+        Extra provenance stored in the database.
+    return_stats : bool
+        Return ``(database, TuneStats)`` instead of the database.
+
+    Returns
+    -------
+    ScheduleDatabase (or (ScheduleDatabase, TuneStats))
+
+    Raises
+    ------
+    HCPruneError
+        Bad trials, unreachable tracker or unknown key, no task to tune, or no measurement
+        succeeded.
+    """
+    from tqdm.auto import tqdm
+    from tvm.s_tir import meta_schedule as ms
+
+    _check_trials(trials, trials_per_task)
+    target = dbm.resolve_target(target)
+    per_task = min(trials_per_task or trials, trials)
+    per_iter = num_trials_per_iter or min(per_task, 16)
+
+    # the runner first: a bad tracker must fail before the slow parts
+    if rpc_tracker is not None or runner == "rpc":
+        if rpc_tracker is None or not rpc_key:
+            raise HCPruneError("RPC tuning needs both rpc_tracker='host:port' and rpc_key")
+        from tvm_hcprune.schedule.rpc import make_rpc_runner
+
+        ms_runner = make_rpc_runner(rpc_tracker, rpc_key, session_timeout=session_timeout,
+                                    number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    elif runner == "local":
+        ms_runner = None  # created below, inside the thread setting
+    elif isinstance(runner, ms.runner.Runner):
+        ms_runner = runner
+    else:
+        raise HCPruneError(
+            f"runner must be 'local', 'rpc' or a MetaSchedule Runner, not {runner!r}"
+        )
+
+    start = time.perf_counter()
+    dbm.ensure_tensor_intrinsics(target)
+    tasks = extract_tasks(mod, target)
+    if not tasks:
+        raise HCPruneError("the model has no function left to tune (all are scheduled already)")
+
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.mkdtemp(prefix="hcprune_tune_")
+        work_dir = tmp
+    work_dir = str(Path(work_dir))
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    stats = TuneStats(tasks=[t.task_name for t in tasks], weights=[int(t.weight) for t in tasks])
+    try:
+        with _quiet_ms_console(), _thread_env(target):
+            if ms_runner is None:
+                ms_runner = ms.runner.LocalRunner(
+                    evaluator_config=ms.runner.EvaluatorConfig(
+                        number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                        enable_cpu_cache_flush=False,
+                    ),
+                    timeout_sec=max(30.0, session_timeout),
+                )
+            strategy = ms.search_strategy.EvolutionarySearch(
+                population_size=max(16, min(256, 4 * per_task)),
+                init_measured_ratio=0.2,
+                init_min_unmeasured=max(8, min(50, 2 * per_task)),
+                genetic_num_iters=2 if per_task <= 16 else 4,
+            )
+            ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, work_dir, strategy=strategy, num_threads="physical", seed=seed
+            )
+            ms_db = ms.database.MemoryDatabase()
+            builder = in_process_builder()
+            if seed_rules:
+                _measure_seeds(ctxs, target, builder, ms_runner, ms_db, stats)
+            total = min(trials, per_task * len(ctxs))
+            bar = tqdm(total=total, desc="tuning", unit="trial", disable=not progress,
+                       dynamic_ncols=True)
+            callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
+                         _make_progress_callback(stats, bar)]
+            cost_model = ms.CostModel.create(
+                "xgb", num_warmup_samples=min(16, max(4, per_iter)),
+                num_tuning_cores=int(ctxs[0].num_threads),
+            )
+            try:
+                ms.tune_tasks(
+                    tasks=ctxs, task_weights=weights, work_dir=work_dir,
+                    max_trials_global=trials, max_trials_per_task=per_task,
+                    num_trials_per_iter=per_iter, builder=builder, runner=ms_runner,
+                    database=ms_db, cost_model=cost_model, measure_callbacks=callbacks,
+                    task_scheduler="gradient",
+                )
+            finally:
+                bar.close()
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    stats.seconds = time.perf_counter() - start
+    if stats.valid == 0 and not stats.seeds:
+        raise HCPruneError(
+            f"tuning measured nothing: all {stats.trials} trials failed "
+            f"(first errors: {stats.errors[:3]}); check the target and the device"
+        )
+    info = {
+        "family": _family(target),
+        "trials": trials,
+        "trials_per_task": per_task,
+        "measured": stats.trials,
+        "valid": stats.valid,
+        "runner": "rpc" if rpc_tracker is not None else str(runner if isinstance(runner, str)
+                                                          else "custom"),
+        "seconds": round(stats.seconds, 1),
+        **(meta or {}),
+    }
+    result = dbm.database_from_ms(ms_db, target, info)
+    if output is not None:
+        result.save(output)
+    return (result, stats) if return_stats else result
+
+
+def _family(target) -> str:
+    try:
+        return dbm.target_family(target)
+    except Exception:  # noqa: BLE001 - provenance only
+        return ""
