@@ -61,9 +61,10 @@ class ConvHandler(OpHandler):
         groups = int(at.groups)
         cout = _out_shape(var)[out_c]
         kernel = math.prod(s for i, s in enumerate(wshape) if i not in (ko, ki))
-        ctx.add_macs(var, op, math.prod(_out_shape(var)) * (cin // groups) * kernel)
-        if self.transpose:
-            ko, ki = ki, ko  # conv2d_transpose weights are IOHW: "O" letter names inputs
+        if self.transpose:  # every input pixel scatters into cout/groups x kernel outputs
+            ctx.add_macs(var, op, math.prod(static_shape(x)) * (cout // groups) * kernel)
+        else:
+            ctx.add_macs(var, op, math.prod(_out_shape(var)) * (cin // groups) * kernel)
         if groups == 1:
             sid = ctx.new_space(cout, var, op)
             out[out_c] = ctx.one_space(sid, cout)
@@ -430,13 +431,10 @@ class StridedSliceHandler(OpHandler):
     def analyze(self, ctx, var, call):
         d = list(ctx.desc(call.args[0]))
         shape = static_shape(call.args[0])
-        at = call.attrs
-        axes = [int(a) % len(d) for a in at.axes]
         out = list(d)
-        for k, ax in enumerate(axes):
+        for ax, lo, hi, st in _slice_spec(call, shape):
             if d[ax] is None:
                 continue
-            lo, hi, st = _slice_bounds(at, call, k, shape[ax])
             sub = _sub_desc(d[ax], lo, hi) if st == 1 else None
             if sub is None:
                 ctx.freeze(d[ax], var, call.op.name, "slice inside a channel group")
@@ -448,40 +446,35 @@ class StridedSliceHandler(OpHandler):
     def rewrite(self, rw, var, call, args):
         d = rw.in_desc(call.args[0])
         shape = static_shape(call.args[0])
-        at = call.attrs
-        axes = [int(a) % len(d) for a in at.axes]
-        begins, ends, strides = [], [], []
-        changed = False
-        for k, ax in enumerate(axes):
-            lo, hi, st = _slice_bounds(at, call, k, shape[ax])
+        axes, begins, ends, strides = [], [], [], []
+        for ax, lo, hi, st in _slice_spec(call, shape):
             idx = rw.axis_index(d[ax])
             if idx is not None:
                 lo, hi = int((idx < lo).sum()), int((idx < hi).sum())
-                changed = True
+            axes.append(ax)
             begins.append(lo)
             ends.append(hi)
             strides.append(st)
-        if not changed:
-            return relax.Call(call.op, args, call.attrs, call.ty_args)
-        return relax.op.strided_slice(args[0], axes, begins, ends, strides)
+        return relax.op.strided_slice(args[0], axes, begins, ends, strides,
+                                      assume_inbound=bool(call.attrs.assume_inbound))
 
 
-def _slice_bounds(at, call, k, dim):
-    def val(seq, default):
-        if seq is None or len(seq) <= k:
-            return default
-        return int(seq[k])
+def _ints(expr):
+    return [int(f.value) for f in expr.fields]
 
-    begin = call.args[2] if len(call.args) > 2 else None
-    if begin is not None and isinstance(begin, relax.ShapeExpr):
-        lo = int(begin.values[k])
-        hi = int(call.args[3].values[k])
-        st = int(call.args[4].values[k]) if len(call.args) > 4 else 1
-    else:
-        lo, hi, st = val(getattr(at, "begin", None), 0), val(getattr(at, "end", None), dim), 1
-    lo = max(0, lo + dim if lo < 0 else lo)
-    hi = min(dim, hi + dim if hi < 0 else hi)
-    return lo, hi, st
+
+def _slice_spec(call, shape):
+    """(axis, begin, end, stride) per sliced axis, normalised to [0, dim]."""
+    axes, begin, end = _ints(call.args[1]), _ints(call.args[2]), _ints(call.args[3])
+    strides = _ints(call.args[4]) if len(call.args) > 4 else [1] * len(axes)
+    out = []
+    for ax, lo, hi, st in zip(axes, begin, end, strides, strict=True):
+        ax = ax % len(shape)
+        dim = shape[ax]
+        lo = min(max(0, lo + dim if lo < 0 else lo), dim)
+        hi = min(max(0, hi + dim if hi < 0 else hi), dim)
+        out.append((ax, lo, hi, st))
+    return out
 
 
 @register_op_handler("relax.nn.pad")

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import tvm
 import tvm.s_tir
@@ -58,6 +60,38 @@ def _single_block_name(func) -> str | None:
     return sch.get(blocks[0]).name_hint
 
 
+_READ = re.compile(r"T\.reads\(\w+\[([^\]]*)\]\)")
+_ELSE = re.compile(r"T\.if_then_else\(.*, T\.float32\(([^)]*)\)\)\s*$", re.M)
+
+
+def _constant_pad(func, in_shape, out_shape):
+    """(pad_width, value) of TOPI's constant-mode pad PrimFunc, or None if not recognised."""
+    if in_shape is None or out_shape is None or len(in_shape) != len(out_shape):
+        return None
+    text = func.script()
+    reads, other = _READ.search(text), _ELSE.search(text)
+    if reads is None or other is None:
+        return None
+    idx = [t.strip() for t in reads.group(1).split(",")]
+    if len(idx) != len(in_shape):
+        return None
+    width = []
+    for k, expr in enumerate(idx):
+        m = re.fullmatch(r"v_\w+(?: - T\.int64\((\d+)\))?", expr)
+        if m is None:
+            return None
+        before = int(m.group(1) or 0)
+        after = out_shape[k] - in_shape[k] - before
+        if after < 0:
+            return None
+        width += [before, after]
+    try:
+        value = float(other.group(1))
+    except ValueError:
+        return None
+    return width, value
+
+
 @mutator
 class _Canonicalizer(PyExprMutator):
     def __init__(self, mod):
@@ -101,6 +135,13 @@ class _Canonicalizer(PyExprMutator):
             if func is None:
                 return new
             block = _single_block_name(func)
+            if block == "PadInput" and len(new.args[1].fields) == 1:
+                pad = _constant_pad(func, static_shape(new.args[1].fields[0]),
+                                    static_shape(call))
+                if pad is not None:
+                    width, value = pad
+                    return relax.op.nn.pad(new.args[1].fields[0], width, "constant", value)
+                return new
             op = _ELEMENTWISE_TIR.get(block)
             fields = list(new.args[1].fields)
             if op is None or len(fields) != 2:
