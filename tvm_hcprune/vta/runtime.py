@@ -154,6 +154,11 @@ class CommandQueue:
     def alloc(self, nbytes: int) -> int:
         return self.sim.dram.alloc(nbytes)
 
+    def release_dram(self) -> None:
+        """Free every DRAM buffer (cached micro-op kernels are re-sent when next missed)."""
+        self.sim.dram.reset()
+        self._kernel_dram.clear()
+
     def get(self, addr: int, dtype, shape) -> np.ndarray:
         return self.sim.dram.read(addr, dtype, shape)
 
