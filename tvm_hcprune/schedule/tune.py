@@ -294,8 +294,8 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats):
     for (i, ctx, cand), b in zip(items, built, strict=True):
         if b.error_msg:
             continue
-        run_inputs.append(ms.runner.RunnerInput(b.artifact_path, target.kind.name,
-                                                cand.args_info))
+        device = "cpu" if target.kind.name == "llvm" else target.kind.name
+        run_inputs.append(ms.runner.RunnerInput(b.artifact_path, device, cand.args_info))
         keep.append((i, ctx, cand, b))
     futures = runner.run(run_inputs) if run_inputs else []
     for (_i, ctx, cand, b), fut in zip(keep, futures, strict=True):
@@ -310,6 +310,8 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats):
         )
         secs = [float(s) for s in res.run_secs]
         stats.seeds[ctx.task_name] = sum(secs) / len(secs)
+        stats.best[ctx.task_name] = min(stats.best.get(ctx.task_name, float("inf")),
+                                        stats.seeds[ctx.task_name])
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,161 @@
+"""``hcprune compile``: ONNX model -> deployable library, the way ``tvmc compile`` did it.
+
+    hcprune compile model.onnx --target "llvm -mcpu=znver3" -o model.so \\
+        [--prune-ratio 0.5 | --preset llvm-avx2] [--tuning-records db.json] \\
+        [--input-shapes "input:[1,3,224,224]"]
+
+Flag names follow tvmc (``--target``, ``--output``/``-o``, ``--tuning-records``,
+``--input-shapes``). Without ``--tuning-records`` the databases shipped for the target's
+family (``schedules/``) are used where workloads match. Every input is checked before the
+slow work starts, and the library is written atomically: on error nothing is left behind.
+
+This module also holds the helpers ``hcprune tune`` and ``hcprune run`` share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+import time
+from pathlib import Path
+
+from tvm_hcprune.errors import HCPruneError
+
+_SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
+
+
+# ---------------------------------------------------------------------------------------
+# shared helpers
+
+
+def parse_input_shapes(text: str | None) -> dict[str, list[int]] | None:
+    """Parse tvmc's ``--input-shapes`` (``"x:[1,3,224,224] y:[1,10]"``; ``,`` also separates)."""
+    if not text:
+        return None
+    out: dict[str, list[int]] = {}
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _SHAPE_ITEM.match(text, pos)
+        if m is None:
+            raise HCPruneError(
+                f"--input-shapes {text!r} must look like \"name:[1,3,224,224]\" "
+                "(several separated by spaces)"
+            )
+        name, dims = m.group(1), m.group(2)
+        try:
+            shape = ast.literal_eval(dims)
+        except (ValueError, SyntaxError) as err:
+            raise HCPruneError(f"--input-shapes: {dims!r} is not a list of integers") from err
+        if not all(isinstance(d, int) and d > 0 for d in shape):
+            raise HCPruneError(f"--input-shapes: {name}:{dims} must hold positive integers")
+        out[name] = list(shape)
+        pos = m.end()
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+    return out
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments that turn an ONNX file into the (pruned) module to compile or tune."""
+    parser.add_argument("model", help="ONNX model file")
+    parser.add_argument("--target", default=None,
+                        help='TVM target: "llvm", "llvm -mcpu=znver3", "cuda -arch=sm_80", '
+                             'a JSON dict or a tag (default: the preset\'s, else host llvm)')
+    parser.add_argument("--input-shapes", default=None,
+                        help='static input shapes, e.g. "input:[1,3,224,224]"')
+    parser.add_argument("--prune-ratio", type=float, default=None,
+                        help="fraction of channels to remove (0 <= R < 1); off by default")
+    parser.add_argument("--preset", default=None,
+                        help="pass-list preset from passes/ (e.g. llvm-avx2, cuda): target, "
+                             "criterion and channel alignment; prunes (ratio 0.5 unless "
+                             "--prune-ratio)")
+
+
+def resolve_model_options(args):
+    """Check the model options cheaply; return ``(target, preset, ratio)``."""
+    from tvm_hcprune.presets import load_preset
+    from tvm_hcprune.target import parse_target
+
+    preset = load_preset(args.preset) if args.preset else None
+    ratio = args.prune_ratio
+    if ratio is not None and not 0.0 <= ratio < 1.0:
+        raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
+    if preset is not None and ratio is None:
+        ratio = 0.5
+    target_spec = args.target if args.target else (preset.target if preset else "llvm")
+    target = parse_target(target_spec)
+    path = Path(args.model)
+    if not path.is_file():
+        raise HCPruneError(f"model file {path} does not exist")
+    return target, preset, ratio
+
+
+def load_model(args, target, preset, ratio, log=print):
+    """Import the ONNX model and prune it when asked; returns the Relax module."""
+    from tvm_hcprune.frontend import load_onnx
+
+    mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
+    if ratio:
+        from tvm_hcprune.api import prune
+
+        kwargs = {"ratio": ratio, "target": target}
+        if preset is not None:
+            kwargs.update(criterion=preset.criterion, align=preset.align)
+        mod, report = prune(mod, **kwargs)
+        log(f"pruned: MACs {report.macs_before / 1e6:.1f}M -> {report.macs_after / 1e6:.1f}M, "
+            f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M")
+    return mod
+
+
+def _log(*parts):
+    print(*parts, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------
+# the command
+
+
+def register(subparsers) -> None:
+    """Add ``hcprune compile``."""
+    p = subparsers.add_parser(
+        "compile", help="compile an ONNX model into a library (tvmc compile)",
+        description="Import, optionally prune, and compile an ONNX model for a target; "
+                    "writes a library that `hcprune run` (or relax.VirtualMachine) loads.",
+    )
+    add_model_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="output library (.so or .tar)")
+    p.add_argument("--tuning-records", default=None,
+                   help="schedule database from `hcprune tune` (JSON) or a MetaSchedule "
+                        "work dir; default: the shipped databases for the target")
+    p.add_argument("--no-shipped-schedules", action="store_true",
+                   help="do not use the databases shipped in schedules/")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run ``hcprune compile``."""
+    from tvm_hcprune.schedule.database import load_database
+    from tvm_hcprune.utils import atomic_write
+
+    target, preset, ratio = resolve_model_options(args)
+    out = Path(args.output)
+    if out.suffix not in (".so", ".tar", ".dylib"):
+        raise HCPruneError(f"--output {out} must end in .so or .tar (export_library format)")
+    if args.tuning_records:
+        database = load_database(args.tuning_records, target)
+    elif args.no_shipped_schedules:
+        database = None
+    else:
+        database = "shipped"
+    t0 = time.perf_counter()
+    mod = load_model(args, target, preset, ratio, log=_log)
+    from tvm_hcprune.pipeline import build
+
+    ex = build(mod, target, database=database)
+    with atomic_write(out) as tmp:
+        ex.export_library(str(tmp))
+    _log(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
+    return 0

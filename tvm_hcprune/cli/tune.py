@@ -1,0 +1,70 @@
+"""``hcprune tune``: tune an ONNX model's schedules with MetaSchedule (tvmc tune).
+
+    hcprune tune model.onnx --target "llvm -mcpu=znver3" --trials 256 -o db.json \\
+        [--rpc-tracker 127.0.0.1:9190 --rpc-key mydevice] [--prune-ratio 0.5 | --preset P]
+
+The model is imported and pruned exactly as ``hcprune compile`` does with the same options,
+so ``hcprune compile ... --tuning-records db.json`` finds every tuned workload. The database
+is written atomically, only when tuning succeeded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tvm_hcprune.cli.compile import _log, add_model_arguments, load_model, resolve_model_options
+from tvm_hcprune.errors import HCPruneError
+
+
+def register(subparsers) -> None:
+    """Add ``hcprune tune``."""
+    p = subparsers.add_parser(
+        "tune", help="tune schedules with MetaSchedule (tvmc tune)",
+        description="Tune the fused functions of an ONNX model (optionally pruned) for a "
+                    "target, locally or on RPC devices, and write a schedule database.",
+    )
+    add_model_arguments(p)
+    p.add_argument("-o", "--output", required=True, help="database file to write (.json)")
+    p.add_argument("--trials", type=int, required=True,
+                   help="total measurement trials over all tasks")
+    p.add_argument("--trials-per-task", type=int, default=None,
+                   help="cap per task (default: --trials)")
+    p.add_argument("--rpc-tracker", default=None, help="RPC tracker HOST:PORT")
+    p.add_argument("--rpc-key", default=None, help="RPC device key")
+    p.add_argument("--work-dir", default=None, help="keep MetaSchedule's logs here")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds one measurement may take (RPC session bound)")
+    p.add_argument("--no-seed", action="store_true",
+                   help="do not start the search from the schedule rules' schedules")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run ``hcprune tune``."""
+    from tvm_hcprune.schedule.tune import tune
+
+    if args.trials <= 0:
+        raise HCPruneError(f"--trials must be a positive integer, got {args.trials}")
+    if args.trials_per_task is not None and args.trials_per_task <= 0:
+        raise HCPruneError(f"--trials-per-task must be positive, got {args.trials_per_task}")
+    out = Path(args.output)
+    if out.suffix != ".json":
+        raise HCPruneError(f"--output {out} must be a .json file")
+    if bool(args.rpc_tracker) != bool(args.rpc_key):
+        raise HCPruneError("--rpc-tracker and --rpc-key go together")
+    if args.rpc_tracker:
+        from tvm_hcprune.schedule.rpc import check_key
+
+        check_key(args.rpc_tracker, args.rpc_key)  # fail fast, before the import
+    target, preset, ratio = resolve_model_options(args)
+    mod = load_model(args, target, preset, ratio, log=_log)
+    db, stats = tune(
+        mod, target, trials=args.trials, trials_per_task=args.trials_per_task,
+        work_dir=args.work_dir, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+        session_timeout=args.timeout, seed_rules=not args.no_seed, output=out,
+        meta={"model": Path(args.model).name, "prune_ratio": ratio,
+              "preset": args.preset}, return_stats=True,
+    )
+    _log(f"tuned {len(stats.tasks)} tasks, {stats.valid}/{stats.trials} valid trials in "
+         f"{stats.seconds:.0f} s; {len(db)} records -> {out}")
+    return 0
