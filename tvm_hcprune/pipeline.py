@@ -64,7 +64,7 @@ def apply_database(mod: tvm.IRModule, database, target) -> tvm.IRModule:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
 
-def _cpu_passes(target, database, rules: bool):
+def _cpu_passes(target, database, rules: bool, strict: bool = False):
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from tvm_hcprune.hardware import profile_for
@@ -85,7 +85,7 @@ def _cpu_passes(target, database, rules: bool):
 
     post = [_db]
     if rules:
-        post.append(ApplyCPURules())
+        post.append(ApplyCPURules(strict=strict))
     return (
         pre
         + cpu.library_dispatch_passes(target)
@@ -96,7 +96,9 @@ def _cpu_passes(target, database, rules: bool):
     )
 
 
-def get_pipeline(target=None, database=None, rules: bool = True) -> tvm.transform.Pass:
+def get_pipeline(
+    target=None, database=None, rules: bool = True, strict: bool = False
+) -> tvm.transform.Pass:
     """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
 
     Parameters
@@ -107,6 +109,9 @@ def get_pipeline(target=None, database=None, rules: bool = True) -> tvm.transfor
         Tuned schedules applied before the rules.
     rules : bool
         Use tvm_hcprune's CPU kernels and rules (False: TVM's default lowering with BN folded).
+    strict : bool
+        Raise when a rule fails on one of tvm_hcprune's kernels instead of falling back to
+        TVM's default (tests use this to prove the rule ran).
     """
     from tvm_hcprune.target import parse_target
 
@@ -116,7 +121,7 @@ def get_pipeline(target=None, database=None, rules: bool = True) -> tvm.transfor
         tgt = parse_target(tgt if tgt is not None else "llvm")
         with tgt:
             if tgt.kind.name == "llvm":
-                seq = tvm.transform.Sequential(_cpu_passes(tgt, database, rules))
+                seq = tvm.transform.Sequential(_cpu_passes(tgt, database, rules, strict))
                 return seq(mod)
             from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
@@ -180,3 +185,25 @@ def _register() -> None:
 
 
 _register()
+
+
+def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True) -> dict:
+    """Lower ``mod`` up to (and including) tvm_hcprune's CPU rules and return its kernels.
+
+    For inspection and tests: ``{name: PrimFunc}`` of every PrimFunc that holds one of
+    tvm_hcprune's blocked kernels (scheduled TIR, before TVM's final lowering).
+    """
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from tvm_hcprune.target import parse_target
+
+    tgt = parse_target(target)
+    passes = _cpu_passes(tgt, None, True, strict)
+    n_pre = len(passes) - len(cpu.dataflow_lower_passes(tgt)) - len(cpu.finalize_passes(tgt))
+    with tgt:
+        lowered = tvm.transform.Sequential(passes[:n_pre])(mod)
+    return {
+        gv.name_hint: f
+        for gv, f in lowered.functions_items()
+        if isinstance(f, tvm.tirx.PrimFunc) and "hcp_" in gv.name_hint
+    }

@@ -53,10 +53,6 @@ class ConvPlan:
     ow_padded: int
     depthwise: bool
 
-    @property
-    def remainder_free(self) -> bool:
-        """True when no channel padding is needed (checked by the caller's shapes)."""
-        return True
 
 
 def choose_tile_w(ow: int, max_tile: int, min_tile: int = 3) -> int:
@@ -71,19 +67,31 @@ def choose_tile_w(ow: int, max_tile: int, min_tile: int = 3) -> int:
     return best[1]
 
 
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
 def plan_conv(ic: int, oc: int, groups: int, ow: int, lanes: int, registers: int) -> ConvPlan:
-    """Choose channel blocks and the register tile for a conv2d on a ``lanes``-wide SIMD."""
+    """Choose channel blocks and the register tile for a conv2d on a ``lanes``-wide SIMD.
+
+    The output block is two vectors when the group's output channels are a multiple of two
+    vectors, one vector when they are a multiple of one (so channels aligned to the hardware
+    profile's ``channel_multiple`` need no padding), else padded. The input block is the
+    largest divisor of the group's input channels up to ``lanes`` (never padded).
+    """
     icg, ocg = ic // groups, oc // groups
     if groups > 1 and groups == ic and groups == oc:
         # depthwise: vectorise over channels; accumulators = tile_w vectors
-        max_tile = max(1, registers - 4)
-        t = choose_tile_w(ow, min(max_tile, 8))
+        t = choose_tile_w(ow, min(max(1, registers - 4), 8))
         return ConvPlan(groups, lanes, lanes, t, math.ceil(ow / t) * t, True)
-    ob = 2 * lanes if ocg > lanes else lanes
+    if ocg % (2 * lanes) == 0 or (ocg % lanes and ocg > lanes):
+        ob = 2 * lanes
+    else:
+        ob = lanes
     nvec = ob // lanes
     max_tile = max(1, (registers - nvec - 1) // nvec)
     t = choose_tile_w(ow, max_tile)
-    ib = lanes if icg >= lanes else max(1, icg)
+    ib = _largest_divisor(icg, lanes)
     return ConvPlan(groups, ib, ob, t, math.ceil(ow / t) * t, False)
 
 
@@ -112,11 +120,33 @@ def i64(*dims):
     return tuple(tirx.IntImm("int64", int(d)) for d in dims)
 
 
-def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPlan):
-    """TE compute of the blocked grouped conv2d; returns the NCHW output tensor."""
+def _dims(data, layout: str):
+    shape = [int(x) for x in data.shape]
+    if layout == "NHWC":
+        n, h, w, c = shape
+    else:
+        n, c, h, w = shape
+    return n, c, h, w
+
+
+def _read(data, layout: str, nn, c, y, x):
+    return data[nn, y, x, c] if layout == "NHWC" else data[nn, c, y, x]
+
+
+def _out_shape(layout: str, n, c, oh, ow):
+    return i64(n, oh, ow, c) if layout == "NHWC" else i64(n, c, oh, ow)
+
+
+def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPlan,
+                    layout: str = "NCHW"):
+    """TE compute of the blocked grouped conv2d; returns the output in ``layout``.
+
+    ``layout`` is the data/output layout, ``"NCHW"`` (ONNX) or ``"NHWC"`` (TFLite); the
+    kernel is the same, only the packing reads and the write-back differ.
+    """
     from tvm import te, tirx
 
-    n, ic, h, w = (int(x) for x in data.shape)
+    n, ic, h, w = _dims(data, layout)
     g = plan.groups
     _, ocb_n, icb_n, kh, kw, ib, ob = (int(x) for x in wpack.shape)
     sh, sw = strides
@@ -142,7 +172,7 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
             conds.extend([y >= 0, y < h])
         if pl or wp - pl > w:
             conds.extend([x >= 0, x < w])
-        val = data[nn, gg * icg + c if g > 1 else c, y, x]
+        val = _read(data, layout, nn, gg * icg + c if g > 1 else c, y, x)
         if not conds:
             return val
         return tirx.if_then_else(tirx.all(*conds), val, zero)
@@ -169,14 +199,22 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
         cg = c % ocg
         return cpack[nn, c // ocg, cg // ob, y, x, cg % ob]
 
-    return te.compute(i64(n, oc, oh, ow), _unpack, name="hcp_unpack")
+    if layout == "NHWC":
+        return te.compute(
+            _out_shape(layout, n, oc, oh, ow),
+            lambda nn, y, x, c: _unpack(nn, c, y, x),
+            name="hcp_unpack",
+        )
+    return te.compute(_out_shape(layout, n, oc, oh, ow), _unpack, name="hcp_unpack")
 
 
-def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPlan):
-    """TE compute of the channel-vectorised depthwise conv2d; returns the NCHW output."""
+def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPlan,
+                       layout: str = "NCHW"):
+    """TE compute of the channel-vectorised depthwise conv2d; returns the output in
+    ``layout`` (``"NCHW"`` or ``"NHWC"``)."""
     from tvm import te, tirx
 
-    n, c, h, w = (int(x) for x in data.shape)
+    n, c, h, w = _dims(data, layout)
     cb_n, kh, kw, cbi = (int(x) for x in wpack.shape)
     sh, sw = strides
     dh, dw = dilation
@@ -199,7 +237,7 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
             conds.extend([y >= 0, y < h])
         if pl or wp - pl > w:
             conds.extend([x >= 0, x < w])
-        val = data[nn, ch, y, x]
+        val = _read(data, layout, nn, ch, y, x)
         if not conds:
             return val
         return tirx.if_then_else(tirx.all(*conds), val, zero)
@@ -216,8 +254,14 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
         name="hcp_dwconv",
         attrs={"hcp_tile": plan.tile_w},
     )
+    if layout == "NHWC":
+        return te.compute(
+            _out_shape(layout, n, c, oh, ow),
+            lambda nn, y, x, ch: cpack[nn, ch // cbi, y, x, ch % cbi],
+            name="hcp_dwunpack",
+        )
     return te.compute(
-        i64(n, c, oh, ow),
+        _out_shape(layout, n, c, oh, ow),
         lambda nn, ch, y, x: cpack[nn, ch // cbi, y, x, ch % cbi],
         name="hcp_dwunpack",
     )

@@ -39,8 +39,14 @@ def _block_names(func) -> list[str]:
 
 
 def _find(names: list[str], prefix: str) -> str | None:
-    hits = [n for n in names if n == prefix or n.startswith(prefix + "_")]
+    hits = [n for n in names if n == prefix or _is_suffixed(n, prefix)]
     return hits[0] if len(hits) == 1 else None
+
+
+def _is_suffixed(name: str, prefix: str) -> bool:
+    """``prefix`` plus a uniquifying numeric suffix added by FuseTIR (``hcp_conv_1``)."""
+    rest = name[len(prefix):]
+    return name.startswith(prefix) and rest.startswith("_") and rest[1:].isdigit()
 
 
 def _inline_epilogue(sch, block) -> None:
@@ -125,7 +131,37 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     return True
 
 
-_RULES = (schedule_conv, schedule_dwconv)
+def schedule_dense(sch, names: list[str]) -> bool:
+    """Schedule a fused function holding ``hcp_dense``/``hcp_dense_unpack``."""
+    dense_name, unpack_name = _find(names, "hcp_dense"), _find(names, "hcp_dense_unpack")
+    if not (dense_name and unpack_name):
+        return False
+    dense = sch.get_sblock(dense_name)
+    unpack = sch.get_sblock(unpack_name)
+    rows = int(sch.get(dense).annotations[TILE_ATTR])
+    _inline_epilogue(sch, unpack)
+    *lead, m, jb, ji, rk = sch.get_loops(dense)
+    mo, mi = sch.split(m, [None, rows])
+    sch.reorder(*lead, mo, jb, rk, mi, ji)
+    outer = sch.fuse(*lead, mo, jb)
+    sch.parallel(outer)
+    ko, ki = sch.split(rk, [None, 4]) if _extent(sch, rk) % 4 == 0 else (rk, None)
+    if ki is not None:
+        sch.unroll(ki)
+    sch.unroll(mi)
+    sch.vectorize(ji)
+    sch.set_scope(dense, 0, "local")
+    sch.reverse_compute_at(unpack, outer)
+    init = sch.decompose_reduction(dense, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return True
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+_RULES = (schedule_conv, schedule_dwconv, schedule_dense)
 
 
 def apply_rules(func):
@@ -169,6 +205,9 @@ class ApplyCPURules:
             new = apply_rules(func) if not self.strict else _apply_strict(func)
             if new is not None:
                 updates[gvar] = new
+        if not updates:
+            return mod
+        mod = mod.clone()
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod

@@ -1,6 +1,94 @@
-"""Dense kernels (placeholder until written): returning None keeps TVM's default."""
+"""Dense (matmul with a constant right operand) kernel with the weight packed at compile time.
+
+``matmul(x[..., M, K], W[K, N])`` with constant ``W`` (ONNX Gemm after FoldConstant folds its
+``permute_dims``) becomes three blocks: ``hcp_dense`` computes ``[..., M, NB, nb]`` against
+``W`` packed to ``[NB, K, nb]`` (``nb`` = one or two vectors, so each output block reads one
+contiguous weight panel), ``hcp_dense_unpack`` writes ``[..., M, N]`` (where the fused bias /
+activation epilogue is inlined by the rule in :mod:`tvm_hcprune.schedule.cpu_rules`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tvm_hcprune.schedule.conv2d_nchwc import i64
+
+TILE_ATTR = "hcp_tile"
+
+
+def plan_dense(m: int, n: int, lanes: int, registers: int) -> tuple[int, int]:
+    """(output-column block, rows per register tile)."""
+    nb = 2 * lanes if (n % (2 * lanes) == 0 or (n % lanes and n > lanes)) else lanes
+    nvec = nb // lanes
+    max_rows = max(1, (registers - nvec - 2) // nvec)
+    rows = min(m, max_rows)
+    while rows > 1 and m % rows:
+        rows -= 1
+    return nb, max(1, rows)
+
+
+def pack_dense_weight(w: np.ndarray, nb: int) -> np.ndarray:
+    """``[K, N]`` -> ``[ceil(N/nb), K, nb]`` (zero-padded columns)."""
+    k, n = w.shape
+    nblk = math.ceil(n / nb)
+    out = np.zeros((k, nblk * nb), dtype=w.dtype)
+    out[:, :n] = w
+    return np.ascontiguousarray(out.reshape(k, nblk, nb).transpose(1, 0, 2))
+
+
+def dense_te(x, wpack, *, n: int, rows: int):
+    """TE compute of ``x @ W`` with the packed weight; returns the ``[..., M, N]`` output."""
+    from tvm import te
+
+    xshape = [int(s) for s in x.shape]
+    lead, (m, k) = xshape[:-2], xshape[-2:]
+    nblk, _, nb = (int(s) for s in wpack.shape)
+    rk = te.reduce_axis(i64(0, k), name="rk")
+
+    def _dense(*idx):
+        *pre, mm, jb, ji = idx
+        return te.sum(x[(*pre, mm, rk)] * wpack[jb, rk, ji], axis=rk)
+
+    cpack = te.compute(
+        i64(*lead, m, nblk, nb), _dense, name="hcp_dense", attrs={TILE_ATTR: rows}
+    )
+
+    def _unpack(*idx):
+        *pre, mm, j = idx
+        return cpack[(*pre, mm, j // nb, j % nb)]
+
+    return te.compute(i64(*lead, m, n), _unpack, name="hcp_dense_unpack")
 
 
 def rewrite_matmul(rewriter, call):
-    """Return a replacement for a matmul call, or None to keep the original."""
-    return None
+    """Replacement ``call_tir`` for ``matmul(x, const W[K, N])`` in float32, or None."""
+    from tvm import relax
+
+    from tvm_hcprune.schedule.rewrite import _const_value, _dtype, _make_call, _static_shape
+
+    x, w = call.args
+    wv = _const_value(w)
+    xshape = _static_shape(x)
+    if wv is None or xshape is None or wv.ndim != 2 or len(xshape) < 2:
+        return None
+    if _dtype(x) != "float32" or wv.dtype != np.float32:
+        return None
+    out_dtype = call.attrs.out_dtype
+    if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
+        return None
+    k, n = wv.shape
+    if xshape[-1] != k:
+        return None
+    m = xshape[-2]
+    nb, rows = plan_dense(m, n, rewriter.lanes, rewriter.registers)
+    wpack = pack_dense_weight(wv, nb)
+
+    def fn(xx, wp):
+        return dense_te(xx, wp, n=n, rows=rows)
+
+    return _make_call(
+        rewriter.builder_, "hcp_dense", fn, [x, relax.const(wpack)],
+        [xshape, wpack.shape], ["float32", "float32"],
+    )

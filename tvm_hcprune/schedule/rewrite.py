@@ -85,14 +85,12 @@ class _Rewriter(PyExprMutator):
     def _conv(self, call):
         attrs = call.attrs
         data, weight = call.args[0], call.args[1]
-        if (
-            str(attrs.data_layout) != "NCHW"
-            or str(attrs.kernel_layout) != "OIHW"
-            or str(attrs.out_layout) != "NCHW"
-        ):
-            from tvm_hcprune.schedule.conv2d_nhwc import rewrite_conv_nhwc
-
-            return rewrite_conv_nhwc(self, call)
+        layout = str(attrs.data_layout)
+        kernel_layout = str(attrs.kernel_layout)
+        if layout not in ("NCHW", "NHWC") or str(attrs.out_layout) != layout:
+            return None
+        if sorted(kernel_layout) != sorted("OIHW"):
+            return None
         w = _const_value(weight)
         dshape = _static_shape(data)
         if w is None or dshape is None or len(dshape) != 4:
@@ -102,13 +100,17 @@ class _Rewriter(PyExprMutator):
         out_dtype = attrs.out_dtype
         if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
             return None
+        w = np.transpose(w, [kernel_layout.index(ax) for ax in "OIHW"])
         groups = int(attrs.groups)
         strides = [int(s) for s in attrs.strides]
         dilation = [int(s) for s in attrs.dilation]
         padding = [int(p) for p in attrs.padding]
         if len(padding) == 2:
             padding = padding * 2
-        n, ic, h, wd = dshape
+        if layout == "NHWC":
+            n, h, wd, ic = dshape
+        else:
+            n, ic, h, wd = dshape
         oc, icg, kh, kw = w.shape
         if ic != icg * groups or oc % groups:
             return None
@@ -120,13 +122,15 @@ class _Rewriter(PyExprMutator):
         if plan.depthwise:
             def fn(d, wp):
                 return cw.depthwise_nchwc_te(
-                    d, wp, strides=strides, padding=padding, dilation=dilation, plan=plan
+                    d, wp, strides=strides, padding=padding, dilation=dilation, plan=plan,
+                    layout=layout,
                 )
             name = "hcp_dwconv2d"
         else:
             def fn(d, wp):
                 return cw.conv2d_nchwc_te(
-                    d, wp, strides=strides, padding=padding, dilation=dilation, oc=oc, plan=plan
+                    d, wp, strides=strides, padding=padding, dilation=dilation, oc=oc,
+                    plan=plan, layout=layout,
                 )
             name = "hcp_conv2d"
         return _make_call(

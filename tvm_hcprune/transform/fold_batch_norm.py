@@ -161,6 +161,9 @@ class FoldBatchNorm:
             new = folder.visit_expr(func)
             if folder.folded:
                 updates[gvar] = relax.analysis.remove_all_unused(new)
+        if not updates:
+            return mod
+        mod = mod.clone()
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod

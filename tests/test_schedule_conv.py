@@ -1,0 +1,123 @@
+"""CPU conv2d rules: numerics against TVM's default pipeline on odd shapes, and the
+remainder-free path for channel-aligned layers."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_hcprune.pipeline import get_pipeline, scheduled_kernels
+from tvm_hcprune.schedule.cpu_rules import ApplyCPURules
+from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+
+
+def conv_module(ic, oc, hw, k, stride=1, pad=0, groups=1, dilation=1, epilogue="bias_relu"):
+    """conv2d (+ bias, relu / clip / residual / hardswish) with random constant weights."""
+    rng = np.random.default_rng(ic * 131 + oc * 7 + k)
+    h, w = hw
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, ic, h, w), "float32"))
+    wt = rng.standard_normal((oc, ic // groups, k, k)).astype("float32")
+    params = [x]
+    with bb.function("main", params):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(wt), strides=stride, padding=pad,
+                                           dilation=dilation, groups=groups))
+            b = rng.standard_normal((1, oc, 1, 1)).astype("float32")
+            if "bias" in epilogue:
+                y = bb.emit(relax.op.add(y, relax.const(b)))
+            if "relu" in epilogue:
+                y = bb.emit(relax.op.nn.relu(y))
+            if "clip" in epilogue:
+                y = bb.emit(relax.op.clip(y, 0.0, 6.0))
+            if "hswish" in epilogue:
+                t = bb.emit(relax.op.clip(relax.op.add(y, relax.const(3.0)), 0.0, 6.0))
+                y = bb.emit(relax.op.divide(relax.op.multiply(y, t), relax.const(6.0)))
+            if "residual" in epilogue:
+                y = bb.emit(relax.op.add(y, relax.op.sigmoid(y)))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def run(mod, pipeline, x):
+    ex = tvm.compile(mod, TARGET, relax_pipeline=pipeline)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def check_against_default(mod):
+    shape = [int(s) for s in mod["main"].params[0].ty.shape]
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    ref = run(mod, relax.get_default_pipeline(TARGET), x)
+    ours = run(mod, get_pipeline(TARGET, strict=True), x)
+    kernels = scheduled_kernels(mod, TARGET)
+    assert len(kernels) == 1 and "tirx.is_scheduled" in next(iter(kernels.values())).script()
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * scale)
+
+
+CASES = {
+    # ic, oc, (h, w), k, stride, pad, groups, dilation, epilogue
+    "odd_channels_7x7_s2": (3, 13, (17, 19), 7, 2, 3, 1, 1, "bias_relu"),
+    "one_channel": (1, 1, (9, 9), 3, 1, 1, 1, 1, "bias"),
+    "1x1_spatial": (24, 40, (1, 1), 1, 1, 0, 1, 1, "bias_relu"),
+    "1x1_conv_unaligned": (20, 36, (7, 7), 1, 1, 0, 1, 1, "clip"),
+    "3x3_s2_pad": (16, 32, (15, 15), 3, 2, 1, 1, 1, "bias_relu_residual"),
+    "depthwise_odd": (12, 12, (11, 11), 3, 2, 1, 12, 1, "bias_hswish"),
+    "depthwise_5x5": (16, 16, (10, 10), 5, 1, 2, 16, 1, "relu"),
+    "grouped": (12, 18, (8, 8), 3, 1, 1, 3, 1, "bias_relu"),
+    "dilated": (8, 16, (12, 12), 3, 1, 2, 1, 2, "bias"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_conv_rule_matches_default(case):
+    """Each conv shape class gives TVM's default pipeline's output (rtol 1e-5)."""
+    ic, oc, hw, k, s, p, g, d, epi = CASES[case]
+    check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi))
+
+
+def _scheduled(mod):
+    with TARGET:
+        seq = tvm.transform.Sequential(
+            [PackWeightsForCPU(lanes=8, registers=16), relax.transform.LegalizeOps(),
+             relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+             relax.transform.FuseOps(), relax.transform.FuseTIR(), ApplyCPURules(strict=True)]
+        )
+        return seq(mod)
+
+
+def _kernels(mod):
+    return [(gv.name_hint, f) for gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc) and "hcp" in gv.name_hint]
+
+
+def test_aligned_layer_takes_remainder_free_path():
+    """Channels that are multiples of the block and a width the tile divides: the scheduled
+    kernel has no padded channels (packed weight = exact blocks), no channel guard in the
+    packing and no predicate in the write-back."""
+    mod = _scheduled(conv_module(32, 64, (14, 12), 3, 1, 1, epilogue="bias_relu"))
+    (name, func), = _kernels(mod)
+    script = func.script()
+    assert "tirx.is_scheduled" in script
+    assert "T.where" not in script, "write-back should not be predicated"
+    assert "T.vectorized" in script and "T.parallel" in script
+    # the packed weight buffer is [G, OCB, ICB, KH, KW, IB, OB] with exact blocks
+    wshape = [int(s) for s in func.params[1].shape]
+    assert wshape[0] * wshape[1] * wshape[6] == 64
+    assert wshape[2] * wshape[5] == 32
+    # fused epilogue: a single kernel, no separate add/relu functions
+    assert not [gv for gv, f in mod.functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and "hcp" not in gv.name_hint]
+
+
+def test_unaligned_layer_pads_and_predicates():
+    """Unaligned output channels/width are padded inside the kernel and cropped on write."""
+    mod = _scheduled(conv_module(20, 36, (7, 7), 3, 1, 1, epilogue="bias_relu"))
+    (name, func), = _kernels(mod)
+    wshape = [int(s) for s in func.params[1].shape]
+    assert wshape[1] * wshape[6] > 36
+    assert "T.where" in func.script()
