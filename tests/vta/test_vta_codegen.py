@@ -163,3 +163,29 @@ def test_vta_profile_channel_multiple():
     from tvm_hcprune.hardware import profile_for
 
     assert profile_for("vta").channel_multiple == 16
+
+
+def test_cycle_estimate_is_labelled_and_overlaps():
+    """The cycle estimate is labelled, overlaps stages, and grows with the GEMM work."""
+    from tvm_hcprune.vta.cycles import estimate_cycles
+
+    _, rt = _counters(cg.Conv2DShape(1, 2, 8, 8, 4, 3, 3, (1, 1), (1, 1)),
+                      cg.Conv2DSchedule(4, 8, 1, 2, oc_nthread=2), execute=False)
+    est = estimate_cycles(rt.last_program)
+    assert est["label"] == "estimate"
+    assert max(est["busy"].values()) <= est["cycles"] <= sum(est["busy"].values())
+    assert est["busy"]["compute"] >= 2 * 4 * 64 * 9  # at least one cycle per GEMM uop
+    assert est["seconds"] == pytest.approx(est["cycles"] / 100e6)
+
+
+def test_reference_cli_writes_json(tmp_path, capsys):
+    """`python -m tvm_hcprune.vta.reference --json` prints the table and writes the figures."""
+    import json
+
+    out = tmp_path / "ref.json"
+    assert reference.main(["--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ResNet-18 body gemm_counter total: 6,623,232 (published 6,623,232)" in text
+    data = json.loads(out.read_text())
+    assert data["all_exact_counters_match"] is True
+    assert data["conv"]["counters"] == reference.PUBLISHED["conv"]
