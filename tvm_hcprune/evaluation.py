@@ -174,7 +174,7 @@ def check_samples(samples: np.ndarray, shape: Sequence[int | None] | None,
                 and _shape_matches(samples.shape[1:], shape[1:])):
             samples = samples[:, None]
         if samples.ndim != len(shape) + 1 or not _shape_matches(samples.shape[1:], shape):
-            want = "x".join("?" if d is None else str(d) for d in shape)
+            want = ", ".join("?" if d is None else str(d) for d in shape)
             raise HCPruneError(
                 f"sample shape {list(samples.shape[1:])} does not match the model input "
                 f"{input_name!r} of shape [{want}]; give samples as an array [N, {want}]"
