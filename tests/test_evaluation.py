@@ -160,8 +160,9 @@ def test_irmodule_is_compiled_and_checked():
     np.testing.assert_array_equal(res.predictions, pred)
     assert res.top1 == pytest.approx((pred == labels).mean())
     assert res.agreement == pytest.approx((pred == (-(x[:, 0] @ w)).argmax(1)).mean())
-    with pytest.raises(HCPruneError, match=r"sample shape \[1, 5\] does not match the "
-                                           r"model input 'x' of shape \[1x4\]"):
+    msg = (r"sample shape \[1, 5\] does not match the model input 'x' of shape \[1, 4\]; "
+           r"give samples as an array \[N, 1, 4\]")
+    with pytest.raises(HCPruneError, match=msg):
         evaluate(mod, (np.zeros((2, 1, 5), np.float32), labels[:2]), progress=False)
 
 
