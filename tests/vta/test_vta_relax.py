@@ -103,3 +103,25 @@ def test_pruned_mnist_int8_on_vta_matches_llvm():
     for x in data.samples[6:]:
         np.testing.assert_array_equal(vta(x), ref(x))
     assert len(vr.layer_log()) == 6 * len(plan.layers)
+
+
+def test_vta_aligned_pruner_widths():
+    """prune(target="vta") keeps every conv/dense width a multiple of 16 (bar the image input
+    and the frozen logits), so every layer after the first stays offloadable."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    import tvm_hcprune
+    from tvm_hcprune.testing.onnx_models import small_resnet
+
+    mod = from_onnx(small_resnet())
+    graph = tvm_hcprune.analyze(mod)
+    for ratio in (0.1, 0.3, 0.6):
+        pruned, report = tvm_hcprune.prune(mod, ratio=ratio, target="vta", graph=graph)
+        assert report.align == 16 and report.macs_after < report.macs_before
+        cands = vr.find_candidates(relax.transform.FoldConstant()(pruned))
+        assert len(cands) == 10
+        assert [c.eligible for c in cands] == [False] + [True] * 9
+        for b in vr._main_bindings(pruned):
+            if vr._op(b.value) == "relax.nn.conv2d":
+                o, i = (int(d) for d in b.value.args[1].value.numpy().shape[:2])
+                assert o % 16 == 0 and (i % 16 == 0 or i == 3), (ratio, o, i)

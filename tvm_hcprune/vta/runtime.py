@@ -45,7 +45,9 @@ class UopKernel:
         return np.array([u.encode() for u in self.uops], dtype=np.uint32)
 
     def loop_fields(self) -> dict:
-        loops = list(self.loops) + [(1, 0, 0, 0)] * (2 - len(self.loops))
+        # a loop of extent 1 never applies its factors: encode them as 0 (they may not fit)
+        loops = [lp if lp[0] != 1 else (1, 0, 0, 0) for lp in self.loops]
+        loops += [(1, 0, 0, 0)] * (2 - len(loops))
         (eo, do, so, wo), (ei, di, si, wi) = loops
         return dict(iter_out=eo, iter_in=ei, dst_factor_out=do, dst_factor_in=di,
                     src_factor_out=so, src_factor_in=si, wgt_factor_out=wo, wgt_factor_in=wi)

@@ -121,6 +121,14 @@ class DRAM:
             raise VTASimulationError(f"DRAM read [{addr}, {addr + n}) is out of range.")
         return self.data[addr: addr + n].view(dtype).reshape(shape).copy()
 
+    def view(self, addr: int, dtype, shape) -> np.ndarray:
+        """A writable view (no copy) of ``shape`` elements of ``dtype`` at ``addr``."""
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape)) * dtype.itemsize
+        if addr < 0 or addr + n > len(self.data):
+            raise VTASimulationError(f"DRAM access [{addr}, {addr + n}) is out of range.")
+        return self.data[addr: addr + n].view(dtype).reshape(shape)
+
     def put(self, array: np.ndarray) -> int:
         """Allocate and copy ``array`` in; return its byte address."""
         addr = self.alloc(array.nbytes)
@@ -291,7 +299,7 @@ class Simulator:
         else:
             dtype, shape = sram.dtype, sram.shape[1:]
         nelem = (x.y_size - 1) * x.x_stride + x.x_size
-        src = self.dram.read(x.dram_base * eb, dtype, (nelem, *shape))
+        src = self.dram.view(x.dram_base * eb, dtype, (nelem, *shape))
         rows = np.arange(x.y_size)[:, None] * x.x_stride + np.arange(x.x_size)[None, :]
         tile = np.zeros((height, width, *shape), dtype=sram.dtype)
         tile[x.y_pad_0: x.y_pad_0 + x.y_size, x.x_pad_0: x.x_pad_0 + x.x_size] = src[rows]
@@ -317,11 +325,7 @@ class Simulator:
             return
         vals = self.acc[x.sram_base: x.sram_base + n].astype(np.int8)  # wraps: low 8 bits
         nelem = (x.y_size - 1) * x.x_stride + x.x_size
-        base = x.dram_base * eb
-        if base < 0 or base + nelem * eb > len(self.dram.data):
-            raise VTASimulationError(f"{isa.disassemble_one(x)} writes beyond DRAM.")
-        view = self.dram.data[base: base + nelem * eb].view(np.int8).reshape(
-            nelem, *self.acc.shape[1:])
+        view = self.dram.view(x.dram_base * eb, np.int8, (nelem, *self.acc.shape[1:]))
         rows = np.arange(x.y_size)[:, None] * x.x_stride + np.arange(x.x_size)[None, :]
         view[rows.ravel()] = vals
 
