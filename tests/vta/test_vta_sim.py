@@ -232,3 +232,14 @@ def test_uop_cache_fifo_eviction():
     rt.push_gemm(big, reset=True)     # wraps again, evicts other, reloaded
     rt.synchronize()
     assert rt.sim.stats()["uop_load_nbytes"] == 4 * (5000 + 4000 + 5000)
+
+
+def test_acc_8bit_load_sign_extends():
+    """LOAD ACC_8BIT reads int8 elements and sign-extends them into the accumulator."""
+    sim = Simulator()
+    vals = _rand((5, 1, 16))
+    base = sim.dram.put(vals) // 16
+    sim.run([isa.MemInsn(memory_type=isa.MEM_ACC_8BIT, sram_base=7, dram_base=base, y_size=1,
+                         x_size=5, x_stride=5), isa.FinishInsn()])
+    np.testing.assert_array_equal(sim.acc[7:12], vals.astype(np.int32))
+    assert sim.stats()["acc_load_nbytes"] == 5 * 64
