@@ -114,7 +114,8 @@ def test_formulas_random_shapes():
                                (st, st), (k // 2, k // 2))
         sched = cg.Conv2DSchedule(int(rng.integers(1, 6)), int(rng.integers(2, 8)),
                                   int(rng.integers(1, 3)), int(rng.integers(1, 3)))
-        got, _ = _counters(shape, sched, execute=False)
+        got, rt = _counters(shape, sched, execute=False)
+        assert rt.runs[-1].leftover_tokens == {}  # every dependency token consumed
         want = cg.conv2d_traffic(shape, sched)
         for key, val in want.items():
             assert got[key] == val, (shape, sched, key)

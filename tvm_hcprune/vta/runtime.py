@@ -279,13 +279,17 @@ class CommandQueue:
     # ---- running ------------------------------------------------------------------------
     def synchronize(self) -> RunInfo:
         """Close the stream (final token exchange, FINISH), run it, and start a new stream."""
+        # pops still pending in the load/store stages go first, so that the final pushes
+        # below really come after everything those stages do
+        for stage in (LOAD_STAGE, STORE_STAGE):
+            if self._pending[stage]:
+                self._emit(stage, self._nop(stage))
         self.dep_push(STORE_STAGE, COMPUTE_STAGE)
         self.dep_push(LOAD_STAGE, COMPUTE_STAGE)
         self.dep_pop(STORE_STAGE, COMPUTE_STAGE)
         self.dep_pop(LOAD_STAGE, COMPUTE_STAGE)
-        for stage in (LOAD_STAGE, STORE_STAGE, COMPUTE_STAGE):
-            if self._pending[stage]:
-                self._emit(stage, self._nop(stage))
+        if self._pending[COMPUTE_STAGE]:  # FINISH itself carries no pops
+            self._emit(COMPUTE_STAGE, self._nop(COMPUTE_STAGE))
         self.insns.append(isa.FinishInsn())
         program = [i.encode() for i in self.insns] if self.encode else list(self.insns)
         self.last_program = list(self.insns)
