@@ -23,6 +23,10 @@ from tvm import tirx
 
 log = logging.getLogger(__name__)
 
+# TVM 0.27 raises schedule and internal errors as RuntimeError subclasses (ScheduleError,
+# InternalError); a rule that trips over anything else is also a reason to fall back.
+_RULE_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError)
+
 TILE_ATTR = "hcp_tile"
 
 
@@ -33,7 +37,7 @@ def _block_names(func) -> list[str]:
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
         root = sch.get_sblock("root")
-    except tvm.TVMError:
+    except _RULE_ERRORS:
         return []
     return [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
 
@@ -57,7 +61,7 @@ def _inline_epilogue(sch, block) -> None:
             return
         try:
             sch.reverse_compute_inline(consumers[0])
-        except tvm.TVMError:
+        except _RULE_ERRORS:
             return
 
 
@@ -66,7 +70,7 @@ def _inline_producers(sch, block) -> None:
     for prod in sch.get_producers(block):
         try:
             sch.compute_inline(prod)
-        except tvm.TVMError:
+        except _RULE_ERRORS:
             pass
 
 
@@ -176,7 +180,7 @@ def apply_rules(func):
         try:
             if rule(sch, names):
                 return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        except tvm.TVMError as err:
+        except _RULE_ERRORS as err:
             log.warning("tvm_hcprune rule %s failed (%s); using TVM's default", rule.__name__,
                         str(err).splitlines()[0] if str(err) else err)
     return None

@@ -56,7 +56,7 @@ class _Folder(PyExprMutator):
             return None
         try:
             return self.lookup_binding(var)
-        except (tvm.TVMError, AttributeError):
+        except (RuntimeError, AttributeError):
             return None
 
     def visit_tuple_getitem_(self, op):
