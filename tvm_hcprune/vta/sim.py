@@ -162,7 +162,12 @@ class Simulator:
     >>> sim.stats()["gemm_counter"]
     """
 
-    def __init__(self, config: VTAConfig | None = None, dram_bytes: int = 1 << 20):
+    def __init__(self, config: VTAConfig | None = None, dram_bytes: int = 1 << 20,
+                 schedule: str = "greedy", seed: int = 0):
+        if schedule not in ("greedy", "random"):
+            raise HCPruneError(f"schedule must be 'greedy' or 'random', got {schedule!r}.")
+        self.schedule = schedule
+        self._rng = np.random.default_rng(seed)
         self.cfg = config or DEFAULT_CONFIG
         c = self.cfg
         self.dram = DRAM(dram_bytes)
@@ -198,9 +203,12 @@ class Simulator:
     def run(self, program: Sequence | bytes | Iterable) -> RunInfo:
         """Execute a program until every queue is empty; the compute queue must end with FINISH.
 
-        Queues are serviced in a fixed order (load, compute, store), each running as far as
-        its tokens allow; this greedy order exposes missing dependency tokens as wrong
-        results instead of hiding them.
+        With ``schedule="greedy"`` the queues are serviced in a fixed order (load, compute,
+        store), each running as far as its tokens allow: every stage runs as far ahead as it
+        may, which turns a missing buffer-release token into a wrong result. With
+        ``schedule="random"`` one instruction of a random runnable queue executes at a time
+        (as the reference simulator's random start does), which also exposes missing
+        data-ready tokens.
 
         Raises
         ------
@@ -225,21 +233,30 @@ class Simulator:
         if fin != [len(queues[COMPUTE_Q]) - 1]:
             raise VTASimulationError("FINISH must be the last compute instruction, once.")
         tokens = {"l2g": 0, "g2l": 0, "g2s": 0, "s2g": 0}
+
+        def ready(q):
+            return queues[q] and all(tokens[t] for t in queues[q][0][1])
+
+        def step(q):
+            insn, pops, pushes = queues[q].popleft()
+            for t in pops:
+                tokens[t] -= 1
+            self._execute(insn)
+            for t in pushes:
+                tokens[t] += 1
+
         while any(queues):
             progressed = False
-            for q in (LOAD_Q, COMPUTE_Q, STORE_Q):
-                dq = queues[q]
-                while dq:
-                    insn, pops, pushes = dq[0]
-                    if any(tokens[t] == 0 for t in pops):
-                        break
-                    for t in pops:
-                        tokens[t] -= 1
-                    self._execute(insn)
-                    for t in pushes:
-                        tokens[t] += 1
-                    dq.popleft()
+            if self.schedule == "random":
+                runnable = [q for q in (LOAD_Q, COMPUTE_Q, STORE_Q) if ready(q)]
+                if runnable:
+                    step(runnable[int(self._rng.integers(len(runnable)))])
                     progressed = True
+            else:
+                for q in (LOAD_Q, COMPUTE_Q, STORE_Q):
+                    while ready(q):
+                        step(q)
+                        progressed = True
             if not progressed:
                 fronts = "; ".join(
                     f"{QUEUE_NAMES[i]}: {isa.disassemble_one(queues[i][0][0])}"
