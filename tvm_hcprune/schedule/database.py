@@ -38,6 +38,24 @@ PREPARED_ATTR = "hcprune.schedule_prepared"
 _MATCH_KEYS = {"llvm": ("mcpu", "mtriple"), "cuda": ("arch",)}
 
 
+def _register_errors_with_ffi() -> None:
+    """Let HCPruneError raised inside a TVM pass reach the caller as HCPruneError (TVM's FFI
+    turns unregistered Python exceptions into RuntimeError)."""
+    try:
+        import tvm_ffi
+
+        from tvm_hcprune import errors
+
+        for cls in (errors.HCPruneError, errors.UnsupportedModelError):
+            if cls not in tvm_ffi.core.ERROR_TYPE_TO_NAME:
+                tvm_ffi.register_error(cls)
+    except (ImportError, AttributeError):
+        pass
+
+
+_register_errors_with_ffi()
+
+
 # ---------------------------------------------------------------------------------------
 # target helpers
 
@@ -51,6 +69,10 @@ def resolve_target(target):
 
 def target_dict(target) -> dict:
     """The JSON-able dict of a target (host included)."""
+    import tvm
+
+    if not isinstance(target, tvm.target.Target):
+        target = resolve_target(target)
     return json.loads(str(target))
 
 
@@ -176,7 +198,7 @@ class ScheduleDatabase:
             secs = _mean_secs(rec)
             if secs is None:
                 continue
-            key = str(rec.workload.shash)
+            key = str(rec.workload.as_json()[0])
             best[key] = min(best.get(key, float("inf")), secs)
         return best
 
@@ -189,7 +211,11 @@ class ScheduleDatabase:
         workloads: list = []
         index: dict[str, int] = {}
         per_wl: dict[int, list] = {}
+        skipped = 0
         for rec in self.records():
+            if not serializable(rec):
+                skipped += 1
+                continue
             wl_json = rec.workload.as_json()
             key = json.dumps(wl_json)
             if key not in index:
@@ -209,7 +235,7 @@ class ScheduleDatabase:
             "family": self.meta.get("family", ""),
             "tvm": tvm.__version__,
             "tvm_hcprune": __version__,
-            "meta": self.meta,
+            "meta": {**self.meta, **({"unserializable_skipped": skipped} if skipped else {})},
             "workloads": [_to_plain(w) for w in workloads],
             "records": records,
         }
@@ -219,6 +245,16 @@ class ScheduleDatabase:
         text = json.dumps(self.to_json(top_k=top_k), separators=(",", ":"))
         atomic_write_text(path, text)
         return Path(path)
+
+
+def serializable(record) -> bool:
+    """Whether a tuning record can be written as JSON (traces holding e.g. an ``IndexMap``,
+    as dlight's GPU rules produce, cannot)."""
+    try:
+        record.as_json()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _to_plain(obj):
@@ -420,6 +456,7 @@ def shipped_database(target) -> ScheduleDatabase | None:
     """
     from tvm.s_tir import meta_schedule as ms
 
+    target = resolve_target(target)
     files = shipped_database_files(target)
     if not files:
         return None

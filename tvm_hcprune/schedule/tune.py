@@ -305,9 +305,11 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats):
         if res.error_msg or not res.run_secs:
             continue
         wl = database.commit_workload(ctx.mod)
-        database.commit_tuning_record(
-            ms.database.TuningRecord(cand.sch.trace, wl, res.run_secs, target, cand.args_info)
-        )
+        record = ms.database.TuningRecord(cand.sch.trace, wl, res.run_secs, target,
+                                          cand.args_info)
+        if not dbm.serializable(record):
+            continue  # e.g. dlight traces with an IndexMap: they cannot be saved
+        database.commit_tuning_record(record)
         secs = [float(s) for s in res.run_secs]
         stats.seeds[ctx.task_name] = sum(secs) / len(secs)
         stats.best[ctx.task_name] = min(stats.best.get(ctx.task_name, float("inf")),

@@ -1,0 +1,225 @@
+"""tvm_hcprune.tune / schedule databases: tuning, saving, loading, validation, application.
+
+One small tuning run (a pruned two-conv residual CNN, 2 trials per task) is shared by the
+tests of this module; oracles are onnxruntime and the same model built without a database.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import tvm_hcprune as hc
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.schedule import database as dbm
+from tvm_hcprune.testing.onnx_models import GraphBuilder
+
+TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+IMAGE = 12
+
+
+def tiny_cnn(width: int = 16, seed: int = 0):
+    """conv-bn-relu -> conv-bn + residual -> relu -> GAP -> Gemm (5 fused tasks)."""
+    g = GraphBuilder(seed)
+    x = g.conv_bn("input", 3, width, 3)
+    y = g.conv_bn(x, width, width, 3, act=None)
+    x = g.op("Relu", [g.op("Add", [y, x])])
+    out = g.head(x, width, 4)
+    return g.model(out, [1, 3, IMAGE, IMAGE], [1, 4], "tiny_cnn")
+
+
+def _run(ex, x):
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_cnn()
+
+
+@pytest.fixture(scope="module")
+def pruned(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny.onnx"
+    import onnx
+
+    onnx.save(model, path)
+    mod = hc.load_onnx(str(path), log=lambda *a: None)
+    pmod, report = hc.prune(mod, ratio=0.5, target=TARGET)
+    assert report.macs_after < report.macs_before
+    return pmod
+
+
+@pytest.fixture(scope="module")
+def tuned(pruned, tmp_path_factory):
+    """One shared tuning run: (database, stats, path of the saved file)."""
+    out = tmp_path_factory.mktemp("db") / "tiny.json"
+    db, stats = hc.tune(pruned, TARGET, trials=10, trials_per_task=2, output=out,
+                        progress=False, return_stats=True)
+    return db, stats, out
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(3).standard_normal((1, 3, IMAGE, IMAGE)).astype("float32")
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_tuning_records_every_task_and_saves_valid_json(tuned):
+    """Every extracted task gets at least one measured record; the file is our format."""
+    db, stats, path = tuned
+    assert stats.valid > 0 and not stats.errors
+    assert set(stats.best) == set(stats.tasks)
+    data = json.loads(path.read_text())
+    assert data["format"] == dbm.FORMAT and data["target"]["mcpu"] == "znver3"
+    assert data["family"] == "x86-avx2"
+    assert len(data["records"]) == len(db)
+    hashes = {str(r.workload.as_json()[0]) for r in db.records()}
+    assert len(hashes) == len(stats.tasks)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_search_is_seeded_with_rule_schedules_and_never_ends_slower(tuned, pruned):
+    """The CPU rules' schedules of the conv kernels are measured first; the database's best
+    record of each seeded task is at least as fast as the seed."""
+    db, stats, _ = tuned
+    conv_tasks = [t for t in stats.tasks if "hcp_conv" in t]
+    assert conv_tasks and set(conv_tasks) <= set(stats.seeds)
+    for name, seed_secs in stats.seeds.items():
+        assert stats.best[name] <= seed_secs
+    # the database agrees: the top record of each workload is no slower than its seed
+    best = db.best_latencies()
+    assert len(best) == len(stats.tasks)
+    assert min(best.values()) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_database_reloads_and_applies_with_equal_outputs(tuned, pruned, model, x):
+    """Loading the file and building with it schedules every task from the database and
+    gives the same outputs as the build without a database (the oracle)."""
+    _, stats, path = tuned
+    db = dbm.load_database(path, TARGET)
+    applied = hc.apply_database(pruned, TARGET, db)
+    assert len(dbm.scheduled_functions(applied)) == len(stats.tasks)
+    with_db = _run(hc.build(pruned, TARGET, database=str(path)), x)
+    without = _run(hc.build(pruned, TARGET), x)
+    np.testing.assert_allclose(with_db, without, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_workload_without_record_falls_back_to_rules(tuned, x, tmp_path):
+    """A model of other widths finds no record: nothing is database-scheduled and it still
+    builds and matches onnxruntime."""
+    import onnx
+
+    other = tiny_cnn(width=24, seed=1)
+    onnx.save(other, tmp_path / "o.onnx")
+    mod = hc.load_onnx(str(tmp_path / "o.onnx"), log=lambda *a: None)
+    _, _, path = tuned
+    applied = hc.apply_database(mod, TARGET, path)
+    assert dbm.scheduled_functions(applied) == []
+    out = _run(hc.build(mod, TARGET, database=str(path)), x)
+    sess = ort.InferenceSession(other.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(out, sess.run(None, {"input": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_database_for_another_target_is_rejected(tuned, tmp_path):
+    """Records tuned for znver3 are refused for another CPU and for CUDA, with the fix."""
+    _, _, path = tuned
+    with pytest.raises(HCPruneError, match="tuned for target 'llvm -mcpu=znver3'"):
+        dbm.load_database(path, {"kind": "llvm", "mcpu": "skylake"})
+    with pytest.raises(HCPruneError, match="re-tune"):
+        dbm.load_database(path, "cuda -arch=sm_80")
+    with pytest.raises(HCPruneError, match="re-tune"):
+        hc.build(_tiny_mod(tmp_path), "cuda -arch=sm_80", database=str(path))
+
+
+def _tiny_mod(tmp_path):
+    import onnx
+
+    onnx.save(tiny_cnn(width=8), tmp_path / "t.onnx")
+    return hc.load_onnx(str(tmp_path / "t.onnx"), log=lambda *a: None)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not JSON"),
+        ('{"format": "something-else", "version": 1}', "format marker"),
+        (json.dumps({"format": dbm.FORMAT, "version": 99}), "version 99"),
+        (json.dumps({"format": dbm.FORMAT, "version": 1, "target": {"kind": "llvm"},
+                     "workloads": [["1", "bm90IGEgbW9kdWxl"]], "records": []}),
+         "does not parse"),
+        (json.dumps({"format": dbm.FORMAT, "version": 1, "target": {"kind": "llvm"},
+                     "workloads": [], "records": [[0, []]]}), "does not parse"),
+    ],
+)
+def test_corrupt_database_raises(tmp_path, content, match):
+    """Corrupt or foreign files raise HCPruneError naming the problem and the fix."""
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(HCPruneError, match=match) as err:
+        dbm.load_database(path)
+    assert "hcprune tune" in str(err.value)
+
+
+def test_missing_database_raises(tmp_path):
+    with pytest.raises(HCPruneError, match="does not exist"):
+        dbm.load_database(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("trials", [0, -3, 2.5, True])
+def test_bad_trials_raise_before_any_work(trials, tmp_path):
+    out = tmp_path / "db.json"
+    with pytest.raises(HCPruneError, match="positive integer"):
+        hc.tune(None, TARGET, trials=trials, output=out)
+    assert not out.exists()
+
+
+def test_unknown_target_raises():
+    with pytest.raises(HCPruneError):
+        hc.tune(None, "no-such-target", trials=4)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_shipped_database_lookup_by_family(tuned, pruned, tmp_path, monkeypatch):
+    """Databases under schedules/<family>/ are found for a target of that family and used
+    by default; an empty folder gives none."""
+    db, stats, _ = tuned
+    root = tmp_path / "schedules"
+    (root / "x86-avx2").mkdir(parents=True)
+    db.save(root / "x86-avx2" / "tiny.json")
+    import tvm_hcprune._resources as res
+
+    monkeypatch.setattr(res, "data_dir", lambda kind: root)
+    files = dbm.shipped_database_files(TARGET)
+    assert [f.name for f in files] == ["tiny.json"]
+    shipped = dbm.shipped_database(TARGET)
+    assert shipped is not None and len(shipped) == len(db)
+    applied = hc.apply_database(pruned, TARGET)  # default: "shipped"
+    assert len(dbm.scheduled_functions(applied)) == len(stats.tasks)
+    assert dbm.shipped_database("cuda -arch=sm_80") is None
+
+
+def test_real_shipped_databases_are_valid():
+    """Every file in the top-level schedules/ folder loads and sits in its family's folder."""
+    from tvm_hcprune._resources import data_dir
+
+    files = sorted(data_dir("schedules").glob("*/*.json"))
+    for path in files:
+        db = dbm.load_database(path)
+        assert len(db) > 0
+        assert db.meta.get("family") == path.parent.name
