@@ -70,3 +70,37 @@ def test_dense_kernel_is_used():
     assert name.startswith("fused_hcp_dense")  # bias add fused in
     script = funcs[name].script()
     assert "tirx.is_scheduled" in script and "T.vectorized" in script
+
+
+def bmm_module(ashape, bshape):
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType(ashape, "float32"))
+    b = relax.Var("b", relax.TensorType(bshape, "float32"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.multiply(relax.op.matmul(a, b), relax.const(0.125)))
+            out = bb.emit_output(relax.op.nn.softmax(s, axis=-1))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize(
+    ("ashape", "bshape"),
+    [((2, 4, 7, 16), (2, 4, 16, 7)), ((3, 9, 5), (3, 5, 24)), ((1, 1, 3), (1, 3, 1))],
+)
+def test_attention_batched_matmul(ashape, bshape):
+    """Batched matmuls of two run-time operands (attention scores) take the packed kernel
+    and match TVM's default pipeline (rtol 1e-5)."""
+    from tvm_hcprune.pipeline import scheduled_kernels
+
+    mod = bmm_module(ashape, bshape)
+    rng = np.random.default_rng(4)
+    av = rng.standard_normal(ashape).astype("float32")
+    bv = rng.standard_normal(bshape).astype("float32")
+    outs = []
+    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET, strict=True)):
+        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(av), tvm.runtime.tensor(bv)).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    kernels = scheduled_kernels(mod, TARGET)
+    assert len(kernels) == 1 and "hcp_bmm_pack" in next(iter(kernels.values())).script()

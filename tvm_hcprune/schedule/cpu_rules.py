@@ -158,6 +158,12 @@ def schedule_dense(sch, names: list[str]) -> bool:
     sch.reverse_compute_at(unpack, outer)
     init = sch.decompose_reduction(dense, ko)
     sch.vectorize(sch.get_loops(init)[-1])
+    pack_name = _find(names, "hcp_bmm_pack")
+    if pack_name:  # run-time packing of a batched matmul's right operand
+        pack = sch.get_sblock(pack_name)
+        loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*loops[:-2]))
+        sch.vectorize(loops[-1])
     return True
 
 

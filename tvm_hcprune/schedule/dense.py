@@ -38,18 +38,44 @@ def pack_dense_weight(w: np.ndarray, nb: int) -> np.ndarray:
     return np.ascontiguousarray(out.reshape(k, nblk, nb).transpose(1, 0, 2))
 
 
-def dense_te(x, wpack, *, n: int, rows: int):
-    """TE compute of ``x @ W`` with the packed weight; returns the ``[..., M, N]`` output."""
-    from tvm import te
+def dense_te(x, wpack, *, n: int, rows: int, nb: int | None = None):
+    """TE compute of ``x @ W``; returns the ``[..., M, N]`` output.
+
+    ``wpack`` is either the constant weight packed to ``[NB, K, nb]`` or, for the batched
+    matmuls of attention (both operands computed at run time), the right operand
+    ``[..., K, N]`` itself, which is then packed inside the kernel (block ``hcp_bmm_pack``).
+    """
+    from tvm import te, tirx
 
     xshape = [int(s) for s in x.shape]
     lead, (m, k) = xshape[:-2], xshape[-2:]
-    nblk, _, nb = (int(s) for s in wpack.shape)
+    if nb is None:
+        nblk, _, nb = (int(s) for s in wpack.shape)
+
+        def _w(pre, kk, jb, ji):
+            return wpack[jb, kk, ji]
+    else:
+        nblk = math.ceil(n / nb)
+        b = wpack
+
+        def _pack(*idx):
+            *pre, jb, kk, ji = idx
+            j = jb * nb + ji
+            val = b[(*pre, kk, j)]
+            if nblk * nb == n:
+                return val
+            return tirx.if_then_else(j < n, val, tirx.const(0.0, b.dtype))
+
+        bp = te.compute(i64(*lead, nblk, k, nb), _pack, name="hcp_bmm_pack")
+
+        def _w(pre, kk, jb, ji):
+            return bp[(*pre, jb, kk, ji)]
+
     rk = te.reduce_axis(i64(0, k), name="rk")
 
     def _dense(*idx):
         *pre, mm, jb, ji = idx
-        return te.sum(x[(*pre, mm, rk)] * wpack[jb, rk, ji], axis=rk)
+        return te.sum(x[(*pre, mm, rk)] * _w(pre, rk, jb, ji), axis=rk)
 
     cpack = te.compute(
         i64(*lead, m, nblk, nb), _dense, name="hcp_dense", attrs={TILE_ATTR: rows}
@@ -71,7 +97,9 @@ def rewrite_matmul(rewriter, call):
     x, w = call.args
     wv = _const_value(w)
     xshape = _static_shape(x)
-    if wv is None or xshape is None or wv.ndim != 2 or len(xshape) < 2:
+    if wv is None:
+        return _rewrite_batched(rewriter, call)
+    if xshape is None or wv.ndim != 2 or len(xshape) < 2:
         return None
     if _dtype(x) != "float32" or wv.dtype != np.float32:
         return None
@@ -91,4 +119,31 @@ def rewrite_matmul(rewriter, call):
     return _make_call(
         rewriter.builder_, "hcp_dense", fn, [x, relax.const(wpack)],
         [xshape, wpack.shape], ["float32", "float32"],
+    )
+
+
+def _rewrite_batched(rewriter, call):
+    """``matmul(A[..., M, K], B[..., K, N])`` with both operands computed at run time
+    (attention's QK^T and PV) and equal batch dimensions, or None."""
+    from tvm_hcprune.schedule.rewrite import _dtype, _make_call, _static_shape
+
+    a, b = call.args
+    ashape, bshape = _static_shape(a), _static_shape(b)
+    if ashape is None or bshape is None or len(ashape) < 2 or len(ashape) != len(bshape):
+        return None
+    if ashape[:-2] != bshape[:-2] or ashape[-1] != bshape[-2]:
+        return None
+    if _dtype(a) != "float32" or _dtype(b) != "float32":
+        return None
+    out_dtype = call.attrs.out_dtype
+    if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
+        return None
+    m, n = ashape[-2], bshape[-1]
+    nb, rows = plan_dense(m, n, rewriter.lanes, rewriter.registers)
+
+    def fn(aa, bb):
+        return dense_te(aa, bb, n=n, rows=rows, nb=nb)
+
+    return _make_call(
+        rewriter.builder_, "hcp_bmm", fn, [a, b], [ashape, bshape], ["float32", "float32"]
     )
