@@ -93,7 +93,14 @@ def count_macs(mod) -> int:
 
 
 class Timer:
-    """Alternating-round timer: best mean over rounds of ``number`` calls."""
+    """Alternating-round timer: best mean over rounds of ``number`` calls.
+
+    onnxruntime's and TVM's worker threads spin for a while after a call; timing one right
+    after the other would charge each with the other's spinning on a 2-core machine. Every
+    block therefore starts after a pause and a warm-up call.
+    """
+
+    pause_s = 0.3
 
     def __init__(self, number: int, rounds: int):
         self.number, self.rounds = number, rounds
@@ -105,6 +112,9 @@ class Timer:
         for _ in range(self.rounds):
             for k, f in fns.items():
                 n = self.number if k != "tvm_default" else 1
+                time.sleep(self.pause_s)
+                if k != "tvm_default":
+                    f()
                 t0 = time.perf_counter()
                 for _ in range(n):
                     f()

@@ -76,7 +76,8 @@ def _cpu_passes(target, database, rules: bool, strict: bool = False):
     pre = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
     if rules:
         pre.append(
-            PackWeightsForCPU(lanes=prof.lanes("float32"), registers=prof.vector_registers)
+            PackWeightsForCPU(lanes=prof.lanes("float32"), registers=prof.vector_registers,
+                              l2_bytes=prof.l2_bytes)
         )
 
     @tvm.transform.module_pass(opt_level=0, name="HCPruneApplyDatabase")

@@ -52,6 +52,7 @@ class ConvPlan:
     tile_w: int
     ow_padded: int
     depthwise: bool
+    spatial_major: bool = False
 
 
 
@@ -93,6 +94,18 @@ def plan_conv(ic: int, oc: int, groups: int, ow: int, lanes: int, registers: int
     t = choose_tile_w(ow, max_tile)
     ib = _largest_divisor(icg, lanes)
     return ConvPlan(groups, ib, ob, t, math.ceil(ow / t) * t, False)
+
+
+def with_loop_order(plan: ConvPlan, input_bytes: int, weight_bytes: int, l2_bytes: int):
+    """Pick the outer loop order: output-channel-block major (the weight block stays in L1/L2
+    while the input streams) unless the packed input is several times L2 and the weights of
+    a group fit in half of it; then spatial-major, so each input tile is read once and
+    reused by every output-channel block (measured 1.4x faster on 256->64 1x1 at 56x56,
+    1.1-1.3x slower on the other ResNet layers)."""
+    from dataclasses import replace
+
+    spatial = input_bytes > 4 * l2_bytes and weight_bytes <= l2_bytes // 2
+    return replace(plan, spatial_major=bool(spatial))
 
 
 def pack_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
@@ -190,7 +203,7 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
             axis=[rc, ry, rx, ri],
         ),
         name="hcp_conv",
-        attrs={"hcp_tile": plan.tile_w},
+        attrs={"hcp_tile": plan.tile_w, "hcp_spatial_major": int(plan.spatial_major)},
     )
 
     def _unpack(nn, c, y, x):

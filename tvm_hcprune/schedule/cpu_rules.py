@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _RULE_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, IndexError, KeyError)
 
 TILE_ATTR = "hcp_tile"
+ORDER_ATTR = "hcp_spatial_major"
 
 
 def _block_names(func) -> list[str]:
@@ -74,6 +75,24 @@ def _inline_producers(sch, block) -> None:
             pass
 
 
+def _vectorize_writeback(sch, block, channel_block: int) -> None:
+    """NHWC write-back: vectorise the innermost (channel) loop of a tile's write-back.
+
+    In NCHW the innermost write-back loop runs over the tile's pixels (a few floats per
+    channel row); vectorising it measured no gain, so it is left to LLVM.
+    """
+    loops = sch.get_loops(block)
+    inner = [lp for lp in loops[1:] if _extent(sch, lp) > 1]
+    if not inner or _extent(sch, inner[-1]) != channel_block:
+        return
+    try:
+        sch.vectorize(inner[-1])
+        for lp in inner[:-1]:
+            sch.unroll(lp)
+    except _RULE_ERRORS:
+        pass
+
+
 def _schedule_pack(sch, pack, n_outer: int) -> None:
     loops = sch.get_loops(pack)
     outer = sch.fuse(*loops[:n_outer])
@@ -94,14 +113,19 @@ def schedule_conv(sch, names: list[str]) -> bool:
     _inline_epilogue(sch, unpack)
     n, g, cb, y, x, co, rc, ry, rx, ri = sch.get_loops(conv)
     xo, xi = sch.split(x, [None, tile])
-    sch.reorder(n, g, cb, y, xo, rc, ry, rx, ri, xi, co)
-    outer = sch.fuse(n, g, cb, y, xo)
+    if int(sch.get(conv).annotations.get(ORDER_ATTR, 0)):  # spatial-major: big input
+        sch.reorder(n, g, y, xo, cb, rc, ry, rx, ri, xi, co)
+        outer = sch.fuse(n, g, y, xo, cb)
+    else:
+        sch.reorder(n, g, cb, y, xo, rc, ry, rx, ri, xi, co)
+        outer = sch.fuse(n, g, cb, y, xo)
     sch.parallel(outer)
     sch.unroll(ri)
     sch.unroll(xi)
     sch.vectorize(co)
     sch.set_scope(conv, 0, "local")
     sch.reverse_compute_at(unpack, outer)
+    _vectorize_writeback(sch, unpack, _extent(sch, co))
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
     _schedule_pack(sch, pack, 4)
@@ -129,6 +153,7 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     sch.vectorize(ci)
     sch.set_scope(conv, 0, "local")
     sch.reverse_compute_at(unpack, outer)
+    _vectorize_writeback(sch, unpack, _extent(sch, ci))
     init = sch.decompose_reduction(conv, ry)
     sch.vectorize(sch.get_loops(init)[-1])
     _schedule_pack(sch, pack, 3)

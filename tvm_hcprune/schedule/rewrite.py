@@ -55,8 +55,10 @@ def _make_call(bb: relax.BlockBuilder, name: str, te_fn, args, arg_shapes, dtype
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool):
+    def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool,
+                 l2_bytes: int = 512 * 1024):
         super().__init__(mod)
+        self.l2_bytes = l2_bytes
         self.lanes = lanes
         self.registers = registers
         self.enable_conv = enable_conv
@@ -119,6 +121,9 @@ class _Rewriter(PyExprMutator):
         if plan.depthwise and w.shape[1] != 1:
             return None
         wpack = cw.pack_weight(w, plan)
+        if not plan.depthwise:
+            hp = (h + padding[0] + padding[2]) * n * ic * (wd + padding[1] + padding[3])
+            plan = cw.with_loop_order(plan, 4 * hp, wpack.nbytes // groups, self.l2_bytes)
         if plan.depthwise:
             def fn(d, wp):
                 return cw.depthwise_nchwc_te(
@@ -157,16 +162,20 @@ class PackWeightsForCPU:
         Rewrite conv2d.
     dense : bool
         Rewrite matmul with a constant 2-D right operand.
+    l2_bytes : int
+        Per-core L2 size (chooses the conv's outer loop order).
     """
 
-    def __init__(self, lanes: int = 8, registers: int = 16, conv: bool = True, dense: bool = True):
+    def __init__(self, lanes: int = 8, registers: int = 16, conv: bool = True, dense: bool = True,
+                 l2_bytes: int = 512 * 1024):
+        self.l2_bytes = int(l2_bytes)
         self.lanes = int(lanes)
         self.registers = int(registers)
         self.conv = conv
         self.dense = dense
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense)
+        rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense, self.l2_bytes)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 new = rw.visit_expr(func)
