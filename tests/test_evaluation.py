@@ -177,3 +177,19 @@ def test_callable_and_result_type():
     res = evaluate(model, (x, np.array([0, 1, 0])), progress=False)
     assert isinstance(res, EvalResult)
     assert res.nonfinite == 2 and res.correct == 3  # numpy's argmax of [nan, 0] is 0
+
+
+@pytest.mark.slow
+def test_text_direction_classifier_tvm_agrees_with_onnxruntime():
+    """rapidocr's direction classifier imported by load_onnx and compiled by TVM predicts
+    what onnxruntime predicts on the rendered text lines, with >= 95% top-1 (~45 s)."""
+    from tvm_hcprune.datasets import text_direction
+    from tvm_hcprune.frontend import load_onnx
+    from tvm_hcprune.models import model_path
+
+    ds = text_direction(40)
+    path = model_path("text_direction")
+    mod = load_onnx(path, {"x": [1, 3, 48, 192]}, log=lambda msg: None)
+    res = evaluate(mod, ds, reference=OnnxRuntimeModel(path), progress=False)
+    assert res.agreement == 1.0
+    assert res.top1 == res.top1_reference >= 0.95
