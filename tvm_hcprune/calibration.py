@@ -121,8 +121,8 @@ class Calibration:
         In binding order.
     n_samples : int
     fingerprint : str
-        ``tvm_ffi.structural_hash`` of the calibrated module's ``main`` (check it before using the data
-        on a module: :meth:`matches`).
+        ``tvm_ffi.structural_hash`` of the calibrated module's ``main`` (check it before
+        using the data on a module: :meth:`matches`).
     meta : dict
         ``max_rows, max_bytes, seed, seconds``.
     """
