@@ -1,1 +1,31 @@
-"""Schedules: CPU schedule rules, MetaSchedule tuning and database handling."""
+"""Schedules: CPU schedule rules, MetaSchedule tuning and database handling.
+
+CPU rules (imported lazily, nothing heavy at import):
+
+``PackWeightsForCPU``
+    Relax pass routing conv2d (NCHW/NHWC, grouped, depthwise) and matmul to channel-blocked
+    kernels with weights packed at compile time (:mod:`.rewrite`).
+``ApplyCPURules``
+    TIR pass scheduling those kernels, epilogues fused, after FuseOps/FuseTIR
+    (:mod:`.cpu_rules`); everything else keeps TVM's default.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "PackWeightsForCPU": "tvm_hcprune.schedule.rewrite",
+    "ApplyCPURules": "tvm_hcprune.schedule.cpu_rules",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tvm_hcprune.schedule' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
