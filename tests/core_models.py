@@ -106,6 +106,14 @@ def build(kind: str, seed: int = 0):
         out = g.conv(y, 16, 3, 1)
         shape = [1, 3, 8, 8]
         return g.model(out, [1, 4, H, H], shape, kind), True
+    if kind == "channel_pad":
+        # BlazeFace-style residual: the shortcut is zero-padded along channels
+        a = g.conv_bn(x, 4, 8, 3)
+        p = g.op("Pad", [a, g.const(np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64))])
+        b = g.conv(a, 8, 12, 1, bias=True)
+        y = g.op("Relu", [g.op("Add", [p, b])])
+        out = g.conv(y, 12, 3, 1)
+        return _finish(g, out, [1, 3, H, H], kind), True
     if kind == "flatten_gemm":
         a = g.conv_bn(x, 4, 16, 3, stride=2)
         y = g.op("Flatten", [a], axis=1)
@@ -155,5 +163,5 @@ def build(kind: str, seed: int = 0):
 
 KINDS = ["conv_bias", "batchnorm_relu_conv", "depthwise", "grouped", "residual", "se_gate",
          "hardswish", "silu_tanh", "prelu", "concat", "split", "slice_channels",
-         "pad_pool_resize", "flatten_gemm", "transpose", "conv_transpose", "ffn",
+         "pad_pool_resize", "channel_pad", "flatten_gemm", "transpose", "conv_transpose", "ffn",
          "softmax_barrier", "clip_tensor_bounds"]

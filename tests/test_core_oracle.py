@@ -86,3 +86,15 @@ def test_clip_with_tensor_bounds_is_reemitted():
     pruned, report = hc.prune(from_onnx(model), ratio=0.5, align=4)
     text = pruned.script(show_meta=False)
     assert "call_tir" not in text and "R.maximum" in text and "R.minimum" in text
+
+
+def test_channel_padding_shrinks_with_the_pruned_channels():
+    """A residual whose shortcut is zero-padded along channels: the pad width follows."""
+    model, _ = build("channel_pad")
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    assert not graph.frozen or all(f.op == "return" for f in graph.frozen)
+    pruned, report = hc.prune(mod, ratio=0.5, align=2, graph=graph)
+    pads = [b.value for blk in pruned["main"].body.blocks for b in blk.bindings
+            if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.pad"]
+    assert [int(p) for p in pads[0].attrs.pad_width][3] == 2  # 4 padded channels -> 2

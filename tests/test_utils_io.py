@@ -20,3 +20,15 @@ def test_atomic_write_creates_parents(tmp_path):
     dest = tmp_path / "a" / "b" / "x.txt"
     atomic_write_text(dest, "hello")
     assert dest.read_text() == "hello"
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    import os
+
+    dest = tmp_path / "perm.txt"
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(dest, "x")
+    finally:
+        os.umask(old)
+    assert (dest.stat().st_mode & 0o777) == 0o644

@@ -80,6 +80,8 @@ class ChannelGraph:
         self.space_group: dict[int, int] = {}
         for s in range(len(ctx.parent)):
             r = ctx.find(s)
+            if r in ctx.splits:  # refined into parts; the parts form the groups
+                continue
             if r not in roots:
                 roots[r] = ChannelGroup(len(roots), ctx.sizes[r], [], [])
             g = roots[r]
@@ -90,6 +92,8 @@ class ChannelGraph:
         self.groups = list(roots.values())
         self.frozen: list[FrozenRecord] = []
         for s, reasons in ctx.frozen.items():
+            if s not in self.space_group or not reasons:  # split spaces: parts carry them
+                continue
             g = self.groups[self.space_group[s]]
             for var, op, reason in reasons:
                 rec = FrozenRecord(g.id, op, var, reason)
@@ -234,9 +238,21 @@ def analyze(mod, canonicalize: bool = True) -> ChannelGraph:
         ctx.descs[var] = _checked(ctx, var, out)
     ret = func.body.body
     ctx.freeze(_flatten(ctx.desc(ret)), None, "return", "model output shape must not change")
+    _expand_declarations(ctx)
     if n_calls == 0:
         raise HCPruneError("the model is empty: main has no operations to analyse")
     return ChannelGraph(mod, ctx, _fingerprint(func), _count_params(func))
+
+
+def _expand_declarations(ctx):
+    """Rewrite every stored descriptor in terms of unsplit spaces (see ``split_space``)."""
+    if not ctx.splits:
+        return
+    ctx.descs = {v: ctx.expand_all(d) for v, d in ctx.descs.items()}
+    ctx.const_slices = {v: [(a, ax, ctx.expand(d)) for a, ax, d in sl]
+                        for v, sl in ctx.const_slices.items()}
+    for m in ctx.members:
+        m.desc = ctx.expand(m.desc)
 
 
 def _flatten(d):

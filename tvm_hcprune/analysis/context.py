@@ -62,6 +62,7 @@ class AnalysisContext:
         self.macs: dict = {}  # var -> (op, macs)
         self.ops: dict = {}  # var -> op name
         self.var_order: list = []
+        self.splits: dict[int, list[int]] = {}  # split root -> its parts (new spaces)
 
     # ---- spaces -------------------------------------------------------------------------
     def new_space(self, size: int, var, op: str) -> int:
@@ -84,6 +85,63 @@ class AnalysisContext:
             lo, hi = min(ra, rb), max(ra, rb)
             self.parent[hi] = lo
 
+    def split_space(self, space: int, sizes: list[int]) -> list[int]:
+        """Refine a space (its whole class) into consecutive parts of the given sizes.
+
+        Needed where one operand's channels line up with several segments of another
+        (a residual add whose other operand was padded along the channel axis).
+        """
+        root = self.find(space)
+        if len(sizes) == 1:
+            return [root]
+        assert sum(sizes) == self.sizes[root]
+        var, op = self.origin[root]
+        parts = [self.new_space(n, var, op) for n in sizes]
+        self.splits[root] = parts
+        inherited = [r for t, rs in list(self.frozen.items()) if self.find(t) == root for r in rs]
+        for p in parts:  # a frozen class stays frozen in every part
+            self.frozen[p].extend(inherited)
+        return parts
+
+    def expand(self, desc: AxisDesc | None) -> AxisDesc | None:
+        """Replace segments of split spaces by their parts (recursively)."""
+        if desc is None or not self.splits:
+            return desc
+        out = []
+        for seg in desc:
+            parts = self.splits.get(self.find(seg.space)) if seg.space is not None else None
+            if parts is None:
+                out.append(seg)
+            else:
+                out.extend(self.expand(tuple(Seg(p, self.sizes[p], seg.inner) for p in parts)))
+        return tuple(out)
+
+    def expand_all(self, d):
+        """``expand`` through nested descriptor lists (tuples of tensors)."""
+        if d is None:
+            return None
+        if isinstance(d, list):
+            return [self.expand_all(x) for x in d]
+        return self.expand(d)
+
+    def _refine(self, desc: AxisDesc, cuts: set[int]) -> AxisDesc | None:
+        """Split segments of ``desc`` at the index boundaries ``cuts``; None if impossible."""
+        out, off = [], 0
+        for seg in desc:
+            inner = [c - off for c in sorted(cuts) if off < c < off + seg.length]
+            if not inner:
+                out.append(seg)
+            elif any(c % seg.inner for c in inner):
+                return None
+            else:
+                edges = [0, *[c // seg.inner for c in inner], seg.size]
+                sizes = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
+                parts = (self.split_space(seg.space, sizes) if seg.space is not None
+                         else [None] * len(sizes))
+                out.extend(Seg(p, n, seg.inner) for p, n in zip(parts, sizes, strict=True))
+            off += seg.length
+        return tuple(out)
+
     def freeze(self, desc_or_descs, var, op: str, reason: str) -> None:
         """Freeze every space appearing in a descriptor or a list of descriptors."""
         items = desc_or_descs if isinstance(desc_or_descs, list) else [desc_or_descs]
@@ -91,7 +149,7 @@ class AnalysisContext:
             if isinstance(d, list):
                 self.freeze(d, var, op, reason)
                 continue
-            for s in desc_spaces(d):
+            for s in desc_spaces(self.expand(d)):
                 self.frozen[s].append((var.name if var is not None else "<output>", op, reason))
 
     def unify(self, a: AxisDesc | None, b: AxisDesc | None, var, op: str) -> AxisDesc | None:
@@ -102,6 +160,21 @@ class AnalysisContext:
             self.freeze(a if b is None else b, var, op,
                         "meets channels that cannot be pruned (model input or barrier)")
             return a if b is None else b
+        a, b = self.expand(a), self.expand(b)
+
+        def bounds(d):
+            out, off = set(), 0
+            for seg in d:
+                off += seg.length
+                out.add(off)
+            return out
+
+        if bounds(a) != bounds(b):  # refine both to the union of their boundaries
+            cuts = bounds(a) | bounds(b)
+            ra = self._refine(a, cuts)
+            rb = self._refine(b, cuts) if ra is not None else None
+            if ra is not None and rb is not None:
+                a, b = self.expand(ra), self.expand(rb)
         same = len(a) == len(b) and all(
             x.size == y.size and x.inner == y.inner for x, y in zip(a, b, strict=True)
         )
@@ -121,7 +194,7 @@ class AnalysisContext:
         """Per-axis descriptors of an expression (all None for constants and inputs)."""
         d = self.descs.get(expr) if isinstance(expr, relax.Var) else None
         if d is not None:
-            return d
+            return self.expand_all(d)
         if isinstance(expr, relax.Tuple):
             return [self.desc(f) for f in expr.fields]
         shape = static_shape(expr)

@@ -479,23 +479,45 @@ def _slice_spec(call, shape):
 
 @register_op_handler("relax.nn.pad")
 class PadHandler(OpHandler):
-    """Padding: spatial padding passes channels through; padding a channel axis appends
-    zero channels that cannot be pruned."""
+    """Padding. Spatial padding passes channels through. Padding a channel axis (BlazeFace's
+    residuals) appends zero channels; each padded run is a space of its own, so the channels
+    a residual add couples to it can be pruned too: the pad width shrinks with them."""
 
     def analyze(self, ctx, var, call):
         d = list(ctx.desc(call.args[0]))
+        shape = static_shape(call.args[0])
         pads = [int(p) for p in call.attrs.pad_width]
         out = list(d)
         for ax in range(len(d)):
             before, after = pads[2 * ax], pads[2 * ax + 1]
-            if (before or after) and d[ax] is not None:
-                segs = list(d[ax])
-                if before:
-                    segs.insert(0, Seg(None, before, 1))
-                if after:
-                    segs.append(Seg(None, after, 1))
-                out[ax] = tuple(segs)
+            if not (before or after):
+                continue
+            if d[ax] is None and str(call.attrs.pad_mode) != "constant":
+                continue
+            segs = list(d[ax]) if d[ax] is not None else [Seg(None, shape[ax], 1)]
+            constant = str(call.attrs.pad_mode) == "constant"
+            for n, at_front in ((before, True), (after, False)):
+                if not n:
+                    continue
+                seg = Seg(ctx.new_space(n, var, call.op.name), n, 1)
+                if not constant:  # edge/reflect padding copies channels: not free
+                    ctx.freeze((seg,), var, call.op.name, "non-constant channel padding")
+                segs.insert(0, seg) if at_front else segs.append(seg)
+            out[ax] = tuple(segs)
         return out
+
+    def rewrite(self, rw, var, call, args):
+        pads = [int(p) for p in call.attrs.pad_width]
+        shape = static_shape(call.args[0])
+        for ax, d in enumerate(rw.out_desc(var)):
+            idx = rw.axis_index(d)
+            if idx is None or not (pads[2 * ax] or pads[2 * ax + 1]):
+                continue
+            before = pads[2 * ax]
+            pads[2 * ax] = int((idx < before).sum())
+            pads[2 * ax + 1] = int((idx >= before + shape[ax]).sum())
+        return relax.op.nn.pad(args[0], pads, str(call.attrs.pad_mode),
+                               float(call.attrs.pad_value))
 
 
 @register_op_handler("relax.squeeze", "relax.expand_dims", "relax.reshape", "relax.flatten")
