@@ -144,7 +144,7 @@ def test_tune_through_rpc_servers(tracker, pruned, tmp_path):
     """Measurements run on the tracker's servers (RPCRunner, both in parallel) and give
     valid records that the pipeline applies."""
     out = tmp_path / "db.json"
-    db, stats = hc.tune(pruned, TARGET, trials=6, trials_per_task=2, rpc_tracker=tracker,
+    db, stats = hc.tune(pruned, TARGET, trials=4, trials_per_task=1, rpc_tracker=tracker,
                         rpc_key=KEY, output=out, progress=False, return_stats=True,
                         seed_rules=False, session_timeout=60)
     assert stats.valid > 0 and out.exists()
@@ -170,6 +170,27 @@ def test_pruned_model_runs_remotely_like_locally(tracker, pruned, tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_run_over_rpc(tracker, pruned, tmp_path, capsys):
+    """`hcprune run --rpc-tracker --rpc-key` prints times and writes the remote outputs."""
+    from tvm_hcprune.cli import main
+
+    lib = tmp_path / "net.so"
+    hc.build(pruned, TARGET).export_library(str(lib))
+    x = np.random.default_rng(1).standard_normal((1, 3, 10, 10)).astype("float32")
+    np.savez(tmp_path / "in.npz", input=x)
+    status = main(["run", str(lib), "--inputs", str(tmp_path / "in.npz"), "--rpc-tracker",
+                   tracker, "--rpc-key", KEY, "--print-time", "--repeat", "2", "--outputs",
+                   str(tmp_path / "out.npz")])
+    assert status == 0
+    assert "Execution time summary" in capsys.readouterr().out
+    outputs, _ = hrpc.run_remote(lib, {"input": x}, tracker, KEY, timeout=30)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["output_0"], outputs[0])
+    status = main(["run", str(lib), "--inputs", str(tmp_path / "in.npz"), "--rpc-tracker",
+                   tracker, "--rpc-key", "absent"])
+    assert status == 2
+
+
+@pytest.mark.slow
 def test_dead_server_gives_failed_measurement_not_hang(tracker, tmp_path):
     """A key whose only server was killed: a measurement returns an error within the
     session bound, and a session request fails within its timeout."""
@@ -179,7 +200,7 @@ def test_dead_server_gives_failed_measurement_not_hang(tracker, tmp_path):
     server = _start_server(port, "doomed")
     try:
         _wait_for(tracker, "doomed", 1)
-        runner = hrpc.make_rpc_runner(tracker, "doomed", session_timeout=5)
+        runner = hrpc.make_rpc_runner(tracker, "doomed", session_timeout=3)
     finally:
         _stop(server)
     # a trivial artifact: MetaSchedule never gets to upload it

@@ -223,3 +223,23 @@ def test_real_shipped_databases_are_valid():
         db = dbm.load_database(path)
         assert len(db) > 0
         assert db.meta.get("family") == path.parent.name
+
+
+@pytest.mark.slow
+def test_shipped_database_applies_to_bundled_model():
+    """The shipped x86-avx2 records match the bundled MNIST ResNet (dense and pruned 0.5):
+    its conv kernels come from the database by default, outputs equal the rules-only build."""
+    import tvm_hcprune.hardware as hw
+    from tvm_hcprune.models import model_path
+
+    target = hc.parse_target("llvm")
+    if hw.profile_for(target).name != "x86-avx2":
+        pytest.skip("shipped databases exist for x86-avx2 hosts only")
+    mod = hc.load_onnx(str(model_path("mnist_resnet")), log=lambda *a: None)
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32")
+    for m in (mod, hc.prune(mod, ratio=0.5, target=target)[0]):
+        applied = hc.apply_database(m, target)
+        assert sum("hcp_conv" in n for n in dbm.scheduled_functions(applied)) >= 8
+        shipped = _run(hc.build(m, target, database="shipped"), x)
+        rules = _run(hc.build(m, target), x)
+        np.testing.assert_allclose(shipped, rules, rtol=1e-4, atol=1e-4)

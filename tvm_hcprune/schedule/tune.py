@@ -480,6 +480,9 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                     task_scheduler="gradient",
                 )
             finally:
+                done = sum(1 for n in stats.tasks if n in stats.best)
+                bar.set_postfix_str(f"tasks {done}/{len(stats.tasks)}, "
+                                    f"best {stats.total_latency() * 1e3:.3f} ms")
                 bar.close()
     finally:
         if tmp is not None:

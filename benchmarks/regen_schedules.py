@@ -1,0 +1,86 @@
+"""Regenerate the shipped schedule databases in ``schedules/<family>/``.
+
+For every model (the bundled ``mnist_resnet`` by default) and every prune ratio (dense and
+0.5 by default, channels aligned to the target's channel multiple), tune with
+:func:`tvm_hcprune.tune` on this machine and keep the best record per workload::
+
+    .venv/bin/python benchmarks/regen_schedules.py --trials-per-task 8 --json out/regen.json
+
+The files are named ``<model>-r<percent>.json`` (``-r0`` dense) inside the target family's
+folder (``x86-avx2`` on an AVX2 CPU). ``schedules/README.md`` records how and where the
+shipped files were produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_name() -> str:
+    """The host CPU's model name (from /proc/cpuinfo where available)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["mnist_resnet"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.0, 0.5])
+    parser.add_argument("--target", default="llvm")
+    parser.add_argument("--trials-per-task", type=int, default=8)
+    parser.add_argument("--out-dir", default=str(ROOT / "schedules"))
+    parser.add_argument("--json", default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    import tvm_hcprune as hc
+    from tvm_hcprune.models import model_path
+    from tvm_hcprune.schedule.database import target_family
+    from tvm_hcprune.schedule.tune import extract_tasks
+    from tvm_hcprune.utils import atomic_write_text
+
+    target = hc.parse_target(args.target)
+    family = target_family(target)
+    out_dir = Path(args.out_dir) / family
+    figures = {"family": family, "target": str(target), "cpu": cpu_name(), "runs": []}
+    for name in args.models:
+        dense = hc.load_onnx(str(model_path(name)), log=lambda *a: None)
+        for ratio in args.ratios:
+            mod = dense if ratio == 0 else hc.prune(dense, ratio=ratio, target=target)[0]
+            n_tasks = len(extract_tasks(mod, target))
+            trials = n_tasks * args.trials_per_task
+            start = time.perf_counter()
+            db, stats = hc.tune(
+                mod, target, trials=trials, trials_per_task=args.trials_per_task,
+                return_stats=True,
+                meta={"model": name, "prune_ratio": ratio, "cpu": cpu_name(),
+                      "date": time.strftime("%Y-%m-%d"),
+                      "command": "benchmarks/regen_schedules.py " + " ".join(argv or
+                                                                            sys.argv[1:])},
+            )
+            path = out_dir / f"{name}-r{round(ratio * 100)}.json"
+            db.save(path, top_k=1)
+            run = {"model": name, "ratio": ratio, "tasks": n_tasks, "trials": stats.trials,
+                   "valid": stats.valid, "seconds": round(time.perf_counter() - start, 1),
+                   "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
+                   else str(path)}
+            figures["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
