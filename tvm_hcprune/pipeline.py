@@ -33,9 +33,10 @@ PIPELINE_NAME = "hcprune"
 def set_num_threads(n: int | None = None) -> int:
     """Use ``n`` threads (default: physical cores) for TVM's CPU thread pool.
 
-    TVM reads ``TVM_NUM_THREADS`` when its pool starts; on small VMs its default pool can run
-    a single thread. This sets the variable (if the user has not) and reconfigures the pool.
-    Returns the thread count requested.
+    TVM reads ``TVM_NUM_THREADS`` when its thread pool starts (at the first parallel kernel
+    call); without it the pool ran a single thread on the 2-core VM we measured. This sets the
+    variable unless the user already has, so it takes effect when called before the first
+    run. Returns the thread count requested.
     """
     from tvm_hcprune.hardware import host_physical_cores
 
