@@ -406,6 +406,10 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
 
     _check_trials(trials, trials_per_task)
     target = dbm.resolve_target(target)
+    if target.kind.name == "cuda":
+        from tvm_hcprune.schedule.cuda import with_limits
+
+        target = with_limits(target)  # TuneContext needs max_threads_per_block
     per_task = min(trials_per_task or trials, trials)
     per_iter = num_trials_per_iter or min(per_task, 16)
 
