@@ -1,0 +1,454 @@
+"""Reconstruct: re-fit pruned consumers by ridge least squares on calibration data.
+
+After a plan removes input channels of a conv2d (``groups == 1``) or a matmul, the layer
+sees fewer inputs than it was trained on. Following He et al. (2017, "Channel Pruning")
+and AIMET, each such consumer's weights are re-fitted so that its output on calibration
+rows, computed from the *kept* input channels only, matches the dense model's output::
+
+    min_W,b  || X_kept W^T + b - Y_dense ||^2 + lam ||W||^2
+
+``X``/``Y`` come from :func:`tvm_hcprune.calibrate` of the dense module (patches of the
+layer input and the raw conv/matmul output before bias). The intercept ``b`` is folded into
+what follows the layer: a constant bias ``add`` (``bias += b``) or an inference
+``batch_norm`` (``moving_mean -= b``); without either the fit has no intercept.
+
+Safety: the system is solved in float64; a layer falls back to its plainly sliced weights
+(and the report says why) when the normal matrix is ill-conditioned, the solution is not
+finite, or the re-fitted layer is not better than the sliced one on held-out calibration
+rows. Reconstruction therefore never introduces NaN/Inf and never makes a layer's
+calibration error worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..analysis.context import is_const, static_shape
+from ..errors import HCPruneError
+from ..ops.desc import axis_index
+from .apply_plan import check_plan, kept_lookup
+
+__all__ = ["LayerFit", "Reconstruct", "ReconstructReport", "fit_layer", "layer_weight_oi",
+           "reconstruct", "reconstructable_layers"]
+
+
+@dataclass(frozen=True)
+class LayerFit:
+    """Outcome of re-fitting one consumer layer.
+
+    Attributes
+    ----------
+    name : str
+        The conv/matmul binding's var name.
+    status : str
+        ``"reconstructed"`` or ``"fallback"`` (sliced weights kept; see ``reason``).
+    reason : str
+    err_before, err_after : float
+        Relative squared error ``||Y_hat - Y||^2 / ||Y - mean(Y)||^2`` on held-out
+        calibration rows, of the sliced and the re-fitted layer (``err_after`` is
+        ``err_before`` on fallback).
+    rows, features : int
+    intercept : str
+        Where the fitted intercept went: ``"bias"``, ``"batch_norm"`` or ``""``.
+    """
+
+    name: str
+    status: str
+    reason: str
+    err_before: float
+    err_after: float
+    rows: int
+    features: int
+    intercept: str = ""
+
+
+@dataclass
+class ReconstructReport:
+    """Per-layer outcomes of :func:`reconstruct`."""
+
+    layers: list[LayerFit] = field(default_factory=list)
+
+    @property
+    def fallbacks(self) -> list[LayerFit]:
+        return [f for f in self.layers if f.status != "reconstructed"]
+
+    def to_dict(self) -> dict:
+        return {"layers": [f.__dict__ for f in self.layers]}
+
+    def summary(self) -> str:
+        lines = [f"reconstruction: {len(self.layers) - len(self.fallbacks)} of "
+                 f"{len(self.layers)} consumer layer(s) re-fitted"]
+        for f in self.layers:
+            lines.append(f"  {f.name:>8}: {f.status:13s} rel. error {f.err_before:.4f} -> "
+                         f"{f.err_after:.4f} ({f.rows} rows, {f.features} features)"
+                         + (f" - {f.reason}" if f.reason else ""))
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ numerics
+
+
+def _rel_err(pred: np.ndarray, y: np.ndarray) -> float:
+    den = float(np.square(y - y.mean(0)).sum())
+    num = float(np.square(pred - y).sum())
+    return num / den if den > 0 else num
+
+
+def fit_layer(X: np.ndarray, Y: np.ndarray, W0: np.ndarray, intercept: bool = True,
+              ridge: float = 1e-3, max_cond: float = 1e10, holdout: float = 0.2,
+              seed: int = 0):
+    """Ridge least-squares fit of ``Y ~= X @ W.T + b``, with a safe fallback.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        ``[rows, features]`` layer inputs (kept channels only).
+    Y : numpy.ndarray
+        ``[rows, outputs]`` dense outputs to match.
+    W0 : numpy.ndarray
+        ``[outputs, features]`` the sliced (unreconstructed) weights.
+    intercept : bool
+        Fit an intercept ``b`` as well.
+    ridge : float
+        Regularisation, relative to the mean diagonal of ``X^T X``.
+    max_cond : float
+        Fall back when the regularised normal matrix's condition number exceeds this.
+    holdout : float
+        Fraction of rows held out to compare the fit with ``W0``.
+    seed : int
+        Seed of the hold-out split.
+
+    Returns
+    -------
+    (W, b, status, reason, err_before, err_after)
+        ``W`` float64 ``[outputs, features]``, ``b`` ``[outputs]`` (zeros without
+        intercept); ``status`` ``"reconstructed"`` or ``"fallback"``.
+    """
+    X = np.asarray(X, np.float64)
+    Y = np.asarray(Y, np.float64)
+    W0 = np.asarray(W0, np.float64)
+    rows, feats = X.shape
+    zero_b = np.zeros(Y.shape[1])
+    if rows < 4:
+        return W0, zero_b, "fallback", f"only {rows} calibration rows", np.nan, np.nan
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(rows)
+    n_val = max(1, int(round(rows * holdout))) if holdout > 0 else 0
+    val, tr = (perm[:n_val], perm[n_val:]) if n_val and rows - n_val >= 2 else (perm, perm)
+    err_before = _rel_err(X[val] @ W0.T, Y[val])
+
+    def fallback(reason):
+        return W0, zero_b, "fallback", reason, err_before, err_before
+
+    if not (np.isfinite(X).all() and np.isfinite(Y).all()):
+        return fallback("calibration data holds NaN/Inf")
+    Xt, Yt = X[tr], Y[tr]
+    if intercept:
+        mx, my = Xt.mean(0), Yt.mean(0)
+        Xt, Yt = Xt - mx, Yt - my
+    A = Xt.T @ Xt
+    lam = ridge * max(float(np.trace(A)) / feats, 1e-12)
+    A[np.diag_indices_from(A)] += lam
+    try:
+        ev = np.linalg.eigvalsh(A)
+    except np.linalg.LinAlgError:
+        return fallback("eigenvalues of the normal matrix did not converge")
+    if not np.isfinite(ev).all() or ev[0] <= 0 or ev[-1] / ev[0] > max_cond:
+        cond = ev[-1] / ev[0] if ev[0] > 0 else np.inf
+        return fallback(f"ill-conditioned system (condition number {cond:.2e} > "
+                        f"{max_cond:.0e})")
+    try:
+        W = np.linalg.solve(A, Xt.T @ Yt).T
+    except np.linalg.LinAlgError as err:
+        return fallback(f"least squares failed: {err}")
+    b = (my - mx @ W.T) if intercept else zero_b
+    if not (np.isfinite(W).all() and np.isfinite(b).all()):
+        return fallback("the least-squares solution is not finite")
+    f32 = np.finfo(np.float32).max
+    if np.abs(W).max(initial=0) > f32 / 1e6 or np.abs(b).max(initial=0) > f32 / 1e6:
+        return fallback("the least-squares solution overflows float32")
+    err_after = _rel_err(X[val] @ W.T + b, Y[val])
+    if not err_after <= err_before:
+        return fallback(f"re-fit is not better on held-out rows ({err_after:.4g} > "
+                        f"{err_before:.4g})")
+    return W, b, "reconstructed", "", err_before, err_after
+
+
+# ------------------------------------------------------------------------------ IR side
+
+
+def layer_weight_oi(call) -> tuple[np.ndarray, callable]:
+    """A conv2d/matmul weight as ``[O, I, ...]`` and the function that converts back.
+
+    conv2d: the kernel layout (``OIHW``, ``HWIO``, ``OHWI``...) is read from the attributes
+    and the result is ``OIHW``; matmul ``x @ W`` with ``W [K, N]``: ``W.T`` (``[N, K]``).
+    """
+    w = call.args[1].value.numpy()
+    if call.op.name == "relax.matmul":
+        return w.T, lambda a: np.ascontiguousarray(a.T)
+    kl = str(call.attrs.kernel_layout)
+    perm = [kl.index(c) for c in "OIHW"]
+    inv = list(np.argsort(perm))
+    return np.transpose(w, perm), lambda a: np.ascontiguousarray(np.transpose(a, inv))
+
+
+def _consumer_member(graph, var):
+    for m in graph.ctx.members:
+        if m.kind == "consumer" and m.var.same_as(var):
+            return m
+    return None
+
+
+def _producer_member(graph, var):
+    for m in graph.ctx.members:
+        if m.kind == "producer" and m.var.same_as(var):
+            return m
+    return None
+
+
+def reconstructable_layers(graph) -> list:
+    """``[(var, call)]`` of the conv2d (``groups == 1``) / 2-D matmul consumers of ``graph``."""
+    out = []
+    for var, call in graph.ctx.values.items():
+        if not isinstance(call, relax.Call) or not hasattr(call.op, "name"):
+            continue
+        name = call.op.name
+        if name == "relax.nn.conv2d":
+            if int(call.attrs.groups) != 1 or not is_const(call.args[1]):
+                continue
+        elif name == "relax.matmul":
+            if not is_const(call.args[1]) or len(static_shape(call.args[1]) or []) != 2:
+                continue
+        else:
+            continue
+        if _consumer_member(graph, var) is not None:
+            out.append((var, call))
+    return out
+
+
+def _users(graph):
+    users = {}
+    for var, call in graph.ctx.values.items():
+        if isinstance(call, relax.Call):
+            for i, a in enumerate(call.args):
+                if isinstance(a, relax.Var):
+                    users.setdefault(a, []).append((var, call, i))
+        elif isinstance(call, relax.Var):
+            users.setdefault(call, []).append((var, call, -1))
+    return users
+
+
+def _intercept_site(graph, var, call, users):
+    """Where a fitted intercept of ``var`` can go: (kind, user var, arg, channel axis)."""
+    us = users.get(var, [])
+    if len(us) != 1:
+        return None
+    uvar, ucall, pos = us[0]
+    if not isinstance(ucall, relax.Call) or not hasattr(ucall.op, "name"):
+        return None
+    out_shape = static_shape(var)
+    if call.op.name == "relax.matmul":
+        c_ax = len(out_shape) - 1
+    else:
+        c_ax = str(call.attrs.out_layout or call.attrs.data_layout).index("C")
+    n = out_shape[c_ax]
+    if ucall.op.name == "relax.nn.batch_norm" and pos == 0:
+        if int(ucall.attrs.axis) % len(out_shape) == c_ax and all(
+                is_const(a) for a in ucall.args[1:5]):
+            return ("batch_norm", uvar, 3, 0)
+        return None
+    if ucall.op.name == "relax.add" and pos in (0, 1):
+        other = ucall.args[1 - pos]
+        shp = static_shape(other) if is_const(other) else None
+        if shp is None or static_shape(uvar) != out_shape:
+            return None
+        off = len(out_shape) - len(shp)
+        if off < 0:
+            return None
+        full = [1] * off + list(shp)
+        if full[c_ax] == n and all(s == 1 for i, s in enumerate(full) if i != c_ax):
+            return ("bias", uvar, 1 - pos, c_ax - off)
+    return None
+
+
+def _cal_layer(calibration, var, call, w_oi):
+    name = var.name
+    if name not in calibration:
+        raise HCPruneError(
+            f"calibration has no layer {name!r}; calibrate the module that was pruned "
+            "(analyze(mod).mod, or the module prune() was given) with tvm_hcprune.calibrate")
+    lc = calibration[name]
+    if lc.X is None:
+        return lc
+    if lc.X.shape[1] != w_oi.shape[1] or lc.Y.shape[1] != w_oi.shape[0] or (
+            lc.X.ndim == 4 and tuple(lc.X.shape[2:]) != tuple(w_oi.shape[2:])):
+        raise HCPruneError(
+            f"calibration layer {name!r} has X {lc.X.shape} / Y {lc.Y.shape}, which does not "
+            f"fit the weight {tuple(w_oi.shape)} (O, I, ...) of the module; the calibration "
+            "was made on a different model - recalibrate this one")
+    return lc
+
+
+def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-3,
+                max_cond: float = 1e10, holdout: float = 0.2, intercept: bool = True,
+                seed: int = 0):
+    """Re-fit the consumers whose input channels ``plan`` removed; see the module docs.
+
+    Parameters
+    ----------
+    pruned_mod : tvm.IRModule
+        ``apply_plan(graph, plan)`` (what :func:`tvm_hcprune.prune` returns).
+    graph : ChannelGraph
+        The analysis of the dense module.
+    plan : PrunePlan
+    calibration : Calibration
+        :func:`tvm_hcprune.calibrate` of ``graph.mod`` (or of the module given to
+        ``analyze``; layers are matched by binding name and checked by shape).
+    ridge, max_cond, holdout, intercept, seed
+        See :func:`fit_layer`.
+
+    Returns
+    -------
+    (tvm.IRModule, ReconstructReport)
+    """
+    check_plan(graph, plan)
+    kept_of = kept_lookup(graph, plan)
+    users = _users(graph)
+    report = ReconstructReport()
+    updates: dict[str, dict[int, np.ndarray]] = {}
+    deltas: dict[str, tuple] = {}
+    for var, call in reconstructable_layers(graph):
+        cons = _consumer_member(graph, var)
+        in_idx = axis_index(cons.desc, kept_of)
+        if in_idx is None:
+            continue
+        prod = _producer_member(graph, var)
+        out_idx = axis_index(prod.desc, kept_of) if prod is not None else None
+        w_oi, back = layer_weight_oi(call)
+        lc = _cal_layer(calibration, var, call, w_oi)
+        if out_idx is None:
+            out_idx = np.arange(w_oi.shape[0])
+        w0 = w_oi[out_idx][:, in_idx]
+        feats = int(np.prod(w0.shape[1:]))
+        if lc.X is None:
+            report.layers.append(LayerFit(var.name, "fallback",
+                                          f"no calibration rows ({lc.skipped})",
+                                          np.nan, np.nan, 0, feats))
+            continue
+        X = lc.X[:, in_idx].reshape(lc.X.shape[0], -1)
+        Y = lc.Y[:, out_idx]
+        site = _intercept_site(graph, var, call, users) if intercept else None
+        W, b, status, reason, e0, e1 = fit_layer(
+            X, Y, w0.reshape(w0.shape[0], -1), intercept=site is not None, ridge=ridge,
+            max_cond=max_cond, holdout=holdout, seed=seed)
+        report.layers.append(LayerFit(var.name, status, reason, e0, e1, X.shape[0], feats,
+                                      site[0] if site and status == "reconstructed" else ""))
+        if status != "reconstructed":
+            continue
+        dtype = call.args[1].value.numpy().dtype
+        updates.setdefault(var.name, {})[1] = back(W.reshape(w0.shape)).astype(dtype)
+        if site is not None:
+            deltas[site[1].name] = (site, b)
+    for uname, (site, b) in deltas.items():
+        kind, uvar, arg, ax = site
+        ucall = graph.ctx.values[uvar]
+        arr = ucall.args[arg].value.numpy().astype(np.float64)
+        # the user's constant as the pruned module holds it (sliced like the rewrite does)
+        for a, axis, desc in graph.ctx.const_slices.get(uvar, ()):
+            idx = axis_index(desc, kept_of)
+            if a == arg and idx is not None:
+                arr = np.take(arr, idx, axis=axis)
+        shape = [1] * arr.ndim
+        shape[ax] = len(b)
+        if arr.shape[ax] != len(b):  # pragma: no cover - shapes come from the same plan
+            raise AssertionError(f"intercept of {uname}: {arr.shape} vs {len(b)}")
+        arr = arr + b.reshape(shape) if kind == "bias" else arr - b.reshape(shape)
+        dtype = ucall.args[arg].value.numpy().dtype
+        updates.setdefault(uname, {})[arg] = arr.astype(dtype)
+    if not updates:
+        return pruned_mod, report
+    return _replace_constants(pruned_mod, updates), report
+
+
+@mutator
+class _ConstReplacer(PyExprMutator):
+    def __init__(self, mod, updates):
+        super().__init__(mod)
+        self.updates = updates
+        self.current = None
+        self.done = set()
+
+    def visit_var_binding_(self, binding):
+        self.current = binding.var
+        super().visit_var_binding_(binding)
+
+    def visit_call_(self, call):
+        name = self.current.name if self.current is not None else None
+        upd = self.updates.get(name)
+        if not upd or name in self.done:
+            return super().visit_call_(call)
+        self.done.add(name)
+        args = [self.visit_expr(a) for a in call.args]
+        for i, arr in upd.items():
+            old = static_shape(args[i])
+            if old != list(arr.shape):
+                raise HCPruneError(f"binding {name!r} of the pruned module holds a constant of "
+                                   f"shape {old}, reconstruction computed {list(arr.shape)}; "
+                                   "pass the module apply_plan(graph, plan) returned")
+            args[i] = relax.const(arr, str(arr.dtype))
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def _replace_constants(mod, updates):
+    func = mod["main"]
+    names = [b.var.name for blk in func.body.blocks for b in blk.bindings]
+    dup = {n for n in updates if names.count(n) != 1}
+    if dup:
+        raise HCPruneError(f"bindings {sorted(dup)} are missing or not unique in the pruned "
+                           "module; reconstruction matches layers by name")
+    rep = _ConstReplacer(mod, updates)
+    new = rep.visit_expr(func)
+    out = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
+    out["main"] = new
+    relax.analysis.well_formed(out)
+    return out
+
+
+@tvm.transform.module_pass(opt_level=0, name="Reconstruct")
+class Reconstruct:
+    """Module pass: re-fit pruned consumers from calibration data (see the module docs).
+
+    Parameters
+    ----------
+    calibration : Calibration
+        :func:`tvm_hcprune.calibrate` of the dense module.
+    graph : ChannelGraph
+        ``analyze`` of the dense module.
+    plan : PrunePlan
+        The plan the module being transformed was pruned with.
+    ridge, max_cond, holdout, intercept, seed
+        See :func:`fit_layer`.
+
+    Attributes
+    ----------
+    last_report : ReconstructReport or None
+    """
+
+    def __init__(self, calibration, graph, plan, ridge=1e-3, max_cond=1e10, holdout=0.2,
+                 intercept=True, seed=0):
+        self.calibration = calibration
+        self.graph = graph
+        self.plan = plan
+        self.options = dict(ridge=ridge, max_cond=max_cond, holdout=holdout,
+                            intercept=intercept, seed=seed)
+        self.last_report: ReconstructReport | None = None
+
+    def transform_module(self, mod, ctx):
+        out, self.last_report = reconstruct(mod, self.graph, self.plan, self.calibration,
+                                            **self.options)
+        return out
