@@ -47,6 +47,7 @@ class PruneReport:
     frozen: list[FrozenRecord] = field(default_factory=list)
     seconds: float = 0.0
     align: int = 1
+    reconstruction: object = None  # ReconstructReport when prune(reconstruct=True)
 
     @property
     def macs_fraction(self) -> float:
@@ -91,7 +92,8 @@ class PruneReport:
 def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = None,
           target=None, protect=(), min_channels: int = 1, plan: PrunePlan | None = None,
           criterion_options: dict | None = None, seed: int = 0,
-          graph: ChannelGraph | None = None):
+          graph: ChannelGraph | None = None, calibration=None, reconstruct: bool = False,
+          reconstruct_options: dict | None = None):
     """Prune ``mod`` and report what changed.
 
     Parameters
@@ -106,6 +108,15 @@ def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = No
         Apply this plan instead of computing one.
     graph : ChannelGraph, optional
         A previous ``analyze(mod)`` result to reuse.
+    calibration : Calibration, optional
+        ``tvm_hcprune.calibrate`` of ``mod`` (or of ``analyze(mod).mod``): used by
+        data-driven criteria (``activation``, ``apoz``, ``thinet``) and by ``reconstruct``.
+    reconstruct : bool
+        Re-fit the pruned consumers by least squares on ``calibration``
+        (:func:`tvm_hcprune.transform.reconstruct.reconstruct`); the outcome per layer is
+        ``report.reconstruction``.
+    reconstruct_options : dict, optional
+        Keyword options of the reconstruction (``ridge``, ``max_cond``, ``holdout``...).
 
     Returns
     -------
@@ -118,10 +129,20 @@ def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = No
     graph = graph if graph is not None else analyze(mod)
     align_r = resolve_align(config.align, target)
     if plan is None:
-        plan = make_plan(graph, config, align_r)
+        plan = make_plan(graph, config, align_r, calibration=calibration)
     pruned = apply_plan(graph, plan)
+    recon = None
+    if reconstruct:
+        from .errors import HCPruneError
+        from .transform.reconstruct import reconstruct as _reconstruct
+
+        if calibration is None:
+            raise HCPruneError("reconstruct=True needs calibration data: pass "
+                               "calibration=tvm_hcprune.calibrate(mod, samples)")
+        pruned, recon = _reconstruct(pruned, graph, plan, calibration,
+                                     **dict(reconstruct_options or {}))
     seconds = time.perf_counter() - t0
-    after = analyze(pruned, canonicalize=False)
+    after = analyze(pruned, canonicalize=False, fingerprint=False)
     changes = []
     for g in graph.groups:
         kept = plan.kept.get(g.id)
@@ -130,4 +151,5 @@ def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = No
     report = PruneReport(plan, changes, graph.total_macs, after.total_macs,
                          graph.total_params, after.total_params, list(graph.frozen),
                          seconds, align_r)
+    report.reconstruction = recon
     return pruned, report

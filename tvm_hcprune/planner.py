@@ -16,7 +16,7 @@ def member_matrix(graph, member, group_id: int) -> np.ndarray:
     (flatten into a matmul) map each channel to its indices along the weight axis.
     """
     call = graph.ctx.values[member.var]
-    w = call.args[member.arg].value.numpy()
+    w = graph.ctx.array(call.args[member.arg])
     w = np.moveaxis(w, member.axis, 0)
     size = graph.groups[group_id].size
     rows = []
@@ -31,11 +31,12 @@ def member_matrix(graph, member, group_id: int) -> np.ndarray:
     return np.concatenate(rows, axis=1)
 
 
-def group_views(graph, group) -> GroupViews:
+def group_views(graph, group, calibration=None) -> GroupViews:
     by_kind = {"producer": [], "consumer": [], "scale": []}
     for m in group.members:
         by_kind[m.kind].append(member_matrix(graph, m, group.id))
-    return GroupViews(group.size, by_kind["producer"], by_kind["consumer"], by_kind["scale"])
+    return GroupViews(group.size, by_kind["producer"], by_kind["consumer"], by_kind["scale"],
+                      graph=graph, group=group, calibration=calibration)
 
 
 def resolve_align(align: int | None, target=None) -> int:
@@ -56,8 +57,12 @@ def _protected(group, protect) -> bool:
     return False
 
 
-def make_plan(graph, config: PruneConfig, align: int) -> PrunePlan:
-    """Score every prunable group and keep its top channels (sorted by index)."""
+def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> PrunePlan:
+    """Score every prunable group and keep its top channels (sorted by index).
+
+    ``calibration`` (a :class:`~tvm_hcprune.calibration.Calibration` of ``graph.mod``) is
+    handed to data-driven criteria through ``GroupViews.calibration``.
+    """
     crit = get_criterion(config.criterion)
     rng = np.random.default_rng(config.seed)
     kept, sizes = {}, {}
@@ -67,7 +72,8 @@ def make_plan(graph, config: PruneConfig, align: int) -> PrunePlan:
         n_keep = config.kept_count(g.size, align)
         if n_keep >= g.size:
             continue
-        scores = np.asarray(crit(group_views(graph, g), rng, **config.criterion_options))
+        scores = np.asarray(crit(group_views(graph, g, calibration), rng,
+                                 **config.criterion_options))
         if scores.shape != (g.size,):
             raise ValueError(f"criterion {config.criterion!r} returned shape {scores.shape} "
                              f"for a group of {g.size} channels")

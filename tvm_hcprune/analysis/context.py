@@ -31,15 +31,33 @@ class Member:
     desc: AxisDesc
 
 
+_SHAPES: dict = {}
+_MISSING = object()
+
+
+def clear_shape_cache() -> None:
+    _SHAPES.clear()
+
+
 def static_shape(expr) -> list[int] | None:
-    """The static shape of a tensor-typed expression, or None."""
+    """The static shape of a tensor-typed expression, or None.
+
+    Reading shapes through the FFI is slow, so results are cached per expression object;
+    the cache holds its keys alive (no address reuse) and is cleared after each analysis
+    or rewrite.
+    """
+    hit = _SHAPES.get(expr, _MISSING)
+    if hit is not _MISSING:
+        return None if hit is None else list(hit)
     ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(s) for s in ty.shape]
-    except (TypeError, ValueError):
-        return None
+    shape = None
+    if isinstance(ty, relax.TensorType) and ty.shape is not None:
+        try:
+            shape = [int(s) for s in ty.shape.values]
+        except (TypeError, ValueError, AttributeError):
+            shape = None
+    _SHAPES[expr] = tuple(shape) if shape is not None else None
+    return shape
 
 
 def is_const(expr) -> bool:
@@ -63,6 +81,7 @@ class AnalysisContext:
         self.ops: dict = {}  # var -> op name
         self.var_order: list = []
         self.splits: dict[int, list[int]] = {}  # split root -> its parts (new spaces)
+        self._arrays: dict = {}
 
     # ---- spaces -------------------------------------------------------------------------
     def new_space(self, size: int, var, op: str) -> int:
@@ -222,5 +241,9 @@ class AnalysisContext:
     def fixed(size: int) -> AxisDesc:
         return (Seg(None, size, 1),)
 
-    def const_array(self, expr) -> np.ndarray:
-        return expr.value.numpy()
+    def array(self, const) -> np.ndarray:
+        """The numpy value of a constant, converted once per analysis."""
+        arr = self._arrays.get(const)
+        if arr is None:
+            arr = self._arrays[const] = const.value.numpy()
+        return arr

@@ -52,6 +52,11 @@ class GroupViews:
     producers: list[np.ndarray]
     consumers: list[np.ndarray]
     scales: list[np.ndarray]
+    # optional context for data-driven criteria (``criteria.activation``): the analysis,
+    # the group and a ``Calibration`` of the analysed module (None when not given)
+    graph: object = None
+    group: object = None
+    calibration: object = None
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -79,8 +84,7 @@ def l1(views: GroupViews, rng, **_):
 @register_criterion("l2")
 def l2(views: GroupViews, rng, **_):
     """Euclidean norm of every producer and consumer slice."""
-    return _aggregate([np.sqrt((m.astype(np.float64) ** 2).sum(1)) for m in views.weights],
-                      views.size)
+    return _aggregate([np.linalg.norm(m, axis=1) for m in views.weights], views.size)
 
 
 @register_criterion("redundancy")
@@ -120,3 +124,6 @@ def fpgm(views: GroupViews, rng, **_):
 def random(views: GroupViews, rng, **_):
     """Uniform random scores (a baseline)."""
     return rng.random(views.size)
+
+
+from . import activation as _activation  # noqa: E402,F401  (registers activation, apoz, thinet)

@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..analysis import analyze
-from ..analysis.context import static_shape
+from ..analysis.context import clear_shape_cache, static_shape
 from ..errors import HCPruneError
 from ..ops.desc import axis_index
 from ..ops.registry import get_op_handler
@@ -77,12 +77,16 @@ class _PlanRewriter(PyExprMutator):
             return super().visit_call_(call)
         args = [self.visit_expr(a) for a in call.args]
         changed = any(not a.same_as(b) for a, b in zip(args, call.args, strict=True))
+        sliced = {}  # arg -> array with every declared axis sliced so far
         for arg, axis, desc in self.ctx.const_slices.get(var, ()):
             idx = self.axis_index(desc)
             if idx is None:
                 continue
-            arr = args[arg].value.numpy()
-            args[arg] = relax.const(np.take(arr, idx, axis=axis), str(arr.dtype))
+            arr = sliced.get(arg)
+            arr = self.ctx.array(call.args[arg]) if arr is None else arr
+            sliced[arg] = np.take(arr, idx, axis=axis)
+        for arg, arr in sliced.items():
+            args[arg] = relax.const(arr, str(arr.dtype))
             changed = True
         if not changed:
             return super().visit_call_(call)
@@ -99,7 +103,10 @@ def apply_plan(graph, plan: PrunePlan):
     func = mod["main"]
     if not plan.kept:
         return mod
-    new = _PlanRewriter(mod, graph, kept_lookup(graph, plan)).visit_expr(func)
+    try:
+        new = _PlanRewriter(mod, graph, kept_lookup(graph, plan)).visit_expr(func)
+    finally:
+        clear_shape_cache()
     new = relax.analysis.remove_all_unused(new)
     out = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
     out["main"] = new
