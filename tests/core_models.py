@@ -149,6 +149,8 @@ def build(kind: str, seed: int = 0):
         ln_b = g.const(np.zeros(8, np.float32))
         out = g.op("LayerNormalization", [out, ln_s, ln_b], axis=-1)
         return g.model(out, [1, 5, 8], [1, 5, 8], kind), True
+    if kind == "attention":
+        return attention(g), True
     if kind == "softmax_barrier":
         a = g.conv(x, 4, 16, 3)
         y = g.op("Softmax", [a], axis=1)
@@ -161,7 +163,38 @@ def build(kind: str, seed: int = 0):
     raise KeyError(kind)
 
 
+def attention(g, t=5, d=16, heads=4, ffn=24):
+    """A transformer encoder block as exporters write it: MatMul projections, Reshape to
+    heads, Transpose, batch MatMuls, Softmax, output projection, residuals, LayerNorm, FFN."""
+    dh = d // heads
+    x = "input"
+
+    def lin(inp, n_in, n_out):
+        w = g.rng.normal(0, 0.3, (n_in, n_out)).astype(np.float32)
+        b = g.rng.normal(0, 0.1, n_out).astype(np.float32)
+        return g.op("Add", [g.op("MatMul", [inp, g.const(w)]), g.const(b)])
+
+    def heads_of(y, perm):
+        y = g.op("Reshape", [y, g.const(np.array([1, t, heads, dh], np.int64))])
+        return g.op("Transpose", [y], perm=perm)
+
+    q = heads_of(lin(x, d, d), [0, 2, 1, 3])
+    k = heads_of(lin(x, d, d), [0, 2, 3, 1])
+    v = heads_of(lin(x, d, d), [0, 2, 1, 3])
+    s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(dh**-0.5, np.float32))])
+    a = g.op("MatMul", [g.op("Softmax", [s], axis=-1), v])
+    a = g.op("Reshape", [g.op("Transpose", [a], perm=[0, 2, 1, 3]),
+                         g.const(np.array([1, t, d], np.int64))])
+    y = g.op("Add", [x, lin(a, d, d)])
+    ones, zeros = g.const(np.ones(d, np.float32)), g.const(np.zeros(d, np.float32))
+    y = g.op("LayerNormalization", [y, ones, zeros], axis=-1)
+    h = g.op("Relu", [lin(y, d, ffn)])
+    out = g.op("Add", [y, lin(h, ffn, d)])
+    return g.model(out, [1, t, d], [1, t, d], "attention")
+
+
 KINDS = ["conv_bias", "batchnorm_relu_conv", "depthwise", "grouped", "residual", "se_gate",
          "hardswish", "silu_tanh", "prelu", "concat", "split", "slice_channels",
-         "pad_pool_resize", "channel_pad", "flatten_gemm", "transpose", "conv_transpose", "ffn",
+         "pad_pool_resize", "channel_pad", "flatten_gemm", "transpose", "conv_transpose",
+         "ffn", "attention",
          "softmax_barrier", "clip_tensor_bounds"]

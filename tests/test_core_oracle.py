@@ -98,3 +98,23 @@ def test_channel_padding_shrinks_with_the_pruned_channels():
     pads = [b.value for blk in pruned["main"].body.blocks for b in blk.bindings
             if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.pad"]
     assert [int(p) for p in pads[0].attrs.pad_width][3] == 2  # 4 padded channels -> 2
+
+
+def test_attention_heads_are_pruned_as_units():
+    """Q, K, V of a head and the output projection's rows go together; heads stay whole."""
+    model, _ = build("attention")
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    heads = [g for g in graph.groups if g.unit == 4]
+    assert len(heads) == 1 and heads[0].size == 4 and heads[0].prunable
+    assert len(heads[0].producers) == 3  # the Q, K and V projections
+    pruned, report = hc.prune(mod, ratio=0.5, align=1, graph=graph)
+    assert sorted(report.plan.kept[heads[0].id]) != [] and len(report.plan.kept[heads[0].id]) == 2
+    shapes = [[int(s) for s in b.var.ty.shape] for blk in pruned["main"].body.blocks
+              for b in blk.bindings if getattr(getattr(b.value, "op", None), "name", "")
+              == "relax.reshape"]
+    assert [1, 5, 2, 4] in shapes and [1, 5, 8] in shapes  # 2 heads of 4 kept
+    x = np.random.default_rng(0).normal(size=(1, 5, 16)).astype(np.float32)
+    np.testing.assert_allclose(run_relax(pruned, [x]),
+                               run_relax(masked_reference(mod, report.plan), [x]),
+                               rtol=1e-5, atol=1e-5)

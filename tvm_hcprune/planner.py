@@ -69,7 +69,8 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
     for g in graph.groups:
         if g.frozen or _protected(g, config.protect):
             continue
-        n_keep = config.kept_count(g.size, align)
+        # attention heads are pruned whole: align counts heads, at least one head of channels
+        n_keep = config.kept_count(g.size, align if g.unit == 1 else max(1, align // g.unit))
         if n_keep >= g.size:
             continue
         scores = np.asarray(crit(group_views(graph, g, calibration), rng,

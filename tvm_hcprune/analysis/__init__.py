@@ -48,6 +48,7 @@ class ChannelGroup:
     reasons: list[FrozenRecord] = field(default_factory=list)
     macs: int = 0
     params: int = 0
+    unit: int = 1  # channels per prunable unit (head_dim for attention heads)
 
     @property
     def prunable(self) -> bool:
@@ -80,12 +81,13 @@ class ChannelGraph:
         self.space_group: dict[int, int] = {}
         for s in range(len(ctx.parent)):
             r = ctx.find(s)
-            if r in ctx.splits:  # refined into parts; the parts form the groups
+            if r in ctx.splits or r in ctx.coarse:  # the parts / head spaces form the groups
                 continue
             if r not in roots:
                 roots[r] = ChannelGroup(len(roots), ctx.sizes[r], [], [])
             g = roots[r]
             g.spaces.append(s)
+            g.unit = max(g.unit, ctx.unit.get(s, 1))
             self.space_group[s] = g.id
             var, op = ctx.origin[s]
             g.producers.append(var.name)
@@ -260,7 +262,7 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
 
 def _expand_declarations(ctx):
     """Rewrite every stored descriptor in terms of unsplit spaces (see ``split_space``)."""
-    if not ctx.splits:
+    if not (ctx.splits or ctx.coarse):
         return
     ctx.descs = {v: ctx.expand_all(d) for v, d in ctx.descs.items()}
     ctx.const_slices = {v: [(a, ax, ctx.expand(d)) for a, ax, d in sl]

@@ -81,6 +81,8 @@ class AnalysisContext:
         self.ops: dict = {}  # var -> op name
         self.var_order: list = []
         self.splits: dict[int, list[int]] = {}  # split root -> its parts (new spaces)
+        self.coarse: dict[int, tuple[int, int]] = {}  # root -> (unit space, channels/unit)
+        self.unit: dict[int, int] = {}  # unit space -> channels per unit (attention heads)
         self._arrays: dict = {}
 
     # ---- spaces -------------------------------------------------------------------------
@@ -122,17 +124,39 @@ class AnalysisContext:
             self.frozen[p].extend(inherited)
         return parts
 
+    def coarsen_space(self, space: int, units: int) -> int:
+        """Make a space (its whole class) prunable only in units of ``size // units``.
+
+        A projection whose output is reshaped to (heads, head_dim): channel ``h*dh + j``
+        belongs to head ``h``; the class is re-expressed over a space of ``units`` heads.
+        """
+        root = self.find(space)
+        size = self.sizes[root]
+        assert size % units == 0
+        var, op = self.origin[root]
+        unit_space = self.new_space(units, var, op)
+        self.coarse[root] = (unit_space, size // units)
+        self.unit[unit_space] = size // units
+        inherited = [r for t, rs in list(self.frozen.items()) if self.find(t) == root for r in rs]
+        self.frozen[unit_space].extend(inherited)
+        return unit_space
+
     def expand(self, desc: AxisDesc | None) -> AxisDesc | None:
-        """Replace segments of split spaces by their parts (recursively)."""
-        if desc is None or not self.splits:
+        """Replace segments of split or coarsened spaces by what they became (recursively)."""
+        if desc is None or not (self.splits or self.coarse):
             return desc
         out = []
         for seg in desc:
-            parts = self.splits.get(self.find(seg.space)) if seg.space is not None else None
-            if parts is None:
-                out.append(seg)
-            else:
+            root = self.find(seg.space) if seg.space is not None else None
+            parts = self.splits.get(root) if root is not None else None
+            coarse = self.coarse.get(root) if root is not None else None
+            if parts is not None:
                 out.extend(self.expand(tuple(Seg(p, self.sizes[p], seg.inner) for p in parts)))
+            elif coarse is not None:
+                unit_space, per = coarse
+                out.extend(self.expand((Seg(unit_space, seg.size // per, seg.inner * per),)))
+            else:
+                out.append(seg)
         return tuple(out)
 
     def expand_all(self, d):

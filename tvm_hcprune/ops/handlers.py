@@ -139,9 +139,33 @@ class MatmulHandler(OpHandler):
             ctx.add_member("producer", var, op, 1, 1, out[-1])
             ctx.add_member("consumer", var, op, 1, 0, adesc[-1])
             return out
+        if not is_const(a) and not is_const(b):
+            return self._batch_matmul(ctx, var, call, op, nd)
         ctx.freeze([ctx.desc(a), ctx.desc(b)], var, op,
-                   "matmul of two activations (attention) is a barrier")
+                   "matmul with a constant left operand is a barrier")
         return [None] * nd
+
+    @staticmethod
+    def _batch_matmul(ctx, var, call, op, nd):
+        """Attention's batch matmuls: batch axes (heads) couple, contraction must be free."""
+        a, b = call.args[0], call.args[1]
+        da, db = list(ctx.desc(a)), list(ctx.desc(b))
+        if len(da) < 2 or len(db) < 2:
+            ctx.freeze([da, db], var, op, "matmul of vectors over channels is a barrier")
+            return [None] * nd
+        for d in (da[-1], db[-2]):
+            ctx.freeze(d, var, op, "matmul contracts over a channel axis of an activation")
+        ba, bb = da[:-2], db[:-2]
+        batch = [None] * (nd - 2)
+        for src in (ba, bb):
+            off = nd - 2 - len(src)
+            for k, d in enumerate(src):
+                ax = off + k
+                shape_src = static_shape(a if src is ba else b)
+                if shape_src[k] == 1 and _out_shape(var)[ax] != 1:
+                    continue
+                batch[ax] = d if batch[ax] is None else ctx.unify(batch[ax], d, var, op)
+        return batch + [da[-2], db[-1]]
 
 
 # ---------------------------------------------------------------------------------------
@@ -520,6 +544,18 @@ class PadHandler(OpHandler):
                                float(call.attrs.pad_value))
 
 
+def _span(dims, total):
+    """How many leading ``dims`` multiply to exactly ``total`` (0 if none do)."""
+    acc = 1
+    for k, d in enumerate(dims):
+        acc *= d
+        if acc == total:
+            return k + 1
+        if acc > total:
+            return 0
+    return 0
+
+
 @register_op_handler("relax.squeeze", "relax.expand_dims", "relax.reshape", "relax.flatten")
 class ReshapeHandler(OpHandler):
     """Reshapes that keep channel axes whole, or fold channels x trailing dims into one axis.
@@ -557,6 +593,15 @@ class ReshapeHandler(OpHandler):
                     if acc == rest:
                         ok = True
                         out[j] = tuple(Seg(s.space, s.size, s.inner * rest) for s in desc)
+            if not ok and hits and len(desc) == 1 and desc[0].inner == 1 \
+                    and desc[0].space is not None and ishape[ax] % oshape[hits[0]] == 0:
+                # (.., D, ..) -> (.., H, D/H, ..): a projection split into attention heads
+                j, units = hits[0], oshape[hits[0]]
+                rest = ishape[ax] // units
+                if math.prod(oshape[j + 1:j + 1 + _span(oshape[j + 1:], rest)]) == rest:
+                    unit_space = ctx.coarsen_space(desc[0].space, units)
+                    out[j] = (Seg(unit_space, units, 1),)
+                    ok = True
             if not ok:
                 ctx.freeze(desc, var, call.op.name, "reshape splits a channel axis")
         for j, o in enumerate(out):
