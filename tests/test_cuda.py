@@ -105,3 +105,37 @@ def test_pruned_model_runs_on_gpu_like_cpu(models):
     cpu = relax.VirtualMachine(hc.build(pruned, "llvm"), tvm.cpu())["main"](
         tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not hcuda.have_nvcc(), reason="nvcc not installed")
+def test_cuda_database_applies_and_compiles(models, tmp_path):
+    """Records for CUDA workloads (written here from dlight's schedules, as a GPU-less
+    stand-in for tuned ones) are saved, reloaded for the same arch only, applied to the
+    fused functions by the pipeline, and the result still compiles with nvcc."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_hcprune.schedule import database as dbm
+    from tvm_hcprune.schedule.tune import extract_tasks, rule_schedule
+
+    _, pruned, _ = models
+    target = hcuda.cuda_target("sm_80")
+    db = dbm.new_database(target)
+    for task in extract_tasks(pruned, target):
+        func = task.dispatched[0]["main"]
+        sch = rule_schedule(func, target)
+        assert sch is not None
+        wl = db.ms_database.commit_workload(task.dispatched[0])
+        rec = ms.database.TuningRecord(sch.trace, wl, [1e-5], target,
+                                       ms.arg_info.ArgInfo.from_prim_func(func))
+        if dbm.serializable(rec):
+            db.ms_database.commit_tuning_record(rec)
+    assert len(db) > 0
+    path = db.save(tmp_path / "cuda.json")
+    with pytest.raises(HCPruneError, match="arch"):
+        dbm.load_database(path, hcuda.cuda_target("sm_90"))
+    applied = hc.apply_database(pruned, target, path)
+    assert len(dbm.scheduled_functions(applied)) == len(db)
+    ex = hcuda.build_cuda(pruned, target, database=str(path))
+    src = hcuda.cuda_source(ex)
+    ptx = hcuda.nvcc_compile(src, "sm_80")
+    assert sorted(hcuda.ptx_entries(ptx)) == sorted(hcuda.kernel_names(src))

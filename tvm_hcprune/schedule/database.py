@@ -576,9 +576,22 @@ def apply_database_to_fused(mod, database, target):
     db = as_database(database, target)
     if db is None or len(db) == 0:
         return mod
-    ensure_tensor_intrinsics(target)
+    if _uses_tensorize(db):
+        ensure_tensor_intrinsics(target)
     with target, db.ms_database:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+
+def _uses_tensorize(db: ScheduleDatabase) -> bool:
+    """Whether any record's trace tensorizes (its intrinsics must be registered to replay)."""
+    for rec in db.records():
+        try:
+            text = json.dumps(_to_plain(rec.trace.as_json()))
+        except (TypeError, ValueError):
+            return True
+        if "ensorize" in text:
+            return True
+    return False
 
 
 def scheduled_functions(mod) -> list[str]:
