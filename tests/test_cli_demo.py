@@ -1,0 +1,32 @@
+"""`hcprune demo`: the main job runs end to end and writes its table as JSON."""
+
+import json
+import subprocess
+import sys
+
+
+def _hcprune(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "tvm_hcprune.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_writes_table(tmp_path):
+    out = tmp_path / "demo.json"
+    proc = _hcprune("demo", "--ratios", "0.5", "--samples", "20", "--repeat", "2",
+                    "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["ratio"] == 0.5 and 0 < row["macs_fraction"] < 0.5
+    assert row["oracle_max_abs_diff"] < 1e-4
+    assert row["channels"] < row["channels_dense"]
+    assert "ratio" in proc.stdout and "MMACs" in proc.stdout
+
+
+def test_demo_rejects_bad_ratio(tmp_path):
+    out = tmp_path / "demo.json"
+    proc = _hcprune("demo", "--ratios", "1.5", "--json", str(out))
+    assert proc.returncode == 2
+    assert "outside [0, 1)" in proc.stderr
+    assert not out.exists()
