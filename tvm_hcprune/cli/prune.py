@@ -1,0 +1,158 @@
+"""``hcprune prune model.onnx --prune-ratio R -o pruned.onnx``: prune an ONNX model and
+write the pruned model back as ONNX (optionally calibrated and reconstructed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..errors import HCPruneError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="prune an ONNX model and export the pruned ONNX model")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("--prune-ratio", type=float, required=True,
+                   help="fraction of channels removed per prunable group, in [0, 1)")
+    p.add_argument("-o", "--output", required=True, help="pruned .onnx file to write")
+    p.add_argument("--plan-out", default=None, help="also write the PrunePlan JSON here")
+    p.add_argument("--input-shapes", default=None,
+                   help='static input shapes, e.g. "input:[1,3,224,224]" (JSON-ish, several '
+                        "separated by ';')")
+    p.add_argument("--criterion", default="l2", help="l1, l2, fpgm, activation, apoz, thinet...")
+    p.add_argument("--align", type=int, default=None,
+                   help="channel multiple (default: the host CPU's profile)")
+    p.add_argument("--calibration", type=int, default=0, metavar="N",
+                   help="calibrate on N samples (a .npy file given by --samples, else N "
+                        "random normal inputs) for data-driven criteria and --reconstruct")
+    p.add_argument("--samples", default=None,
+                   help=".npy array [N, *input_shape] of real calibration inputs")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="re-fit pruned layers by least squares on the calibration data")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the onnxruntime vs TVM check of the exported model")
+    p.set_defaults(func=run)
+
+
+def parse_shapes(text: str | None) -> dict | None:
+    """``"a:[1,3,8,8];b:[1,4]"`` -> ``{"a": [1, 3, 8, 8], "b": [1, 4]}``."""
+    if not text:
+        return None
+    out = {}
+    for part in text.split(";"):
+        name, sep, dims = part.strip().rpartition(":")
+        try:
+            shape = json.loads(dims)
+            ok = sep and name and isinstance(shape, list) and all(
+                isinstance(d, int) and d > 0 for d in shape)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise HCPruneError(f"--input-shapes: cannot parse {part!r}; write "
+                               "NAME:[d0,d1,...] with positive integers, e.g. input:[1,3,224,224]")
+        out[name] = shape
+    return out
+
+
+def import_onnx(path, shape_dict=None, log=print):
+    """``(onnx_model, mod)``: the ONNX graph TVM imported (folded by onnxruntime's basic
+    optimisation where TVM's importer needs it) and the Relax module."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from ..frontend import _read_onnx, ort_basic_optimize, static_input_shapes
+
+    model = _read_onnx(path)
+    shapes = static_input_shapes(model, shape_dict, log)
+    try:
+        return model, from_onnx(model, shape_dict=shapes)
+    except Exception as first:  # noqa: BLE001 - importer gaps raise assorted errors
+        try:
+            folded = ort_basic_optimize(model, shapes)
+            mod = from_onnx(folded, shape_dict=shapes)
+        except Exception as err:  # noqa: BLE001
+            raise HCPruneError(f"TVM's ONNX importer cannot import {path}: "
+                               f"{type(first).__name__}: {str(first)[:300]} (also after "
+                               f"onnxruntime's basic optimisation: {str(err)[:200]})") from None
+        log("note: the graph was folded by onnxruntime's basic optimisation before import; "
+            "the exported model is the folded graph, pruned")
+        return folded, mod
+
+
+def _calibration_samples(args, shape, dtype):
+    if args.samples:
+        try:
+            arr = np.load(args.samples, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise HCPruneError(f"--samples {args.samples}: cannot read a .npy array ({err})"
+                               ) from None
+        return arr[: args.calibration] if args.calibration else arr
+    rng = np.random.default_rng(0)
+    print(f"note: calibrating on {args.calibration} random normal inputs (give real ones "
+          "with --samples for meaningful activation statistics)")
+    return rng.standard_normal((args.calibration, *shape)).astype(dtype)
+
+
+def verify(onnx_model, pruned_mod, rtol=1e-4, atol=1e-5) -> float:
+    """Max |onnxruntime(pruned ONNX) - TVM(pruned module)| on one random input; raises
+    HCPruneError when they differ beyond ``rtol``/``atol``."""
+    import onnxruntime as ort
+
+    from ..evaluation import module_input
+    from ..testing.oracle import run_relax
+
+    name, shape, dtype = module_input(pruned_mod)
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    sess = ort.InferenceSession(onnx_model.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    a = sess.run(None, {sess.get_inputs()[0].name: x})
+    b = run_relax(pruned_mod, [x])
+    b = b if isinstance(b, list) else [b]
+    worst = 0.0
+    for u, v in zip(a, b, strict=False):
+        v = np.asarray(v)
+        if u.shape != v.shape or not np.allclose(u, v, rtol=rtol, atol=atol):
+            diff = np.abs(u - v).max() if u.shape == v.shape else f"shape {u.shape} vs {v.shape}"
+            raise HCPruneError("the exported ONNX model does not reproduce the pruned TVM "
+                               f"module (max diff {diff}); not writing it - please report "
+                               "this graph")
+        worst = max(worst, float(np.abs(u - v).max()))
+    return worst
+
+
+def run(args) -> int:
+    import tvm_hcprune as hc
+    from tvm_hcprune.evaluation import module_input
+    from tvm_hcprune.export_onnx import apply_to_onnx
+    from tvm_hcprune.utils import atomic_write_bytes
+
+    if not 0 <= args.prune_ratio < 1:
+        raise HCPruneError(f"--prune-ratio {args.prune_ratio} is outside [0, 1)")
+    if args.calibration < 0:
+        raise HCPruneError("--calibration N needs N >= 1 (or 0 for none)")
+    if args.reconstruct and not args.calibration and not args.samples:
+        raise HCPruneError("--reconstruct needs calibration data: add --calibration N "
+                           "(and --samples real.npy)")
+    onnx_model, mod = import_onnx(args.model, parse_shapes(args.input_shapes))
+    graph = hc.analyze(mod)
+    cal = None
+    if args.calibration or args.samples:
+        _, shape, dtype = module_input(graph.mod)
+        cal = hc.calibrate(graph.mod, _calibration_samples(args, shape, dtype))
+    pruned, report = hc.prune(mod, ratio=args.prune_ratio, criterion=args.criterion,
+                              align=args.align, graph=graph, calibration=cal,
+                              reconstruct=args.reconstruct)
+    print(report.summary())
+    if report.reconstruction is not None:
+        print(report.reconstruction.summary())
+    out = apply_to_onnx(onnx_model, graph, report.plan, pruned)
+    if not args.no_verify:
+        diff = verify(out, pruned)
+        print(f"verified: onnxruntime on the pruned ONNX == pruned TVM module "
+              f"(max |diff| {diff:.2e})")
+    atomic_write_bytes(args.output, out.SerializeToString())
+    print(f"wrote {args.output}")
+    if args.plan_out:
+        report.plan.save(args.plan_out)
+        print(f"wrote {args.plan_out}")
+    return 0
