@@ -23,7 +23,11 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=300,
                    help="held-out MNIST digits used for accuracy and agreement")
     p.add_argument("--repeat", type=int, default=20, help="timed runs per latency figure")
+    p.add_argument("--calibration", type=int, default=100,
+                   help="training digits used to calibrate the reconstruction (0: none)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the table here")
+    p.add_argument("--plot", dest="plot_path", default=None,
+                   help="write a PNG of top-1 vs MACs, with and without reconstruction")
     p.set_defaults(func=run)
 
 
@@ -59,10 +63,17 @@ def run(args) -> int:
     dense_ex = hc.build(mod)
     dense_ms, _ = _latency_ms(dense_ex, x0, args.repeat)
     dense_eval = evaluate(dense_ex, data, progress=False)
+    cal = None
+    if args.calibration > 0:
+        from tvm_hcprune.datasets import mnist_train
+
+        # calibrate the analysed module: reconstruction matches its layers by name
+        cal = hc.calibrate(graph.mod, mnist_train(args.calibration), max_rows=2048,
+                           progress=False)
     rows = []
     for ratio in args.ratios:
         pruned, report = hc.prune(mod, ratio=ratio, criterion=args.criterion, align=args.align,
-                                  graph=graph)
+                                  graph=graph, calibration=cal)
         ex = hc.build(pruned)
         ms, vm = _latency_ms(ex, x0, args.repeat)
         ev = evaluate(ex, data, reference=dense_eval.predictions, progress=False)
@@ -75,7 +86,7 @@ def run(args) -> int:
         b = ref_vm["main"](tvm.runtime.tensor(x0, tvm.cpu())).numpy()
         kept = sum(g.after for g in report.groups)
         total = sum(g.before for g in report.groups)
-        rows.append({
+        row = {
             "ratio": ratio, "channels": kept, "channels_dense": total,
             "macs": report.macs_after, "macs_dense": report.macs_before,
             "macs_fraction": report.macs_fraction, "params": report.params_after,
@@ -83,28 +94,82 @@ def run(args) -> int:
             "latency_dense_ms": dense_ms, "speedup": dense_ms / ms,
             "top1": ev.top1, "top1_dense": dense_eval.top1, "agreement": ev.agreement,
             "oracle_max_abs_diff": float(np.abs(a - b).max()),
-            "prune_seconds": report.seconds, "align": report.align,
-        })
+            "prune_seconds": report.seconds, "align": report.align, "reconstruct": False,
+        }
+        rows.append(row)
+        if cal is not None:
+            from tvm_hcprune.transform.reconstruct import reconstruct
+
+            rmod, rrep = reconstruct(pruned, graph, report.plan, cal)
+            rex = hc.build(rmod)
+            rms, _ = _latency_ms(rex, x0, args.repeat)
+            rev = evaluate(rex, data, reference=dense_eval.predictions, progress=False)
+            rows.append({**row, "latency_ms": rms, "speedup": dense_ms / rms,
+                         "top1": rev.top1, "agreement": rev.agreement, "reconstruct": True,
+                         "oracle_max_abs_diff": None,
+                         "reconstructed_layers": len(rrep.layers) - len(rrep.fallbacks),
+                         "fallback_layers": [f.name for f in rrep.fallbacks]})
     _print_table(rows, len(data))
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps({"model": path.name, "rows": rows},
                                                      indent=1))
         print(f"wrote {args.json_path}")
+    if args.plot_path:
+        plot_accuracy(rows, args.plot_path, title=f"{path.stem}: top-1 vs MACs "
+                                                  f"({args.criterion}, no fine-tuning)")
+        print(f"wrote {args.plot_path}")
     return 0
+
+
+def plot_accuracy(rows, path, title=""):
+    """PNG of top-1 (%) against the MACs fraction, one line with and one without
+    reconstruction, dense accuracy as a reference line; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for rec, label, style in ((False, "pruned", "o--"), (True, "pruned + reconstruction",
+                                                         "s-")):
+        pts = sorted((r["macs_fraction"], r["top1"] * 100) for r in rows
+                     if bool(r.get("reconstruct")) == rec)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=label)
+    if rows:
+        ax.axhline(rows[0]["top1_dense"] * 100, color="gray", lw=1, label="dense")
+    ax.set_xlabel("MACs (fraction of dense)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def _print_table(rows, n):
     head = (f"{'ratio':>5} {'channels':>11} {'MMACs':>15} {'params (k)':>15} "
-            f"{'latency ms':>17} {'speedup':>7} {'top-1':>13} {'agree':>6} {'oracle':>8}")
+            f"{'latency ms':>17} {'speedup':>7} {'top-1':>13} {'+recon':>6} {'agree':>6} "
+            f"{'oracle':>8}")
     print(head)
     print("-" * len(head))
+    recon = {r["ratio"]: r for r in rows if r.get("reconstruct")}
     for r in rows:
+        if r.get("reconstruct"):
+            continue
+        rr = recon.get(r["ratio"])
+        rec = f"{rr['top1'] * 100:6.1f}" if rr else f"{'-':>6}"
         print(f"{r['ratio']:5.2f} {r['channels']:5d}/{r['channels_dense']:<5d} "
               f"{r['macs'] / 1e6:6.2f}/{r['macs_dense'] / 1e6:<8.2f} "
               f"{r['params'] / 1e3:6.1f}/{r['params_dense'] / 1e3:<8.1f} "
               f"{r['latency_ms']:7.3f}/{r['latency_dense_ms']:<9.3f} {r['speedup']:6.2f}x "
-              f"{r['top1'] * 100:5.1f}/{r['top1_dense'] * 100:<6.1f} "
+              f"{r['top1'] * 100:5.1f}/{r['top1_dense'] * 100:<6.1f} {rec} "
               f"{r['agreement'] * 100:5.1f}% {r['oracle_max_abs_diff']:8.1e}")
     print(f"(latency: pruned/dense on this CPU; top-1: pruned/dense on {n} held-out MNIST "
-          "digits, no fine-tuning; agree: top-1 agreement with dense; oracle: max |pruned - "
+          "digits, no fine-tuning; +recon: top-1 after least-squares reconstruction from "
+          "calibration digits; agree: top-1 agreement with dense; oracle: max |pruned - "
           "masked dense|)")
