@@ -55,6 +55,13 @@ class PrunePlan:
         idx = self.kept.get(group)
         return None if idx is None else np.asarray(idx, dtype=np.int64)
 
+    def apply_to_onnx(self, onnx_model, graph, pruned_mod):
+        """The ONNX model with this plan applied (see
+        :func:`tvm_hcprune.export_onnx.apply_to_onnx`)."""
+        from .export_onnx import apply_to_onnx
+
+        return apply_to_onnx(onnx_model, graph, self, pruned_mod)
+
     # ---- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
