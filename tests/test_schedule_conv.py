@@ -68,6 +68,8 @@ CASES = {
     "3x3_s2_pad": (16, 32, (15, 15), 3, 2, 1, 1, 1, "bias_relu_residual"),
     "depthwise_odd": (12, 12, (11, 11), 3, 2, 1, 12, 1, "bias_hswish"),
     "depthwise_5x5": (16, 16, (10, 10), 5, 1, 2, 16, 1, "relu"),
+    "depthwise_1x1_spatial": (8, 8, (1, 1), 3, 1, 1, 8, 1, "relu"),
+    "depthwise_dilated_wide": (9, 9, (6, 21), 3, 1, 2, 9, 2, "bias"),
     "grouped": (12, 18, (8, 8), 3, 1, 1, 3, 1, "bias_relu"),
     "dilated": (8, 16, (12, 12), 3, 1, 2, 1, 2, "bias"),
 }
@@ -121,3 +123,12 @@ def test_unaligned_layer_pads_and_predicates():
     wshape = [int(s) for s in func.params[1].shape]
     assert wshape[1] * wshape[6] > 36
     assert "T.where" in func.script()
+
+
+def test_nchw_depthwise_uses_row_kernel():
+    """NCHW depthwise convs take the row-vectorised kernel, epilogue fused, no packing."""
+    mod = _scheduled(conv_module(16, 16, (10, 16), 3, 1, 1, groups=16, epilogue="bias_relu"))
+    ((name, func),) = _kernels(mod)
+    script = func.script()
+    assert "hcp_dwrow" in script and "hcp_dwpack" not in script
+    assert "T.vectorized" in script and "T.max" in script  # relu inlined in the write-back

@@ -15,7 +15,8 @@ blocks, named so the CPU schedule rule (:mod:`tvm_hcprune.schedule.cpu_rules`) f
 The kernel's ``op_pattern`` is ``kOutEWiseFusable`` so FuseOps fuses the elementwise
 epilogue (bias, relu, clip, hardswish, residual add) into it; the schedule rule then inlines
 the epilogue into the tile write-back. Depthwise convolutions (``groups == C_in == C_out``) use
-a kernel vectorised over the channel block instead (``hcp_dwpack``/``hcp_dwconv``/
+a kernel vectorised along the output row in NCHW (``hcp_dwpad``/``hcp_dwrow``/``hcp_dwcrop``)
+and, in NHWC, one vectorised over the channel block (``hcp_dwpack``/``hcp_dwconv``/
 ``hcp_dwunpack``).
 """
 
@@ -277,4 +278,60 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
         _out_shape(layout, n, c, oh, ow),
         lambda nn, ch, y, x: cpack[nn, ch // cbi, y, x, ch % cbi],
         name="hcp_dwunpack",
+    )
+
+
+def plan_depthwise_rows(ow: int, lanes: int, max_vectors: int = 8) -> tuple[int, int]:
+    """Row-vectorised depthwise: (padded output width, vectors per register tile)."""
+    nvec = math.ceil(ow / lanes)
+    per_tile = max(d for d in range(1, min(nvec, max_vectors) + 1) if nvec % d == 0)
+    return nvec * lanes, per_tile
+
+
+def depthwise_rows_te(data, weight, *, strides, padding, dilation, lanes: int, per_tile: int,
+                      owp: int):
+    """Depthwise conv2d on NCHW vectorised along the output row (no channel packing).
+
+    ``hcp_dwpad`` pads the input (contiguous row copies), ``hcp_dwrow`` computes
+    ``[N, C, OH, OWp]`` with ``OWp`` the output width rounded up to whole vectors, and
+    ``hcp_dwcrop`` writes the NCHW output (where the epilogue is inlined). ``weight`` is
+    ``[C, KH, KW]``.
+    """
+    from tvm import te, tirx
+
+    n, c, h, w = (int(x) for x in data.shape)
+    _, kh, kw = (int(x) for x in weight.shape)
+    sh, sw = strides
+    dh, dw = dilation
+    pt, pl = padding[0], padding[1]
+    oh = (h + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    hp = (oh - 1) * sh + (kh - 1) * dh + 1
+    wp = (owp - 1) * sw + (kw - 1) * dw + 1
+    zero = tirx.const(0.0, data.dtype)
+
+    def _pad(nn, ch, hh, ww):
+        y, x = hh - pt, ww - pl
+        conds = []
+        if pt or hp - pt > h:
+            conds.extend([y >= 0, y < h])
+        if pl or wp - pl > w:
+            conds.extend([x >= 0, x < w])
+        if not conds:
+            return data[nn, ch, y, x]
+        return tirx.if_then_else(tirx.all(*conds), data[nn, ch, y, x], zero)
+
+    pad = te.compute(i64(n, c, hp, wp), _pad, name="hcp_dwpad")
+    ry = te.reduce_axis(i64(0, kh), name="ry")
+    rx = te.reduce_axis(i64(0, kw), name="rx")
+    row = te.compute(
+        i64(n, c, oh, owp),
+        lambda nn, ch, y, x: te.sum(
+            pad[nn, ch, y * sh + ry * dh, x * sw + rx * dw] * weight[ch, ry, rx], axis=[ry, rx]
+        ),
+        name="hcp_dwrow",
+        attrs={"hcp_tile": per_tile, "hcp_lanes": lanes},
+    )
+    return te.compute(
+        i64(n, c, oh, ow), lambda nn, ch, y, x: row[nn, ch, y, x], name="hcp_dwcrop"
     )

@@ -160,6 +160,35 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     return True
 
 
+def schedule_dwrows(sch, names: list[str]) -> bool:
+    """Schedule ``hcp_dwpad``/``hcp_dwrow``/``hcp_dwcrop`` (row-vectorised depthwise)."""
+    row_name, pad_name, crop_name = (
+        _find(names, "hcp_dwrow"), _find(names, "hcp_dwpad"), _find(names, "hcp_dwcrop"))
+    if not (row_name and pad_name and crop_name):
+        return False
+    row = sch.get_sblock(row_name)
+    pad = sch.get_sblock(pad_name)
+    crop = sch.get_sblock(crop_name)
+    ann = sch.get(row).annotations
+    per_tile, lanes = int(ann[TILE_ATTR]), int(ann["hcp_lanes"])
+    _inline_epilogue(sch, crop)
+    n, c, y, x, ry, rx = sch.get_loops(row)
+    xo, xt, xi = sch.split(x, [None, per_tile, lanes])
+    sch.reorder(n, c, y, xo, ry, rx, xt, xi)
+    outer = sch.fuse(n, c, y, xo)
+    sch.parallel(outer)
+    sch.unroll(rx)
+    sch.unroll(xt)
+    sch.vectorize(xi)
+    sch.set_scope(row, 0, "local")
+    sch.reverse_compute_at(crop, outer)
+    init = sch.decompose_reduction(row, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    ploops = sch.get_loops(pad)
+    sch.parallel(sch.fuse(*ploops[:3]))
+    return True
+
+
 def schedule_dense(sch, names: list[str]) -> bool:
     """Schedule a fused function holding ``hcp_dense``/``hcp_dense_unpack``."""
     dense_name, unpack_name = _find(names, "hcp_dense"), _find(names, "hcp_dense_unpack")
@@ -196,7 +225,7 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-_RULES = (schedule_conv, schedule_dwconv, schedule_dense)
+_RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_dense)
 
 
 def apply_rules(func):

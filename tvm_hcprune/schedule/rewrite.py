@@ -58,6 +58,9 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool,
                  l2_bytes: int = 512 * 1024):
         super().__init__(mod)
+        # NCHW depthwise: row-vectorised kernel (no channel packing; measured 0.55-0.95x the
+        # time of the packed kernel on MobileNetV2's layers). NHWC keeps the packed one.
+        self.depthwise_rows = True
         self.l2_bytes = l2_bytes
         self.lanes = lanes
         self.registers = registers
@@ -120,6 +123,19 @@ class _Rewriter(PyExprMutator):
         plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers)
         if plan.depthwise and w.shape[1] != 1:
             return None
+        if plan.depthwise and layout == "NCHW" and self.depthwise_rows:
+            owp, per_tile = cw.plan_depthwise_rows(ow, self.lanes)
+            wrow = np.ascontiguousarray(w[:, 0])
+
+            def fn_rows(d, wr):
+                return cw.depthwise_rows_te(
+                    d, wr, strides=strides, padding=padding, dilation=dilation,
+                    lanes=self.lanes, per_tile=per_tile, owp=owp,
+                )
+
+            return _make_call(self.builder_, "hcp_dwconv2d", fn_rows,
+                              [data, relax.const(wrow)], [dshape, wrow.shape],
+                              ["float32", "float32"])
         wpack = cw.pack_weight(w, plan)
         if not plan.depthwise:
             hp = (h + padding[0] + padding[2]) * n * ic * (wd + padding[1] + padding[3])
