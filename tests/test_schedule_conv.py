@@ -72,6 +72,8 @@ CASES = {
     "depthwise_dilated_wide": (9, 9, (6, 21), 3, 1, 2, 9, 2, "bias"),
     "grouped": (12, 18, (8, 8), 3, 1, 1, 3, 1, "bias_relu"),
     "dilated": (8, 16, (12, 12), 3, 1, 2, 1, 2, "bias"),
+    "asymmetric_pad": (8, 8, (9, 10), 3, 2, (0, 1, 2, 0), 1, 1, "bias"),
+    "depthwise_asymmetric_pad": (8, 8, (9, 10), 3, 2, (1, 0, 0, 2), 8, 1, "bias"),
 }
 
 
