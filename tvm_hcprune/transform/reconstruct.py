@@ -21,6 +21,7 @@ calibration error worse.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -296,7 +297,7 @@ def _cal_layer(calibration, var, call, w_oi):
 
 def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-3,
                 max_cond: float = 1e10, holdout: float = 0.2, intercept: bool = True,
-                seed: int = 0):
+                seed: int = 0, samples=None, passes: int = 2):
     """Re-fit the consumers whose input channels ``plan`` removed; see the module docs.
 
     Parameters
@@ -311,11 +312,63 @@ def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-3,
         ``analyze``; layers are matched by binding name and checked by shape).
     ridge, max_cond, holdout, intercept, seed
         See :func:`fit_layer`.
+    samples : optional
+        The calibration samples again. With them, later passes re-fit every layer on the
+        inputs it sees in the *reconstructed pruned* model (He et al.'s setting: upstream
+        errors are compensated), still against the dense outputs: the reconstructed module
+        is calibrated with ``calibration``'s settings (same rows) and the fit is redone
+        from the sliced weights. Without them, one pass on the dense model's inputs.
+    passes : int
+        Passes when ``samples`` are given (the first uses the dense inputs).
 
     Returns
     -------
     (tvm.IRModule, ReconstructReport)
     """
+    out, report = _reconstruct_once(pruned_mod, graph, plan, calibration, None, ridge,
+                                    max_cond, holdout, intercept, seed)
+    if samples is None:
+        return out, report
+    from ..calibration import calibrate
+
+    meta = calibration.meta
+    for _ in range(max(0, int(passes) - 1)):
+        cal_p = calibrate(out, samples, max_rows=int(meta.get("max_rows", 4096)),
+                          max_bytes=int(meta.get("max_bytes", 2**30)),
+                          seed=int(meta.get("seed", 0)), progress=False)
+        from ..evaluation import module_input
+
+        if not _rows_aligned(calibration, cal_p, module_input(graph.mod)[0]):
+            note = "pruned-input pass skipped: the calibration rows could not be aligned"
+            report = ReconstructReport([dataclasses.replace(
+                f, reason=f"{f.reason}; {note}" if f.reason else note) for f in report.layers])
+            return out, report
+        out, report = _reconstruct_once(pruned_mod, graph, plan, calibration, cal_p, ridge,
+                                        max_cond, holdout, intercept, seed)
+    return out, report
+
+
+def _rows_aligned(dense_cal, pruned_cal, input_name: str) -> bool:
+    """Both calibrations picked the same rows: checked on a layer that reads the model
+    input (pruning never changes it), and on every layer's row count."""
+    checked = False
+    for name, lc in dense_cal.layers.items():
+        pc = pruned_cal.layers.get(name)
+        if pc is None or (lc.X is None) != (pc.X is None):
+            return False
+        if lc.X is None:
+            continue
+        if lc.X.shape[0] != pc.X.shape[0]:
+            return False
+        if lc.input_var == input_name == pc.input_var:
+            if lc.X.shape != pc.X.shape or not np.array_equal(lc.X, pc.X):
+                return False
+            checked = True
+    return checked
+
+
+def _reconstruct_once(pruned_mod, graph, plan, calibration, x_calibration, ridge, max_cond,
+                      holdout, intercept, seed):
     check_plan(graph, plan)
     kept_of = kept_lookup(graph, plan)
     users = _users(graph)
@@ -340,7 +393,11 @@ def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-3,
                                           f"no calibration rows ({lc.skipped})",
                                           np.nan, np.nan, 0, feats))
             continue
-        X = lc.X[:, in_idx].reshape(lc.X.shape[0], -1)
+        if x_calibration is not None:  # the pruned model's own inputs (kept channels only)
+            X = x_calibration[var.name].X
+            X = X.reshape(X.shape[0], -1)
+        else:
+            X = lc.X[:, in_idx].reshape(lc.X.shape[0], -1)
         Y = lc.Y[:, out_idx]
         site = _intercept_site(graph, var, call, users) if intercept else None
         W, b, status, reason, e0, e1 = fit_layer(
@@ -431,8 +488,8 @@ class Reconstruct:
         ``analyze`` of the dense module.
     plan : PrunePlan
         The plan the module being transformed was pruned with.
-    ridge, max_cond, holdout, intercept, seed
-        See :func:`fit_layer`.
+    ridge, max_cond, holdout, intercept, seed, samples, passes
+        See :func:`reconstruct`.
 
     Attributes
     ----------
@@ -440,12 +497,12 @@ class Reconstruct:
     """
 
     def __init__(self, calibration, graph, plan, ridge=1e-3, max_cond=1e10, holdout=0.2,
-                 intercept=True, seed=0):
+                 intercept=True, seed=0, samples=None, passes=2):
         self.calibration = calibration
         self.graph = graph
         self.plan = plan
         self.options = dict(ridge=ridge, max_cond=max_cond, holdout=holdout,
-                            intercept=intercept, seed=seed)
+                            intercept=intercept, seed=seed, samples=samples, passes=passes)
         self.last_report: ReconstructReport | None = None
 
     def transform_module(self, mod, ctx):
