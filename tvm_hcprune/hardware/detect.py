@@ -174,31 +174,52 @@ def _cuda_profile(target) -> HardwareProfile:
     )
 
 
-def _vta_profile(config: dict | None = None) -> HardwareProfile:
-    cfg = {"BLOCK_IN": 16, "BLOCK_OUT": 16, "BATCH": 1}
-    if config:
-        cfg.update({k.upper(): v for k, v in config.items()})
-    for key in ("LOG_BLOCK_IN", "LOG_BLOCK_OUT"):
-        if key in cfg:
-            cfg[key[4:]] = 1 << int(cfg[key])
-    block = int(cfg["BLOCK_OUT"])
+def _vta_profile(config=None) -> HardwareProfile:
+    """Profile of a VTA core from its configuration.
+
+    ``config`` is a :class:`tvm_hcprune.vta.config.VTAConfig`, a ``vta_config.json``-style
+    dict (``LOG_BLOCK`` or ``LOG_BLOCK_IN``/``LOG_BLOCK_OUT`` or ``BLOCK_IN``/``BLOCK_OUT``),
+    or None for tvm_hcprune's default VTA configuration (16 x 16 int8 GEMM core).
+    """
+    clock_mhz, inp_bytes = 100.0, 32 * 1024
+    if config is None:
+        try:
+            from tvm_hcprune.vta.config import DEFAULT_CONFIG
+
+            config = DEFAULT_CONFIG
+        except ImportError:  # pragma: no cover - the vta package ships with tvm_hcprune
+            config = {}
+    if hasattr(config, "block_in"):
+        block_in, block_out = int(config.block_in), int(config.block_out)
+        clock_mhz = float(getattr(config, "clock_mhz", clock_mhz))
+        inp_bytes = 1 << int(getattr(config, "log_inp_buff_size", 15))
+    else:
+        cfg = {str(k).upper(): v for k, v in dict(config).items()}
+        if "LOG_BLOCK" in cfg:
+            cfg.setdefault("LOG_BLOCK_IN", cfg["LOG_BLOCK"])
+            cfg.setdefault("LOG_BLOCK_OUT", cfg["LOG_BLOCK"])
+        block_in = int(cfg.get("BLOCK_IN", 1 << int(cfg.get("LOG_BLOCK_IN", 4))))
+        block_out = int(cfg.get("BLOCK_OUT", 1 << int(cfg.get("LOG_BLOCK_OUT", 4))))
+        clock_mhz = float(cfg.get("CLOCK_MHZ", clock_mhz))
+        if "LOG_INP_BUFF_SIZE" in cfg:
+            inp_bytes = 1 << int(cfg["LOG_INP_BUFF_SIZE"])
     return HardwareProfile(
         name="vta",
         kind="vta",
         isa="vta",
-        vector_bits=block * 8,
-        fma_units=int(cfg["BLOCK_IN"]),
+        vector_bits=block_out * 8,
+        fma_units=block_in,
         vector_registers=0,
-        channel_multiple=max(int(cfg["BLOCK_IN"]), block),
-        l1_bytes=32 * 1024,
+        channel_multiple=max(block_in, block_out),
+        l1_bytes=inp_bytes,
         l2_bytes=0,
         cores=1,
-        freq_ghz=0.1,
-        notes="GEMM core BLOCK_IN x BLOCK_OUT int8",
+        freq_ghz=clock_mhz / 1000.0,
+        notes=f"GEMM core BLOCK_IN x BLOCK_OUT = {block_in} x {block_out}, int8",
     )
 
 
-def profile_for(target=None, vta_config: dict | None = None) -> HardwareProfile:
+def profile_for(target=None, vta_config=None) -> HardwareProfile:
     """Return the :class:`HardwareProfile` of ``target``.
 
     Parameters
@@ -206,8 +227,9 @@ def profile_for(target=None, vta_config: dict | None = None) -> HardwareProfile:
     target : tvm.target.Target, str, dict or None
         Anything :func:`tvm_hcprune.target.parse_target` accepts, or ``"vta"``. ``None`` is the
         host CPU (``llvm`` with the host's ``mcpu`` and physical core count).
-    vta_config : dict, optional
-        VTA configuration (``LOG_BLOCK_IN``/``BLOCK_IN`` ...); defaults to the 16x16 core.
+    vta_config : VTAConfig or dict, optional
+        VTA configuration (a ``tvm_hcprune.vta.config.VTAConfig`` or a dict with ``LOG_BLOCK``
+        ...); defaults to tvm_hcprune's default VTA configuration (16 x 16 core).
 
     Returns
     -------
