@@ -17,7 +17,7 @@ build(mod, target, database=None)
 
 from __future__ import annotations
 
-import importlib
+from .utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -54,13 +54,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tvm_hcprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 def __dir__():

@@ -12,7 +12,7 @@ CPU rules (imported lazily, nothing heavy at import):
 
 from __future__ import annotations
 
-import importlib
+from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "PackWeightsForCPU": "tvm_hcprune.schedule.rewrite",
@@ -22,10 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tvm_hcprune.schedule' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "masked_reference": "tvm_hcprune.testing.oracle",
@@ -10,8 +10,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tvm_hcprune.testing' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "PruneChannels": "tvm_hcprune.transform.prune_channels",
@@ -14,10 +14,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tvm_hcprune.transform' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
