@@ -176,14 +176,24 @@ def _make_progress_callback(stats: TuneStats, bar):
 
 @contextlib.contextmanager
 def _quiet_ms_console():
-    """Send MetaSchedule's INFO chatter to its log files only (tqdm shows progress)."""
+    """Send MetaSchedule's INFO chatter to its log files only (tqdm shows progress).
+
+    Also hides unnamed handlers of MetaSchedule's logger while tuning: its
+    ``create_loggers`` formats every handler name and fails on ``None`` (pytest's log
+    capture, for one, attaches such handlers).
+    """
     logger = logging.getLogger(_MS_LOGGER)
     old = logger.level
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for handler in unnamed:
+        logger.removeHandler(handler)
     logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
         logger.setLevel(old)
+        for handler in unnamed:
+            logger.addHandler(handler)
 
 
 @contextlib.contextmanager
