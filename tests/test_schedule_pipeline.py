@@ -100,3 +100,16 @@ def test_failing_rule_falls_back_to_default(monkeypatch):
     ours = _out(pl.build(mod, TARGET), x)
     ref = _out(tvm.compile(mod, TARGET), x)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_avx512_and_neon_targets_schedule_and_compile():
+    """The rules adapt to AVX-512 (16 lanes: the 8 output channels pad to one vector) and
+    NEON (4 lanes: two vectors cover them) and the result compiles (not run: this host has
+    neither)."""
+    mod = _tiny()
+    for target, lanes in (("llvm -mcpu=skylake-avx512 -num-cores=4", 16),
+                          ("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72", 8)):
+        (func,) = pl.scheduled_kernels(mod, target).values()
+        script = func.script()
+        assert "tirx.is_scheduled" in script and f"T.vectorized(T.int64({lanes}))" in script
+        assert pl.build(mod, target) is not None
