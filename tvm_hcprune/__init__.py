@@ -59,3 +59,9 @@ __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 def __dir__():
     return __all__
+
+
+# ``tvm.compile(mod, target, relax_pipeline="hcprune")`` must work right after
+# ``import tvm_hcprune``: register the named pipeline now (this imports TVM itself,
+# not its slow submodules).
+from . import pipeline as _pipeline  # noqa: E402,F401
