@@ -58,7 +58,8 @@ def ratio_for_macs(mod, graph, target: float, criterion="l2", align=None) -> flo
     return 0.95
 
 
-def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log) -> list[dict]:
+def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log,
+              ridge=None) -> list[dict]:
     import tvm_hcprune as hc
     from tvm_hcprune.cli.prune import import_onnx, verify
     from tvm_hcprune.evaluation import OnnxRuntimeModel, evaluate
@@ -84,7 +85,9 @@ def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log) -> list
             for rec in (False, True):
                 t0 = time.perf_counter()
                 pruned, rep = hc.prune(mod, ratio=ratio, criterion=crit, align=align,
-                                       graph=graph, calibration=cal, reconstruct=rec)
+                                       graph=graph, calibration=cal, reconstruct=rec,
+                                       reconstruct_options=None if ridge is None
+                                       else {"ridge": ridge})
                 exported = apply_to_onnx(onnx_model, graph, rep.plan, pruned)
                 diff = verify(exported, pruned) if rec else None
                 ev = evaluate(OnnxRuntimeModel(exported, threads=1), test,
@@ -96,6 +99,7 @@ def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log) -> list
                     "top1": ev.top1, "top1_dense": dense.top1,
                     "drop_points": round(100 * (dense.top1 - ev.top1), 2),
                     "agreement": ev.agreement, "n": len(test), "n_calibration": n_cal,
+                    "align": rep.align, "ridge": ridge,
                     "calibration_seconds": round(t_cal, 1),
                     "seconds": round(time.perf_counter() - t0, 1),
                     "export_vs_tvm_max_abs_diff": diff,
@@ -118,12 +122,14 @@ def main(argv=None) -> int:
                     help=f"calibration samples (default {DEFAULT_CAL})")
     ap.add_argument("--ratios", default=None,
                     help="comma-separated ratios (default per model)")
-    ap.add_argument("--criteria", default="l2,activation",
-                    help="comma-separated criteria (default l2,activation)")
+    ap.add_argument("--criteria", default="l2,activation,thinet",
+                    help="comma-separated criteria (default l2,activation,thinet)")
     ap.add_argument("--macs", type=float, default=None,
                     help="also the ratio reaching this MACs fraction (default: 0.5 MNIST, "
                          "0.67 the others; 0 to skip)")
     ap.add_argument("--align", type=int, default=None)
+    ap.add_argument("--ridge", type=float, default=None,
+                    help="reconstruction ridge (default: reconstruct()'s)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args(argv)
 
@@ -135,7 +141,8 @@ def main(argv=None) -> int:
         rows += run_model(name, args.n or DEFAULT_N[name],
                           args.calibration or DEFAULT_CAL[name], ratios,
                           args.criteria.split(","), macs if args.macs is None else args.macs,
-                          args.align, log=lambda m: print(m, file=sys.stderr))
+                          args.align, log=lambda m: print(m, file=sys.stderr),
+                          ridge=args.ridge)
     out = {
         "benchmark": "accuracy",
         "host": {"machine": platform.machine(), "python": platform.python_version(),
