@@ -101,7 +101,7 @@ def _rel_err(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_layer(X: np.ndarray, Y: np.ndarray, W0: np.ndarray, intercept: bool = True,
-              ridge: float = 1e-3, max_cond: float = 1e10, holdout: float = 0.2,
+              ridge: float = 1e-2, max_cond: float = 1e10, holdout: float = 0.2,
               seed: int = 0):
     """Ridge least-squares fit of ``Y ~= X @ W.T + b``, with a safe fallback.
 
@@ -295,7 +295,7 @@ def _cal_layer(calibration, var, call, w_oi):
     return lc
 
 
-def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-3,
+def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-2,
                 max_cond: float = 1e10, holdout: float = 0.2, intercept: bool = True,
                 seed: int = 0, samples=None, passes: int = 2):
     """Re-fit the consumers whose input channels ``plan`` removed; see the module docs.
@@ -496,7 +496,7 @@ class Reconstruct:
     last_report : ReconstructReport or None
     """
 
-    def __init__(self, calibration, graph, plan, ridge=1e-3, max_cond=1e10, holdout=0.2,
+    def __init__(self, calibration, graph, plan, ridge=1e-2, max_cond=1e10, holdout=0.2,
                  intercept=True, seed=0, samples=None, passes=2):
         self.calibration = calibration
         self.graph = graph
