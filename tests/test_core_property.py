@@ -66,3 +66,11 @@ def test_random_graphs_equal_the_mask_oracle(blocks, widths, ratio, align, crite
     assert report.macs_after <= report.macs_before
     for g in report.groups:
         assert 1 <= g.after <= g.before
+
+
+def test_padding_of_frozen_channels_still_shrinks():
+    """Regression (found by the property test): the pad's own channels are pruned while
+    its input's channels are frozen, so the pad must be rewritten though its input is not."""
+    test_random_graphs_equal_the_mask_oracle.hypothesis.inner_test(
+        blocks=["depthwise", "channel_pad"], widths=[2, 2, 2, 2, 2], ratio=0.5, align=1,
+        criterion="l1", seed=0)

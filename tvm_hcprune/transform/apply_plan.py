@@ -89,6 +89,11 @@ class _PlanRewriter(PyExprMutator):
             args[arg] = relax.const(arr, str(arr.dtype))
             changed = True
         if not changed:
+            # an op can create prunable channels of its own (channel padding)
+            out = self.ctx.descs.get(var)
+            changed = bool(out) and not isinstance(out[0], list) and any(
+                self.axis_index(d) is not None for d in out)
+        if not changed:
             return super().visit_call_(call)
         handler = get_op_handler(call.op.name)
         if handler is None:  # pragma: no cover - barriers never see changed inputs
