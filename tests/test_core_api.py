@@ -212,3 +212,15 @@ def test_plan_file_errors(tmp_path):
     p.write_text(json.dumps({"version": 99, "fingerprint": "x", "groups": []}))
     with pytest.raises(HCPruneError, match="version 99 is not supported"):
         hc.PrunePlan.load(p)
+
+
+def test_compiling_the_analysed_module_does_not_change_the_analysis(small):
+    """Regression: tvm.compile may update a module in place; graph.mod must stay intact."""
+    graph = hc.analyze(small)
+    tvm.compile(graph.mod, tvm.target.Target({"kind": "llvm"}))
+    hc.build(graph.mod)
+    pruned, report = hc.prune(small, ratio=0.5, align=4, graph=graph)
+    x = np.random.default_rng(5).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(run_relax(pruned, [x]),
+                               run_relax(masked_reference(small, report.plan), [x]),
+                               rtol=1e-5, atol=1e-6)

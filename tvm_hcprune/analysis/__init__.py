@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import tvm
 from tvm import relax
 
 from .. import ops as _ops  # noqa: F401  (registers the built-in handlers)
@@ -72,7 +73,10 @@ class ChannelGraph:
     """
 
     def __init__(self, mod, ctx: AnalysisContext, fingerprint: str, total_params: int):
-        self.mod = mod
+        # keep the functions, not the module object: TVM passes may update a module in
+        # place (copy-on-write on unique references), e.g. when someone compiles graph.mod
+        self._functions = dict(mod.functions.items())
+        self._attrs = mod.attrs
         self.ctx = ctx
         self.fingerprint = fingerprint
         self.total_params = total_params
@@ -122,6 +126,11 @@ class ChannelGraph:
                     if seg.space is not None:
                         frac = seg.length / shape[axis]
                         self.groups[self.space_group[seg.space]].params += int(n * frac)
+
+    @property
+    def mod(self):
+        """The analysed (canonicalised) module; a new IRModule object on every access."""
+        return tvm.IRModule(dict(self._functions), attrs=self._attrs)
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
