@@ -16,11 +16,15 @@ def test_demo_writes_table(tmp_path):
                     "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert len(rows) == 1
-    row = rows[0]
+    # one row per ratio without reconstruction, one with
+    assert sorted(r["reconstruct"] for r in rows) == [False, True]
+    row = next(r for r in rows if not r["reconstruct"])
     assert row["ratio"] == 0.5 and 0 < row["macs_fraction"] < 0.5
     assert row["oracle_max_abs_diff"] < 1e-4
     assert row["channels"] < row["channels_dense"]
+    for key in ("ratio", "macs_fraction", "top1", "top1_dense", "agreement", "latency_ms",
+                "latency_dense_ms", "reconstruct"):
+        assert all(key in r for r in rows)
     assert "ratio" in proc.stdout and "MMACs" in proc.stdout
 
 
