@@ -38,6 +38,9 @@ def test_mask_oracle(kind):
     out = run_relax(pruned, [x])
     ref = run_relax(masked_reference(mod, report.plan), [x])
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    # the report's counts (computed from the plan) equal a count of the pruned IR
+    after = hc.analyze(pruned, canonicalize=False, fingerprint=False)
+    assert (report.macs_after, report.params_after) == (after.total_macs, after.total_params)
 
 
 def test_grouped_conv_is_a_barrier_with_reason():

@@ -64,6 +64,8 @@ def test_random_graphs_equal_the_mask_oracle(blocks, widths, ratio, align, crite
     ref = run_relax(masked_reference(mod, report.plan), [x])
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     assert report.macs_after <= report.macs_before
+    after = hc.analyze(pruned, canonicalize=False, fingerprint=False)
+    assert (report.macs_after, report.params_after) == (after.total_macs, after.total_params)
     for g in report.groups:
         assert 1 <= g.after <= g.before
 

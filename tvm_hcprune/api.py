@@ -142,14 +142,14 @@ def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = No
         pruned, recon = _reconstruct(pruned, graph, plan, calibration,
                                      **dict(reconstruct_options or {}))
     seconds = time.perf_counter() - t0
-    after = analyze(pruned, canonicalize=False, fingerprint=False)
+    macs_after, params_after = graph.count_after(plan)
     changes = []
     for g in graph.groups:
         kept = plan.kept.get(g.id)
         changes.append(GroupChange(g.id, g.producers, g.size,
                                    g.size if kept is None else len(kept)))
-    report = PruneReport(plan, changes, graph.total_macs, after.total_macs,
-                         graph.total_params, after.total_params, list(graph.frozen),
+    report = PruneReport(plan, changes, graph.total_macs, macs_after,
+                         graph.total_params, params_after, list(graph.frozen),
                          seconds, align_r)
     report.reconstruction = recon
     return pruned, report

@@ -19,7 +19,7 @@ from tvm import relax
 
 from .. import ops as _ops  # noqa: F401  (registers the built-in handlers)
 from ..errors import HCPruneError
-from ..ops.desc import desc_length, desc_spaces
+from ..ops.desc import axis_index, desc_length, desc_spaces
 from ..ops.registry import get_op_handler
 from .context import AnalysisContext, Member, clear_shape_cache, is_const, static_shape
 
@@ -110,12 +110,13 @@ class ChannelGraph:
         for m in ctx.members:
             for gid in {self.space_group[s] for s in desc_spaces(m.desc)}:
                 self.groups[gid].members.append(m)
+        touched: dict = {}
+        for m in ctx.members:
+            if m.kind in ("producer", "consumer"):
+                touched.setdefault(m.var, set()).update(
+                    self.space_group[s] for s in desc_spaces(m.desc))
         for var, (_op, macs) in ctx.macs.items():
-            touched = set()
-            for m in ctx.members:
-                if m.var.same_as(var) and m.kind in ("producer", "consumer"):
-                    touched |= {self.space_group[s] for s in desc_spaces(m.desc)}
-            for gid in touched:
+            for gid in touched.get(var, ()):
                 self.groups[gid].macs += macs
         for var, slices in ctx.const_slices.items():
             call = ctx.values[var]
@@ -131,6 +132,38 @@ class ChannelGraph:
     def mod(self):
         """The analysed (canonicalised) module; a new IRModule object on every access."""
         return tvm.IRModule(dict(self._functions), attrs=self._attrs)
+
+    def count_after(self, plan) -> tuple[int, int]:
+        """MACs and parameters of the module once ``plan`` is applied, without rewriting.
+
+        Exact: every MAC count scales with the kept fraction of the channel axes its op
+        declared, and every constant shrinks only along the axes it was declared sliced on.
+        """
+        sizes = {}
+
+        def kept(desc):
+            idx = axis_index(desc, lambda s: plan.kept_indices(self.space_group[s]))
+            return (desc_length(desc) if idx is None else len(idx)), desc_length(desc)
+
+        macs = 0
+        for var, (_op, m) in self.ctx.macs.items():
+            num, den = m, 1
+            for d in self.ctx.mac_scaling.get(var, ()):
+                k, n = kept(d)
+                num, den = num * k, den * n
+            macs += num // den
+        params = self.total_params
+        for var, slices in self.ctx.const_slices.items():
+            for arg in {a for a, _, _ in slices}:
+                shape = sizes.setdefault((var, arg), static_shape(self.ctx.values[var].args[arg]))
+                n = math.prod(shape)
+                num, den = n, 1
+                for a, _axis, d in slices:
+                    if a == arg:
+                        k, length = kept(d)
+                        num, den = num * k, den * length
+                params -= n - num // den
+        return macs, params
 
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
@@ -278,6 +311,7 @@ def _expand_declarations(ctx):
                         for v, sl in ctx.const_slices.items()}
     for m in ctx.members:
         m.desc = ctx.expand(m.desc)
+    ctx.mac_scaling = {v: tuple(ctx.expand(d) for d in ds) for v, ds in ctx.mac_scaling.items()}
 
 
 def _flatten(d):

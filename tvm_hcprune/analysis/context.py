@@ -84,6 +84,7 @@ class AnalysisContext:
         self.coarse: dict[int, tuple[int, int]] = {}  # root -> (unit space, channels/unit)
         self.unit: dict[int, int] = {}  # unit space -> channels per unit (attention heads)
         self._arrays: dict = {}
+        self.mac_scaling: dict = {}  # var -> descriptors that scale its MACs
 
     # ---- spaces -------------------------------------------------------------------------
     def new_space(self, size: int, var, op: str) -> int:
@@ -254,8 +255,14 @@ class AnalysisContext:
         if desc is not None and desc_spaces(desc):
             self.members.append(Member(kind, var, op, arg, axis, desc))
 
-    def add_macs(self, var, op: str, macs: int) -> None:
+    def add_macs(self, var, op: str, macs: int, scaled_by=()) -> None:
+        """Record an op's multiply-accumulates.
+
+        ``scaled_by``: the descriptors whose kept fraction scales the count when channels
+        are removed (e.g. a conv's output and input channel axes; a depthwise conv's one).
+        """
         self.macs[var] = (op, int(macs))
+        self.mac_scaling[var] = tuple(d for d in scaled_by if d is not None)
 
     @staticmethod
     def one_space(space: int, size: int) -> AxisDesc:

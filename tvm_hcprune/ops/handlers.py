@@ -62,12 +62,13 @@ class ConvHandler(OpHandler):
         cout = _out_shape(var)[out_c]
         kernel = math.prod(s for i, s in enumerate(wshape) if i not in (ko, ki))
         if self.transpose:  # every input pixel scatters into cout/groups x kernel outputs
-            ctx.add_macs(var, op, math.prod(static_shape(x)) * (cout // groups) * kernel)
+            macs = math.prod(static_shape(x)) * (cout // groups) * kernel
         else:
-            ctx.add_macs(var, op, math.prod(_out_shape(var)) * (cin // groups) * kernel)
+            macs = math.prod(_out_shape(var)) * (cin // groups) * kernel
         if groups == 1:
             sid = ctx.new_space(cout, var, op)
             out[out_c] = ctx.one_space(sid, cout)
+            ctx.add_macs(var, op, macs, (out[out_c], xdesc[in_c]))
             ctx.slice_const(var, 1, ko, out[out_c])
             ctx.slice_const(var, 1, ki, xdesc[in_c])
             ctx.add_member("producer", var, op, 1, ko, out[out_c])
@@ -80,10 +81,12 @@ class ConvHandler(OpHandler):
                 d = ctx.one_space(ctx.new_space(cout, var, op), cout)
                 ctx.freeze(d, var, op, "depthwise conv over channels that cannot be pruned")
             out[out_c] = d
+            ctx.add_macs(var, op, macs, (d,))
             ctx.slice_const(var, 1, ko, d)
             ctx.add_member("producer", var, op, 1, ko, d)
             return out
         ctx.freeze(xdesc[in_c], var, op, f"grouped convolution (groups={groups}) is a barrier")
+        ctx.add_macs(var, op, macs)
         sid = ctx.new_space(cout, var, op)
         out[out_c] = ctx.one_space(sid, cout)
         ctx.freeze(out[out_c], var, op, f"grouped convolution (groups={groups}) is a barrier")
@@ -127,20 +130,24 @@ class MatmulHandler(OpHandler):
         nd = len(out_shape)
         adesc = ctx.desc(a)
         ashape = static_shape(a)
-        ctx.add_macs(var, op, math.prod(out_shape) * ashape[-1])
+        macs = math.prod(out_shape) * ashape[-1]
         if is_const(b) and len(static_shape(b)) == 2 and not is_const(a):
             out = list(adesc[:-1]) + [None]
             out = [None] * (nd - len(out)) + out
             n = out_shape[-1]
             sid = ctx.new_space(n, var, op)
             out[-1] = ctx.one_space(sid, n)
+            ctx.add_macs(var, op, macs, (out[-1], adesc[-1]))
             ctx.slice_const(var, 1, 0, adesc[-1])
             ctx.slice_const(var, 1, 1, out[-1])
             ctx.add_member("producer", var, op, 1, 1, out[-1])
             ctx.add_member("consumer", var, op, 1, 0, adesc[-1])
             return out
         if not is_const(a) and not is_const(b):
-            return self._batch_matmul(ctx, var, call, op, nd)
+            out = self._batch_matmul(ctx, var, call, op, nd)
+            ctx.add_macs(var, op, macs, tuple(out))
+            return out
+        ctx.add_macs(var, op, macs)
         ctx.freeze([ctx.desc(a), ctx.desc(b)], var, op,
                    "matmul with a constant left operand is a barrier")
         return [None] * nd
