@@ -321,7 +321,8 @@ class ReduceHandler(OpHandler):
                      "relax.nn.avg_pool1d", "relax.nn.adaptive_avg_pool2d",
                      "relax.nn.adaptive_avg_pool1d", "relax.image.resize2d")
 class SpatialHandler(OpHandler):
-    """Pooling and resizing: channels pass through (spatial axes carry none)."""
+    """Pooling and resizing: channels pass through (spatial axes carry none); the default
+    rewrite suffices since no attribute (nor resize2d's spatial size) counts channels."""
 
     def analyze(self, ctx, var, call):
         d = list(ctx.desc(call.args[0]))
@@ -333,12 +334,6 @@ class SpatialHandler(OpHandler):
             if i != layout.index("C"):
                 ctx.freeze(x, var, call.op.name, "pooling over a channel axis")
         return out
-
-    def rewrite(self, rw, var, call, args):
-        if call.op.name == "relax.image.resize2d":
-            # the size argument is spatial only; rebuild with the same attributes
-            return relax.Call(call.op, args, call.attrs, call.ty_args)
-        return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
 # ---------------------------------------------------------------------------------------
