@@ -1,4 +1,9 @@
-"""Exception types. Every user-facing error names the problem and the fix."""
+"""Exception types. Every user-facing error names the problem and the fix.
+
+Both types are registered with TVM's FFI (:func:`tvm_ffi.register_error`) when this module is
+imported, so an error raised inside a Python TVM pass (e.g. the pipeline's database hook)
+reaches the caller as itself instead of a ``RuntimeError``.
+"""
 
 
 class HCPruneError(ValueError):
@@ -10,3 +15,22 @@ class HCPruneError(ValueError):
 
 class UnsupportedModelError(HCPruneError):
     """The model uses something tvm_hcprune cannot handle (yet); the message says what."""
+
+
+def _register_with_ffi() -> None:
+    """Register the error types with TVM's FFI (TVM turns unregistered Python exceptions
+    raised across it into ``RuntimeError``); a no-op when tvm_ffi is missing or too old."""
+    try:
+        import tvm_ffi
+    except ImportError:
+        return
+    try:
+        known = tvm_ffi.core.ERROR_TYPE_TO_NAME
+        for cls in (HCPruneError, UnsupportedModelError):
+            if cls not in known:
+                tvm_ffi.register_error(cls)
+    except AttributeError:
+        return
+
+
+_register_with_ffi()

@@ -107,8 +107,10 @@ def get_pipeline(
     ----------
     target : optional
         Anything :func:`tvm_hcprune.target.parse_target` accepts.
-    database : tvm.s_tir.meta_schedule.Database, optional
-        Tuned schedules applied before the rules.
+    database : optional
+        Tuned schedules applied before the rules (anything
+        :func:`tvm_hcprune.schedule.database.as_database` accepts). None applies no
+        database here; :func:`build` is what picks the shipped databases by default.
     rules : bool
         Use tvm_hcprune's CPU kernels and rules (False: TVM's default lowering with BN folded).
     strict : bool
@@ -148,10 +150,17 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True):
     target : optional
         Anything :func:`tvm_hcprune.target.parse_target` accepts; bare ``"llvm"`` is the host
         CPU with its ``mcpu`` and physical core count.
-    database : tvm.s_tir.meta_schedule.Database, optional
-        Tuned MetaSchedule records, applied before tvm_hcprune's rules.
+    database : None, False, "none", "shipped", path, ScheduleDatabase or MetaSchedule Database
+        Tuned schedules, applied before tvm_hcprune's rules; functions without a record keep
+        the rules. None (default): the databases shipped in ``schedules/`` for the target's
+        family, like TVM's old TopHub logs (a record is used only for a function equal to
+        its workload; loaded once per process). False or ``"none"``: no database, the rules
+        only. A path (from :func:`tvm_hcprune.tune` / ``hcprune tune``) or a database
+        object: those records instead of the shipped ones.
     rules : bool
-        False compiles with TVM's default CPU lowering (BN still folded), for comparison.
+        False compiles with TVM's default CPU lowering (BN still folded), for comparison;
+        the shipped databases (tuned on the rules' kernels) are not applied then unless
+        ``database="shipped"`` asks for them.
 
     Returns
     -------
@@ -168,7 +177,19 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True):
     tgt = parse_target(target)
     if tgt.kind.name == "llvm":
         set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
-    return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, database, rules))
+    db = _build_database(database, tgt, rules)
+    return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, db, rules))
+
+
+def _build_database(database, target, rules: bool):
+    """:func:`build`'s ``database=`` resolved up front (a ScheduleDatabase or None): a bad
+    file or a database for another target fails before compiling, and a target without
+    shipped records gets exactly the pipeline it gets without a database."""
+    from tvm_hcprune.schedule.database import as_database
+
+    if database is None:
+        database = "shipped" if rules else False
+    return as_database(database, target)
 
 
 def _register() -> None:

@@ -38,24 +38,6 @@ PREPARED_ATTR = "hcprune.schedule_prepared"
 _MATCH_KEYS = {"llvm": ("mcpu", "mtriple"), "cuda": ("arch",)}
 
 
-def _register_errors_with_ffi() -> None:
-    """Let HCPruneError raised inside a TVM pass reach the caller as HCPruneError (TVM's FFI
-    turns unregistered Python exceptions into RuntimeError)."""
-    try:
-        import tvm_ffi
-
-        from tvm_hcprune import errors
-
-        for cls in (errors.HCPruneError, errors.UnsupportedModelError):
-            if cls not in tvm_ffi.core.ERROR_TYPE_TO_NAME:
-                tvm_ffi.register_error(cls)
-    except (ImportError, AttributeError):
-        pass
-
-
-_register_errors_with_ffi()
-
-
 # ---------------------------------------------------------------------------------------
 # target helpers
 
@@ -183,6 +165,8 @@ class ScheduleDatabase:
     target: dict
     meta: dict = field(default_factory=dict)
     source: str = "the database"
+    #: (record count, answer) of :meth:`uses_tensorize`, recomputed when records are added
+    _tensorize: tuple | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ms_database.get_all_tuning_records())
@@ -190,6 +174,25 @@ class ScheduleDatabase:
     def records(self) -> list:
         """All tuning records."""
         return list(self.ms_database.get_all_tuning_records())
+
+    def uses_tensorize(self) -> bool:
+        """Whether any record's trace tensorizes (its intrinsics must be registered to
+        replay it); remembered until records are added."""
+        records = self.records()
+        if self._tensorize is not None and self._tensorize[0] == len(records):
+            return self._tensorize[1]
+        answer = False
+        for rec in records:
+            try:
+                text = json.dumps(_to_plain(rec.trace.as_json()))
+            except (TypeError, ValueError):
+                answer = True
+                break
+            if "ensorize" in text:
+                answer = True
+                break
+        self._tensorize = (len(records), answer)
+        return answer
 
     def best_latencies(self) -> dict[str, float]:
         """Best measured latency (seconds) per workload, keyed by the workload's hash."""
@@ -407,13 +410,23 @@ def load_database(path, target=None) -> ScheduleDatabase:
     return db
 
 
+#: ``database=`` values that mean "no database" (the schedule rules only)
+NO_DATABASE = (False, "none")
+
+
 def as_database(database, target) -> ScheduleDatabase | None:
-    """Normalise ``database`` (path, ScheduleDatabase, MetaSchedule Database, ``None``,
-    ``"shipped"``) into a validated :class:`ScheduleDatabase` for ``target`` (or None)."""
+    """Normalise ``database`` into a validated :class:`ScheduleDatabase` for ``target``.
+
+    ``database`` is a path, a :class:`ScheduleDatabase`, a MetaSchedule Database,
+    ``"shipped"`` (or ``"auto"``: the shipped databases of the target's family, None when
+    there are none), or None / False / ``"none"`` (no database: returns None).
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    if database is None:
+    if database is None or (isinstance(database, bool | str) and database in NO_DATABASE):
         return None
+    if database is True:
+        raise HCPruneError("database=True is ambiguous; pass \"shipped\", a path, or False")
     if isinstance(database, str) and database in ("shipped", "auto"):
         return shipped_database(target)
     if isinstance(database, ScheduleDatabase):
@@ -448,29 +461,51 @@ def shipped_database_files(target) -> list[Path]:
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
 
 
+# (family, kind, ((file, size, mtime), ...)) -> merged database or None; one per process
+_SHIPPED_CACHE: dict = {}
+
+
 def shipped_database(target) -> ScheduleDatabase | None:
     """All shipped records for ``target``'s family merged into one database (None if none).
 
     Shipped files are tuned on one CPU of a family; they are applied to any target of the
-    same family (kind and ISA), so only the kind is checked here.
+    same family (kind and ISA), so only the kind is checked here. A record is used only
+    for a function structurally equal to its workload (MetaSchedule's lookup), so records
+    of other models are simply not used.
+
+    The merged database is loaded once per process and reused (keyed by the family and the
+    files' sizes and modification times), so :func:`tvm_hcprune.build`, which applies it by
+    default, does not re-read the files on every build.
     """
+    import dataclasses
+
     from tvm.s_tir import meta_schedule as ms
 
     target = resolve_target(target)
     files = shipped_database_files(target)
     if not files:
         return None
-    merged = ScheduleDatabase(ms.database.MemoryDatabase(), target_dict(target),
-                              {"files": [f.name for f in files]}, "shipped")
-    want_kind = target_dict(target).get("kind")
-    for path in files:
-        db = load_database(path)
-        if db.target.get("kind") != want_kind:
-            continue
-        for rec in db.records():
-            wl = merged.ms_database.commit_workload(rec.workload.mod)
-            merged.ms_database.commit_tuning_record(_rebind(rec, wl))
-    return merged if len(merged) else None
+    want = target_dict(target)
+    want_kind = want.get("kind")
+    key = (target_family(target), want_kind,
+           tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _SHIPPED_CACHE:
+        merged = ScheduleDatabase(ms.database.MemoryDatabase(), want,
+                                  {"files": [f.name for f in files]}, "shipped")
+        for path in files:
+            db = load_database(path)
+            if db.target.get("kind") != want_kind:
+                continue
+            for rec in db.records():
+                wl = merged.ms_database.commit_workload(rec.workload.mod)
+                merged.ms_database.commit_tuning_record(_rebind(rec, wl))
+        _SHIPPED_CACHE[key] = merged if len(merged) else None
+    cached = _SHIPPED_CACHE[key]
+    if cached is None:
+        return None
+    # the same records, labelled with the caller's target (for compatibility checks)
+    cached.uses_tensorize()  # computed once, copied below
+    return dataclasses.replace(cached, target=want, meta=dict(cached.meta))
 
 
 # ---------------------------------------------------------------------------------------
@@ -576,22 +611,10 @@ def apply_database_to_fused(mod, database, target):
     db = as_database(database, target)
     if db is None or len(db) == 0:
         return mod
-    if _uses_tensorize(db):
+    if db.uses_tensorize():
         ensure_tensor_intrinsics(target)
     with target, db.ms_database:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-
-
-def _uses_tensorize(db: ScheduleDatabase) -> bool:
-    """Whether any record's trace tensorizes (its intrinsics must be registered to replay)."""
-    for rec in db.records():
-        try:
-            text = json.dumps(_to_plain(rec.trace.as_json()))
-        except (TypeError, ValueError):
-            return True
-        if "ensorize" in text:
-            return True
-    return False
 
 
 def scheduled_functions(mod) -> list[str]:
