@@ -8,8 +8,12 @@ What differs from ``ms.relax_integration.tune_relax``:
 - only the target's tensor intrinsics are imported
   (:func:`~tvm_hcprune.schedule.database.ensure_tensor_intrinsics`, 0.4 s instead of 30 s);
 - the search starts from the schedule rules' own schedules when they can be expressed as a
-  trace on the task (seeds are measured like any candidate and committed to the database,
-  so tuning never ends slower than the rules);
+  trace on the task (seeds are measured like any candidate and committed to the database);
+- tuning never ends slower than the rules, by construction: a task keeps its best record
+  only when that record beats the rules' schedule re-measured side by side (otherwise the
+  task has no record and the pipeline applies the rules), and then the whole model built
+  with the records is timed against the rules-only build and the records are dropped
+  unless they make it faster (:func:`compare_with_rules`);
 - the XGBoost cost model and evolutionary search are sized for small budgets;
 - progress is a tqdm bar (trials, tasks done, best total latency, ETA) while MetaSchedule's
   own logs go to ``work_dir/logs``;
@@ -118,6 +122,17 @@ class TuneStats:
     rechecked : dict
         Task name -> best-record / seed latency ratio of the side-by-side re-measurement,
         for the tasks where the search claimed a win (> 1: the seed won after all).
+    kept : dict
+        Task name -> that ratio, for the tasks whose record is kept (it beat the rules'
+        schedule); every other task gets no record and keeps the rules.
+    unchecked : list of str
+        Tasks without a measured seed whose best record is kept as is.
+    measured : ScheduleDatabase or None
+        Every record measured (seeds included), before the selection: for inspection, or to
+        apply a task's best record regardless of the rules.
+    model : dict
+        The model-level check of :func:`compare_with_rules` (``tuned_ms``, ``rules_ms``,
+        ``ratio``, ``kept``), or why it was skipped.
     seconds : float
         Wall time of the run.
     """
@@ -130,6 +145,10 @@ class TuneStats:
     best: dict = field(default_factory=dict)
     seeds: dict = field(default_factory=dict)
     rechecked: dict = field(default_factory=dict)
+    kept: dict = field(default_factory=dict)
+    unchecked: list = field(default_factory=list)
+    measured: object = None
+    model: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def note(self, name: str, builder_results, runner_results) -> None:
@@ -347,9 +366,10 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats) ->
             continue
         wl = database.commit_workload(ctx.mod)
         record = ms.database.TuningRecord(cand.sch.trace, wl, secs, target, cand.args_info)
-        if not dbm.serializable(record):
-            continue  # e.g. dlight traces with an IndexMap: they cannot be saved
-        database.commit_tuning_record(record)
+        # e.g. dlight traces with an IndexMap cannot be saved: such a seed is not committed
+        # (the search cannot start from it) but is still the baseline a record must beat
+        if dbm.serializable(record):
+            database.commit_tuning_record(record)
         seeds[ctx.task_name] = cand
         stats.seeds[ctx.task_name] = sum(secs) / len(secs)
         stats.best[ctx.task_name] = min(stats.best.get(ctx.task_name, float("inf")),
@@ -357,46 +377,60 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats) ->
     return seeds
 
 
-def _revalidate(ctxs, target, builder, runner, database, seeds: dict, stats: TuneStats,
-                rounds: int = 3):
-    """Re-measure seed and best record side by side where the search claims a win.
+def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneStats,
+            rounds: int = 3, min_gain: float = 0.02):
+    """Keep, per task, the search's best record only where it beats the rules' schedule.
 
-    On a shared machine a candidate measured in a quiet moment can look faster than a seed
-    measured in a busy one. For every task whose best record is not its seed, both are
-    measured again, interleaved, ``rounds`` times; the best time of each decides.
+    For every task whose best record is not its seed, seed and record are measured again
+    side by side, interleaved, ``rounds`` times (on a shared machine a candidate measured
+    in a quiet moment can look faster than a seed measured in a busy one); the best time
+    of each decides. The record is kept when it is at least ``min_gain`` faster than the
+    seed; otherwise, and for tasks whose best is the seed itself, the task gets no record
+    and the pipeline applies the schedule rules to it, exactly as without a database.
+    Tasks without a measured seed keep the search's best (there is no baseline to beat).
 
-    Returns the final MetaSchedule database: re-checked workloads keep only their two
-    re-measured records, the others keep all records.
+    Returns the final MetaSchedule database: one record per kept task, with its
+    re-measured time.
     """
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
+    final = ms.database.MemoryDatabase()
+
+    def keep(ctx, record, secs):
+        wl = final.commit_workload(ctx.mod)
+        final.commit_tuning_record(ms.database.TuningRecord(
+            record.trace, wl, secs, target, record.args_info))
+
     checks = []
     for ctx in ctxs:
-        seed = seeds.get(ctx.task_name)
-        if seed is None:
-            continue
+        name = ctx.task_name
         wl = database.commit_workload(ctx.mod)
         top = database.get_top_k(wl, 1)
-        if not top or str(top[0].trace) == str(seed.sch.trace):
+        seed = seeds.get(name)
+        if not top:
             continue
+        if seed is None:
+            keep(ctx, top[0], top[0].run_secs)
+            stats.unchecked.append(name)
+            continue
+        if str(top[0].trace) == str(seed.sch.trace):
+            continue  # the rules' schedule is the best measured: no record, rules apply
         sch = s_tir.Schedule(ctx.mod)
         try:
             top[0].trace.apply_to_schedule(sch, remove_postproc=False)
-        except Exception:  # noqa: BLE001 - keep the search's record as it is
+        except Exception:  # noqa: BLE001 - a record that does not replay is not kept
             continue
-        checks.append((ctx, wl, seed, ms.MeasureCandidate(sch, top[0].args_info)))
+        checks.append((ctx, seed, ms.MeasureCandidate(sch, top[0].args_info), top[0]))
     if not checks:
-        return database
+        return final
     cands = []
     for _ in range(rounds):
-        for _ctx, _wl, seed, best in checks:
+        for _ctx, seed, best, _rec in checks:
             cands += [seed, best]
     secs = _measure(cands, target, builder, runner)
-    final = ms.database.MemoryDatabase()
-    rechecked = set()
     per = 2 * len(checks)
-    for k, (ctx, _wl, seed, best) in enumerate(checks):
+    for k, (ctx, _seed, _best, record) in enumerate(checks):
         times = {"seed": [], "best": []}
         for r in range(rounds):
             for j, label in enumerate(("seed", "best")):
@@ -404,21 +438,103 @@ def _revalidate(ctxs, target, builder, runner, database, seeds: dict, stats: Tun
                 if value is not None:
                     times[label].append(min(value))
         if not times["seed"] or not times["best"]:
-            continue
-        new_wl = final.commit_workload(ctx.mod)
-        for label, cand in (("seed", seed), ("best", best)):
-            final.commit_tuning_record(ms.database.TuningRecord(
-                cand.sch.trace, new_wl, [min(times[label])], target, cand.args_info))
-        rechecked.add(str(new_wl.as_json()[0]))
-        stats.best[ctx.task_name] = min(min(times["seed"]), min(times["best"]))
-        stats.rechecked[ctx.task_name] = min(times["best"]) / min(times["seed"])
-    for rec in database.get_all_tuning_records():
-        if str(rec.workload.as_json()[0]) in rechecked:
-            continue
-        wl = final.commit_workload(rec.workload.mod)
-        final.commit_tuning_record(ms.database.TuningRecord(
-            rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+            continue  # not comparable: keep the rules
+        seed_s, best_s = min(times["seed"]), min(times["best"])
+        ratio = best_s / seed_s
+        stats.rechecked[ctx.task_name] = ratio
+        stats.seeds[ctx.task_name] = seed_s
+        stats.best[ctx.task_name] = min(seed_s, best_s)
+        if ratio <= 1.0 - min_gain:
+            keep(ctx, record, [best_s])
+            stats.kept[ctx.task_name] = ratio
     return final
+
+
+def _model_inputs(mod) -> dict | None:
+    """Random inputs for ``mod["main"]`` (name -> numpy array), None when a shape is not
+    static or a parameter is not a tensor."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for param in mod["main"].params:
+        ty = param.ty
+        shape = getattr(ty, "shape", None)
+        if shape is None or not hasattr(ty, "dtype"):
+            return None
+        dims = []
+        for d in shape:
+            value = getattr(d, "value", d)
+            if not isinstance(value, int):
+                return None
+            dims.append(int(value))
+        dtype = str(ty.dtype)
+        if dtype.startswith("float"):
+            out[param.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            out[param.name] = np.zeros(dims, dtype=dtype)
+    return out
+
+
+def _local_model_latency(ex, inputs: dict, target, repeat: int) -> float:
+    """Best latency (seconds) of ``repeat`` runs of a compiled model on the local device."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu() if target.kind.name == "llvm" else tvm.device(target.kind.name)
+    vm = relax.VirtualMachine(ex, dev)
+    args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
+    vm["main"](*args)  # warm-up
+    vm.set_input("main", *args)
+    timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat)
+    return min(float(t) for t in timer("main").results)
+
+
+def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 10,
+                       min_gain: float = 0.01) -> tuple:
+    """Time the model built with ``database`` against the rules-only build; keep the faster.
+
+    Both builds are run on this machine, interleaved, ``rounds`` times (best of ``repeat``
+    runs each); the database is kept only when its model is at least ``min_gain`` faster.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The model that was tuned.
+    target : Target, dict or str
+        A target this machine runs (llvm, or cuda with a local GPU).
+    database : ScheduleDatabase
+        The tuned records.
+
+    Returns
+    -------
+    (ScheduleDatabase, dict)
+        ``database`` itself, or an empty database for the target when the rules-only model
+        was as fast; and the figures (``tuned_ms``, ``rules_ms``, ``ratio``, ``kept``:
+        ``"tuned"`` or ``"rules"``, or ``skipped`` with the reason).
+    """
+    from tvm_hcprune.pipeline import build
+
+    target = dbm.resolve_target(target)
+    if len(database) == 0:
+        return database, {"kept": "rules", "skipped": "no record beat the rules per task"}
+    inputs = _model_inputs(mod)
+    if inputs is None:
+        return database, {"kept": "tuned", "skipped": "the model's inputs are not static"}
+    exes = {"rules": build(mod, target, database=False),
+            "tuned": build(mod, target, database=database)}
+    best = dict.fromkeys(exes, float("inf"))
+    for _ in range(rounds):
+        for label, ex in exes.items():
+            best[label] = min(best[label], _local_model_latency(ex, inputs, target, repeat))
+    ratio = best["tuned"] / best["rules"]
+    kept = "tuned" if ratio <= 1.0 - min_gain else "rules"
+    info = {"tuned_ms": round(best["tuned"] * 1e3, 4), "rules_ms": round(best["rules"] * 1e3, 4),
+            "ratio": round(ratio, 4), "records": len(database), "kept": kept}
+    if kept == "tuned":
+        return database, info
+    empty = dbm.new_database(target, dict(database.meta), database.source)
+    return empty, info
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,7 +571,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
          num_trials_per_iter: int | None = None, seed_rules: bool = True, seed: int = 0,
          number: int = 3, repeat: int = 1, min_repeat_ms: int = 50,
          session_timeout: float = 60.0, progress: bool = True, meta: dict | None = None,
-         return_stats: bool = False):
+         return_stats: bool = False, min_gain: float = 0.02, model_check: bool = True):
     """Tune the fused functions of ``mod`` for ``target`` with MetaSchedule.
 
     Parameters
@@ -483,8 +599,10 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         Candidates per measured batch (default: ``min(trials_per_task, 16)``).
     seed_rules : bool
         Measure the schedule rules' schedules (the unscheduled function where no rule fits)
-        first and start the search from them; at the end, every task whose best record is
-        not its seed is re-measured side by side with the seed and the faster one kept.
+        first and start the search from them. At the end, every task whose best record is
+        not its seed is re-measured side by side with the seed; the record is kept only when
+        it is ``min_gain`` faster, otherwise the task gets no record and keeps the rules'
+        schedule (so no task ends slower than the rules, as measured).
     seed : int
         Random seed of the search.
     number, repeat, min_repeat_ms : int
@@ -497,6 +615,15 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         Extra provenance stored in the database.
     return_stats : bool
         Return ``(database, TuneStats)`` instead of the database.
+    min_gain : float
+        How much faster than the rules' schedule (re-measured side by side) a task's record
+        must be to be kept (0.02: 2%).
+    model_check : bool
+        After the per-task selection, build the whole model with the records and with the
+        rules only, time both here, interleaved (:func:`compare_with_rules`), and return an
+        empty database when the rules-only model is as fast. Skipped for RPC and custom
+        runners (the device is elsewhere) and for models with dynamic input shapes; the
+        figures are in ``TuneStats.model`` and the database's ``meta["model_check"]``.
 
     Returns
     -------
@@ -591,8 +718,9 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                     database=ms_db, cost_model=cost_model, measure_callbacks=callbacks,
                     task_scheduler="gradient",
                 )
-                if seeds:
-                    ms_db = _revalidate(ctxs, target, builder, ms_runner, ms_db, seeds, stats)
+                stats.measured = dbm.database_from_ms(ms_db, target, {"measured": True})
+                ms_db = _select(ctxs, target, builder, ms_runner, ms_db, seeds, stats,
+                                min_gain=min_gain)
             finally:
                 done = sum(1 for n in stats.tasks if n in stats.best)
                 bar.set_postfix_str(f"tasks {done}/{len(stats.tasks)}, "
@@ -619,6 +747,13 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         **(meta or {}),
     }
     result = dbm.database_from_ms(ms_db, target, info)
+    if model_check and runner == "local" and rpc_tracker is None:
+        result, stats.model = compare_with_rules(mod, target, result)
+    elif model_check:
+        stats.model = {"kept": "tuned", "skipped": "the model is not timed through RPC or a "
+                                                   "custom runner"}
+    if stats.model:
+        result.meta["model_check"] = stats.model
     if output is not None:
         result.save(output)
     return (result, stats) if return_stats else result
