@@ -147,7 +147,7 @@ def run(args) -> int:
     if args.tuning_records:
         database = load_database(args.tuning_records, target)
     elif args.no_shipped_schedules:
-        database = None
+        database = False  # the rules only (None would mean: the shipped databases)
     else:
         database = "shipped"
     t0 = time.perf_counter()

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                    help="seconds one measurement may take (RPC session bound)")
     p.add_argument("--no-seed", action="store_true",
                    help="do not start the search from the schedule rules' schedules")
+    p.add_argument("--no-model-check", action="store_true",
+                   help="keep the per-task records without timing the whole model against "
+                        "the rules-only build")
     p.set_defaults(func=run)
 
 
@@ -64,7 +67,15 @@ def run(args) -> int:
         session_timeout=args.timeout, seed_rules=not args.no_seed, output=out,
         meta={"model": Path(args.model).name, "prune_ratio": ratio,
               "preset": args.preset}, return_stats=True,
+        model_check=not args.no_model_check,
     )
     _log(f"tuned {len(stats.tasks)} tasks, {stats.valid}/{stats.trials} valid trials in "
-         f"{stats.seconds:.0f} s; {len(db)} records -> {out}")
+         f"{stats.seconds:.0f} s; {len(stats.kept)} tasks beat the rules' schedule")
+    model = stats.model
+    if "ratio" in model:
+        _log(f"model: tuned {model['tuned_ms']:.3f} ms vs rules {model['rules_ms']:.3f} ms "
+             f"-> keeping the {model['kept']}")
+    elif model.get("skipped"):
+        _log(f"model check skipped: {model['skipped']}")
+    _log(f"{len(db)} records -> {out}")
     return 0
