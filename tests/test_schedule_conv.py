@@ -48,17 +48,14 @@ def run(mod, pipeline, x):
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def check_against_default(mod, expect_kernel=True):
+def check_against_default(mod):
     shape = [int(s) for s in mod["main"].params[0].ty.shape]
     x = np.random.default_rng(1).standard_normal(shape).astype("float32")
     ref = run(mod, relax.get_default_pipeline(TARGET), x)
     ours = run(mod, get_pipeline(TARGET, strict=True), x)
     kernels = scheduled_kernels(mod, TARGET)
-    if expect_kernel:
-        assert len(kernels) == 1
-        assert "tirx.is_scheduled" in next(iter(kernels.values())).script()
-    else:  # grouped (non-depthwise) convs fall back to TVM's default lowering for now
-        assert not kernels
+    assert len(kernels) == 1
+    assert "tirx.is_scheduled" in next(iter(kernels.values())).script()
     scale = max(1.0, float(np.abs(ref).max()))
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * scale)
 
@@ -85,8 +82,7 @@ CASES = {
 def test_conv_rule_matches_default(case):
     """Each conv shape class gives TVM's default pipeline's output (rtol 1e-5)."""
     ic, oc, hw, k, s, p, g, d, epi = CASES[case]
-    grouped = 1 < g < ic
-    check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi), not grouped)
+    check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi))
 
 
 def _scheduled(mod):

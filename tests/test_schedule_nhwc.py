@@ -52,8 +52,5 @@ def test_nhwc_conv_matches_default(ic, oc, hw, k, stride, pad, groups, kl):
     ours = _run(mod, get_pipeline(TARGET, strict=True), x)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
     kernels = scheduled_kernels(mod, TARGET)
-    if 1 < groups < ic:  # grouped (non-depthwise) convs fall back to TVM's default for now
-        assert not kernels
-    else:
-        assert len(kernels) == 1, "the conv must take tvm_hcprune's kernel"
-        assert "tirx.is_scheduled" in next(iter(kernels.values())).script()
+    assert len(kernels) == 1, "the conv must take tvm_hcprune's kernel"
+    assert "tirx.is_scheduled" in next(iter(kernels.values())).script()

@@ -204,7 +204,8 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
             axis=[rc, ry, rx, ri],
         ),
         name="hcp_conv",
-        attrs={"hcp_tile": plan.tile_w, "hcp_spatial_major": int(plan.spatial_major)},
+        attrs={"hcp_tile": plan.tile_w, "hcp_spatial_major": int(plan.spatial_major),
+               "hcp_tile_writeback": int(g == 1 or ocg % ob == 0)},
     )
 
     def _unpack(nn, c, y, x):

@@ -29,6 +29,7 @@ _RULE_ERRORS = (RuntimeError, ValueError, TypeError, AttributeError, IndexError,
 
 TILE_ATTR = "hcp_tile"
 ORDER_ATTR = "hcp_spatial_major"
+WRITEBACK_ATTR = "hcp_tile_writeback"
 
 
 def _block_names(func) -> list[str]:
@@ -93,6 +94,20 @@ def _vectorize_writeback(sch, block, channel_block: int) -> None:
         pass
 
 
+def _schedule_separate_writeback(sch, unpack) -> None:
+    """Write-back as its own parallel loop nest after the whole blocked output is computed.
+
+    Used for grouped convs whose per-group output channels are not a multiple of the output
+    block: a block then straddles two groups, the channel index ``c -> (c // ocg,
+    c % ocg // ob)`` is not invertible per tile, and ``reverse_compute_at`` widens the tile's
+    write-back to the neighbouring group's channels (read from registers this tile never
+    computed, and written concurrently with the tile that owns them: the intermittent wrong
+    outputs of grouped NHWC convs seen once in CI).
+    """
+    loops = sch.get_loops(unpack)
+    sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+
+
 def _schedule_pack(sch, pack, n_outer: int) -> None:
     loops = sch.get_loops(pack)
     outer = sch.fuse(*loops[:n_outer])
@@ -100,20 +115,42 @@ def _schedule_pack(sch, pack, n_outer: int) -> None:
     sch.unroll(loops[-1])
 
 
+def _blocked_kernel(sch, names: list[str], prefix: str):
+    """(kernel, pack, unpack, tile) blocks of ``hcp_{prefix}pack/conv/unpack``, or None."""
+    found = [_find(names, f"hcp_{prefix}{part}") for part in ("conv", "pack", "unpack")]
+    if not all(found):
+        return None
+    conv, pack, unpack = (sch.get_sblock(n) for n in found)
+    _inline_epilogue(sch, unpack)
+    return conv, pack, unpack, int(sch.get(conv).annotations[TILE_ATTR])
+
+
+def _finish_tile(sch, conv, pack, unpack, outer, vec, first_reduction, n_pack_outer,
+                 tile_writeback=True) -> None:
+    """Common tail of the blocked conv rules: accumulators of the register tile in
+    registers (``vec`` vectorised), the write-back (with the inlined epilogue) per tile,
+    the initialisation split off and vectorised, the input packing parallel."""
+    if tile_writeback:
+        sch.set_scope(conv, 0, "local")
+        sch.reverse_compute_at(unpack, outer)
+        _vectorize_writeback(sch, unpack, _extent(sch, vec))
+    else:
+        _schedule_separate_writeback(sch, unpack)
+    init = sch.decompose_reduction(conv, first_reduction)
+    sch.vectorize(sch.get_loops(init)[-1])
+    _schedule_pack(sch, pack, n_pack_outer)
+
+
 def schedule_conv(sch, names: list[str]) -> bool:
     """Schedule a fused function holding ``hcp_pack``/``hcp_conv``/``hcp_unpack``."""
-    conv_name, pack_name, unpack_name = (
-        _find(names, "hcp_conv"), _find(names, "hcp_pack"), _find(names, "hcp_unpack"))
-    if not (conv_name and pack_name and unpack_name):
+    found = _blocked_kernel(sch, names, "")
+    if found is None:
         return False
-    conv = sch.get_sblock(conv_name)
-    unpack = sch.get_sblock(unpack_name)
-    pack = sch.get_sblock(pack_name)
-    tile = int(sch.get(conv).annotations[TILE_ATTR])
-    _inline_epilogue(sch, unpack)
+    conv, pack, unpack, tile = found
     n, g, cb, y, x, co, rc, ry, rx, ri = sch.get_loops(conv)
     xo, xi = sch.split(x, [None, tile])
-    if int(sch.get(conv).annotations.get(ORDER_ATTR, 0)):  # spatial-major: big input
+    ann = sch.get(conv).annotations
+    if int(ann.get(ORDER_ATTR, 0)):  # spatial-major: big input
         sch.reorder(n, g, y, xo, cb, rc, ry, rx, ri, xi, co)
         outer = sch.fuse(n, g, y, xo, cb)
     else:
@@ -123,26 +160,17 @@ def schedule_conv(sch, names: list[str]) -> bool:
     sch.unroll(ri)
     sch.unroll(xi)
     sch.vectorize(co)
-    sch.set_scope(conv, 0, "local")
-    sch.reverse_compute_at(unpack, outer)
-    _vectorize_writeback(sch, unpack, _extent(sch, co))
-    init = sch.decompose_reduction(conv, rc)
-    sch.vectorize(sch.get_loops(init)[-1])
-    _schedule_pack(sch, pack, 4)
+    _finish_tile(sch, conv, pack, unpack, outer, co, rc, 4,
+                 tile_writeback=bool(int(ann.get(WRITEBACK_ATTR, 1))))
     return True
 
 
 def schedule_dwconv(sch, names: list[str]) -> bool:
     """Schedule a fused function holding ``hcp_dwpack``/``hcp_dwconv``/``hcp_dwunpack``."""
-    conv_name, pack_name, unpack_name = (
-        _find(names, "hcp_dwconv"), _find(names, "hcp_dwpack"), _find(names, "hcp_dwunpack"))
-    if not (conv_name and pack_name and unpack_name):
+    found = _blocked_kernel(sch, names, "dw")
+    if found is None:
         return False
-    conv = sch.get_sblock(conv_name)
-    unpack = sch.get_sblock(unpack_name)
-    pack = sch.get_sblock(pack_name)
-    tile = int(sch.get(conv).annotations[TILE_ATTR])
-    _inline_epilogue(sch, unpack)
+    conv, pack, unpack, tile = found
     n, cb, y, x, ci, ry, rx = sch.get_loops(conv)
     xo, xi = sch.split(x, [None, tile])
     sch.reorder(n, cb, y, xo, ry, rx, xi, ci)
@@ -151,12 +179,7 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     sch.unroll(rx)
     sch.unroll(xi)
     sch.vectorize(ci)
-    sch.set_scope(conv, 0, "local")
-    sch.reverse_compute_at(unpack, outer)
-    _vectorize_writeback(sch, unpack, _extent(sch, ci))
-    init = sch.decompose_reduction(conv, ry)
-    sch.vectorize(sch.get_loops(init)[-1])
-    _schedule_pack(sch, pack, 3)
+    _finish_tile(sch, conv, pack, unpack, outer, ci, ry, 3)
     return True
 
 

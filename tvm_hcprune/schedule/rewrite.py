@@ -123,11 +123,6 @@ class _Rewriter(PyExprMutator):
         plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers)
         if plan.depthwise and w.shape[1] != 1:
             return None
-        if groups > 1 and not plan.depthwise:
-            # grouped (non-depthwise) kernels gave intermittently wrong outputs once in CI
-            # (NHWC, groups=3, OHWI, 2 threads; not reproduced in 6 reruns): TVM's default
-            # lowering until the race is found
-            return None
         if plan.depthwise and layout == "NCHW" and self.depthwise_rows:
             owp, per_tile = cw.plan_depthwise_rows(ow, self.lanes)
             wrow = np.ascontiguousarray(w[:, 0])
