@@ -7,8 +7,12 @@ For every model (the bundled ``mnist_resnet`` by default) and every prune ratio 
     .venv/bin/python benchmarks/regen_schedules.py --trials-per-task 8 --json out/regen.json
 
 The files are named ``<model>-r<percent>.json`` (``-r0`` dense) inside the target family's
-folder (``x86-avx2`` on an AVX2 CPU). ``schedules/README.md`` records how and where the
-shipped files were produced.
+folder (``x86-avx2`` on an AVX2 CPU). A file holds only records that beat the schedule
+rules (per task, re-measured side by side, and for the whole model, see
+:func:`tvm_hcprune.tune`); when tuning found nothing faster than the rules for a model, no
+file is written for it and an old one of that name is removed (the rules are what a build
+without a record uses anyway). ``schedules/README.md`` records how and where the shipped
+files were produced.
 """
 
 from __future__ import annotations
@@ -70,11 +74,16 @@ def main(argv=None) -> int:
                                                                             sys.argv[1:])},
             )
             path = out_dir / f"{name}-r{round(ratio * 100)}.json"
-            db.save(path, top_k=1)
+            if len(db):
+                db.save(path, top_k=1)
+            else:
+                path.unlink(missing_ok=True)  # nothing beat the rules: no stale records
             run = {"model": name, "ratio": ratio, "tasks": n_tasks, "trials": stats.trials,
-                   "valid": stats.valid, "seconds": round(time.perf_counter() - start, 1),
-                   "file": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
-                   else str(path)}
+                   "valid": stats.valid, "tasks_beating_rules": len(stats.kept),
+                   "records": len(db), "model_check": stats.model,
+                   "seconds": round(time.perf_counter() - start, 1),
+                   "file": (str(path.relative_to(ROOT)) if path.is_relative_to(ROOT)
+                            else str(path)) if len(db) else None}
             figures["runs"].append(run)
             print(json.dumps(run), flush=True)
     if args.json:

@@ -12,7 +12,8 @@ they were tuned for::
 raises :class:`~tvm_hcprune.errors.HCPruneError`), :func:`apply_database` replaces the fused
 PrimFuncs that have a record with their tuned schedule (the rest fall back to the schedule
 rules), and :func:`shipped_database` finds the databases shipped in the top-level
-``schedules/`` folder for a target, like TVM's old TopHub logs.
+``schedules/`` folder for a target, like TVM's old TopHub logs (loaded once per process;
+:func:`tvm_hcprune.build` applies them by default, ``database=False`` opts out).
 """
 
 from __future__ import annotations
