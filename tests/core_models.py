@@ -36,11 +36,22 @@ def build(kind: str, seed: int = 0):
         y = g.conv_bn(y, 16, 16, 3, groups=16, act="relu6")
         out = g.conv(y, 16, 3, 1)
         return _finish(g, out, [1, 3, H, H], kind), True
-    if kind == "grouped":
+    if kind == "grouped":  # ResNeXt: 1x1 -> grouped 3x3 -> 1x1
         y = g.conv_bn(x, 4, 16, 1)
-        y = g.conv(y, 16, 16, 3, groups=4)
+        y = g.conv_bn(y, 16, 24, 3, groups=4)
+        out = g.conv(y, 24, 3, 1)
+        return _finish(g, out, [1, 3, H, H], kind), True
+    if kind == "channel_shuffle":  # ShuffleNet unit: gconv -> shuffle -> dw -> gconv, residual
+        s = g.conv_bn(x, 4, 16, 1)
+        y = g.conv_bn(s, 16, 32, 1, groups=4)
+        y = g.op("Reshape", [y, g.const(np.array([1, 4, 8, H, H], np.int64))])
+        y = g.op("Transpose", [y], perm=[0, 2, 1, 3, 4])
+        y = g.op("Reshape", [y, g.const(np.array([1, 32, H, H], np.int64))])
+        y = g.conv_bn(y, 32, 32, 3, groups=32, act=None)
+        y = g.conv_bn(y, 32, 16, 1, groups=4, act=None)
+        y = g.op("Relu", [g.op("Add", [s, y])])
         out = g.conv(y, 16, 3, 1)
-        return _finish(g, out, [1, 3, H, H], kind), False  # grouped conv: a barrier
+        return _finish(g, out, [1, 3, H, H], kind), True
     if kind == "residual":
         a = g.conv_bn(x, 4, 12, 3)
         b = g.conv_bn(a, 12, 12, 3, act=None)
@@ -193,7 +204,8 @@ def attention(g, t=5, d=16, heads=4, ffn=24):
     return g.model(out, [1, t, d], [1, t, d], "attention")
 
 
-KINDS = ["conv_bias", "batchnorm_relu_conv", "depthwise", "grouped", "residual", "se_gate",
+KINDS = ["conv_bias", "batchnorm_relu_conv", "depthwise", "grouped", "channel_shuffle",
+         "residual", "se_gate",
          "hardswish", "silu_tanh", "prelu", "concat", "split", "slice_channels",
          "pad_pool_resize", "channel_pad", "flatten_gemm", "transpose", "conv_transpose",
          "ffn", "attention",

@@ -8,6 +8,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.testing import masked_reference, run_relax
+from tvm_hcprune.testing.onnx_models import GraphBuilder
 
 
 def _input(model, seed=0):
@@ -43,11 +44,68 @@ def test_mask_oracle(kind):
     assert (report.macs_after, report.params_after) == (after.total_macs, after.total_params)
 
 
-def test_grouped_conv_is_a_barrier_with_reason():
+def _convs(mod):
+    return [b.value for b in mod["main"].body.blocks[0].bindings
+            if getattr(getattr(b.value, "op", None), "name", "") == "relax.nn.conv2d"]
+
+
+def test_grouped_conv_keeps_equal_counts_per_group():
+    """ResNeXt-style 1x1 -> grouped 3x3: each conv group is a group of the plan that keeps
+    as many channels as the others; the grouped weight stays grouped, gathered per group."""
     model, _ = build("grouped")
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    assert len(graph.balanced_sets) == 1 and len(graph.balanced_sets[0]) == 4
+    assert {graph.groups[i].size for i in graph.balanced_sets[0]} == {4}
+    pruned, report = hc.prune(mod, ratio=0.5, align=1, criterion="random", seed=3)
+    kept = [tuple(report.plan.kept_indices(i)) for i in graph.balanced_sets[0]]
+    assert {len(k) for k in kept} == {2} and len(set(kept)) > 1  # per-group choices differ
+    grouped = [c for c in _convs(pruned) if int(c.attrs.groups) == 4]
+    assert [int(v) for v in grouped[0].args[1].ty.shape.values] == [12, 2, 3, 3]
+    x = _input(model)
+    np.testing.assert_allclose(run_relax(pruned, [x]),
+                               run_relax(masked_reference(mod, report.plan), [x]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_channel_shuffle_prunes_the_bottleneck():
+    model, _ = build("channel_shuffle")
+    mod = from_onnx(model)
+    pruned, _ = hc.prune(mod, ratio=0.5, align=1)
+    shapes = [[int(v) for v in c.args[1].ty.shape.values] + [int(c.attrs.groups)]
+              for c in _convs(pruned)]
+    # stem 1x1, gconv1 (4 groups), depthwise (shuffled), gconv2 (4 groups), head
+    assert shapes[1][0] < 32 and shapes[1][0] % 4 == 0 and shapes[1][-1] == 4
+    assert shapes[2][0] == shapes[1][0] == shapes[2][-1]  # depthwise follows the shuffle
+    assert shapes[3][1] * 4 == shapes[1][0] and shapes[3][-1] == 4
+
+
+def test_grouped_conv_with_unbalanceable_input_is_frozen_with_reason():
+    """Concat of 6 + 10 channels into 4 groups of 4: the groups see differently structured
+    channels, so they cannot keep equal counts: frozen, with the reason."""
+    g = GraphBuilder(0)
+    a = g.conv_bn("input", 4, 6, 1)
+    b = g.conv_bn("input", 4, 10, 1)
+    y = g.conv(g.op("Concat", [a, b], axis=1), 16, 8, 3, groups=4)
+    model = g.model(g.conv(y, 8, 3, 1), [1, 4, 6, 6], [1, 3, 6, 6], "unbalanced")
     graph = hc.analyze(from_onnx(model))
-    reasons = [f.reason for f in graph.frozen]
-    assert any("grouped convolution (groups=4)" in r for r in reasons)
+    reasons = {f.reason for f in graph.frozen}
+    assert any("grouped conv whose groups" in r for r in reasons), reasons
+    pruned, report = hc.prune(from_onnx(model), ratio=0.5, align=1)
+    x = _input(model)
+    np.testing.assert_allclose(run_relax(pruned, [x]),
+                               run_relax(masked_reference(from_onnx(model), report.plan), [x]),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_conv_on_the_model_input_is_frozen():
+    g = GraphBuilder(0)
+    y = g.conv("input", 4, 8, 3, groups=2)
+    model = g.model(g.conv(y, 8, 3, 1), [1, 4, 6, 6], [1, 3, 6, 6], "grouped_input")
+    graph = hc.analyze(from_onnx(model))
+    assert any("grouped conv over channels that cannot be pruned" in f.reason
+               for f in graph.frozen)
+    assert any(g.prunable and g.size == 4 for g in graph.groups)  # its output still prunes
 
 
 def test_softmax_freezes_with_reason():

@@ -11,7 +11,7 @@ from tvm_hcprune.testing import masked_reference, run_relax
 from tvm_hcprune.testing.onnx_models import GraphBuilder
 
 BLOCKS = ["conv", "conv_bn_relu", "depthwise", "residual", "se", "concat", "hardswish",
-          "pool", "channel_pad"]
+          "pool", "channel_pad", "grouped", "shuffle"]
 
 
 def _random_model(blocks, widths, seed):
@@ -43,6 +43,12 @@ def _random_model(blocks, widths, seed):
             p = g.op("Pad", [x, g.const(np.array([0, 0, 0, 0, 0, 2, 0, 0], np.int64))])
             y = g.conv(x, c, c + 2, 1, bias=True)
             x, c = g.op("Add", [p, y]), c + 2
+        elif kind == "grouped" and c % 2 == 0:
+            x, c = g.conv_bn(x, c, 2 * w, 3, groups=2), 2 * w
+        elif kind == "shuffle" and c % 2 == 0:
+            x = g.op("Reshape", [x, g.const(np.array([1, 2, c // 2, 6, 6], np.int64))])
+            x = g.op("Transpose", [x], perm=[0, 2, 1, 3, 4])
+            x = g.op("Reshape", [x, g.const(np.array([1, c, 6, 6], np.int64))])
     out = g.head(x, c, 5)
     return g.model(out, [1, 4, 6, 6], [1, 5], "random")
 

@@ -52,6 +52,24 @@ def test_export_equals_pruned_tvm_module(build):
     assert _initializer_shapes(model) == before  # the input model is not modified
 
 
+def test_export_grouped_conv_and_channel_shuffle():
+    """Grouped convs keep their group count with per-group gathered weights; the shuffle's
+    Reshape shapes follow the pruned widths; onnxruntime equals the pruned TVM module."""
+    from core_models import build as build_core
+
+    model, _ = build_core("channel_shuffle")
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    pruned, rep = hc.prune(mod, ratio=0.5, align=1, graph=graph)
+    out = rep.plan.apply_to_onnx(model, graph, pruned)
+    onnx.checker.check_model(out)
+    x = _input(model)
+    np.testing.assert_allclose(_ort(out, x), run_relax(pruned, [x]), rtol=1e-4, atol=1e-5)
+    groups = [a.i for n in out.graph.node if n.op_type == "Conv" for a in n.attribute
+              if a.name == "group"]
+    assert groups.count(4) == 2 and _initializer_shapes(out) != _initializer_shapes(model)
+
+
 @pytest.mark.slow
 def test_export_carries_reconstructed_weights():
     """Re-fitted weights and the intercept folded into batch-norm means reach the ONNX

@@ -13,8 +13,8 @@ count no longer matches are rewritten from the pruned Relax module's shapes; sta
 
 Anything the mapping cannot account for is refused with :class:`HCPruneError` naming the
 constant and the reason (a constant computed in the graph rather than stored, one ONNX
-tensor shared by layers pruned differently, grouped convolutions, a reshape whose new shape
-is ambiguous, an output shape that would change) - the export never guesses.
+tensor shared by layers pruned differently, grouped transposed convolutions, a reshape
+whose new shape is ambiguous, an output shape that would change) - the export never guesses.
 """
 
 from __future__ import annotations
@@ -238,7 +238,8 @@ def cands_for(name, cands):
 
 
 def _fix_groups(model, sources, new_values):
-    """Depthwise Conv nodes: ``group`` follows the (pruned) channel count."""
+    """Depthwise Conv nodes: ``group`` follows the (pruned) channel count; other grouped
+    Conv nodes keep theirs (every group keeps equally many channels)."""
     for node in model.graph.node:
         if node.op_type not in ("Conv", "ConvTranspose") or len(node.input) < 2:
             continue
@@ -251,6 +252,8 @@ def _fix_groups(model, sources, new_values):
         old_w, new_w = sources.arrays[w], new_values[w]
         if node.op_type == "Conv" and group.i == old_w.shape[0] and old_w.shape[1] == 1:
             group.i = int(new_w.shape[0])
+        elif node.op_type == "Conv" and new_w.shape[0] % group.i == 0:
+            pass  # grouped: the group count stays, the rewrite gathered the weight per group
         else:
             raise HCPruneError(f"grouped {node.op_type} {node.name!r} (group={group.i}) "
                                "changed; only depthwise convolutions can be exported")

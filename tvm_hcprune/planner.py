@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .config import PruneConfig
@@ -17,7 +19,10 @@ def member_matrix(graph, member, group_id: int) -> np.ndarray:
     """
     call = graph.ctx.values[member.var]
     w = graph.ctx.array(call.args[member.arg])
-    w = np.moveaxis(w, member.axis, 0)
+    if member.kind == "grouped_consumer":
+        w = grouped_input_view(w, *graph.ctx.group_inputs[member.var][:3])
+    else:
+        w = np.moveaxis(w, member.axis, 0)
     size = graph.groups[group_id].size
     rows = []
     offset = 0
@@ -31,10 +36,20 @@ def member_matrix(graph, member, group_id: int) -> np.ndarray:
     return np.concatenate(rows, axis=1)
 
 
+def grouped_input_view(w: np.ndarray, ko: int, ki: int, groups: int) -> np.ndarray:
+    """A grouped conv weight seen per input channel: row ``q * cin_g + r`` holds what group
+    ``q``'s output channels read from their ``r``-th input channel."""
+    w = np.moveaxis(w, (ki, ko), (0, 1))
+    per_in, cout = w.shape[:2]
+    w = w.reshape(per_in, groups, cout // groups, -1).transpose(1, 0, 2, 3)
+    return w.reshape(groups * per_in, -1)
+
+
 def group_views(graph, group, calibration=None) -> GroupViews:
     by_kind = {"producer": [], "consumer": [], "scale": []}
     for m in group.members:
-        by_kind[m.kind].append(member_matrix(graph, m, group.id))
+        kind = "consumer" if m.kind == "grouped_consumer" else m.kind
+        by_kind[kind].append(member_matrix(graph, m, group.id))
     return GroupViews(group.size, by_kind["producer"], by_kind["consumer"], by_kind["scale"],
                       graph=graph, group=group, calibration=calibration)
 
@@ -66,22 +81,39 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
     crit = get_criterion(config.criterion)
     rng = np.random.default_rng(config.seed)
     kept, sizes = {}, {}
-    for g in graph.groups:
-        if g.frozen or _protected(g, config.protect):
-            continue
-        # attention heads are pruned whole: align counts heads, at least one head of channels
-        n_keep = config.kept_count(g.size, align if g.unit == 1 else max(1, align // g.unit))
-        if n_keep >= g.size:
-            continue
+
+    def scores_of(g):
         scores = np.asarray(crit(group_views(graph, g, calibration), rng,
                                  **config.criterion_options))
         if scores.shape != (g.size,):
             raise ValueError(f"criterion {config.criterion!r} returned shape {scores.shape} "
                              f"for a group of {g.size} channels")
-        # stable: ties keep the lower index
-        order = np.argsort(-scores, kind="stable")
+        return scores
+
+    def keep(g, n_keep, scores):
+        order = np.argsort(-scores, kind="stable")  # stable: ties keep the lower index
         kept[g.id] = np.sort(order[:n_keep])
         sizes[g.id] = g.size
+
+    for g in graph.groups:
+        if g.frozen or g.balance is not None or _protected(g, config.protect):
+            continue
+        # attention heads are pruned whole: align counts heads, at least one head of channels
+        n_keep = config.kept_count(g.size, align if g.unit == 1 else max(1, align // g.unit))
+        if n_keep < g.size:
+            keep(g, n_keep, scores_of(g))
+    for members in getattr(graph, "balanced_sets", ()):
+        # a grouped conv's input groups keep equally many channels each; the tensor then
+        # holds len(members) * unit * n_keep of them, so align per group divides accordingly
+        groups = [graph.groups[i] for i in members]
+        if any(_protected(g, config.protect) for g in groups):
+            continue
+        unit = max(g.unit for g in groups)
+        n_keep = config.kept_count(groups[0].size, max(1, align // math.gcd(
+            align, len(groups) * unit)))
+        if n_keep < groups[0].size:
+            for g in groups:
+                keep(g, n_keep, scores_of(g))
     cfg = config.to_dict()
     cfg["align_resolved"] = align
     return PrunePlan.create(graph.fingerprint, kept, sizes, cfg)

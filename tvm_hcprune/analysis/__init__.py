@@ -50,6 +50,7 @@ class ChannelGroup:
     macs: int = 0
     params: int = 0
     unit: int = 1  # channels per prunable unit (head_dim for attention heads)
+    balance: int | None = None  # index into ChannelGraph.balanced_sets: keep equal counts
 
     @property
     def prunable(self) -> bool:
@@ -107,12 +108,13 @@ class ChannelGraph:
                     g.reasons.append(rec)
                     self.frozen.append(rec)
             g.frozen = True
+        self.balanced_sets = self._balance(ctx)
         for m in ctx.members:
             for gid in {self.space_group[s] for s in desc_spaces(m.desc)}:
                 self.groups[gid].members.append(m)
         touched: dict = {}
         for m in ctx.members:
-            if m.kind in ("producer", "consumer"):
+            if m.kind in ("producer", "consumer", "grouped_consumer"):
                 touched.setdefault(m.var, set()).update(
                     self.space_group[s] for s in desc_spaces(m.desc))
         for var, (_op, macs) in ctx.macs.items():
@@ -127,6 +129,65 @@ class ChannelGraph:
                     if seg.space is not None:
                         frac = seg.length / shape[axis]
                         self.groups[self.space_group[seg.space]].params += int(n * frac)
+
+    def _balance(self, ctx) -> list[list[int]]:
+        """Sets of groups that must keep equal channel counts (a grouped conv's input groups).
+
+        Each declaration lists one descriptor per conv group; the k-th segments of all of
+        them form a set. Sets sharing a group merge. A set whose groups differ in size or
+        structure, or with a frozen member, is frozen whole (with the reason recorded).
+        """
+        parent: dict[int, int] = {}
+
+        def find(g):
+            while parent.setdefault(g, g) != g:
+                g = parent[g]
+            return g
+
+        broken = set()
+        for descs in ctx.balanced:
+            shapes = {tuple((s.size, s.inner) for s in d) for d in descs}
+            gids = [[self.space_group[s.space] if s.space is not None else None for s in d]
+                    for d in descs]
+            if len(shapes) != 1 or any(g is None for row in gids for g in row):
+                for g in {g for row in gids for g in row if g is not None}:
+                    broken.add(find(g))
+                continue
+            for col in zip(*gids, strict=True):
+                for g in col[1:]:
+                    parent[find(g)] = find(col[0])
+        sets: dict[int, list[int]] = {}
+        for g in list(parent):
+            sets.setdefault(find(g), []).append(g)
+        out = []
+        for members in sets.values():
+            members = sorted(set(members))
+            if len(members) < 2 and not broken.intersection(members):
+                continue
+            sizes = {self.groups[g].size for g in members}
+            why = None
+            if broken.intersection(members):
+                why = "grouped conv whose groups carry differently structured channels"
+            elif len(sizes) > 1:
+                why = "grouped conv whose groups' channels have different sizes"
+            elif any(self.groups[g].frozen for g in members):
+                why = "another group of the same grouped conv cannot be pruned"
+            if why is not None:
+                for g in members:
+                    self._freeze_group(g, "relax.nn.conv2d", why)
+                continue
+            for g in members:
+                self.groups[g].balance = len(out)
+            out.append(members)
+        return out
+
+    def _freeze_group(self, gid: int, op: str, reason: str) -> None:
+        g = self.groups[gid]
+        rec = FrozenRecord(gid, op, g.producers[0] if g.producers else "?", reason)
+        if not g.frozen or rec not in g.reasons:
+            g.reasons.append(rec)
+            self.frozen.append(rec)
+        g.frozen = True
 
     @property
     def mod(self):
@@ -312,6 +373,9 @@ def _expand_declarations(ctx):
     for m in ctx.members:
         m.desc = ctx.expand(m.desc)
     ctx.mac_scaling = {v: tuple(ctx.expand(d) for d in ds) for v, ds in ctx.mac_scaling.items()}
+    ctx.balanced = [[ctx.expand(d) for d in ds] for ds in ctx.balanced]
+    ctx.group_inputs = {v: (ko, ki, g, [ctx.expand(d) for d in ds])
+                        for v, (ko, ki, g, ds) in ctx.group_inputs.items()}
 
 
 def _flatten(d):

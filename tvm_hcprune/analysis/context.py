@@ -85,6 +85,10 @@ class AnalysisContext:
         self.unit: dict[int, int] = {}  # unit space -> channels per unit (attention heads)
         self._arrays: dict = {}
         self.mac_scaling: dict = {}  # var -> descriptors that scale its MACs
+        # spaces whose groups must keep equal channel counts (a grouped conv's input groups)
+        self.balanced: list[list[AxisDesc]] = []
+        # grouped conv -> (out axis, in axis, groups, per-group input descriptors)
+        self.group_inputs: dict = {}
 
     # ---- spaces -------------------------------------------------------------------------
     def new_space(self, size: int, var, op: str) -> int:
@@ -169,9 +173,20 @@ class AnalysisContext:
         return self.expand(d)
 
     def _refine(self, desc: AxisDesc, cuts: set[int]) -> AxisDesc | None:
-        """Split segments of ``desc`` at the index boundaries ``cuts``; None if impossible."""
+        """Split segments of ``desc`` at the index boundaries ``cuts``; None if impossible.
+
+        A space may recur in ``desc`` (a grouped conv's output repeats its space once per
+        group), so segments are re-expanded as earlier cuts split their space.
+        """
         out, off = [], 0
-        for seg in desc:
+        todo = list(desc)
+        while todo:
+            seg = todo.pop(0)
+            if seg.space is not None:
+                expanded = self.expand((seg,))
+                if expanded != (seg,):
+                    todo[:0] = expanded
+                    continue
             inner = [c - off for c in sorted(cuts) if off < c < off + seg.length]
             if not inner:
                 out.append(seg)
@@ -185,6 +200,23 @@ class AnalysisContext:
                 out.extend(Seg(p, n, seg.inner) for p, n in zip(parts, sizes, strict=True))
             off += seg.length
         return tuple(out)
+
+    def _align_inner(self, a: AxisDesc, b: AxisDesc):
+        """Coarsen segments so that equal-length segment pairs agree on ``inner``.
+
+        ``Seg(t, 28, 1)`` meeting ``Seg(s, 7, 4)`` (a channel shuffle's output) makes ``t``
+        prunable in units of 4 consecutive channels; returns the re-expanded pair or None.
+        """
+        changed = False
+        for x, y in zip(a, b, strict=True):
+            if x.length != y.length or x.inner == y.inner:
+                continue
+            fine, coarse = (x, y) if x.inner < y.inner else (y, x)
+            if fine.space is None or coarse.inner % fine.inner:
+                return None
+            self.coarsen_space(fine.space, coarse.size)
+            changed = True
+        return (self.expand(a), self.expand(b)) if changed else None
 
     def freeze(self, desc_or_descs, var, op: str, reason: str) -> None:
         """Freeze every space appearing in a descriptor or a list of descriptors."""
@@ -213,12 +245,20 @@ class AnalysisContext:
                 out.add(off)
             return out
 
-        if bounds(a) != bounds(b):  # refine both to the union of their boundaries
+        for _ in range(8):  # refine both to the union of their boundaries, until stable
+            if bounds(a) == bounds(b):
+                break
             cuts = bounds(a) | bounds(b)
             ra = self._refine(a, cuts)
             rb = self._refine(b, cuts) if ra is not None else None
-            if ra is not None and rb is not None:
-                a, b = self.expand(ra), self.expand(rb)
+            if ra is None or rb is None:
+                break
+            a, b = self.expand(ra), self.expand(rb)
+        same = len(a) == len(b) and all(x.length == y.length for x, y in zip(a, b, strict=True))
+        if same and any(x.inner != y.inner for x, y in zip(a, b, strict=True)):
+            aligned = self._align_inner(a, b)
+            if aligned is not None:
+                a, b = aligned
         same = len(a) == len(b) and all(
             x.size == y.size and x.inner == y.inner for x, y in zip(a, b, strict=True)
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from tvm import relax
 
 from ..analysis.context import is_const, static_shape
@@ -33,10 +34,11 @@ def _new_shape_from_descs(rw, var):
 # ---------------------------------------------------------------------------------------
 @register_op_handler("relax.nn.conv2d", "relax.nn.conv1d", "relax.nn.conv3d")
 class ConvHandler(OpHandler):
-    """Convolution: output channels form a new space (groups=1), depthwise passes through.
+    """Convolution: output channels form a new space; depthwise passes channels through.
 
     Layouts are read from the attributes (NCHW/OIHW as ONNX imports, NHWC/HWIO/HWOI as
-    TFLite imports). Grouped convolutions other than depthwise are barriers.
+    TFLite imports). Grouped convolutions keep equal channel counts in every group: the
+    output channels are pruned alike in each group, the input channels per group (balanced).
     """
 
     transpose = False
@@ -85,11 +87,45 @@ class ConvHandler(OpHandler):
             ctx.slice_const(var, 1, ko, d)
             ctx.add_member("producer", var, op, 1, ko, d)
             return out
-        ctx.freeze(xdesc[in_c], var, op, f"grouped convolution (groups={groups}) is a barrier")
-        ctx.add_macs(var, op, macs)
-        sid = ctx.new_space(cout, var, op)
-        out[out_c] = ctx.one_space(sid, cout)
-        ctx.freeze(out[out_c], var, op, f"grouped convolution (groups={groups}) is a barrier")
+        if self.transpose:
+            reason = f"grouped transposed convolution (groups={groups}) is a barrier"
+            ctx.freeze(xdesc[in_c], var, op, reason)
+            ctx.add_macs(var, op, macs)
+            sid = ctx.new_space(cout, var, op)
+            out[out_c] = ctx.one_space(sid, cout)
+            ctx.freeze(out[out_c], var, op, reason)
+            return out
+        return self._grouped(ctx, var, op, xdesc[in_c], out, out_c, ko, ki, groups, cin, cout,
+                             macs)
+
+    @staticmethod
+    def _grouped(ctx, var, op, xd, out, out_c, ko, ki, groups, cin, cout, macs):
+        """A grouped (not depthwise) convolution.
+
+        Output: one space of ``cout/groups`` channels repeated in every group, so each group
+        keeps the same output channels (the weight stays a grouped weight). Input: one space
+        per group, balanced so every group keeps as many channels; the weight's input axis
+        is then gathered per group at rewrite.
+        """
+        per_in, per_out = cin // groups, cout // groups
+        t = [ctx.new_space(per_in, var, op) for _ in range(groups)]
+        gin = tuple(Seg(s, per_in, 1) for s in t)
+        if xd is None:
+            ctx.freeze(gin, var, op, "grouped conv over channels that cannot be pruned")
+            xd = gin
+        else:
+            xd = ctx.unify(xd, gin, var, op)
+        ctx.balanced.append([ctx.one_space(s, per_in) for s in t])
+        ctx.group_inputs[var] = (ko, ki, groups, [ctx.one_space(s, per_in) for s in t])
+        u = ctx.new_space(per_out, var, op)
+        out[out_c] = tuple(Seg(u, per_out, 1) for _ in range(groups))
+        ctx.add_macs(var, op, macs, (out[out_c], xd))
+        ctx.slice_const(var, 1, ko, out[out_c])
+        # the input axis shrinks by the same count in every group (params bookkeeping); the
+        # per-group gather itself is done by ``rewrite``
+        ctx.slice_const(var, 1, ki, ctx.one_space(t[0], per_in))
+        ctx.add_member("producer", var, op, 1, ko, out[out_c])
+        ctx.add_member("grouped_consumer", var, op, 1, ki, xd)
         return out
 
     def _plain_out(self, ctx, var, call):
@@ -98,7 +134,11 @@ class ConvHandler(OpHandler):
     def rewrite(self, rw, var, call, args):
         at = call.attrs
         groups = int(at.groups)
-        if groups > 1:
+        grouped = rw.ctx.group_inputs.get(var)
+        if grouped is not None:
+            args = list(args)
+            args[1] = _grouped_weight(rw, var, call, grouped)
+        elif groups > 1:
             in_c = str(at.data_layout).index("C")
             new_cin = rw.new_shape(args[0])[in_c]
             old_cin = static_shape(call.args[0])[in_c]
@@ -112,6 +152,25 @@ class ConvHandler(OpHandler):
         if self.transpose:
             kwargs["output_padding"] = at.output_padding
         return fn(args[0], args[1], **kwargs)
+
+
+def _grouped_weight(rw, var, call, grouped):
+    """A grouped conv's weight for the kept channels: output rows sliced, input axis
+    gathered per group (each group keeps its own input channels, equally many)."""
+    ko, ki, groups, in_descs = grouped
+    w = rw.ctx.array(call.args[1])
+    idx_o = rw.axis_index(rw.out_desc(var)[str(call.attrs.out_layout or call.attrs.data_layout)
+                                           .index("C")])
+    if idx_o is not None:
+        w = np.take(w, idx_o, axis=ko)
+    per = w.shape[ko] // groups
+    blocks = []
+    for q, d in enumerate(in_descs):
+        block = np.take(w, np.arange(q * per, (q + 1) * per), axis=ko)
+        idx = rw.axis_index(d)
+        blocks.append(block if idx is None else np.take(block, idx, axis=ki))
+    w = np.concatenate(blocks, axis=ko)
+    return relax.const(w, str(w.dtype))
 
 
 @register_op_handler("relax.nn.conv2d_transpose", "relax.nn.conv1d_transpose")
@@ -604,6 +663,8 @@ class ReshapeHandler(OpHandler):
                     unit_space = ctx.coarsen_space(desc[0].space, units)
                     out[j] = (Seg(unit_space, units, 1),)
                     ok = True
+            if not ok and hits:
+                ok = self._split_groups(desc, hits[0], oshape, out)
             if not ok:
                 ctx.freeze(desc, var, call.op.name, "reshape splits a channel axis")
         for j, o in enumerate(out):
@@ -611,6 +672,21 @@ class ReshapeHandler(OpHandler):
                 ctx.freeze(o, var, call.op.name, "reshape bookkeeping mismatch")
                 out[j] = None
         return out
+
+    @staticmethod
+    def _split_groups(desc, j, oshape, out) -> bool:
+        """(.., G*n, ..) -> (.., G, n, ..) where the channels repeat once per group (a grouped
+        conv's output, as channel shuffle reshapes it): the G axis carries no prunable
+        channels, the n axis carries one group's."""
+        groups = oshape[j]
+        if j + 1 >= len(oshape) or groups < 2 or len(desc) % groups:
+            return False
+        period = len(desc) // groups
+        chunk = tuple(desc[:period])
+        if tuple(desc) != chunk * groups or desc_length(chunk) != oshape[j + 1]:
+            return False
+        out[j], out[j + 1] = None, chunk
+        return True
 
     def rewrite(self, rw, var, call, args):
         return relax.op.reshape(args[0], _new_shape_from_descs(rw, var))

@@ -28,11 +28,10 @@ class _Masker(PyExprMutator):
         if not masks:
             return super().visit_call_(call)
         args = [self.visit_expr(a) for a in call.args]
-        for arg, axis, removed in masks:
+        for arg, indices in masks:
             arr = args[arg].value.numpy().copy()
-            index = [slice(None)] * arr.ndim
-            index[axis] = removed
-            arr[tuple(index)] = 0
+            for index in indices:
+                arr[index] = 0
             args[arg] = relax.const(arr, str(arr.dtype))
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
@@ -59,18 +58,45 @@ def masked_reference(mod, plan):
     kept_of = kept_lookup(graph, plan)
     masks = {}
     for m in graph.ctx.members:
-        if m.kind != "consumer":
+        if m.kind not in ("consumer", "grouped_consumer"):
             continue
         idx = axis_index(m.desc, kept_of)
         if idx is None:
             continue
         length = sum(s.length for s in m.desc)
         removed = np.setdiff1d(np.arange(length), idx)
-        masks.setdefault(m.var, []).append((m.arg, m.axis, removed))
+        ndim = len(graph.ctx.values[m.var].args[m.arg].ty.shape.values)
+        masks.setdefault(m.var, []).append((m.arg, _mask_indices(graph, m, removed, ndim)))
     func = graph.mod["main"]
     new = _Masker(graph.mod, masks).visit_expr(func)
     out = tvm.IRModule(dict(graph.mod.functions.items()), attrs=graph.mod.attrs)
     out["main"] = new
+    return out
+
+
+def _mask_indices(graph, member, removed, ndim):
+    """Index tuples that zero a consumer weight's removed input channels.
+
+    A grouped conv's weight holds one block of output rows per group, each reading its own
+    group's input channels: channel ``q * cin_g + r`` is entry ``r`` of block ``q``.
+    """
+    if member.kind != "grouped_consumer":
+        index = [slice(None)] * ndim
+        index[member.axis] = removed
+        return [tuple(index)]
+    ko, ki, groups, descs = graph.ctx.group_inputs[member.var]
+    call = graph.ctx.values[member.var]
+    cout = int(call.args[member.arg].ty.shape.values[ko])
+    per_in = sum(s.length for s in descs[0])
+    per_out = cout // groups
+    out = []
+    for q in range(groups):
+        rel = removed[(removed >= q * per_in) & (removed < (q + 1) * per_in)] - q * per_in
+        if len(rel):
+            index = [slice(None)] * ndim
+            index[ko] = slice(q * per_out, (q + 1) * per_out)
+            index[ki] = rel
+            out.append(tuple(index))
     return out
 
 
