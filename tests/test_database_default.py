@@ -172,3 +172,22 @@ def test_database_true_is_refused(models):
     """database=True could mean the shipped records or a tuning run: refused, naming both."""
     with pytest.raises(HCPruneError, match="ambiguous"):
         hc.build(models[8][1], TARGET, database=True)
+
+
+def test_hcprune_error_crosses_tvm_passes():
+    """tvm_hcprune.errors registers its error types with TVM's FFI: an HCPruneError raised
+    inside a TVM pass reaches the caller as HCPruneError (not RuntimeError)."""
+    import tvm
+    import tvm_ffi
+
+    from tvm_hcprune import errors
+
+    assert errors.HCPruneError in tvm_ffi.core.ERROR_TYPE_TO_NAME
+    assert errors.UnsupportedModelError in tvm_ffi.core.ERROR_TYPE_TO_NAME
+
+    @tvm.transform.module_pass(opt_level=0, name="Boom")
+    def boom(mod, _ctx):
+        raise errors.UnsupportedModelError("op X is not handled; protect it")
+
+    with pytest.raises(errors.UnsupportedModelError, match="protect it"):
+        boom(tvm.IRModule())
