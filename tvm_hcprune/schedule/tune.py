@@ -521,6 +521,7 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
     inputs = _model_inputs(mod)
     if inputs is None:
         return database, {"kept": "tuned", "skipped": "the model's inputs are not static"}
+    start = time.perf_counter()
     exes = {"rules": build(mod, target, database=False),
             "tuned": build(mod, target, database=database)}
     best = dict.fromkeys(exes, float("inf"))
@@ -530,7 +531,8 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
     ratio = best["tuned"] / best["rules"]
     kept = "tuned" if ratio <= 1.0 - min_gain else "rules"
     info = {"tuned_ms": round(best["tuned"] * 1e3, 4), "rules_ms": round(best["rules"] * 1e3, 4),
-            "ratio": round(ratio, 4), "records": len(database), "kept": kept}
+            "ratio": round(ratio, 4), "records": len(database), "kept": kept,
+            "seconds": round(time.perf_counter() - start, 1)}
     if kept == "tuned":
         return database, info
     empty = dbm.new_database(target, dict(database.meta), database.source)
@@ -747,8 +749,13 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         **(meta or {}),
     }
     result = dbm.database_from_ms(ms_db, target, info)
-    if model_check and runner == "local" and rpc_tracker is None:
-        result, stats.model = compare_with_rules(mod, target, result)
+    local = isinstance(runner, str) and runner == "local" and rpc_tracker is None
+    if model_check and local and dbm.is_prepared(mod):
+        stats.model = {"kept": "tuned", "skipped": "a prepared (fused) module cannot be "
+                                                   "built as a model"}
+    elif model_check and local:
+        with _thread_env(target):
+            result, stats.model = compare_with_rules(mod, target, result)
     elif model_check:
         stats.model = {"kept": "tuned", "skipped": "the model is not timed through RPC or a "
                                                    "custom runner"}
