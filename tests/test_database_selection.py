@@ -101,7 +101,7 @@ class FakeRunner:
         return futures
 
 
-def _select(conv_task, times, min_gain=0.02, search_best=True):
+def _select(conv_task, times, min_gain=0.02, search_best=True, other_task_secs=None):
     from tvm.s_tir import meta_schedule as ms
 
     name, func_mod = conv_task
@@ -115,6 +115,10 @@ def _select(conv_task, times, min_gain=0.02, search_best=True):
     db.commit_tuning_record(ms.database.TuningRecord(
         other.trace, wl, [0.5e-3 if search_best else 2e-3], target, args))
     stats = tn.TuneStats(tasks=[name], weights=[1])
+    if other_task_secs is not None:  # another task of the model, measured with the seeds
+        stats.tasks.append("other_task")
+        stats.weights.append(1)
+        stats.seeds["other_task"] = other_task_secs
     runner = FakeRunner(times)
     final = tn._select([SimpleNamespace(task_name=name, mod=func_mod)], target,
                        FakeBuilder(seed.mod), runner, db,
@@ -175,3 +179,12 @@ def test_slower_database_is_dropped_at_model_level(mod, conv_task):
     # the record does apply (the slowness is its schedule, not a failed lookup)
     applied = hc.apply_database(mod, target, db)
     assert dbm.scheduled_functions(applied) == [conv_task[0]]
+
+
+def test_record_saving_a_negligible_share_of_the_model_is_dropped(conv_task):
+    """A record 10% faster than the rules on a task that is 0.01% of the model's time
+    (another task takes 1 s) is not kept: its gain cannot be measured at model level."""
+    final, stats, _ = _select(conv_task, {"seed": 1e-3, "other": 0.9e-3},
+                              other_task_secs=1.0)
+    assert stats.rechecked[conv_task[0]] == pytest.approx(0.9)
+    assert len(final.get_all_tuning_records()) == 0 and stats.kept == {}

@@ -378,16 +378,18 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats) ->
 
 
 def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneStats,
-            rounds: int = 3, min_gain: float = 0.02):
+            rounds: int = 3, min_gain: float = 0.02, min_share: float = 0.001):
     """Keep, per task, the search's best record only where it beats the rules' schedule.
 
     For every task whose best record is not its seed, seed and record are measured again
     side by side, interleaved, ``rounds`` times (on a shared machine a candidate measured
     in a quiet moment can look faster than a seed measured in a busy one); the best time
     of each decides. The record is kept when it is at least ``min_gain`` faster than the
-    seed; otherwise, and for tasks whose best is the seed itself, the task gets no record
-    and the pipeline applies the schedule rules to it, exactly as without a database.
-    Tasks without a measured seed keep the search's best (there is no baseline to beat).
+    seed and saves at least ``min_share`` of the model's time (the sum of the seeds' times
+    times how often each task runs: a record that saves 0.1 us of a 20 ms model changes
+    nothing measurable). Otherwise, and for tasks whose best is the seed itself, the task
+    gets no record and the pipeline applies the schedule rules to it, exactly as without a
+    database. Tasks without a measured seed keep the search's best (there is no baseline).
 
     Returns the final MetaSchedule database: one record per kept task, with its
     re-measured time.
@@ -429,6 +431,8 @@ def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneSta
         for _ctx, seed, best, _rec in checks:
             cands += [seed, best]
     secs = _measure(cands, target, builder, runner)
+    weight = dict(zip(stats.tasks, stats.weights, strict=False))
+    model_secs = sum(weight.get(n, 1) * t for n, t in stats.seeds.items())
     per = 2 * len(checks)
     for k, (ctx, _seed, _best, record) in enumerate(checks):
         times = {"seed": [], "best": []}
@@ -444,7 +448,8 @@ def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneSta
         stats.rechecked[ctx.task_name] = ratio
         stats.seeds[ctx.task_name] = seed_s
         stats.best[ctx.task_name] = min(seed_s, best_s)
-        if ratio <= 1.0 - min_gain:
+        saving = weight.get(ctx.task_name, 1) * (seed_s - best_s)
+        if ratio <= 1.0 - min_gain and saving >= min_share * model_secs:
             keep(ctx, record, [best_s])
             stats.kept[ctx.task_name] = ratio
     return final
@@ -619,7 +624,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         Return ``(database, TuneStats)`` instead of the database.
     min_gain : float
         How much faster than the rules' schedule (re-measured side by side) a task's record
-        must be to be kept (0.02: 2%).
+        must be to be kept (0.02: 2%); it must also save at least 0.1% of the model's time.
     model_check : bool
         After the per-task selection, build the whole model with the records and with the
         rules only, time both here, interleaved (:func:`compare_with_rules`), and return an
