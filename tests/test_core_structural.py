@@ -75,3 +75,48 @@ def test_nothing_kept_changes_nothing():
     after, report = hc.prune(before, plan=plan, graph=graph)
     tvm.ir.assert_structural_equal(after["main"], graph.mod["main"])
     assert report.macs_after == report.macs_before
+
+
+def test_grouped_conv_gathers_its_weight_per_group():
+    """A grouped consumer keeps its group count; its input groups keep equally many channels,
+    each group its own ones, so the weight's input axis is gathered group by group."""
+    w1 = R.normal(size=(8, 3, 3, 3)).astype("float32")
+    b1 = R.normal(size=8).astype("float32")
+    w2 = R.normal(size=(4, 4, 1, 1)).astype("float32")
+    before = _conv_chain(w1, b1, w2, groups2=2)
+    graph = hc.analyze(before)
+    (members,) = graph.balanced_sets  # conv1's channels 0-3 and 4-7: one group per conv group
+    assert [graph.groups[g].size for g in members] == [4, 4]
+    plan = PrunePlan.create(graph.fingerprint, {members[0]: [0, 3], members[1]: [1, 2]},
+                            {g: 4 for g in members})
+    after, _ = hc.prune(before, plan=plan, graph=graph)
+    keep = [0, 3, 5, 6]
+    w2_new = np.concatenate([w2[:2][:, [0, 3]], w2[2:][:, [1, 2]]])
+    expected = _conv_chain(w1[keep], b1[keep], w2_new, groups2=2)
+    tvm.ir.assert_structural_equal(after["main"], expected["main"], map_free_vars=True)
+
+
+def test_grouped_conv_nhwc_ohwi_equals_the_mask_oracle():
+    """TFLite's layouts: NHWC data, OHWI grouped weight."""
+    from tvm_hcprune.testing import masked_reference, run_relax
+
+    w1 = R.normal(size=(12, 3, 3, 3)).astype("float32")  # OHWI
+    w2 = R.normal(size=(6, 1, 1, 4)).astype("float32")  # OHWI, 3 groups of 4 inputs
+    w3 = R.normal(size=(2, 1, 1, 6)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 5, 5, 3), "float32"))
+    kw = dict(data_layout="NHWC", kernel_layout="OHWI")
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w1), padding=[1, 1],
+                                                            **kw)))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(y, relax.const(w2), groups=3, **kw)))
+            out = bb.emit_output(relax.op.nn.conv2d(y, relax.const(w3), **kw))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    pruned, report = hc.prune(mod, ratio=0.5, align=1, criterion="random", seed=1)
+    assert report.macs_after < report.macs_before
+    xs = R.normal(size=(1, 5, 5, 3)).astype("float32")
+    np.testing.assert_allclose(run_relax(pruned, [xs]),
+                               run_relax(masked_reference(mod, report.plan), [xs]),
+                               rtol=1e-5, atol=1e-6)
