@@ -42,7 +42,8 @@ from .errors import HCPruneError
 from .evaluation import _as_samples, _run_first, check_samples, module_input
 from .utils import atomic_write
 
-__all__ = ["Calibration", "ChannelStats", "LayerCalibration", "calibrate", "tap_module"]
+__all__ = ["Calibration", "ChannelStats", "LayerCalibration", "calibrate", "tap_module",
+           "with_taps"]
 
 _OPS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
 _FORMAT = "tvm_hcprune.calibration/1"
@@ -305,7 +306,6 @@ def tap_module(mod):
         ``tapped_mod["main"]`` returns ``(*taps, original_result)``; ``tap_names[i]`` is the
         var name of tap ``i``; ``specs`` describe the layers (see :func:`calibrate`).
     """
-    import tvm
     from tvm import relax
 
     plain = relax.transform.ToNonDataflow()(relax.transform.Normalize()(mod))
@@ -327,14 +327,23 @@ def tap_module(mod):
     if len(set(tap_names)) != len(tap_names):
         raise HCPruneError(f"tapped var names are not unique ({tap_names}); calibration keys "
                            "tensors by name")
+    return with_taps(plain, taps), specs, tap_names
+
+
+def with_taps(plain, taps):
+    """``plain`` (a module after ``ToNonDataflow``) whose ``main`` returns
+    ``(*taps, original_result)``; ``taps`` are vars bound in ``main``."""
+    import tvm
+    from tvm import relax
+
+    func = plain["main"]
     result = relax.BlockBuilder().normalize(relax.Tuple([*taps, func.body.body]))
     body = relax.SeqExpr(func.body.blocks, result)
     new = relax.Function(func.params, body, result.ty, func.is_pure, func.attrs)
     funcs = {gv: f for gv, f in plain.functions.items() if gv.name_hint != "main"}
     funcs[plain.get_global_var("main")] = new
     tapped = tvm.IRModule(funcs, attrs=plain.attrs, global_infos=plain.global_infos)
-    tapped = relax.transform.ConvertToDataflow()(relax.transform.Normalize()(tapped))
-    return tapped, specs, tap_names
+    return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(tapped))
 
 
 # --------------------------------------------------------------------------- numeric side

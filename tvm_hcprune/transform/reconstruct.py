@@ -17,6 +17,13 @@ Safety: the system is solved in float64; a layer falls back to its plainly slice
 finite, or the re-fitted layer is not better than the sliced one on held-out calibration
 rows. Reconstruction therefore never introduces NaN/Inf and never makes a layer's
 calibration error worse.
+
+Model-level guard: layer-wise improvements need not add up (a layer is fitted on the dense
+model's inputs, not on the pruned model's). With ``guard_samples`` (inputs not used for the
+fit), the plainly pruned and the reconstructed module are both run on them and compared
+with the dense module; the reconstruction is kept only when it agrees with the dense arg-max
+at least as often (ties: a smaller relative output error), else the plainly pruned module
+is returned and ``report.reverted`` says so.
 """
 
 from __future__ import annotations
@@ -73,17 +80,33 @@ class ReconstructReport:
     """Per-layer outcomes of :func:`reconstruct`."""
 
     layers: list[LayerFit] = field(default_factory=list)
+    #: model-level guard figures (``None`` without ``guard_samples``): ``n``,
+    #: ``plain``/``reconstructed`` -> ``{"rel_mse", "disagreement"}`` against the dense model
+    guard: dict | None = None
+    #: the guard found the reconstruction worse and the plainly pruned module was returned
+    reverted: bool = False
+    #: :class:`~tvm_hcprune.transform.bn_reestimate.BatchNormReport` as a dict, when
+    #: batch-norm statistics were re-estimated
+    batch_norm: dict | None = None
 
     @property
     def fallbacks(self) -> list[LayerFit]:
         return [f for f in self.layers if f.status != "reconstructed"]
 
     def to_dict(self) -> dict:
-        return {"layers": [f.__dict__ for f in self.layers]}
+        return {"layers": [f.__dict__ for f in self.layers], "guard": self.guard,
+                "reverted": self.reverted, "batch_norm": self.batch_norm}
 
     def summary(self) -> str:
         lines = [f"reconstruction: {len(self.layers) - len(self.fallbacks)} of "
                  f"{len(self.layers)} consumer layer(s) re-fitted"]
+        if self.guard is not None:
+            g = self.guard
+            lines.append(
+                f"  model guard on {g['n']} held-out samples: disagreement with dense "
+                f"{g['plain']['disagreement']:.3f} plain vs "
+                f"{g['reconstructed']['disagreement']:.3f} reconstructed -> "
+                + ("REVERTED to the plainly pruned module" if self.reverted else "kept"))
         for f in self.layers:
             lines.append(f"  {f.name:>8}: {f.status:13s} rel. error {f.err_before:.4f} -> "
                          f"{f.err_after:.4f} ({f.rows} rows, {f.features} features)"
@@ -297,7 +320,9 @@ def _cal_layer(calibration, var, call, w_oi):
 
 def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-2,
                 max_cond: float = 1e10, holdout: float = 0.2, intercept: bool = True,
-                seed: int = 0, samples=None, passes: int = 2):
+                seed: int = 0, samples=None, passes: int = 2, guard_samples=None,
+                runner_factory=None, target=None, batch_norm: str | None = None,
+                batch_norm_samples=None):
     """Re-fit the consumers whose input channels ``plan`` removed; see the module docs.
 
     Parameters
@@ -319,12 +344,67 @@ def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-2,
         is calibrated with ``calibration``'s settings (same rows) and the fit is redone
         from the sliced weights. Without them, one pass on the dense model's inputs.
     passes : int
-        Passes when ``samples`` are given (the first uses the dense inputs).
+        Passes when ``samples`` are given (the first uses the dense inputs). Measured on
+        text_direction, more passes made the model worse (each pass re-fits every layer to
+        inputs that the same pass then changes upstream); keep 1 unless measured.
+    guard_samples : optional
+        Held-out inputs (array, Dataset or (samples, labels)) for the model-level guard
+        (see the module docs); None: no model-level guard.
+    runner_factory : callable, optional
+        ``runner_factory(module, plan_or_None) -> f(x) -> output`` used by the guard
+        (``plan`` None for the dense ``graph.mod``); default: compile for ``target``.
+    target : optional
+        Host CPU target of the guard's default runner.
+    batch_norm : {None, "recompute", "match"}
+        After the fit, re-estimate the statistics of the batch norms that remain
+        (:func:`tvm_hcprune.transform.bn_reestimate.reestimate_batch_norm`) on
+        ``batch_norm_samples`` (default ``samples``); before the guard.
+    batch_norm_samples : optional
+        Inputs for the batch-norm statistics.
 
     Returns
     -------
     (tvm.IRModule, ReconstructReport)
     """
+    out, report = _reconstruct_passes(pruned_mod, graph, plan, calibration, ridge, max_cond,
+                                      holdout, intercept, seed, samples, passes)
+    if batch_norm is not None:
+        from .bn_reestimate import reestimate_batch_norm
+
+        bn_samples = batch_norm_samples if batch_norm_samples is not None else samples
+        if bn_samples is None:
+            raise HCPruneError("batch_norm re-estimation needs inputs: pass "
+                               "batch_norm_samples= (or samples=)")
+        out, bn_rep = reestimate_batch_norm(out, bn_samples, mode=batch_norm, graph=graph,
+                                            plan=plan, target=target)
+        report = dataclasses.replace(report, batch_norm=bn_rep.to_dict())
+    if guard_samples is None or out is pruned_mod:
+        return out, report
+    return _guard(pruned_mod, out, report, graph, plan, guard_samples, runner_factory, target)
+
+
+def _guard(plain_mod, rec_mod, report, graph, plan, samples, runner_factory, target):
+    """Model-level guard: keep ``rec_mod`` only if it is no worse than ``plain_mod``."""
+    from ..evaluation import _as_samples
+    from ..sensitivity import _outputs, _runner_default, output_error
+
+    arr = _as_samples(samples)[0]
+    if len(arr) == 0:
+        raise HCPruneError("guard_samples is empty; give held-out calibration inputs")
+    make = runner_factory or _runner_default(target)
+    dense = _outputs(make(graph.mod, None), arr)
+    figs = {}
+    for key, m in (("plain", plain_mod), ("reconstructed", rec_mod)):
+        rel, dis = output_error(_outputs(make(m, plan), arr), dense)
+        figs[key] = {"rel_mse": rel, "disagreement": dis}
+    p, r = figs["plain"], figs["reconstructed"]
+    keep = (r["disagreement"], r["rel_mse"]) <= (p["disagreement"], p["rel_mse"])
+    report = dataclasses.replace(report, guard={"n": len(arr), **figs}, reverted=not keep)
+    return (rec_mod if keep else plain_mod), report
+
+
+def _reconstruct_passes(pruned_mod, graph, plan, calibration, ridge, max_cond, holdout,
+                        intercept, seed, samples, passes):
     out, report = _reconstruct_once(pruned_mod, graph, plan, calibration, None, ridge,
                                     max_cond, holdout, intercept, seed)
     if samples is None:
@@ -488,7 +568,8 @@ class Reconstruct:
         ``analyze`` of the dense module.
     plan : PrunePlan
         The plan the module being transformed was pruned with.
-    ridge, max_cond, holdout, intercept, seed, samples, passes
+    ridge, max_cond, holdout, intercept, seed, samples, passes, guard_samples,
+    runner_factory, target, batch_norm, batch_norm_samples
         See :func:`reconstruct`.
 
     Attributes
@@ -497,12 +578,16 @@ class Reconstruct:
     """
 
     def __init__(self, calibration, graph, plan, ridge=1e-2, max_cond=1e10, holdout=0.2,
-                 intercept=True, seed=0, samples=None, passes=2):
+                 intercept=True, seed=0, samples=None, passes=2, guard_samples=None,
+                 runner_factory=None, target=None, batch_norm=None, batch_norm_samples=None):
         self.calibration = calibration
         self.graph = graph
         self.plan = plan
         self.options = dict(ridge=ridge, max_cond=max_cond, holdout=holdout,
-                            intercept=intercept, seed=seed, samples=samples, passes=passes)
+                            intercept=intercept, seed=seed, samples=samples, passes=passes,
+                            guard_samples=guard_samples, runner_factory=runner_factory,
+                            target=target, batch_norm=batch_norm,
+                            batch_norm_samples=batch_norm_samples)
         self.last_report: ReconstructReport | None = None
 
     def transform_module(self, mod, ctx):

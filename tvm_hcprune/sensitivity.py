@@ -1,0 +1,268 @@
+"""Sensitivity-driven, non-uniform pruning: per-group ratios under a global MACs budget.
+
+A uniform ratio removes the same share of every group, although some groups (a narrow
+residual stream, the last expansion before the classifier) hurt far more than others
+(the wide expansions of inverted residuals). :func:`sensitivity_scan` prunes **one group
+at a time** at a few ratios, optionally reconstructs, and measures on calibration samples
+how far the model's output moves from the dense model's; :func:`allocate` then chooses a
+ratio per group greedily, always taking the step with the smallest output error per MAC
+saved, until the plan keeps at most ``macs_target`` of the dense MACs (measured exactly with
+``ChannelGraph.count_after``, so the compounding of coupled groups is accounted for).
+
+The error is additive over groups only approximately; the result is a plan for
+:func:`tvm_hcprune.prune(mod, plan=...) <tvm_hcprune.prune>`.
+
+Error measure on the scan samples: ``rel_mse = sum ||o - o_dense||^2 / sum ||o_dense -
+mean(o_dense)||^2`` of the model's first output, plus the fraction of samples whose arg-max
+changed (``disagreement``). The cost of a step is ``disagreement + rel_mse``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import PruneConfig
+from .criteria import get_criterion
+from .errors import HCPruneError
+from .plan import PrunePlan
+from .planner import _protected, group_views, resolve_align
+
+__all__ = ["SensitivityTable", "allocate", "group_plan", "output_error", "sensitivity_scan"]
+
+
+@dataclass
+class SensitivityTable:
+    """Output error of the model with one group pruned, per group and ratio.
+
+    Attributes
+    ----------
+    ratios : tuple of float
+        The ratios scanned (0 is implied: no error).
+    kept : dict
+        ``{group_id: {ratio: kept_count}}``.
+    cost : dict
+        ``{group_id: {ratio: disagreement + rel_mse}}``.
+    rel_mse, disagreement : dict
+        The two parts of ``cost``, same keys.
+    macs_saved : dict
+        ``{group_id: {ratio: MACs saved when only this group is pruned}}``.
+    criterion : str
+    reconstruct : bool
+    n_samples : int
+    """
+
+    ratios: tuple
+    kept: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)
+    rel_mse: dict = field(default_factory=dict)
+    disagreement: dict = field(default_factory=dict)
+    macs_saved: dict = field(default_factory=dict)
+    criterion: str = "l2"
+    reconstruct: bool = False
+    n_samples: int = 0
+
+    def to_dict(self) -> dict:
+        def conv(d):
+            return {str(g): {str(r): v for r, v in row.items()} for g, row in d.items()}
+
+        return {"ratios": list(self.ratios), "criterion": self.criterion,
+                "reconstruct": self.reconstruct, "n_samples": self.n_samples,
+                "kept": conv(self.kept), "cost": conv(self.cost),
+                "rel_mse": conv(self.rel_mse), "disagreement": conv(self.disagreement),
+                "macs_saved": conv(self.macs_saved)}
+
+
+def output_error(outs: np.ndarray, dense: np.ndarray) -> tuple[float, float]:
+    """``(rel_mse, disagreement)`` of outputs ``[n, ...]`` against the dense ones."""
+    outs = np.asarray(outs, np.float64).reshape(len(outs), -1)
+    dense = np.asarray(dense, np.float64).reshape(len(dense), -1)
+    if not np.isfinite(outs).all():
+        return math.inf, 1.0
+    den = float(np.square(dense - dense.mean(0)).sum())
+    num = float(np.square(outs - dense).sum())
+    rel = num / den if den > 0 else num
+    dis = float(np.mean(outs.argmax(1) != dense.argmax(1)))
+    return rel, dis
+
+
+def group_plan(graph, counts: dict, criterion: str = "l2", calibration=None,
+               criterion_options: dict | None = None, seed: int = 0,
+               config: dict | None = None) -> PrunePlan:
+    """A plan keeping ``counts[group_id]`` channels of each listed group (scored by
+    ``criterion``; the top channels are kept, ties keep the lower index)."""
+    crit = get_criterion(criterion)
+    rng = np.random.default_rng(seed)
+    kept, sizes = {}, {}
+    for gid, n_keep in counts.items():
+        g = graph.groups[gid]
+        if g.frozen:
+            raise HCPruneError(f"group {gid} is frozen ({g.frozen}); it cannot be pruned")
+        n_keep = int(n_keep)
+        if not 1 <= n_keep <= g.size:
+            raise HCPruneError(f"group {gid}: kept count {n_keep} is not in [1, {g.size}]")
+        if n_keep == g.size:
+            continue
+        scores = np.asarray(crit(group_views(graph, g, calibration), rng,
+                                 **dict(criterion_options or {})))
+        order = np.argsort(-scores, kind="stable")
+        kept[gid] = np.sort(order[:n_keep])
+        sizes[gid] = g.size
+    return PrunePlan.create(graph.fingerprint, kept, sizes, dict(config or {}))
+
+
+def _runner_default(target=None):
+    from .evaluation import compile_module, runner_for
+
+    def make(mod, plan):
+        return runner_for(compile_module(mod, target))
+
+    return make
+
+
+def _outputs(run: Callable, samples: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(run(x)) for x in samples])
+
+
+def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] = (0.25, 0.5,
+                     0.75), criterion: str = "l2", align: int | None = None, target=None,
+                     reconstruct: bool = True, reconstruct_options: dict | None = None,
+                     protect=(), runner_factory: Callable | None = None,
+                     dense_outputs: np.ndarray | None = None, progress: bool = True
+                     ) -> SensitivityTable:
+    """Prune each group alone at each ratio and measure the output error.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        The dense module (as given to ``prune``).
+    graph : ChannelGraph
+        ``analyze(mod)``.
+    calibration : Calibration
+        ``calibrate(graph.mod, ...)`` (for data-driven criteria and reconstruction).
+    samples : array ``[n, *input_shape]``, Dataset or (samples, labels)
+        Inputs the error is measured on (labels are not used). Prefer samples that were
+        not used to calibrate.
+    ratios : sequence of float
+        Ratios tried per group, each in (0, 1).
+    criterion, align, target, protect
+        As in :func:`tvm_hcprune.prune`.
+    reconstruct : bool
+        Reconstruct each single-group pruned model before measuring (as the final model
+        will be).
+    reconstruct_options : dict, optional
+    runner_factory : callable, optional
+        ``runner_factory(pruned_mod, plan) -> f(x) -> output``; default: compile for the
+        host CPU with Relax's default pipeline (slow for large sweeps; e.g. export to ONNX
+        and run onnxruntime instead).
+    dense_outputs : array, optional
+        The dense model's outputs on ``samples`` (else computed with the runner).
+    progress : bool
+
+    Returns
+    -------
+    SensitivityTable
+    """
+    from tqdm import tqdm
+
+    from .api import prune
+    from .evaluation import _as_samples
+
+    arr = _as_samples(samples)[0]
+    if len(arr) == 0:
+        raise HCPruneError("sensitivity_scan needs at least one sample")
+    ratios = tuple(float(r) for r in ratios)
+    if not ratios or any(not 0 < r < 1 for r in ratios):
+        raise HCPruneError(f"ratios must be in (0, 1), got {ratios}")
+    make = runner_factory or _runner_default(target)
+    align_r = resolve_align(align, target)
+    if dense_outputs is None:
+        dense_outputs = _outputs(make(mod, None), arr)
+    table = SensitivityTable(ratios, criterion=criterion, reconstruct=reconstruct,
+                             n_samples=len(arr))
+    groups = [g for g in graph.groups if not g.frozen and not _protected(g, protect)]
+    jobs = []
+    for g in groups:
+        seen = set()
+        for r in ratios:
+            n_keep = PruneConfig(ratio=r).kept_count(g.size, align_r)
+            if n_keep < g.size and n_keep not in seen:
+                seen.add(n_keep)
+                jobs.append((g, r, n_keep))
+    for g, r, n_keep in tqdm(jobs, desc="sensitivity", disable=not progress, leave=False):
+        plan = group_plan(graph, {g.id: n_keep}, criterion, calibration)
+        pruned, rep = prune(mod, plan=plan, graph=graph, calibration=calibration,
+                            reconstruct=reconstruct, reconstruct_options=reconstruct_options)
+        rel, dis = output_error(_outputs(make(pruned, plan), arr), dense_outputs)
+        for d, v in ((table.kept, n_keep), (table.rel_mse, rel), (table.disagreement, dis),
+                     (table.cost, dis + rel), (table.macs_saved,
+                                               rep.macs_before - rep.macs_after)):
+            d.setdefault(g.id, {})[r] = v
+    return table
+
+
+def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str | None = None,
+             calibration=None, max_cost: float = math.inf) -> tuple[PrunePlan, dict]:
+    """Greedy per-group ratios reaching ``macs_target`` (fraction of dense MACs).
+
+    Every group starts unpruned; each step moves one group to its next scanned ratio, the
+    move with the smallest increase of scanned cost per MAC saved (moves whose cost is above
+    ``max_cost`` are never taken), until the plan's exact MACs fraction is at most
+    ``macs_target``.
+
+    Returns
+    -------
+    (PrunePlan, info)
+        ``info``: ``{"ratios": {group: ratio}, "macs_fraction": f, "reached": bool,
+        "cost": summed scanned cost}``.
+    """
+    if not 0 < macs_target <= 1:
+        raise HCPruneError(f"macs_target must be in (0, 1], got {macs_target}")
+    criterion = criterion or table.criterion
+    levels = {g: sorted(row, key=lambda r: table.kept[g][r], reverse=True)
+              for g, row in table.cost.items()}
+    pos = {g: -1 for g in levels}  # -1: unpruned
+    total = graph.total_macs
+
+    def counts():
+        return {g: table.kept[g][levels[g][p]] for g, p in pos.items() if p >= 0}
+
+    def frac_of(cnt):
+        plan = group_plan(graph, cnt, "l2") if cnt else None
+        return 1.0 if plan is None else graph.count_after(plan)[0] / total
+
+    frac, spent = 1.0, 0.0
+    while frac > macs_target:
+        best = None
+        for g, p in pos.items():
+            if p + 1 >= len(levels[g]):
+                continue
+            r_next = levels[g][p + 1]
+            c_next = table.cost[g][r_next]
+            if c_next > max_cost:
+                continue
+            c_now = table.cost[g][levels[g][p]] if p >= 0 else 0.0
+            s_now = table.macs_saved[g][levels[g][p]] if p >= 0 else 0
+            gain = table.macs_saved[g][r_next] - s_now
+            if gain <= 0:
+                continue
+            key = (max(c_next - c_now, 0.0) / gain, g)
+            if best is None or key < best[0]:
+                best = (key, g, c_next - c_now)
+        if best is None:
+            break
+        _, g, dc = best
+        pos[g] += 1
+        spent += dc
+        frac = frac_of(counts())
+    cnt = counts()
+    ratios = {g: levels[g][p] for g, p in pos.items() if p >= 0}
+    plan = group_plan(graph, cnt, criterion, calibration, config={
+        "criterion": criterion, "budget": "sensitivity", "macs_target": macs_target,
+        "group_ratios": {str(g): r for g, r in ratios.items()}})
+    info = {"ratios": ratios, "macs_fraction": frac, "reached": frac <= macs_target,
+            "cost": spent}
+    return plan, info
