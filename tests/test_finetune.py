@@ -44,6 +44,7 @@ def test_backbone_at_batch_3_equals_the_module_per_sample(tiny):
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_short_finetune_lowers_loss_and_keeps_accuracy(tiny):
     """A few Adam steps on fixed-seed data: the training loss falls, and top-1 on the
     training data does not fall; the result is a finite batch-1 module."""
