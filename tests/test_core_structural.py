@@ -2,10 +2,12 @@
 to the module written by hand with the sliced constants and shrunk shapes."""
 
 import numpy as np
+import pytest
 import tvm
 from tvm import relax
 
 import tvm_hcprune as hc
+from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.plan import PrunePlan
 
 R = np.random.default_rng(0)
@@ -120,3 +122,14 @@ def test_grouped_conv_nhwc_ohwi_equals_the_mask_oracle():
     np.testing.assert_allclose(run_relax(pruned, [xs]),
                                run_relax(masked_reference(mod, report.plan), [xs]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_unbalanced_plan_for_a_grouped_conv_is_refused():
+    w1 = R.normal(size=(8, 3, 3, 3)).astype("float32")
+    before = _conv_chain(w1, np.zeros(8, "float32"), R.normal(size=(4, 4, 1, 1)).astype(
+        "float32"), groups2=2)
+    graph = hc.analyze(before)
+    (members,) = graph.balanced_sets
+    plan = PrunePlan.create(graph.fingerprint, {members[0]: [0, 3]}, {members[0]: 4})
+    with pytest.raises(HCPruneError, match="must keep equal counts"):
+        hc.prune(before, plan=plan, graph=graph)

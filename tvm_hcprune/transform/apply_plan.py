@@ -41,6 +41,14 @@ def check_plan(graph, plan: PrunePlan) -> None:
         if graph.groups[gid].frozen:
             raise HCPruneError(f"plan prunes group {gid}, which is frozen: "
                                f"{graph.groups[gid].reasons[0].reason}")
+    for members in getattr(graph, "balanced_sets", ()):
+        counts = {g: len(plan.kept_indices(g)) if g in plan.kept else graph.groups[g].size
+                  for g in members}
+        if len(set(counts.values())) > 1:
+            raise HCPruneError(
+                f"plan keeps {counts} channels in groups {members}, which feed the groups of "
+                "one grouped convolution and must keep equal counts; keep as many channels "
+                "in each (ChannelGraph.balanced_sets lists such groups)")
 
 
 @mutator
