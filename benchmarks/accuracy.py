@@ -190,6 +190,20 @@ def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log,
     return rows
 
 
+def never_worse_violations(rows) -> list[dict]:
+    """Rows where reconstruction's top-1 is below plain pruning's (same model, budget,
+    ratio, criterion)."""
+    def key(r):
+        return r["model"], r["budget"], r["ratio"], r["criterion"], r["macs_fraction"]
+
+    plain = {key(r): r for r in rows if not r["reconstruct"]}
+    return [{"model": r["model"], "budget": r["budget"], "ratio": r["ratio"],
+             "criterion": r["criterion"], "top1_plain": plain[key(r)]["top1"],
+             "top1_reconstructed": r["top1"]}
+            for r in rows if r["reconstruct"] and key(r) in plain
+            and r["top1"] < plain[key(r)]["top1"]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
@@ -231,8 +245,12 @@ def main(argv=None) -> int:
                           budgets=("uniform", "sensitivity") if args.budget == "both"
                           else (args.budget,), scan_criterion=args.scan_criterion,
                           batch_norm=args.batch_norm)
+    worse = never_worse_violations(rows)
+    print(f"reconstruction worse than plain pruning in {len(worse)} of "
+          f"{sum(r['reconstruct'] for r in rows)} rows" + (f": {worse}" if worse else ""))
     out = {
         "benchmark": "accuracy",
+        "reconstruction_worse_than_plain": worse,
         "host": {"machine": platform.machine(), "python": platform.python_version(),
                  "note": "accuracy figures; shared 2-core machine (timings indicative)"},
         "command": "benchmarks/accuracy.py " + " ".join(argv or sys.argv[1:]),

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--n", type=int, default=1000, help="held-out test digits")
+    ap.add_argument("--loss", choices=("ce", "distill"), default="ce",
+                    help="cross-entropy on labels, or distillation from the dense model")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -49,13 +51,14 @@ def main(argv=None) -> int:
                            reconstruct=True)
     recon = evaluate(pruned, test, reference=dense.predictions, progress=False)
     t0 = time.perf_counter()
-    tuned, frep = finetune(pruned, train, steps=args.steps, batch=args.batch, lr=args.lr)
+    tuned, frep = finetune(pruned, train, steps=args.steps, batch=args.batch, lr=args.lr,
+                           loss=args.loss, dense=mod if args.loss == "distill" else None)
     seconds = time.perf_counter() - t0
     ft = evaluate(tuned, test, reference=dense.predictions, progress=False)
     out = {
         "benchmark": "finetune", "model": "mnist_resnet", "ratio": args.ratio,
         "macs_fraction": rep.macs_fraction, "n": len(test), "top1_dense": dense.top1,
-        "top1_reconstructed": recon.top1, "top1_finetuned": ft.top1,
+        "loss": args.loss, "top1_reconstructed": recon.top1, "top1_finetuned": ft.top1,
         "agreement_reconstructed": recon.agreement, "agreement_finetuned": ft.agreement,
         "finetune": frep.to_dict(), "finetune_seconds": round(seconds, 1),
         "note": "shared 2-core machine, other agents loading it (times indicative)",

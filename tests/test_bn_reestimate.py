@@ -75,17 +75,6 @@ def test_recompute_equals_onnxruntime_statistics(small):
     assert any(not np.allclose(a[1], b[1]) for a, b in zip(before, consts, strict=True))
 
 
-def test_match_on_unpruned_module_changes_nothing(small, dense_stats):
-    """'match' makes the pruned model's normalised statistics equal the dense model's; on
-    the dense module itself that is the identity."""
-    _, mod, graph, xs = small
-    new, _ = reestimate_batch_norm(graph.mod, xs, mode="match", graph=graph, plan=None,
-                                   dense_stats=dense_stats)
-    for (_, m0, v0), (_, m1, v1) in zip(_bn_consts(graph.mod), _bn_consts(new), strict=True):
-        np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(v1, v0, rtol=1e-4, atol=1e-5)
-
-
 def test_match_after_pruning_reproduces_dense_normalised_statistics(small, dense_stats):
     """After pruning, (mean_p - m') / sqrt(v' + eps) and var_p / (v' + eps) equal the dense
     model's on the kept channels; outputs stay finite; the IR keeps its shapes."""
@@ -118,12 +107,16 @@ def test_match_after_pruning_reproduces_dense_normalised_statistics(small, dense
     assert all(np.isfinite(m).all() and (v >= 0).all() for _, m, v in _bn_consts(new))
 
 
-def test_pass_form_and_bad_input(small, dense_stats):
+def test_pass_form_match_on_unpruned_module_changes_nothing(small, dense_stats):
+    """'match' makes the pruned model's normalised statistics equal the dense model's; on
+    the dense module itself (pass form, no plan) that is the identity. Bad input raises."""
     _, mod, graph, xs = small
     p = ReestimateBatchNorm(xs, mode="match", graph=graph, dense_stats=dense_stats)
     out = p(graph.mod)
     assert p.last_report is not None and len(p.last_report.layers) == len(dense_stats)
-    assert len(_bn_consts(out)) == len(_bn_consts(mod))
+    for (_, m0, v0), (_, m1, v1) in zip(_bn_consts(graph.mod), _bn_consts(out), strict=True):
+        np.testing.assert_allclose(m1, m0, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(v1, v0, rtol=1e-4, atol=1e-5)
     with pytest.raises(HCPruneError, match="mode"):
         reestimate_batch_norm(mod, xs, mode="ema")
     with pytest.raises(HCPruneError, match="graph"):
@@ -134,3 +127,24 @@ def test_pass_form_and_bad_input(small, dense_stats):
     bad[0, 0, 0, 0, 0] = np.nan
     with pytest.raises(HCPruneError):
         reestimate_batch_norm(mod, bad)
+
+
+def test_reconstruct_option_reestimates_after_the_fit(small):
+    """prune(reconstruct=True) with reconstruct_options batch_norm='recompute' re-estimates
+    the statistics of the reconstructed module: they equal a direct recompute of it."""
+    _, mod, graph, xs = small
+    cal = hc.calibrate(mod, xs, max_rows=256, progress=False)
+    plain, rep = hc.prune(mod, ratio=0.5, align=1, graph=graph, calibration=cal,
+                          reconstruct=True)
+    both, rep2 = hc.prune(mod, ratio=0.5, align=1, graph=graph, calibration=cal,
+                          reconstruct=True, reconstruct_options={
+                              "batch_norm": "recompute", "batch_norm_samples": xs})
+    bn = rep2.reconstruction.batch_norm
+    assert bn is not None and bn["mode"] == "recompute" and bn["layers"]
+    stats = batch_norm_input_stats(plain, xs)
+    for name, m, v in _bn_consts(both):
+        np.testing.assert_allclose(m, stats[name][0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(v, stats[name][1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(HCPruneError, match="batch_norm_samples"):
+        hc.prune(mod, ratio=0.5, align=1, graph=graph, calibration=cal, reconstruct=True,
+                 reconstruct_options={"batch_norm": "recompute"})
