@@ -183,6 +183,51 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     return True
 
 
+def schedule_pointwise(sch, names: list[str]) -> bool:
+    """Schedule ``hcp_pwpad``/``hcp_pw``/``hcp_pwout`` (pixel-vectorised 1x1 conv).
+
+    Register tile ``rows`` output channels x ``ty`` image rows x ``vecs`` vectors along W,
+    reduction over the input channels outside it, parallel over the tiles; the write-back
+    (with the inlined epilogue) per tile, vectorised along W when the tile has no padding.
+    """
+    from tvm_hcprune.schedule import pointwise as pw
+
+    acc_name, out_name = _find(names, "hcp_pw"), _find(names, "hcp_pwout")
+    if not (acc_name and out_name):
+        return False
+    acc, out = sch.get_sblock(acc_name), sch.get_sblock(out_name)
+    ann = sch.get(acc).annotations
+    rows, ty, vecs, lanes = (int(ann[k]) for k in (pw.ROWS_ATTR, pw.TY_ATTR, pw.VECS_ATTR,
+                                                    pw.LANES_ATTR))
+    _inline_epilogue(sch, out)
+    n, o, y, x, rk = sch.get_loops(acc)
+    oo, oi = sch.split(o, [None, rows])
+    yo, yi = sch.split(y, [None, ty])
+    xo, xv, xl = sch.split(x, [None, vecs, lanes])
+    sch.reorder(n, oo, yo, xo, rk, oi, yi, xv, xl)
+    outer = sch.fuse(n, oo, yo, xo)
+    sch.parallel(outer)
+    for lp in (oi, yi, xv):
+        sch.unroll(lp)
+    sch.vectorize(xl)
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, outer)
+    wo, wi = sch.get_loops(out)[-1], sch.get_loops(out)[1:-1]
+    if _extent(sch, wo) % lanes == 0 and "where" not in str(sch.get(out)):
+        wv, wl = sch.split(wo, [None, lanes])
+        sch.vectorize(wl)
+        for lp in (*wi, wv):
+            sch.unroll(lp)
+    init = sch.decompose_reduction(acc, rk)
+    sch.vectorize(sch.get_loops(init)[-1])
+    pad_name = _find(names, "hcp_pwpad")
+    if pad_name:
+        ploops = sch.get_loops(sch.get_sblock(pad_name))
+        sch.parallel(sch.fuse(*ploops[:3]))
+        sch.vectorize(ploops[-1])
+    return True
+
+
 def schedule_dwrows(sch, names: list[str]) -> bool:
     """Schedule ``hcp_dwpad``/``hcp_dwrow``/``hcp_dwcrop`` (row-vectorised depthwise)."""
     row_name, pad_name, crop_name = (
@@ -248,7 +293,7 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-_RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_dense)
+_RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_pointwise, schedule_dense)
 
 
 def apply_rules(func):

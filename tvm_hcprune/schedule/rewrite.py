@@ -1,5 +1,9 @@
 """Relax pass :class:`PackWeightsForCPU`: route conv2d / matmul to tvm_hcprune's CPU kernels.
 
+NCHW 1x1 stride-1 convs may take the pixel-vectorised kernel of
+:mod:`tvm_hcprune.schedule.pointwise` (no packing at all); the others the channel-blocked
+kernels of :mod:`tvm_hcprune.schedule.conv2d_nchwc`.
+
 Every supported call (static shapes, float32, constant weight) becomes a ``call_tir`` of a
 channel-blocked TE kernel whose weight was packed once, here, at compile time. Unsupported
 calls are left alone and take TVM's default path.
@@ -12,7 +16,9 @@ import tvm
 from tvm import relax, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.schedule import conv2d_nchwc as cw
+from tvm_hcprune.schedule import pointwise as pw
 
 _CONV = "relax.nn.conv2d"
 
@@ -56,11 +62,14 @@ def _make_call(bb: relax.BlockBuilder, name: str, te_fn, args, arg_shapes, dtype
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool,
-                 l2_bytes: int = 512 * 1024):
+                 l2_bytes: int = 512 * 1024, pointwise: bool | str = True):
         super().__init__(mod)
         # NCHW depthwise: row-vectorised kernel (no channel packing; measured 0.55-0.95x the
         # time of the packed kernel on MobileNetV2's layers). NHWC keeps the packed one.
         self.depthwise_rows = True
+        # NCHW 1x1 stride-1 convs: pixel-vectorised GEMM kernel, no packing (pointwise.py),
+        # where pointwise.prefer_pointwise says it is faster ("always": every such conv)
+        self.pointwise = pointwise
         self.l2_bytes = l2_bytes
         self.lanes = lanes
         self.registers = registers
@@ -120,6 +129,10 @@ class _Rewriter(PyExprMutator):
         if ic != icg * groups or oc % groups:
             return None
         ow = (wd + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+        if (self.pointwise and layout == "NCHW" and groups == 1 and (kh, kw) == (1, 1)
+                and strides == [1, 1] and not any(padding)
+                and (self.pointwise == "always" or pw.prefer_pointwise(ic, oc, h, wd))):
+            return self._pointwise(data, w, dshape, oc)
         plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers)
         if plan.depthwise and w.shape[1] != 1:
             return None
@@ -164,6 +177,17 @@ class _Rewriter(PyExprMutator):
         )
 
 
+    def _pointwise(self, data, w, dshape, oc):
+        plan = pw.plan_pointwise(oc, dshape[2], dshape[3], self.lanes, self.registers)
+        wpack = pw.pack_pointwise_weight(w, plan)
+
+        def fn(d, wp):
+            return pw.pointwise_te(d, wp, oc=oc, plan=plan)
+
+        return _make_call(self.builder_, "hcp_pwconv2d", fn, [data, relax.const(wpack)],
+                          [dshape, wpack.shape], ["float32", "float32"])
+
+
 @tvm.transform.module_pass(opt_level=0, name="PackWeightsForCPU")
 class PackWeightsForCPU:
     """Rewrite conv2d (NCHW, NHWC) and constant-weight matmul into blocked CPU kernels.
@@ -180,10 +204,17 @@ class PackWeightsForCPU:
         Rewrite matmul with a constant 2-D right operand.
     l2_bytes : int
         Per-core L2 size (chooses the conv's outer loop order).
+    pointwise : bool or "always"
+        NCHW 1x1 stride-1 convs take the pixel-vectorised kernel
+        (:mod:`tvm_hcprune.schedule.pointwise`) where it is the faster one (True), on every
+        such conv ("always"), or never (False).
     """
 
     def __init__(self, lanes: int = 8, registers: int = 16, conv: bool = True, dense: bool = True,
-                 l2_bytes: int = 512 * 1024):
+                 l2_bytes: int = 512 * 1024, pointwise: bool | str = True):
+        if pointwise not in (True, False, "always"):
+            raise HCPruneError(f"pointwise must be True, False or 'always', got {pointwise!r}")
+        self.pointwise = pointwise
         self.l2_bytes = int(l2_bytes)
         self.lanes = int(lanes)
         self.registers = int(registers)
@@ -191,7 +222,8 @@ class PackWeightsForCPU:
         self.dense = dense
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense, self.l2_bytes)
+        rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense, self.l2_bytes,
+                       self.pointwise)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 new = rw.visit_expr(func)
