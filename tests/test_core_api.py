@@ -224,3 +224,27 @@ def test_compiling_the_analysed_module_does_not_change_the_analysis(small):
     np.testing.assert_allclose(run_relax(pruned, [x]),
                                run_relax(masked_reference(small, report.plan), [x]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_per_group_counts_follow_grouped_conv_balance():
+    """Per-group budgets (sensitivity allocation) give every input group of a grouped conv
+    the same count, and the default align is divided over the conv's groups."""
+    from core_models import build
+
+    from tvm_hcprune.planner import group_align
+    from tvm_hcprune.sensitivity import balanced_counts, group_plan
+
+    model, _ = build("grouped")
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    (members,) = graph.balanced_sets
+    plan = group_plan(graph, {members[2]: 2})
+    assert {len(plan.kept_indices(g)) for g in members} == {2}
+    assert group_align(graph, graph.groups[members[0]], 8) == 2  # 4 groups x 2 = 8 channels
+    with pytest.raises(HCPruneError, match="equal counts"):
+        balanced_counts(graph, {members[0]: 1, members[1]: 3})
+    pruned, _ = hc.prune(mod, plan=plan, graph=graph)
+    x = np.random.default_rng(0).normal(size=(1, 4, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_relax(pruned, [x]),
+                               run_relax(masked_reference(mod, plan), [x]),
+                               rtol=1e-5, atol=1e-6)

@@ -65,6 +65,20 @@ def resolve_align(align: int | None, target=None) -> int:
     return int(profile_for(target if target is not None else "llvm").channel_multiple)
 
 
+def group_align(graph, group, align: int) -> int:
+    """The multiple a group's kept count rounds to so that tensors keep ``align`` channels.
+
+    Attention heads are pruned whole: align counts heads (at least one). The input groups of
+    one grouped conv keep equal counts, so the tensor holds ``len(set) * unit`` channels per
+    kept one and each group needs only ``align / gcd(align, len(set) * unit)``.
+    """
+    if group.balance is not None:
+        members = graph.balanced_sets[group.balance]
+        unit = max(graph.groups[i].unit for i in members)
+        return max(1, align // math.gcd(align, len(members) * unit))
+    return align if group.unit == 1 else max(1, align // group.unit)
+
+
 def _protected(group, protect) -> bool:
     for p in protect:
         if p == f"group:{group.id}" or p in group.producers:
@@ -98,19 +112,14 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
     for g in graph.groups:
         if g.frozen or g.balance is not None or _protected(g, config.protect):
             continue
-        # attention heads are pruned whole: align counts heads, at least one head of channels
-        n_keep = config.kept_count(g.size, align if g.unit == 1 else max(1, align // g.unit))
+        n_keep = config.kept_count(g.size, group_align(graph, g, align))
         if n_keep < g.size:
             keep(g, n_keep, scores_of(g))
     for members in getattr(graph, "balanced_sets", ()):
-        # a grouped conv's input groups keep equally many channels each; the tensor then
-        # holds len(members) * unit * n_keep of them, so align per group divides accordingly
         groups = [graph.groups[i] for i in members]
         if any(_protected(g, config.protect) for g in groups):
             continue
-        unit = max(g.unit for g in groups)
-        n_keep = config.kept_count(groups[0].size, max(1, align // math.gcd(
-            align, len(groups) * unit)))
+        n_keep = config.kept_count(groups[0].size, group_align(graph, groups[0], align))
         if n_keep < groups[0].size:
             for g in groups:
                 keep(g, n_keep, scores_of(g))

@@ -29,7 +29,7 @@ from .config import PruneConfig
 from .criteria import get_criterion
 from .errors import HCPruneError
 from .plan import PrunePlan
-from .planner import _protected, group_views, resolve_align
+from .planner import _protected, group_align, group_views, resolve_align
 
 __all__ = ["SensitivityTable", "allocate", "group_plan", "output_error", "sensitivity_scan"]
 
@@ -97,6 +97,7 @@ def group_plan(graph, counts: dict, criterion: str = "l2", calibration=None,
     crit = get_criterion(criterion)
     rng = np.random.default_rng(seed)
     kept, sizes = {}, {}
+    counts = balanced_counts(graph, counts)
     for gid, n_keep in counts.items():
         g = graph.groups[gid]
         if g.frozen:
@@ -112,6 +113,20 @@ def group_plan(graph, counts: dict, criterion: str = "l2", calibration=None,
         kept[gid] = np.sort(order[:n_keep])
         sizes[gid] = g.size
     return PrunePlan.create(graph.fingerprint, kept, sizes, dict(config or {}))
+
+
+def balanced_counts(graph, counts: dict) -> dict:
+    """``counts`` with each group's count given to every group it must stay equal to (the
+    input groups of one grouped convolution, ``graph.balanced_sets``)."""
+    out = dict(counts)
+    for members in getattr(graph, "balanced_sets", ()):
+        listed = {out[g] for g in members if g in out}
+        if len(listed) > 1:
+            raise HCPruneError(f"groups {members} feed one grouped convolution and must keep "
+                               f"equal counts, got {sorted(listed)}")
+        if listed:
+            out.update({g: next(iter(listed)) for g in members})
+    return out
 
 
 def _runner_default(target=None):
@@ -183,12 +198,15 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
         dense_outputs = _outputs(make(mod, None), arr)
     table = SensitivityTable(ratios, criterion=criterion, reconstruct=reconstruct,
                              n_samples=len(arr))
-    groups = [g for g in graph.groups if not g.frozen and not _protected(g, protect)]
+    # the input groups of one grouped conv are scanned as one (group_plan prunes them alike)
+    followers = {g for members in getattr(graph, "balanced_sets", ()) for g in members[1:]}
+    groups = [g for g in graph.groups if not g.frozen and not _protected(g, protect)
+              and g.id not in followers]
     jobs = []
     for g in groups:
         seen = set()
         for r in ratios:
-            n_keep = PruneConfig(ratio=r).kept_count(g.size, align_r)
+            n_keep = PruneConfig(ratio=r).kept_count(g.size, group_align(graph, g, align_r))
             if n_keep < g.size and n_keep not in seen:
                 seen.add(n_keep)
                 jobs.append((g, r, n_keep))
