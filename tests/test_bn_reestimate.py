@@ -119,6 +119,8 @@ def test_pass_form_match_on_unpruned_module_changes_nothing(small, dense_stats):
         np.testing.assert_allclose(v1, v0, rtol=1e-4, atol=1e-5)
     with pytest.raises(HCPruneError, match="mode"):
         reestimate_batch_norm(mod, xs, mode="ema")
+    with pytest.raises(HCPruneError, match="passes"):
+        reestimate_batch_norm(mod, xs, passes=0)
     with pytest.raises(HCPruneError, match="graph"):
         reestimate_batch_norm(mod, xs, mode="match")
     with pytest.raises(HCPruneError):

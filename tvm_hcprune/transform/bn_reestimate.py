@@ -18,6 +18,17 @@ Two modes:
   sqrt(var_p / var_d)``, ``v' = s'^2 - eps``, ``m' = mean_p - (mean_d - m) s' / sqrt(v +
   eps)``. On an unpruned module it changes nothing. Channels whose variance is ~0 in either
   model keep ``v`` and only get their mean shifted.
+
+All batch norms are measured in one run of the module, so each sees its input as produced
+with the *old* statistics of the batch norms upstream of it; after the update, inputs of
+downstream batch norms move a little. ``passes=k`` repeats the measurement on the updated
+module (a fixed-point iteration; every pass compiles and runs the module once more).
+
+Measured on the bundled MNIST ResNet (1,000 test digits, ratio 0.5 with l2, 300
+calibration digits): ``recompute`` lifts plainly pruned models (0.253x MACs: 13% -> 31%) but
+does not help after reconstruction (97.4% -> 96.9%); ``match`` is worse after
+reconstruction (97.4% -> 94.8%), because the fitted layer reproduces the dense output's
+mean but not its unexplained variance, which matching then amplifies. Both are opt-in.
 """
 
 from __future__ import annotations
@@ -150,7 +161,7 @@ def _kept_channels(graph, plan, name: str, arg: int, size: int) -> np.ndarray:
 
 def reestimate_batch_norm(mod, samples, mode: str = "recompute", graph=None, plan=None,
                           dense_stats: dict | None = None, min_var: float = 1e-12,
-                          target=None, progress: bool = False):
+                          target=None, progress: bool = False, passes: int = 1):
     """New ``moving_mean`` / ``moving_var`` for every batch_norm of ``mod`` (see module docs).
 
     Parameters
@@ -171,21 +182,36 @@ def reestimate_batch_norm(mod, samples, mode: str = "recompute", graph=None, pla
     target : optional
         CPU target to run on (default: the host).
     progress : bool
+    passes : int
+        Measurement passes (see the module docs).
 
     Returns
     -------
     (tvm.IRModule, BatchNormReport)
     """
-    from .reconstruct import _replace_constants
-
+    if not isinstance(passes, int) or passes < 1:
+        raise HCPruneError(f"passes must be an integer >= 1, got {passes!r}")
     if mode not in _MODES:
         raise HCPruneError(f"batch-norm re-estimation mode must be one of {_MODES}, "
                            f"got {mode!r}")
     if mode == "match" and graph is None:
         raise HCPruneError("mode='match' needs graph=analyze(dense_mod) (and the plan)")
-    stats = batch_norm_input_stats(mod, samples, target, progress)
     if mode == "match" and dense_stats is None:
         dense_stats = batch_norm_input_stats(graph.mod, samples, target, progress)
+    # the statistics always describe the batch norms' *original* constants' module: each
+    # pass re-measures the inputs and re-derives the constants from the original ones
+    out, report = mod, None
+    for _ in range(passes):
+        out, report = _reestimate_once(mod, out, samples, mode, graph, plan, dense_stats,
+                                       min_var, target, progress)
+    return out, report
+
+
+def _reestimate_once(mod, current, samples, mode, graph, plan, dense_stats, min_var, target,
+                     progress):
+    from .reconstruct import _replace_constants
+
+    stats = batch_norm_input_stats(current, samples, target, progress)
     func = relax.transform.Normalize()(mod)["main"]
     report = BatchNormReport(mode, len(_as_array(samples)))
     updates = {}
@@ -245,7 +271,7 @@ class ReestimateBatchNorm:
 
     Parameters
     ----------
-    samples, mode, graph, plan, dense_stats, min_var, target
+    samples, mode, graph, plan, dense_stats, min_var, target, passes
         See :func:`reestimate_batch_norm`.
 
     Attributes
@@ -254,10 +280,10 @@ class ReestimateBatchNorm:
     """
 
     def __init__(self, samples, mode="recompute", graph=None, plan=None, dense_stats=None,
-                 min_var=1e-12, target=None):
+                 min_var=1e-12, target=None, passes=1):
         self.samples = samples
         self.options = dict(mode=mode, graph=graph, plan=plan, dense_stats=dense_stats,
-                            min_var=min_var, target=target)
+                            min_var=min_var, target=target, passes=passes)
         self.last_report: BatchNormReport | None = None
 
     def transform_module(self, mod, ctx):
