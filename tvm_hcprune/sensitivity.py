@@ -222,6 +222,29 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
     return table
 
 
+def _give_back(pos, levels, table, frac_of, counts, macs_target, frac, spent):
+    """Undo greedy steps (costliest first) while the MACs budget stays met."""
+    def step_cost(g):
+        p = pos[g]
+        prev = table.cost[g][levels[g][p - 1]] if p >= 1 else 0.0
+        return table.cost[g][levels[g][p]] - prev
+
+    changed = True
+    while changed:
+        changed = False
+        for dc, g in sorted(((step_cost(g), g) for g, p in pos.items() if p >= 0),
+                            reverse=True):
+            if dc <= 0:
+                break
+            pos[g] -= 1
+            f = frac_of(counts())
+            if f <= macs_target:
+                frac, spent, changed = f, spent - dc, True
+                break
+            pos[g] += 1
+    return frac, spent
+
+
 def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str | None = None,
              calibration=None, max_cost: float = math.inf) -> tuple[PrunePlan, dict]:
     """Greedy per-group ratios reaching ``macs_target`` (fraction of dense MACs).
@@ -229,7 +252,9 @@ def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str 
     Every group starts unpruned; each step moves one group to its next scanned ratio, the
     move with the smallest increase of scanned cost per MAC saved (moves whose cost is above
     ``max_cost`` are never taken), until the plan's exact MACs fraction is at most
-    ``macs_target``.
+    ``macs_target``. Then steps that are no longer needed are given back, costliest first,
+    as long as the budget stays met (the last greedy step often overshoots: coupled groups
+    save more together than their single-group savings add up to).
 
     Returns
     -------
@@ -276,6 +301,8 @@ def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str 
         pos[g] += 1
         spent += dc
         frac = frac_of(counts())
+    if frac <= macs_target:
+        frac, spent = _give_back(pos, levels, table, frac_of, counts, macs_target, frac, spent)
     cnt = counts()
     ratios = {g: levels[g][p] for g, p in pos.items() if p >= 0}
     plan = group_plan(graph, cnt, criterion, calibration, config={
