@@ -166,6 +166,18 @@ class TuneStats:
             mean = sum(secs) / len(secs)
             self.best[name] = min(self.best.get(name, float("inf")), mean)
 
+    def predicted_ratio(self) -> float | None:
+        """The model's tuned/rules latency ratio the per-task measurements predict (the
+        kept tasks at their re-measured best, the others at the rules' time), or None
+        without seeds."""
+        if not self.seeds:
+            return None
+        weight = dict(zip(self.tasks, self.weights, strict=False))
+        rules = sum(weight.get(n, 1) * t for n, t in self.seeds.items())
+        saved = sum(weight.get(n, 1) * self.seeds[n] * (1.0 - r) for n, r in self.kept.items()
+                    if n in self.seeds)
+        return (rules - saved) / rules if rules > 0 else None
+
     def total_latency(self) -> float:
         """Weighted sum of the best task latencies (seconds)."""
         weight = dict(zip(self.tasks, self.weights, strict=False))
@@ -496,11 +508,16 @@ def _local_model_latency(ex, inputs: dict, target, repeat: int) -> float:
 
 
 def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 10,
-                       min_gain: float = 0.01) -> tuple:
+                       min_gain: float = 0.01, predicted: float | None = None,
+                       max_passes: int = 3) -> tuple:
     """Time the model built with ``database`` against the rules-only build; keep the faster.
 
     Both builds are run on this machine, interleaved, ``rounds`` times (best of ``repeat``
     runs each); the database is kept only when its model is at least ``min_gain`` faster.
+    On a shared machine one pass can be fooled either way (measured here: the same pair of
+    builds timed 1.65x and 0.65x in two passes), so when the result contradicts
+    ``predicted`` (the tuned/rules ratio expected from the per-task measurements), up to
+    ``max_passes`` passes are run and the best time of each build over all passes decides.
 
     Parameters
     ----------
@@ -510,13 +527,15 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
         A target this machine runs (llvm, or cuda with a local GPU).
     database : ScheduleDatabase
         The tuned records.
+    predicted : float, optional
+        Expected tuned/rules model latency ratio (e.g. from :class:`TuneStats`).
 
     Returns
     -------
     (ScheduleDatabase, dict)
         ``database`` itself, or an empty database for the target when the rules-only model
-        was as fast; and the figures (``tuned_ms``, ``rules_ms``, ``ratio``, ``kept``:
-        ``"tuned"`` or ``"rules"``, or ``skipped`` with the reason).
+        was as fast; and the figures (``tuned_ms``, ``rules_ms``, ``ratio``, ``passes``,
+        ``predicted``, ``kept``: ``"tuned"`` or ``"rules"``, or ``skipped`` with the reason).
     """
     from tvm_hcprune.pipeline import build
 
@@ -530,13 +549,20 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
     exes = {"rules": build(mod, target, database=False),
             "tuned": build(mod, target, database=database)}
     best = dict.fromkeys(exes, float("inf"))
-    for _ in range(rounds):
-        for label, ex in exes.items():
-            best[label] = min(best[label], _local_model_latency(ex, inputs, target, repeat))
-    ratio = best["tuned"] / best["rules"]
-    kept = "tuned" if ratio <= 1.0 - min_gain else "rules"
+    expect_gain = predicted is not None and predicted <= 1.0 - min_gain
+    passes = 0
+    while True:
+        passes += 1
+        for _ in range(rounds):
+            for label, ex in exes.items():
+                best[label] = min(best[label], _local_model_latency(ex, inputs, target, repeat))
+        ratio = best["tuned"] / best["rules"]
+        kept = "tuned" if ratio <= 1.0 - min_gain else "rules"
+        if predicted is None or (kept == "tuned") == expect_gain or passes >= max_passes:
+            break
     info = {"tuned_ms": round(best["tuned"] * 1e3, 4), "rules_ms": round(best["rules"] * 1e3, 4),
             "ratio": round(ratio, 4), "records": len(database), "kept": kept,
+            "passes": passes, "predicted": None if predicted is None else round(predicted, 4),
             "seconds": round(time.perf_counter() - start, 1)}
     if kept == "tuned":
         return database, info
@@ -760,7 +786,8 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                                                    "built as a model"}
     elif model_check and local:
         with _thread_env(target):
-            result, stats.model = compare_with_rules(mod, target, result)
+            result, stats.model = compare_with_rules(mod, target, result,
+                                                     predicted=stats.predicted_ratio())
     elif model_check:
         stats.model = {"kept": "tuned", "skipped": "the model is not timed through RPC or a "
                                                    "custom runner"}
