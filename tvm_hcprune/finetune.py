@@ -102,7 +102,9 @@ def _adam(base):
 
 
 def _is_param(const) -> bool:
-    arr = const.value
+    arr = getattr(const, "value", None)
+    if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):
+        return False  # e.g. a scalar constant that holds a plain Python number
     return "float" in str(arr.dtype) and int(np.prod(arr.shape)) > 1
 
 
@@ -169,8 +171,9 @@ def to_backbone(mod, batch: int = 1):
             return relax.Tuple([rebuild(f, binding) for f in e.fields])
         if isinstance(e, relax.TupleGetItem):
             return relax.TupleGetItem(rebuild(e.tuple_value, binding), e.index)
-        if isinstance(e, relax.ShapeExpr):
-            return e
+        if isinstance(e, relax.ShapeExpr | tvm.ir.GlobalVar | tvm.ir.StringImm |
+                      relax.ExternFunc):
+            return e  # not data: shapes, callees of call_tir, attributes
         raise HCPruneError(f"fine-tuning cannot rebuild {type(e).__name__} in binding "
                            f"{getattr(binding, 'name', binding)!r}")
 
@@ -187,7 +190,11 @@ def to_backbone(mod, batch: int = 1):
                                    f"({err}); use batch=1") from err
             out = bb.emit_output(rebuild(func.body.body, None))
         bb.emit_func_output(out)
-    backbone = bb.get().with_attr("param_num", len(pvars)).with_attr("state_num", 0)
+    backbone = bb.get()
+    for gv, f in folded.functions_items():  # e.g. PrimFuncs that call_tir refers to
+        if gv.name_hint != "main":
+            backbone[gv] = f
+    backbone = backbone.with_attr("param_num", len(pvars)).with_attr("state_num", 0)
     return backbone, folded, params, sites
 
 
