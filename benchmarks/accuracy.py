@@ -23,8 +23,12 @@ Usage::
 
     .venv/bin/python benchmarks/accuracy.py --json out/accuracy.json
     .venv/bin/python benchmarks/accuracy.py --models mnist_resnet --ratios 0.25,0.35
-    .venv/bin/python benchmarks/accuracy.py --models text_direction --n 1000 \
-        --budget sensitivity --criteria thinet --json out/text.json
+    .venv/bin/python benchmarks/accuracy.py --models mnist_resnet --budget both \
+        --json out/mnist.json
+    .venv/bin/python benchmarks/accuracy.py --models text_direction --n 1000 --guard 128 \
+        --budget both --json out/text.json
+    .venv/bin/python benchmarks/accuracy.py --models text_direction --n 3000 --guard 128 \
+        --budget sensitivity --criteria thinet,activation --json out/text3000.json
 """
 
 from __future__ import annotations
