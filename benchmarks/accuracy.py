@@ -15,7 +15,9 @@ Reconstructed rows go through the model-level guard (``--guard N`` held-out samp
 used for calibration: the reconstruction is kept only if it agrees with the dense model at
 least as often as plain pruning there; ``reverted`` in the row). ``--budget sensitivity``
 adds rows whose per-group ratios come from a sensitivity scan
-(:mod:`tvm_hcprune.sensitivity`, on the guard samples) under the MACs target.
+(:mod:`tvm_hcprune.sensitivity`, on the guard samples) under the MACs target: the greedy
+allocation (``sensitivity@T``) and the best of several allocations judged on the guard
+samples (``selected@T``, :func:`tvm_hcprune.sensitivity.select_plan`).
 ``drop_ci95`` is the 95% confidence interval of the top-1 drop in points (paired: normal
 approximation over the samples where dense and pruned disagree on correctness).
 
@@ -97,13 +99,13 @@ def ratio_for_macs(mod, graph, target: float, criterion="l2", align=None) -> flo
 
 def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log,
               ridge=None, n_guard=64, budgets=("uniform",), scan_criterion="thinet",
-              batch_norm=None) -> list[dict]:
+              batch_norm=None, select=True) -> list[dict]:
     import tvm_hcprune as hc
     from tvm_hcprune.cli.prune import import_onnx, verify
     from tvm_hcprune.evaluation import OnnxRuntimeModel, evaluate
     from tvm_hcprune.export_onnx import apply_to_onnx
     from tvm_hcprune.models import model_path
-    from tvm_hcprune.sensitivity import allocate, sensitivity_scan
+    from tvm_hcprune.sensitivity import allocate, select_plan, sensitivity_scan
 
     make_test, make_cal, input_name, shape, _, _ = MODELS[name]
     onnx_model, mod = import_onnx(model_path(name), {input_name: shape}, log=log)
@@ -151,6 +153,11 @@ def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log,
             for c in criteria:
                 plan, info = allocate(graph, scan, target, criterion=c, calibration=cal)
                 plans.append((f"sensitivity@{target}", None, c, plan))
+                if select:  # the best of several allocations, judged on the guard samples
+                    plan, info = select_plan(mod, graph, scan, cal, guard.samples, target,
+                                             criterion=c, reconstruct_options=rec_opts,
+                                             runner_factory=runner_factory)
+                    plans.append((f"selected@{target}", None, c, plan))
     rows = []
     for budget, ratio, crit, plan in plans:
         for rec in (False, True):

@@ -15,6 +15,7 @@ from tvm_hcprune.sensitivity import (
     allocate,
     group_plan,
     output_error,
+    select_plan,
     sensitivity_scan,
 )
 from tvm_hcprune.testing import onnx_models
@@ -101,5 +102,14 @@ def test_scan_measures_real_errors_and_plan_prunes(small):
     assert info["reached"] and info["macs_fraction"] <= 0.8
     _, rep = hc.prune(mod, plan=plan, graph=graph)
     assert math.isclose(rep.macs_fraction, info["macs_fraction"])
+    # select_plan: the candidate closest to dense on the samples, within the budget
+    plan, info = select_plan(mod, graph, table, cal, xs[12:], 0.8, margins=(1.0, 0.9),
+                             reconstruct=False, runner_factory=make)
+    cands = info["candidates"]
+    assert cands and all(c["macs_fraction"] <= 0.8 for c in cands)
+    best = min((c["disagreement"], c["rel_mse"]) for c in cands)
+    pruned, rep = hc.prune(mod, plan=plan, graph=graph)
+    got = np.stack([make(pruned, plan)(x) for x in xs[12:]])
+    assert output_error(got, dense)[::-1] == pytest.approx(best)
     with pytest.raises(HCPruneError):
         sensitivity_scan(mod, graph, cal, xs[12:], ratios=(1.5,), runner_factory=make)

@@ -31,7 +31,8 @@ from .errors import HCPruneError
 from .plan import PrunePlan
 from .planner import _protected, group_align, group_views, resolve_align
 
-__all__ = ["SensitivityTable", "allocate", "group_plan", "output_error", "sensitivity_scan"]
+__all__ = ["SensitivityTable", "allocate", "group_plan", "output_error", "select_plan",
+           "sensitivity_scan"]
 
 
 @dataclass
@@ -246,7 +247,8 @@ def _give_back(pos, levels, table, frac_of, counts, macs_target, frac, spent):
 
 
 def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str | None = None,
-             calibration=None, max_cost: float = math.inf) -> tuple[PrunePlan, dict]:
+             calibration=None, max_cost: float = math.inf, give_back: bool = True
+             ) -> tuple[PrunePlan, dict]:
     """Greedy per-group ratios reaching ``macs_target`` (fraction of dense MACs).
 
     Every group starts unpruned; each step moves one group to its next scanned ratio, the
@@ -301,7 +303,7 @@ def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str 
         pos[g] += 1
         spent += dc
         frac = frac_of(counts())
-    if frac <= macs_target:
+    if give_back and frac <= macs_target:
         frac, spent = _give_back(pos, levels, table, frac_of, counts, macs_target, frac, spent)
     cnt = counts()
     ratios = {g: levels[g][p] for g, p in pos.items() if p >= 0}
@@ -311,3 +313,54 @@ def allocate(graph, table: SensitivityTable, macs_target: float, criterion: str 
     info = {"ratios": ratios, "macs_fraction": frac, "reached": frac <= macs_target,
             "cost": spent}
     return plan, info
+
+
+def select_plan(mod, graph, table: SensitivityTable, calibration, samples, macs_target: float,
+                criterion: str | None = None, margins=(1.0, 0.97, 0.94, 0.9),
+                reconstruct: bool = True, reconstruct_options: dict | None = None,
+                runner_factory: Callable | None = None, target=None,
+                dense_outputs: np.ndarray | None = None) -> tuple[PrunePlan, dict]:
+    """The best of several allocations under ``macs_target``, judged on held-out samples.
+
+    The scan's costs add up only roughly (measured on text_direction: the allocation for
+    0.67x scored 96.1% and the one for 0.60x 98.0% on 3,000 samples), so candidates are
+    allocated for ``macs_target * m`` for each margin ``m``, with and without giving steps
+    back, each is pruned (and reconstructed) and run on ``samples`` (inputs not used to
+    calibrate), and the one closest to the dense model (fewest arg-max changes, then the
+    smallest relative output error) is returned. Label-free.
+
+    Returns
+    -------
+    (PrunePlan, info)
+        ``info`` of :func:`allocate` for the chosen plan, plus ``"candidates"``: per
+        candidate ``target, give_back, macs_fraction, disagreement, rel_mse``.
+    """
+    from .api import prune
+    from .evaluation import _as_samples
+
+    arr = _as_samples(samples)[0]
+    make = runner_factory or _runner_default(target)
+    if dense_outputs is None:
+        dense_outputs = _outputs(make(mod, None), arr)
+    seen, cands, best = set(), [], None
+    for m in margins:
+        for gb in (True, False):
+            plan, info = allocate(graph, table, macs_target * m, criterion, calibration,
+                                  give_back=gb)
+            key = tuple(sorted((g, len(k)) for g, k in plan.kept.items()))
+            if key in seen or not info["reached"] or info["macs_fraction"] > macs_target:
+                continue
+            seen.add(key)
+            pruned, _ = prune(mod, plan=plan, graph=graph, calibration=calibration,
+                              reconstruct=reconstruct, reconstruct_options=reconstruct_options)
+            rel, dis = output_error(_outputs(make(pruned, plan), arr), dense_outputs)
+            cands.append({"target": macs_target * m, "give_back": gb,
+                          "macs_fraction": info["macs_fraction"], "disagreement": dis,
+                          "rel_mse": rel})
+            if best is None or (dis, rel) < best[0]:
+                best = ((dis, rel), plan, info)
+    if best is None:
+        raise HCPruneError(f"no allocation reaches {macs_target} of the dense MACs with the "
+                           f"scanned ratios {table.ratios}; scan larger ratios")
+    _, plan, info = best
+    return plan, {**info, "candidates": cands}
