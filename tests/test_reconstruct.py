@@ -238,10 +238,7 @@ def test_reconstruct_and_plain_compile_to_the_same_program(small):
     plain, rep = hc.prune(mod, ratio=0.5, align=1, graph=graph)
     recon, _ = reconstruct(plain, graph, rep.plan, cal)
     assert plain["main"].script(show_meta=False) == recon["main"].script(show_meta=False)
-    assert not tvm_structural_equal(plain, recon)
+    import tvm_ffi
 
-
-def tvm_structural_equal(a, b) -> bool:
-    import tvm
-
-    return bool(tvm.ir.structural_equal(a, b))
+    # ... while the constants differ (structural hashes include constant contents)
+    assert tvm_ffi.structural_hash(plain["main"]) != tvm_ffi.structural_hash(recon["main"])
