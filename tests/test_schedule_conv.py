@@ -70,7 +70,9 @@ CASES = {
     "depthwise_odd": (12, 12, (11, 11), 3, 2, 1, 12, 1, "bias_hswish"),
     "depthwise_5x5": (16, 16, (10, 10), 5, 1, 2, 16, 1, "relu"),
     "depthwise_1x1_spatial": (8, 8, (1, 1), 3, 1, 1, 8, 1, "relu"),
-    "depthwise_dilated_wide": (9, 9, (6, 21), 3, 1, 2, 9, 2, "bias"),
+    "depthwise_dilated": (9, 9, (6, 21), 3, 1, 2, 9, 2, "bias"),
+    "depthwise_rows_dilated_wide": (9, 9, (6, 58), 3, 1, 2, 9, 2, "bias"),
+    "depthwise_rows_unaligned_wide": (8, 8, (5, 60), 3, 1, 1, 8, 1, "bias_hswish"),
     "grouped": (12, 18, (8, 8), 3, 1, 1, 3, 1, "bias_relu"),
     "dilated": (8, 16, (12, 12), 3, 1, 2, 1, 2, "bias"),
     "asymmetric_pad": (8, 8, (9, 10), 3, 2, (0, 1, 2, 0), 1, 1, "bias"),
@@ -129,9 +131,14 @@ def test_unaligned_layer_pads_and_predicates():
 
 
 def test_nchw_depthwise_uses_row_kernel():
-    """NCHW depthwise convs take the row-vectorised kernel, epilogue fused, no packing."""
-    mod = _scheduled(conv_module(16, 16, (10, 16), 3, 1, 1, groups=16, epilogue="bias_relu"))
+    """Wide stride-1 NCHW depthwise convs take the row-vectorised kernel, epilogue fused, no
+    packing; strided or narrow ones the channel-packed kernel."""
+    mod = _scheduled(conv_module(16, 16, (10, 64), 3, 1, 1, groups=16, epilogue="bias_relu"))
     ((name, func),) = _kernels(mod)
     script = func.script()
     assert "hcp_dwrow" in script and "hcp_dwpack" not in script
     assert "T.vectorized" in script and "T.max" in script  # relu inlined in the write-back
+    for hw, stride in (((10, 64), 2), ((10, 28), 1)):
+        mod = _scheduled(conv_module(16, 16, hw, 3, stride, 1, groups=16))
+        ((name, func),) = _kernels(mod)
+        assert "hcp_dwpack" in func.script() and "hcp_dwrow" not in func.script()

@@ -21,6 +21,7 @@ CASES = {
     "odd_h_w28": (8, 13, (15, 28), "bias_hswish"),  # H odd, OC prime
     "reduction_w56": (40, 8, (4, 56), "bias_residual"),  # oc < ic at W >= 56
     "one_output_channel": (24, 1, (4, 64), "bias"),
+    "spatial_major_large_input": (64, 20, (40, 56), "bias_relu"),  # input > L2 / 2
 }
 
 
@@ -43,7 +44,8 @@ def test_pointwise_matches_default(case):
     check_against_default(mod)
 
 
-@pytest.mark.parametrize("case", ["odd_channels_w14", "odd_h_w28", "reduction_w56"])
+@pytest.mark.parametrize(
+    "case", ["odd_channels_w14", "odd_h_w28", "reduction_w56", "spatial_major_large_input"])
 def test_pointwise_writes_every_output_once(case):
     """Per-tile write-back covers exactly the tile: each output element written once."""
     np.testing.assert_array_equal(write_counts(_kernel(_module(case))), 1.0)
@@ -64,6 +66,8 @@ def test_routing_between_kernels():
     """Small maps with a channel reduction keep the channel-blocked kernel."""
     assert pw.prefer_pointwise(32, 192, 28, 28) and pw.prefer_pointwise(144, 24, 56, 56)
     assert not pw.prefer_pointwise(960, 160, 7, 7) and not pw.prefer_pointwise(384, 64, 14, 14)
+    assert pw.prefer_pointwise(16, 96, 112, 112)  # few input channels, large output
+    assert not pw.prefer_pointwise(64, 256, 56, 56)  # input re-read per channel block
     kernels = scheduled_kernels(conv_module(64, 32, (7, 7), 1), TARGET)
     assert [k for k in kernels if "pwconv2d" not in k] == list(kernels)
 
@@ -75,6 +79,15 @@ def test_plan_pointwise_fits_registers():
         assert plan.rows * plan.ty * plan.vecs <= 12
         assert plan.oc_padded % plan.rows == 0 and plan.oc_padded >= oc
         assert plan.w_padded % 8 == 0 and plan.w_padded - w < 8
+
+
+def test_loop_order_follows_cache_sizes():
+    """Pixel-tile-major for inputs over half of L2 with small weights, else weight-major."""
+    assert pw.plan_pointwise(20, 40, 56, 8, 16, ic=64).spatial_major
+    assert not pw.plan_pointwise(192, 28, 28, 8, 16, ic=32).spatial_major  # input fits L2
+    assert not pw.plan_pointwise(96, 112, 112, 8, 16, ic=16).spatial_major  # wide expansion
+    ann = _kernel(_module("spatial_major_large_input")).script()
+    assert '"hcp_spatial_major": 1' in ann
 
 
 def test_bad_pointwise_option():

@@ -147,6 +147,22 @@ def _read(data, layout: str, nn, c, y, x):
     return data[nn, y, x, c] if layout == "NHWC" else data[nn, c, y, x]
 
 
+def _guarded(val, conds: list, y, x, hw, pad_tl, padded_hw):
+    """``val`` where the padded coordinates ``(y, x)`` fall inside the ``hw`` image (and
+    ``conds`` hold), else 0; no guard where the padding cannot be reached."""
+    from tvm import tirx
+
+    (h, w), (pt, pl), (hp, wp) = hw, pad_tl, padded_hw
+    conds = list(conds)
+    if pt or hp - pt > h:
+        conds.extend([y >= 0, y < h])
+    if pl or wp - pl > w:
+        conds.extend([x >= 0, x < w])
+    if not conds:
+        return val
+    return tirx.if_then_else(tirx.all(*conds), val, tirx.const(0.0, val.dtype))
+
+
 def _out_shape(layout: str, n, c, oh, ow):
     return i64(n, oh, ow, c) if layout == "NHWC" else i64(n, c, oh, ow)
 
@@ -158,7 +174,7 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
     ``layout`` is the data/output layout, ``"NCHW"`` (ONNX) or ``"NHWC"`` (TFLite); the
     kernel is the same, only the packing reads and the write-back differ.
     """
-    from tvm import te, tirx
+    from tvm import te
 
     n, ic, h, w = _dims(data, layout)
     g = plan.groups
@@ -172,24 +188,13 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
     owp = plan.ow_padded
     hp = (oh - 1) * sh + (kh - 1) * dh + 1
     wp = (owp - 1) * sw + (kw - 1) * dw + 1
-    dtype = data.dtype
-    zero = tirx.const(0.0, dtype)
 
     def _pack(nn, gg, cb, hh, ww, ci):
         c = cb * ib + ci
-        y = hh - pt
-        x = ww - pl
-        conds = []
-        if icb_n * ib != icg:
-            conds.append(c < icg)
-        if pt or hp - pt > h:
-            conds.extend([y >= 0, y < h])
-        if pl or wp - pl > w:
-            conds.extend([x >= 0, x < w])
+        y, x = hh - pt, ww - pl
+        conds = [c < icg] if icb_n * ib != icg else []
         val = _read(data, layout, nn, gg * icg + c if g > 1 else c, y, x)
-        if not conds:
-            return val
-        return tirx.if_then_else(tirx.all(*conds), val, zero)
+        return _guarded(val, conds, y, x, (h, w), (pt, pl), (hp, wp))
 
     dpack = te.compute(i64(n, g, icb_n, hp, wp, ib), _pack, name="hcp_pack")
     rc = te.reduce_axis(i64(0, icb_n), name="rc")
@@ -227,7 +232,7 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
                        layout: str = "NCHW"):
     """TE compute of the channel-vectorised depthwise conv2d; returns the output in
     ``layout`` (``"NCHW"`` or ``"NHWC"``)."""
-    from tvm import te, tirx
+    from tvm import te
 
     n, c, h, w = _dims(data, layout)
     cb_n, kh, kw, cbi = (int(x) for x in wpack.shape)
@@ -239,23 +244,13 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
     owp = plan.ow_padded
     hp = (oh - 1) * sh + (kh - 1) * dh + 1
     wp = (owp - 1) * sw + (kw - 1) * dw + 1
-    zero = tirx.const(0.0, data.dtype)
 
     def _pack(nn, cb, hh, ww, ci):
         ch = cb * cbi + ci
-        y = hh - pt
-        x = ww - pl
-        conds = []
-        if cb_n * cbi != c:
-            conds.append(ch < c)
-        if pt or hp - pt > h:
-            conds.extend([y >= 0, y < h])
-        if pl or wp - pl > w:
-            conds.extend([x >= 0, x < w])
+        y, x = hh - pt, ww - pl
+        conds = [ch < c] if cb_n * cbi != c else []
         val = _read(data, layout, nn, ch, y, x)
-        if not conds:
-            return val
-        return tirx.if_then_else(tirx.all(*conds), val, zero)
+        return _guarded(val, conds, y, x, (h, w), (pt, pl), (hp, wp))
 
     dpack = te.compute(i64(n, cb_n, hp, wp, cbi), _pack, name="hcp_dwpack")
     ry = te.reduce_axis(i64(0, kh), name="ry")
@@ -298,7 +293,7 @@ def depthwise_rows_te(data, weight, *, strides, padding, dilation, lanes: int, p
     ``hcp_dwcrop`` writes the NCHW output (where the epilogue is inlined). ``weight`` is
     ``[C, KH, KW]``.
     """
-    from tvm import te, tirx
+    from tvm import te
 
     n, c, h, w = (int(x) for x in data.shape)
     _, kh, kw = (int(x) for x in weight.shape)
@@ -309,18 +304,10 @@ def depthwise_rows_te(data, weight, *, strides, padding, dilation, lanes: int, p
     ow = (w + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
     hp = (oh - 1) * sh + (kh - 1) * dh + 1
     wp = (owp - 1) * sw + (kw - 1) * dw + 1
-    zero = tirx.const(0.0, data.dtype)
 
     def _pad(nn, ch, hh, ww):
         y, x = hh - pt, ww - pl
-        conds = []
-        if pt or hp - pt > h:
-            conds.extend([y >= 0, y < h])
-        if pl or wp - pl > w:
-            conds.extend([x >= 0, x < w])
-        if not conds:
-            return data[nn, ch, y, x]
-        return tirx.if_then_else(tirx.all(*conds), data[nn, ch, y, x], zero)
+        return _guarded(data[nn, ch, y, x], [], y, x, (h, w), (pt, pl), (hp, wp))
 
     pad = te.compute(i64(n, c, hp, wp), _pad, name="hcp_dwpad")
     ry = te.reduce_axis(i64(0, kh), name="ry")

@@ -94,6 +94,18 @@ def _vectorize_writeback(sch, block, channel_block: int) -> None:
         pass
 
 
+def _vectorize_row_writeback(sch, block, lanes: int) -> None:
+    """Per-tile write-back along W (NCHW rows): vectorise it in ``lanes`` when the tile's
+    width is whole vectors and nothing is cropped (no predicate), unroll the loops above."""
+    loops = sch.get_loops(block)
+    if len(loops) < 2 or _extent(sch, loops[-1]) % lanes or "where" in str(sch.get(block)):
+        return
+    wv, wl = sch.split(loops[-1], [None, lanes])
+    sch.vectorize(wl)
+    for lp in (*loops[1:-1], wv):
+        sch.unroll(lp)
+
+
 def _schedule_separate_writeback(sch, unpack) -> None:
     """Write-back as its own parallel loop nest after the whole blocked output is computed.
 
@@ -131,14 +143,27 @@ def _finish_tile(sch, conv, pack, unpack, outer, vec, first_reduction, n_pack_ou
     registers (``vec`` vectorised), the write-back (with the inlined epilogue) per tile,
     the initialisation split off and vectorised, the input packing parallel."""
     if tile_writeback:
-        sch.set_scope(conv, 0, "local")
-        sch.reverse_compute_at(unpack, outer)
-        _vectorize_writeback(sch, unpack, _extent(sch, vec))
+        _registers_and_writeback(sch, conv, unpack, outer, first_reduction,
+                                 lambda: _vectorize_writeback(sch, unpack, _extent(sch, vec)))
     else:
         _schedule_separate_writeback(sch, unpack)
-    init = sch.decompose_reduction(conv, first_reduction)
-    sch.vectorize(sch.get_loops(init)[-1])
+        _decompose_init(sch, conv, first_reduction)
     _schedule_pack(sch, pack, n_pack_outer)
+
+
+def _registers_and_writeback(sch, acc, out, outer, first_reduction, vectorize_writeback):
+    """Accumulators of the register tile in registers, the write-back ``out`` (with the
+    inlined epilogue) computed per tile at ``outer`` and vectorised by
+    ``vectorize_writeback()``, the initialisation split off and vectorised."""
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(out, outer)
+    vectorize_writeback()
+    _decompose_init(sch, acc, first_reduction)
+
+
+def _decompose_init(sch, acc, first_reduction) -> None:
+    init = sch.decompose_reduction(acc, first_reduction)
+    sch.vectorize(sch.get_loops(init)[-1])
 
 
 def schedule_conv(sch, names: list[str]) -> bool:
@@ -204,22 +229,18 @@ def schedule_pointwise(sch, names: list[str]) -> bool:
     oo, oi = sch.split(o, [None, rows])
     yo, yi = sch.split(y, [None, ty])
     xo, xv, xl = sch.split(x, [None, vecs, lanes])
-    sch.reorder(n, oo, yo, xo, rk, oi, yi, xv, xl)
-    outer = sch.fuse(n, oo, yo, xo)
+    if int(ann.get(pw.ORDER_ATTR, 0)):
+        sch.reorder(n, yo, xo, oo, rk, oi, yi, xv, xl)
+        outer = sch.fuse(n, yo, xo, oo)
+    else:
+        sch.reorder(n, oo, yo, xo, rk, oi, yi, xv, xl)
+        outer = sch.fuse(n, oo, yo, xo)
     sch.parallel(outer)
     for lp in (oi, yi, xv):
         sch.unroll(lp)
     sch.vectorize(xl)
-    sch.set_scope(acc, 0, "local")
-    sch.reverse_compute_at(out, outer)
-    wo, wi = sch.get_loops(out)[-1], sch.get_loops(out)[1:-1]
-    if _extent(sch, wo) % lanes == 0 and "where" not in str(sch.get(out)):
-        wv, wl = sch.split(wo, [None, lanes])
-        sch.vectorize(wl)
-        for lp in (*wi, wv):
-            sch.unroll(lp)
-    init = sch.decompose_reduction(acc, rk)
-    sch.vectorize(sch.get_loops(init)[-1])
+    _registers_and_writeback(sch, acc, out, outer, rk,
+                             lambda: _vectorize_row_writeback(sch, out, lanes))
     pad_name = _find(names, "hcp_pwpad")
     if pad_name:
         ploops = sch.get_loops(sch.get_sblock(pad_name))
@@ -248,10 +269,8 @@ def schedule_dwrows(sch, names: list[str]) -> bool:
     sch.unroll(rx)
     sch.unroll(xt)
     sch.vectorize(xi)
-    sch.set_scope(row, 0, "local")
-    sch.reverse_compute_at(crop, outer)
-    init = sch.decompose_reduction(row, ry)
-    sch.vectorize(sch.get_loops(init)[-1])
+    _registers_and_writeback(sch, row, crop, outer, ry,
+                             lambda: _vectorize_row_writeback(sch, crop, lanes))
     ploops = sch.get_loops(pad)
     sch.parallel(sch.fuse(*ploops[:3]))
     return True
@@ -296,8 +315,12 @@ def _extent(sch, loop) -> int:
 _RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_pointwise, schedule_dense)
 
 
-def apply_rules(func):
-    """Return ``func`` scheduled by the first matching rule, or None (keep the default)."""
+def apply_rules(func, strict: bool = False):
+    """Return ``func`` scheduled by the first matching rule, or None (keep the default).
+
+    With ``strict``, a rule's error propagates and a function holding tvm_hcprune's blocks
+    that no rule matches raises, instead of falling back to TVM's default.
+    """
     from tvm import s_tir
 
     names = _block_names(func)
@@ -309,8 +332,12 @@ def apply_rules(func):
             if rule(sch, names):
                 return sch.mod["main"].with_attr("tirx.is_scheduled", True)
         except _RULE_ERRORS as err:
+            if strict:
+                raise
             log.warning("tvm_hcprune rule %s failed (%s); using TVM's default", rule.__name__,
                         str(err).splitlines()[0] if str(err) else err)
+    if strict:
+        raise RuntimeError(f"no tvm_hcprune rule matched blocks {names}")
     return None
 
 
@@ -334,7 +361,7 @@ class ApplyCPURules:
                 continue
             if func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0) or 0):
                 continue
-            new = apply_rules(func) if not self.strict else _apply_strict(func)
+            new = apply_rules(func, self.strict)
             if new is not None:
                 updates[gvar] = new
         if not updates:
@@ -343,16 +370,3 @@ class ApplyCPURules:
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod
-
-
-def _apply_strict(func):
-    from tvm import s_tir
-
-    names = _block_names(func)
-    if not any(n.startswith("hcp_") for n in names):
-        return None
-    for rule in _RULES:
-        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-        if rule(sch, names):
-            return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-    raise RuntimeError(f"no tvm_hcprune rule matched blocks {names}")

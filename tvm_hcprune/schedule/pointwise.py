@@ -32,6 +32,7 @@ ROWS_ATTR = "hcp_rows"
 TY_ATTR = "hcp_ty"
 VECS_ATTR = "hcp_vecs"
 LANES_ATTR = "hcp_lanes"
+ORDER_ATTR = "hcp_spatial_major"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class PointwisePlan:
     rows, ty, vecs, lanes : int
     oc_padded, w_padded : int
         Output channels / width rounded up to whole tiles.
+    spatial_major : bool
+        Outer loop over pixel tiles, output-channel blocks inside (each input tile read
+        once; for inputs larger than L2 with small weights), else the reverse (each weight
+        block stays in L1 while the pixels stream).
     """
 
     rows: int
@@ -52,9 +57,11 @@ class PointwisePlan:
     lanes: int
     oc_padded: int
     w_padded: int
+    spatial_major: bool = False
 
 
-def plan_pointwise(oc: int, h: int, w: int, lanes: int, registers: int) -> PointwisePlan:
+def plan_pointwise(oc: int, h: int, w: int, lanes: int, registers: int, ic: int = 0,
+                   l2_bytes: int = 512 * 1024) -> PointwisePlan:
     """Tile with ``rows * ty * vecs`` accumulators, at most ``registers - 4``.
 
     Pixels: two vectors along W when the (vector-padded) row holds an even number of them,
@@ -68,19 +75,33 @@ def plan_pointwise(oc: int, h: int, w: int, lanes: int, registers: int) -> Point
     rows = next((r for r in range(max_rows, 2, -1) if oc % r == 0), None)
     if rows is None:
         rows = min(oc, max_rows) if oc <= max_rows else min(max_rows, 4)
-    return PointwisePlan(rows, ty, vecs, lanes, math.ceil(oc / rows) * rows, nvec * lanes)
+    # measured on 1x1 layers at 112 and 56 (2 threads): pixel-tile-major is 1.2-1.5x
+    # faster when the input overflows half of L2 and the weights are small, except for wide
+    # expansions at 112x112, where the write stream into many large planes dominates (1.5x
+    # slower)
+    spatial = (4 * ic * h * w > l2_bytes // 2 and 4 * ic * oc <= l2_bytes // 16
+               and (oc <= ic or h * w <= 4096))
+    return PointwisePlan(rows, ty, vecs, lanes, math.ceil(oc / rows) * rows, nvec * lanes,
+                         spatial)
 
 
-def prefer_pointwise(ic: int, oc: int, h: int, w: int) -> bool:
+def prefer_pointwise(ic: int, oc: int, h: int, w: int, lanes: int = 8,
+                     registers: int = 16) -> bool:
     """Whether the pixel-vectorised kernel beats the channel-blocked one on this 1x1 conv.
 
-    Measured on MobileNetV2's and PP-LCNet's 1x1 layers (AVX2, 2 threads): it wins where
-    the output is large (expansions, and every layer at 56x56 and above: no packing and
-    vector stores instead of the transposing write-back), and loses on channel reductions
-    at 28x28 and below and on 7x7 maps, where the channel-blocked tile reuses each loaded
-    input more often.
+    Measured on MobileNetV2's, PP-LCNet's and ResNet-50's 1x1 layers (AVX2): it wins where
+    the output is large relative to the work per output (few input channels, or maps of
+    14x14 and more with ``oc >= ic``, or any map at least 56 wide: no packing, vector
+    stores instead of the transposing write-back), unless its weight-major loop re-reads a
+    large input once per block of ``rows`` output channels (ResNet-50's 64->256 at 56x56 and
+    128->512 at 28x28 ran 1.2-1.7x slower than the channel-blocked kernel); on 7x7 maps and
+    channel reductions at 28x28 and below the channel-blocked tile is faster.
     """
-    return h * w >= 196 and (oc >= ic or w >= 56)
+    if h * w < 196 or (oc < ic and w < 56):
+        return False
+    plan = plan_pointwise(oc, h, w, lanes, registers, ic=ic)
+    reread = (plan.oc_padded // plan.rows) * 4 * ic * h * w
+    return ic <= 32 or plan.spatial_major or reread <= 8 * 2**20
 
 
 def pack_pointwise_weight(w: np.ndarray, plan: PointwisePlan) -> np.ndarray:
@@ -111,6 +132,7 @@ def pointwise_te(data, wpack, *, oc: int, plan: PointwisePlan):
         i64(n, plan.oc_padded, h, wp),
         lambda nn, o, y, x: te.sum(src[nn, rk, y, x] * wpack[o // rows, rk, o % rows], axis=rk),
         name="hcp_pw",
-        attrs={ROWS_ATTR: rows, TY_ATTR: plan.ty, VECS_ATTR: plan.vecs, LANES_ATTR: plan.lanes},
+        attrs={ROWS_ATTR: rows, TY_ATTR: plan.ty, VECS_ATTR: plan.vecs, LANES_ATTR: plan.lanes,
+               ORDER_ATTR: int(plan.spatial_major)},
     )
     return te.compute(i64(n, oc, h, w), lambda nn, o, y, x: acc[nn, o, y, x], name="hcp_pwout")

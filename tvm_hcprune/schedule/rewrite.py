@@ -64,8 +64,10 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool,
                  l2_bytes: int = 512 * 1024, pointwise: bool | str = True):
         super().__init__(mod)
-        # NCHW depthwise: row-vectorised kernel (no channel packing; measured 0.55-0.95x the
-        # time of the packed kernel on MobileNetV2's layers). NHWC keeps the packed one.
+        # NCHW depthwise, stride 1, output >= 56 wide: row-vectorised kernel (no channel
+        # packing; 0.75-0.93x the packed kernel's time on MobileNetV2's 112 and 56 layers).
+        # Strided rows need gathers and short rows waste the vector: there the packed kernel
+        # measured 1.7-4x faster (stride 2 at 112/56/14, stride 1 at 28/14/7). NHWC: packed.
         self.depthwise_rows = True
         # NCHW 1x1 stride-1 convs: pixel-vectorised GEMM kernel, no packing (pointwise.py),
         # where pointwise.prefer_pointwise says it is faster ("always": every such conv)
@@ -131,12 +133,14 @@ class _Rewriter(PyExprMutator):
         ow = (wd + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
         if (self.pointwise and layout == "NCHW" and groups == 1 and (kh, kw) == (1, 1)
                 and strides == [1, 1] and not any(padding)
-                and (self.pointwise == "always" or pw.prefer_pointwise(ic, oc, h, wd))):
+                and (self.pointwise == "always"
+                     or pw.prefer_pointwise(ic, oc, h, wd, self.lanes, self.registers))):
             return self._pointwise(data, w, dshape, oc)
         plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers)
         if plan.depthwise and w.shape[1] != 1:
             return None
-        if plan.depthwise and layout == "NCHW" and self.depthwise_rows:
+        if (plan.depthwise and layout == "NCHW" and self.depthwise_rows
+                and strides == [1, 1] and ow >= 56):
             owp, per_tile = cw.plan_depthwise_rows(ow, self.lanes)
             wrow = np.ascontiguousarray(w[:, 0])
 
@@ -178,7 +182,8 @@ class _Rewriter(PyExprMutator):
 
 
     def _pointwise(self, data, w, dshape, oc):
-        plan = pw.plan_pointwise(oc, dshape[2], dshape[3], self.lanes, self.registers)
+        plan = pw.plan_pointwise(oc, dshape[2], dshape[3], self.lanes, self.registers,
+                                 ic=dshape[1], l2_bytes=self.l2_bytes)
         wpack = pw.pack_pointwise_weight(w, plan)
 
         def fn(d, wp):
