@@ -257,19 +257,28 @@ def test_real_shipped_databases_are_valid():
 
 @pytest.mark.slow
 def test_shipped_database_applies_to_bundled_model():
-    """The shipped x86-avx2 records match the bundled MNIST ResNet (dense and pruned 0.5):
-    its conv kernels come from the database by default, outputs equal the rules-only build."""
+    """Every record of every shipped x86-avx2 file matches a function of the model it was
+    tuned for (the bundled MNIST ResNet, dense or pruned at the file's ratio): a file gone
+    stale after a kernel change fails here. By default build() applies them, with outputs
+    equal to the rules-only build."""
     import tvm_hcprune.hardware as hw
+    from tvm_hcprune._resources import data_dir
     from tvm_hcprune.models import model_path
 
     target = hc.parse_target("llvm")
     if hw.profile_for(target).name != "x86-avx2":
         pytest.skip("shipped databases exist for x86-avx2 hosts only")
+    files = sorted((data_dir("schedules") / "x86-avx2").glob("mnist_resnet-*.json"))
+    assert files, "no shipped database for the bundled model; run benchmarks/regen_schedules.py"
     mod = hc.load_onnx(str(model_path("mnist_resnet")), log=lambda *a: None)
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32")
-    for m in (mod, hc.prune(mod, ratio=0.5, target=target)[0]):
-        applied = hc.apply_database(m, target)
-        assert sum("hcp_conv" in n for n in dbm.scheduled_functions(applied)) >= 1
+    for path in files:
+        db = dbm.load_database(path, target)
+        ratio = float(db.meta["prune_ratio"])
+        m = mod if ratio == 0 else hc.prune(mod, ratio=ratio, target=target)[0]
+        workloads = {str(r.workload.as_json()[0]) for r in db.records()}
+        applied = hc.apply_database(m, target, db)
+        assert len(dbm.scheduled_functions(applied)) == len(workloads), path.name
         shipped = _run(hc.build(m, target), x)  # default: the shipped records
         rules = _run(hc.build(m, target, database=False), x)
         np.testing.assert_allclose(shipped, rules, rtol=1e-4, atol=1e-4)
