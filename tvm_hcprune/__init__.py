@@ -49,6 +49,9 @@ _EXPORTS = {
     # accuracy
     "calibrate": "tvm_hcprune.calibration",
     "evaluate": "tvm_hcprune.evaluation",
+    "finetune": "tvm_hcprune.finetune",
+    "sensitivity_scan": "tvm_hcprune.sensitivity",
+    "select_plan": "tvm_hcprune.sensitivity",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

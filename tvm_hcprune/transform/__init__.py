@@ -9,6 +9,7 @@ _EXPORTS = {
     "ApplyPrunePlan": "tvm_hcprune.transform.apply_plan",
     "FoldBatchNorm": "tvm_hcprune.transform.fold_batch_norm",
     "Reconstruct": "tvm_hcprune.transform.reconstruct",
+    "ReestimateBatchNorm": "tvm_hcprune.transform.bn_reestimate",
 }
 
 __all__ = sorted(_EXPORTS)
