@@ -8,6 +8,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.sensitivity import onnx_runner_factory
 from tvm_hcprune.testing import onnx_models
 from tvm_hcprune.transform.reconstruct import Reconstruct, fit_layer, reconstruct
 
@@ -180,25 +181,13 @@ def test_pass_form_and_bad_input(small):
 # ------------------------------------------------------------------ model-level guard
 
 
-def _ort_factory(model, graph):
-    import onnxruntime as ort
-
-    def make(module, plan):
-        out = model if plan is None else hc.PrunePlan.apply_to_onnx(plan, model, graph, module)
-        sess = ort.InferenceSession(out.SerializeToString(),
-                                    providers=["CPUExecutionProvider"])
-        return lambda x: sess.run(None, {"input": x})[0]
-
-    return make
-
-
 def test_model_guard_keeps_a_good_reconstruction(small):
     """Calibrated on the input distribution: the guard measures the reconstruction no worse
     than plain pruning on held-out inputs and keeps it."""
     model, mod, graph, cal, test_x = small
     plain, rep = hc.prune(mod, ratio=0.5, align=1, graph=graph)
     recon, g = reconstruct(plain, graph, rep.plan, cal, guard_samples=test_x,
-                           runner_factory=_ort_factory(model, graph))
+                           runner_factory=onnx_runner_factory(model, graph))
     assert g.guard is not None and g.guard["n"] == len(test_x) and not g.reverted
     p, r = g.guard["plain"], g.guard["reconstructed"]
     assert (r["disagreement"], r["rel_mse"]) <= (p["disagreement"], p["rel_mse"])
@@ -217,7 +206,7 @@ def test_model_guard_reverts_a_harmful_reconstruction(small):
     bad_cal = hc.calibrate(mod, odd, max_rows=1024, progress=False)
     plain, rep = hc.prune(mod, ratio=0.1, align=1, graph=graph)
     unguarded, urep = reconstruct(plain, graph, rep.plan, bad_cal)
-    make = _ort_factory(model, graph)
+    make = onnx_runner_factory(model, graph)
     from tvm_hcprune.sensitivity import _outputs, output_error
 
     dense = _outputs(make(mod, None), test_x)

@@ -14,6 +14,7 @@ from tvm_hcprune.sensitivity import (
     SensitivityTable,
     allocate,
     group_plan,
+    onnx_runner_factory,
     output_error,
     select_plan,
     sensitivity_scan,
@@ -41,18 +42,6 @@ def small():
     xs = rng.standard_normal((16, 1, 3, 16, 16)).astype("float32")
     cal = hc.calibrate(mod, xs[:12], max_rows=512, progress=False)
     return model, mod, graph, cal, xs
-
-
-def _factory(model, graph):
-    import onnxruntime as ort
-
-    def make(module, plan):
-        out = model if plan is None else hc.PrunePlan.apply_to_onnx(plan, model, graph, module)
-        sess = ort.InferenceSession(out.SerializeToString(),
-                                    providers=["CPUExecutionProvider"])
-        return lambda x: sess.run(None, {"input": x})[0]
-
-    return make
 
 
 def test_allocate_prefers_cheap_groups_and_meets_the_budget(small):
@@ -85,7 +74,7 @@ def test_scan_measures_real_errors_and_plan_prunes(small):
     """The scan's error of a single-group plan equals the error measured directly; the
     allocated plan meets its budget and runs."""
     model, mod, graph, cal, xs = small
-    make = _factory(model, graph)
+    make = onnx_runner_factory(model, graph)
     table = sensitivity_scan(mod, graph, cal, xs[12:], ratios=(0.5,), criterion="l2",
                              align=1, reconstruct=False, runner_factory=make,
                              progress=False)
