@@ -133,9 +133,10 @@ class ChannelGraph:
     def _balance(self, ctx) -> list[list[int]]:
         """Sets of groups that must keep equal channel counts (a grouped conv's input groups).
 
-        Each declaration lists one descriptor per conv group; the k-th segments of all of
-        them form a set. Sets sharing a group merge. A set whose groups differ in size or
-        structure, or with a frozen member, is frozen whole (with the reason recorded).
+        Each grouped conv (``ctx.group_inputs``) lists one input descriptor per conv group;
+        the k-th segments of all of them form a set. Sets sharing a group merge. A set whose
+        groups differ in size or structure, or with a frozen member, is frozen whole (with
+        the reason recorded).
         """
         parent: dict[int, int] = {}
 
@@ -145,7 +146,7 @@ class ChannelGraph:
             return g
 
         broken = set()
-        for descs in ctx.balanced:
+        for _ko, _ki, _groups, descs in ctx.group_inputs.values():
             shapes = {tuple((s.size, s.inner) for s in d) for d in descs}
             gids = [[self.space_group[s.space] if s.space is not None else None for s in d]
                     for d in descs]
@@ -161,7 +162,7 @@ class ChannelGraph:
             sets.setdefault(find(g), []).append(g)
         out = []
         for members in sets.values():
-            members = sorted(set(members))
+            members = sorted(members)
             if len(members) < 2 and not broken.intersection(members):
                 continue
             sizes = {self.groups[g].size for g in members}
@@ -373,7 +374,6 @@ def _expand_declarations(ctx):
     for m in ctx.members:
         m.desc = ctx.expand(m.desc)
     ctx.mac_scaling = {v: tuple(ctx.expand(d) for d in ds) for v, ds in ctx.mac_scaling.items()}
-    ctx.balanced = [[ctx.expand(d) for d in ds] for ds in ctx.balanced]
     ctx.group_inputs = {v: (ko, ki, g, [ctx.expand(d) for d in ds])
                         for v, (ko, ki, g, ds) in ctx.group_inputs.items()}
 

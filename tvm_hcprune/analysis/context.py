@@ -85,9 +85,8 @@ class AnalysisContext:
         self.unit: dict[int, int] = {}  # unit space -> channels per unit (attention heads)
         self._arrays: dict = {}
         self.mac_scaling: dict = {}  # var -> descriptors that scale its MACs
-        # spaces whose groups must keep equal channel counts (a grouped conv's input groups)
-        self.balanced: list[list[AxisDesc]] = []
-        # grouped conv -> (out axis, in axis, groups, per-group input descriptors)
+        # grouped conv -> (out axis, in axis, groups, per-group input descriptors); the
+        # groups of each conv's input descriptors must keep equal channel counts
         self.group_inputs: dict = {}
 
     # ---- spaces -------------------------------------------------------------------------

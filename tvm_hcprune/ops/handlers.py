@@ -115,7 +115,6 @@ class ConvHandler(OpHandler):
             xd = gin
         else:
             xd = ctx.unify(xd, gin, var, op)
-        ctx.balanced.append([ctx.one_space(s, per_in) for s in t])
         ctx.group_inputs[var] = (ko, ki, groups, [ctx.one_space(s, per_in) for s in t])
         u = ctx.new_space(per_out, var, op)
         out[out_c] = tuple(Seg(u, per_out, 1) for _ in range(groups))

@@ -8,7 +8,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..analysis import analyze
-from ..ops.desc import axis_index
+from ..analysis.context import static_shape
+from ..ops.desc import axis_index, desc_length
 from ..transform.apply_plan import check_plan, kept_lookup
 
 
@@ -65,7 +66,7 @@ def masked_reference(mod, plan):
             continue
         length = sum(s.length for s in m.desc)
         removed = np.setdiff1d(np.arange(length), idx)
-        ndim = len(graph.ctx.values[m.var].args[m.arg].ty.shape.values)
+        ndim = len(static_shape(graph.ctx.values[m.var].args[m.arg]))
         masks.setdefault(m.var, []).append((m.arg, _mask_indices(graph, m, removed, ndim)))
     func = graph.mod["main"]
     new = _Masker(graph.mod, masks).visit_expr(func)
@@ -85,9 +86,8 @@ def _mask_indices(graph, member, removed, ndim):
         index[member.axis] = removed
         return [tuple(index)]
     ko, ki, groups, descs = graph.ctx.group_inputs[member.var]
-    call = graph.ctx.values[member.var]
-    cout = int(call.args[member.arg].ty.shape.values[ko])
-    per_in = sum(s.length for s in descs[0])
+    cout = static_shape(graph.ctx.values[member.var].args[member.arg])[ko]
+    per_in = desc_length(descs[0])
     per_out = cout // groups
     out = []
     for q in range(groups):
