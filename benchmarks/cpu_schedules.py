@@ -162,6 +162,11 @@ def bench_model(name: str, args, target, peak: float) -> dict:
     rec["build_s"] = round(time.perf_counter() - t0, 2)
     ours = ours_vm["main"](xt).numpy()
     fns["hcprune_dense"] = lambda: ours_vm["main"](xt)
+    if args.compare_nchw:  # the same rules with NCHW activations between the kernels
+        nchw_vm = relax.VirtualMachine(build(mod, target, blocked_layout=False), tvm.cpu())
+        rec["rel_err_nchw_vs_blocked"] = float(
+            np.abs(nchw_vm["main"](xt).numpy() - ours).max() / (np.abs(ours).max() or 1.0))
+        fns["hcprune_dense_nchw"] = lambda: nchw_vm["main"](xt)
     if args.kernels:
         from tvm_hcprune.schedule.profile import by_family, kernel_times
 
@@ -222,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     ap.add_argument("--skip-default", action="store_true", help="skip TVM's default pipeline")
     ap.add_argument("--skip-pruned", action="store_true")
+    ap.add_argument("--compare-nchw", action="store_true",
+                    help="also time the rules with NCHW activations between kernels")
     ap.add_argument("--kernels", type=int, default=0, metavar="N",
                     help="also time each kernel of the dense build; store the N slowest")
     ap.add_argument("--json", type=Path, help="write the figures here (atomically)")

@@ -48,12 +48,12 @@ def run(mod, pipeline, x):
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def check_against_default(mod):
+def check_against_default(mod, blocked_layout=True):
     shape = [int(s) for s in mod["main"].params[0].ty.shape]
     x = np.random.default_rng(1).standard_normal(shape).astype("float32")
     ref = run(mod, relax.get_default_pipeline(TARGET), x)
-    ours = run(mod, get_pipeline(TARGET, strict=True), x)
-    kernels = scheduled_kernels(mod, TARGET)
+    ours = run(mod, get_pipeline(TARGET, strict=True, blocked_layout=blocked_layout), x)
+    kernels = scheduled_kernels(mod, TARGET, blocked_layout=blocked_layout)
     assert len(kernels) == 1
     assert "tirx.is_scheduled" in next(iter(kernels.values())).script()
     scale = max(1.0, float(np.abs(ref).max()))
@@ -80,11 +80,13 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("blocked", [True, False], ids=["blocked", "nchw"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_conv_rule_matches_default(case):
-    """Each conv shape class gives TVM's default pipeline's output (rtol 1e-5)."""
+def test_conv_rule_matches_default(case, blocked):
+    """Each conv shape class gives TVM's default pipeline's output (rtol 1e-5), with
+    channel-blocked activations between kernels and with NCHW ones."""
     ic, oc, hw, k, s, p, g, d, epi = CASES[case]
-    check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi))
+    check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi), blocked_layout=blocked)
 
 
 def _scheduled(mod):

@@ -31,7 +31,9 @@ def _module(case):
 
 
 def _kernel(mod):
-    kernels = scheduled_kernels(mod, TARGET)
+    # the pixel-vectorised kernel serves NCHW activations (channel-blocked ones take the
+    # blocked kernel), so these tests compile without the blocked layout
+    kernels = scheduled_kernels(mod, TARGET, blocked_layout=False)
     assert len(kernels) == 1 and "pwconv2d" in next(iter(kernels)), kernels
     return next(iter(kernels.values()))
 
@@ -41,7 +43,7 @@ def test_pointwise_matches_default(case):
     """1x1 convs on the pixel-vectorised kernel give TVM's default output (rtol 1e-5)."""
     mod = _module(case)
     _kernel(mod)
-    check_against_default(mod)
+    check_against_default(mod, blocked_layout=False)
 
 
 @pytest.mark.parametrize(
@@ -68,7 +70,7 @@ def test_routing_between_kernels():
     assert not pw.prefer_pointwise(960, 160, 7, 7) and not pw.prefer_pointwise(384, 64, 14, 14)
     assert pw.prefer_pointwise(16, 96, 112, 112)  # few input channels, large output
     assert not pw.prefer_pointwise(64, 256, 56, 56)  # input re-read per channel block
-    kernels = scheduled_kernels(conv_module(64, 32, (7, 7), 1), TARGET)
+    kernels = scheduled_kernels(conv_module(64, 32, (7, 7), 1), TARGET, blocked_layout=False)
     assert [k for k in kernels if "pwconv2d" not in k] == list(kernels)
 
 

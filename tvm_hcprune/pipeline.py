@@ -3,6 +3,8 @@
 For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps added::
 
     FoldConstant -> FoldBatchNorm -> FoldConstant          (Relax, whole model)
+    BlockChannelLayout                                     (NCHW convs -> NCHW[lanes]c, kept
+                                                            between layers)
     PackWeightsForCPU                                      (conv2d / matmul -> blocked kernels,
                                                             weights packed once, here)
     TVM library dispatch + legalize + FuseOps + FuseTIR    (epilogues fuse into the kernels)
@@ -65,17 +67,21 @@ def apply_database(mod: tvm.IRModule, database, target) -> tvm.IRModule:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
 
-def _cpu_passes(target, database, rules: bool, strict: bool = False):
+def _cpu_passes(target, database, rules: bool, strict: bool = False,
+                blocked_layout: bool = True):
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from tvm_hcprune.hardware import profile_for
     from tvm_hcprune.schedule.cpu_rules import ApplyCPURules
+    from tvm_hcprune.schedule.layout import BlockChannelLayout
     from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
     from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
     prof = profile_for(target)
     pre = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
     if rules:
+        if blocked_layout:
+            pre.append(BlockChannelLayout(prof.lanes("float32")))
         pre.append(
             PackWeightsForCPU(lanes=prof.lanes("float32"), registers=prof.vector_registers,
                               l2_bytes=prof.l2_bytes)
@@ -99,7 +105,8 @@ def _cpu_passes(target, database, rules: bool, strict: bool = False):
 
 
 def get_pipeline(
-    target=None, database=None, rules: bool = True, strict: bool = False
+    target=None, database=None, rules: bool = True, strict: bool = False,
+    blocked_layout: bool = True,
 ) -> tvm.transform.Pass:
     """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
 
@@ -116,6 +123,10 @@ def get_pipeline(
     strict : bool
         Raise when a rule fails on one of tvm_hcprune's kernels instead of falling back to
         TVM's default (tests use this to prove the rule ran).
+    blocked_layout : bool
+        Keep NCHW activations channel-blocked (``NCHW{lanes}c``) between convs
+        (:class:`~tvm_hcprune.schedule.layout.BlockChannelLayout`); False: every kernel
+        reads and writes NCHW.
     """
     from tvm_hcprune.target import parse_target
 
@@ -125,7 +136,8 @@ def get_pipeline(
         tgt = parse_target(tgt if tgt is not None else "llvm")
         with tgt:
             if tgt.kind.name == "llvm":
-                seq = tvm.transform.Sequential(_cpu_passes(tgt, database, rules, strict))
+                seq = tvm.transform.Sequential(
+                    _cpu_passes(tgt, database, rules, strict, blocked_layout))
                 return seq(mod)
             from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
@@ -140,7 +152,8 @@ def get_pipeline(
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True):
+def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
+          blocked_layout: bool = True):
     """Compile ``mod`` with tvm_hcprune's pipeline; returns what :func:`tvm.compile` returns.
 
     Parameters
@@ -161,6 +174,9 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True):
         False compiles with TVM's default CPU lowering (BN still folded), for comparison;
         the shipped databases (tuned on the rules' kernels) are not applied then unless
         ``database="shipped"`` asks for them.
+    blocked_layout : bool
+        Activations stay channel-blocked between convs (default); False: NCHW between
+        kernels, each kernel packing its own input.
 
     Returns
     -------
@@ -178,7 +194,8 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True):
     if tgt.kind.name == "llvm":
         set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
     db = _build_database(database, tgt, rules)
-    return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, db, rules))
+    return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, db, rules,
+                                                             blocked_layout=blocked_layout))
 
 
 def _build_database(database, target, rules: bool):
@@ -210,7 +227,8 @@ def _register() -> None:
 _register()
 
 
-def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True) -> dict:
+def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True,
+                      blocked_layout: bool = True) -> dict:
     """Lower ``mod`` up to (and including) tvm_hcprune's CPU rules and return its kernels.
 
     For inspection and tests: ``{name: PrimFunc}`` of every PrimFunc that holds one of
@@ -221,7 +239,7 @@ def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True) -> 
     from tvm_hcprune.target import parse_target
 
     tgt = parse_target(target)
-    passes = _cpu_passes(tgt, None, True, strict)
+    passes = _cpu_passes(tgt, None, True, strict, blocked_layout)
     n_pre = len(passes) - len(cpu.dataflow_lower_passes(tgt)) - len(cpu.finalize_passes(tgt))
     with tgt:
         lowered = tvm.transform.Sequential(passes[:n_pre])(mod)

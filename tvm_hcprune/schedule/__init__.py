@@ -2,6 +2,9 @@
 
 CPU rules (imported lazily, nothing heavy at import):
 
+``BlockChannelLayout``
+    Relax pass keeping NCHW activations channel-blocked (``NCHW{lanes}c``) between convs,
+    layout transforms only at the graph's boundaries (:mod:`.layout`).
 ``PackWeightsForCPU``
     Relax pass routing conv2d (NCHW/NHWC, grouped, depthwise) and matmul to channel-blocked
     kernels with weights packed at compile time (:mod:`.rewrite`).
@@ -15,6 +18,7 @@ from __future__ import annotations
 from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "BlockChannelLayout": "tvm_hcprune.schedule.layout",
     "PackWeightsForCPU": "tvm_hcprune.schedule.rewrite",
     "ApplyCPURules": "tvm_hcprune.schedule.cpu_rules",
 }

@@ -73,20 +73,29 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def plan_conv(ic: int, oc: int, groups: int, ow: int, lanes: int, registers: int) -> ConvPlan:
+def plan_conv(ic: int, oc: int, groups: int, ow: int, lanes: int, registers: int,
+              short_pointwise: bool = False) -> ConvPlan:
     """Choose channel blocks and the register tile for a conv2d on a ``lanes``-wide SIMD.
 
     The output block is two vectors when the group's output channels are a multiple of two
     vectors, one vector when they are a multiple of one (so channels aligned to the hardware
     profile's ``channel_multiple`` need no padding), else padded. The input block is the
     largest divisor of the group's input channels up to ``lanes`` (never padded).
+
+    ``short_pointwise`` (a 1x1 conv on a channel-blocked input with at most three vectors of
+    input channels, e.g. MobileNet's expansions): one output vector and a pixel tile as wide
+    as the registers allow; with so short a reduction the write-back dominates and the wide
+    tile measured 1.2-1.5x faster than 4 pixels x 2 vectors (16->96 at 112x112, 24->144 at
+    56x56), while it was slower on 3x3 and on long reductions.
     """
     icg, ocg = ic // groups, oc // groups
     if groups > 1 and groups == ic and groups == oc:
         # depthwise: vectorise over channels; accumulators = tile_w vectors
         t = choose_tile_w(ow, min(max(1, registers - 4), 8))
         return ConvPlan(groups, lanes, lanes, t, math.ceil(ow / t) * t, True)
-    if ocg % (2 * lanes) == 0 or (ocg % lanes and ocg > lanes):
+    if short_pointwise and icg <= 3 * lanes and ocg % lanes == 0:
+        ob = lanes
+    elif ocg % (2 * lanes) == 0 or (ocg % lanes and ocg > lanes):
         ob = 2 * lanes
     else:
         ob = lanes
@@ -97,15 +106,17 @@ def plan_conv(ic: int, oc: int, groups: int, ow: int, lanes: int, registers: int
     return ConvPlan(groups, ib, ob, t, math.ceil(ow / t) * t, False)
 
 
-def with_loop_order(plan: ConvPlan, input_bytes: int, weight_bytes: int, l2_bytes: int):
+def with_loop_order(plan: ConvPlan, input_bytes: int, weight_bytes: int, l2_bytes: int,
+                    input_factor: int = 4):
     """Pick the outer loop order: output-channel-block major (the weight block stays in L1/L2
-    while the input streams) unless the packed input is several times L2 and the weights of
-    a group fit in half of it; then spatial-major, so each input tile is read once and
-    reused by every output-channel block (measured 1.4x faster on 256->64 1x1 at 56x56,
-    1.1-1.3x slower on the other ResNet layers)."""
+    while the input streams) unless the input is ``input_factor`` times L2 or more and the
+    weights of a group fit in half of it; then spatial-major, so each input tile is read once
+    and reused by every output-channel block (NCHW input: measured 1.4x faster on 256->64 1x1
+    at 56x56, 1.1-1.3x slower on the other ResNet layers, hence the factor 4; a blocked
+    NCHW[b]c input read in place takes factor 1)."""
     from dataclasses import replace
 
-    spatial = input_bytes > 4 * l2_bytes and weight_bytes <= l2_bytes // 2
+    spatial = input_bytes > input_factor * l2_bytes and weight_bytes <= l2_bytes // 2
     return replace(plan, spatial_major=bool(spatial))
 
 
@@ -134,17 +145,38 @@ def i64(*dims):
     return tuple(tirx.IntImm("int64", int(d)) for d in dims)
 
 
+def layout_block(layout: str) -> int | None:
+    """Channel block ``b`` of an ``NCHW{b}c`` layout, None for NCHW/NHWC."""
+    from tvm_hcprune.schedule.layout import block_of
+
+    return block_of(layout)
+
+
 def _dims(data, layout: str):
     shape = [int(x) for x in data.shape]
     if layout == "NHWC":
         n, h, w, c = shape
+    elif layout_block(layout):
+        n, cb, h, w, b = shape
+        c = cb * b
     else:
         n, c, h, w = shape
     return n, c, h, w
 
 
-def _read(data, layout: str, nn, c, y, x):
-    return data[nn, y, x, c] if layout == "NHWC" else data[nn, c, y, x]
+def _read(data, layout: str, nn, c, y, x, block=None):
+    """``data`` at channel ``c``; ``block=(first_block, cb, ci, width)`` names ``c`` as
+    ``first_block * width + cb * width + ci`` so that an ``NCHW{width}c`` input is read
+    without division."""
+    if layout == "NHWC":
+        return data[nn, y, x, c]
+    b = layout_block(layout)
+    if b and block is not None and block[3] == b:
+        first, cb, ci, _ = block
+        return data[nn, first + cb, y, x, ci]
+    if b:
+        return data[nn, c // b, y, x, c % b]
+    return data[nn, c, y, x]
 
 
 def _guarded(val, conds: list, y, x, hw, pad_tl, padded_hw):
@@ -164,7 +196,34 @@ def _guarded(val, conds: list, y, x, hw, pad_tl, padded_hw):
 
 
 def _out_shape(layout: str, n, c, oh, ow):
-    return i64(n, oh, ow, c) if layout == "NHWC" else i64(n, c, oh, ow)
+    if layout == "NHWC":
+        return i64(n, oh, ow, c)
+    b = layout_block(layout)
+    return i64(n, c // b, oh, ow, b) if b else i64(n, c, oh, ow)
+
+
+def _write(layout: str, name: str, n, c, oh, ow, value, blocked=None):
+    """The kernel's output block: ``value(nn, c, y, x)`` written in ``layout``.
+
+    ``blocked=(acc, ob)``: the accumulator ``acc[nn, cb, y, x, co]`` holds ``ob`` channels
+    per block (a multiple of the layout's block); an ``NCHW{b}c`` output then reads it
+    without division (``value`` is used otherwise)."""
+    from tvm import te
+
+    shape = _out_shape(layout, n, c, oh, ow)
+    if layout == "NHWC":
+        return te.compute(shape, lambda nn, y, x, ch: value(nn, ch, y, x), name=name)
+    b = layout_block(layout)
+    if b and blocked is not None and blocked[1] % b == 0:
+        acc, ob = blocked
+        k = ob // b
+        return te.compute(
+            shape, lambda nn, cb, y, x, ci: acc(nn, cb // k, y, x, (cb % k) * b + ci)
+            if k > 1 else acc(nn, cb, y, x, ci), name=name)
+    if b:
+        return te.compute(shape, lambda nn, cb, y, x, ci: value(nn, cb * b + ci, y, x),
+                          name=name)
+    return te.compute(shape, value, name=name)
 
 
 def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPlan,
@@ -193,10 +252,22 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
         c = cb * ib + ci
         y, x = hh - pt, ww - pl
         conds = [c < icg] if icb_n * ib != icg else []
-        val = _read(data, layout, nn, gg * icg + c if g > 1 else c, y, x)
+        aligned = icg % ib == 0 and (g == 1 or icg % (layout_block(layout) or 1) == 0)
+        first = gg * (icg // ib) if g > 1 else 0
+        val = _read(data, layout, nn, gg * icg + c if g > 1 else c, y, x,
+                    block=(first, cb, ci, ib) if aligned else None)
         return _guarded(val, conds, y, x, (h, w), (pt, pl), (hp, wp))
 
-    dpack = te.compute(i64(n, g, icb_n, hp, wp, ib), _pack, name="hcp_pack")
+    if (layout_block(layout) == ib and g == 1 and not any(padding) and hp <= h and wp <= w):
+        # blocked input already in the kernel's packed form, nothing to pad: read it in place
+        def dpack_at(nn, _gg, cb, yy, xx, ci):
+            return data[nn, cb, yy, xx, ci]
+    else:
+        dpack = te.compute(i64(n, g, icb_n, hp, wp, ib), _pack, name="hcp_pack")
+
+        def dpack_at(nn, gg, cb, yy, xx, ci):
+            return dpack[nn, gg, cb, yy, xx, ci]
+
     rc = te.reduce_axis(i64(0, icb_n), name="rc")
     ry = te.reduce_axis(i64(0, kh), name="ry")
     rx = te.reduce_axis(i64(0, kw), name="rx")
@@ -204,7 +275,7 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
     cpack = te.compute(
         i64(n, g, ocb_n, oh, owp, ob),
         lambda nn, gg, cb, y, x, co: te.sum(
-            dpack[nn, gg, rc, y * sh + ry * dh, x * sw + rx * dw, ri]
+            dpack_at(nn, gg, rc, y * sh + ry * dh, x * sw + rx * dw, ri)
             * wpack[gg, cb, rc, ry, rx, ri, co],
             axis=[rc, ry, rx, ri],
         ),
@@ -219,13 +290,8 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
         cg = c % ocg
         return cpack[nn, c // ocg, cg // ob, y, x, cg % ob]
 
-    if layout == "NHWC":
-        return te.compute(
-            _out_shape(layout, n, oc, oh, ow),
-            lambda nn, y, x, c: _unpack(nn, c, y, x),
-            name="hcp_unpack",
-        )
-    return te.compute(_out_shape(layout, n, oc, oh, ow), _unpack, name="hcp_unpack")
+    blocked = ((lambda nn, cb, y, x, co: cpack[nn, 0, cb, y, x, co]), ob) if g == 1 else None
+    return _write(layout, "hcp_unpack", n, oc, oh, ow, _unpack, blocked)
 
 
 def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPlan,
@@ -249,7 +315,7 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
         ch = cb * cbi + ci
         y, x = hh - pt, ww - pl
         conds = [ch < c] if cb_n * cbi != c else []
-        val = _read(data, layout, nn, ch, y, x)
+        val = _read(data, layout, nn, ch, y, x, block=None if conds else (0, cb, ci, cbi))
         return _guarded(val, conds, y, x, (h, w), (pt, pl), (hp, wp))
 
     dpack = te.compute(i64(n, cb_n, hp, wp, cbi), _pack, name="hcp_dwpack")
@@ -264,17 +330,9 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
         name="hcp_dwconv",
         attrs={"hcp_tile": plan.tile_w},
     )
-    if layout == "NHWC":
-        return te.compute(
-            _out_shape(layout, n, c, oh, ow),
-            lambda nn, y, x, ch: cpack[nn, ch // cbi, y, x, ch % cbi],
-            name="hcp_dwunpack",
-        )
-    return te.compute(
-        _out_shape(layout, n, c, oh, ow),
-        lambda nn, ch, y, x: cpack[nn, ch // cbi, y, x, ch % cbi],
-        name="hcp_dwunpack",
-    )
+    return _write(layout, "hcp_dwunpack", n, c, oh, ow,
+                  lambda nn, ch, y, x: cpack[nn, ch // cbi, y, x, ch % cbi],
+                  ((lambda nn, cb, y, x, ci: cpack[nn, cb, y, x, ci]), cbi))
 
 
 def plan_depthwise_rows(ow: int, lanes: int, max_vectors: int = 8) -> tuple[int, int]:

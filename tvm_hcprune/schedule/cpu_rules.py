@@ -56,7 +56,23 @@ def _is_suffixed(name: str, prefix: str) -> bool:
 
 
 def _inline_epilogue(sch, block) -> None:
-    """Reverse-inline the chain of elementwise consumers of ``block`` into it."""
+    """Reverse-inline the chain of elementwise consumers of ``block`` into it.
+
+    Intermediate elementwise blocks are first inlined into their consumers, so an epilogue
+    that reads the conv's result twice (hardswish ``x * clip(x + 3, 0, 6) / 6``, SiLU) becomes
+    one block too; otherwise everything after the first fork ran as separate single-threaded
+    passes over the whole output.
+    """
+    root = sch.get_sblock("root")
+    for other in sch.get_child_blocks(root):
+        if sch.get(other).name_hint.startswith("hcp_") or other.same_as(block):
+            continue
+        if not sch.get_producers(other):  # nothing computed here feeds it
+            continue
+        try:
+            sch.compute_inline(other)
+        except _RULE_ERRORS:
+            pass
     while True:
         consumers = sch.get_consumers(block)
         if len(consumers) != 1:
@@ -77,14 +93,17 @@ def _inline_producers(sch, block) -> None:
 
 
 def _vectorize_writeback(sch, block, channel_block: int) -> None:
-    """NHWC write-back: vectorise the innermost (channel) loop of a tile's write-back.
+    """NHWC and NCHW[b]c write-back: vectorise the innermost (channel) loop of a tile's
+    write-back (``channel_block`` channels in NHWC; the layout's block ``b`` in NCHW[b]c).
 
     In NCHW the innermost write-back loop runs over the tile's pixels (a few floats per
     channel row); vectorising it measured no gain, so it is left to LLVM.
     """
     loops = sch.get_loops(block)
     inner = [lp for lp in loops[1:] if _extent(sch, lp) > 1]
-    if not inner or _extent(sch, inner[-1]) != channel_block:
+    out_ndim = len(sch.get(block).writes[0].region)
+    want = {channel_block} | ({_extent(sch, loops[-1])} if out_ndim == 5 else set())
+    if not inner or _extent(sch, inner[-1]) not in want:
         return
     try:
         sch.vectorize(inner[-1])
@@ -121,18 +140,25 @@ def _schedule_separate_writeback(sch, unpack) -> None:
 
 
 def _schedule_pack(sch, pack, n_outer: int) -> None:
+    """Parallel over the outer loops; the channel block vectorised when the source is
+    channel-blocked (contiguous), else unrolled (a gather from NCHW / NHWC)."""
     loops = sch.get_loops(pack)
     outer = sch.fuse(*loops[:n_outer])
     sch.parallel(outer)
-    sch.unroll(loops[-1])
+    if len(sch.get(pack).reads[0].region) == 5:
+        sch.vectorize(loops[-1])
+    else:
+        sch.unroll(loops[-1])
 
 
 def _blocked_kernel(sch, names: list[str], prefix: str):
-    """(kernel, pack, unpack, tile) blocks of ``hcp_{prefix}pack/conv/unpack``, or None."""
+    """(kernel, pack, unpack, tile) blocks of ``hcp_{prefix}pack/conv/unpack``, or None.
+
+    ``pack`` is None when the kernel reads an already blocked, unpadded input in place."""
     found = [_find(names, f"hcp_{prefix}{part}") for part in ("conv", "pack", "unpack")]
-    if not all(found):
+    if not (found[0] and found[2]):
         return None
-    conv, pack, unpack = (sch.get_sblock(n) for n in found)
+    conv, pack, unpack = (sch.get_sblock(n) if n else None for n in found)
     _inline_epilogue(sch, unpack)
     return conv, pack, unpack, int(sch.get(conv).annotations[TILE_ATTR])
 
@@ -148,7 +174,8 @@ def _finish_tile(sch, conv, pack, unpack, outer, vec, first_reduction, n_pack_ou
     else:
         _schedule_separate_writeback(sch, unpack)
         _decompose_init(sch, conv, first_reduction)
-    _schedule_pack(sch, pack, n_pack_outer)
+    if pack is not None:
+        _schedule_pack(sch, pack, n_pack_outer)
 
 
 def _registers_and_writeback(sch, acc, out, outer, first_reduction, vectorize_writeback):
@@ -308,6 +335,27 @@ def schedule_dense(sch, names: list[str]) -> bool:
     return True
 
 
+def schedule_layout_transform(sch, names: list[str]) -> bool:
+    """Parallelise a standalone layout transform (the model's boundaries in and out of the
+    channel-blocked layout): parallel over the outer loops, the innermost unrolled when
+    short; TVM's default lowering runs them on one thread."""
+    if len(names) != 1 or "layout_transform" not in names[0]:
+        return False
+    block = sch.get_sblock(names[0])
+    loops = sch.get_loops(block)
+    if len(loops) < 3:
+        return False
+    elems = 1
+    for lp in loops:
+        elems *= _extent(sch, lp)
+    if elems < (1 << 14):  # too small to pay for waking the thread pool
+        return False
+    sch.parallel(sch.fuse(*loops[:-2]))
+    if _extent(sch, loops[-1]) <= 16:
+        sch.unroll(loops[-1])
+    return True
+
+
 def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
@@ -325,6 +373,14 @@ def apply_rules(func, strict: bool = False):
 
     names = _block_names(func)
     if not any(n.startswith("hcp_") for n in names):
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        try:
+            if schedule_layout_transform(sch, names):
+                return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        except _RULE_ERRORS as err:
+            if strict:
+                raise
+            log.warning("tvm_hcprune layout-transform rule failed (%s)", err)
         return None
     for rule in _RULES:
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))

@@ -7,9 +7,16 @@ kernels of :mod:`tvm_hcprune.schedule.conv2d_nchwc`.
 Every supported call (static shapes, float32, constant weight) becomes a ``call_tir`` of a
 channel-blocked TE kernel whose weight was packed once, here, at compile time. Unsupported
 calls are left alone and take TVM's default path.
+
+Convs that :class:`~tvm_hcprune.schedule.layout.BlockChannelLayout` moved to ``NCHW{b}c``
+take the same kernels reading and writing the blocked layout (a 1x1 unpadded conv reads its
+input in place); one the kernels cannot take is turned back into an NCHW conv between layout
+transforms, since TVM 0.27 lowers conv2d only in NCHW/NHWC.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import tvm
@@ -94,6 +101,8 @@ class _Rewriter(PyExprMutator):
         except (RuntimeError, ValueError, TypeError, IndexError):  # keep the op, never fail
             new = None
         if new is None:
+            if op == _CONV and cw.layout_block(str(call.attrs.data_layout)):
+                return _unblock(self.builder_, call)  # TVM has no NCHW[b]c conv lowering
             return call
         self.rewritten += 1
         return new
@@ -102,21 +111,21 @@ class _Rewriter(PyExprMutator):
         attrs = call.attrs
         data, weight = call.args[0], call.args[1]
         layout = str(attrs.data_layout)
-        kernel_layout = str(attrs.kernel_layout)
-        if layout not in ("NCHW", "NHWC") or str(attrs.out_layout) != layout:
-            return None
-        if sorted(kernel_layout) != sorted("OIHW"):
+        block = cw.layout_block(layout)
+        if (layout not in ("NCHW", "NHWC") and not block) or str(attrs.out_layout) != layout:
             return None
         w = _const_value(weight)
         dshape = _static_shape(data)
-        if w is None or dshape is None or len(dshape) != 4:
+        if w is None or dshape is None or len(dshape) != (5 if block else 4):
             return None
         if _dtype(data) != "float32" or w.dtype != np.float32:
             return None
         out_dtype = attrs.out_dtype
         if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
             return None
-        w = np.transpose(w, [kernel_layout.index(ax) for ax in "OIHW"])
+        w = oihw_weight(w, str(attrs.kernel_layout))
+        if w is None:
+            return None
         groups = int(attrs.groups)
         strides = [int(s) for s in attrs.strides]
         dilation = [int(s) for s in attrs.dilation]
@@ -125,6 +134,9 @@ class _Rewriter(PyExprMutator):
             padding = padding * 2
         if layout == "NHWC":
             n, h, wd, ic = dshape
+        elif block:
+            n, icb, h, wd, _b = dshape
+            ic = icb * block
         else:
             n, ic, h, wd = dshape
         oc, icg, kh, kw = w.shape
@@ -136,7 +148,8 @@ class _Rewriter(PyExprMutator):
                 and (self.pointwise == "always"
                      or pw.prefer_pointwise(ic, oc, h, wd, self.lanes, self.registers))):
             return self._pointwise(data, w, dshape, oc)
-        plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers)
+        plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers,
+                            short_pointwise=bool(block) and (kh, kw) == (1, 1))
         if plan.depthwise and w.shape[1] != 1:
             return None
         if (plan.depthwise and layout == "NCHW" and self.depthwise_rows
@@ -156,7 +169,8 @@ class _Rewriter(PyExprMutator):
         wpack = cw.pack_weight(w, plan)
         if not plan.depthwise:
             hp = (h + padding[0] + padding[2]) * n * ic * (wd + padding[1] + padding[3])
-            plan = cw.with_loop_order(plan, 4 * hp, wpack.nbytes // groups, self.l2_bytes)
+            plan = cw.with_loop_order(plan, 4 * hp, wpack.nbytes // groups, self.l2_bytes,
+                                      input_factor=1 if block else 4)
         if plan.depthwise:
             def fn(d, wp):
                 return cw.depthwise_nchwc_te(
@@ -191,6 +205,47 @@ class _Rewriter(PyExprMutator):
 
         return _make_call(self.builder_, "hcp_pwconv2d", fn, [data, relax.const(wpack)],
                           [dshape, wpack.shape], ["float32", "float32"])
+
+
+def oihw_weight(w: np.ndarray, kernel_layout: str) -> np.ndarray | None:
+    """A conv weight in ``kernel_layout`` (a permutation of OIHW, or ``OIHW{b}o`` as
+    :class:`~tvm_hcprune.schedule.layout.BlockChannelLayout` leaves it) as OIHW, or None."""
+    m = re.fullmatch(r"OIHW(\d+)o", kernel_layout)
+    if m and w.ndim == 5 and w.shape[4] == int(m.group(1)):
+        ob, i, kh, kw, b = w.shape
+        return np.ascontiguousarray(w.transpose(0, 4, 1, 2, 3).reshape(ob * b, i, kh, kw))
+    if sorted(kernel_layout) != sorted("OIHW") or w.ndim != 4:
+        return None
+    return np.transpose(w, [kernel_layout.index(ax) for ax in "OIHW"])
+
+
+def _unblock(bb: relax.BlockBuilder, call):
+    """An ``NCHW{b}c`` conv2d the kernels do not take, as an NCHW conv2d between layout
+    transforms (TVM 0.27 lowers conv2d in NCHW/NHWC only)."""
+    attrs = call.attrs
+    b = cw.layout_block(str(attrs.data_layout))
+    data, weight = call.args
+    to_nchw = relax.op.layout_transform(
+        data, index_map=lambda n, c, h, w, ci: (n, c * b + ci, h, w))
+    kl = str(attrs.kernel_layout)
+    kb = int(re.fullmatch(r"OIHW(\d+)o", kl).group(1)) if re.fullmatch(r"OIHW(\d+)o", kl) \
+        else None
+    wv = _const_value(weight)
+    if wv is not None and oihw_weight(wv, kl) is not None:
+        w_oihw, wlayout = relax.const(oihw_weight(wv, kl)), "OIHW"
+    elif kb:
+        w_oihw = relax.op.layout_transform(
+            weight, index_map=lambda o, i, h, w, oi: (o * kb + oi, i, h, w))
+        wlayout = "OIHW"
+    else:
+        w_oihw, wlayout = weight, kl
+    out = relax.op.nn.conv2d(
+        bb.normalize(to_nchw), bb.normalize(w_oihw), strides=attrs.strides,
+        padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
+        data_layout="NCHW", kernel_layout=wlayout, out_layout="NCHW",
+        out_dtype=attrs.out_dtype)
+    return relax.op.layout_transform(
+        bb.normalize(out), index_map=lambda n, c, h, w: (n, c // b, h, w, c % b))
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackWeightsForCPU")

@@ -1,0 +1,239 @@
+"""Channel-blocked activations between convs (tvm_hcprune.schedule.layout): structure before /
+after, numerics against TVM's default pipeline, the unblocking fallback, the in-place kernel
+and the fused epilogue."""
+
+import numpy as np
+import tvm
+from test_schedule_conv import TARGET, conv_module, run
+from test_schedule_grouped import write_counts
+from tvm import relax, topi
+
+from tvm_hcprune.pipeline import get_pipeline, scheduled_kernels
+from tvm_hcprune.schedule.layout import BlockChannelLayout, block_of, raise_minmax
+
+
+def _ops(mod) -> list[str]:
+    names = []
+
+    def _visit(expr):
+        if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
+            op = expr.op.name
+            if op == "relax.nn.conv2d":
+                op += ":" + str(expr.attrs.data_layout)
+            names.append(op)
+
+    relax.analysis.post_order_visit(mod["main"], _visit)
+    return names
+
+
+def _block_net(c=16, hw=(12, 10), clip_as_call_tir=True):
+    """conv 1x1 -> bias -> clip (as ONNX imports it: call_tir max/min) -> depthwise 3x3 ->
+    relu -> conv 1x1 -> residual add -> clip."""
+    rng = np.random.default_rng(7)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, *hw), "float32"))
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(x, const(2 * c, c, 1, 1)),
+                                     const(1, 2 * c, 1, 1)))
+            if clip_as_call_tir:
+                y = bb.emit_te(topi.maximum, y, relax.const(0.0, "float32"))
+                y = bb.emit_te(topi.minimum, y, relax.const(6.0, "float32"))
+            else:
+                y = bb.emit(relax.op.clip(y, 0.0, 6.0))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(
+                y, const(2 * c, 1, 3, 3), padding=1, groups=2 * c)))
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(y, const(c, 2 * c, 1, 1)), x))
+            out = bb.emit_output(relax.op.clip(y, -1.0, 1.0))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _check(mod, **kw):
+    shape = [int(s) for s in mod["main"].params[0].ty.shape]
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    ref = run(mod, relax.get_default_pipeline(TARGET), x)
+    ours = run(mod, get_pipeline(TARGET, strict=True, **kw), x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+def test_block_of():
+    assert block_of("NCHW8c") == 8 and block_of("NCHW16c") == 16
+    assert block_of("NCHW") is None and block_of("NHWC") is None and block_of("NCHWc") is None
+
+
+def test_raise_minmax_before_after():
+    """ONNX's clip (call_tir of scalar maximum / minimum) becomes Relax ops; the PrimFuncs
+    go away; a Relax clip too (it has no layout inference)."""
+    before = _block_net()
+    assert sum(op == "relax.call_tir" for op in _ops(before)) == 2
+    after = raise_minmax(before)
+    ops = _ops(after)
+    assert "relax.call_tir" not in ops and "relax.clip" not in ops
+    assert ops.count("relax.maximum") == 2 and ops.count("relax.minimum") == 2
+    assert not [gv for gv, f in after.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    tvm.ir.assert_structural_equal(raise_minmax(after), after)  # idempotent
+
+
+def test_raise_minmax_leaves_tensor_maximum():
+    """max of two tensors is not a clip: left alone."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 4, 4), "float32"))
+    y = relax.Var("y", relax.TensorType((1, 8, 4, 4), "float32"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            out = bb.emit_output(bb.emit_te(topi.maximum, x, y))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    tvm.ir.assert_structural_equal(raise_minmax(mod), mod)
+
+
+def test_block_layout_keeps_transforms_at_the_boundaries():
+    """Every conv of the chain runs on NCHW8c; the only layout transforms are the model's
+    input and output."""
+    after = BlockChannelLayout(8)(_block_net())
+    ops = _ops(after)
+    assert [op for op in ops if op.startswith("relax.nn.conv2d")] == ["relax.nn.conv2d:NCHW8c"] * 3
+    assert ops.count("relax.layout_transform") == 2
+
+
+def test_unaligned_channels_and_nhwc_keep_their_layout():
+    after = BlockChannelLayout(8)(_block_net(c=12))  # 12 and 24: 12 is not a multiple of 8
+    assert "relax.nn.conv2d:NCHW" in _ops(after)
+    nhwc = conv_module(16, 16, (6, 6), 3, pad=1)
+    from tvm.relax.transform import ConvertLayout
+
+    nhwc = ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(nhwc)
+    tvm.ir.assert_structural_equal(BlockChannelLayout(8)(nhwc), nhwc)
+
+
+def test_blocked_chain_matches_default():
+    _check(_block_net())
+    _check(_block_net(clip_as_call_tir=False, hw=(7, 9)))
+    _check(_block_net(c=12))  # mixed: NCHW convs next to blocked ones
+
+
+def test_unsupported_blocked_conv_is_unblocked():
+    """A conv whose weight is not a constant has no blocked kernel: it runs as an NCHW conv
+    between layout transforms, and the model still gives the default pipeline's output."""
+    rng = np.random.default_rng(3)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 6, 6), "float32"))
+    w = relax.Var("w", relax.TensorType((16, 16, 3, 3), "float32"))
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w, padding=1))
+            y = bb.emit(relax.op.nn.conv2d(y, relax.const(
+                rng.standard_normal((16, 16, 1, 1)).astype("float32"))))
+            out = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    xs = rng.standard_normal((1, 16, 6, 6)).astype("float32")
+    ws = rng.standard_normal((16, 16, 3, 3)).astype("float32")
+    outs = []
+    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET)):
+        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws)).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-4)
+
+
+def test_aligned_pointwise_reads_blocked_input_in_place():
+    """A 1x1 conv on blocked activations needs no input copy; its output is written once
+    per element, vectorised over the channel block, with the epilogue inlined."""
+    mod = BlockChannelLayout(8)(conv_module(16, 32, (7, 14), 1, epilogue="bias_hswish"))
+    (func,) = scheduled_kernels(mod, TARGET).values()
+    script = func.script()
+    assert "hcp_pack" not in script and "hcp_conv" in script
+    assert "T.vectorized(T.int64(8))" in script
+    np.testing.assert_array_equal(write_counts(func), 1.0)
+
+
+def test_hardswish_epilogue_is_one_loop_nest():
+    """x * clip(x + 3, 0, 6) / 6 reads the conv's result twice; it is still inlined into
+    the tile's write-back, not left as whole-tensor passes after the kernel."""
+    for blocked in (True, False):
+        (func,) = scheduled_kernels(conv_module(16, 24, (9, 9), 3, pad=1,
+                                                epilogue="bias_hswish"),
+                                    TARGET, blocked_layout=blocked).values()
+        script = func.script()
+        assert "sblock(\"T_" not in script, script  # no epilogue block of its own
+        assert script.count("T.parallel") <= 2  # input packing + the tiles
+
+
+def test_boundary_transforms_run_in_parallel():
+    """The model's entry into and exit from the blocked layout are scheduled (parallel),
+    and the result still equals the default pipeline's."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from tvm_hcprune.pipeline import _cpu_passes
+
+    mod = _block_net(c=16, hw=(32, 40))
+    passes = _cpu_passes(TARGET, None, True, True)
+    n_pre = len(passes) - len(cpu.dataflow_lower_passes(TARGET)) - len(
+        cpu.finalize_passes(TARGET))
+    with TARGET:
+        lowered = tvm.transform.Sequential(passes[:n_pre])(mod)
+    transforms = [f.script() for gv, f in lowered.functions_items()
+                  if "layout_transform" in gv.name_hint]
+    assert len(transforms) == 2
+    assert all("T.parallel" in s and "tirx.is_scheduled" in s for s in transforms)
+    _check(mod)
+
+
+def _gelu_net():
+    rng = np.random.default_rng(5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.gelu(relax.op.nn.conv2d(x, relax.const(
+                rng.standard_normal((8, 8, 3, 3)).astype("float32")), padding=1)))
+            out = bb.emit_output(relax.op.nn.conv2d(y, relax.const(
+                rng.standard_normal((8, 8, 1, 1)).astype("float32"))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_other_ops_on_blocked_tensors_are_checked(monkeypatch):
+    """An op outside the usual set on blocked tensors is kept blocked when TVM lowers it
+    there, and the whole module stays NCHW when it does not (never a failed build)."""
+    from tvm_hcprune.schedule import layout
+
+    mod = _gelu_net()
+    assert "relax.nn.conv2d:NCHW8c" in _ops(BlockChannelLayout(8)(mod))
+    _check(mod)
+    monkeypatch.setattr(layout, "_legalizes", lambda call: False)
+    tvm.ir.assert_structural_equal(BlockChannelLayout(8)(mod), mod)
+
+
+def test_constant_layout_transforms_fold_with_numpy():
+    """Weights and biases moved to the blocked layout are folded at compile time (numpy,
+    no kernel compiled per constant); a transform of another shape is left to FoldConstant."""
+    from tvm_hcprune.schedule.layout import _fold_blocked_constants
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 3, 3, 3)).astype("float32")
+    b = rng.standard_normal((1, 24, 1, 1)).astype("float32")
+    t = rng.standard_normal((2, 3, 4, 5)).astype("float32")
+    bb = relax.BlockBuilder()
+    with bb.function("main", []):
+        with bb.dataflow():
+            ws = bb.emit(relax.op.layout_transform(
+                relax.const(w), index_map=lambda o, i, h, x: (o // 8, i, h, x, o % 8)))
+            bs = bb.emit(relax.op.layout_transform(
+                relax.const(b), index_map=lambda n, c, h, x: (n, c // 8, h, x, c % 8)))
+            ts = bb.emit(relax.op.layout_transform(
+                relax.const(t), index_map=lambda n, c, h, x: (n, h, x, c)))
+            out = bb.emit_output(relax.Tuple([ws, bs, ts]))
+        bb.emit_func_output(out)
+    folded = _fold_blocked_constants(bb.get())
+    assert _ops(folded).count("relax.layout_transform") == 1  # the transpose stays
+    vm = relax.VirtualMachine(tvm.compile(folded, TARGET), tvm.cpu())
+    got = [a.numpy() for a in vm["main"]()]
+    np.testing.assert_array_equal(got[0], w.reshape(2, 8, 3, 3, 3).transpose(0, 2, 3, 4, 1))
+    np.testing.assert_array_equal(got[1], b.reshape(1, 3, 8, 1, 1).transpose(0, 1, 3, 4, 2))
+    np.testing.assert_array_equal(got[2], t.transpose(0, 2, 3, 1))

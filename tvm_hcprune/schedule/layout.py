@@ -1,0 +1,293 @@
+"""Relax pass :class:`BlockChannelLayout`: keep activations channel-blocked between convs.
+
+tvm_hcprune's CPU conv kernels compute on channel blocks of one SIMD vector (NCHW[b]c). With
+NCHW activations every kernel packs its input to blocks and unpacks its output again: two
+passes over memory per layer, which on MobileNet-style models (cheap depthwise and 1x1
+layers) cost as much as the arithmetic. This pass converts every NCHW ``conv2d`` whose
+channels are multiples of ``block`` to ``NCHW{block}c`` with Relax's own
+``ConvertLayout``, which carries the layout through the elementwise ops between convs
+(bias, relu, clip, residual add, SE gates) and leaves ``layout_transform`` only at the
+graph's boundaries and at ops without a blocked form (reshape, flatten, ...). The kernels
+of :mod:`tvm_hcprune.schedule.rewrite` then read and write the blocked layout directly.
+
+ONNX's ``Clip`` imports as ``call_tir`` of ``maximum``/``minimum`` PrimFuncs, opaque to
+``ConvertLayout``; the pass first raises those to ``R.maximum``/``R.minimum`` (only
+functions whose single block is exactly ``out[i] = max(x[i], scalar)``), so a clip does not
+cut the blocked chain.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+_BLOCKED = re.compile(r"^NCHW(\d+)c$")
+
+
+def block_of(layout: str) -> int | None:
+    """Channel block of an ``NCHW{b}c`` layout string, else None."""
+    m = _BLOCKED.match(str(layout))
+    return int(m.group(1)) if m else None
+
+
+def _is_load(expr) -> bool:
+    # TVM 0.27 names the node TensorLoad; tirx.BufferLoad is a constructor function
+    return type(expr).__name__ in ("BufferLoad", "TensorLoad")
+
+
+def _minmax_kind(func) -> str | None:
+    """``"maximum"``/``"minimum"`` when ``func`` is one elementwise block
+    ``out[i] = max|min(x[i], s)`` with ``s`` a scalar (an immediate or a 0-d buffer)."""
+    from tvm import s_tir
+
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) not in (2, 3):
+        return None
+    try:
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except (RuntimeError, ValueError):
+        return None
+    if len(blocks) != 1:
+        return None
+    store = sch.get(blocks[0]).body
+    if not isinstance(store, tirx.BufferStore):
+        return None
+    val = store.value
+    kind = {tirx.Max: "maximum", tirx.Min: "minimum"}.get(type(val))
+    if kind is None:
+        return None
+    a, b = val.a, val.b
+    if not _is_load(a):
+        return None
+    same = len(a.indices) == len(store.indices) and all(
+        i.same_as(j) for i, j in zip(a.indices, store.indices, strict=True))
+    scalar = isinstance(b, tirx.FloatImm) or (
+        _is_load(b) and len(b.indices) == 0)
+    return kind if same and scalar else None
+
+
+@mutator
+class _RaiseMinMax(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.mod_ = mod
+        self.raised = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        name = getattr(call.op, "name", None)
+        if name == "relax.clip":
+            return self._clip(call)
+        if name != "relax.call_tir":
+            return call
+        gvar, args = call.args[0], list(call.args[1].fields)
+        kind = _minmax_kind(self.mod_[gvar])
+        if kind is None:
+            return call
+        other = _single_store(self.mod_[gvar]).value.b
+        if isinstance(other, tirx.FloatImm):
+            scalar = relax.const(float(other.value), str(other.dtype))
+        elif len(args) == 2 and isinstance(args[1], tvm.ir.expr.Constant):
+            scalar = args[1]
+        else:
+            return call
+        x = args[0]
+        if str(getattr(x.ty, "dtype", "")) != str(scalar.ty.dtype):
+            return call
+        self.raised += 1
+        op = relax.op.maximum if kind == "maximum" else relax.op.minimum
+        return op(x, scalar)
+
+
+    def _clip(self, call):
+        """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (Relax's clip has no
+        layout inference)."""
+        x, lo, hi = call.args
+        dtype = str(getattr(x.ty, "dtype", ""))
+        bounds = [_imm_value(v) for v in (lo, hi)]
+        if not dtype.startswith("float") or None in bounds:
+            return call
+        self.raised += 1
+        out = self.builder_.normalize(relax.op.maximum(x, relax.const(bounds[0], dtype)))
+        return relax.op.minimum(out, relax.const(bounds[1], dtype))
+
+
+def _imm_value(v) -> float | None:
+    """The number of an IntImm/FloatImm (or a PrimValue holding one), else None."""
+    imm = (tirx.IntImm, tirx.FloatImm)
+    if not isinstance(v, imm):
+        v = getattr(v, "value", None)
+    return float(v.value) if isinstance(v, imm) else None
+
+
+def _single_store(func):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    return sch.get(sch.get_child_blocks(sch.get_sblock("root"))[0]).body
+
+
+def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
+    """Replace ``call_tir`` of scalar ``maximum``/``minimum`` PrimFuncs by Relax ops."""
+    rw = _RaiseMinMax(mod)
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            rw.builder_.update_func(gvar, rw.visit_expr(func))
+    if not rw.raised:
+        return mod
+    return relax.transform.DeadCodeElimination()(rw.builder_.get())
+
+
+def _split_axis(index_map, ndim: int) -> tuple[int, int] | None:
+    """``(axis, b)`` when ``index_map`` splits ``axis`` of an ``ndim``-D tensor into
+    ``axis // b`` (in place) and ``axis % b`` (appended last), every other axis unchanged."""
+    final = list(index_map.final_indices)
+    if len(index_map.initial_indices) != ndim or len(final) != ndim + 1:
+        return None
+    last = final[-1]
+    b = getattr(getattr(last, "b", None), "value", None)
+    if not isinstance(b, int) or b < 2:
+        return None
+    for axis in range(ndim):
+        if index_map.is_equivalent_to(tirx.IndexMap.from_func(_splitter(axis, b), ndim=ndim)):
+            return axis, b
+    return None
+
+
+def _splitter(axis: int, b: int):
+    def split(*idx):
+        out = list(idx)
+        out[axis] = idx[axis] // b
+        return (*out, idx[axis] % b)
+
+    return split
+
+
+@mutator
+class _FoldBlockedConstants(PyExprMutator):
+    """``layout_transform(constant)`` into a blocked layout, computed with numpy (Relax's
+    FoldConstant compiles one kernel per constant: seconds on a 50-conv model)."""
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if (getattr(call.op, "name", None) != "relax.layout_transform"
+                or not isinstance(call.args[0], tvm.ir.expr.Constant)
+                or call.attrs.pad_value is not None):
+            return call
+        value = call.args[0].data.numpy() if hasattr(call.args[0], "data") else \
+            call.args[0].value.numpy()
+        found = _split_axis(call.attrs.index_map, value.ndim)
+        if found is None:
+            return call
+        axis, b = found
+        if value.shape[axis] % b:
+            return call
+        shape = (*value.shape[:axis], value.shape[axis] // b, b, *value.shape[axis + 1:])
+        out = np.moveaxis(value.reshape(shape), axis + 1, -1)
+        return relax.const(np.ascontiguousarray(out), str(value.dtype))
+
+
+def _fold_blocked_constants(mod: tvm.IRModule) -> tvm.IRModule:
+    folder = _FoldBlockedConstants(mod)
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            folder.builder_.update_func(gvar, folder.visit_expr(func))
+    return folder.builder_.get()
+
+
+def _conv_layouts(mod: tvm.IRModule) -> set[str]:
+    found: set[str] = set()
+
+    def _visit(expr):
+        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
+            found.add(str(expr.attrs.data_layout))
+
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, _visit)
+    return found
+
+
+# ops seen on blocked tensors in the models we build (ResNet, MobileNet, PP-LCNet, DBNet):
+# their NCHW[b]c forms legalize; any other op on a blocked tensor is checked by legalizing
+_KNOWN_BLOCKED_OPS = frozenset(
+    f"relax.{op}" for op in (
+        "nn.conv2d", "layout_transform", "add", "subtract", "multiply", "divide", "maximum",
+        "minimum", "nn.relu", "sigmoid", "tanh", "nn.silu", "mean", "nn.max_pool2d",
+        "nn.avg_pool2d", "nn.adaptive_avg_pool2d", "concat"))
+
+
+def _unknown_blocked_calls(mod: tvm.IRModule) -> list:
+    """Calls of ops other than :data:`_KNOWN_BLOCKED_OPS` producing a 5-D (blocked) tensor."""
+    found = []
+
+    def _visit(expr):
+        if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
+            shape = getattr(expr.ty, "shape", None)
+            if shape is not None and len(shape) == 5 and expr.op.name not in _KNOWN_BLOCKED_OPS:
+                found.append(expr)
+
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, _visit)
+    return found
+
+
+def _legalizes(call) -> bool:
+    """Whether TVM lowers ``call`` (its tensor arguments as parameters)."""
+    params, args = [], []
+    for i, arg in enumerate(call.args):
+        if isinstance(arg, relax.Var) or type(arg).__name__ == "DataflowVar":
+            params.append(relax.Var(f"a{i}", arg.ty))
+            args.append(params[-1])
+        else:
+            args.append(arg)
+    try:
+        bb = relax.BlockBuilder()
+        with bb.function("main", params):
+            out = bb.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+            bb.emit_func_output(out)
+        relax.transform.LegalizeOps()(bb.get())
+    except (RuntimeError, ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+@tvm.transform.module_pass(opt_level=0, name="BlockChannelLayout")
+class BlockChannelLayout:
+    """Convert NCHW conv2d chains to ``NCHW{block}c`` (activations stay blocked).
+
+    Parameters
+    ----------
+    block : int
+        Channel block: the target's fp32 SIMD lanes (the kernels' vector width). Convs whose
+        input or output channels are not multiples of it keep NCHW.
+
+    Notes
+    -----
+    Applies only to modules whose convolutions are all NCHW (ONNX imports); NHWC models
+    (TFLite) keep their layout. The weights' layout change is folded at compile time. When
+    an op outside the usual set (convs, elementwise, pooling, mean, concat) ends up on
+    blocked tensors and TVM cannot legalize it there, the module is left in NCHW.
+    """
+
+    def __init__(self, block: int = 8):
+        self.block = int(block)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        if self.block < 2 or _conv_layouts(mod) != {"NCHW"}:
+            return mod
+        b = self.block
+        original = mod
+        mod = raise_minmax(mod)
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{b}c", f"OIHW{b}o"]})(mod)
+        if not all(_legalizes(call) for call in _unknown_blocked_calls(mod)):
+            return original  # an op TVM cannot lower in NCHW[b]c: keep NCHW, never fail
+        # ConvertLayout transforms a tensor once per use (an input feeding a conv and a
+        # residual add); common-subexpression elimination keeps one
+        mod = relax.transform.EliminateCommonSubexpr()(mod)
+        return relax.transform.FoldConstant()(_fold_blocked_constants(mod))
