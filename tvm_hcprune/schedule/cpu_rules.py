@@ -101,9 +101,8 @@ def _vectorize_writeback(sch, block, channel_block: int) -> None:
     """
     loops = sch.get_loops(block)
     inner = [lp for lp in loops[1:] if _extent(sch, lp) > 1]
-    out_ndim = len(sch.get(block).writes[0].region)
-    want = {channel_block} | ({_extent(sch, loops[-1])} if out_ndim == 5 else set())
-    if not inner or _extent(sch, inner[-1]) not in want:
+    blocked_out = len(sch.get(block).writes[0].region) == 5  # NCHW[b]c: innermost is b
+    if not inner or not (blocked_out or _extent(sch, inner[-1]) == channel_block):
         return
     try:
         sch.vectorize(inner[-1])

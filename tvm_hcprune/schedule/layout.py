@@ -39,12 +39,11 @@ def _is_load(expr) -> bool:
     return type(expr).__name__ in ("BufferLoad", "TensorLoad")
 
 
-def _minmax_kind(func) -> str | None:
-    """``"maximum"``/``"minimum"`` when ``func`` is one elementwise block
-    ``out[i] = max|min(x[i], s)`` with ``s`` a scalar (an immediate or a 0-d buffer)."""
+def _single_store(func):
+    """The store of ``func``'s only block (a PrimFunc of one elementwise block), or None."""
     from tvm import s_tir
 
-    if not isinstance(func, tirx.PrimFunc) or len(func.params) not in (2, 3):
+    if not isinstance(func, tirx.PrimFunc):
         return None
     try:
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
@@ -54,19 +53,20 @@ def _minmax_kind(func) -> str | None:
     if len(blocks) != 1:
         return None
     store = sch.get(blocks[0]).body
-    if not isinstance(store, tirx.BufferStore):
-        return None
+    return store if isinstance(store, tirx.BufferStore) else None
+
+
+def _minmax_kind(store) -> str | None:
+    """``"maximum"``/``"minimum"`` when ``store`` is ``out[i] = max|min(x[i], s)`` with ``s``
+    a scalar (an immediate or a 0-d buffer)."""
     val = store.value
     kind = {tirx.Max: "maximum", tirx.Min: "minimum"}.get(type(val))
-    if kind is None:
+    if kind is None or not _is_load(val.a):
         return None
     a, b = val.a, val.b
-    if not _is_load(a):
-        return None
     same = len(a.indices) == len(store.indices) and all(
         i.same_as(j) for i, j in zip(a.indices, store.indices, strict=True))
-    scalar = isinstance(b, tirx.FloatImm) or (
-        _is_load(b) and len(b.indices) == 0)
+    scalar = isinstance(b, tirx.FloatImm) or (_is_load(b) and len(b.indices) == 0)
     return kind if same and scalar else None
 
 
@@ -85,10 +85,11 @@ class _RaiseMinMax(PyExprMutator):
         if name != "relax.call_tir":
             return call
         gvar, args = call.args[0], list(call.args[1].fields)
-        kind = _minmax_kind(self.mod_[gvar])
+        store = _single_store(self.mod_[gvar])
+        kind = _minmax_kind(store) if store is not None else None
         if kind is None:
             return call
-        other = _single_store(self.mod_[gvar]).value.b
+        other = store.value.b
         if isinstance(other, tirx.FloatImm):
             scalar = relax.const(float(other.value), str(other.dtype))
         elif len(args) == 2 and isinstance(args[1], tvm.ir.expr.Constant):
@@ -101,7 +102,6 @@ class _RaiseMinMax(PyExprMutator):
         self.raised += 1
         op = relax.op.maximum if kind == "maximum" else relax.op.minimum
         return op(x, scalar)
-
 
     def _clip(self, call):
         """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (Relax's clip has no
@@ -124,22 +124,20 @@ def _imm_value(v) -> float | None:
     return float(v.value) if isinstance(v, imm) else None
 
 
-def _single_store(func):
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    return sch.get(sch.get_child_blocks(sch.get_sblock("root"))[0]).body
+def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
+    """Run a ``PyExprMutator`` (built on ``mod``) over every Relax function of ``mod``."""
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
 
 
 def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
-    """Replace ``call_tir`` of scalar ``maximum``/``minimum`` PrimFuncs by Relax ops."""
+    """Replace ``call_tir`` of scalar ``maximum``/``minimum`` PrimFuncs, and ``R.clip``, by
+    ``R.maximum``/``R.minimum`` (which have layout inference)."""
     rw = _RaiseMinMax(mod)
-    for gvar, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            rw.builder_.update_func(gvar, rw.visit_expr(func))
-    if not rw.raised:
-        return mod
-    return relax.transform.DeadCodeElimination()(rw.builder_.get())
+    out = mutate_functions(rw, mod)
+    return relax.transform.DeadCodeElimination()(out) if rw.raised else mod
 
 
 def _split_axis(index_map, ndim: int) -> tuple[int, int] | None:
@@ -178,8 +176,7 @@ class _FoldBlockedConstants(PyExprMutator):
                 or not isinstance(call.args[0], tvm.ir.expr.Constant)
                 or call.attrs.pad_value is not None):
             return call
-        value = call.args[0].data.numpy() if hasattr(call.args[0], "data") else \
-            call.args[0].value.numpy()
+        value = call.args[0].value.numpy()
         found = _split_axis(call.attrs.index_map, value.ndim)
         if found is None:
             return call
@@ -192,11 +189,7 @@ class _FoldBlockedConstants(PyExprMutator):
 
 
 def _fold_blocked_constants(mod: tvm.IRModule) -> tvm.IRModule:
-    folder = _FoldBlockedConstants(mod)
-    for gvar, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            folder.builder_.update_func(gvar, folder.visit_expr(func))
-    return folder.builder_.get()
+    return mutate_functions(_FoldBlockedConstants(mod), mod)
 
 
 def _conv_layouts(mod: tvm.IRModule) -> set[str]:

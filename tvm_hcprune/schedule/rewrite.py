@@ -228,17 +228,16 @@ def _unblock(bb: relax.BlockBuilder, call):
     to_nchw = relax.op.layout_transform(
         data, index_map=lambda n, c, h, w, ci: (n, c * b + ci, h, w))
     kl = str(attrs.kernel_layout)
-    kb = int(re.fullmatch(r"OIHW(\d+)o", kl).group(1)) if re.fullmatch(r"OIHW(\d+)o", kl) \
-        else None
+    blocked_kernel = re.fullmatch(r"OIHW(\d+)o", kl)
     wv = _const_value(weight)
+    w_oihw, wlayout = weight, kl
     if wv is not None and oihw_weight(wv, kl) is not None:
         w_oihw, wlayout = relax.const(oihw_weight(wv, kl)), "OIHW"
-    elif kb:
+    elif blocked_kernel:
+        kb = int(blocked_kernel.group(1))
         w_oihw = relax.op.layout_transform(
             weight, index_map=lambda o, i, h, w, oi: (o * kb + oi, i, h, w))
         wlayout = "OIHW"
-    else:
-        w_oihw, wlayout = weight, kl
     out = relax.op.nn.conv2d(
         bb.normalize(to_nchw), bb.normalize(w_oihw), strides=attrs.strides,
         padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
@@ -282,10 +281,8 @@ class PackWeightsForCPU:
         self.dense = dense
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        from tvm_hcprune.schedule.layout import mutate_functions
+
         rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense, self.l2_bytes,
                        self.pointwise)
-        for gvar, func in list(mod.functions_items()):
-            if isinstance(func, relax.Function):
-                new = rw.visit_expr(func)
-                rw.builder_.update_func(gvar, new)
-        return rw.builder_.get()
+        return mutate_functions(rw, mod)
