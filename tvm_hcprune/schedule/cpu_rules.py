@@ -371,17 +371,9 @@ def apply_rules(func, strict: bool = False):
     from tvm import s_tir
 
     names = _block_names(func)
-    if not any(n.startswith("hcp_") for n in names):
-        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-        try:
-            if schedule_layout_transform(sch, names):
-                return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        except _RULE_ERRORS as err:
-            if strict:
-                raise
-            log.warning("tvm_hcprune layout-transform rule failed (%s)", err)
-        return None
-    for rule in _RULES:
+    ours = any(n.startswith("hcp_") for n in names)
+    # functions without our kernels: only the boundary layout transforms get a rule
+    for rule in _RULES if ours else (schedule_layout_transform,):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
             if rule(sch, names):
@@ -391,7 +383,7 @@ def apply_rules(func, strict: bool = False):
                 raise
             log.warning("tvm_hcprune rule %s failed (%s); using TVM's default", rule.__name__,
                         str(err).splitlines()[0] if str(err) else err)
-    if strict:
+    if strict and ours:
         raise RuntimeError(f"no tvm_hcprune rule matched blocks {names}")
     return None
 
