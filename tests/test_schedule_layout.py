@@ -237,3 +237,57 @@ def test_constant_layout_transforms_fold_with_numpy():
     np.testing.assert_array_equal(got[0], w.reshape(2, 8, 3, 3, 3).transpose(0, 2, 3, 4, 1))
     np.testing.assert_array_equal(got[1], b.reshape(1, 3, 8, 1, 1).transpose(0, 1, 3, 4, 2))
     np.testing.assert_array_equal(got[2], t.transpose(0, 2, 3, 1))
+
+
+def _stem_net(weight_param=False):
+    """RGB stem (3 input channels: no blocked input) -> bias -> clip -> depthwise -> conv."""
+    rng = np.random.default_rng(11)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 15, 17), "float32"))
+    w = relax.Var("w", relax.TensorType((16, 3, 3, 3), "float32"))
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    with bb.function("main", [x, w] if weight_param else [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, w if weight_param else const(16, 3, 3, 3),
+                                           strides=2, padding=1))
+            y = bb.emit(relax.op.clip(relax.op.add(y, const(1, 16, 1, 1)), 0.0, 6.0))
+            y = bb.emit(relax.op.nn.conv2d(y, const(16, 1, 3, 3), padding=1, groups=16))
+            out = bb.emit_output(relax.op.nn.conv2d(relax.op.nn.relu(y), const(8, 16, 1, 1)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_stem_conv_writes_the_blocked_layout():
+    """The conv that cannot read blocked input (3 channels) writes NCHW8c itself, its
+    epilogue follows in the blocked layout: the only layout transform left is the output's."""
+    after = BlockChannelLayout(8)(_stem_net())
+    assert _ops(after).count("relax.layout_transform") == 1
+    (stem,) = [c for c in _calls(after, "relax.nn.conv2d")
+               if str(c.attrs.data_layout) == "NCHW"]
+    assert str(stem.attrs.out_layout) == "NCHW8c"
+    _check(_stem_net())
+
+
+def test_stem_conv_without_a_kernel_is_unblocked():
+    """A stem conv whose weight is a parameter (no blocked kernel) runs in NCHW and its
+    output is transformed; the model still equals the default pipeline's."""
+    mod = _stem_net(weight_param=True)
+    rng = np.random.default_rng(2)
+    args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
+            for p in mod["main"].params]
+    outs = []
+    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET)):
+        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
+        outs.append(vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-4)
+
+
+def _calls(mod, op_name):
+    calls = []
+    relax.analysis.post_order_visit(
+        mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
+        and getattr(e.op, "name", None) == op_name else None)
+    return calls

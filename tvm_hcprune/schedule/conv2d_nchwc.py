@@ -227,12 +227,14 @@ def _write(layout: str, name: str, n, c, oh, ow, value, blocked=None):
 
 
 def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPlan,
-                    layout: str = "NCHW"):
-    """TE compute of the blocked grouped conv2d; returns the output in ``layout``.
+                    layout: str = "NCHW", out_layout: str | None = None):
+    """TE compute of the blocked grouped conv2d; returns the output in ``out_layout``.
 
-    ``layout`` is the data/output layout, ``"NCHW"`` (ONNX) or ``"NHWC"`` (TFLite); the
-    kernel is the same, only the packing reads and the write-back differ.
+    ``layout`` is the data layout, ``"NCHW"`` (ONNX), ``"NHWC"`` (TFLite) or ``NCHW{b}c``;
+    ``out_layout`` (default: ``layout``) the output's. The kernel is the same, only the
+    packing reads and the write-back differ.
     """
+    out_layout = out_layout or layout
     from tvm import te
 
     n, ic, h, w = _dims(data, layout)
@@ -291,7 +293,7 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
         return cpack[nn, c // ocg, cg // ob, y, x, cg % ob]
 
     blocked = ((lambda nn, cb, y, x, co: cpack[nn, 0, cb, y, x, co]), ob) if g == 1 else None
-    return _write(layout, "hcp_unpack", n, oc, oh, ow, _unpack, blocked)
+    return _write(out_layout, "hcp_unpack", n, oc, oh, ow, _unpack, blocked)
 
 
 def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPlan,

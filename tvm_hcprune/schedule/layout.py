@@ -192,6 +192,97 @@ def _fold_blocked_constants(mod: tvm.IRModule) -> tvm.IRModule:
     return mutate_functions(_FoldBlockedConstants(mod), mod)
 
 
+_ENTRY_EWISE = frozenset(
+    f"relax.{op}" for op in (
+        "add", "subtract", "multiply", "divide", "maximum", "minimum", "nn.relu", "sigmoid",
+        "tanh", "nn.silu", "nn.gelu"))
+
+
+def _var_uses(func) -> dict:
+    uses: dict = {}
+
+    def _visit(expr):
+        if isinstance(expr, relax.Var):
+            uses[expr] = uses.get(expr, 0) + 1
+
+    relax.analysis.post_order_visit(func, _visit)
+    return uses
+
+
+def _blocked_operand(arg, channels: int, b: int):
+    """A constant operand of an elementwise op moved to the blocked layout: scalars as they
+    are, per-channel ``[1, C, 1, 1]`` reshaped to ``[1, C/b, 1, 1, b]``; None otherwise."""
+    if not isinstance(arg, tvm.ir.expr.Constant):
+        return None
+    value = arg.value.numpy()
+    if value.ndim == 0 or value.size == 1 and value.ndim <= 4:
+        return relax.const(value.reshape(()), str(value.dtype))
+    if value.shape == (1, channels, 1, 1):
+        blocked = value.reshape(1, channels // b, b, 1, 1).transpose(0, 1, 3, 4, 2)
+        return relax.const(np.ascontiguousarray(blocked), str(value.dtype))
+    return None
+
+
+@mutator
+class _FuseEntryTransform(PyExprMutator):
+    """``layout_transform(ewise*(conv2d_NCHW(x)))`` into blocked ``NCHW{b}c``, where the conv
+    cannot read blocked input (its input channels are not a multiple of ``b``, e.g. the
+    model's RGB stem): the conv writes the blocked layout itself (``out_layout``) and the
+    elementwise epilogue follows in it, so the entry into the blocked layout costs no pass
+    over the activations."""
+
+    def __init__(self, mod: tvm.IRModule, block: int):
+        super().__init__(mod)
+        self.block = block
+        self.uses: dict = {}
+
+    def visit_function_(self, func):
+        self.uses = _var_uses(func)
+        return super().visit_function_(func)
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if (getattr(call.op, "name", None) != "relax.layout_transform"
+                or call.attrs.pad_value is not None
+                or _split_axis(call.attrs.index_map, 4) != (1, self.block)):
+            return call
+        chain, var = [], call.args[0]
+        while isinstance(var, relax.Var) and self.uses.get(var, 0) <= 1:
+            value = self.lookup_binding(var)
+            name = getattr(getattr(value, "op", None), "name", None)
+            if name == "relax.nn.conv2d":
+                return self._fuse(call, value, chain)
+            tensors = [a for a in getattr(value, "args", []) if isinstance(a, relax.Var)]
+            if name not in _ENTRY_EWISE or len(tensors) != 1:
+                return call
+            chain.append(value)
+            var = tensors[0]
+        return call
+
+    def _fuse(self, transform, conv, chain):
+        attrs, b = conv.attrs, self.block
+        oc = int(conv.ty.shape[1])
+        if (str(attrs.data_layout) != "NCHW" or str(attrs.out_layout) != "NCHW"
+                or oc % b or len(conv.ty.shape) != 4):
+            return transform
+        ops = []
+        for op in chain:
+            args = [a if isinstance(a, relax.Var) else _blocked_operand(a, oc, b)
+                    for a in op.args]
+            if any(a is None for a in args):
+                return transform
+            ops.append((op, args))
+        y = self.builder_.normalize(relax.op.nn.conv2d(
+            conv.args[0], conv.args[1], strides=attrs.strides, padding=attrs.padding,
+            dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
+            kernel_layout=attrs.kernel_layout, out_layout=f"NCHW{b}c",
+            out_dtype=attrs.out_dtype))
+        for op, args in reversed(ops):
+            args = [y if isinstance(a, relax.Var) else a for a in args]
+            y = self.builder_.normalize(relax.Call(op.op, args, op.attrs, op.ty_args))
+        return y
+
+
 def _conv_layouts(mod: tvm.IRModule) -> set[str]:
     found: set[str] = set()
 
@@ -283,4 +374,6 @@ class BlockChannelLayout:
         # ConvertLayout transforms a tensor once per use (an input feeding a conv and a
         # residual add); common-subexpression elimination keeps one
         mod = relax.transform.EliminateCommonSubexpr()(mod)
+        mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
+        mod = relax.transform.DeadCodeElimination()(mod)
         return relax.transform.FoldConstant()(_fold_blocked_constants(mod))

@@ -101,7 +101,8 @@ class _Rewriter(PyExprMutator):
         except (RuntimeError, ValueError, TypeError, IndexError):  # keep the op, never fail
             new = None
         if new is None:
-            if op == _CONV and cw.layout_block(str(call.attrs.data_layout)):
+            if op == _CONV and (cw.layout_block(str(call.attrs.data_layout))
+                                or cw.layout_block(str(call.attrs.out_layout))):
                 return _unblock(self.builder_, call)  # TVM has no NCHW[b]c conv lowering
             return call
         self.rewritten += 1
@@ -111,8 +112,14 @@ class _Rewriter(PyExprMutator):
         attrs = call.attrs
         data, weight = call.args[0], call.args[1]
         layout = str(attrs.data_layout)
+        out_layout = str(attrs.out_layout)
         block = cw.layout_block(layout)
-        if (layout not in ("NCHW", "NHWC") and not block) or str(attrs.out_layout) != layout:
+        if layout not in ("NCHW", "NHWC") and not block:
+            return None
+        # NCHW in, NCHW[b]c out: the model's first conv writing the blocked layout
+        # (BlockChannelLayout's entry fusion); otherwise the layouts are equal
+        entry = layout == "NCHW" and cw.layout_block(out_layout)
+        if out_layout != layout and not entry:
             return None
         w = _const_value(weight)
         dshape = _static_shape(data)
@@ -143,7 +150,8 @@ class _Rewriter(PyExprMutator):
         if ic != icg * groups or oc % groups:
             return None
         ow = (wd + padding[1] + padding[3] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
-        if (self.pointwise and layout == "NCHW" and groups == 1 and (kh, kw) == (1, 1)
+        if (self.pointwise and layout == out_layout == "NCHW" and groups == 1
+                and (kh, kw) == (1, 1)
                 and strides == [1, 1] and not any(padding)
                 and (self.pointwise == "always"
                      or pw.prefer_pointwise(ic, oc, h, wd, self.lanes, self.registers))):
@@ -152,7 +160,9 @@ class _Rewriter(PyExprMutator):
                             short_pointwise=bool(block) and (kh, kw) == (1, 1))
         if plan.depthwise and w.shape[1] != 1:
             return None
-        if (plan.depthwise and layout == "NCHW" and self.depthwise_rows
+        if entry and plan.depthwise:
+            return None
+        if (plan.depthwise and layout == out_layout == "NCHW" and self.depthwise_rows
                 and strides == [1, 1] and ow >= 56):
             owp, per_tile = cw.plan_depthwise_rows(ow, self.lanes)
             wrow = np.ascontiguousarray(w[:, 0])
@@ -182,7 +192,7 @@ class _Rewriter(PyExprMutator):
             def fn(d, wp):
                 return cw.conv2d_nchwc_te(
                     d, wp, strides=strides, padding=padding, dilation=dilation, oc=oc,
-                    plan=plan, layout=layout,
+                    plan=plan, layout=layout, out_layout=out_layout,
                 )
             name = "hcp_conv2d"
         return _make_call(
@@ -193,7 +203,6 @@ class _Rewriter(PyExprMutator):
             [dshape, wpack.shape],
             ["float32", "float32"],
         )
-
 
     def _pointwise(self, data, w, dshape, oc):
         plan = pw.plan_pointwise(oc, dshape[2], dshape[3], self.lanes, self.registers,
@@ -220,13 +229,15 @@ def oihw_weight(w: np.ndarray, kernel_layout: str) -> np.ndarray | None:
 
 
 def _unblock(bb: relax.BlockBuilder, call):
-    """An ``NCHW{b}c`` conv2d the kernels do not take, as an NCHW conv2d between layout
-    transforms (TVM 0.27 lowers conv2d in NCHW/NHWC only)."""
+    """A conv2d with an ``NCHW{b}c`` input or output that the kernels do not take, as an NCHW
+    conv2d between layout transforms (TVM 0.27 lowers conv2d in NCHW/NHWC only)."""
     attrs = call.attrs
-    b = cw.layout_block(str(attrs.data_layout))
     data, weight = call.args
-    to_nchw = relax.op.layout_transform(
-        data, index_map=lambda n, c, h, w, ci: (n, c * b + ci, h, w))
+    b_in = cw.layout_block(str(attrs.data_layout))
+    b_out = cw.layout_block(str(attrs.out_layout))
+    if b_in:
+        data = bb.normalize(relax.op.layout_transform(
+            data, index_map=lambda n, c, h, w, ci: (n, c * b_in + ci, h, w)))
     kl = str(attrs.kernel_layout)
     blocked_kernel = re.fullmatch(r"OIHW(\d+)o", kl)
     wv = _const_value(weight)
@@ -239,12 +250,14 @@ def _unblock(bb: relax.BlockBuilder, call):
             weight, index_map=lambda o, i, h, w, oi: (o * kb + oi, i, h, w))
         wlayout = "OIHW"
     out = relax.op.nn.conv2d(
-        bb.normalize(to_nchw), bb.normalize(w_oihw), strides=attrs.strides,
+        data, bb.normalize(w_oihw), strides=attrs.strides,
         padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
         data_layout="NCHW", kernel_layout=wlayout, out_layout="NCHW",
         out_dtype=attrs.out_dtype)
+    if not b_out:
+        return out
     return relax.op.layout_transform(
-        bb.normalize(out), index_map=lambda n, c, h, w: (n, c // b, h, w, c % b))
+        bb.normalize(out), index_map=lambda n, c, h, w: (n, c // b_out, h, w, c % b_out))
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackWeightsForCPU")
