@@ -291,3 +291,21 @@ def _calls(mod, op_name):
         mod["main"], lambda e: calls.append(e) if isinstance(e, relax.Call)
         and getattr(e.op, "name", None) == op_name else None)
     return calls
+
+
+def test_clip_with_attribute_bounds_is_raised():
+    """ONNX Clip before opset 11 (bounds as attributes) imports as call_tir with the bound
+    as an immediate: it becomes R.maximum / R.minimum too, and still computes the clip."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 4, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit_te(topi.maximum, x, 0.0)
+            out = bb.emit_output(bb.emit_te(topi.minimum, y, 6.0))
+        bb.emit_func_output(out)
+    before = bb.get()
+    after = raise_minmax(before)
+    assert _ops(after) == ["relax.maximum", "relax.minimum"]
+    xs = np.random.default_rng(0).uniform(-3, 9, (1, 8, 4, 4)).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(after, TARGET), tvm.cpu())
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(xs)).numpy(), np.clip(xs, 0, 6))

@@ -11,9 +11,8 @@ graph's boundaries and at ops without a blocked form (reshape, flatten, ...). Th
 of :mod:`tvm_hcprune.schedule.rewrite` then read and write the blocked layout directly.
 
 ONNX's ``Clip`` imports as ``call_tir`` of ``maximum``/``minimum`` PrimFuncs, opaque to
-``ConvertLayout``; the pass first raises those to ``R.maximum``/``R.minimum`` (only
-functions whose single block is exactly ``out[i] = max(x[i], scalar)``), so a clip does not
-cut the blocked chain.
+``ConvertLayout``, and Relax's ``clip`` has no layout inference; the pass first re-expresses
+both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain.
 """
 
 from __future__ import annotations
@@ -34,78 +33,19 @@ def block_of(layout: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _is_load(expr) -> bool:
-    # TVM 0.27 names the node TensorLoad; tirx.BufferLoad is a constructor function
-    return type(expr).__name__ in ("BufferLoad", "TensorLoad")
-
-
-def _single_store(func):
-    """The store of ``func``'s only block (a PrimFunc of one elementwise block), or None."""
-    from tvm import s_tir
-
-    if not isinstance(func, tirx.PrimFunc):
-        return None
-    try:
-        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    except (RuntimeError, ValueError):
-        return None
-    if len(blocks) != 1:
-        return None
-    store = sch.get(blocks[0]).body
-    return store if isinstance(store, tirx.BufferStore) else None
-
-
-def _minmax_kind(store) -> str | None:
-    """``"maximum"``/``"minimum"`` when ``store`` is ``out[i] = max|min(x[i], s)`` with ``s``
-    a scalar (an immediate or a 0-d buffer)."""
-    val = store.value
-    kind = {tirx.Max: "maximum", tirx.Min: "minimum"}.get(type(val))
-    if kind is None or not _is_load(val.a):
-        return None
-    a, b = val.a, val.b
-    same = len(a.indices) == len(store.indices) and all(
-        i.same_as(j) for i, j in zip(a.indices, store.indices, strict=True))
-    scalar = isinstance(b, tirx.FloatImm) or (_is_load(b) and len(b.indices) == 0)
-    return kind if same and scalar else None
-
-
 @mutator
-class _RaiseMinMax(PyExprMutator):
+class _RaiseClip(PyExprMutator):
+    """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)``: Relax's clip has no layout
+    inference, its two halves do."""
+
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
-        self.mod_ = mod
         self.raised = 0
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        name = getattr(call.op, "name", None)
-        if name == "relax.clip":
-            return self._clip(call)
-        if name != "relax.call_tir":
+        if getattr(call.op, "name", None) != "relax.clip":
             return call
-        gvar, args = call.args[0], list(call.args[1].fields)
-        store = _single_store(self.mod_[gvar])
-        kind = _minmax_kind(store) if store is not None else None
-        if kind is None:
-            return call
-        other = store.value.b
-        if isinstance(other, tirx.FloatImm):
-            scalar = relax.const(float(other.value), str(other.dtype))
-        elif len(args) == 2 and isinstance(args[1], tvm.ir.expr.Constant):
-            scalar = args[1]
-        else:
-            return call
-        x = args[0]
-        if str(getattr(x.ty, "dtype", "")) != str(scalar.ty.dtype):
-            return call
-        self.raised += 1
-        op = relax.op.maximum if kind == "maximum" else relax.op.minimum
-        return op(x, scalar)
-
-    def _clip(self, call):
-        """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)`` (Relax's clip has no
-        layout inference)."""
         x, lo, hi = call.args
         dtype = str(getattr(x.ty, "dtype", ""))
         bounds = [_imm_value(v) for v in (lo, hi)]
@@ -133,9 +73,13 @@ def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
 
 
 def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
-    """Replace ``call_tir`` of scalar ``maximum``/``minimum`` PrimFuncs, and ``R.clip``, by
-    ``R.maximum``/``R.minimum`` (which have layout inference)."""
-    rw = _RaiseMinMax(mod)
+    """ONNX's clip as ``R.maximum``/``R.minimum``: the importer's ``call_tir`` of scalar
+    maximum / minimum PrimFuncs (via :class:`~tvm_hcprune.transform.CanonicalizeForPruning`,
+    which also folds constant-only bindings) and ``R.clip``."""
+    from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning
+
+    mod = CanonicalizeForPruning()(mod)
+    rw = _RaiseClip(mod)
     out = mutate_functions(rw, mod)
     return relax.transform.DeadCodeElimination()(out) if rw.raised else mod
 

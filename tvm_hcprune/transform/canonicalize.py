@@ -64,6 +64,20 @@ _READ = re.compile(r"T\.reads\(\w+\[([^\]]*)\]\)")
 _ELSE = re.compile(r"T\.if_then_else\(.*, T\.float32\(([^)]*)\)\)\s*$", re.M)
 
 
+def _immediate_operand(func):
+    """The number ``s`` of a single-block PrimFunc ``out[i] = op(x[i], s)`` whose second
+    operand is an immediate (``topi.maximum(x, 0.0)``), else None."""
+    try:
+        sch = tvm.s_tir.Schedule(func)
+        store = sch.get(sch.get_child_blocks(sch.get_sblock("root"))[0]).body
+        operand = store.value.b
+    except Exception:  # noqa: BLE001 - anything else is not recognised
+        return None
+    if isinstance(operand, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
+        return operand.value
+    return None
+
+
 def _constant_pad(func, in_shape, out_shape):
     """(pad_width, value) of TOPI's constant-mode pad PrimFunc, or None if not recognised."""
     if in_shape is None or out_shape is None or len(in_shape) != len(out_shape):
@@ -144,11 +158,17 @@ class _Canonicalizer(PyExprMutator):
                 return new
             op = _ELEMENTWISE_TIR.get(block)
             fields = list(new.args[1].fields)
-            if op is None or len(fields) != 2:
+            if op is None or len(fields) not in (1, 2):
                 return new
             out_shape = static_shape(call)
             if out_shape is None or static_shape(fields[0]) != out_shape:
                 return new
+            if len(fields) == 1:  # Clip with attribute bounds: the scalar is an immediate
+                imm = _immediate_operand(func)
+                if imm is None:
+                    return new
+                dtype = str(call.ty.dtype)
+                return op(fields[0], relax.const(np.asarray(imm, dtype), dtype))
             if static_shape(fields[1]) not in ([], [1]):
                 return new
             return op(fields[0], fields[1])
