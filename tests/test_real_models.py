@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tvm
 from onnx import numpy_helper
 from tvm import relax
 
@@ -135,6 +136,12 @@ def test_blazeface_tflite_imports_and_agrees_with_litert():
                     key=lambda a: a.size)
     got = sorted(outs, key=lambda a: a.size)
     for a, b in zip(got, expect, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # tvm_hcprune's CPU build (NHWC convs on the channel-blocked kernels) agrees too
+    vm = relax.VirtualMachine(hc.build(mod, "llvm"), tvm.cpu())
+    ours = vm["main"](tvm.runtime.tensor(x))
+    ours = [o.numpy() for o in ours] if not hasattr(ours, "numpy") else [ours.numpy()]
+    for a, b in zip(sorted(ours, key=lambda a: a.size), expect, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     graph = hc.analyze(mod)
     # the residual adds pad their shortcut along channels: those channels are pruned too

@@ -101,14 +101,17 @@ def test_block_layout_keeps_transforms_at_the_boundaries():
     assert ops.count("relax.layout_transform") == 2
 
 
-def test_unaligned_channels_and_nhwc_keep_their_layout():
+def test_unaligned_channels_keep_nchw_and_nhwc_is_blocked_too():
     after = BlockChannelLayout(8)(_block_net(c=12))  # 12 and 24: 12 is not a multiple of 8
     assert "relax.nn.conv2d:NCHW" in _ops(after)
-    nhwc = conv_module(16, 16, (6, 6), 3, pad=1)
     from tvm.relax.transform import ConvertLayout
 
-    nhwc = ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(nhwc)
-    tvm.ir.assert_structural_equal(BlockChannelLayout(8)(nhwc), nhwc)
+    nhwc = ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(
+        conv_module(16, 16, (6, 6), 3, pad=1))
+    ops = _ops(BlockChannelLayout(8)(nhwc))
+    assert "relax.nn.conv2d:NCHW8c" in ops and ops.count("relax.layout_transform") == 2
+    _check(nhwc)
+    _check(nhwc, blocked_layout=False)
 
 
 def test_blocked_chain_matches_default():
