@@ -4,7 +4,7 @@ and the fused epilogue."""
 
 import numpy as np
 import tvm
-from test_schedule_conv import TARGET, conv_module, run
+from test_schedule_conv import TARGET, conv_module
 from test_schedule_grouped import write_counts
 from tvm import relax, topi
 
@@ -53,11 +53,17 @@ def _block_net(c=16, hw=(12, 10), clip_as_call_tir=True):
     return bb.get()
 
 
-def _check(mod, **kw):
-    shape = [int(s) for s in mod["main"].params[0].ty.shape]
-    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
-    ref = run(mod, relax.get_default_pipeline(TARGET), x)
-    ours = run(mod, get_pipeline(TARGET, strict=True, **kw), x)
+def _check(mod, strict=True, **kw):
+    """Our pipeline's output equals TVM's default pipeline's on random inputs (every
+    parameter of ``main``)."""
+    rng = np.random.default_rng(1)
+    args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
+            for p in mod["main"].params]
+    outs = []
+    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET, strict=strict, **kw)):
+        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
+        outs.append(vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy())
+    ref, ours = outs
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 
@@ -134,14 +140,7 @@ def test_unsupported_blocked_conv_is_unblocked():
                 rng.standard_normal((16, 16, 1, 1)).astype("float32"))))
             out = bb.emit_output(relax.op.nn.relu(y))
         bb.emit_func_output(out)
-    mod = bb.get()
-    xs = rng.standard_normal((1, 16, 6, 6)).astype("float32")
-    ws = rng.standard_normal((16, 16, 3, 3)).astype("float32")
-    outs = []
-    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET)):
-        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
-        outs.append(vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws)).numpy())
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-4)
+    _check(bb.get(), strict=False)
 
 
 def test_aligned_pointwise_reads_blocked_input_in_place():
@@ -277,15 +276,7 @@ def test_stem_conv_writes_the_blocked_layout():
 def test_stem_conv_without_a_kernel_is_unblocked():
     """A stem conv whose weight is a parameter (no blocked kernel) runs in NCHW and its
     output is transformed; the model still equals the default pipeline's."""
-    mod = _stem_net(weight_param=True)
-    rng = np.random.default_rng(2)
-    args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
-            for p in mod["main"].params]
-    outs = []
-    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET)):
-        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
-        outs.append(vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy())
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-4)
+    _check(_stem_net(weight_param=True), strict=False)
 
 
 def _calls(mod, op_name):
