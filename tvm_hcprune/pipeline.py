@@ -78,12 +78,13 @@ def _cpu_passes(target, database, rules: bool, strict: bool = False,
     from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
     prof = profile_for(target)
+    lanes = prof.lanes("float32")
     pre = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
     if rules:
         if blocked_layout:
-            pre.append(BlockChannelLayout(prof.lanes("float32")))
+            pre.append(BlockChannelLayout(lanes))
         pre.append(
-            PackWeightsForCPU(lanes=prof.lanes("float32"), registers=prof.vector_registers,
+            PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
                               l2_bytes=prof.l2_bytes)
         )
 

@@ -334,11 +334,15 @@ def schedule_dense(sch, names: list[str]) -> bool:
     return True
 
 
+def _is_layout_transform(names: list[str]) -> bool:
+    return len(names) == 1 and "layout_transform" in names[0]
+
+
 def schedule_layout_transform(sch, names: list[str]) -> bool:
     """Parallelise a standalone layout transform (the model's boundaries in and out of the
     channel-blocked layout): parallel over the outer loops, the innermost unrolled when
     short; TVM's default lowering runs them on one thread."""
-    if len(names) != 1 or "layout_transform" not in names[0]:
+    if not _is_layout_transform(names):
         return False
     block = sch.get_sblock(names[0])
     loops = sch.get_loops(block)
@@ -372,6 +376,8 @@ def apply_rules(func, strict: bool = False):
 
     names = _block_names(func)
     ours = any(n.startswith("hcp_") for n in names)
+    if not ours and not _is_layout_transform(names):
+        return None  # most of a model's functions: decided by name, no schedule built
     # functions without our kernels: only the boundary layout transforms get a rule
     for rule in _RULES if ours else (schedule_layout_transform,):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
