@@ -214,8 +214,9 @@ def test_other_ops_on_blocked_tensors_are_checked(monkeypatch):
 
 def test_constant_layout_transforms_fold_with_numpy():
     """Weights and biases moved to the blocked layout are folded at compile time (numpy,
-    no kernel compiled per constant); a transform of another shape is left to FoldConstant."""
-    from tvm_hcprune.schedule.layout import _fold_blocked_constants
+    in CanonicalizeForPruning: no kernel compiled per constant); a transform of another shape
+    is left to FoldConstant."""
+    from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 3, 3, 3)).astype("float32")
@@ -232,7 +233,7 @@ def test_constant_layout_transforms_fold_with_numpy():
                 relax.const(t), index_map=lambda n, c, h, x: (n, h, x, c)))
             out = bb.emit_output(relax.Tuple([ws, bs, ts]))
         bb.emit_func_output(out)
-    folded = _fold_blocked_constants(bb.get())
+    folded = CanonicalizeForPruning()(bb.get())
     assert _ops(folded).count("relax.layout_transform") == 1  # the transpose stays
     vm = relax.VirtualMachine(tvm.compile(folded, TARGET), tvm.cpu())
     got = [a.numpy() for a in vm["main"]()]

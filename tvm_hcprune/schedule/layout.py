@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning, block_axis, split_axis
+from tvm_hcprune.transform.fold_batch_norm import use_counts
 
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
 
@@ -74,83 +76,18 @@ def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
 
 def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
     """ONNX's clip as ``R.maximum``/``R.minimum``: the importer's ``call_tir`` of scalar
-    maximum / minimum PrimFuncs (via :class:`~tvm_hcprune.transform.CanonicalizeForPruning`,
-    which also folds constant-only bindings) and ``R.clip``."""
-    from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning
-
+    maximum / minimum PrimFuncs (via ``CanonicalizeForPruning``, which also folds
+    constant-only bindings) and ``R.clip``."""
     mod = CanonicalizeForPruning()(mod)
     rw = _RaiseClip(mod)
     out = mutate_functions(rw, mod)
     return relax.transform.DeadCodeElimination()(out) if rw.raised else mod
 
 
-def _split_axis(index_map, ndim: int) -> tuple[int, int] | None:
-    """``(axis, b)`` when ``index_map`` splits ``axis`` of an ``ndim``-D tensor into
-    ``axis // b`` (in place) and ``axis % b`` (appended last), every other axis unchanged."""
-    final = list(index_map.final_indices)
-    if len(index_map.initial_indices) != ndim or len(final) != ndim + 1:
-        return None
-    last = final[-1]
-    b = getattr(getattr(last, "b", None), "value", None)
-    if not isinstance(b, int) or b < 2:
-        return None
-    for axis in range(ndim):
-        if index_map.is_equivalent_to(tirx.IndexMap.from_func(_splitter(axis, b), ndim=ndim)):
-            return axis, b
-    return None
-
-
-def _splitter(axis: int, b: int):
-    def split(*idx):
-        out = list(idx)
-        out[axis] = idx[axis] // b
-        return (*out, idx[axis] % b)
-
-    return split
-
-
-@mutator
-class _FoldBlockedConstants(PyExprMutator):
-    """``layout_transform(constant)`` into a blocked layout, computed with numpy (Relax's
-    FoldConstant compiles one kernel per constant: seconds on a 50-conv model)."""
-
-    def visit_call_(self, call):
-        call = super().visit_call_(call)
-        if (getattr(call.op, "name", None) != "relax.layout_transform"
-                or not isinstance(call.args[0], tvm.ir.expr.Constant)
-                or call.attrs.pad_value is not None):
-            return call
-        value = call.args[0].value.numpy()
-        found = _split_axis(call.attrs.index_map, value.ndim)
-        if found is None:
-            return call
-        axis, b = found
-        if value.shape[axis] % b:
-            return call
-        shape = (*value.shape[:axis], value.shape[axis] // b, b, *value.shape[axis + 1:])
-        out = np.moveaxis(value.reshape(shape), axis + 1, -1)
-        return relax.const(np.ascontiguousarray(out), str(value.dtype))
-
-
-def _fold_blocked_constants(mod: tvm.IRModule) -> tvm.IRModule:
-    return mutate_functions(_FoldBlockedConstants(mod), mod)
-
-
 _ENTRY_EWISE = frozenset(
     f"relax.{op}" for op in (
         "add", "subtract", "multiply", "divide", "maximum", "minimum", "nn.relu", "sigmoid",
         "tanh", "nn.silu", "nn.gelu"))
-
-
-def _var_uses(func) -> dict:
-    uses: dict = {}
-
-    def _visit(expr):
-        if isinstance(expr, relax.Var):
-            uses[expr] = uses.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func, _visit)
-    return uses
 
 
 def _blocked_operand(arg, channels: int, b: int):
@@ -162,8 +99,7 @@ def _blocked_operand(arg, channels: int, b: int):
     if value.ndim == 0 or value.size == 1 and value.ndim <= 4:
         return relax.const(value.reshape(()), str(value.dtype))
     if value.shape == (1, channels, 1, 1):
-        blocked = value.reshape(1, channels // b, b, 1, 1).transpose(0, 1, 3, 4, 2)
-        return relax.const(np.ascontiguousarray(blocked), str(value.dtype))
+        return relax.const(block_axis(value, 1, b), str(value.dtype))
     return None
 
 
@@ -181,14 +117,14 @@ class _FuseEntryTransform(PyExprMutator):
         self.uses: dict = {}
 
     def visit_function_(self, func):
-        self.uses = _var_uses(func)
+        self.uses = use_counts(func)
         return super().visit_function_(func)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
         if (getattr(call.op, "name", None) != "relax.layout_transform"
                 or call.attrs.pad_value is not None
-                or _split_axis(call.attrs.index_map, 4) != (1, self.block)):
+                or split_axis(call.attrs.index_map, 4) != (1, self.block)):
             return call
         chain, var = [], call.args[0]
         while isinstance(var, relax.Var) and self.uses.get(var, 0) <= 1:
@@ -227,17 +163,23 @@ class _FuseEntryTransform(PyExprMutator):
         return y
 
 
-def _conv_layouts(mod: tvm.IRModule) -> set[str]:
-    found: set[str] = set()
+def _calls(mod: tvm.IRModule) -> list:
+    """Every call in the Relax functions of ``mod``."""
+    found = []
 
     def _visit(expr):
-        if isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == "relax.nn.conv2d":
-            found.add(str(expr.attrs.data_layout))
+        if isinstance(expr, relax.Call):
+            found.append(expr)
 
     for _gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, _visit)
     return found
+
+
+def _conv_layouts(mod: tvm.IRModule) -> set[str]:
+    return {str(c.attrs.data_layout) for c in _calls(mod)
+            if getattr(c.op, "name", "") == "relax.nn.conv2d"}
 
 
 # ops seen on blocked tensors in the models we build (ResNet, MobileNet, PP-LCNet, DBNet):
@@ -251,25 +193,16 @@ _KNOWN_BLOCKED_OPS = frozenset(
 
 def _unknown_blocked_calls(mod: tvm.IRModule) -> list:
     """Calls of ops other than :data:`_KNOWN_BLOCKED_OPS` producing a 5-D (blocked) tensor."""
-    found = []
-
-    def _visit(expr):
-        if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
-            shape = getattr(expr.ty, "shape", None)
-            if shape is not None and len(shape) == 5 and expr.op.name not in _KNOWN_BLOCKED_OPS:
-                found.append(expr)
-
-    for _gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, _visit)
-    return found
+    return [c for c in _calls(mod)
+            if hasattr(c.op, "name") and c.op.name not in _KNOWN_BLOCKED_OPS
+            and len(getattr(c.ty, "shape", None) or ()) == 5]
 
 
 def _legalizes(call) -> bool:
     """Whether TVM lowers ``call`` (its tensor arguments as parameters)."""
     params, args = [], []
     for i, arg in enumerate(call.args):
-        if isinstance(arg, relax.Var) or type(arg).__name__ == "DataflowVar":
+        if isinstance(arg, relax.Var):  # DataflowVar included
             params.append(relax.Var(f"a{i}", arg.ty))
             args.append(params[-1])
         else:
@@ -301,7 +234,7 @@ class BlockChannelLayout:
     ``NCHW{block}c`` as well, measured 0.86x the NHWC build's latency on BlazeFace), not
     to ones already in another layout. The weights' layout change is folded at compile time. When
     an op outside the usual set (convs, elementwise, pooling, mean, concat) ends up on
-    blocked tensors and TVM cannot legalize it there, the module is left in NCHW.
+    blocked tensors and TVM cannot legalize it there, the module keeps its layout.
     """
 
     def __init__(self, block: int = 8):
@@ -322,4 +255,5 @@ class BlockChannelLayout:
         mod = relax.transform.EliminateCommonSubexpr()(mod)
         mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
         mod = relax.transform.DeadCodeElimination()(mod)
-        return relax.transform.FoldConstant()(_fold_blocked_constants(mod))
+        # the weights' and biases' new layouts, folded with numpy
+        return relax.transform.FoldConstant()(CanonicalizeForPruning()(mod))

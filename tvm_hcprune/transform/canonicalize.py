@@ -2,7 +2,8 @@
 
 * Bindings computed only from constants by simple ops (``permute_dims`` of a Gemm weight,
   ``broadcast_to`` of a constant, the ``isnan``/``where`` clutter the ONNX importer emits
-  for Clip bounds, bias ``reshape``) are evaluated with numpy and become constants.
+  for Clip bounds, bias ``reshape``, a ``layout_transform`` into channel blocks) are
+  evaluated with numpy and become constants.
 * Shape-specialised ``R.call_tir`` calls of single-block elementwise PrimFuncs that the
   ONNX importer emits for Clip with tensor bounds (``T_maximum``/``T_minimum``) are
   re-emitted as the equivalent Relax ops, which infer their shapes again when channels
@@ -36,6 +37,9 @@ _NUMPY_OPS = {
     "relax.sqrt": lambda c, a: np.sqrt(a[0]),
     "relax.squeeze": lambda c, a: a[0].reshape(static_shape(c)),
     "relax.expand_dims": lambda c, a: a[0].reshape(static_shape(c)),
+    # weights and biases moved to a channel-blocked layout (FoldConstant would compile one
+    # kernel per constant: seconds on a 50-conv model)
+    "relax.layout_transform": lambda c, a: _layout_transform(c, a[0]),
 }
 
 _ELEMENTWISE_TIR = {
@@ -48,8 +52,8 @@ _ELEMENTWISE_TIR = {
 }
 
 
-def _single_block_name(func) -> str | None:
-    """Name of the only block of a single-block PrimFunc, else None."""
+def _single_block(func):
+    """The only block of a single-block PrimFunc, else None."""
     try:
         sch = tvm.s_tir.Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -57,25 +61,60 @@ def _single_block_name(func) -> str | None:
         return None
     if len(blocks) != 1:
         return None
-    return sch.get(blocks[0]).name_hint
+    return sch.get(blocks[0])
 
 
 _READ = re.compile(r"T\.reads\(\w+\[([^\]]*)\]\)")
 _ELSE = re.compile(r"T\.if_then_else\(.*, T\.float32\(([^)]*)\)\)\s*$", re.M)
 
 
-def _immediate_operand(func):
-    """The number ``s`` of a single-block PrimFunc ``out[i] = op(x[i], s)`` whose second
-    operand is an immediate (``topi.maximum(x, 0.0)``), else None."""
-    try:
-        sch = tvm.s_tir.Schedule(func)
-        store = sch.get(sch.get_child_blocks(sch.get_sblock("root"))[0]).body
-        operand = store.value.b
-    except Exception:  # noqa: BLE001 - anything else is not recognised
-        return None
+def _immediate_operand(block):
+    """The number ``s`` of a block ``out[i] = op(x[i], s)`` whose second operand is an
+    immediate (``topi.maximum(x, 0.0)``), else None."""
+    operand = getattr(getattr(block.body, "value", None), "b", None)
     if isinstance(operand, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
         return operand.value
     return None
+
+
+def split_axis(index_map, ndim: int) -> tuple[int, int] | None:
+    """``(axis, b)`` when ``index_map`` splits ``axis`` of an ``ndim``-D tensor into
+    ``axis // b`` (in place) and ``axis % b`` (appended last), every other axis unchanged
+    (``NCHW -> NCHW{b}c``, ``OIHW -> OIHW{b}o``), else None."""
+    final = list(index_map.final_indices)
+    if len(index_map.initial_indices) != ndim or len(final) != ndim + 1:
+        return None
+    b = getattr(getattr(final[-1], "b", None), "value", None)
+    if not isinstance(b, int) or b < 2:
+        return None
+    for axis in range(ndim):
+        if index_map.is_equivalent_to(tvm.tirx.IndexMap.from_func(_splitter(axis, b),
+                                                                  ndim=ndim)):
+            return axis, b
+    return None
+
+
+def _splitter(axis: int, b: int):
+    def split(*idx):
+        out = list(idx)
+        out[axis] = idx[axis] // b
+        return (*out, idx[axis] % b)
+
+    return split
+
+
+def block_axis(value: np.ndarray, axis: int, b: int) -> np.ndarray:
+    """``value`` with ``axis`` split as :func:`split_axis` describes."""
+    shape = (*value.shape[:axis], value.shape[axis] // b, b, *value.shape[axis + 1:])
+    return np.ascontiguousarray(np.moveaxis(value.reshape(shape), axis + 1, -1))
+
+
+def _layout_transform(call, value: np.ndarray) -> np.ndarray:
+    found = None if call.attrs.pad_value is not None else split_axis(
+        call.attrs.index_map, value.ndim)
+    if found is None or value.shape[found[0]] % found[1]:
+        raise ValueError("not a split of one axis into blocks")  # left to FoldConstant
+    return block_axis(value, *found)
 
 
 def _constant_pad(func, in_shape, out_shape):
@@ -148,7 +187,8 @@ class _Canonicalizer(PyExprMutator):
             func = self.mod_[gvar] if gvar in self.mod_.get_global_vars() else None
             if func is None:
                 return new
-            block = _single_block_name(func)
+            sblock = _single_block(func)
+            block = sblock.name_hint if sblock is not None else None
             if block == "PadInput" and len(new.args[1].fields) == 1:
                 pad = _constant_pad(func, static_shape(new.args[1].fields[0]),
                                     static_shape(call))
@@ -164,7 +204,7 @@ class _Canonicalizer(PyExprMutator):
             if out_shape is None or static_shape(fields[0]) != out_shape:
                 return new
             if len(fields) == 1:  # Clip with attribute bounds: the scalar is an immediate
-                imm = _immediate_operand(func)
+                imm = _immediate_operand(sblock)
                 if imm is None:
                     return new
                 dtype = str(call.ty.dtype)

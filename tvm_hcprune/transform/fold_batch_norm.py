@@ -28,7 +28,7 @@ def _op_name(expr) -> str | None:
     return None
 
 
-def _use_counts(func: relax.Function) -> dict:
+def use_counts(func: relax.Function) -> dict:
     """Number of uses of every var bound in ``func`` (uses in the function output count)."""
     counts: dict = {}
 
@@ -157,7 +157,7 @@ class FoldBatchNorm:
         for gvar, func in mod.functions_items():
             if not isinstance(func, relax.Function):
                 continue
-            folder = _Folder(mod, _use_counts(func))
+            folder = _Folder(mod, use_counts(func))
             new = folder.visit_expr(func)
             if folder.folded:
                 updates[gvar] = relax.analysis.remove_all_unused(new)
