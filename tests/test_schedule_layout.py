@@ -9,7 +9,8 @@ from test_schedule_grouped import write_counts
 from tvm import relax, topi
 
 from tvm_hcprune.pipeline import get_pipeline, scheduled_kernels
-from tvm_hcprune.schedule.layout import BlockChannelLayout, block_of, raise_minmax
+from tvm_hcprune.schedule.conv2d_nchwc import layout_block
+from tvm_hcprune.schedule.layout import BlockChannelLayout, raise_minmax
 
 
 def _ops(mod) -> list[str]:
@@ -67,9 +68,10 @@ def _check(mod, strict=True, **kw):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 
-def test_block_of():
-    assert block_of("NCHW8c") == 8 and block_of("NCHW16c") == 16
-    assert block_of("NCHW") is None and block_of("NHWC") is None and block_of("NCHWc") is None
+def test_layout_block():
+    assert layout_block("NCHW8c") == 8 and layout_block("NCHW16c") == 16
+    assert layout_block("NCHW") is None and layout_block("NHWC") is None
+    assert layout_block("NCHWc") is None
 
 
 def test_raise_minmax_before_after():

@@ -23,6 +23,7 @@ and, in NHWC, one vectorised over the channel block (``hcp_dwpack``/``hcp_dwconv
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,11 +146,13 @@ def i64(*dims):
     return tuple(tirx.IntImm("int64", int(d)) for d in dims)
 
 
+_BLOCKED = re.compile(r"^NCHW(\d+)c$")
+
+
 def layout_block(layout: str) -> int | None:
     """Channel block ``b`` of an ``NCHW{b}c`` layout, None for NCHW/NHWC."""
-    from tvm_hcprune.schedule.layout import block_of
-
-    return block_of(layout)
+    m = _BLOCKED.match(str(layout))
+    return int(m.group(1)) if m else None
 
 
 def _dims(data, layout: str):

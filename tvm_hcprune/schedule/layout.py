@@ -17,22 +17,12 @@ both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain.
 
 from __future__ import annotations
 
-import re
-
 import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning, block_axis, split_axis
 from tvm_hcprune.transform.fold_batch_norm import use_counts
-
-_BLOCKED = re.compile(r"^NCHW(\d+)c$")
-
-
-def block_of(layout: str) -> int | None:
-    """Channel block of an ``NCHW{b}c`` layout string, else None."""
-    m = _BLOCKED.match(str(layout))
-    return int(m.group(1)) if m else None
 
 
 @mutator

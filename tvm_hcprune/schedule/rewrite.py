@@ -241,9 +241,10 @@ def _unblock(bb: relax.BlockBuilder, call):
     kl = str(attrs.kernel_layout)
     blocked_kernel = re.fullmatch(r"OIHW(\d+)o", kl)
     wv = _const_value(weight)
+    w_const = oihw_weight(wv, kl) if wv is not None else None
     w_oihw, wlayout = weight, kl
-    if wv is not None and oihw_weight(wv, kl) is not None:
-        w_oihw, wlayout = relax.const(oihw_weight(wv, kl)), "OIHW"
+    if w_const is not None:
+        w_oihw, wlayout = relax.const(w_const), "OIHW"
     elif blocked_kernel:
         kb = int(blocked_kernel.group(1))
         w_oihw = relax.op.layout_transform(
