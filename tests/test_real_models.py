@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import tvm
 from onnx import numpy_helper
 from tvm import relax
 
@@ -138,9 +137,8 @@ def test_blazeface_tflite_imports_and_agrees_with_litert():
     for a, b in zip(got, expect, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     # tvm_hcprune's CPU build (NHWC convs on the channel-blocked kernels) agrees too
-    vm = relax.VirtualMachine(hc.build(mod, "llvm"), tvm.cpu())
-    ours = vm["main"](tvm.runtime.tensor(x))
-    ours = [o.numpy() for o in ours] if not hasattr(ours, "numpy") else [ours.numpy()]
+    ours = run_relax(mod, [x], build=hc.build)
+    ours = ours if isinstance(ours, list) else [ours]
     for a, b in zip(sorted(ours, key=lambda a: a.size), expect, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     graph = hc.analyze(mod)

@@ -100,10 +100,14 @@ def _mask_indices(graph, member, removed, ndim):
     return out
 
 
-def run_relax(mod, inputs, target=None):
-    """Compile ``mod`` for llvm (TVM's default pipeline) and run ``main`` on numpy inputs."""
+def run_relax(mod, inputs, target=None, build=None):
+    """Compile ``mod`` for llvm and run ``main`` on numpy inputs.
+
+    ``build(mod, target)`` compiles (e.g. :func:`tvm_hcprune.build`); default
+    :func:`tvm.compile`, TVM's default pipeline.
+    """
     target = tvm.target.Target(target or {"kind": "llvm"})
-    ex = tvm.compile(mod, target)
+    ex = (build or tvm.compile)(mod, target)
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)
     out = vm["main"](*[tvm.runtime.tensor(np.asarray(x), dev) for x in inputs])
