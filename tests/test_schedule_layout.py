@@ -3,6 +3,7 @@ after, numerics against TVM's default pipeline, the unblocking fallback, the in-
 and the fused epilogue."""
 
 import numpy as np
+import pytest
 import tvm
 from test_schedule_conv import TARGET, conv_module
 from test_schedule_grouped import write_counts
@@ -306,3 +307,36 @@ def test_clip_with_attribute_bounds_is_raised():
     xs = np.random.default_rng(0).uniform(-3, 9, (1, 8, 4, 4)).astype("float32")
     vm = relax.VirtualMachine(tvm.compile(after, TARGET), tvm.cpu())
     np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(xs)).numpy(), np.clip(xs, 0, 6))
+
+
+def _depthwise_net(c, hw, stride, padding, dilation):
+    rng = np.random.default_rng(c + hw[0])
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, *hw), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(rng.standard_normal((c, 1, 3, 3)).astype("float32"))
+            y = bb.emit(relax.op.nn.conv2d(x, w, strides=stride, padding=padding,
+                                           dilation=dilation, groups=c))
+            b = relax.const(rng.standard_normal((1, c, 1, 1)).astype("float32"))
+            out = bb.emit_output(relax.op.clip(relax.op.add(y, b), 0.0, 6.0))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("c, hw, stride, padding, dilation", [
+    (16, (15, 15), 1, (1, 1, 1, 1), 1),
+    (16, (15, 13), 2, (1, 1, 1, 1), 1),  # odd sizes: the last tile reads past the border
+    (24, (9, 12), 2, (0, 1, 1, 0), 1),  # asymmetric padding (TF "same" with stride 2)
+    (8, (11, 11), 1, (2, 2, 2, 2), 2),  # dilated
+])
+def test_blocked_depthwise_reads_its_input_in_place(c, hw, stride, padding, dilation):
+    """The blocked depthwise kernel pads by guarded reads (no padded copy, one parallel
+    loop), writes each output once, and equals TVM's default pipeline."""
+    mod = _depthwise_net(c, hw, stride, padding, dilation)
+    (func,) = scheduled_kernels(BlockChannelLayout(8)(mod), TARGET).values()
+    script = func.script()
+    assert "hcp_dwconv" in script and "hcp_dwpack" not in script
+    assert script.count("T.parallel(") == 1
+    np.testing.assert_array_equal(write_counts(func), 1.0)
+    _check(mod)

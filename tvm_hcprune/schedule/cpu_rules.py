@@ -225,12 +225,25 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     n, cb, y, x, ci, ry, rx = sch.get_loops(conv)
     xo, xi = sch.split(x, [None, tile])
     sch.reorder(n, cb, y, xo, ry, rx, xi, ci)
-    outer = sch.fuse(n, cb, y, xo)
-    sch.parallel(outer)
     sch.unroll(rx)
     sch.unroll(xi)
     sch.vectorize(ci)
-    _finish_tile(sch, conv, pack, unpack, outer, ci, ry, 3)
+    if pack is not None and len(sch.get(pack).reads[0].region) != 5:
+        # NCHW / NHWC source: packed (a gather) in its own parallel pass first
+        outer = sch.fuse(n, cb, y, xo)
+        sch.parallel(outer)
+        _finish_tile(sch, conv, pack, unpack, outer, ci, ry, 3)
+        return True
+    # NCHW[b]c source: read in place, the zero padding a guarded read in the kernel (a
+    # padded copy of the input cost as much as the 3x3 depthwise conv itself), one parallel
+    # region over output rows (measured 1.5-2x faster than a padding pass then a parallel
+    # loop over tiles, on MobileNetV2's depthwise layers)
+    if pack is not None:
+        sch.compute_inline(pack)
+    outer = sch.fuse(n, cb, y)
+    sch.parallel(outer)
+    _registers_and_writeback(sch, conv, unpack, xo, ry,
+                             lambda: _vectorize_writeback(sch, unpack, _extent(sch, ci)))
     return True
 
 
