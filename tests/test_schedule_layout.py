@@ -340,3 +340,19 @@ def test_blocked_depthwise_reads_its_input_in_place(c, hw, stride, padding, dila
     assert script.count("T.parallel(") == 1
     np.testing.assert_array_equal(write_counts(func), 1.0)
     _check(mod)
+
+
+def test_odd_vector_count_on_short_rows_takes_three_vector_tiles():
+    """24 output channels (3 vectors) on 4-pixel rows: a 3-vector output block, one vector
+    per register in the scheduled tile, each output written once, equal to TVM's default."""
+    from tvm_hcprune.schedule.conv2d_nchwc import plan_conv
+
+    assert plan_conv(24, 24, 1, 4, 8, 16).ob == 24
+    assert plan_conv(24, 24, 1, 14, 8, 16).ob == 8  # a long row has accumulators enough
+    mod = conv_module(24, 24, (4, 4), 3, epilogue="bias_relu")
+    (func,) = scheduled_kernels(BlockChannelLayout(8)(mod), TARGET).values()
+    script = func.script()
+    assert int(func.params[1].shape[-1]) == 24  # weight packed [.., IB, OB=24]
+    assert "T.vectorized(T.int64(8))" in script and "T.vectorized(T.int64(24))" not in script
+    np.testing.assert_array_equal(write_counts(func), 1.0)
+    _check(mod)

@@ -255,36 +255,35 @@ def test_real_shipped_databases_are_valid():
         assert db.meta.get("family") == path.parent.name
 
 
-def _shipped_bundled_files():
+def _shipped_files():
     from tvm_hcprune._resources import data_dir
 
-    return sorted((data_dir("schedules") / "x86-avx2").glob("mnist_resnet-*.json"))
+    return sorted((data_dir("schedules") / "x86-avx2").glob("*.json"))
 
 
-# One case per shipped file. When tuning found nothing faster than the rules for the bundled
-# model (the state since the rules' kernels were last improved; see schedules/README.md), no
-# file ships and pytest reports this test as skipped with an empty parameter set.
+# One case per shipped file (see schedules/README.md for which models have one).
 @pytest.mark.slow
-@pytest.mark.parametrize("path", _shipped_bundled_files(), ids=lambda p: p.name)
-def test_shipped_database_applies_to_bundled_model(path):
+@pytest.mark.parametrize("path", _shipped_files(), ids=lambda p: p.name)
+def test_shipped_database_applies_to_its_model(path):
     """Every record of a shipped x86-avx2 file matches a function of the model it was tuned
-    for (the bundled MNIST ResNet, dense or pruned at the file's ratio): a file gone stale
+    for (``meta["model"]``, dense or pruned at ``meta["prune_ratio"]``): a file gone stale
     after a kernel change fails here. By default build() applies them, with outputs equal to
     the rules-only build."""
     import tvm_hcprune.hardware as hw
     from tvm_hcprune.models import model_path
+    from tvm_hcprune.schedule.tune import _model_inputs
 
     target = hc.parse_target("llvm")
     if hw.profile_for(target).name != "x86-avx2":
         pytest.skip("shipped databases exist for x86-avx2 hosts only")
-    mod = hc.load_onnx(str(model_path("mnist_resnet")), log=lambda *a: None)
-    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype("float32")
     db = dbm.load_database(path, target)
+    mod = hc.load_onnx(str(model_path(db.meta["model"])), log=lambda *a: None)
     ratio = float(db.meta["prune_ratio"])
     m = mod if ratio == 0 else hc.prune(mod, ratio=ratio, target=target)[0]
     workloads = {str(r.workload.as_json()[0]) for r in db.records()}
     applied = hc.apply_database(m, target, db)
     assert len(dbm.scheduled_functions(applied)) == len(workloads), path.name
+    (x,) = _model_inputs(m).values()
     shipped = _run(hc.build(m, target), x)  # default: the shipped records
     rules = _run(hc.build(m, target, database=False), x)
     np.testing.assert_allclose(shipped, rules, rtol=1e-4, atol=1e-4)

@@ -162,14 +162,15 @@ def _blocked_kernel(sch, names: list[str], prefix: str):
     return conv, pack, unpack, int(sch.get(conv).annotations[TILE_ATTR])
 
 
-def _finish_tile(sch, conv, pack, unpack, outer, vec, first_reduction, n_pack_outer,
+def _finish_tile(sch, conv, pack, unpack, outer, channel_block, first_reduction, n_pack_outer,
                  tile_writeback=True) -> None:
     """Common tail of the blocked conv rules: accumulators of the register tile in
-    registers (``vec`` vectorised), the write-back (with the inlined epilogue) per tile,
-    the initialisation split off and vectorised, the input packing parallel."""
+    registers (``channel_block`` output channels per tile), the write-back (with the inlined
+    epilogue) per tile, the initialisation split off and vectorised, the input packing
+    parallel."""
     if tile_writeback:
         _registers_and_writeback(sch, conv, unpack, outer, first_reduction,
-                                 lambda: _vectorize_writeback(sch, unpack, _extent(sch, vec)))
+                                 lambda: _vectorize_writeback(sch, unpack, channel_block))
     else:
         _schedule_separate_writeback(sch, unpack)
         _decompose_init(sch, conv, first_reduction)
@@ -210,8 +211,13 @@ def schedule_conv(sch, names: list[str]) -> bool:
     sch.parallel(outer)
     sch.unroll(ri)
     sch.unroll(xi)
+    ob, lanes = _extent(sch, co), int(ann.get("hcp_lanes", 0))
+    if lanes and ob > lanes:
+        # one vector per register: a 3-vector <24 x float> left to LLVM ran 2-4x slower
+        vecs, co = sch.split(co, [None, lanes])
+        sch.unroll(vecs)
     sch.vectorize(co)
-    _finish_tile(sch, conv, pack, unpack, outer, co, rc, 4,
+    _finish_tile(sch, conv, pack, unpack, outer, ob, rc, 4,
                  tile_writeback=bool(int(ann.get(WRITEBACK_ATTR, 1))))
     return True
 
@@ -232,7 +238,7 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
         # NCHW / NHWC source: packed (a gather) in its own parallel pass first
         outer = sch.fuse(n, cb, y, xo)
         sch.parallel(outer)
-        _finish_tile(sch, conv, pack, unpack, outer, ci, ry, 3)
+        _finish_tile(sch, conv, pack, unpack, outer, _extent(sch, ci), ry, 3)
         return True
     # NCHW[b]c source: read in place, the zero padding a guarded read in the kernel (a
     # padded copy of the input cost as much as the 3x3 depthwise conv itself), one parallel
