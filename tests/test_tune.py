@@ -7,6 +7,7 @@ tests of this module; oracles are onnxruntime and the same model built without a
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import onnxruntime as ort
@@ -60,9 +61,25 @@ def pruned(model, tmp_path_factory):
 def tuned(pruned, tmp_path_factory):
     """One shared tuning run: (database, stats, path of the saved file)."""
     out = tmp_path_factory.mktemp("db") / "tiny.json"
-    db, stats = hc.tune(pruned, TARGET, trials=10, trials_per_task=2, output=out,
-                        progress=False, return_stats=True)
+    scratch = tmp_path_factory.mktemp("scratch")
+    old, tempfile.tempdir = tempfile.tempdir, str(scratch)  # what tune leaves in /tmp
+    try:
+        db, stats = hc.tune(pruned, TARGET, trials=10, trials_per_task=2, output=out,
+                            progress=False, return_stats=True)
+    finally:
+        tempfile.tempdir = old
+    _LEFT_IN_TMP[:] = sorted(p.name for p in scratch.iterdir())
     return db, stats, out
+
+
+_LEFT_IN_TMP: list = []
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_tune_leaves_nothing_in_tmp(tuned):
+    """The candidates' build folders and the work folder are removed after tuning."""
+    assert _LEFT_IN_TMP == []
 
 
 @pytest.fixture(scope="module")

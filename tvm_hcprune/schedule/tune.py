@@ -66,6 +66,10 @@ def _make_builder_class():
         measurement.
         """
 
+        def __init__(self, artifact_dir=None):
+            super().__init__()
+            self.artifact_dir = artifact_dir
+
         def build(self, build_inputs):
             from tvm.support.tar import tar
 
@@ -73,7 +77,7 @@ def _make_builder_class():
             for item in build_inputs:
                 try:
                     rt_mod = _build_one(item.mod, item.target)
-                    folder = tempfile.mkdtemp(prefix="hcprune_ms_")
+                    folder = tempfile.mkdtemp(prefix="hcprune_ms_", dir=self.artifact_dir)
                     path = os.path.join(folder, "tvm_tmp_mod." + tar.output_format)
                     rt_mod.export_library(path, fcompile=tar)
                     results.append(ms.builder.BuilderResult(path, None))
@@ -87,12 +91,16 @@ def _make_builder_class():
 _BUILDER_CLASS = None
 
 
-def in_process_builder():
-    """A MetaSchedule builder that compiles in this process (see module docstring)."""
+def in_process_builder(artifact_dir=None):
+    """A MetaSchedule builder that compiles in this process (see module docstring).
+
+    Each candidate's artifact gets its own folder under ``artifact_dir`` (the system's
+    temporary folder when None); MetaSchedule deletes the artifact after measuring it, the
+    caller removes ``artifact_dir`` with the empty folders."""
     global _BUILDER_CLASS
     if _BUILDER_CLASS is None:
         _BUILDER_CLASS = _make_builder_class()
-    return _BUILDER_CLASS()
+    return _BUILDER_CLASS(artifact_dir)
 
 
 # ---------------------------------------------------------------------------------------
@@ -710,6 +718,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
     work_dir = str(Path(work_dir))
     Path(work_dir).mkdir(parents=True, exist_ok=True)
     stats = TuneStats(tasks=[t.task_name for t in tasks], weights=[int(t.weight) for t in tasks])
+    artifacts = tempfile.mkdtemp(prefix="hcprune_artifacts_")
     try:
         with _quiet_ms_console(), _thread_env(target):
             if ms_runner is None:
@@ -730,7 +739,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                 tasks, work_dir, strategy=strategy, num_threads="physical", seed=seed
             )
             ms_db = ms.database.MemoryDatabase()
-            builder = in_process_builder()
+            builder = in_process_builder(artifacts)
             seeds = {}
             if seed_rules:
                 seeds = _measure_seeds(ctxs, target, builder, ms_runner, ms_db, stats)
@@ -760,6 +769,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                                     f"best {stats.total_latency() * 1e3:.3f} ms")
                 bar.close()
     finally:
+        shutil.rmtree(artifacts, ignore_errors=True)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     stats.seconds = time.perf_counter() - start
