@@ -356,3 +356,18 @@ def test_odd_vector_count_on_short_rows_takes_three_vector_tiles():
     assert "T.vectorized(T.int64(8))" in script and "T.vectorized(T.int64(24))" not in script
     np.testing.assert_array_equal(write_counts(func), 1.0)
     _check(mod)
+
+
+def test_tuning_seeds_layout_transforms_with_their_rule():
+    """Tuning starts a boundary layout transform's task from the rule the build applies
+    (parallel), not from the unscheduled function: otherwise any record beats the seed."""
+    from tvm_hcprune.schedule import database as dbm
+    from tvm_hcprune.schedule.tune import extract_tasks, rule_schedule
+
+    target = dbm.resolve_target(TARGET)
+    tasks = [t for t in extract_tasks(_block_net(c=16, hw=(32, 40)), target)
+             if "layout_transform" in t.task_name]
+    assert tasks
+    for task in tasks:
+        sch = rule_schedule(task.dispatched[0]["main"], target)
+        assert sch is not None and "T.parallel" in sch.mod["main"].script()

@@ -385,11 +385,14 @@ def _extent(sch, loop) -> int:
 _RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_pointwise, schedule_dense)
 
 
-def apply_rules(func, strict: bool = False):
-    """Return ``func`` scheduled by the first matching rule, or None (keep the default).
+def rule_schedule(func, strict: bool = False):
+    """The rules' ``Schedule`` of ``func`` (its trace replays on the function), or None
+    where no rule applies and TVM's default lowering is kept.
 
-    With ``strict``, a rule's error propagates and a function holding tvm_hcprune's blocks
-    that no rule matches raises, instead of falling back to TVM's default.
+    This is exactly what :func:`apply_rules` compiles, so tuning starts from, and is
+    compared against, the schedules a build without a database uses. With ``strict``, a
+    rule's error propagates and a function holding tvm_hcprune's blocks that no rule
+    matches raises, instead of falling back to TVM's default.
     """
     from tvm import s_tir
 
@@ -402,7 +405,7 @@ def apply_rules(func, strict: bool = False):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
             if rule(sch, names):
-                return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                return sch
         except _RULE_ERRORS as err:
             if strict:
                 raise
@@ -411,6 +414,13 @@ def apply_rules(func, strict: bool = False):
     if strict and ours:
         raise RuntimeError(f"no tvm_hcprune rule matched blocks {names}")
     return None
+
+
+def apply_rules(func, strict: bool = False):
+    """Return ``func`` scheduled by the first matching rule, or None (keep the default);
+    see :func:`rule_schedule`."""
+    sch = rule_schedule(func, strict)
+    return None if sch is None else sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ApplyCPURules")

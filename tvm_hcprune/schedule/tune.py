@@ -260,36 +260,19 @@ def _thread_env(target):
 def rule_schedule(func, target):
     """The schedule rules' schedule of one task function, or None.
 
-    CPU targets: tvm_hcprune's rules (:mod:`tvm_hcprune.schedule.cpu_rules`) for the
-    functions holding its blocked kernels; GPU targets: dlight's default rules. Returns a
-    ``tvm.s_tir.Schedule`` whose trace replays on the task, or None when no rule applies.
+    CPU targets: tvm_hcprune's rules (:func:`tvm_hcprune.schedule.cpu_rules.rule_schedule`,
+    exactly what a build without a database applies, the boundary layout transforms' rule
+    included: a task seeded with less, its unscheduled function, makes any record look
+    faster); GPU targets: dlight's default rules. Returns a ``tvm.s_tir.Schedule`` whose
+    trace replays on the task, or None when no rule applies.
     """
     from tvm.relax.pipeline import BackendDispatcher
 
+    from tvm_hcprune.schedule import cpu_rules
+
     if BackendDispatcher.is_gpu_target(target):
         return _dlight_schedule(func, target)
-    return _cpu_rule_schedule(func)
-
-
-def _cpu_rule_schedule(func):
-    import tvm
-    from tvm import s_tir
-
-    try:
-        from tvm_hcprune.schedule import cpu_rules
-    except ImportError:
-        return None
-    names = cpu_rules._block_names(func)  # noqa: SLF001 - same package, shared helper
-    if not any(n.startswith("hcp_") for n in names):
-        return None
-    for rule in cpu_rules._RULES:  # noqa: SLF001
-        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-        try:
-            if rule(sch, names):
-                return sch
-        except (RuntimeError, ValueError):  # TVM 0.27 has no tvm.TVMError
-            continue
-    return None
+    return cpu_rules.rule_schedule(func)
 
 
 def _dlight_schedule(func, target):
