@@ -32,3 +32,14 @@ def test_atomic_write_respects_umask(tmp_path):
     finally:
         os.umask(old)
     assert (dest.stat().st_mode & 0o777) == 0o644
+
+
+def test_progress_bar_is_quiet_in_logs():
+    """Under pytest stderr is not a terminal, as in CI logs: the bar redraws at most every
+    LOG_INTERVAL seconds instead of every 0.1 s; ``enabled=False`` disables it."""
+    from tvm_hcprune.utils.progress import LOG_INTERVAL, progress_bar
+
+    bar = progress_bar(range(3), desc="x")
+    assert bar.mininterval == LOG_INTERVAL and list(bar) == [0, 1, 2]
+    assert progress_bar(range(3), enabled=False).disable
+    assert progress_bar(total=5, mininterval=1.0).mininterval == 1.0  # an explicit value wins

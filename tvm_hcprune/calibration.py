@@ -453,7 +453,8 @@ def calibrate(mod, samples, max_rows: int = 4096, max_bytes: int = 2**30, seed: 
         a module without conv2d/matmul, dynamic shapes, bad limits.
     """
     import tvm
-    from tqdm import tqdm
+
+    from tvm_hcprune.utils.progress import progress_bar
 
     from .evaluation import _vm_runner, compile_module
 
@@ -496,7 +497,7 @@ def calibrate(mod, samples, max_rows: int = 4096, max_bytes: int = 2**30, seed: 
         bufs.append([np.empty(x_shape, np.float32), np.empty(y_shape, np.float32), 0])
 
     acc: dict[str, _StatsAcc] = {}
-    for i in tqdm(range(n), desc="calibrate", disable=not progress, leave=False):
+    for i in progress_bar(range(n), enabled=progress, desc="calibrate", leave=False):
         outs = _run_first(runner, arr[i]) if i == 0 else runner.outputs(arr[i])
         vals = dict(zip(tap_names, outs[: len(tap_names)], strict=True))
         for s, plan, buf in zip(specs, plans, bufs, strict=True):

@@ -373,12 +373,12 @@ def _argmax(out: np.ndarray, num_classes: int | None = None) -> tuple[int, bool]
 
 def _predict(runner: ModelRunner, samples: np.ndarray, desc: str, progress: bool,
              max_label: int | None = None) -> tuple[np.ndarray, int, float]:
-    from tqdm import tqdm
+    from tvm_hcprune.utils.progress import progress_bar
 
     preds = np.empty(samples.shape[0], np.int64)
     nonfinite, t_run = 0, 0.0
     num_classes = None
-    for i in tqdm(range(samples.shape[0]), desc=desc, disable=not progress, leave=False):
+    for i in progress_bar(range(samples.shape[0]), enabled=progress, desc=desc, leave=False):
         t0 = time.perf_counter()
         outs = _run_first(runner, samples[i]) if i == 0 else runner.outputs(samples[i])
         t_run += time.perf_counter() - t0

@@ -234,11 +234,12 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
         The fine-tuned module (batch norm folded, batch-1 input).
     """
     import tvm
-    from tqdm import tqdm
     from tvm import relax
     from tvm.relax.training import SetupTrainer, Trainer
     from tvm.relax.training.loss import CrossEntropyLoss, MSELoss
     from tvm.relax.training.optimizer import SGD, Adam, MomentumSGD
+
+    from tvm_hcprune.utils.progress import progress_bar
 
     from .evaluation import (
         _as_samples,
@@ -303,7 +304,7 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
                             optimizer=optimizer, params=len(params),
                             compile_seconds=round(t1 - t0, 2))
     flat = xs.reshape(n, *shape[1:]) if xs.ndim == len(shape) + 1 else xs
-    for _ in tqdm(range(steps), desc="finetune", disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), enabled=progress, desc="finetune", leave=False):
         if pos + batch > n:
             order, pos = rng.permutation(n), 0
         idx = order[pos:pos + batch]

@@ -202,7 +202,7 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
     -------
     SensitivityTable
     """
-    from tqdm import tqdm
+    from tvm_hcprune.utils.progress import progress_bar
 
     from .api import prune
     from .evaluation import _as_samples
@@ -231,7 +231,7 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
             if n_keep < g.size and n_keep not in seen:
                 seen.add(n_keep)
                 jobs.append((g, r, n_keep))
-    for g, r, n_keep in tqdm(jobs, desc="sensitivity", disable=not progress, leave=False):
+    for g, r, n_keep in progress_bar(jobs, enabled=progress, desc="sensitivity", leave=False):
         plan = group_plan(graph, {g.id: n_keep}, criterion, calibration)
         pruned, rep = prune(mod, plan=plan, graph=graph, calibration=calibration,
                             reconstruct=reconstruct, reconstruct_options=reconstruct_options)

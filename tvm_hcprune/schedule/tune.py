@@ -659,8 +659,9 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         Bad trials, unreachable tracker or unknown key, no task to tune, or no measurement
         succeeded.
     """
-    from tqdm.auto import tqdm
     from tvm.s_tir import meta_schedule as ms
+
+    from tvm_hcprune.utils.progress import progress_bar
 
     _check_trials(trials, trials_per_task)
     target = dbm.resolve_target(target)
@@ -727,8 +728,8 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
             if seed_rules:
                 seeds = _measure_seeds(ctxs, target, builder, ms_runner, ms_db, stats)
             total = min(trials, per_task * len(ctxs))
-            bar = tqdm(total=total, desc="tuning", unit="trial", disable=not progress,
-                       dynamic_ncols=True)
+            bar = progress_bar(total=total, enabled=progress, desc="tuning", unit="trial",
+                               dynamic_ncols=True)
             callbacks = [*ms.measure_callback.MeasureCallback.create("default"),
                          _make_progress_callback(stats, bar)]
             cost_model = ms.CostModel.create(

@@ -96,7 +96,7 @@ def batch_norm_input_stats(mod, samples, target=None, progress: bool = False) ->
     dict
         ``{binding name: (mean float64 [C], var float64 [C], values per channel)}``.
     """
-    from tqdm import tqdm
+    from tvm_hcprune.utils.progress import progress_bar
 
     from ..calibration import with_taps
     from ..evaluation import (
@@ -124,7 +124,8 @@ def batch_norm_input_stats(mod, samples, target=None, progress: bool = False) ->
     vm = relax.VirtualMachine(compile_module(tapped, target), tvm.cpu())
     runner = _vm_runner(vm, name, shape, dtype)
     sums = [None] * len(bns)
-    for i in tqdm(range(len(arr)), desc="batch-norm stats", disable=not progress, leave=False):
+    for i in progress_bar(range(len(arr)), enabled=progress, desc="batch-norm stats",
+                          leave=False):
         outs = _run_first(runner, arr[i]) if i == 0 else runner.outputs(arr[i])
         for k, ax in enumerate(axes):
             x = np.moveaxis(np.asarray(outs[k], np.float64), ax, 0)
