@@ -169,6 +169,15 @@ def layout_block(layout: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+_BLOCKED_KERNEL = re.compile(r"OIHW(\d+)o")
+
+
+def kernel_block(kernel_layout: str) -> int | None:
+    """Output-channel block ``b`` of an ``OIHW{b}o`` kernel layout, None otherwise."""
+    m = _BLOCKED_KERNEL.fullmatch(str(kernel_layout))
+    return int(m.group(1)) if m else None
+
+
 def _dims(data, layout: str):
     shape = [int(x) for x in data.shape]
     if layout == "NHWC":

@@ -144,10 +144,15 @@ def _schedule_pack(sch, pack, n_outer: int) -> None:
     loops = sch.get_loops(pack)
     outer = sch.fuse(*loops[:n_outer])
     sch.parallel(outer)
-    if len(sch.get(pack).reads[0].region) == 5:
+    if _reads_blocked(sch, pack):
         sch.vectorize(loops[-1])
     else:
         sch.unroll(loops[-1])
+
+
+def _reads_blocked(sch, block) -> bool:
+    """Whether ``block``'s first input is channel-blocked (``NCHW[b]c``, 5-D)."""
+    return len(sch.get(block).reads[0].region) == 5
 
 
 def _blocked_kernel(sch, names: list[str], prefix: str):
@@ -234,22 +239,20 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     sch.unroll(rx)
     sch.unroll(xi)
     sch.vectorize(ci)
-    if pack is not None and len(sch.get(pack).reads[0].region) != 5:
+    if pack is not None and not _reads_blocked(sch, pack):
         # NCHW / NHWC source: packed (a gather) in its own parallel pass first
-        outer = sch.fuse(n, cb, y, xo)
-        sch.parallel(outer)
-        _finish_tile(sch, conv, pack, unpack, outer, _extent(sch, ci), ry, 3)
-        return True
-    # NCHW[b]c source: read in place, the zero padding a guarded read in the kernel (a
-    # padded copy of the input cost as much as the 3x3 depthwise conv itself), one parallel
-    # region over output rows (measured 1.5-2x faster than a padding pass then a parallel
-    # loop over tiles, on MobileNetV2's depthwise layers)
-    if pack is not None:
-        sch.compute_inline(pack)
-    outer = sch.fuse(n, cb, y)
+        outer = tile = sch.fuse(n, cb, y, xo)
+    else:
+        # NCHW[b]c source: read in place, the zero padding a guarded read in the kernel (a
+        # padded copy of the input cost as much as the 3x3 depthwise conv itself), one
+        # parallel region over output rows (measured 1.5-2x faster than a padding pass then
+        # a parallel loop over tiles, on MobileNetV2's depthwise layers)
+        if pack is not None:
+            sch.compute_inline(pack)
+            pack = None
+        outer, tile = sch.fuse(n, cb, y), xo
     sch.parallel(outer)
-    _registers_and_writeback(sch, conv, unpack, xo, ry,
-                             lambda: _vectorize_writeback(sch, unpack, _extent(sch, ci)))
+    _finish_tile(sch, conv, pack, unpack, tile, _extent(sch, ci), ry, 3)
     return True
 
 

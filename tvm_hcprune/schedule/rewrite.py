@@ -16,8 +16,6 @@ transforms, since TVM 0.27 lowers conv2d only in NCHW/NHWC.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import tvm
 from tvm import relax, te
@@ -219,8 +217,8 @@ class _Rewriter(PyExprMutator):
 def oihw_weight(w: np.ndarray, kernel_layout: str) -> np.ndarray | None:
     """A conv weight in ``kernel_layout`` (a permutation of OIHW, or ``OIHW{b}o`` as
     :class:`~tvm_hcprune.schedule.layout.BlockChannelLayout` leaves it) as OIHW, or None."""
-    m = re.fullmatch(r"OIHW(\d+)o", kernel_layout)
-    if m and w.ndim == 5 and w.shape[4] == int(m.group(1)):
+    kb = cw.kernel_block(kernel_layout)
+    if kb and w.ndim == 5 and w.shape[4] == kb:
         ob, i, kh, kw, b = w.shape
         return np.ascontiguousarray(w.transpose(0, 4, 1, 2, 3).reshape(ob * b, i, kh, kw))
     if sorted(kernel_layout) != sorted("OIHW") or w.ndim != 4:
@@ -239,14 +237,13 @@ def _unblock(bb: relax.BlockBuilder, call):
         data = bb.normalize(relax.op.layout_transform(
             data, index_map=lambda n, c, h, w, ci: (n, c * b_in + ci, h, w)))
     kl = str(attrs.kernel_layout)
-    blocked_kernel = re.fullmatch(r"OIHW(\d+)o", kl)
+    kb = cw.kernel_block(kl)
     wv = _const_value(weight)
     w_const = oihw_weight(wv, kl) if wv is not None else None
     w_oihw, wlayout = weight, kl
     if w_const is not None:
         w_oihw, wlayout = relax.const(w_const), "OIHW"
-    elif blocked_kernel:
-        kb = int(blocked_kernel.group(1))
+    elif kb:
         w_oihw = relax.op.layout_transform(
             weight, index_map=lambda o, i, h, w, oi: (o * kb + oi, i, h, w))
         wlayout = "OIHW"
