@@ -19,11 +19,13 @@ demo: $(STAMP)
 	$(VENV)/bin/hcprune demo
 
 test: $(STAMP)
-	$(PY) -m ruff check tvm_hcprune tests benchmarks tutorials
+	$(PY) -m ruff check tvm_hcprune tests benchmarks tutorials scripts
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
 
 lint: $(STAMP)
-	$(PY) -m ruff check tvm_hcprune tests benchmarks tutorials
+	$(PY) -m ruff check tvm_hcprune tests benchmarks tutorials scripts
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

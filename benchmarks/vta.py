@@ -68,9 +68,9 @@ def resnet18_body(label: str, prune_to: dict | None, check: bool, seed: int = 0)
 
 def mnist_e2e(ratio: float, digits: int, calib: int = 16) -> dict:
     import tvm_hcprune
-    from tvm_hcprune.datasets import mnist_test
-    from tvm_hcprune.models import bundled_model
     from tvm_hcprune.vta import relax as vr
+    from tvm_hcprune.zoo.datasets import mnist_test
+    from tvm_hcprune.zoo.models import bundled_model
 
     data = mnist_test(calib + digits)
     cal, test = data.samples[:calib], data.samples[calib:]
@@ -83,7 +83,7 @@ def mnist_e2e(ratio: float, digits: int, calib: int = 16) -> dict:
             m, rep = tvm_hcprune.prune(mod, ratio=r, target="vta")
             macs = (rep.macs_before, rep.macs_after)
         qmod, plan = vr.quantize(m, list(cal))
-        vta, ref = vr.build(qmod, plan, "vta"), vr.build(qmod, plan, "llvm")
+        vta, ref = vr.build_vta(qmod, plan, "vta"), vr.build_vta(qmod, plan, "llvm")
         fl = vr.VTAExecutable(qmod)
         vr.clear_layer_log()
         agree, correct_q, correct_f, t0 = 0, 0, 0, time.perf_counter()
@@ -127,7 +127,7 @@ def resnet18_e2e(ratio: float) -> dict:
     for label, r in (("dense", 0.0), (f"pruned r={ratio} (align 16)", ratio)):
         m = tvm_hcprune.prune(mod, ratio=r, target="vta")[0] if r else mod
         qmod, plan = vr.quantize(m, [x])
-        vta = vr.build(qmod, plan, "vta")
+        vta = vr.build_vta(qmod, plan, "vta")
         vr.clear_layer_log()
         vta(x)
         log = vr.layer_log()

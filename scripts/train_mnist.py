@@ -9,7 +9,7 @@ Data
 label** (so "first 4,000 / last 1,000" would put only the digits 8 and 9 in the test set).
 The split is therefore stratified and deterministic, without any random number: within
 each class, in the order the file stores them, the first 400 digits train and the last
-100 test. ``tvm_hcprune.datasets.mnist_split`` implements the same split and is used here,
+100 test. ``tvm_hcprune.zoo.datasets.mnist_split`` implements the same split and is used here,
 so training and evaluation cannot drift apart.
 
 Model
@@ -27,8 +27,8 @@ unfused, and checked against PyTorch on the whole test set with onnxruntime.
 
 Usage
 -----
-``.venv/bin/python scripts/train_mnist.py`` writes ``tvm_hcprune/models/mnist_resnet.onnx``
-and ``tvm_hcprune/models/mnist_resnet.json`` (the model card: accuracy, split,
+``.venv/bin/python scripts/train_mnist.py`` writes ``tvm_hcprune/zoo/data/mnist_resnet.onnx``
+and ``tvm_hcprune/zoo/data/mnist_resnet.json`` (the model card: accuracy, split,
 normalisation, command). Options: ``--epochs``, ``--seed``, ``--out-dir``.
 """
 
@@ -51,8 +51,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tvm_hcprune.datasets import MNIST_MEAN, MNIST_STD, mnist_split  # noqa: E402
 from tvm_hcprune.utils import atomic_write_bytes, atomic_write_text  # noqa: E402
+from tvm_hcprune.zoo.datasets import MNIST_MEAN, MNIST_STD, mnist_split  # noqa: E402
 
 OPSET = 17
 
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", type=Path, default=REPO / "tvm_hcprune" / "models")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "tvm_hcprune" / "zoo" / "data")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
                 "class, stored sorted by label",
         "split": "stratified, deterministic: within each class (in stored order) the first 400 "
                  "digits train (4,000) and the last 100 test (1,000); "
-                 "tvm_hcprune.datasets.mnist_split()",
+                 "tvm_hcprune.zoo.datasets.mnist_split()",
         "training": {"epochs": args.epochs, "seed": args.seed, "optimizer":
                      "SGD momentum 0.9 nesterov, weight decay 5e-4, one-cycle lr 0.05, batch 64",
                      "augmentation": "random translation up to 2 px", "threads": 1,

@@ -9,13 +9,13 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.testing import onnx_models
-from tvm_hcprune.transform.bn_reestimate import (
+from tvm_hcprune.recovery.bn_reestimate import (
     ReestimateBatchNorm,
-    _bn_bindings,
+    batch_norm_bindings,
     batch_norm_input_stats,
     reestimate_batch_norm,
 )
+from tvm_hcprune.testing import onnx_models
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def _bn_inputs_onnxruntime(model, xs):
 
 def _bn_consts(mod):
     return [(v.name, c.args[3].value.numpy(), c.args[4].value.numpy())
-            for v, c in _bn_bindings(mod["main"])]
+            for v, c in batch_norm_bindings(mod["main"])]
 
 
 def test_recompute_equals_onnxruntime_statistics(small):
@@ -84,14 +84,14 @@ def test_match_after_pruning_reproduces_dense_normalised_statistics(small, dense
                                       dense_stats=dense_stats)
     assert brep.mode == "match" and brep.n_samples == len(xs)
     pruned_stats = batch_norm_input_stats(pruned, xs)
-    eps_of = {v.name: float(c.attrs.epsilon) for v, c in _bn_bindings(graph.mod["main"])}
+    eps_of = {v.name: float(c.attrs.epsilon) for v, c in batch_norm_bindings(graph.mod["main"])}
     dense_consts = {n: (m, v) for n, m, v in _bn_consts(graph.mod)}
-    from tvm_hcprune.transform.bn_reestimate import _kept_channels
+    from tvm_hcprune.recovery.bn_reestimate import kept_channels
 
     checked = 0
     for name, m1, v1 in _bn_consts(new):
         m0, v0 = dense_consts[name]
-        keep = _kept_channels(graph, rep.plan, name, 3, len(m0))
+        keep = kept_channels(graph, rep.plan, name, 3, len(m0))
         md, vd, _ = dense_stats[name]
         mp, vp, _ = pruned_stats[name]
         eps = eps_of[name]

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tvm_hcprune.calibration import Calibration, calibrate
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.recovery.calibration import Calibration, calibrate
 
 N_SAMPLES = 12
 

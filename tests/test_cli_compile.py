@@ -151,7 +151,7 @@ def test_database_for_another_target_is_refused(files, tmp_path, capsys):
     """A database tuned for CUDA (built here from a record-free file of that target) is
     refused for llvm before anything is compiled."""
     d, _, _ = files
-    from tvm_hcprune.schedule import database as dbm
+    from tvm_hcprune.backend import database as dbm
 
     foreign = tmp_path / "cuda.json"
     dbm.new_database(hc.parse_target("cuda -arch=sm_80")).save(foreign)

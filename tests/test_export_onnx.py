@@ -11,9 +11,9 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.export_onnx import apply_to_onnx
+from tvm_hcprune.planning.export_onnx import apply_to_onnx
+from tvm_hcprune.recovery.runner import run_relax
 from tvm_hcprune.testing import onnx_models
-from tvm_hcprune.testing.oracle import run_relax
 
 
 def _ort(model, x):

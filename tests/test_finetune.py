@@ -10,8 +10,8 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.evaluation import compile_module, runner_for
-from tvm_hcprune.finetune import finetune, to_backbone
+from tvm_hcprune.recovery.finetune import finetune, to_backbone
+from tvm_hcprune.recovery.runner import compile_module, runner_for
 from tvm_hcprune.testing import onnx_models
 
 

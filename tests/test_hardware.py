@@ -49,7 +49,7 @@ def test_cuda_and_vta_profiles():
     assert (vta.kind, vta.channel_multiple) == ("vta", 16)
     big = profile_for("vta", vta_config={"LOG_BLOCK_IN": 5, "LOG_BLOCK_OUT": 5})
     assert big.channel_multiple == 32
-    from tvm_hcprune.vta.config import DEFAULT_CONFIG
+    from tvm_hcprune.hardware.vta import DEFAULT_CONFIG
 
     assert profile_for("vta", vta_config=DEFAULT_CONFIG).channel_multiple == DEFAULT_CONFIG.block_in
     assert profile_for("vta", vta_config={"LOG_BLOCK": 5}).channel_multiple == 32

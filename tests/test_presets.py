@@ -4,7 +4,7 @@ import pytest
 
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
-from tvm_hcprune.presets import list_presets, load_preset
+from tvm_hcprune.hardware.presets import list_presets, load_preset
 
 EXPECTED = {"llvm-avx2", "llvm-avx512", "llvm-neon", "cuda", "vta"}
 

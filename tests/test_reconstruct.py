@@ -8,9 +8,9 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.sensitivity import onnx_runner_factory
+from tvm_hcprune.recovery.reconstruct import Reconstruct, fit_layer, reconstruct
+from tvm_hcprune.recovery.sensitivity import onnx_runner_factory
 from tvm_hcprune.testing import onnx_models
-from tvm_hcprune.transform.reconstruct import Reconstruct, fit_layer, reconstruct
 
 
 def _lstsq_problem(rows=400, feats=12, outs=5, keep=7, seed=0):
@@ -89,7 +89,7 @@ def small():
     return model, mod, graph, cal, test_x
 
 
-def _outputs(model, graph, plan, pruned, xs):
+def outputs(model, graph, plan, pruned, xs):
     """Outputs of the pruned module, run through its ONNX export with onnxruntime (fast
     here; tests/test_export_onnx.py checks export == TVM module)."""
     import onnxruntime as ort
@@ -111,9 +111,9 @@ def test_reconstruction_moves_outputs_towards_dense(small):
     assert fits and any(f.status == "reconstructed" for f in fits)
     assert {f.intercept for f in fits} & {"batch_norm", "bias"}
     model = small[0]
-    dense_y = _outputs(model, graph, None, mod, test_x)
-    plain_y = _outputs(model, graph, rep.plan, plain, test_x)
-    recon_y = _outputs(model, graph, rrep.plan, recon, test_x)
+    dense_y = outputs(model, graph, None, mod, test_x)
+    plain_y = outputs(model, graph, rep.plan, plain, test_x)
+    recon_y = outputs(model, graph, rrep.plan, recon, test_x)
     assert np.isfinite(recon_y).all()
     err_plain = np.linalg.norm(plain_y - dense_y)
     err_recon = np.linalg.norm(recon_y - dense_y)
@@ -168,7 +168,7 @@ def test_pass_form_and_bad_input(small):
     # a calibration whose layers have other channel counts (another model's)
     import dataclasses
 
-    from tvm_hcprune.calibration import Calibration
+    from tvm_hcprune.recovery.calibration import Calibration
 
     other_cal = Calibration({n: dataclasses.replace(lc, X=lc.X[:, :1]) if lc.X is not None
                              else lc for n, lc in cal.layers.items()}, 2, "x")
@@ -207,11 +207,11 @@ def test_model_guard_reverts_a_harmful_reconstruction(small):
     plain, rep = hc.prune(mod, ratio=0.1, align=1, graph=graph)
     unguarded, urep = reconstruct(plain, graph, rep.plan, bad_cal)
     make = onnx_runner_factory(model, graph)
-    from tvm_hcprune.sensitivity import _outputs, output_error
+    from tvm_hcprune.recovery.runner import output_error, outputs
 
-    dense = _outputs(make(mod, None), test_x)
-    worse = output_error(_outputs(make(unguarded, rep.plan), test_x), dense)
-    base = output_error(_outputs(make(plain, rep.plan), test_x), dense)
+    dense = outputs(make(mod, None), test_x)
+    worse = output_error(outputs(make(unguarded, rep.plan), test_x), dense)
+    base = output_error(outputs(make(plain, rep.plan), test_x), dense)
     assert worse[::-1] > base[::-1]  # the unguarded reconstruction is worse here
     out, grep_rep = reconstruct(plain, graph, rep.plan, bad_cal, guard_samples=test_x,
                              runner_factory=make)

@@ -20,8 +20,8 @@ import pytest
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.schedule import rpc as hrpc
 from tvm_hcprune.testing.onnx_models import GraphBuilder
+from tvm_hcprune.tuning import rpc as hrpc
 
 KEY = "hcprune-test"
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
@@ -149,7 +149,7 @@ def test_tune_through_rpc_servers(tracker, pruned, tmp_path):
                         seed_rules=False, session_timeout=60)
     assert stats.valid > 0 and out.exists()
     assert db.meta["runner"] == "rpc"
-    from tvm_hcprune.schedule.database import load_database
+    from tvm_hcprune.backend.database import load_database
 
     assert len(load_database(out, TARGET)) == len(db)
 

@@ -6,9 +6,9 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_hcprune.pipeline import get_pipeline, scheduled_kernels
-from tvm_hcprune.schedule.cpu_rules import ApplyCPURules
-from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
+from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
+from tvm_hcprune.backend.cpu.rules import ApplyCPURules
+from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 

@@ -5,7 +5,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_hcprune.pipeline import get_pipeline
+from tvm_hcprune.backend.pipeline import get_pipeline
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 
@@ -55,8 +55,8 @@ def test_dense_rule_matches_default(xshape, n, bias, act):
 
 def test_dense_kernel_is_used():
     """The matmul is routed to the packed kernel and scheduled (not left to the default)."""
-    from tvm_hcprune.schedule.cpu_rules import ApplyCPURules
-    from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
+    from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
+    from tvm_hcprune.backend.cpu.rules import ApplyCPURules
 
     mod = dense_module((1, 64), 48)
     with TARGET:
@@ -91,7 +91,7 @@ def bmm_module(ashape, bshape):
 def test_attention_batched_matmul(ashape, bshape):
     """Batched matmuls of two run-time operands (attention scores) take the packed kernel
     and match TVM's default pipeline (rtol 1e-5)."""
-    from tvm_hcprune.pipeline import scheduled_kernels
+    from tvm_hcprune.backend.pipeline import scheduled_kernels
 
     mod = bmm_module(ashape, bshape)
     rng = np.random.default_rng(4)

@@ -15,8 +15,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_hcprune.pipeline import get_pipeline, scheduled_kernels
-from tvm_hcprune.schedule import cpu_rules
+from tvm_hcprune.backend.cpu import rules as cpu_rules
+from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 

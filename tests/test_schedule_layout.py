@@ -1,4 +1,4 @@
-"""Channel-blocked activations between convs (tvm_hcprune.schedule.layout): structure before /
+"""Channel-blocked activations between convs (tvm_hcprune.backend.cpu.layout): structure before /
 after, numerics against TVM's default pipeline, the unblocking fallback, the in-place kernel
 and the fused epilogue."""
 
@@ -9,9 +9,9 @@ from test_schedule_conv import TARGET, conv_module
 from test_schedule_grouped import write_counts
 from tvm import relax, topi
 
-from tvm_hcprune.pipeline import get_pipeline, scheduled_kernels
-from tvm_hcprune.schedule.conv2d_nchwc import layout_block
-from tvm_hcprune.schedule.layout import BlockChannelLayout, raise_minmax
+from tvm_hcprune.backend.cpu.conv2d_nchwc import layout_block
+from tvm_hcprune.backend.cpu.layout import BlockChannelLayout, raise_minmax
+from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
 
 
 def _ops(mod) -> list[str]:
@@ -174,10 +174,10 @@ def test_boundary_transforms_run_in_parallel():
     and the result still equals the default pipeline's."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from tvm_hcprune.pipeline import _cpu_passes
+    from tvm_hcprune.backend.pipeline import cpu_passes
 
     mod = _block_net(c=16, hw=(32, 40))
-    passes = _cpu_passes(TARGET, None, True, True)
+    passes = cpu_passes(TARGET, None, True, True)
     n_pre = len(passes) - len(cpu.dataflow_lower_passes(TARGET)) - len(
         cpu.finalize_passes(TARGET))
     with TARGET:
@@ -206,7 +206,7 @@ def _gelu_net():
 def test_other_ops_on_blocked_tensors_are_checked(monkeypatch):
     """An op outside the usual set on blocked tensors is kept blocked when TVM lowers it
     there, and the whole module stays NCHW when it does not (never a failed build)."""
-    from tvm_hcprune.schedule import layout
+    from tvm_hcprune.backend.cpu import layout
 
     mod = _gelu_net()
     assert "relax.nn.conv2d:NCHW8c" in _ops(BlockChannelLayout(8)(mod))
@@ -217,9 +217,9 @@ def test_other_ops_on_blocked_tensors_are_checked(monkeypatch):
 
 def test_constant_layout_transforms_fold_with_numpy():
     """Weights and biases moved to the blocked layout are folded at compile time (numpy,
-    in CanonicalizeForPruning: no kernel compiled per constant); a transform of another shape
+    in NormalizeImport: no kernel compiled per constant); a transform of another shape
     is left to FoldConstant."""
-    from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning
+    from tvm_hcprune.frontend.normalize import NormalizeImport
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 3, 3, 3)).astype("float32")
@@ -236,7 +236,7 @@ def test_constant_layout_transforms_fold_with_numpy():
                 relax.const(t), index_map=lambda n, c, h, x: (n, h, x, c)))
             out = bb.emit_output(relax.Tuple([ws, bs, ts]))
         bb.emit_func_output(out)
-    folded = CanonicalizeForPruning()(bb.get())
+    folded = NormalizeImport()(bb.get())
     assert _ops(folded).count("relax.layout_transform") == 1  # the transpose stays
     vm = relax.VirtualMachine(tvm.compile(folded, TARGET), tvm.cpu())
     got = [a.numpy() for a in vm["main"]()]
@@ -345,7 +345,7 @@ def test_blocked_depthwise_reads_its_input_in_place(c, hw, stride, padding, dila
 def test_odd_vector_count_on_short_rows_takes_three_vector_tiles():
     """24 output channels (3 vectors) on 4-pixel rows: a 3-vector output block, one vector
     per register in the scheduled tile, each output written once, equal to TVM's default."""
-    from tvm_hcprune.schedule.conv2d_nchwc import plan_conv
+    from tvm_hcprune.backend.cpu.conv2d_nchwc import plan_conv
 
     assert plan_conv(24, 24, 1, 4, 8, 16).ob == 24
     assert plan_conv(24, 24, 1, 14, 8, 16).ob == 8  # a long row has accumulators enough
@@ -361,8 +361,8 @@ def test_odd_vector_count_on_short_rows_takes_three_vector_tiles():
 def test_tuning_seeds_layout_transforms_with_their_rule():
     """Tuning starts a boundary layout transform's task from the rule the build applies
     (parallel), not from the unscheduled function: otherwise any record beats the seed."""
-    from tvm_hcprune.schedule import database as dbm
-    from tvm_hcprune.schedule.tune import extract_tasks, rule_schedule
+    from tvm_hcprune.backend import database as dbm
+    from tvm_hcprune.tuning.tune import extract_tasks, rule_schedule
 
     target = dbm.resolve_target(TARGET)
     tasks = [t for t in extract_tasks(_block_net(c=16, hw=(32, 40)), target)

@@ -7,8 +7,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_hcprune import pipeline as pl
-from tvm_hcprune.schedule import cpu_rules
+from tvm_hcprune.backend import pipeline as pl
+from tvm_hcprune.backend.cpu import rules as cpu_rules
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 

@@ -1,4 +1,4 @@
-"""Pixel-vectorised 1x1 conv kernel (tvm_hcprune.schedule.pointwise): numerics against TVM's
+"""Pixel-vectorised 1x1 conv kernel (tvm_hcprune.backend.cpu.pointwise): numerics against TVM's
 default pipeline, every output written exactly once, routing and the remainder-free path."""
 
 import numpy as np
@@ -7,10 +7,10 @@ import tvm
 from test_schedule_conv import check_against_default, conv_module
 from test_schedule_grouped import write_counts
 
+from tvm_hcprune.backend.cpu import pointwise as pw
+from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
+from tvm_hcprune.backend.pipeline import scheduled_kernels
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.pipeline import scheduled_kernels
-from tvm_hcprune.schedule import pointwise as pw
-from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 

@@ -1,11 +1,11 @@
-"""tvm_hcprune.schedule.profile: per-kernel times of a built model."""
+"""tvm_hcprune.backend.timing: per-kernel times of a built model."""
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_hcprune.pipeline import build
-from tvm_hcprune.schedule.profile import by_family, kernel_times
+from tvm_hcprune.backend.pipeline import build
+from tvm_hcprune.backend.timing import by_family, kernel_times
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 

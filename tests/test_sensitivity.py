@@ -10,12 +10,12 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.sensitivity import (
+from tvm_hcprune.recovery.runner import output_error
+from tvm_hcprune.recovery.sensitivity import (
     SensitivityTable,
     allocate,
     group_plan,
     onnx_runner_factory,
-    output_error,
     select_plan,
     sensitivity_scan,
 )

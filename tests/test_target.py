@@ -7,7 +7,7 @@ import tvm
 
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import host_physical_cores
-from tvm_hcprune.target import parse_target
+from tvm_hcprune.hardware.target import parse_target
 
 
 def _d(t):

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 import tvm_hcprune as hc
+from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.schedule import database as dbm
 from tvm_hcprune.testing.onnx_models import GraphBuilder
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
@@ -287,8 +287,8 @@ def test_shipped_database_applies_to_its_model(path):
     after a kernel change fails here. By default build() applies them, with outputs equal to
     the rules-only build."""
     import tvm_hcprune.hardware as hw
-    from tvm_hcprune.models import model_path
-    from tvm_hcprune.schedule.tune import _model_inputs
+    from tvm_hcprune.tuning.tune import model_inputs
+    from tvm_hcprune.zoo.models import model_path
 
     target = hc.parse_target("llvm")
     if hw.profile_for(target).name != "x86-avx2":
@@ -300,7 +300,7 @@ def test_shipped_database_applies_to_its_model(path):
     workloads = {str(r.workload.as_json()[0]) for r in db.records()}
     applied = hc.apply_database(m, target, db)
     assert len(dbm.scheduled_functions(applied)) == len(workloads), path.name
-    (x,) = _model_inputs(m).values()
+    (x,) = model_inputs(m).values()
     shipped = _run(hc.build(m, target), x)  # default: the shipped records
     rules = _run(hc.build(m, target, database=False), x)
     np.testing.assert_allclose(shipped, rules, rtol=1e-4, atol=1e-4)

@@ -17,9 +17,13 @@ build(mod, target, database=None)
 
 from __future__ import annotations
 
-from .utils.lazy import lazy_exports
+import importlib
 
-__version__ = "0.1.0"
+from tvm import relax
+from tvm.relax import pipeline as relax_pipeline
+
+from tvm_hcprune._version import __version__
+from tvm_hcprune.utils.lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -30,31 +34,38 @@ _EXPORTS = {
     "ChannelGroup": "tvm_hcprune.analysis",
     "prune": "tvm_hcprune.api",
     "PruneReport": "tvm_hcprune.api",
-    "PruneConfig": "tvm_hcprune.config",
-    "PrunePlan": "tvm_hcprune.plan",
-    "load_onnx": "tvm_hcprune.frontend",
-    "load_tflite": "tvm_hcprune.frontend",
+    "PruneConfig": "tvm_hcprune.planning.config",
+    "PrunePlan": "tvm_hcprune.planning.plan",
+    "load_onnx": "tvm_hcprune.frontend.load",
+    "load_tflite": "tvm_hcprune.frontend.load",
     "register_op_handler": "tvm_hcprune.ops",
     "get_op_handler": "tvm_hcprune.ops",
-    "register_criterion": "tvm_hcprune.criteria",
-    "get_criterion": "tvm_hcprune.criteria",
-    "list_criteria": "tvm_hcprune.criteria",
+    "list_op_handlers": "tvm_hcprune.ops",
+    "register_criterion": "tvm_hcprune.planning.criteria",
+    "get_criterion": "tvm_hcprune.planning.criteria",
+    "list_criteria": "tvm_hcprune.planning.criteria",
     # hardware, schedules, compilation
     "HardwareProfile": "tvm_hcprune.hardware",
     "profile_for": "tvm_hcprune.hardware",
-    "parse_target": "tvm_hcprune.target",
-    "build": "tvm_hcprune.pipeline",
-    "tune": "tvm_hcprune.schedule.tune",
-    "apply_database": "tvm_hcprune.schedule.database",
+    "parse_target": "tvm_hcprune.hardware.target",
+    "build": "tvm_hcprune.backend.pipeline",
+    "tune": "tvm_hcprune.tuning.tune",
+    "apply_database": "tvm_hcprune.backend.pipeline",
+    "ScheduleDatabase": "tvm_hcprune.backend.database",
+    "load_database": "tvm_hcprune.backend.database",
     # accuracy
-    "calibrate": "tvm_hcprune.calibration",
-    "evaluate": "tvm_hcprune.evaluation",
-    "finetune": "tvm_hcprune.finetune",
-    "sensitivity_scan": "tvm_hcprune.sensitivity",
-    "select_plan": "tvm_hcprune.sensitivity",
+    "calibrate": "tvm_hcprune.recovery.calibration",
+    "Calibration": "tvm_hcprune.recovery.calibration",
+    "reconstruct": "tvm_hcprune.recovery.reconstruct",
+    "ReconstructConfig": "tvm_hcprune.recovery.reconstruct",
+    "evaluate": "tvm_hcprune.recovery.evaluation",
+    "EvalResult": "tvm_hcprune.recovery.evaluation",
+    "finetune": "tvm_hcprune.recovery.finetune",
+    "sensitivity_scan": "tvm_hcprune.recovery.sensitivity",
+    "select_plan": "tvm_hcprune.recovery.sensitivity",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["PIPELINE_NAME", "__version__", "register_pipeline"]
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
@@ -64,7 +75,28 @@ def __dir__():
     return __all__
 
 
-# ``tvm.compile(mod, target, relax_pipeline="hcprune")`` must work right after
-# ``import tvm_hcprune``: register the named pipeline now (this imports TVM itself,
-# not its slow submodules).
-from . import pipeline as _pipeline  # noqa: E402,F401
+PIPELINE_NAME = "hcprune"
+
+
+def register_pipeline() -> None:
+    """Register tvm_hcprune's pipeline as ``relax.get_pipeline("hcprune")`` (idempotent).
+
+    Called by ``import tvm_hcprune``, so ``tvm.compile(mod, target,
+    relax_pipeline="hcprune")`` works right after it. The backend (kernels, rules,
+    databases) is imported when the pipeline is first asked for, like the export table's
+    names, so that ``import tvm_hcprune`` costs no more than ``import tvm``.
+    """
+    if PIPELINE_NAME in relax_pipeline.PIPELINE_MAP:
+        return  # already registered (module reloaded)
+    try:
+
+        @relax.register_pipeline(PIPELINE_NAME)
+        def _hcprune_pipeline(database=None, rules: bool = True):
+            backend = importlib.import_module("tvm_hcprune.backend.pipeline")
+            return backend.get_pipeline(None, database, rules)
+
+    except ValueError:  # registered concurrently
+        pass
+
+
+register_pipeline()

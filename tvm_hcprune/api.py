@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .analysis import ChannelGraph, FrozenRecord, analyze
-from .config import PruneConfig
-from .plan import PrunePlan
-from .planner import make_plan, resolve_align
-from .transform.apply_plan import apply_plan
+from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
+from tvm_hcprune.planning.config import PruneConfig, config_arg
+from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.planning.planner import make_plan, resolve_align
+from tvm_hcprune.recovery.reconstruct import apply_and_reconstruct
 
 
 @dataclass
@@ -89,19 +89,21 @@ class PruneReport:
         return "\n".join(lines)
 
 
-def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = None,
-          target=None, protect=(), min_channels: int = 1, plan: PrunePlan | None = None,
-          criterion_options: dict | None = None, seed: int = 0,
-          graph: ChannelGraph | None = None, calibration=None, reconstruct: bool = False,
-          reconstruct_options: dict | None = None):
+def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
+          plan: PrunePlan | None = None, graph: ChannelGraph | None = None, calibration=None,
+          reconstruct: bool = False, reconstruct_options=None, **overrides):
     """Prune ``mod`` and report what changed.
 
     Parameters
     ----------
     mod : tvm.IRModule
         Relax module with static shapes and constant weights.
-    ratio, criterion, align, protect, min_channels, criterion_options, seed
-        See :class:`~tvm_hcprune.config.PruneConfig`.
+    config : PruneConfig, dict or float, optional
+        The pruning options (a float is the ``ratio``); default ``PruneConfig()``.
+    **overrides
+        Options of :class:`~tvm_hcprune.planning.config.PruneConfig` (``ratio``,
+        ``criterion``, ``align``, ``protect``, ``min_channels``, ``criterion_options``,
+        ``seed``) applied over ``config``.
     target : optional
         Target whose hardware profile gives the default ``align``.
     plan : PrunePlan, optional
@@ -113,34 +115,29 @@ def prune(mod, ratio: float = 0.5, criterion: str = "l2", align: int | None = No
         data-driven criteria (``activation``, ``apoz``, ``thinet``) and by ``reconstruct``.
     reconstruct : bool
         Re-fit the pruned consumers by least squares on ``calibration``
-        (:func:`tvm_hcprune.transform.reconstruct.reconstruct`); the outcome per layer is
+        (:func:`tvm_hcprune.recovery.reconstruct.reconstruct`); the outcome per layer is
         ``report.reconstruction``.
-    reconstruct_options : dict, optional
-        Keyword options of the reconstruction (``ridge``, ``max_cond``, ``holdout``...).
+    reconstruct_options : ReconstructConfig or dict, optional
+        Options of the reconstruction (``ridge``, ``max_cond``, ``holdout``...; see
+        :class:`~tvm_hcprune.recovery.reconstruct.ReconstructConfig`).
 
     Returns
     -------
     (tvm.IRModule, PruneReport)
+
+    Examples
+    --------
+    >>> pruned, report = tvm_hcprune.prune(mod, ratio=0.5, criterion="l2")  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    config = PruneConfig(ratio=ratio, criterion=criterion, align=align, protect=tuple(protect),
-                         min_channels=min_channels,
-                         criterion_options=dict(criterion_options or {}), seed=seed)
+    config = PruneConfig.of(config_arg(config), **overrides)
     graph = graph if graph is not None else analyze(mod)
     align_r = resolve_align(config.align, target)
     if plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
-    pruned = apply_plan(graph, plan)
-    recon = None
-    if reconstruct:
-        from .errors import HCPruneError
-        from .transform.reconstruct import reconstruct as _reconstruct
-
-        if calibration is None:
-            raise HCPruneError("reconstruct=True needs calibration data: pass "
-                               "calibration=tvm_hcprune.calibrate(mod, samples)")
-        pruned, recon = _reconstruct(pruned, graph, plan, calibration,
-                                     **dict(reconstruct_options or {}))
+    pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct,
+                                          reconstruct_options)
     seconds = time.perf_counter() - t0
     macs_after, params_after = graph.count_after(plan)
     changes = []

@@ -6,8 +6,8 @@ import random
 import pytest
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.vta import VTAConfig
 from tvm_hcprune.vta import isa
-from tvm_hcprune.vta.config import VTAConfig
 
 
 def test_default_config_derived_sizes():

@@ -8,6 +8,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
+from tvm_hcprune.utils.relax import bindings, op_name
 from tvm_hcprune.vta import relax as vr
 from tvm_hcprune.vta.codegen import Conv2DShape
 
@@ -59,7 +60,7 @@ def test_toy_offload_bit_exact_and_counted():
     samples = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(3)]
     mod, plan = vr.quantize(_toy_module(), samples)
     assert len(plan.layers) == 3 and len(plan.skipped) == 3
-    vta, ref = vr.build(mod, plan, "vta"), vr.build(mod, plan, "llvm")
+    vta, ref = vr.build_vta(mod, plan, "vta"), vr.build_vta(mod, plan, "llvm")
     status = tvm_ffi.get_global_func("vta.simulator.profiler_status")
     tvm_ffi.get_global_func("vta.simulator.profiler_clear")()
     vr.clear_layer_log()
@@ -85,8 +86,8 @@ def test_toy_offload_bit_exact_and_counted():
 def test_pruned_mnist_int8_on_vta_matches_llvm():
     """The bundled MNIST ResNet, pruned for VTA (align 16), int8: simulator == llvm."""
     import tvm_hcprune
-    from tvm_hcprune.datasets import mnist_test
-    from tvm_hcprune.models import bundled_model
+    from tvm_hcprune.zoo.datasets import mnist_test
+    from tvm_hcprune.zoo.models import bundled_model
 
     mod = tvm_hcprune.load_onnx(bundled_model("mnist_resnet"), log=lambda *_: None)
     pruned, report = tvm_hcprune.prune(mod, ratio=0.5, target="vta")
@@ -98,7 +99,7 @@ def test_pruned_mnist_int8_on_vta_matches_llvm():
         if q.kind == "conv2d":
             assert q.weight.shape[0] % 16 == 0
     assert len(plan.layers) >= 5
-    vta, ref = vr.build(pmod, plan, "vta"), vr.build(pmod, plan, "llvm")
+    vta, ref = vr.build_vta(pmod, plan, "vta"), vr.build_vta(pmod, plan, "llvm")
     vr.clear_layer_log()
     for x in data.samples[6:]:
         np.testing.assert_array_equal(vta(x), ref(x))
@@ -121,7 +122,7 @@ def test_vta_aligned_pruner_widths():
         cands = vr.find_candidates(relax.transform.FoldConstant()(pruned))
         assert len(cands) == 10
         assert [c.eligible for c in cands] == [False] + [True] * 9
-        for b in vr._main_bindings(pruned):
-            if vr._op(b.value) == "relax.nn.conv2d":
+        for b in bindings(pruned["main"]):
+            if op_name(b.value) == "relax.nn.conv2d":
                 o, i = (int(d) for d in b.value.args[1].value.numpy().shape[:2])
                 assert o % 16 == 0 and (i % 16 == 0 or i == 3), (ratio, o, i)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from ..ops.desc import AxisDesc, Seg, desc_spaces
+from tvm_hcprune.ops.desc import AxisDesc, Seg, desc_spaces
+from tvm_hcprune.utils.relax import static_shape
 
 
 @dataclass
@@ -29,41 +30,6 @@ class Member:
     arg: int
     axis: int
     desc: AxisDesc
-
-
-_SHAPES: dict = {}
-_MISSING = object()
-
-
-def clear_shape_cache() -> None:
-    _SHAPES.clear()
-
-
-def static_shape(expr) -> list[int] | None:
-    """The static shape of a tensor-typed expression, or None.
-
-    Reading shapes through the FFI is slow, so results are cached per expression object;
-    the cache holds its keys alive (no address reuse) and is cleared after each analysis
-    or rewrite.
-    """
-    hit = _SHAPES.get(expr, _MISSING)
-    if hit is not _MISSING:
-        return None if hit is None else list(hit)
-    ty = expr.ty
-    shape = None
-    if isinstance(ty, relax.TensorType) and ty.shape is not None:
-        try:
-            shape = [int(s) for s in ty.shape.values]
-        except (TypeError, ValueError, AttributeError):
-            shape = None
-    _SHAPES[expr] = tuple(shape) if shape is not None else None
-    return shape
-
-
-def is_const(expr) -> bool:
-    return hasattr(expr, "value") and hasattr(expr.value, "numpy") and not isinstance(
-        expr, relax.Var
-    )
 
 
 class AnalysisContext:

@@ -17,13 +17,16 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .. import ops as _ops  # noqa: F401  (registers the built-in handlers)
-from ..errors import HCPruneError
-from ..ops.desc import axis_index, desc_length, desc_spaces
-from ..ops.registry import get_op_handler
-from .context import AnalysisContext, Member, clear_shape_cache, is_const, static_shape
+from tvm_hcprune import ops as _ops  # noqa: F401  (registers the built-in handlers)
+from tvm_hcprune.analysis.context import AnalysisContext, Member
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.frontend.normalize import NormalizeImport
+from tvm_hcprune.ops.desc import axis_index, desc_length, desc_spaces
+from tvm_hcprune.ops.registry import get_op_handler
+from tvm_hcprune.utils.relax import bindings, clear_shape_cache, is_const, static_shape
 
-__all__ = ["ChannelGraph", "ChannelGroup", "FrozenRecord", "analyze", "Member"]
+__all__ = ["ChannelGraph", "ChannelGroup", "FrozenRecord", "Member", "analyze", "check_plan",
+           "kept_lookup"]
 
 
 @dataclass(frozen=True)
@@ -243,11 +246,6 @@ class ChannelGraph:
         return "\n".join(lines)
 
 
-def _bindings(func):
-    for block in func.body.blocks:
-        yield from block.bindings
-
-
 def _fingerprint(func, arrays) -> str:
     """A stable hash of the function's ops, shapes and constant contents.
 
@@ -255,7 +253,7 @@ def _fingerprint(func, arrays) -> str:
     tells real models apart at a fraction of the cost of hashing every byte.
     """
     h = hashlib.blake2b(digest_size=16)
-    for b in _bindings(func):
+    for b in bindings(func):
         v = b.value
         h.update(type(v).__name__.encode())
         if isinstance(v, relax.Call):
@@ -273,7 +271,7 @@ def _fingerprint(func, arrays) -> str:
 
 def _count_params(func) -> int:
     n = 0
-    for b in _bindings(func):
+    for b in bindings(func):
         v = b.value
         args = list(v.args) if isinstance(v, relax.Call) else []
         for a in args:
@@ -299,7 +297,7 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
         A Relax module with static shapes and weights as constants (as
         :func:`tvm_hcprune.load_onnx` returns).
     canonicalize : bool
-        Run :class:`~tvm_hcprune.transform.canonicalize.CanonicalizeForPruning` first
+        Run :class:`~tvm_hcprune.frontend.normalize.NormalizeImport` first
         (folds constant-only bindings, re-expresses importer ``call_tir`` clutter).
     fingerprint : bool
         Compute ``ChannelGraph.fingerprint`` (needed to make or check plans).
@@ -312,9 +310,7 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
         raise HCPruneError("the module has no 'main' function; pass the module a frontend "
                            "importer returns (e.g. tvm_hcprune.load_onnx)")
     if canonicalize:
-        from ..transform.canonicalize import CanonicalizeForPruning
-
-        mod = CanonicalizeForPruning()(mod)
+        mod = NormalizeImport()(mod)
     func = mod["main"]
     if not isinstance(func, relax.Function):
         raise HCPruneError("mod['main'] is not a Relax function")
@@ -322,7 +318,7 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
     ctx = AnalysisContext()
     ctx.values = {}
     n_calls = 0
-    for b in _bindings(func):
+    for b in bindings(func):
         var, value = b.var, getattr(b, "value", None)
         ctx.var_order.append(var)
         if not isinstance(b, relax.VarBinding):
@@ -409,3 +405,49 @@ def _checked(ctx, var, out):
             d = None
         fixed.append(d)
     return fixed
+
+
+def kept_lookup(graph, plan):
+    """``kept_of(space)`` for ``axis_index``: the plan's kept indices of a space's group."""
+    cache = {}
+
+    def kept_of(space):
+        g = graph.space_group[space]
+        if g not in cache:
+            cache[g] = plan.kept_indices(g)
+        return cache[g]
+
+    return kept_of
+
+
+def check_plan(graph, plan) -> None:
+    """Raise :class:`HCPruneError` unless ``plan`` (a ``PrunePlan``) fits ``graph``.
+
+    The plan must carry the graph's fingerprint (same model), name only existing, unfrozen
+    groups of the right size, and keep equal counts in the groups of each balanced set
+    (the groups feeding one grouped convolution).
+
+    Examples
+    --------
+    >>> check_plan(analyze(mod), plan)  # doctest: +SKIP
+    """
+    if plan.fingerprint != graph.fingerprint:
+        raise HCPruneError(
+            "this plan was made for a different model (fingerprint "
+            f"{plan.fingerprint[:12]}..., the module's is {graph.fingerprint[:12]}...); "
+            "recompute the plan on this module"
+        )
+    for gid, size in plan.sizes.items():
+        if gid >= len(graph.groups) or graph.groups[gid].size != size:
+            raise HCPruneError(f"plan group {gid} (size {size}) does not exist in this module")
+        if graph.groups[gid].frozen:
+            raise HCPruneError(f"plan prunes group {gid}, which is frozen: "
+                               f"{graph.groups[gid].reasons[0].reason}")
+    for members in getattr(graph, "balanced_sets", ()):
+        counts = {g: len(plan.kept_indices(g)) if g in plan.kept else graph.groups[g].size
+                  for g in members}
+        if len(set(counts.values())) > 1:
+            raise HCPruneError(
+                f"plan keeps {counts} channels in groups {members}, which feed the groups of "
+                "one grouped convolution and must keep equal counts; keep as many channels "
+                "in each (ChannelGraph.balanced_sets lists such groups)")

@@ -8,10 +8,16 @@ buffer shapes of the scheduled kernels, so CI can check that kernels follow prun
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
+import tvm
+from tvm.support import nvcc
+
+from tvm_hcprune.backend.pipeline import build, get_pipeline
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.target import parse_target
 
 _KERNEL_RE = re.compile(
     r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\(\d+\)\s+)?(\w+)\s*\('
@@ -26,8 +32,6 @@ def cuda_target(arch: str = "sm_80", host=None):
     MetaSchedule's ``TuneContext`` fails unless the target has ``max_threads_per_block``;
     the values are those of NVIDIA's data-center parts (A100/H100 class).
     """
-    from tvm_hcprune.target import parse_target
-
     if not isinstance(arch, str) or not _ARCH_RE.match(arch):
         raise HCPruneError(f"CUDA arch {arch!r} must look like sm_80 or sm_90a")
     spec = {
@@ -44,10 +48,6 @@ def cuda_target(arch: str = "sm_80", host=None):
 
 def with_limits(target):
     """``target`` (a CUDA target) with MetaSchedule's required limits added when missing."""
-    import json
-
-    from tvm_hcprune.target import parse_target
-
     target = parse_target(target)
     if target.kind.name != "cuda":
         return target
@@ -63,8 +63,6 @@ def build_cuda(mod, target, database=None):
 
     ``database`` (tuned records) is applied first, dlight schedules the rest.
     """
-    from tvm_hcprune.pipeline import build
-
     target = with_limits(target)
     if target.kind.name != "cuda":
         raise HCPruneError(f"build_cuda needs a cuda target, got {target.kind.name!r}")
@@ -73,8 +71,6 @@ def build_cuda(mod, target, database=None):
 
 def lowered_module(mod, target, database=None):
     """The module after tvm_hcprune's Relax pipeline for ``target`` (scheduled PrimFuncs)."""
-    from tvm_hcprune.pipeline import get_pipeline
-
     target = with_limits(target)
     with target:
         return get_pipeline(target, database)(mod)
@@ -130,9 +126,6 @@ def nvcc_compile(source: str, arch: str = "sm_80", target_format: str = "ptx") -
     HCPruneError
         nvcc is missing or rejects the source (the message holds nvcc's error).
     """
-    import tvm
-    from tvm.support import nvcc
-
     if not have_nvcc():
         raise HCPruneError("nvcc is not on the PATH; install the CUDA toolkit to check kernels")
     if not _ARCH_RE.match(arch):
@@ -158,8 +151,6 @@ def kernel_param_shapes(lowered) -> dict[str, list[tuple[int, ...]]]:
     dict
         PrimFunc name -> list of parameter buffer shapes (static dims as ints).
     """
-    import tvm
-
     out: dict[str, list[tuple[int, ...]]] = {}
     for gv, func in lowered.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -177,8 +168,6 @@ def kernel_param_shapes(lowered) -> dict[str, list[tuple[int, ...]]]:
 
 def has_gpu() -> bool:
     """Whether a CUDA device is present (and TVM was built with CUDA)."""
-    import tvm
-
     try:
         return bool(tvm.cuda(0).exist)
     except Exception:  # noqa: BLE001 - runtime without CUDA support

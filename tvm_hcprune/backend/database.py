@@ -18,21 +18,33 @@ rules), and :func:`shipped_database` finds the databases shipped in the top-leve
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
 import sys
 import types
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tvm
+import tvm.s_tir
+from tvm import relax
+from tvm.s_tir import meta_schedule as ms
+
+from tvm_hcprune import _resources
+from tvm_hcprune._version import __version__
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.utils import atomic_write_text
 
 FORMAT = "tvm_hcprune.schedule_database"
 VERSION = 1
 #: function attribute MetaScheduleApplyDatabase sets on the PrimFuncs it scheduled
 SCHEDULED_ATTR = "tirx.is_scheduled"
-#: module attribute set by :func:`prepare_for_schedules`
+#: module attribute set by :func:`tvm_hcprune.backend.pipeline.prepare`
 PREPARED_ATTR = "hcprune.schedule_prepared"
 
 # target attributes that must agree between a database and the target it is applied to
@@ -45,15 +57,11 @@ _MATCH_KEYS = {"llvm": ("mcpu", "mtriple"), "cuda": ("arch",)}
 
 def resolve_target(target):
     """Turn ``target`` (Target, dict, JSON, tag or tvmc string) into a ``tvm.target.Target``."""
-    from tvm_hcprune.target import parse_target
-
     return parse_target(target)
 
 
 def target_dict(target) -> dict:
     """The JSON-able dict of a target (host included)."""
-    import tvm
-
     if not isinstance(target, tvm.target.Target):
         target = resolve_target(target)
     return json.loads(str(target))
@@ -64,8 +72,6 @@ def target_family(target) -> str:
 
     Examples: ``"x86-avx2"`` for an AVX2 CPU, ``"cuda-sm_80"`` for an A100.
     """
-    from tvm_hcprune.hardware import profile_for
-
     return profile_for(target).name
 
 
@@ -116,8 +122,6 @@ def ensure_tensor_intrinsics(target) -> None:
     ``__init__``) and imports only the target's submodule (x86: 0.4 s). Later imports of any
     ``tvm.s_tir.tensor_intrin.<backend>`` still work.
     """
-    import tvm
-
     kind = target_dict(target).get("kind")
     mtriple = str(target_dict(target).get("mtriple", ""))
     names = _INTRIN_MODULES.get(kind)
@@ -128,15 +132,12 @@ def ensure_tensor_intrinsics(target) -> None:
         __import__(pkg_name)
         return
     if pkg_name not in sys.modules:
-        import tvm.s_tir
-
         pkg = types.ModuleType(pkg_name)
         pkg.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
         pkg.__package__ = pkg_name
         pkg.__doc__ = "Tensor intrinsics, loaded per backend by tvm_hcprune."
         sys.modules[pkg_name] = pkg
         tvm.s_tir.tensor_intrin = pkg
-    import importlib
 
     for name in names:
         importlib.import_module(f"{pkg_name}.{name}")
@@ -208,10 +209,6 @@ class ScheduleDatabase:
 
     def to_json(self, top_k: int | None = None) -> dict:
         """The file content (dict); ``top_k`` keeps only that many best records per workload."""
-        import tvm
-
-        from tvm_hcprune import __version__
-
         workloads: list = []
         index: dict[str, int] = {}
         per_wl: dict[int, list] = {}
@@ -263,8 +260,6 @@ def serializable(record) -> bool:
 
 def _to_plain(obj):
     """Convert the TVM containers ``as_json`` returns into JSON-able Python values."""
-    from collections.abc import Mapping, Sequence
-
     if obj is None or isinstance(obj, bool | int | float):
         return obj
     if isinstance(obj, str):
@@ -289,8 +284,6 @@ def _mean_secs(rec) -> float | None:
 
 def new_database(target, meta: dict | None = None, source: str = "tuning") -> ScheduleDatabase:
     """An empty in-memory database for ``target``."""
-    from tvm.s_tir import meta_schedule as ms
-
     return ScheduleDatabase(ms.database.MemoryDatabase(), target_dict(target), meta or {}, source)
 
 
@@ -304,8 +297,6 @@ def database_from_ms(ms_database, target, meta: dict | None = None) -> ScheduleD
 
 
 def _rebind(rec, workload):
-    from tvm.s_tir import meta_schedule as ms
-
     return ms.database.TuningRecord(
         rec.trace, workload, rec.run_secs, rec.target, rec.args_info
     )
@@ -341,8 +332,6 @@ def _parse_file(path: Path) -> dict:
 
 def _load_ms_workdir(path: Path, target) -> ScheduleDatabase:
     """Load a MetaSchedule ``JSONDatabase`` work dir (two JSON-lines files)."""
-    from tvm.s_tir import meta_schedule as ms
-
     wl_file = path / "database_workload.json"
     rec_file = path / "database_tuning_record.json"
     if not (wl_file.is_file() and rec_file.is_file()):
@@ -382,8 +371,6 @@ def load_database(path, target=None) -> ScheduleDatabase:
     HCPruneError
         Missing or unreadable file, corrupt content, or a database for another target.
     """
-    from tvm.s_tir import meta_schedule as ms
-
     path = Path(path)
     if target is not None:
         target = resolve_target(target)
@@ -422,8 +409,6 @@ def as_database(database, target) -> ScheduleDatabase | None:
     ``"shipped"`` (or ``"auto"``: the shipped databases of the target's family, None when
     there are none), or None / False / ``"none"`` (no database: returns None).
     """
-    from tvm.s_tir import meta_schedule as ms
-
     if database is None or (isinstance(database, bool | str) and database in NO_DATABASE):
         return None
     if database is True:
@@ -452,10 +437,8 @@ def as_database(database, target) -> ScheduleDatabase | None:
 
 def shipped_database_files(target) -> list[Path]:
     """The shipped database files for ``target``'s family (``schedules/<family>/*.json``)."""
-    from tvm_hcprune._resources import data_dir
-
     try:
-        root = data_dir("schedules")
+        root = _resources.data_dir("schedules")  # looked up here: tests point it elsewhere
     except FileNotFoundError:
         return []
     folder = root / target_family(target)
@@ -464,6 +447,11 @@ def shipped_database_files(target) -> list[Path]:
 
 # (family, kind, ((file, size, mtime), ...)) -> merged database or None; one per process
 _SHIPPED_CACHE: dict = {}
+
+
+def clear_shipped_cache() -> None:
+    """Forget the shipped databases loaded so far (they are read once per process)."""
+    _SHIPPED_CACHE.clear()
 
 
 def shipped_database(target) -> ScheduleDatabase | None:
@@ -478,10 +466,6 @@ def shipped_database(target) -> ScheduleDatabase | None:
     files' sizes and modification times), so :func:`tvm_hcprune.build`, which applies it by
     default, does not re-read the files on every build.
     """
-    import dataclasses
-
-    from tvm.s_tir import meta_schedule as ms
-
     target = resolve_target(target)
     files = shipped_database_files(target)
     if not files:
@@ -513,102 +497,20 @@ def shipped_database(target) -> ScheduleDatabase | None:
 # preparing a module and applying a database
 
 
-class _CaptureFused:
-    """Sentinel "database": the pipeline hook stores the fused module here and stops."""
-
-    def __init__(self):
-        self.mod = None
-
-
-class _Captured(Exception):  # noqa: N818 - control flow, never shown to users
-    pass
-
-
-def _fallback_prepare_passes(target) -> list:
-    from tvm import relax
-    from tvm.relax import pipeline as rp
-
-    try:
-        dispatch = list(rp.library_dispatch_passes(target))
-    except (ValueError, AttributeError):
-        dispatch = []
-    return [
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.FoldConstant(),
-        *dispatch,
-        relax.transform.LegalizeOps(),
-        *_fuse_passes(),
-    ]
-
-
-def _fuse_passes() -> list:
-    from tvm import relax
-
-    return [
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-
-
 def is_prepared(mod) -> bool:
-    """True when ``mod`` came out of :func:`prepare_for_schedules`."""
+    """True when ``mod`` came out of :func:`tvm_hcprune.backend.pipeline.prepare`."""
     attrs = mod.attrs
     return bool(attrs is not None and attrs.get(PREPARED_ATTR, False))
-
-
-def prepare_for_schedules(mod, target, rules: bool = True):
-    """The fused module exactly as the pipeline hands it to the database hook.
-
-    Runs :func:`tvm_hcprune.pipeline.get_pipeline` (BatchNorm folding, the CPU kernels,
-    legalisation, FuseOps/FuseTIR) and stops at its database hook, so :func:`tune` extracts
-    the same PrimFuncs that :func:`tvm_hcprune.build` later looks up. The result is marked
-    with the ``hcprune.schedule_prepared`` module attribute.
-    """
-    import tvm
-
-    target = resolve_target(target)
-    if is_prepared(mod):
-        return mod
-    try:
-        from tvm_hcprune import pipeline
-    except ImportError:
-        pipeline = None
-    if pipeline is not None:
-        capture = _CaptureFused()
-        try:
-            pipeline.get_pipeline(target, capture, rules)(mod)
-        except Exception:  # noqa: BLE001 - _Captured, possibly wrapped by TVM's FFI
-            if capture.mod is None:
-                raise
-        if capture.mod is None:
-            raise HCPruneError("the pipeline never reached its database hook; cannot tune")
-        out = capture.mod
-    else:
-        with target:
-            out = tvm.transform.Sequential(_fallback_prepare_passes(target))(mod)
-    return out.with_attr(PREPARED_ATTR, True)
 
 
 def apply_database_to_fused(mod, database, target):
     """The pipeline's database hook: apply ``database`` to the fused PrimFuncs of ``mod``.
 
-    Called by :func:`tvm_hcprune.pipeline.get_pipeline` after FuseOps/FuseTIR (CPU) or
-    after LegalizeOps (GPU: the functions are fused here first, the way :func:`tune` saw
-    them). ``database`` is anything :func:`as_database` accepts.
+    Called by :func:`tvm_hcprune.backend.pipeline.get_pipeline` after FuseOps/FuseTIR, on
+    the functions :func:`tvm_hcprune.backend.pipeline.prepare` returns (the ones
+    :func:`tvm_hcprune.tune` saw). ``database`` is anything :func:`as_database` accepts.
     """
-    import tvm
-    from tvm import relax
-    from tvm.relax.pipeline import BackendDispatcher
-
     target = resolve_target(target)
-    if BackendDispatcher.is_gpu_target(target) and not is_prepared(mod):
-        with target:
-            mod = tvm.transform.Sequential(_fuse_passes())(mod)
-    if isinstance(database, _CaptureFused):
-        database.mod = mod
-        raise _Captured()
     db = as_database(database, target)
     if db is None or len(db) == 0:
         return mod
@@ -620,42 +522,9 @@ def apply_database_to_fused(mod, database, target):
 
 def scheduled_functions(mod) -> list[str]:
     """Names of the PrimFuncs in ``mod`` marked as scheduled (by a database or a rule)."""
-    import tvm
-
     names = []
     for gv, func in mod.functions.items():
         if isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None:
             if func.attrs.get(SCHEDULED_ATTR, False):
                 names.append(gv.name_hint)
     return sorted(names)
-
-
-def apply_database(mod, target, database="shipped"):
-    """Schedule the PrimFuncs of ``mod`` that ``database`` has records for.
-
-    Parameters
-    ----------
-    mod : tvm.IRModule
-        A Relax model; it is prepared with :func:`prepare_for_schedules` first (a module
-        that already was is used as is).
-    target : Target, dict or str
-    database : path, ScheduleDatabase, MetaSchedule Database, ``"shipped"`` or None
-        ``"shipped"`` (default) uses the databases in ``schedules/`` for the target's family;
-        None applies nothing (the module is only prepared).
-
-    Returns
-    -------
-    tvm.IRModule
-        The fused module; PrimFuncs with a record carry the tuned schedule and the
-        ``tirx.is_scheduled`` attribute, the others are left for the schedule rules
-        (:func:`tvm_hcprune.build` with ``database=`` does all of this and compiles).
-
-    Raises
-    ------
-    HCPruneError
-        A corrupt database or one tuned for another target.
-    """
-    target = resolve_target(target)
-    db = as_database(database, target)
-    mod = prepare_for_schedules(mod, target)
-    return apply_database_to_fused(mod, db, target)

@@ -8,16 +8,19 @@ For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps
     PackWeightsForCPU                                      (conv2d / matmul -> blocked kernels,
                                                             weights packed once, here)
     TVM library dispatch + legalize + FuseOps + FuseTIR    (epilogues fuse into the kernels)
-    apply_database(database)                               (hook: tuned schedules first)
+        -- prepare_passes: what prepare() returns, the functions tune() sees --
+    database hook (apply_database_to_fused)                (tuned schedules first)
     ApplyCPURules                                          (our rules on what is left)
-    TVM dataflow lowering + finalisation
+        -- schedule_passes --
+    TVM dataflow lowering + finalisation                   (lower_passes)
 
 PrimFuncs that no database record and no rule covers keep TVM's default lowering. Other
 targets (cuda, ...) get FoldBatchNorm and then TVM's default pipeline for the target (dlight
 rules on GPUs), with the same database hook.
 
-The pipeline is registered as ``relax.get_pipeline("hcprune")`` so
-``tvm.compile(mod, target, relax_pipeline="hcprune")`` works too.
+``import tvm_hcprune`` registers the pipeline as ``relax.get_pipeline("hcprune")`` (see
+:func:`tvm_hcprune.register_pipeline`), so ``tvm.compile(mod, target,
+relax_pipeline="hcprune")`` works too.
 """
 
 from __future__ import annotations
@@ -26,8 +29,16 @@ import os
 
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+from tvm_hcprune.backend import database as dbm
+from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
+from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
+from tvm_hcprune.backend.cpu.rules import ApplyCPURules
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware import host_physical_cores, profile_for
+from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
 PIPELINE_NAME = "hcprune"
 
@@ -40,69 +51,124 @@ def set_num_threads(n: int | None = None) -> int:
     variable unless the user already has, so it takes effect when called before the first
     run. Returns the thread count requested.
     """
-    from tvm_hcprune.hardware import host_physical_cores
-
     n = int(n or host_physical_cores())
     os.environ.setdefault("TVM_NUM_THREADS", str(n))
     return n
 
 
-def apply_database(mod: tvm.IRModule, database, target) -> tvm.IRModule:
-    """Hook: apply a MetaSchedule ``database`` to the fused PrimFuncs of ``mod``.
+def _fold_passes() -> list:
+    return [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
 
-    Functions found in the database are marked ``tirx.is_scheduled`` and are not touched by
-    the rules afterwards. Uses :func:`tvm_hcprune.schedule.database.apply_database` when
-    that module provides it, else MetaSchedule's ``MetaScheduleApplyDatabase``.
+
+def _fuse_passes() -> list:
+    return [
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+
+
+def prepare_passes(target, rules: bool = True, blocked_layout: bool = True) -> list:
+    """Phase 1 of the pipeline: up to the fused PrimFuncs that schedules apply to.
+
+    CPU: BatchNorm folded, the blocked layout and packed kernels (``rules``), TVM's library
+    dispatch, legalisation and FuseOps/FuseTIR. Other targets: BatchNorm folded, legalised
+    and fused the way :func:`tvm_hcprune.tune` sees them.
     """
-    if database is None:
-        return mod
-    try:
-        from tvm_hcprune.schedule import database as dbmod
-    except ImportError:
-        dbmod = None
-    fn = getattr(dbmod, "apply_database_to_fused", None) if dbmod is not None else None
-    if fn is not None:
-        return fn(mod, database, target)
-    with target, database:
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-
-
-def _cpu_passes(target, database, rules: bool, strict: bool = False,
-                blocked_layout: bool = True):
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from tvm_hcprune.hardware import profile_for
-    from tvm_hcprune.schedule.cpu_rules import ApplyCPURules
-    from tvm_hcprune.schedule.layout import BlockChannelLayout
-    from tvm_hcprune.schedule.rewrite import PackWeightsForCPU
-    from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
-
-    prof = profile_for(target)
-    lanes = prof.lanes("float32")
-    pre = [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
+    if target.kind.name != "llvm":
+        return [*_fold_passes(), relax.transform.LegalizeOps(), *_fuse_passes()]
+    pre = _fold_passes()
     if rules:
+        prof = profile_for(target)
+        lanes = prof.lanes("float32")
         if blocked_layout:
             pre.append(BlockChannelLayout(lanes))
         pre.append(
             PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
                               l2_bytes=prof.l2_bytes)
         )
+    return pre + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+
+
+def schedule_passes(target, database, rules: bool = True, strict: bool = False) -> list:
+    """Phase 2: the database's records first (:func:`~tvm_hcprune.backend.database.
+    apply_database_to_fused`), then tvm_hcprune's CPU rules on what is left."""
 
     @tvm.transform.module_pass(opt_level=0, name="HCPruneApplyDatabase")
     def _db(mod, _ctx):
-        return apply_database(mod, database, target)
+        if database is None:
+            return mod
+        return dbm.apply_database_to_fused(mod, database, target)
 
-    post = [_db]
-    if rules:
-        post.append(ApplyCPURules(strict=strict))
-    return (
-        pre
-        + cpu.library_dispatch_passes(target)
-        + cpu.legalize_passes(target)
-        + post
-        + cpu.dataflow_lower_passes(target)
-        + cpu.finalize_passes(target)
-    )
+    passes = [_db]
+    if rules and target.kind.name == "llvm":
+        passes.append(ApplyCPURules(strict=strict))
+    return passes
+
+
+def lower_passes(target) -> list:
+    """Phase 3 (CPU): TVM's dataflow lowering and finalisation."""
+    return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+
+
+def prepare(mod: tvm.IRModule, target, rules: bool = True) -> tvm.IRModule:
+    """The fused module exactly as the pipeline hands it to the database hook.
+
+    Runs :func:`prepare_passes` (BatchNorm folding, the CPU kernels, legalisation,
+    FuseOps/FuseTIR), so :func:`tvm_hcprune.tune` extracts the same PrimFuncs that
+    :func:`build` later looks up. The result carries the ``hcprune.schedule_prepared``
+    module attribute; a module that already does is returned as is.
+    """
+    target = dbm.resolve_target(target)
+    if dbm.is_prepared(mod):
+        return mod
+    with target:
+        out = tvm.transform.Sequential(prepare_passes(target, rules))(mod)
+    return out.with_attr(dbm.PREPARED_ATTR, True)
+
+
+def apply_database(mod: tvm.IRModule, target, database="shipped") -> tvm.IRModule:
+    """Schedule the PrimFuncs of ``mod`` that ``database`` has records for.
+
+    Parameters
+    ----------
+    mod : tvm.IRModule
+        A Relax model; it is prepared with :func:`prepare` first (a module that already
+        was is used as is).
+    target : Target, dict or str
+    database : path, ScheduleDatabase, MetaSchedule Database, ``"shipped"`` or None
+        ``"shipped"`` (default) uses the databases in ``schedules/`` for the target's family;
+        None applies nothing (the module is only prepared).
+
+    Returns
+    -------
+    tvm.IRModule
+        The fused module; PrimFuncs with a record carry the tuned schedule and the
+        ``tirx.is_scheduled`` attribute, the others are left for the schedule rules
+        (:func:`build` with ``database=`` does all of this and compiles).
+
+    Raises
+    ------
+    HCPruneError
+        A corrupt database or one tuned for another target.
+
+    Examples
+    --------
+    >>> fused = tvm_hcprune.apply_database(mod, "llvm", "db.json")  # doctest: +SKIP
+    """
+    target = dbm.resolve_target(target)
+    db = dbm.as_database(database, target)
+    mod = prepare(mod, target)
+    return dbm.apply_database_to_fused(mod, db, target)
+
+
+def cpu_passes(target, database, rules: bool, strict: bool = False,
+               blocked_layout: bool = True) -> list:
+    """The whole CPU pipeline as a pass list (the three phases in order)."""
+    return (prepare_passes(target, rules, blocked_layout)
+            + schedule_passes(target, database, rules, strict)
+            + lower_passes(target))
 
 
 def get_pipeline(
@@ -114,10 +180,10 @@ def get_pipeline(
     Parameters
     ----------
     target : optional
-        Anything :func:`tvm_hcprune.target.parse_target` accepts.
+        Anything :func:`tvm_hcprune.parse_target` accepts.
     database : optional
         Tuned schedules applied before the rules (anything
-        :func:`tvm_hcprune.schedule.database.as_database` accepts). None applies no
+        :func:`tvm_hcprune.backend.database.as_database` accepts). None applies no
         database here; :func:`build` is what picks the shipped databases by default.
     rules : bool
         Use tvm_hcprune's CPU kernels and rules (False: TVM's default lowering with BN folded).
@@ -126,11 +192,9 @@ def get_pipeline(
         TVM's default (tests use this to prove the rule ran).
     blocked_layout : bool
         Keep NCHW activations channel-blocked (``NCHW{lanes}c``) between convs
-        (:class:`~tvm_hcprune.schedule.layout.BlockChannelLayout`); False: every kernel
+        (:class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout`); False: every kernel
         reads and writes NCHW.
     """
-    from tvm_hcprune.target import parse_target
-
     @tvm.transform.module_pass(opt_level=0, name="HCPrunePipeline")
     def _pipeline(mod, _ctx):
         tgt = target if target is not None else tvm.target.Target.current(allow_none=True)
@@ -138,17 +202,13 @@ def get_pipeline(
         with tgt:
             if tgt.kind.name == "llvm":
                 seq = tvm.transform.Sequential(
-                    _cpu_passes(tgt, database, rules, strict, blocked_layout))
+                    cpu_passes(tgt, database, rules, strict, blocked_layout))
                 return seq(mod)
-            from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
-
-            mod = tvm.transform.Sequential(
-                [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
-            )(mod)
+            # other targets: BN folded, the database's records, then TVM's default pipeline
+            passes = _fold_passes()
             if database is not None:
-                mod = relax.transform.LegalizeOps()(mod)
-                mod = apply_database(mod, database, tgt)
-            return relax.get_default_pipeline(tgt)(mod)
+                passes = prepare_passes(tgt) + schedule_passes(tgt, database)
+            return relax.get_default_pipeline(tgt)(tvm.transform.Sequential(passes)(mod))
 
     return _pipeline
 
@@ -162,7 +222,7 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
     mod : tvm.IRModule
         A Relax module (e.g. from :func:`tvm_hcprune.load_onnx`), dense or pruned.
     target : optional
-        Anything :func:`tvm_hcprune.target.parse_target` accepts; bare ``"llvm"`` is the host
+        Anything :func:`tvm_hcprune.parse_target` accepts; bare ``"llvm"`` is the host
         CPU with its ``mcpu`` and physical core count.
     database : None, False, "none", "shipped", path, ScheduleDatabase or MetaSchedule Database
         Tuned schedules, applied before tvm_hcprune's rules; functions without a record keep
@@ -184,8 +244,6 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
     tvm.relax.VMExecutable
         Run it with ``relax.VirtualMachine(ex, tvm.cpu())``.
     """
-    from tvm_hcprune.target import parse_target
-
     if not isinstance(mod, tvm.IRModule):
         raise HCPruneError(
             f"build expects a tvm.IRModule, got {type(mod).__name__}; import the model first "
@@ -203,29 +261,11 @@ def _build_database(database, target, rules: bool):
     """:func:`build`'s ``database=`` resolved up front (a ScheduleDatabase or None): a bad
     file or a database for another target fails before compiling, and a target without
     shipped records gets exactly the pipeline it gets without a database."""
-    from tvm_hcprune.schedule.database import as_database
-
     if database is None:
         database = "shipped" if rules else False
-    return as_database(database, target)
+    return dbm.as_database(database, target)
 
 
-def _register() -> None:
-    from tvm.relax import pipeline as relax_pipeline
-
-    if PIPELINE_NAME in relax_pipeline.PIPELINE_MAP:
-        return  # already registered (module reloaded)
-    try:
-
-        @relax.register_pipeline(PIPELINE_NAME)
-        def _hcprune_pipeline(database=None, rules: bool = True):
-            return get_pipeline(None, database, rules)
-
-    except ValueError:  # registered concurrently
-        pass
-
-
-_register()
 
 
 def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True,
@@ -235,15 +275,10 @@ def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True,
     For inspection and tests: ``{name: PrimFunc}`` of every PrimFunc that holds one of
     tvm_hcprune's blocked kernels (scheduled TIR, before TVM's final lowering).
     """
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from tvm_hcprune.target import parse_target
-
     tgt = parse_target(target)
-    passes = _cpu_passes(tgt, None, True, strict, blocked_layout)
-    n_pre = len(passes) - len(cpu.dataflow_lower_passes(tgt)) - len(cpu.finalize_passes(tgt))
+    passes = prepare_passes(tgt, True, blocked_layout) + schedule_passes(tgt, None, True, strict)
     with tgt:
-        lowered = tvm.transform.Sequential(passes[:n_pre])(mod)
+        lowered = tvm.transform.Sequential(passes)(mod)
     return {
         gv.name_hint: f
         for gv, f in lowered.functions_items()

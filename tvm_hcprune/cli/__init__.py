@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-from ..errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 import sys
 
-from . import main
+from tvm_hcprune.cli import main
 
 sys.exit(main())

@@ -21,7 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from tvm_hcprune.api import prune
+from tvm_hcprune.backend.database import load_database
+from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.frontend.load import load_onnx
+from tvm_hcprune.hardware.presets import load_preset
+from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.utils import atomic_write
 
 _SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
 
@@ -31,7 +38,14 @@ _SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
 
 
 def parse_input_shapes(text: str | None) -> dict[str, list[int]] | None:
-    """Parse tvmc's ``--input-shapes`` (``"x:[1,3,224,224] y:[1,10]"``; ``,`` also separates)."""
+    """Parse tvmc's ``--input-shapes``: ``"x:[1,3,224,224] y:[1,10]"`` (spaces, ``,`` or
+    ``;`` separate the inputs); every ``hcprune`` command uses this one syntax.
+
+    Examples
+    --------
+    >>> parse_input_shapes("a:[1,2];b:[3]")
+    {'a': [1, 2], 'b': [3]}
+    """
     if not text:
         return None
     out: dict[str, list[int]] = {}
@@ -41,19 +55,21 @@ def parse_input_shapes(text: str | None) -> dict[str, list[int]] | None:
         m = _SHAPE_ITEM.match(text, pos)
         if m is None:
             raise HCPruneError(
-                f"--input-shapes {text!r} must look like \"name:[1,3,224,224]\" "
-                "(several separated by spaces)"
+                f"--input-shapes: cannot parse {text[pos:]!r}; write NAME:[d0,d1,...] with "
+                "positive integers, e.g. \"input:[1,3,224,224]\" (several separated by spaces)"
             )
         name, dims = m.group(1), m.group(2)
         try:
             shape = ast.literal_eval(dims)
         except (ValueError, SyntaxError) as err:
-            raise HCPruneError(f"--input-shapes: {dims!r} is not a list of integers") from err
+            raise HCPruneError(f"--input-shapes: cannot parse {name}:{dims}; the dimensions "
+                               "must be positive integers") from err
         if not all(isinstance(d, int) and d > 0 for d in shape):
-            raise HCPruneError(f"--input-shapes: {name}:{dims} must hold positive integers")
+            raise HCPruneError(f"--input-shapes: cannot parse {name}:{dims}; the dimensions "
+                               "must be positive integers")
         out[name] = list(shape)
         pos = m.end()
-        if pos < len(text) and text[pos] == ",":
+        if pos < len(text) and text[pos] in ",;":
             pos += 1
     return out
 
@@ -76,9 +92,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_model_options(args):
     """Check the model options cheaply; return ``(target, preset, ratio)``."""
-    from tvm_hcprune.presets import load_preset
-    from tvm_hcprune.target import parse_target
-
     preset = load_preset(args.preset) if args.preset else None
     ratio = args.prune_ratio
     if ratio is not None and not 0.0 <= ratio < 1.0:
@@ -95,12 +108,8 @@ def resolve_model_options(args):
 
 def load_model(args, target, preset, ratio, log=print):
     """Import the ONNX model and prune it when asked; returns the Relax module."""
-    from tvm_hcprune.frontend import load_onnx
-
     mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
-        from tvm_hcprune.api import prune
-
         kwargs = {"ratio": ratio, "target": target}
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
@@ -110,7 +119,8 @@ def load_model(args, target, preset, ratio, log=print):
     return mod
 
 
-def _log(*parts):
+def log_stderr(*parts):
+    """Progress and notes go to stderr (stdout stays for results)."""
     print(*parts, file=sys.stderr)
 
 
@@ -137,9 +147,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Run ``hcprune compile``."""
-    from tvm_hcprune.schedule.database import load_database
-    from tvm_hcprune.utils import atomic_write
-
     target, preset, ratio = resolve_model_options(args)
     out = Path(args.output)
     if out.suffix not in (".so", ".tar", ".dylib"):
@@ -151,11 +158,10 @@ def run(args) -> int:
     else:
         database = "shipped"
     t0 = time.perf_counter()
-    mod = load_model(args, target, preset, ratio, log=_log)
-    from tvm_hcprune.pipeline import build
+    mod = load_model(args, target, preset, ratio, log=log_stderr)
 
     ex = build(mod, target, database=database)
     with atomic_write(out) as tmp:
         ex.export_library(str(tmp))
-    _log(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
+    log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0

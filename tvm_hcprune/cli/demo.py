@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import tvm
+from tvm import relax
 
-from ..errors import HCPruneError
-from ..utils import atomic_write_text
+import tvm_hcprune as hc
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.recovery.evaluation import evaluate
+from tvm_hcprune.recovery.reconstruct import reconstruct
+from tvm_hcprune.testing import masked_reference
+from tvm_hcprune.utils import atomic_write, atomic_write_text
+from tvm_hcprune.zoo.datasets import mnist_test, mnist_train
+from tvm_hcprune.zoo.models import bundled_model
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
 
@@ -45,9 +53,6 @@ def _latencies_ms(exs, x, repeat, rounds: int = 3):
     and interleaved timing shows equal latency. Each round times every executable once
     (5 repeats of ``repeat`` runs); the minimum over all rounds is reported.
     """
-    import tvm
-    from tvm import relax
-
     dev = tvm.cpu()
     arg = tvm.runtime.tensor(x, dev)
     vms = [relax.VirtualMachine(ex, dev) for ex in exs]
@@ -63,12 +68,6 @@ def _latencies_ms(exs, x, repeat, rounds: int = 3):
 
 
 def run(args) -> int:
-    import tvm_hcprune as hc
-    from tvm_hcprune.datasets import mnist_test
-    from tvm_hcprune.evaluation import evaluate
-    from tvm_hcprune.models import bundled_model
-    from tvm_hcprune.testing import masked_reference
-
     for r in args.ratios:
         if not 0 <= r < 1:
             raise HCPruneError(f"--ratios: {r} is outside [0, 1)")
@@ -83,8 +82,6 @@ def run(args) -> int:
     dense_eval = evaluate(dense_ex, data, progress=False)
     cal = None
     if args.calibration > 0:
-        from tvm_hcprune.datasets import mnist_train
-
         # calibrate the analysed module: reconstruction matches its layers by name
         cal = hc.calibrate(graph.mod, mnist_train(args.calibration), max_rows=2048,
                            progress=False)
@@ -95,8 +92,6 @@ def run(args) -> int:
         ex = hc.build(pruned)
         rec = None
         if cal is not None:
-            from tvm_hcprune.transform.reconstruct import reconstruct
-
             rmod, rrep = reconstruct(pruned, graph, report.plan, cal)
             rec = (hc.build(rmod), rrep)
         # plain and reconstructed models timed in interleaved rounds (see _latencies_ms)
@@ -106,7 +101,6 @@ def run(args) -> int:
         # the oracle: pruned == dense with removed channels zeroed at their consumers
         ref = hc.build(masked_reference(mod, report.plan))
         _, ref_vm = _latency_ms(ref, x0, 1)
-        import tvm
 
         a = vm["main"](tvm.runtime.tensor(x0, tvm.cpu())).numpy()
         b = ref_vm["main"](tvm.runtime.tensor(x0, tvm.cpu())).numpy()
@@ -146,12 +140,10 @@ def run(args) -> int:
 def plot_accuracy(rows, path, title=""):
     """PNG of top-1 (%) against the MACs fraction, one line with and one without
     reconstruction, dense accuracy as a reference line; written atomically."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is slow to import (plots only)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..utils import atomic_write
+    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import (plots only)
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for rec, label, style in ((False, "pruned", "o--"), (True, "pruned + reconstruction",

@@ -3,11 +3,15 @@ write the pruned model back as ONNX (optionally calibrated and reconstructed).""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from ..errors import HCPruneError
+import tvm_hcprune as hc
+from tvm_hcprune.cli.compile import parse_input_shapes
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.frontend.load import ort_basic_optimize, read_onnx, static_input_shapes
+from tvm_hcprune.planning.export_onnx import apply_to_onnx
+from tvm_hcprune.recovery.runner import module_input, run_relax
+from tvm_hcprune.utils import atomic_write_bytes
 
 
 def register(sub) -> None:
@@ -18,8 +22,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="pruned .onnx file to write")
     p.add_argument("--plan-out", default=None, help="also write the PrunePlan JSON here")
     p.add_argument("--input-shapes", default=None,
-                   help='static input shapes, e.g. "input:[1,3,224,224]" (JSON-ish, several '
-                        "separated by ';')")
+                   help='static input shapes, tvmc syntax: "input:[1,3,224,224]" (several '
+                        "separated by spaces)")
     p.add_argument("--criterion", default="l2", help="l1, l2, fpgm, activation, apoz, thinet...")
     p.add_argument("--align", type=int, default=None,
                    help="channel multiple (default: the host CPU's profile)")
@@ -35,34 +39,13 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_shapes(text: str | None) -> dict | None:
-    """``"a:[1,3,8,8];b:[1,4]"`` -> ``{"a": [1, 3, 8, 8], "b": [1, 4]}``."""
-    if not text:
-        return None
-    out = {}
-    for part in text.split(";"):
-        name, sep, dims = part.strip().rpartition(":")
-        try:
-            shape = json.loads(dims)
-            ok = sep and name and isinstance(shape, list) and all(
-                isinstance(d, int) and d > 0 for d in shape)
-        except json.JSONDecodeError:
-            ok = False
-        if not ok:
-            raise HCPruneError(f"--input-shapes: cannot parse {part!r}; write "
-                               "NAME:[d0,d1,...] with positive integers, e.g. input:[1,3,224,224]")
-        out[name] = shape
-    return out
-
-
 def import_onnx(path, shape_dict=None, log=print):
     """``(onnx_model, mod)``: the ONNX graph TVM imported (folded by onnxruntime's basic
     optimisation where TVM's importer needs it) and the Relax module."""
+    # deferred: TVM's ONNX frontend imports onnx (slow)
     from tvm.relax.frontend.onnx import from_onnx
 
-    from ..frontend import _read_onnx, ort_basic_optimize, static_input_shapes
-
-    model = _read_onnx(path)
+    model = read_onnx(path)
     shapes = static_input_shapes(model, shape_dict, log)
     try:
         return model, from_onnx(model, shape_dict=shapes)
@@ -96,10 +79,7 @@ def _calibration_samples(args, shape, dtype):
 def verify(onnx_model, pruned_mod, rtol=1e-4, atol=1e-5) -> float:
     """Max |onnxruntime(pruned ONNX) - TVM(pruned module)| on one random input; raises
     HCPruneError when they differ beyond ``rtol``/``atol``."""
-    import onnxruntime as ort
-
-    from ..evaluation import module_input
-    from ..testing.oracle import run_relax
+    import onnxruntime as ort  # deferred: onnxruntime is slow to import
 
     name, shape, dtype = module_input(pruned_mod)
     x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
@@ -121,11 +101,6 @@ def verify(onnx_model, pruned_mod, rtol=1e-4, atol=1e-5) -> float:
 
 
 def run(args) -> int:
-    import tvm_hcprune as hc
-    from tvm_hcprune.evaluation import module_input
-    from tvm_hcprune.export_onnx import apply_to_onnx
-    from tvm_hcprune.utils import atomic_write_bytes
-
     if not 0 <= args.prune_ratio < 1:
         raise HCPruneError(f"--prune-ratio {args.prune_ratio} is outside [0, 1)")
     if args.calibration < 0:
@@ -133,7 +108,7 @@ def run(args) -> int:
     if args.reconstruct and not args.calibration and not args.samples:
         raise HCPruneError("--reconstruct needs calibration data: add --calibration N "
                            "(and --samples real.npy)")
-    onnx_model, mod = import_onnx(args.model, parse_shapes(args.input_shapes))
+    onnx_model, mod = import_onnx(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
     cal = None
     if args.calibration or args.samples:

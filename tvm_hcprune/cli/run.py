@@ -15,8 +15,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import tvm
+from tvm import relax
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.tuning.rpc import check_key, flatten_outputs, run_remote
+from tvm_hcprune.utils import atomic_write
 
 
 def register(subparsers) -> None:
@@ -60,11 +64,6 @@ def read_inputs(path) -> dict[str, np.ndarray]:
 
 
 def _run_local(lib_path, inputs, device, repeat, timing):
-    import tvm
-    from tvm import relax
-
-    from tvm_hcprune.schedule.rpc import flatten_outputs
-
     try:
         lib = tvm.runtime.load_module(str(lib_path))
     except Exception as err:  # noqa: BLE001 - TVM raises its own error types
@@ -92,8 +91,6 @@ def _run_local(lib_path, inputs, device, repeat, timing):
 
 def run(args) -> int:
     """Run ``hcprune run``."""
-    from tvm_hcprune.utils import atomic_write
-
     if args.repeat <= 0:
         raise HCPruneError(f"--repeat must be positive, got {args.repeat}")
     lib = Path(args.library)
@@ -103,8 +100,6 @@ def run(args) -> int:
         raise HCPruneError("--rpc-tracker and --rpc-key go together")
     inputs = read_inputs(args.inputs)
     if args.rpc_tracker:
-        from tvm_hcprune.schedule.rpc import check_key, run_remote
-
         check_key(args.rpc_tracker, args.rpc_key)
         outputs, times = run_remote(lib, inputs, args.rpc_tracker, args.rpc_key,
                                     repeat=args.repeat if args.print_time else 0,

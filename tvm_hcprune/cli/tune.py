@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tvm_hcprune.cli.compile import _log, add_model_arguments, load_model, resolve_model_options
+from tvm_hcprune.cli.compile import (
+    add_model_arguments,
+    load_model,
+    log_stderr,
+    resolve_model_options,
+)
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.tuning.rpc import check_key
+from tvm_hcprune.tuning.tune import tune
 
 
 def register(subparsers) -> None:
@@ -44,8 +51,6 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Run ``hcprune tune``."""
-    from tvm_hcprune.schedule.tune import tune
-
     if args.trials <= 0:
         raise HCPruneError(f"--trials must be a positive integer, got {args.trials}")
     if args.trials_per_task is not None and args.trials_per_task <= 0:
@@ -56,11 +61,9 @@ def run(args) -> int:
     if bool(args.rpc_tracker) != bool(args.rpc_key):
         raise HCPruneError("--rpc-tracker and --rpc-key go together")
     if args.rpc_tracker:
-        from tvm_hcprune.schedule.rpc import check_key
-
         check_key(args.rpc_tracker, args.rpc_key)  # fail fast, before the import
     target, preset, ratio = resolve_model_options(args)
-    mod = load_model(args, target, preset, ratio, log=_log)
+    mod = load_model(args, target, preset, ratio, log=log_stderr)
     db, stats = tune(
         mod, target, trials=args.trials, trials_per_task=args.trials_per_task,
         work_dir=args.work_dir, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
@@ -69,13 +72,13 @@ def run(args) -> int:
               "preset": args.preset}, return_stats=True,
         model_check=not args.no_model_check,
     )
-    _log(f"tuned {len(stats.tasks)} tasks, {stats.valid}/{stats.trials} valid trials in "
+    log_stderr(f"tuned {len(stats.tasks)} tasks, {stats.valid}/{stats.trials} valid trials in "
          f"{stats.seconds:.0f} s; {len(stats.kept)} tasks beat the rules' schedule")
     model = stats.model
     if "ratio" in model:
-        _log(f"model: tuned {model['tuned_ms']:.3f} ms vs rules {model['rules_ms']:.3f} ms "
+        log_stderr(f"model: tuned {model['tuned_ms']:.3f} ms vs rules {model['rules_ms']:.3f} ms "
              f"-> keeping the {model['kept']}")
     elif model.get("skipped"):
-        _log(f"model check skipped: {model['skipped']}")
-    _log(f"{len(db)} records -> {out}")
+        log_stderr(f"model check skipped: {model['skipped']}")
+    log_stderr(f"{len(db)} records -> {out}")
     return 0

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
 
 
 def _dims(value_info):
@@ -54,8 +54,10 @@ def static_input_shapes(model, shape_dict=None, log=print) -> dict[str, list[int
     return shapes
 
 
-def _read_onnx(path):
-    import onnx
+def read_onnx(path):
+    """The ``onnx.ModelProto`` in ``path``; :class:`HCPruneError` if the file is missing, not
+    ONNX or holds no nodes."""
+    import onnx  # deferred: onnx is slow to import and optional at run time
 
     p = Path(path)
     if not p.is_file():
@@ -77,8 +79,8 @@ def ort_basic_optimize(model, shapes: dict[str, list[int]]):
     (tensor-typed Reshape shapes, dynamic pads, Identity on shape expressions); on real
     models it changed outputs by at most ~1e-6.
     """
-    import onnx
-    import onnxruntime as ort
+    import onnx  # deferred: onnx is slow to import and optional at run time
+    import onnxruntime as ort  # deferred: onnxruntime is slow to import
 
     pinned = onnx.ModelProto()
     pinned.CopyFrom(model)
@@ -121,9 +123,11 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
     HCPruneError
         The file is missing, not ONNX, empty, or has unresolved dynamic dimensions.
     """
+    # deferred: TVM's ONNX frontend imports onnx (slow)
     from tvm.relax.frontend.onnx import from_onnx
 
-    model = _read_onnx(path)
+
+    model = read_onnx(path)
     shapes = static_input_shapes(model, shape_dict, log)
     try:
         return from_onnx(model, shape_dict=shapes)
@@ -148,10 +152,11 @@ def load_tflite(path, shape_dict: dict | None = None):
     if not p.is_file():
         raise HCPruneError(f"model file {path} does not exist")
     try:
-        import tflite
+        import tflite  # deferred: optional package (TFLite models only)
     except ImportError:
         raise HCPruneError("reading TFLite models needs the 'tflite' package "
                            "(pip install tflite==2.18.0)") from None
+    # deferred: TVM's TFLite frontend needs the optional tflite package
     from tvm.relax.frontend.tflite import from_tflite
 
     buf = p.read_bytes()

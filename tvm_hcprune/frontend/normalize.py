@@ -1,4 +1,4 @@
-"""CanonicalizeForPruning: make importer output uniform before channel analysis.
+"""NormalizeImport: make importer output uniform before channel analysis.
 
 * Bindings computed only from constants by simple ops (``permute_dims`` of a Gemm weight,
   ``broadcast_to`` of a constant, the ``isnan``/``where`` clutter the ONNX importer emits
@@ -20,7 +20,7 @@ import tvm.s_tir
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..analysis.context import is_const, static_shape
+from tvm_hcprune.utils.relax import is_const, static_shape
 
 _NUMPY_OPS = {
     "relax.permute_dims": lambda c, a: np.transpose(
@@ -215,8 +215,8 @@ class _Canonicalizer(PyExprMutator):
         return new
 
 
-@tvm.transform.module_pass(opt_level=0, name="CanonicalizeForPruning")
-class CanonicalizeForPruning:
+@tvm.transform.module_pass(opt_level=0, name="NormalizeImport")
+class NormalizeImport:
     """Fold constant-only bindings and re-express elementwise ``call_tir`` as Relax ops."""
 
     def transform_module(self, mod, ctx):

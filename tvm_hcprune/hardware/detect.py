@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import functools
-import os
-import re
-from pathlib import Path
+import json
+
+from tvm.target import Target, codegen
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.host import host_cache_sizes, host_freq_ghz, host_physical_cores
 from tvm_hcprune.hardware.profile import HardwareProfile
+from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.hardware.vta import DEFAULT_CONFIG
 
 # Channel multiples (the pruner's default align and the schedules' channel block):
 #  * x86 AVX2: one 256-bit register holds 8 fp32 -> 8.
@@ -25,65 +27,7 @@ _CUDA_CHANNEL_MULTIPLE = 8
 _CUDA_SMS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132}
 
 
-def host_physical_cores() -> int:
-    """Number of physical CPU cores of this machine (at least 1)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-        if n:
-            return int(n)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        pass
-    return max(1, os.cpu_count() or 1)
-
-
-@functools.lru_cache(maxsize=1)
-def _host_cache_sizes() -> tuple[int, int]:
-    """(L1d, L2) sizes in bytes of this machine, from sysfs; (32 KiB, 512 KiB) if unknown."""
-    l1, l2 = 32 * 1024, 512 * 1024
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    try:
-        for idx in base.glob("index*"):
-            level = (idx / "level").read_text().strip()
-            ctype = (idx / "type").read_text().strip()
-            size = _parse_size((idx / "size").read_text().strip())
-            if level == "1" and ctype in ("Data", "Unified"):
-                l1 = size
-            elif level == "2":
-                l2 = size
-    except OSError:
-        pass
-    return l1, l2
-
-
-def _parse_size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)\s*([KMG]?)", text.upper())
-    if not m:
-        raise ValueError(text)
-    return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2)]
-
-
-@functools.lru_cache(maxsize=1)
-def _host_freq_ghz() -> float:
-    """Maximum clock of this machine in GHz (cpufreq if exposed, else /proc/cpuinfo)."""
-    try:
-        khz = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()
-        return int(khz) / 1e6
-    except (OSError, ValueError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("cpu mhz"):
-                return float(line.split(":")[1]) / 1000.0
-    except (OSError, ValueError, IndexError):
-        pass
-    return 2.5
-
-
 def _llvm_features(target) -> set[str]:
-    from tvm.target import codegen
-
     try:
         return set(codegen.llvm_get_cpu_features(target))
     except Exception as err:  # noqa: BLE001 - LLVM errors come as several types
@@ -94,8 +38,6 @@ def _llvm_features(target) -> set[str]:
 
 
 def _llvm_profile(target) -> HardwareProfile:
-    from tvm.target import codegen
-
     attrs = dict(target.attrs)
     triple = str(attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
     mcpu = str(attrs.get("mcpu", "") or "")
@@ -103,13 +45,12 @@ def _llvm_profile(target) -> HardwareProfile:
     is_host = triple == host_triple or not attrs.get("mtriple")
     if not mcpu and is_host:
         mcpu = str(codegen.llvm_get_system_cpu())
-        from tvm.target import Target
 
         target = Target({**_target_dict(target), "mcpu": mcpu})
     feats = _llvm_features(target)
     cores = int(attrs.get("num-cores", 0) or 0) or (host_physical_cores() if is_host else 1)
-    l1, l2 = _host_cache_sizes() if is_host else (32 * 1024, 512 * 1024)
-    freq = _host_freq_ghz() if is_host else 2.0
+    l1, l2 = host_cache_sizes() if is_host else (32 * 1024, 512 * 1024)
+    freq = host_freq_ghz() if is_host else 2.0
     arch = triple.split("-")[0]
     if arch in ("x86_64", "i686", "i386") or "avx2" in feats or "sse2" in feats:
         if "avx512f" in feats:
@@ -147,8 +88,6 @@ def _llvm_profile(target) -> HardwareProfile:
 
 
 def _target_dict(target) -> dict:
-    import json
-
     return json.loads(str(target))
 
 
@@ -177,18 +116,13 @@ def _cuda_profile(target) -> HardwareProfile:
 def _vta_profile(config=None) -> HardwareProfile:
     """Profile of a VTA core from its configuration.
 
-    ``config`` is a :class:`tvm_hcprune.vta.config.VTAConfig`, a ``vta_config.json``-style
+    ``config`` is a :class:`tvm_hcprune.hardware.vta.VTAConfig`, a ``vta_config.json``-style
     dict (``LOG_BLOCK`` or ``LOG_BLOCK_IN``/``LOG_BLOCK_OUT`` or ``BLOCK_IN``/``BLOCK_OUT``),
     or None for tvm_hcprune's default VTA configuration (16 x 16 int8 GEMM core).
     """
     clock_mhz, inp_bytes = 100.0, 32 * 1024
     if config is None:
-        try:
-            from tvm_hcprune.vta.config import DEFAULT_CONFIG
-
-            config = DEFAULT_CONFIG
-        except ImportError:  # pragma: no cover - the vta package ships with tvm_hcprune
-            config = {}
+        config = DEFAULT_CONFIG
     if hasattr(config, "block_in"):
         block_in, block_out = int(config.block_in), int(config.block_out)
         clock_mhz = float(getattr(config, "clock_mhz", clock_mhz))
@@ -225,10 +159,10 @@ def profile_for(target=None, vta_config=None) -> HardwareProfile:
     Parameters
     ----------
     target : tvm.target.Target, str, dict or None
-        Anything :func:`tvm_hcprune.target.parse_target` accepts, or ``"vta"``. ``None`` is the
+        Anything :func:`tvm_hcprune.parse_target` accepts, or ``"vta"``. ``None`` is the
         host CPU (``llvm`` with the host's ``mcpu`` and physical core count).
     vta_config : VTAConfig or dict, optional
-        VTA configuration (a ``tvm_hcprune.vta.config.VTAConfig`` or a dict with ``LOG_BLOCK``
+        VTA configuration (a ``tvm_hcprune.hardware.vta.VTAConfig`` or a dict with ``LOG_BLOCK``
         ...); defaults to tvm_hcprune's default VTA configuration (16 x 16 core).
 
     Returns
@@ -237,8 +171,6 @@ def profile_for(target=None, vta_config=None) -> HardwareProfile:
     """
     if isinstance(target, str) and target.strip().lower() in ("vta", "ext_dev -device=vta"):
         return _vta_profile(vta_config)
-    from tvm_hcprune.target import parse_target
-
     tgt = parse_target("llvm" if target is None else target)
     kind = tgt.kind.name
     keys = [str(k) for k in tgt.keys]

@@ -27,7 +27,7 @@ class Preset:
     description : str
         One line for ``--help`` listings.
     target : dict
-        TVM target dict (pass it to :func:`tvm_hcprune.target.parse_target`).
+        TVM target dict (pass it to :func:`tvm_hcprune.hardware.target.parse_target`).
     criterion : str
         Pruning criterion name (``"l1"``, ``"l2"``, ...).
     align : int

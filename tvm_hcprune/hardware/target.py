@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import shlex
 
+from tvm.target import Target, codegen
+
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.host import host_physical_cores
 
 # option keys whose value is a list in TVM 0.27's target schema
 _LIST_KEYS = {"mattr", "keys", "libs", "cl-opt", "device_features"}
@@ -58,9 +61,6 @@ def _parse_cli(text: str) -> dict:
 
 def _complete_llvm(d: dict) -> dict:
     """Add the host mcpu/num-cores to an llvm dict that names no CPU and no foreign triple."""
-    from tvm.target import codegen
-
-    from tvm_hcprune.hardware.detect import host_physical_cores
 
     if d.get("kind") != "llvm":
         return d
@@ -77,7 +77,6 @@ def _complete_llvm(d: dict) -> dict:
 def _check_mcpu(d: dict) -> None:
     if d.get("kind") != "llvm" or not d.get("mcpu"):
         return
-    from tvm.target import codegen
 
     triple = d.get("mtriple") or codegen.llvm_get_system_triple()
     if not codegen.llvm_is_valid_cpu(d["mcpu"], triple):
@@ -88,8 +87,6 @@ def _check_mcpu(d: dict) -> None:
 
 
 def _from_dict(d: dict, original):
-    from tvm.target import Target
-
     if not isinstance(d.get("kind"), str):
         raise HCPruneError(f"target {original!r} has no 'kind'; e.g. {{'kind': 'llvm'}}")
     kind = d["kind"]
@@ -131,8 +128,6 @@ def parse_target(x):
     HCPruneError
         For an unknown kind, tag or CPU name, or malformed options.
     """
-    from tvm.target import Target
-
     if isinstance(x, Target):
         d = json.loads(str(x))
         if d.get("kind") == "llvm" and not d.get("mcpu"):

@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import HCPruneError
-from ..utils import atomic_write_text
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.utils import atomic_write_text
 
 _JSON_KEYS = (
     "TARGET", "HW_VER", "LOG_INP_WIDTH", "LOG_WGT_WIDTH", "LOG_ACC_WIDTH", "LOG_BATCH",

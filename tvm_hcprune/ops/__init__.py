@@ -1,8 +1,15 @@
-"""Op handler registry (keyed by Relax op name) and the built-in handlers."""
+"""What each Relax op does to channel axes: the op-handler registry keyed by op name
+(:mod:`.registry`), the axis descriptors (:mod:`.desc`), the built-in handlers
+(:mod:`.handlers`) and where O and I live in each weight (:mod:`.weights`)."""
 
-from . import handlers  # noqa: F401  (registers the built-in handlers)
-from .desc import AxisDesc, Seg, axis_index
-from .registry import OpHandler, get_op_handler, register_op_handler, registered_ops
+from tvm_hcprune.ops import handlers  # noqa: F401  (registers the built-in handlers)
+from tvm_hcprune.ops.desc import AxisDesc, Seg, axis_index
+from tvm_hcprune.ops.registry import (
+           OpHandler,
+           get_op_handler,
+           list_op_handlers,
+           register_op_handler,
+)
 
 __all__ = ["AxisDesc", "OpHandler", "Seg", "axis_index", "get_op_handler",
-           "register_op_handler", "registered_ops"]
+           "register_op_handler", "list_op_handlers"]

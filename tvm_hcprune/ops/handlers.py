@@ -10,9 +10,10 @@ import math
 import numpy as np
 from tvm import relax
 
-from ..analysis.context import is_const, static_shape
-from .desc import Seg, desc_length
-from .registry import OpHandler, register_op_handler
+from tvm_hcprune.ops.desc import Seg, desc_length
+from tvm_hcprune.ops.registry import OpHandler, register_op_handler
+from tvm_hcprune.ops.weights import weight_axes
+from tvm_hcprune.utils.relax import is_const, static_shape
 
 
 def _out_shape(var):
@@ -52,8 +53,7 @@ class ConvHandler(OpHandler):
             return self._plain_out(ctx, var, call)
         in_c = str(at.data_layout).index("C")
         out_c = str(at.out_layout or at.data_layout).index("C")
-        kl = str(at.kernel_layout)
-        ko, ki = kl.index("O"), kl.index("I")
+        ko, ki = weight_axes(call)
         wshape = static_shape(w)
         xdesc = ctx.desc(x)
         nd = len(_out_shape(var))

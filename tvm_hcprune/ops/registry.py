@@ -71,6 +71,6 @@ def get_op_handler(op_name: str) -> OpHandler | None:
     return _HANDLERS.get(op_name)
 
 
-def registered_ops() -> list[str]:
+def list_op_handlers() -> list[str]:
     """Names of all ops that have a handler."""
     return sorted(_HANDLERS)

@@ -6,11 +6,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.criteria import list_criteria
+from tvm_hcprune.utils.options import Options
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(Options):
     """Options of a pruning run.
 
     Parameters
@@ -45,7 +47,6 @@ class PruneConfig:
             raise HCPruneError(
                 f"ratio must be in [0, 1) (the fraction of channels removed), got {self.ratio!r}"
             )
-        from .criteria import list_criteria
 
         if self.criterion not in list_criteria():
             raise HCPruneError(
@@ -56,6 +57,7 @@ class PruneConfig:
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise HCPruneError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         object.__setattr__(self, "protect", tuple(self.protect))
+        object.__setattr__(self, "criterion_options", dict(self.criterion_options or {}))
 
     def kept_count(self, size: int, align: int) -> int:
         """How many of ``size`` channels a group keeps under this config and ``align``."""
@@ -73,8 +75,17 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PruneConfig:
+        """The record :meth:`to_dict` wrote (unknown keys raise)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise HCPruneError(f"unknown PruneConfig keys: {sorted(unknown)}")
         return cls(**d)
+
+
+def config_arg(config):
+    """The ``config`` argument of ``prune`` / ``PruneChannels``: a bare number is the ratio
+    (``prune(mod, 0.5)``), anything else is passed to :meth:`PruneConfig.of`."""
+    if isinstance(config, int | float) and not isinstance(config, bool):
+        return {"ratio": config}
+    return config

@@ -24,8 +24,11 @@ import hashlib
 from collections import defaultdict
 
 import numpy as np
+from tvm import relax
 
-from .errors import HCPruneError
+from tvm_hcprune.analysis import check_plan
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.utils.relax import bindings, is_const, static_shape
 
 __all__ = ["apply_to_onnx", "changed_constants"]
 
@@ -39,43 +42,29 @@ def _key(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _bindings(func):
-    for block in func.body.blocks:
-        yield from block.bindings
-
-
-def _is_const(expr) -> bool:
-    from tvm import relax
-
-    return hasattr(expr, "value") and hasattr(expr.value, "numpy") and not isinstance(
-        expr, relax.Var)
-
-
 def changed_constants(dense_mod, pruned_mod) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
     """``[(binding name, arg, dense array, pruned array)]`` for every constant that changed.
 
     Bindings are matched by name (the rewrite keeps names); a call whose constants changed
     must exist in both modules with the same op.
     """
-    from tvm import relax
-
     new_calls = {}
-    for b in _bindings(pruned_mod["main"]):
+    for b in bindings(pruned_mod["main"]):
         if isinstance(b.value, relax.Call):
             if b.var.name in new_calls:
                 raise HCPruneError(f"binding name {b.var.name!r} occurs twice in the pruned "
                                    "module; the export matches bindings by name")
             new_calls[b.var.name] = b.value
     out = []
-    for b in _bindings(dense_mod["main"]):
+    for b in bindings(dense_mod["main"]):
         call = b.value
         if not isinstance(call, relax.Call):
             continue
         for i, a in enumerate(call.args):
-            if not _is_const(a):
+            if not is_const(a):
                 continue
             new = new_calls.get(b.var.name)
-            if new is None or len(new.args) != len(call.args) or not _is_const(new.args[i]):
+            if new is None or len(new.args) != len(call.args) or not is_const(new.args[i]):
                 raise HCPruneError(f"binding {b.var.name!r} of the dense module has no "
                                    "counterpart in the pruned module; pass the module that "
                                    "prune() returned for this plan")
@@ -89,7 +78,7 @@ class _Sources:
     """ONNX tensors (initializers, Constant values) indexed by content."""
 
     def __init__(self, model):
-        from onnx import numpy_helper
+        from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
         self.arrays: dict[str, np.ndarray] = {}
         self.where: dict[str, tuple] = {}  # name -> ("init", index) | ("const", node index)
@@ -168,10 +157,8 @@ def apply_to_onnx(onnx_model, graph, plan, pruned_mod):
         When a changed constant cannot be traced to exactly one ONNX tensor, or the graph
         holds something the mapping cannot update (see the module docstring).
     """
-    import onnx
-    from onnx import numpy_helper
-
-    from .transform.apply_plan import check_plan
+    import onnx  # deferred: onnx is slow to import and optional at run time
+    from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
     check_plan(graph, plan)
     if not isinstance(onnx_model, onnx.ModelProto):
@@ -260,7 +247,7 @@ def _fix_groups(model, sources, new_values):
 
 
 def _infer(model):
-    import onnx
+    import onnx  # deferred: onnx is slow to import and optional at run time
 
     del model.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -277,13 +264,9 @@ def _infer(model):
 
 def _relax_reshapes(graph, pruned_mod):
     """``{(in_shape, out_shape) dense: {out_shape pruned, ...}}`` of Relax reshapes."""
-    from tvm import relax
-
-    from .analysis.context import static_shape
-
-    pruned = {b.var.name: b for b in _bindings(pruned_mod["main"])}
+    pruned = {b.var.name: b for b in bindings(pruned_mod["main"])}
     table = defaultdict(set)
-    for b in _bindings(graph.mod["main"]):
+    for b in bindings(graph.mod["main"]):
         v = b.value
         if not (isinstance(v, relax.Call) and hasattr(v.op, "name")
                 and v.op.name in ("relax.reshape", "relax.flatten")):
@@ -298,7 +281,7 @@ def _relax_reshapes(graph, pruned_mod):
 
 def _fix_reshapes(model, graph, pruned_mod):
     """Rewrite Reshape shape constants whose element count no longer fits their input."""
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
     table = None
     g = model.graph
@@ -343,7 +326,7 @@ def _fix_reshapes(model, graph, pruned_mod):
 
 
 def _check_outputs(dense_model, model):
-    import onnx
+    import onnx  # deferred: onnx is slow to import and optional at run time
 
     try:
         onnx.checker.check_model(model)

@@ -8,8 +8,9 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .errors import HCPruneError
-from .utils import atomic_write_text
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.export_onnx import apply_to_onnx
+from tvm_hcprune.utils import atomic_write_text
 
 PLAN_VERSION = 1
 
@@ -57,9 +58,7 @@ class PrunePlan:
 
     def apply_to_onnx(self, onnx_model, graph, pruned_mod):
         """The ONNX model with this plan applied (see
-        :func:`tvm_hcprune.export_onnx.apply_to_onnx`)."""
-        from .export_onnx import apply_to_onnx
-
+        :func:`tvm_hcprune.planning.export_onnx.apply_to_onnx`)."""
         return apply_to_onnx(onnx_model, graph, self, pruned_mod)
 
     # ---- JSON -------------------------------------------------------------------------

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
-from .config import PruneConfig
-from .criteria import GroupViews, get_criterion
-from .plan import PrunePlan
+from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.planning.config import PruneConfig
+from tvm_hcprune.planning.criteria import GroupViews, get_criterion
+from tvm_hcprune.planning.plan import PrunePlan
 
 
 def member_matrix(graph, member, group_id: int) -> np.ndarray:
@@ -58,10 +59,6 @@ def resolve_align(align: int | None, target=None) -> int:
     """``align`` itself, else the target's hardware profile's channel multiple (else 1)."""
     if align is not None:
         return int(align)
-    try:
-        from .hardware import profile_for
-    except ImportError:
-        return 1
     return int(profile_for(target if target is not None else "llvm").channel_multiple)
 
 
@@ -79,7 +76,7 @@ def group_align(graph, group, align: int) -> int:
     return align if group.unit == 1 else max(1, align // group.unit)
 
 
-def _protected(group, protect) -> bool:
+def is_protected(group, protect) -> bool:
     for p in protect:
         if p == f"group:{group.id}" or p in group.producers:
             return True
@@ -89,7 +86,7 @@ def _protected(group, protect) -> bool:
 def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> PrunePlan:
     """Score every prunable group and keep its top channels (sorted by index).
 
-    ``calibration`` (a :class:`~tvm_hcprune.calibration.Calibration` of ``graph.mod``) is
+    ``calibration`` (a :class:`~tvm_hcprune.recovery.calibration.Calibration` of ``graph.mod``) is
     handed to data-driven criteria through ``GroupViews.calibration``.
     """
     crit = get_criterion(config.criterion)
@@ -110,14 +107,14 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
         sizes[g.id] = g.size
 
     for g in graph.groups:
-        if g.frozen or g.balance is not None or _protected(g, config.protect):
+        if g.frozen or g.balance is not None or is_protected(g, config.protect):
             continue
         n_keep = config.kept_count(g.size, group_align(graph, g, align))
         if n_keep < g.size:
             keep(g, n_keep, scores_of(g))
     for members in getattr(graph, "balanced_sets", ()):
         groups = [graph.groups[i] for i in members]
-        if any(_protected(g, config.protect) for g in groups):
+        if any(is_protected(g, config.protect) for g in groups):
             continue
         n_keep = config.kept_count(groups[0].size, group_align(graph, groups[0], align))
         if n_keep < groups[0].size:

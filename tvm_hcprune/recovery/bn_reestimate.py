@@ -5,7 +5,7 @@ statistics that follow it no longer describe what it sees. For every inference
 ``nn.batch_norm`` binding of ``main`` whose ``moving_mean`` / ``moving_var`` are constants,
 the statistics of its data input (per channel, over samples and every non-channel position)
 are measured by running the module, compiled once for the host CPU with a copy of ``main``
-that also returns those inputs (:func:`tvm_hcprune.calibration.with_taps`), on real samples.
+that also returns those inputs (:func:`tvm_hcprune.utils.relax.with_taps`), on real samples.
 
 Two modes:
 
@@ -39,7 +39,19 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..errors import HCPruneError
+from tvm_hcprune.analysis import kept_lookup
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.ops.desc import axis_index
+from tvm_hcprune.recovery.runner import (
+    as_samples,
+    check_samples,
+    compile_module,
+    module_input,
+    run_first,
+    vm_runner,
+)
+from tvm_hcprune.utils.progress import progress_bar
+from tvm_hcprune.utils.relax import replace_constants, with_taps
 
 __all__ = ["BatchNormReport", "ReestimateBatchNorm", "batch_norm_input_stats",
            "reestimate_batch_norm"]
@@ -69,7 +81,7 @@ class BatchNormReport:
         return {"mode": self.mode, "n_samples": self.n_samples, "layers": self.layers}
 
 
-def _bn_bindings(func) -> list:
+def batch_norm_bindings(func) -> list:
     """``[(var, call)]`` of inference batch_norm bindings with constant statistics."""
     out = []
     for block in func.body.blocks:
@@ -96,22 +108,10 @@ def batch_norm_input_stats(mod, samples, target=None, progress: bool = False) ->
     dict
         ``{binding name: (mean float64 [C], var float64 [C], values per channel)}``.
     """
-    from tvm_hcprune.utils.progress import progress_bar
-
-    from ..calibration import with_taps
-    from ..evaluation import (
-        _as_samples,
-        _run_first,
-        _vm_runner,
-        check_samples,
-        compile_module,
-        module_input,
-    )
-
     name, shape, dtype = module_input(mod)
-    arr = check_samples(_as_samples(samples)[0], shape, dtype, name)
+    arr = check_samples(as_samples(samples)[0], shape, dtype, name)
     plain = relax.transform.ToNonDataflow()(relax.transform.Normalize()(mod))
-    bns = _bn_bindings(plain["main"])
+    bns = batch_norm_bindings(plain["main"])
     if not bns:
         return {}
     names = [v.name for v, _ in bns]
@@ -122,11 +122,11 @@ def batch_norm_input_stats(mod, samples, target=None, progress: bool = False) ->
     axes = [int(c.attrs.axis) % len(c.args[0].ty.shape.values) for _, c in bns]
     tapped = with_taps(plain, taps)
     vm = relax.VirtualMachine(compile_module(tapped, target), tvm.cpu())
-    runner = _vm_runner(vm, name, shape, dtype)
+    runner = vm_runner(vm, name, shape, dtype)
     sums = [None] * len(bns)
     for i in progress_bar(range(len(arr)), enabled=progress, desc="batch-norm stats",
                           leave=False):
-        outs = _run_first(runner, arr[i]) if i == 0 else runner.outputs(arr[i])
+        outs = run_first(runner, arr[i]) if i == 0 else runner.outputs(arr[i])
         for k, ax in enumerate(axes):
             x = np.moveaxis(np.asarray(outs[k], np.float64), ax, 0)
             x = x.reshape(x.shape[0], -1)
@@ -142,11 +142,8 @@ def batch_norm_input_stats(mod, samples, target=None, progress: bool = False) ->
     return stats
 
 
-def _kept_channels(graph, plan, name: str, arg: int, size: int) -> np.ndarray:
+def kept_channels(graph, plan, name: str, arg: int, size: int) -> np.ndarray:
     """Channels of the dense batch_norm ``name`` that the pruned module keeps."""
-    from ..ops.desc import axis_index
-    from .apply_plan import kept_lookup
-
     if plan is None:
         return np.arange(size)
     kept_of = kept_lookup(graph, plan)
@@ -210,13 +207,12 @@ def reestimate_batch_norm(mod, samples, mode: str = "recompute", graph=None, pla
 
 def _reestimate_once(mod, current, samples, mode, graph, plan, dense_stats, min_var, target,
                      progress):
-    from .reconstruct import _replace_constants
 
     stats = batch_norm_input_stats(current, samples, target, progress)
     func = relax.transform.Normalize()(mod)["main"]
     report = BatchNormReport(mode, len(_as_array(samples)))
     updates = {}
-    for var, call in _bn_bindings(func):
+    for var, call in batch_norm_bindings(func):
         if var.name not in stats:
             continue
         eps = float(call.attrs.epsilon)
@@ -230,7 +226,7 @@ def _reestimate_once(mod, current, samples, mode, graph, plan, dense_stats, min_
                 raise HCPruneError(f"the dense module has no batch_norm {var.name!r}; "
                                    "give the graph of the module that was pruned")
             mean_d, var_d, _ = dense_stats[var.name]
-            keep = _kept_channels(graph, plan, var.name, 3, len(mean_d))
+            keep = kept_channels(graph, plan, var.name, 3, len(mean_d))
             if len(keep) != len(m):
                 raise HCPruneError(f"batch_norm {var.name!r}: {len(m)} channels in the module "
                                    f"but the plan keeps {len(keep)}; pass the plan it was "
@@ -257,13 +253,11 @@ def _reestimate_once(mod, current, samples, mode, graph, plan, dense_stats, min_
         updates[var.name] = {3: new_m.astype(dt3), 4: new_v.astype(dt4)}
     if not updates:
         return mod, report
-    return _replace_constants(mod, updates), report
+    return replace_constants(mod, updates), report
 
 
 def _as_array(samples):
-    from ..evaluation import _as_samples
-
-    return _as_samples(samples)[0]
+    return as_samples(samples)[0]
 
 
 @tvm.transform.module_pass(opt_level=0, name="ReestimateBatchNorm")

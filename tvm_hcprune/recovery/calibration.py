@@ -37,16 +37,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tvm
+import tvm_ffi
+from tvm import relax
 
-from .errors import HCPruneError
-from .evaluation import _as_samples, _run_first, check_samples, module_input
-from .utils import atomic_write
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.recovery.runner import (
+    as_samples,
+    check_samples,
+    compile_module,
+    module_input,
+    run_first,
+    vm_runner,
+)
+from tvm_hcprune.utils import atomic_write
+from tvm_hcprune.utils.progress import progress_bar
+from tvm_hcprune.utils.relax import with_taps
 
 __all__ = ["Calibration", "ChannelStats", "LayerCalibration", "calibrate", "tap_module",
            "with_taps"]
 
 _OPS = {"relax.nn.conv2d": "conv2d", "relax.matmul": "matmul"}
-_FORMAT = "tvm_hcprune.calibration/1"
+_FORMAT = "tvm_hcprune.recovery.calibration/1"
 
 
 @dataclass(frozen=True, eq=False)
@@ -227,8 +239,6 @@ class Calibration:
 
 def _fingerprint(mod) -> str:
     """``tvm_ffi.structural_hash`` of ``main`` (constant contents included), as hex."""
-    import tvm_ffi
-
     return format(int(tvm_ffi.structural_hash(mod["main"])) & (2**64 - 1), "016x")
 
 
@@ -249,8 +259,6 @@ def _shape_of(expr) -> list[int] | None:
 
 def _layer_specs(func) -> list[dict]:
     """conv2d / matmul bindings of ``func`` in order, with what calibration needs."""
-    from tvm import relax
-
     specs = []
     for block in func.body.blocks:
         for b in block.bindings:
@@ -306,8 +314,6 @@ def tap_module(mod):
         ``tapped_mod["main"]`` returns ``(*taps, original_result)``; ``tap_names[i]`` is the
         var name of tap ``i``; ``specs`` describe the layers (see :func:`calibrate`).
     """
-    from tvm import relax
-
     plain = relax.transform.ToNonDataflow()(relax.transform.Normalize()(mod))
     func = plain["main"]
     specs = _layer_specs(func)
@@ -328,22 +334,6 @@ def tap_module(mod):
         raise HCPruneError(f"tapped var names are not unique ({tap_names}); calibration keys "
                            "tensors by name")
     return with_taps(plain, taps), specs, tap_names
-
-
-def with_taps(plain, taps):
-    """``plain`` (a module after ``ToNonDataflow``) whose ``main`` returns
-    ``(*taps, original_result)``; ``taps`` are vars bound in ``main``."""
-    import tvm
-    from tvm import relax
-
-    func = plain["main"]
-    result = relax.BlockBuilder().normalize(relax.Tuple([*taps, func.body.body]))
-    body = relax.SeqExpr(func.body.blocks, result)
-    new = relax.Function(func.params, body, result.ty, func.is_pure, func.attrs)
-    funcs = {gv: f for gv, f in plain.functions.items() if gv.name_hint != "main"}
-    funcs[plain.get_global_var("main")] = new
-    tapped = tvm.IRModule(funcs, attrs=plain.attrs, global_infos=plain.global_infos)
-    return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(tapped))
 
 
 # --------------------------------------------------------------------------- numeric side
@@ -452,25 +442,19 @@ def calibrate(mod, samples, max_rows: int = 4096, max_bytes: int = 2**30, seed: 
         Empty samples, shape/dtype not matching the model input, NaN/Inf in the samples,
         a module without conv2d/matmul, dynamic shapes, bad limits.
     """
-    import tvm
-
-    from tvm_hcprune.utils.progress import progress_bar
-
-    from .evaluation import _vm_runner, compile_module
-
     if not isinstance(max_rows, int) or max_rows < 1:
         raise HCPruneError(f"max_rows must be an integer >= 1, got {max_rows!r}")
     if not isinstance(max_bytes, int) or max_bytes < 0:
         raise HCPruneError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
     name, shape, dtype = module_input(mod)
-    arr, _, _ = _as_samples(samples)
+    arr, _, _ = as_samples(samples)
     arr = check_samples(arr, shape, dtype, name)
     n = arr.shape[0]
 
     t0 = time.perf_counter()
     tapped, specs, tap_names = tap_module(mod)
     vm = tvm.relax.VirtualMachine(compile_module(tapped, target), tvm.cpu())
-    runner = _vm_runner(vm, name, shape, dtype)
+    runner = vm_runner(vm, name, shape, dtype)
 
     total_row_bytes = sum(_row_bytes(s) for s in specs)
     rows_cap = max_rows if total_row_bytes == 0 else min(max_rows,
@@ -498,7 +482,7 @@ def calibrate(mod, samples, max_rows: int = 4096, max_bytes: int = 2**30, seed: 
 
     acc: dict[str, _StatsAcc] = {}
     for i in progress_bar(range(n), enabled=progress, desc="calibrate", leave=False):
-        outs = _run_first(runner, arr[i]) if i == 0 else runner.outputs(arr[i])
+        outs = run_first(runner, arr[i]) if i == 0 else runner.outputs(arr[i])
         vals = dict(zip(tap_names, outs[: len(tap_names)], strict=True))
         for s, plan, buf in zip(specs, plans, bufs, strict=True):
             at = s["attrs"]

@@ -30,8 +30,21 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.recovery.runner import (
+    as_samples,
+    check_labels,
+    check_samples,
+    compile_module,
+    module_input,
+    runner_for,
+)
+from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
+from tvm_hcprune.utils.progress import progress_bar
 
 __all__ = ["FinetuneReport", "finetune", "to_backbone"]
 
@@ -79,8 +92,6 @@ class FinetuneReport:
 def _adam(base):
     """``Adam`` whose ``init`` works in TVM 0.27 (its own builds ``np.ones((), dtype)`` from
     a Relax dtype object, which numpy rejects); same state layout and update."""
-    import tvm
-
     class _Adam(base):
         def init(self, params):
             params = params if isinstance(params, list) else [params]
@@ -118,11 +129,6 @@ def to_backbone(mod, batch: int = 1):
         ``sites[i] = (binding var, argument index)`` of parameter ``i`` in
         ``folded_mod["main"]`` (the batch-norm-folded batch-1 module).
     """
-    import tvm
-    from tvm import relax
-
-    from .transform.fold_batch_norm import FoldBatchNorm
-
     if not isinstance(batch, int) or batch < 1:
         raise HCPruneError(f"batch must be an integer >= 1, got {batch!r}")
     folded = relax.transform.Normalize()(FoldBatchNorm()(mod))
@@ -221,7 +227,7 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
         Cross-entropy on labels, or mean squared error to ``dense``'s outputs.
     dense : optional
         ``"distill"``: the dense model (Relax module, executable or callable; see
-        :func:`tvm_hcprune.evaluation.runner_for`).
+        :func:`tvm_hcprune.recovery.evaluation.runner_for`).
     seed : int
         Seed of the batch order.
     target : optional
@@ -233,22 +239,10 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
     (tvm.IRModule, FinetuneReport)
         The fine-tuned module (batch norm folded, batch-1 input).
     """
-    import tvm
-    from tvm import relax
+    # deferred: relax.training is needed by fine-tuning only
     from tvm.relax.training import SetupTrainer, Trainer
     from tvm.relax.training.loss import CrossEntropyLoss, MSELoss
     from tvm.relax.training.optimizer import SGD, Adam, MomentumSGD
-
-    from tvm_hcprune.utils.progress import progress_bar
-
-    from .evaluation import (
-        _as_samples,
-        _check_labels,
-        check_samples,
-        compile_module,
-        module_input,
-        runner_for,
-    )
 
     if loss not in _LOSSES:
         raise HCPruneError(f"loss must be one of {_LOSSES}, got {loss!r}")
@@ -259,13 +253,13 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
     if not (isinstance(lr, float | int) and np.isfinite(lr) and lr > 0):
         raise HCPruneError(f"lr must be a positive number, got {lr!r}")
     name, shape, dtype = module_input(mod)
-    xs, ys, _ = _as_samples(dataset)
+    xs, ys, _ = as_samples(dataset)
     xs = check_samples(xs, shape, dtype, name)
     n = len(xs)
     if batch > n:
         raise HCPruneError(f"batch {batch} is larger than the {n} training samples")
     if loss == "ce":
-        ys = _check_labels(ys, n)
+        ys = check_labels(ys, n)
     else:
         if dense is None:
             raise HCPruneError("loss='distill' needs the dense model: pass dense=")
@@ -325,10 +319,6 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
 
 def _write_back(folded, values: dict):
     """``folded`` with the constants at ``values``' (binding var, argument) sites replaced."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
     @mutator
     class _Writer(PyExprMutator):
         def __init__(self, mod):

@@ -34,15 +34,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..analysis.context import is_const, static_shape
-from ..errors import HCPruneError
-from ..ops.desc import axis_index
-from .apply_plan import check_plan, kept_lookup
+from tvm_hcprune.analysis import check_plan, kept_lookup
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.ops.desc import axis_index
+from tvm_hcprune.ops.weights import layer_weight_oi
+from tvm_hcprune.recovery.bn_reestimate import reestimate_batch_norm
+from tvm_hcprune.recovery.calibration import calibrate
+from tvm_hcprune.recovery.runner import (
+    as_samples,
+    default_runner_factory,
+    module_input,
+    output_error,
+    outputs,
+)
+from tvm_hcprune.transform.apply_plan import apply_plan
+from tvm_hcprune.utils.options import Options
+from tvm_hcprune.utils.relax import is_const, replace_constants, static_shape
 
-__all__ = ["LayerFit", "Reconstruct", "ReconstructReport", "fit_layer", "layer_weight_oi",
-           "reconstruct", "reconstructable_layers"]
+__all__ = ["LayerFit", "Reconstruct", "ReconstructConfig", "ReconstructReport",
+           "apply_and_reconstruct", "fit_layer", "reconstruct", "reconstructable_layers"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ class ReconstructReport:
     guard: dict | None = None
     #: the guard found the reconstruction worse and the plainly pruned module was returned
     reverted: bool = False
-    #: :class:`~tvm_hcprune.transform.bn_reestimate.BatchNormReport` as a dict, when
+    #: :class:`~tvm_hcprune.recovery.bn_reestimate.BatchNormReport` as a dict, when
     #: batch-norm statistics were re-estimated
     batch_norm: dict | None = None
 
@@ -206,21 +217,6 @@ def fit_layer(X: np.ndarray, Y: np.ndarray, W0: np.ndarray, intercept: bool = Tr
 # ------------------------------------------------------------------------------ IR side
 
 
-def layer_weight_oi(call) -> tuple[np.ndarray, callable]:
-    """A conv2d/matmul weight as ``[O, I, ...]`` and the function that converts back.
-
-    conv2d: the kernel layout (``OIHW``, ``HWIO``, ``OHWI``...) is read from the attributes
-    and the result is ``OIHW``; matmul ``x @ W`` with ``W [K, N]``: ``W.T`` (``[N, K]``).
-    """
-    w = call.args[1].value.numpy()
-    if call.op.name == "relax.matmul":
-        return w.T, lambda a: np.ascontiguousarray(a.T)
-    kl = str(call.attrs.kernel_layout)
-    perm = [kl.index(c) for c in "OIHW"]
-    inv = list(np.argsort(perm))
-    return np.transpose(w, perm), lambda a: np.ascontiguousarray(np.transpose(a, inv))
-
-
 def _consumer_member(graph, var):
     for m in graph.ctx.members:
         if m.kind == "consumer" and m.var.same_as(var):
@@ -318,23 +314,12 @@ def _cal_layer(calibration, var, call, w_oi):
     return lc
 
 
-def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-2,
-                max_cond: float = 1e10, holdout: float = 0.2, intercept: bool = True,
-                seed: int = 0, samples=None, passes: int = 2, guard_samples=None,
-                runner_factory=None, target=None, batch_norm: str | None = None,
-                batch_norm_samples=None):
-    """Re-fit the consumers whose input channels ``plan`` removed; see the module docs.
+@dataclass(frozen=True, eq=False)
+class ReconstructConfig(Options):
+    """Options of :func:`reconstruct` (and of ``prune(reconstruct_options=...)``).
 
     Parameters
     ----------
-    pruned_mod : tvm.IRModule
-        ``apply_plan(graph, plan)`` (what :func:`tvm_hcprune.prune` returns).
-    graph : ChannelGraph
-        The analysis of the dense module.
-    plan : PrunePlan
-    calibration : Calibration
-        :func:`tvm_hcprune.calibrate` of ``graph.mod`` (or of the module given to
-        ``analyze``; layers are matched by binding name and checked by shape).
     ridge, max_cond, holdout, intercept, seed
         See :func:`fit_layer`.
     samples : optional
@@ -357,20 +342,61 @@ def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-2,
         Host CPU target of the guard's default runner.
     batch_norm : {None, "recompute", "match"}
         After the fit, re-estimate the statistics of the batch norms that remain
-        (:func:`tvm_hcprune.transform.bn_reestimate.reestimate_batch_norm`) on
+        (:func:`tvm_hcprune.recovery.bn_reestimate.reestimate_batch_norm`) on
         ``batch_norm_samples`` (default ``samples``); before the guard.
     batch_norm_samples : optional
         Inputs for the batch-norm statistics.
+    """
+
+    ridge: float = 1e-2
+    max_cond: float = 1e10
+    holdout: float = 0.2
+    intercept: bool = True
+    seed: int = 0
+    samples: object = None
+    passes: int = 2
+    guard_samples: object = None
+    runner_factory: object = None
+    target: object = None
+    batch_norm: str | None = None
+    batch_norm_samples: object = None
+
+
+def reconstruct(pruned_mod, graph, plan, calibration, config: ReconstructConfig | dict | None
+                = None, **overrides):
+    """Re-fit the consumers whose input channels ``plan`` removed; see the module docs.
+
+    Parameters
+    ----------
+    pruned_mod : tvm.IRModule
+        ``apply_plan(graph, plan)`` (what :func:`tvm_hcprune.prune` returns).
+    graph : ChannelGraph
+        The analysis of the dense module.
+    plan : PrunePlan
+    calibration : Calibration
+        :func:`tvm_hcprune.calibrate` of ``graph.mod`` (or of the module given to
+        ``analyze``; layers are matched by binding name and checked by shape).
+    config : ReconstructConfig or dict, optional
+        The options; ``**overrides`` (its field names: ``ridge``, ``samples``,
+        ``guard_samples``, ``batch_norm``, ...) are applied over it.
 
     Returns
     -------
     (tvm.IRModule, ReconstructReport)
+
+    Examples
+    --------
+    >>> cal = tvm_hcprune.calibrate(mod, samples)  # doctest: +SKIP
+    >>> rec, report = reconstruct(pruned, graph, plan, cal, ridge=1e-3)  # doctest: +SKIP
     """
+    c = ReconstructConfig.of(config, **overrides)
+    ridge, max_cond, holdout, intercept, seed = c.ridge, c.max_cond, c.holdout, c.intercept, c.seed
+    samples, passes, guard_samples = c.samples, c.passes, c.guard_samples
+    runner_factory, target = c.runner_factory, c.target
+    batch_norm, batch_norm_samples = c.batch_norm, c.batch_norm_samples
     out, report = _reconstruct_passes(pruned_mod, graph, plan, calibration, ridge, max_cond,
                                       holdout, intercept, seed, samples, passes)
     if batch_norm is not None:
-        from .bn_reestimate import reestimate_batch_norm
-
         bn_samples = batch_norm_samples if batch_norm_samples is not None else samples
         if bn_samples is None:
             raise HCPruneError("batch_norm re-estimation needs inputs: pass "
@@ -383,19 +409,32 @@ def reconstruct(pruned_mod, graph, plan, calibration, ridge: float = 1e-2,
     return _guard(pruned_mod, out, report, graph, plan, guard_samples, runner_factory, target)
 
 
+def apply_and_reconstruct(graph, plan, calibration=None, enabled: bool = False,
+                          options: dict | None = None):
+    """``apply_plan(graph, plan)``, then (``enabled``) :func:`reconstruct` on ``calibration``.
+
+    Returns ``(pruned_mod, ReconstructReport or None)``; what :func:`tvm_hcprune.prune` and
+    the sensitivity scan do with a plan.
+    """
+    pruned = apply_plan(graph, plan)
+    if not enabled:
+        return pruned, None
+    if calibration is None:
+        raise HCPruneError("reconstruct=True needs calibration data: pass "
+                           "calibration=tvm_hcprune.calibrate(mod, samples)")
+    return reconstruct(pruned, graph, plan, calibration, options)
+
+
 def _guard(plain_mod, rec_mod, report, graph, plan, samples, runner_factory, target):
     """Model-level guard: keep ``rec_mod`` only if it is no worse than ``plain_mod``."""
-    from ..evaluation import _as_samples
-    from ..sensitivity import _outputs, _runner_default, output_error
-
-    arr = _as_samples(samples)[0]
+    arr = as_samples(samples)[0]
     if len(arr) == 0:
         raise HCPruneError("guard_samples is empty; give held-out calibration inputs")
-    make = runner_factory or _runner_default(target)
-    dense = _outputs(make(graph.mod, None), arr)
+    make = runner_factory or default_runner_factory(target)
+    dense = outputs(make(graph.mod, None), arr)
     figs = {}
     for key, m in (("plain", plain_mod), ("reconstructed", rec_mod)):
-        rel, dis = output_error(_outputs(make(m, plan), arr), dense)
+        rel, dis = output_error(outputs(make(m, plan), arr), dense)
         figs[key] = {"rel_mse": rel, "disagreement": dis}
     p, r = figs["plain"], figs["reconstructed"]
     keep = (r["disagreement"], r["rel_mse"]) <= (p["disagreement"], p["rel_mse"])
@@ -409,14 +448,12 @@ def _reconstruct_passes(pruned_mod, graph, plan, calibration, ridge, max_cond, h
                                     max_cond, holdout, intercept, seed)
     if samples is None:
         return out, report
-    from ..calibration import calibrate
 
     meta = calibration.meta
     for _ in range(max(0, int(passes) - 1)):
         cal_p = calibrate(out, samples, max_rows=int(meta.get("max_rows", 4096)),
                           max_bytes=int(meta.get("max_bytes", 2**30)),
                           seed=int(meta.get("seed", 0)), progress=False)
-        from ..evaluation import module_input
 
         if not _rows_aligned(calibration, cal_p, module_input(graph.mod)[0]):
             note = "pruned-input pass skipped: the calibration rows could not be aligned"
@@ -509,51 +546,7 @@ def _reconstruct_once(pruned_mod, graph, plan, calibration, x_calibration, ridge
         updates.setdefault(uname, {})[arg] = arr.astype(dtype)
     if not updates:
         return pruned_mod, report
-    return _replace_constants(pruned_mod, updates), report
-
-
-@mutator
-class _ConstReplacer(PyExprMutator):
-    def __init__(self, mod, updates):
-        super().__init__(mod)
-        self.updates = updates
-        self.current = None
-        self.done = set()
-
-    def visit_var_binding_(self, binding):
-        self.current = binding.var
-        super().visit_var_binding_(binding)
-
-    def visit_call_(self, call):
-        name = self.current.name if self.current is not None else None
-        upd = self.updates.get(name)
-        if not upd or name in self.done:
-            return super().visit_call_(call)
-        self.done.add(name)
-        args = [self.visit_expr(a) for a in call.args]
-        for i, arr in upd.items():
-            old = static_shape(args[i])
-            if old != list(arr.shape):
-                raise HCPruneError(f"binding {name!r} of the pruned module holds a constant of "
-                                   f"shape {old}, reconstruction computed {list(arr.shape)}; "
-                                   "pass the module apply_plan(graph, plan) returned")
-            args[i] = relax.const(arr, str(arr.dtype))
-        return relax.Call(call.op, args, call.attrs, call.ty_args)
-
-
-def _replace_constants(mod, updates):
-    func = mod["main"]
-    names = [b.var.name for blk in func.body.blocks for b in blk.bindings]
-    dup = {n for n in updates if names.count(n) != 1}
-    if dup:
-        raise HCPruneError(f"bindings {sorted(dup)} are missing or not unique in the pruned "
-                           "module; reconstruction matches layers by name")
-    rep = _ConstReplacer(mod, updates)
-    new = rep.visit_expr(func)
-    out = tvm.IRModule(dict(mod.functions.items()), attrs=mod.attrs)
-    out["main"] = new
-    relax.analysis.well_formed(out)
-    return out
+    return replace_constants(pruned_mod, updates), report
 
 
 @tvm.transform.module_pass(opt_level=0, name="Reconstruct")
@@ -568,29 +561,23 @@ class Reconstruct:
         ``analyze`` of the dense module.
     plan : PrunePlan
         The plan the module being transformed was pruned with.
-    ridge, max_cond, holdout, intercept, seed, samples, passes, guard_samples,
-    runner_factory, target, batch_norm, batch_norm_samples
-        See :func:`reconstruct`.
+    config : ReconstructConfig or dict, optional
+        See :func:`reconstruct`; ``**overrides`` are its option names.
 
     Attributes
     ----------
     last_report : ReconstructReport or None
     """
 
-    def __init__(self, calibration, graph, plan, ridge=1e-2, max_cond=1e10, holdout=0.2,
-                 intercept=True, seed=0, samples=None, passes=2, guard_samples=None,
-                 runner_factory=None, target=None, batch_norm=None, batch_norm_samples=None):
+    def __init__(self, calibration, graph, plan, config: ReconstructConfig | dict | None = None,
+                 **overrides):
         self.calibration = calibration
         self.graph = graph
         self.plan = plan
-        self.options = dict(ridge=ridge, max_cond=max_cond, holdout=holdout,
-                            intercept=intercept, seed=seed, samples=samples, passes=passes,
-                            guard_samples=guard_samples, runner_factory=runner_factory,
-                            target=target, batch_norm=batch_norm,
-                            batch_norm_samples=batch_norm_samples)
+        self.config = ReconstructConfig.of(config, **overrides)
         self.last_report: ReconstructReport | None = None
 
     def transform_module(self, mod, ctx):
         out, self.last_report = reconstruct(mod, self.graph, self.plan, self.calibration,
-                                            **self.options)
+                                            self.config)
         return out

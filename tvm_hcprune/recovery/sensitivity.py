@@ -25,13 +25,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import PruneConfig
-from .criteria import get_criterion
-from .errors import HCPruneError
-from .plan import PrunePlan
-from .planner import _protected, group_align, group_views, resolve_align
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.config import PruneConfig
+from tvm_hcprune.planning.criteria import get_criterion
+from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.planning.planner import group_align, group_views, is_protected, resolve_align
+from tvm_hcprune.recovery.reconstruct import apply_and_reconstruct
+from tvm_hcprune.recovery.runner import as_samples, default_runner_factory, output_error, outputs
+from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["SensitivityTable", "allocate", "group_plan", "output_error", "select_plan",
+__all__ = ["SensitivityTable", "allocate", "group_plan", "select_plan",
            "sensitivity_scan"]
 
 
@@ -75,19 +78,6 @@ class SensitivityTable:
                 "kept": conv(self.kept), "cost": conv(self.cost),
                 "rel_mse": conv(self.rel_mse), "disagreement": conv(self.disagreement),
                 "macs_saved": conv(self.macs_saved)}
-
-
-def output_error(outs: np.ndarray, dense: np.ndarray) -> tuple[float, float]:
-    """``(rel_mse, disagreement)`` of outputs ``[n, ...]`` against the dense ones."""
-    outs = np.asarray(outs, np.float64).reshape(len(outs), -1)
-    dense = np.asarray(dense, np.float64).reshape(len(dense), -1)
-    if not np.isfinite(outs).all():
-        return math.inf, 1.0
-    den = float(np.square(dense - dense.mean(0)).sum())
-    num = float(np.square(outs - dense).sum())
-    rel = num / den if den > 0 else num
-    dis = float(np.mean(outs.argmax(1) != dense.argmax(1)))
-    return rel, dis
 
 
 def group_plan(graph, counts: dict, criterion: str = "l2", calibration=None,
@@ -137,7 +127,7 @@ def onnx_runner_factory(model, graph):
     ``model`` (the ONNX model ``graph`` was analysed from; ``plan=None``: the dense model)
     and returns ``f(x) -> first output``. Much faster than a TVM build per candidate.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: onnxruntime is slow to import
 
     name = model.graph.input[0].name
 
@@ -148,19 +138,6 @@ def onnx_runner_factory(model, graph):
         return lambda x: sess.run(None, {name: x})[0]
 
     return make
-
-
-def _runner_default(target=None):
-    from .evaluation import compile_module, runner_for
-
-    def make(mod, plan):
-        return runner_for(compile_module(mod, target))
-
-    return make
-
-
-def _outputs(run: Callable, samples: np.ndarray) -> np.ndarray:
-    return np.stack([np.asarray(run(x)) for x in samples])
 
 
 def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] = (0.25, 0.5,
@@ -202,26 +179,21 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
     -------
     SensitivityTable
     """
-    from tvm_hcprune.utils.progress import progress_bar
-
-    from .api import prune
-    from .evaluation import _as_samples
-
-    arr = _as_samples(samples)[0]
+    arr = as_samples(samples)[0]
     if len(arr) == 0:
         raise HCPruneError("sensitivity_scan needs at least one sample")
     ratios = tuple(float(r) for r in ratios)
     if not ratios or any(not 0 < r < 1 for r in ratios):
         raise HCPruneError(f"ratios must be in (0, 1), got {ratios}")
-    make = runner_factory or _runner_default(target)
+    make = runner_factory or default_runner_factory(target)
     align_r = resolve_align(align, target)
     if dense_outputs is None:
-        dense_outputs = _outputs(make(mod, None), arr)
+        dense_outputs = outputs(make(mod, None), arr)
     table = SensitivityTable(ratios, criterion=criterion, reconstruct=reconstruct,
                              n_samples=len(arr))
     # the input groups of one grouped conv are scanned as one (group_plan prunes them alike)
     followers = {g for members in getattr(graph, "balanced_sets", ()) for g in members[1:]}
-    groups = [g for g in graph.groups if not g.frozen and not _protected(g, protect)
+    groups = [g for g in graph.groups if not g.frozen and not is_protected(g, protect)
               and g.id not in followers]
     jobs = []
     for g in groups:
@@ -233,12 +205,12 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
                 jobs.append((g, r, n_keep))
     for g, r, n_keep in progress_bar(jobs, enabled=progress, desc="sensitivity", leave=False):
         plan = group_plan(graph, {g.id: n_keep}, criterion, calibration)
-        pruned, rep = prune(mod, plan=plan, graph=graph, calibration=calibration,
-                            reconstruct=reconstruct, reconstruct_options=reconstruct_options)
-        rel, dis = output_error(_outputs(make(pruned, plan), arr), dense_outputs)
+        pruned, _ = apply_and_reconstruct(graph, plan, calibration, reconstruct,
+                                          reconstruct_options)
+        rel, dis = output_error(outputs(make(pruned, plan), arr), dense_outputs)
         for d, v in ((table.kept, n_keep), (table.rel_mse, rel), (table.disagreement, dis),
                      (table.cost, dis + rel), (table.macs_saved,
-                                               rep.macs_before - rep.macs_after)):
+                                               graph.total_macs - graph.count_after(plan)[0])):
             d.setdefault(g.id, {})[r] = v
     return table
 
@@ -355,13 +327,10 @@ def select_plan(mod, graph, table: SensitivityTable, calibration, samples, macs_
         ``info`` of :func:`allocate` for the chosen plan, plus ``"candidates"``: per
         candidate ``target, give_back, macs_fraction, disagreement, rel_mse``.
     """
-    from .api import prune
-    from .evaluation import _as_samples
-
-    arr = _as_samples(samples)[0]
-    make = runner_factory or _runner_default(target)
+    arr = as_samples(samples)[0]
+    make = runner_factory or default_runner_factory(target)
     if dense_outputs is None:
-        dense_outputs = _outputs(make(mod, None), arr)
+        dense_outputs = outputs(make(mod, None), arr)
     seen, cands, best = set(), [], None
     for m in margins:
         for gb in (True, False):
@@ -371,9 +340,9 @@ def select_plan(mod, graph, table: SensitivityTable, calibration, samples, macs_
             if key in seen or not info["reached"] or info["macs_fraction"] > macs_target:
                 continue
             seen.add(key)
-            pruned, _ = prune(mod, plan=plan, graph=graph, calibration=calibration,
-                              reconstruct=reconstruct, reconstruct_options=reconstruct_options)
-            rel, dis = output_error(_outputs(make(pruned, plan), arr), dense_outputs)
+            pruned, _ = apply_and_reconstruct(graph, plan, calibration, reconstruct,
+                                              reconstruct_options)
+            rel, dis = output_error(outputs(make(pruned, plan), arr), dense_outputs)
             cands.append({"target": macs_target * m, "give_back": gb,
                           "macs_fraction": info["macs_fraction"], "disagreement": dis,
                           "rel_mse": rel})

@@ -1,4 +1,5 @@
-"""Testing helpers: model builders and the mask-equivalence oracle."""
+"""Testing helpers: ONNX model builders (:mod:`.onnx_models`), the mask-equivalence
+oracle (:func:`masked_reference`) and ``run_relax`` (from :mod:`tvm_hcprune.recovery.runner`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "masked_reference": "tvm_hcprune.testing.oracle",
-    "run_relax": "tvm_hcprune.testing.oracle",
+    "run_relax": "tvm_hcprune.recovery.runner",
 }
 
 

@@ -7,10 +7,9 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..analysis import analyze
-from ..analysis.context import static_shape
-from ..ops.desc import axis_index, desc_length
-from ..transform.apply_plan import check_plan, kept_lookup
+from tvm_hcprune.analysis import analyze, check_plan, kept_lookup
+from tvm_hcprune.ops.desc import axis_index, desc_length
+from tvm_hcprune.utils.relax import static_shape
 
 
 @mutator
@@ -98,23 +97,3 @@ def _mask_indices(graph, member, removed, ndim):
             index[ki] = rel
             out.append(tuple(index))
     return out
-
-
-def run_relax(mod, inputs, target=None, build=None):
-    """Compile ``mod`` for llvm and run ``main`` on numpy inputs.
-
-    ``build(mod, target)`` compiles (e.g. :func:`tvm_hcprune.build`); default
-    :func:`tvm.compile`, TVM's default pipeline.
-    """
-    target = tvm.target.Target(target or {"kind": "llvm"})
-    ex = (build or tvm.compile)(mod, target)
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(ex, dev)
-    out = vm["main"](*[tvm.runtime.tensor(np.asarray(x), dev) for x in inputs])
-    return _to_numpy(out)
-
-
-def _to_numpy(out):
-    if hasattr(out, "numpy"):
-        return out.numpy()
-    return [_to_numpy(o) for o in out]

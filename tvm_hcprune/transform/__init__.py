@@ -1,4 +1,7 @@
-"""Relax passes of tvm_hcprune, one per module (imported lazily)."""
+"""Relax passes that rewrite the IR and never run it, one per module: ``PruneChannels``
+(score, plan and remove channels), ``ApplyPrunePlan`` (a saved plan) and ``FoldBatchNorm``.
+The passes that run the model on data (``Reconstruct``, ``ReestimateBatchNorm``) live in
+:mod:`tvm_hcprune.recovery`. Imported lazily."""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ _EXPORTS = {
     "PruneChannels": "tvm_hcprune.transform.prune_channels",
     "ApplyPrunePlan": "tvm_hcprune.transform.apply_plan",
     "FoldBatchNorm": "tvm_hcprune.transform.fold_batch_norm",
-    "Reconstruct": "tvm_hcprune.transform.reconstruct",
-    "ReestimateBatchNorm": "tvm_hcprune.transform.bn_reestimate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,48 +7,11 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..analysis import analyze
-from ..analysis.context import clear_shape_cache, static_shape
-from ..errors import HCPruneError
-from ..ops.desc import axis_index
-from ..ops.registry import get_op_handler
-from ..plan import PrunePlan
-
-
-def kept_lookup(graph, plan: PrunePlan):
-    """``kept_of(space)`` for ``axis_index``: the plan's kept indices of a space's group."""
-    cache = {}
-
-    def kept_of(space):
-        g = graph.space_group[space]
-        if g not in cache:
-            cache[g] = plan.kept_indices(g)
-        return cache[g]
-
-    return kept_of
-
-
-def check_plan(graph, plan: PrunePlan) -> None:
-    if plan.fingerprint != graph.fingerprint:
-        raise HCPruneError(
-            "this plan was made for a different model (fingerprint "
-            f"{plan.fingerprint[:12]}..., the module's is {graph.fingerprint[:12]}...); "
-            "recompute the plan on this module"
-        )
-    for gid, size in plan.sizes.items():
-        if gid >= len(graph.groups) or graph.groups[gid].size != size:
-            raise HCPruneError(f"plan group {gid} (size {size}) does not exist in this module")
-        if graph.groups[gid].frozen:
-            raise HCPruneError(f"plan prunes group {gid}, which is frozen: "
-                               f"{graph.groups[gid].reasons[0].reason}")
-    for members in getattr(graph, "balanced_sets", ()):
-        counts = {g: len(plan.kept_indices(g)) if g in plan.kept else graph.groups[g].size
-                  for g in members}
-        if len(set(counts.values())) > 1:
-            raise HCPruneError(
-                f"plan keeps {counts} channels in groups {members}, which feed the groups of "
-                "one grouped convolution and must keep equal counts; keep as many channels "
-                "in each (ChannelGraph.balanced_sets lists such groups)")
+from tvm_hcprune.analysis import analyze, check_plan, kept_lookup
+from tvm_hcprune.ops.desc import axis_index
+from tvm_hcprune.ops.registry import get_op_handler
+from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.utils.relax import clear_shape_cache, static_shape
 
 
 @mutator

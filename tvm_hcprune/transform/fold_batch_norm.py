@@ -15,6 +15,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_hcprune.utils.relax import update_functions, use_counts
+
 
 def _const(expr) -> np.ndarray | None:
     if isinstance(expr, tvm.ir.expr.Constant):
@@ -26,18 +28,6 @@ def _op_name(expr) -> str | None:
     if isinstance(expr, relax.Call):
         return getattr(expr.op, "name", None)
     return None
-
-
-def use_counts(func: relax.Function) -> dict:
-    """Number of uses of every var bound in ``func`` (uses in the function output count)."""
-    counts: dict = {}
-
-    def _visit(node):
-        if isinstance(node, relax.Var):
-            counts[node] = counts.get(node, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, _visit)
-    return counts
 
 
 @mutator
@@ -161,9 +151,4 @@ class FoldBatchNorm:
             new = folder.visit_expr(func)
             if folder.folded:
                 updates[gvar] = relax.analysis.remove_all_unused(new)
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+        return update_functions(mod, updates)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import tvm
 
-from ..analysis import analyze
-from ..config import PruneConfig
-from ..plan import PrunePlan
-from ..planner import make_plan, resolve_align
-from .apply_plan import apply_plan
+from tvm_hcprune.analysis import analyze
+from tvm_hcprune.planning.config import PruneConfig, config_arg
+from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.planning.planner import make_plan, resolve_align
+from tvm_hcprune.transform.apply_plan import apply_plan
 
 
 @tvm.transform.module_pass(opt_level=0, name="PruneChannels")
@@ -21,32 +21,27 @@ class PruneChannels:
 
     Parameters
     ----------
-    ratio : float
-        Fraction of channels removed per group, in [0, 1).
-    criterion : str
-        Registered criterion name (``l1``, ``l2``, ``redundancy``, ``bn_scale``, ``fpgm``,
-        ``random``, ...).
-    align : int, optional
-        Kept counts are multiples of ``align``; default from ``target``'s hardware profile
-        (8 for AVX2 fp32).
-    protect : sequence of str
-        Producer binding names or ``"group:N"`` never pruned.
-    min_channels : int
-        Minimum channels a group keeps.
+    config : PruneConfig, dict or float, optional
+        The pruning options (a float is the ``ratio``); default ``PruneConfig()``.
     plan : PrunePlan, optional
         Apply this plan instead of computing one (its fingerprint must match).
     target : tvm.target.Target or str or dict, optional
-        Target whose hardware profile gives the default ``align``.
-    criterion_options : dict, optional
-        Extra options of the criterion.
+        Target whose hardware profile gives the default ``align`` (8 for AVX2 fp32).
+    **overrides
+        Options of :class:`~tvm_hcprune.planning.config.PruneConfig` (``ratio``,
+        ``criterion``, ``align``, ``protect``, ``min_channels``, ``criterion_options``,
+        ``seed``) applied over ``config``.
+
+    Examples
+    --------
+    >>> seq = tvm.transform.Sequential([PruneChannels(ratio=0.3, align=8),
+    ...                                 relax.transform.FoldConstant()])  # doctest: +SKIP
+    >>> pruned = seq(mod)  # doctest: +SKIP
     """
 
-    def __init__(self, ratio=0.5, criterion="l2", align=None, protect=(), min_channels=1,
-                 plan: PrunePlan | None = None, target=None, criterion_options=None,
-                 seed: int = 0):
-        self.config = PruneConfig(ratio=ratio, criterion=criterion, align=align,
-                                  protect=tuple(protect), min_channels=min_channels,
-                                  criterion_options=dict(criterion_options or {}), seed=seed)
+    def __init__(self, config: PruneConfig | dict | float | None = None, *,
+                 plan: PrunePlan | None = None, target=None, **overrides):
+        self.config = PruneConfig.of(config_arg(config), **overrides)
         self.plan = plan
         self.target = target
         self.last_plan: PrunePlan | None = None

@@ -15,10 +15,17 @@ Start a tracker and a server (``--port-end`` must be above ``--port``; it defaul
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
 from dataclasses import dataclass
+
+import tvm
+from tvm import relax, rpc
+from tvm.rpc import base
+from tvm.s_tir import meta_schedule as ms
+from tvm.support.popen_pool import PopenPoolExecutor
 
 from tvm_hcprune.errors import HCPruneError
 
@@ -68,8 +75,6 @@ def parse_tracker(text) -> Tracker:
 
 
 def _open(tracker: Tracker, timeout: float) -> socket.socket:
-    from tvm.rpc import base
-
     try:
         sock = socket.create_connection((tracker.host, tracker.port), timeout=timeout)
     except OSError as err:
@@ -93,8 +98,6 @@ def _open(tracker: Tracker, timeout: float) -> socket.socket:
 
 def tracker_summary(tracker, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> dict:
     """The tracker's summary (``server_info`` and ``queue_info``), within ``timeout`` s."""
-    from tvm.rpc import base
-
     tracker = parse_tracker(tracker)
     sock = _open(tracker, timeout)
     try:
@@ -166,9 +169,6 @@ def request_session(tracker, key: str, timeout: float = DEFAULT_REQUEST_TIMEOUT,
         Unreachable tracker, or no free server within ``timeout`` (unknown key, all busy or
         dead).
     """
-    from tvm import rpc
-    from tvm.rpc import base
-
     tracker = parse_tracker(tracker)
     deadline = time.monotonic() + timeout
     last_err: Exception | None = None
@@ -225,9 +225,6 @@ def make_rpc_runner(tracker, key: str, *, session_timeout: float = 60.0, number:
     ``session_timeout`` and a worker that exceeds ``session_timeout`` (+ 30 s) is killed, so
     a server that dies mid-tuning costs one failed measurement, never a hang.
     """
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.support.popen_pool import PopenPoolExecutor
-
     tracker = parse_tracker(tracker)
     count = check_key(tracker, key)
     workers = max_workers or count
@@ -276,11 +273,6 @@ def run_remote(lib_path, inputs: dict, tracker, key: str, *, repeat: int = 0,
     -------
     (outputs, times) : (list of numpy.ndarray, list of float seconds)
     """
-    import os
-
-    import tvm
-    from tvm import relax
-
     sess = request_session(tracker, key, timeout=timeout, session_timeout=4 * timeout)
     name = os.path.basename(str(lib_path))
     sess.upload(str(lib_path))
@@ -300,8 +292,6 @@ def run_remote(lib_path, inputs: dict, tracker, key: str, *, repeat: int = 0,
 
 def flatten_outputs(out) -> list:
     """VM outputs (a tensor or nested tuple of tensors) as a flat list of numpy arrays."""
-    import tvm
-
     if isinstance(out, tvm.runtime.Tensor):
         return [out.numpy()]
     if hasattr(out, "numpy"):

@@ -6,7 +6,7 @@ What differs from ``ms.relax_integration.tune_relax``:
   ``LocalBuilder`` starts a fresh process pool per batch whose workers import
   ``tvm.s_tir.tensor_intrin`` (about 28 s), so with its 30 s timeout most trials failed;
 - only the target's tensor intrinsics are imported
-  (:func:`~tvm_hcprune.schedule.database.ensure_tensor_intrinsics`, 0.4 s instead of 30 s);
+  (:func:`~tvm_hcprune.backend.database.ensure_tensor_intrinsics`, 0.4 s instead of 30 s);
 - the search starts from the schedule rules' own schedules when they can be expressed as a
   trace on the task (seeds are measured like any candidate and committed to the database);
 - tuning never ends slower than the rules, by construction: a task keeps its best record
@@ -17,10 +17,10 @@ What differs from ``ms.relax_integration.tune_relax``:
 - the XGBoost cost model and evolutionary search are sized for small budgets;
 - progress is a tqdm bar (trials, tasks done, best total latency, ETA) while MetaSchedule's
   own logs go to ``work_dir/logs``;
-- the result is a :class:`~tvm_hcprune.schedule.database.ScheduleDatabase`, written
+- the result is a :class:`~tvm_hcprune.backend.database.ScheduleDatabase`, written
   atomically as one JSON file when ``output`` is given;
 - RPC measurement (``rpc_tracker``/``rpc_key``) checks the tracker first and bounds every
-  measurement (:mod:`tvm_hcprune.schedule.rpc`).
+  measurement (:mod:`tvm_hcprune.tuning.rpc`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import tvm
+from tvm import relax, s_tir
+from tvm.ir.utils import derived_object
+from tvm.relax.pipeline import BackendDispatcher
+from tvm.s_tir import dlight as dl
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+from tvm.support.tar import tar
+
+from tvm_hcprune.backend import database as dbm
+from tvm_hcprune.backend import pipeline
+from tvm_hcprune.backend.cpu import rules as cpu_rules
+from tvm_hcprune.backend.cuda import with_limits
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.schedule import database as dbm
+from tvm_hcprune.tuning.rpc import make_rpc_runner
+from tvm_hcprune.utils.progress import progress_bar
 
 _MS_LOGGER = "tvm.s_tir.meta_schedule"
 
@@ -46,17 +61,11 @@ _MS_LOGGER = "tvm.s_tir.meta_schedule"
 
 def _build_one(mod, target):
     """Compile one candidate the way MetaSchedule's ``default_build`` does."""
-    import tvm
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm.compile(mod, target=target)
 
 
 def _make_builder_class():
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
     @derived_object
     class InProcessBuilder(ms.builder.PyBuilder):
         """Build candidates in this process: no worker start-up, no import, no timeout.
@@ -71,8 +80,6 @@ def _make_builder_class():
             self.artifact_dir = artifact_dir
 
         def build(self, build_inputs):
-            from tvm.support.tar import tar
-
             results = []
             for item in build_inputs:
                 try:
@@ -193,9 +200,6 @@ class TuneStats:
 
 
 def _make_progress_callback(stats: TuneStats, bar):
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-
     @derived_object
     class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         """Record results and advance the tqdm bar after every measured batch."""
@@ -260,24 +264,18 @@ def _thread_env(target):
 def rule_schedule(func, target):
     """The schedule rules' schedule of one task function, or None.
 
-    CPU targets: tvm_hcprune's rules (:func:`tvm_hcprune.schedule.cpu_rules.rule_schedule`,
+    CPU targets: tvm_hcprune's rules (:func:`tvm_hcprune.backend.cpu.rules.rule_schedule`,
     exactly what a build without a database applies, the boundary layout transforms' rule
     included: a task seeded with less, its unscheduled function, makes any record look
     faster); GPU targets: dlight's default rules. Returns a ``tvm.s_tir.Schedule`` whose
     trace replays on the task, or None when no rule applies.
     """
-    from tvm.relax.pipeline import BackendDispatcher
-
-    from tvm_hcprune.schedule import cpu_rules
-
     if BackendDispatcher.is_gpu_target(target):
         return _dlight_schedule(func, target)
     return cpu_rules.rule_schedule(func)
 
 
 def _dlight_schedule(func, target):
-    from tvm.s_tir import dlight as dl
-
     rules = [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
              dl.gpu.Fallback()]
     for rule in rules:
@@ -299,9 +297,6 @@ def _seed_candidates(ctx, target):
     the pipeline compiles for it without a database, so it is the floor to beat too.
     Returns None when even that cannot be replayed.
     """
-    from tvm import s_tir
-    from tvm.s_tir import meta_schedule as ms
-
     func = ctx.mod["main"]
     try:
         sch = rule_schedule(func, target)
@@ -328,8 +323,6 @@ def _seed_candidates(ctx, target):
 
 def _measure(cands, target, builder, runner) -> list:
     """Build and run MeasureCandidates; the run_secs of each (None where it failed)."""
-    from tvm.s_tir import meta_schedule as ms
-
     out: list = [None] * len(cands)
     if not cands:
         return out
@@ -358,8 +351,6 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats) ->
 
     Returns task name -> seed MeasureCandidate.
     """
-    from tvm.s_tir import meta_schedule as ms
-
     items = [(ctx, _seed_candidates(ctx, target)) for ctx in ctxs]
     items = [(ctx, cand) for ctx, cand in items if cand is not None]
     seeds = {}
@@ -380,8 +371,8 @@ def _measure_seeds(ctxs, target, builder, runner, database, stats: TuneStats) ->
     return seeds
 
 
-def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneStats,
-            rounds: int = 3, min_gain: float = 0.02, min_share: float = 0.001):
+def select_records(ctxs, target, builder, runner, database, seeds: dict, stats: TuneStats,
+                   rounds: int = 3, min_gain: float = 0.02, min_share: float = 0.001):
     """Keep, per task, the search's best record only where it beats the rules' schedule.
 
     For every task whose best record is not its seed, seed and record are measured again
@@ -397,9 +388,6 @@ def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneSta
     Returns the final MetaSchedule database: one record per kept task, with its
     re-measured time.
     """
-    from tvm import s_tir
-    from tvm.s_tir import meta_schedule as ms
-
     final = ms.database.MemoryDatabase()
 
     def keep(ctx, record, secs):
@@ -458,11 +446,9 @@ def _select(ctxs, target, builder, runner, database, seeds: dict, stats: TuneSta
     return final
 
 
-def _model_inputs(mod) -> dict | None:
+def model_inputs(mod) -> dict | None:
     """Random inputs for ``mod["main"]`` (name -> numpy array), None when a shape is not
     static or a parameter is not a tensor."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     out = {}
     for param in mod["main"].params:
@@ -486,9 +472,6 @@ def _model_inputs(mod) -> dict | None:
 
 def _local_model_latency(ex, inputs: dict, target, repeat: int) -> float:
     """Best latency (seconds) of ``repeat`` runs of a compiled model on the local device."""
-    import tvm
-    from tvm import relax
-
     dev = tvm.cpu() if target.kind.name == "llvm" else tvm.device(target.kind.name)
     vm = relax.VirtualMachine(ex, dev)
     args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
@@ -528,17 +511,15 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
         was as fast; and the figures (``tuned_ms``, ``rules_ms``, ``ratio``, ``passes``,
         ``predicted``, ``kept``: ``"tuned"`` or ``"rules"``, or ``skipped`` with the reason).
     """
-    from tvm_hcprune.pipeline import build
-
     target = dbm.resolve_target(target)
     if len(database) == 0:
         return database, {"kept": "rules", "skipped": "no record beat the rules per task"}
-    inputs = _model_inputs(mod)
+    inputs = model_inputs(mod)
     if inputs is None:
         return database, {"kept": "tuned", "skipped": "the model's inputs are not static"}
     start = time.perf_counter()
-    exes = {"rules": build(mod, target, database=False),
-            "tuned": build(mod, target, database=database)}
+    exes = {"rules": pipeline.build(mod, target, database=False),
+            "tuned": pipeline.build(mod, target, database=database)}
     best = dict.fromkeys(exes, float("inf"))
     expect_gain = predicted is not None and predicted <= 1.0 - min_gain
     passes = 0
@@ -566,12 +547,10 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
 
 
 def extract_tasks(mod, target):
-    """Prepare ``mod`` (:func:`~tvm_hcprune.schedule.database.prepare_for_schedules`) and
+    """Prepare ``mod`` (:func:`~tvm_hcprune.backend.pipeline.prepare`) and
     return MetaSchedule's tasks for it (already-scheduled functions excluded)."""
-    from tvm.s_tir import meta_schedule as ms
-
     target = dbm.resolve_target(target)
-    prepared = dbm.prepare_for_schedules(mod, target)
+    prepared = pipeline.prepare(mod, target)
     tasks = ms.relax_integration.extract_tasks(prepared, target)
     out = []
     for task in tasks:
@@ -659,15 +638,9 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         Bad trials, unreachable tracker or unknown key, no task to tune, or no measurement
         succeeded.
     """
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvm_hcprune.utils.progress import progress_bar
-
     _check_trials(trials, trials_per_task)
     target = dbm.resolve_target(target)
     if target.kind.name == "cuda":
-        from tvm_hcprune.schedule.cuda import with_limits
-
         target = with_limits(target)  # TuneContext needs max_threads_per_block
     per_task = min(trials_per_task or trials, trials)
     per_iter = num_trials_per_iter or min(per_task, 16)
@@ -676,7 +649,6 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
     if rpc_tracker is not None or runner == "rpc":
         if rpc_tracker is None or not rpc_key:
             raise HCPruneError("RPC tuning needs both rpc_tracker='host:port' and rpc_key")
-        from tvm_hcprune.schedule.rpc import make_rpc_runner
 
         ms_runner = make_rpc_runner(rpc_tracker, rpc_key, session_timeout=session_timeout,
                                     number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
@@ -745,8 +717,8 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                     task_scheduler="gradient",
                 )
                 stats.measured = dbm.database_from_ms(ms_db, target, {"measured": True})
-                ms_db = _select(ctxs, target, builder, ms_runner, ms_db, seeds, stats,
-                                min_gain=min_gain)
+                ms_db = select_records(ctxs, target, builder, ms_runner, ms_db, seeds,
+                                       stats, min_gain=min_gain)
             finally:
                 done = sum(1 for n in stats.tasks if n in stats.best)
                 bar.set_postfix_str(f"tasks {done}/{len(stats.tasks)}, "

@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from ..errors import HCPruneError
-from . import isa
-from .config import DEFAULT_CONFIG, VTAConfig
-from .runtime import COMPUTE_STAGE, LOAD_STAGE, STORE_STAGE, CommandQueue, kernel
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.vta import DEFAULT_CONFIG, VTAConfig
+from tvm_hcprune.vta import isa
+from tvm_hcprune.vta.runtime import COMPUTE_STAGE, LOAD_STAGE, STORE_STAGE, CommandQueue, kernel
 
 
 @dataclasses.dataclass(frozen=True)

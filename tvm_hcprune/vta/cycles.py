@@ -16,9 +16,17 @@ from __future__ import annotations
 
 from collections import deque
 
-from . import isa
-from .config import DEFAULT_CONFIG, VTAConfig
-from .sim import COMPUTE_Q, LOAD_Q, QUEUE_NAMES, STORE_Q, VTADeadlockError, queue_of, token_flags
+from tvm_hcprune.hardware.vta import DEFAULT_CONFIG, VTAConfig
+from tvm_hcprune.vta import isa
+from tvm_hcprune.vta.sim import (
+    COMPUTE_Q,
+    LOAD_Q,
+    QUEUE_NAMES,
+    STORE_Q,
+    VTADeadlockError,
+    queue_of,
+    token_flags,
+)
 
 DMA_LATENCY = 32
 GEMM_FILL = 4

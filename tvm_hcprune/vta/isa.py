@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import ClassVar
 
-from ..errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
 
 # opcodes
 OP_LOAD, OP_STORE, OP_GEMM, OP_FINISH, OP_ALU = 0, 1, 2, 3, 4

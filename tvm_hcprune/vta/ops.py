@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import HCPruneError
-from .codegen import (
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.vta import VTAConfig
+from tvm_hcprune.vta.codegen import (
     Conv2DSchedule,
     Conv2DShape,
     DenseSchedule,
@@ -18,8 +19,7 @@ from .codegen import (
     default_dense_schedule,
     dense_packed,
 )
-from .config import VTAConfig
-from .runtime import CommandQueue
+from tvm_hcprune.vta.runtime import CommandQueue
 
 
 def _pad_to(x: np.ndarray, axis: int, multiple: int) -> np.ndarray:

@@ -21,12 +21,12 @@ import time
 
 import numpy as np
 
-from ..utils import atomic_write_text
-from . import codegen as cg
-from . import ops
-from .cycles import estimate_cycles
-from .runtime import CommandQueue
-from .sim import COUNTERS, DEBUG_SKIP_EXEC, Simulator
+from tvm_hcprune.utils import atomic_write_text
+from tvm_hcprune.vta import codegen as cg
+from tvm_hcprune.vta import ops
+from tvm_hcprune.vta.cycles import estimate_cycles
+from tvm_hcprune.vta.runtime import CommandQueue
+from tvm_hcprune.vta.sim import COUNTERS, DEBUG_SKIP_EXEC, Simulator
 
 PUBLISHED = {
     "matmul": dict(zip(COUNTERS, (256, 65536, 0, 8, 256, 256, 0), strict=True)),

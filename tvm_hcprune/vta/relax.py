@@ -45,12 +45,21 @@ import tvm_ffi
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..errors import HCPruneError
-from . import ops
-from .config import DEFAULT_CONFIG, VTAConfig
-from .cycles import estimate_cycles
-from .runtime import CommandQueue
-from .sim import Simulator
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.vta import DEFAULT_CONFIG, VTAConfig
+from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
+from tvm_hcprune.utils.relax import (
+    bindings,
+    dtype_of,
+    is_const,
+    op_name,
+    static_shape,
+    use_counts,
+)
+from tvm_hcprune.vta import ops
+from tvm_hcprune.vta.cycles import estimate_cycles
+from tvm_hcprune.vta.runtime import CommandQueue
+from tvm_hcprune.vta.sim import Simulator
 
 FUNC_CONV2D = "tvm_hcprune.vta.conv2d"
 FUNC_DENSE = "tvm_hcprune.vta.dense"
@@ -139,32 +148,6 @@ register_functions()
 
 
 # ---- finding and quantising layers ----------------------------------------------------------
-def _is_const(e) -> bool:
-    return (hasattr(e, "value") and hasattr(e.value, "numpy")
-            and not isinstance(e, relax.Var))
-
-
-def _shape(e) -> list[int] | None:
-    ty = e.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    try:
-        return [int(s) for s in ty.shape]
-    except (TypeError, ValueError):
-        return None
-
-
-def _dtype(e) -> str | None:
-    ty = e.ty
-    return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
-
-
-def _op(e) -> str | None:
-    if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
-        return e.op.name
-    return None
-
-
 def _exp2(maxabs: float) -> int:
     """Exponent e of the power-of-two scale 2**e that maps maxabs to at most 127."""
     if not maxabs > 0 or not math.isfinite(maxabs):
@@ -232,41 +215,20 @@ class QuantPlan:
         return "\n".join(lines)
 
 
-def _main_bindings(mod) -> list:
-    func = mod["main"]
-    out = []
-    for block in func.body.blocks:
-        out.extend(block.bindings)
-    return out
-
-
-def _use_counts(bindings, func) -> dict:
-    counts: dict = {}
-
-    def visit(e):
-        if isinstance(e, relax.Var):
-            counts[e] = counts.get(e, 0) + 1
-
-    for b in bindings:
-        relax.analysis.post_order_visit(b.value, visit)
-    relax.analysis.post_order_visit(func.body.body, visit)
-    return counts
-
-
 def find_candidates(mod, config: VTAConfig = DEFAULT_CONFIG, skip_first: bool = True
                     ) -> list[Candidate]:
     """Every conv2d / matmul-with-constant-weight binding of ``main``, in program order."""
-    bindings = _main_bindings(mod)
-    counts = _use_counts(bindings, mod["main"])
+    main_bindings = list(bindings(mod["main"]))
+    counts = use_counts(mod["main"])
     cands: list[Candidate] = []
     seen_first = False
-    for i, b in enumerate(bindings):
+    for i, b in enumerate(main_bindings):
         v = b.value
-        name = _op(v)
+        name = op_name(v)
         if name not in ("relax.nn.conv2d", "relax.matmul"):
             continue
         kind = "conv2d" if name == "relax.nn.conv2d" else "dense"
-        if kind == "dense" and not _is_const(v.args[1]):
+        if kind == "dense" and not is_const(v.args[1]):
             continue  # activation x activation matmul: not a layer
         x = v.args[0]
         c = Candidate(b.var, kind, x, b.var, f"{b.var.name}#{i}", True)
@@ -280,11 +242,11 @@ def find_candidates(mod, config: VTAConfig = DEFAULT_CONFIG, skip_first: bool = 
             c.eligible, c.reason = False, reason
         elif counts.get(b.var, 0) == 1:
             # fuse a per-channel constant bias add that directly uses the result
-            for nb in bindings[i + 1:]:
-                if _op(nb.value) == "relax.add":
+            for nb in main_bindings[i + 1:]:
+                if op_name(nb.value) == "relax.add":
                     a0, a1 = nb.value.args
-                    if a0.same_as(b.var) and _is_const(a1):
-                        if _bias_vector(a1, kind, _shape(v)) is not None:
+                    if a0.same_as(b.var) and is_const(a1):
+                        if _bias_vector(a1, kind, static_shape(v)) is not None:
                             c.output = nb.var
                             c.bias = nb.var
                         break
@@ -308,12 +270,12 @@ def _bias_vector(const, kind, out_shape) -> np.ndarray | None:
 
 def _ineligible(call, kind, cfg: VTAConfig) -> str:
     x, w = call.args
-    if _dtype(x) != "float32":
-        return f"input dtype {_dtype(x)} (float32 expected)"
-    if not _is_const(w):
+    if dtype_of(x) != "float32":
+        return f"input dtype {dtype_of(x)} (float32 expected)"
+    if not is_const(w):
         return "weight is not a constant"
     ws = list(w.value.numpy().shape)
-    xs = _shape(x)
+    xs = static_shape(x)
     if xs is None:
         return "dynamic input shape"
     if kind == "conv2d":
@@ -364,10 +326,6 @@ def _tap_module(mod, exprs: list):
 def _prepare(mod):
     """FoldConstant, then fold batch norms into convs when that pass is available."""
     mod = relax.transform.FoldConstant()(mod)
-    try:
-        from ..transform.fold_batch_norm import FoldBatchNorm
-    except ImportError:  # pragma: no cover - optional pass
-        return mod
     return relax.transform.FoldConstant()(FoldBatchNorm()(mod))
 
 
@@ -414,7 +372,7 @@ def quantize(mod, samples, config: VTAConfig = DEFAULT_CONFIG, skip_first: bool 
         nsamp += 1
     if nsamp == 0:
         raise HCPruneError("quantize() needs at least one calibration sample.")
-    values = {b.var: b.value for b in _main_bindings(mod)}
+    values = {b.var: b.value for b in list(bindings(mod["main"]))}
     layers = {}
     for i, c in enumerate(offl):
         call = values[c.var]
@@ -426,7 +384,7 @@ def quantize(mod, samples, config: VTAConfig = DEFAULT_CONFIG, skip_first: bool 
         x_exp, y_exp = _exp2(maxabs[2 * i]), _exp2(maxabs[2 * i + 1])
         bias_f = None
         if c.bias is not None:
-            bias_f = _bias_vector(values[c.bias].args[1], c.kind, _shape(call))
+            bias_f = _bias_vector(values[c.bias].args[1], c.kind, static_shape(call))
             bias_f = bias_f.astype(np.float64)
         shift = y_exp - x_exp - w_exp
         bias = None
@@ -477,7 +435,7 @@ class _Offloader(PyExprMutator):
         f32 = "float32"
         xs = relax.op.multiply(x, relax.const(2.0 ** -q.x_exp, f32))
         xq = bb.emit(relax.op.astype(relax.op.clip(relax.op.round(xs), -QMAX, QMAX), "int8"))
-        out_shape = _shape(call)
+        out_shape = static_shape(call)
         nout = out_shape[1]
         bias = q.bias if q.bias is not None else np.zeros(q.weight.shape[0], np.int32)
         if self.mode == "vta":
@@ -519,7 +477,7 @@ def offload(mod, plan: QuantPlan, mode: str = "vta"):
     """
     if mode not in ("vta", "llvm"):
         raise HCPruneError(f"mode must be 'vta' or 'llvm', got {mode!r}.")
-    present = {b.var for b in _main_bindings(mod)}
+    present = {b.var for b in list(bindings(mod["main"]))}
     missing = [q.name for v, q in plan.layers.items() if v not in present]
     if missing:
         raise HCPruneError(f"the quantisation plan names layers {missing} that this module "
@@ -564,8 +522,17 @@ class VTAExecutable:
         return out.numpy() if hasattr(out, "numpy") else out[0].numpy()
 
 
-def build(mod, plan: QuantPlan, mode: str = "vta", target=None) -> VTAExecutable:
-    """Offload (``mode="vta"``) or lower to int8 llvm ops (``"llvm"``), then compile."""
+def build_vta(mod, plan: QuantPlan, mode: str = "vta", target=None) -> VTAExecutable:
+    """Offload (``mode="vta"``) or lower to int8 llvm ops (``"llvm"``), then compile.
+
+    Unlike :func:`tvm_hcprune.build` (a ``tvm.compile`` executable), this returns a
+    :class:`VTAExecutable`: callable on a numpy input, with the simulator's counters.
+
+    Examples
+    --------
+    >>> qmod, plan = quantize(mod, samples)  # doctest: +SKIP
+    >>> y = build_vta(qmod, plan)(x)  # doctest: +SKIP
+    """
     return VTAExecutable(offload(mod, plan, mode), target)
 
 

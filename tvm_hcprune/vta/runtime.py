@@ -14,9 +14,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import HCPruneError
-from . import isa
-from .sim import RunInfo, Simulator
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.vta import isa
+from tvm_hcprune.vta.sim import RunInfo, Simulator
 
 LOAD_STAGE, COMPUTE_STAGE, STORE_STAGE = 1, 2, 3
 _MEM_STAGE = {isa.MEM_INP: LOAD_STAGE, isa.MEM_WGT: LOAD_STAGE, isa.MEM_UOP: COMPUTE_STAGE,

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import HCPruneError
-from . import isa
-from .config import DEFAULT_CONFIG, VTAConfig
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.vta import DEFAULT_CONFIG, VTAConfig
+from tvm_hcprune.vta import isa
 
 COUNTERS = (
     "inp_load_nbytes", "wgt_load_nbytes", "acc_load_nbytes", "uop_load_nbytes",

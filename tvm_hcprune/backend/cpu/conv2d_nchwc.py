@@ -2,7 +2,7 @@
 
 :class:`PackConv2dNCHW` rewrites every ``relax.nn.conv2d`` that has an NCHW float32 input, a
 constant OIHW weight and static shapes into a ``call_tir`` of a TE kernel made of three
-blocks, named so the CPU schedule rule (:mod:`tvm_hcprune.schedule.cpu_rules`) finds them:
+blocks, named so the CPU schedule rule (:mod:`tvm_hcprune.backend.cpu.rules`) finds them:
 
 ``hcp_pack``
     pads the input and packs it to ``[N, G, ICB, Hp, Wp, IB]`` (zeros beyond the channels),
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from tvm import relax, te, tirx
 
 # relax's OpPatternKind
 OUT_EWISE_FUSABLE = 4
@@ -129,8 +130,6 @@ def with_loop_order(plan: ConvPlan, input_bytes: int, weight_bytes: int, l2_byte
     and reused by every output-channel block (NCHW input: measured 1.4x faster on 256->64 1x1
     at 56x56, 1.1-1.3x slower on the other ResNet layers, hence the factor 4; a blocked
     NCHW[b]c input read in place takes factor 1)."""
-    from dataclasses import replace
-
     spatial = input_bytes > input_factor * l2_bytes and weight_bytes <= l2_bytes // 2
     return replace(plan, spatial_major=bool(spatial))
 
@@ -155,8 +154,6 @@ def pack_weight(w: np.ndarray, plan: ConvPlan) -> np.ndarray:
 
 def i64(*dims):
     """int64 shape (Relax's legalized kernels use int64 shapes; FuseTIR needs them equal)."""
-    from tvm import tirx
-
     return tuple(tirx.IntImm("int64", int(d)) for d in dims)
 
 
@@ -208,8 +205,6 @@ def _read(data, layout: str, nn, c, y, x, block=None):
 def _guarded(val, conds: list, y, x, hw, pad_tl, padded_hw):
     """``val`` where the padded coordinates ``(y, x)`` fall inside the ``hw`` image (and
     ``conds`` hold), else 0; no guard where the padding cannot be reached."""
-    from tvm import tirx
-
     (h, w), (pt, pl), (hp, wp) = hw, pad_tl, padded_hw
     conds = list(conds)
     if pt or hp - pt > h:
@@ -234,8 +229,6 @@ def _write(layout: str, name: str, n, c, oh, ow, value, blocked=None):
     ``blocked=(acc, ob)``: the accumulator ``acc[nn, cb, y, x, co]`` holds ``ob`` channels
     per block (a multiple of the layout's block); an ``NCHW{b}c`` output then reads it
     without division (``value`` is used otherwise)."""
-    from tvm import te
-
     shape = _out_shape(layout, n, c, oh, ow)
     if layout == "NHWC":
         return te.compute(shape, lambda nn, y, x, ch: value(nn, ch, y, x), name=name)
@@ -261,7 +254,6 @@ def conv2d_nchwc_te(data, wpack, *, strides, padding, dilation, oc, plan: ConvPl
     packing reads and the write-back differ.
     """
     out_layout = out_layout or layout
-    from tvm import te
 
     n, ic, h, w = _dims(data, layout)
     g = plan.groups
@@ -326,8 +318,6 @@ def depthwise_nchwc_te(data, wpack, *, strides, padding, dilation, plan: ConvPla
                        layout: str = "NCHW"):
     """TE compute of the channel-vectorised depthwise conv2d; returns the output in
     ``layout`` (``"NCHW"`` or ``"NHWC"``)."""
-    from tvm import te
-
     n, c, h, w = _dims(data, layout)
     cb_n, kh, kw, cbi = (int(x) for x in wpack.shape)
     sh, sw = strides
@@ -379,8 +369,6 @@ def depthwise_rows_te(data, weight, *, strides, padding, dilation, lanes: int, p
     ``hcp_dwcrop`` writes the NCHW output (where the epilogue is inlined). ``weight`` is
     ``[C, KH, KW]``.
     """
-    from tvm import te
-
     n, c, h, w = (int(x) for x in data.shape)
     _, kh, kw = (int(x) for x in weight.shape)
     sh, sw = strides
@@ -409,3 +397,18 @@ def depthwise_rows_te(data, weight, *, strides, padding, dilation, lanes: int, p
     return te.compute(
         i64(n, c, oh, ow), lambda nn, ch, y, x: row[nn, ch, y, x], name="hcp_dwcrop"
     )
+
+
+def kernel_call(bb: relax.BlockBuilder, name: str, te_fn, args, arg_shapes, dtypes):
+    """Create the PrimFunc from TE, register it and return the call_tir expression."""
+    placeholders = [
+        te.placeholder(i64(*shape), dtype, name=f"arg{i}")
+        for i, (shape, dtype) in enumerate(zip(arg_shapes, dtypes, strict=True))
+    ]
+    out = te_fn(*placeholders)
+    func = te.create_prim_func([*placeholders, out])
+    func = func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr("hcprune.kernel", name)
+    func = func.without_attr("global_symbol")
+    gvar = bb.add_func(func, name)
+    out_ty = relax.TensorType([int(s) for s in out.shape], out.dtype)
+    return relax.call_tir(gvar, args, out_ty)

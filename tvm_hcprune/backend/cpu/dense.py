@@ -4,7 +4,7 @@
 ``permute_dims``) becomes three blocks: ``hcp_dense`` computes ``[..., M, NB, nb]`` against
 ``W`` packed to ``[NB, K, nb]`` (``nb`` = one or two vectors, so each output block reads one
 contiguous weight panel), ``hcp_dense_unpack`` writes ``[..., M, N]`` (where the fused bias /
-activation epilogue is inlined by the rule in :mod:`tvm_hcprune.schedule.cpu_rules`).
+activation epilogue is inlined by the rule in :mod:`tvm_hcprune.backend.cpu.rules`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tvm import relax, te, tirx
 
-from tvm_hcprune.schedule.conv2d_nchwc import i64
+from tvm_hcprune.backend.cpu.conv2d_nchwc import i64, kernel_call
+from tvm_hcprune.utils.relax import const_value, dtype_of, static_shape
 
 TILE_ATTR = "hcp_tile"
 
@@ -45,8 +47,6 @@ def dense_te(x, wpack, *, n: int, rows: int, nb: int | None = None):
     matmuls of attention (both operands computed at run time), the right operand
     ``[..., K, N]`` itself, which is then packed inside the kernel (block ``hcp_bmm_pack``).
     """
-    from tvm import te, tirx
-
     xshape = [int(s) for s in x.shape]
     lead, (m, k) = xshape[:-2], xshape[-2:]
     if nb is None:
@@ -90,18 +90,14 @@ def dense_te(x, wpack, *, n: int, rows: int, nb: int | None = None):
 
 def rewrite_matmul(rewriter, call):
     """Replacement ``call_tir`` for ``matmul(x, const W[K, N])`` in float32, or None."""
-    from tvm import relax
-
-    from tvm_hcprune.schedule.rewrite import _const_value, _dtype, _make_call, _static_shape
-
     x, w = call.args
-    wv = _const_value(w)
-    xshape = _static_shape(x)
+    wv = const_value(w)
+    xshape = static_shape(x)
     if wv is None:
         return _rewrite_batched(rewriter, call)
     if xshape is None or wv.ndim != 2 or len(xshape) < 2:
         return None
-    if _dtype(x) != "float32" or wv.dtype != np.float32:
+    if dtype_of(x) != "float32" or wv.dtype != np.float32:
         return None
     out_dtype = call.attrs.out_dtype
     if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
@@ -116,7 +112,7 @@ def rewrite_matmul(rewriter, call):
     def fn(xx, wp):
         return dense_te(xx, wp, n=n, rows=rows)
 
-    return _make_call(
+    return kernel_call(
         rewriter.builder_, "hcp_dense", fn, [x, relax.const(wpack)],
         [xshape, wpack.shape], ["float32", "float32"],
     )
@@ -125,15 +121,13 @@ def rewrite_matmul(rewriter, call):
 def _rewrite_batched(rewriter, call):
     """``matmul(A[..., M, K], B[..., K, N])`` with both operands computed at run time
     (attention's QK^T and PV) and equal batch dimensions, or None."""
-    from tvm_hcprune.schedule.rewrite import _dtype, _make_call, _static_shape
-
     a, b = call.args
-    ashape, bshape = _static_shape(a), _static_shape(b)
+    ashape, bshape = static_shape(a), static_shape(b)
     if ashape is None or bshape is None or len(ashape) < 2 or len(ashape) != len(bshape):
         return None
     if ashape[:-2] != bshape[:-2] or ashape[-1] != bshape[-2]:
         return None
-    if _dtype(a) != "float32" or _dtype(b) != "float32":
+    if dtype_of(a) != "float32" or dtype_of(b) != "float32":
         return None
     out_dtype = call.attrs.out_dtype
     if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
@@ -144,6 +138,6 @@ def _rewrite_batched(rewriter, call):
     def fn(aa, bb):
         return dense_te(aa, bb, n=n, rows=rows, nb=nb)
 
-    return _make_call(
+    return kernel_call(
         rewriter.builder_, "hcp_bmm", fn, [a, b], [ashape, bshape], ["float32", "float32"]
     )

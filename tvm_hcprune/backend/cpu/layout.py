@@ -8,7 +8,7 @@ whose channels are multiples of ``block`` to ``NCHW{block}c`` with Relax's own
 ``ConvertLayout``, which carries the layout through the elementwise ops between convs
 (bias, relu, clip, residual add, SE gates) and leaves ``layout_transform`` only at the
 graph's boundaries and at ops without a blocked form (reshape, flatten, ...). The kernels
-of :mod:`tvm_hcprune.schedule.rewrite` then read and write the blocked layout directly.
+of :mod:`tvm_hcprune.backend.cpu.pack` then read and write the blocked layout directly.
 
 ONNX's ``Clip`` imports as ``call_tir`` of ``maximum``/``minimum`` PrimFuncs, opaque to
 ``ConvertLayout``, and Relax's ``clip`` has no layout inference; the pass first re-expresses
@@ -21,8 +21,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_hcprune.transform.canonicalize import CanonicalizeForPruning, block_axis, split_axis
-from tvm_hcprune.transform.fold_batch_norm import use_counts
+from tvm_hcprune.frontend.normalize import NormalizeImport, block_axis, split_axis
+from tvm_hcprune.utils.relax import mutate_functions, use_counts
 
 
 @mutator
@@ -56,19 +56,11 @@ def _imm_value(v) -> float | None:
     return float(v.value) if isinstance(v, imm) else None
 
 
-def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
-    """Run a ``PyExprMutator`` (built on ``mod``) over every Relax function of ``mod``."""
-    for gvar, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
-
-
 def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
     """ONNX's clip as ``R.maximum``/``R.minimum``: the importer's ``call_tir`` of scalar
-    maximum / minimum PrimFuncs (via ``CanonicalizeForPruning``, which also folds
+    maximum / minimum PrimFuncs (via ``NormalizeImport``, which also folds
     constant-only bindings) and ``R.clip``."""
-    mod = CanonicalizeForPruning()(mod)
+    mod = NormalizeImport()(mod)
     rw = _RaiseClip(mod)
     out = mutate_functions(rw, mod)
     return relax.transform.DeadCodeElimination()(out) if rw.raised else mod
@@ -246,4 +238,4 @@ class BlockChannelLayout:
         mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
         mod = relax.transform.DeadCodeElimination()(mod)
         # the weights' and biases' new layouts, folded with numpy
-        return relax.transform.FoldConstant()(CanonicalizeForPruning()(mod))
+        return relax.transform.FoldConstant()(NormalizeImport()(mod))

@@ -1,14 +1,14 @@
 """Relax pass :class:`PackWeightsForCPU`: route conv2d / matmul to tvm_hcprune's CPU kernels.
 
 NCHW 1x1 stride-1 convs may take the pixel-vectorised kernel of
-:mod:`tvm_hcprune.schedule.pointwise` (no packing at all); the others the channel-blocked
-kernels of :mod:`tvm_hcprune.schedule.conv2d_nchwc`.
+:mod:`tvm_hcprune.backend.cpu.pointwise` (no packing at all); the others the channel-blocked
+kernels of :mod:`tvm_hcprune.backend.cpu.conv2d_nchwc`.
 
 Every supported call (static shapes, float32, constant weight) becomes a ``call_tir`` of a
 channel-blocked TE kernel whose weight was packed once, here, at compile time. Unsupported
 calls are left alone and take TVM's default path.
 
-Convs that :class:`~tvm_hcprune.schedule.layout.BlockChannelLayout` moved to ``NCHW{b}c``
+Convs that :class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout` moved to ``NCHW{b}c``
 take the same kernels reading and writing the blocked layout (a 1x1 unpadded conv reads its
 input in place); one the kernels cannot take is turned back into an NCHW conv between layout
 transforms, since TVM 0.27 lowers conv2d only in NCHW/NHWC.
@@ -18,50 +18,22 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from tvm_hcprune.backend.cpu import conv2d_nchwc as cw
+from tvm_hcprune.backend.cpu import pointwise as pw
+from tvm_hcprune.backend.cpu.dense import rewrite_matmul
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.schedule import conv2d_nchwc as cw
-from tvm_hcprune.schedule import pointwise as pw
+from tvm_hcprune.utils.relax import (
+    clear_shape_cache,
+    const_value,
+    dtype_of,
+    mutate_functions,
+    static_shape,
+)
 
 _CONV = "relax.nn.conv2d"
-
-
-def _static_shape(expr) -> tuple[int, ...] | None:
-    ty = expr.ty
-    shape = getattr(ty, "shape", None)
-    if shape is None:
-        return None
-    try:
-        return tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        return None
-
-
-def _dtype(expr) -> str:
-    return str(getattr(expr.ty, "dtype", ""))
-
-
-def _const_value(expr) -> np.ndarray | None:
-    if isinstance(expr, tvm.ir.expr.Constant):
-        return expr.value.numpy()
-    return None
-
-
-def _make_call(bb: relax.BlockBuilder, name: str, te_fn, args, arg_shapes, dtypes):
-    """Create the PrimFunc from TE, register it and return the call_tir expression."""
-    placeholders = [
-        te.placeholder(cw.i64(*shape), dtype, name=f"arg{i}")
-        for i, (shape, dtype) in enumerate(zip(arg_shapes, dtypes, strict=True))
-    ]
-    out = te_fn(*placeholders)
-    func = te.create_prim_func([*placeholders, out])
-    func = func.with_attr("op_pattern", cw.OUT_EWISE_FUSABLE).with_attr("hcprune.kernel", name)
-    func = func.without_attr("global_symbol")
-    gvar = bb.add_func(func, name)
-    out_ty = relax.TensorType([int(s) for s in out.shape], out.dtype)
-    return relax.call_tir(gvar, args, out_ty)
 
 
 @mutator
@@ -91,8 +63,6 @@ class _Rewriter(PyExprMutator):
             if op == _CONV and self.enable_conv:
                 new = self._conv(call)
             elif op == "relax.matmul" and self.enable_dense:
-                from tvm_hcprune.schedule.dense import rewrite_matmul
-
                 new = rewrite_matmul(self, call)
             else:
                 new = None
@@ -119,11 +89,11 @@ class _Rewriter(PyExprMutator):
         entry = layout == "NCHW" and cw.layout_block(out_layout)
         if out_layout != layout and not entry:
             return None
-        w = _const_value(weight)
-        dshape = _static_shape(data)
+        w = const_value(weight)
+        dshape = static_shape(data)
         if w is None or dshape is None or len(dshape) != (5 if block else 4):
             return None
-        if _dtype(data) != "float32" or w.dtype != np.float32:
+        if dtype_of(data) != "float32" or w.dtype != np.float32:
             return None
         out_dtype = attrs.out_dtype
         if out_dtype is not None and str(out_dtype) not in ("", "void", "float32"):
@@ -171,7 +141,7 @@ class _Rewriter(PyExprMutator):
                     lanes=self.lanes, per_tile=per_tile, owp=owp,
                 )
 
-            return _make_call(self.builder_, "hcp_dwconv2d", fn_rows,
+            return cw.kernel_call(self.builder_, "hcp_dwconv2d", fn_rows,
                               [data, relax.const(wrow)], [dshape, wrow.shape],
                               ["float32", "float32"])
         wpack = cw.pack_weight(w, plan)
@@ -193,7 +163,7 @@ class _Rewriter(PyExprMutator):
                     plan=plan, layout=layout, out_layout=out_layout,
                 )
             name = "hcp_conv2d"
-        return _make_call(
+        return cw.kernel_call(
             self.builder_,
             name,
             fn,
@@ -210,13 +180,13 @@ class _Rewriter(PyExprMutator):
         def fn(d, wp):
             return pw.pointwise_te(d, wp, oc=oc, plan=plan)
 
-        return _make_call(self.builder_, "hcp_pwconv2d", fn, [data, relax.const(wpack)],
+        return cw.kernel_call(self.builder_, "hcp_pwconv2d", fn, [data, relax.const(wpack)],
                           [dshape, wpack.shape], ["float32", "float32"])
 
 
 def oihw_weight(w: np.ndarray, kernel_layout: str) -> np.ndarray | None:
     """A conv weight in ``kernel_layout`` (a permutation of OIHW, or ``OIHW{b}o`` as
-    :class:`~tvm_hcprune.schedule.layout.BlockChannelLayout` leaves it) as OIHW, or None."""
+    :class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout` leaves it) as OIHW, or None."""
     kb = cw.kernel_block(kernel_layout)
     if kb and w.ndim == 5 and w.shape[4] == kb:
         ob, i, kh, kw, b = w.shape
@@ -238,7 +208,7 @@ def _unblock(bb: relax.BlockBuilder, call):
             data, index_map=lambda n, c, h, w, ci: (n, c * b_in + ci, h, w)))
     kl = str(attrs.kernel_layout)
     kb = cw.kernel_block(kl)
-    wv = _const_value(weight)
+    wv = const_value(weight)
     w_const = oihw_weight(wv, kl) if wv is not None else None
     w_oihw, wlayout = weight, kl
     if w_const is not None:
@@ -276,7 +246,7 @@ class PackWeightsForCPU:
         Per-core L2 size (chooses the conv's outer loop order).
     pointwise : bool or "always"
         NCHW 1x1 stride-1 convs take the pixel-vectorised kernel
-        (:mod:`tvm_hcprune.schedule.pointwise`) where it is the faster one (True), on every
+        (:mod:`tvm_hcprune.backend.cpu.pointwise`) where it is the faster one (True), on every
         such conv ("always"), or never (False).
     """
 
@@ -292,8 +262,9 @@ class PackWeightsForCPU:
         self.dense = dense
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        from tvm_hcprune.schedule.layout import mutate_functions
-
         rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense, self.l2_bytes,
                        self.pointwise)
-        return mutate_functions(rw, mod)
+        try:
+            return mutate_functions(rw, mod)
+        finally:
+            clear_shape_cache()

@@ -4,7 +4,7 @@ A 1x1, stride-1, unpadded, ungrouped conv2d on NCHW is ``out[o, p] = sum_i W[o, 
 over the flattened pixels ``p = y * W + x``. Rows of ``x`` and of ``out`` are contiguous in
 NCHW, so the kernel reads the input and writes the output in place: no packing of the input
 to NCHWc and no transposing write-back (the channel-blocked kernel of
-:mod:`tvm_hcprune.schedule.conv2d_nchwc` needs both around every conv). Blocks:
+:mod:`tvm_hcprune.backend.cpu.conv2d_nchwc` needs both around every conv). Blocks:
 
 ``hcp_pwpad`` (only when W is not a multiple of the vector)
     copies the input to ``[N, IC, H, Wp]`` with zero columns appended,
@@ -25,8 +25,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from tvm import te, tirx
 
-from tvm_hcprune.schedule.conv2d_nchwc import i64
+from tvm_hcprune.backend.cpu.conv2d_nchwc import i64
 
 ROWS_ATTR = "hcp_rows"
 TY_ATTR = "hcp_ty"
@@ -114,8 +115,6 @@ def pack_pointwise_weight(w: np.ndarray, plan: PointwisePlan) -> np.ndarray:
 
 def pointwise_te(data, wpack, *, oc: int, plan: PointwisePlan):
     """TE compute of the pointwise conv; returns the ``[N, OC, H, W]`` output."""
-    from tvm import te, tirx
-
     n, ic, h, w = (int(s) for s in data.shape)
     wp, rows = plan.w_padded, plan.rows
     if wp != w:

@@ -2,7 +2,7 @@
 
 :class:`ApplyCPURules` walks the PrimFuncs of a module after FuseOps/FuseTIR. A function that
 contains one of tvm_hcprune's kernels (blocks ``hcp_conv``, ``hcp_dwconv``, ``hcp_dense``,
-see :mod:`tvm_hcprune.schedule.rewrite`) gets its rule; every other function, and any
+see :mod:`tvm_hcprune.backend.cpu.pack`) gets its rule; every other function, and any
 function whose rule raises, keeps TVM's default lowering, so the build never fails because of
 a rule. Functions already marked ``tirx.is_scheduled`` (e.g. by a MetaSchedule database) are
 left alone.
@@ -19,7 +19,10 @@ from __future__ import annotations
 import logging
 
 import tvm
-from tvm import tirx
+from tvm import s_tir, tirx
+
+from tvm_hcprune.backend.cpu import pointwise as pw
+from tvm_hcprune.utils.relax import update_functions
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,6 @@ WRITEBACK_ATTR = "hcp_tile_writeback"
 
 def _block_names(func) -> list[str]:
     """Names of the top-level blocks of an unscheduled (fused) PrimFunc."""
-    from tvm import s_tir
-
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
         root = sch.get_sblock("root")
@@ -263,8 +264,6 @@ def schedule_pointwise(sch, names: list[str]) -> bool:
     reduction over the input channels outside it, parallel over the tiles; the write-back
     (with the inlined epilogue) per tile, vectorised along W when the tile has no padding.
     """
-    from tvm_hcprune.schedule import pointwise as pw
-
     acc_name, out_name = _find(names, "hcp_pw"), _find(names, "hcp_pwout")
     if not (acc_name and out_name):
         return False
@@ -397,8 +396,6 @@ def rule_schedule(func, strict: bool = False):
     rule's error propagates and a function holding tvm_hcprune's blocks that no rule
     matches raises, instead of falling back to TVM's default.
     """
-    from tvm import s_tir
-
     names = _block_names(func)
     ours = any(n.startswith("hcp_") for n in names)
     if not ours and not _is_layout_transform(names):
@@ -449,9 +446,4 @@ class ApplyCPURules:
             new = apply_rules(func, self.strict)
             if new is not None:
                 updates[gvar] = new
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
+        return update_functions(mod, updates)

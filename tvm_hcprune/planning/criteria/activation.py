@@ -1,6 +1,6 @@
 """Data-driven criteria: ``activation``, ``apoz`` and ``thinet``.
 
-They read a :class:`~tvm_hcprune.calibration.Calibration` of the analysed module, handed
+They read a :class:`~tvm_hcprune.recovery.calibration.Calibration` of the analysed module, handed
 over as ``GroupViews.calibration`` (``prune(..., calibration=cal)`` or
 ``make_plan(..., calibration=cal)``). A group's channels are located in each layer through
 the members' descriptors (segment offsets, inner repetition after a flatten), exactly as
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import HCPruneError
-from . import GroupViews, _aggregate, register_criterion
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.ops.weights import layer_weight_oi
+from tvm_hcprune.planning.criteria.registry import GroupViews, aggregate, register_criterion
 
 
 def _need_calibration(views: GroupViews, name: str):
@@ -76,7 +77,7 @@ def _stat_scores(views: GroupViews, name: str, stat) -> np.ndarray:
     if not per:
         raise HCPruneError(f"criterion {name!r}: the calibration holds no layer of group "
                            f"{g.id} (producers {g.producers}); calibrate the analysed module")
-    return _aggregate(per, views.size)
+    return aggregate(per, views.size)
 
 
 @register_criterion("activation")
@@ -93,8 +94,6 @@ def apoz(views: GroupViews, rng, **_):
 
 def _contribution_gram(graph, member, group_id, lc, max_rows: int, rng) -> np.ndarray | None:
     """``G[c, d] = sum_{rows, outputs} z_c z_d`` of one consumer (float64 ``[size, size]``)."""
-    from ..transform.reconstruct import layer_weight_oi
-
     call = graph.ctx.values[member.var]
     if lc is None or lc.X is None or call.op.name not in ("relax.nn.conv2d", "relax.matmul"):
         return None
