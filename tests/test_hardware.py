@@ -16,6 +16,10 @@ from tvm_hcprune.hardware import HardwareProfile, host_physical_cores, profile_f
         ({"kind": "llvm", "mcpu": "skylake-avx512"}, "avx512", 16, 16),
         ("llvm -mcpu=znver3 -mattr=+avx512f", "avx512", 16, 16),
         ("llvm -mtriple=aarch64-linux-gnu -mcpu=cortex-a72", "neon", 4, 4),
+        # a target that names its ISA but no CPU gets that ISA, whatever the host has
+        ({"kind": "llvm", "mattr": ["+avx2", "+fma"]}, "avx2", 8, 8),
+        ({"kind": "llvm", "mattr": ["+avx512f"]}, "avx512", 16, 16),
+        ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}, "neon", 4, 4),
     ],
 )
 def test_llvm_profiles_by_mcpu_and_mattr(target, isa, multiple, lanes):
@@ -26,6 +30,16 @@ def test_llvm_profiles_by_mcpu_and_mattr(target, isa, multiple, lanes):
     assert prof.channel_multiple == multiple
     assert prof.lanes("float32") == lanes
     assert prof.lanes("int8") == lanes * 4
+
+
+def test_mattr_target_is_not_given_the_host_cpu():
+    """parse_target adds the host's mcpu only to a target that names neither a CPU nor an
+    ISA: an AVX2 target stays AVX2 code on an AVX-512 host."""
+    from tvm_hcprune.hardware.target import parse_target
+
+    tgt = parse_target({"kind": "llvm", "mattr": ["+avx2", "+fma"]})
+    assert "mcpu" not in dict(tgt.attrs)
+    assert "mcpu" in dict(parse_target("llvm").attrs)
 
 
 def test_host_profile_uses_host_cpu():

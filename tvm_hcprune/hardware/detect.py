@@ -43,9 +43,9 @@ def _llvm_profile(target) -> HardwareProfile:
     mcpu = str(attrs.get("mcpu", "") or "")
     host_triple = codegen.llvm_get_system_triple()
     is_host = triple == host_triple or not attrs.get("mtriple")
-    if not mcpu and is_host:
+    if not mcpu and is_host and not attrs.get("mattr"):
+        # the host CPU only where the target names neither a CPU nor an ISA (mattr)
         mcpu = str(codegen.llvm_get_system_cpu())
-
         target = Target({**_target_dict(target), "mcpu": mcpu})
     feats = _llvm_features(target)
     cores = int(attrs.get("num-cores", 0) or 0) or (host_physical_cores() if is_host else 1)

@@ -60,15 +60,19 @@ def _parse_cli(text: str) -> dict:
 
 
 def _complete_llvm(d: dict) -> dict:
-    """Add the host mcpu/num-cores to an llvm dict that names no CPU and no foreign triple."""
+    """Add the host mcpu/num-cores to an llvm dict that names no CPU and no foreign triple.
 
+    A target that names its ISA (``mattr``, e.g. ``["+avx2", "+fma"]``) but no ``mcpu`` keeps
+    LLVM's generic CPU: the host's ``mcpu`` would add the host's own features (AVX-512 on a
+    Zen 4) to what the target asked for.
+    """
     if d.get("kind") != "llvm":
         return d
     triple = d.get("mtriple")
     if triple and triple != codegen.llvm_get_system_triple():
         return d
     d = dict(d)
-    if not d.get("mcpu"):
+    if not d.get("mcpu") and not d.get("mattr"):
         d["mcpu"] = str(codegen.llvm_get_system_cpu())
     d.setdefault("num-cores", host_physical_cores())
     return d
