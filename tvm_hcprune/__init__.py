@@ -38,6 +38,7 @@ _EXPORTS = {
     "PrunePlan": "tvm_hcprune.planning.plan",
     "load_onnx": "tvm_hcprune.frontend.load",
     "load_tflite": "tvm_hcprune.frontend.load",
+    "load_torch": "tvm_hcprune.frontend.pytorch",
     "register_op_handler": "tvm_hcprune.ops",
     "get_op_handler": "tvm_hcprune.ops",
     "list_op_handlers": "tvm_hcprune.ops",

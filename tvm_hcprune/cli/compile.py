@@ -26,6 +26,7 @@ from tvm_hcprune.backend.database import load_database
 from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.load import load_onnx
+from tvm_hcprune.frontend.pytorch import load_torch
 from tvm_hcprune.hardware.presets import load_preset
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.utils import atomic_write
@@ -76,7 +77,8 @@ def parse_input_shapes(text: str | None) -> dict[str, list[int]] | None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments that turn an ONNX file into the (pruned) module to compile or tune."""
-    parser.add_argument("model", help="ONNX model file")
+    parser.add_argument("model", help="ONNX model file, or a .pt2 program written by "
+                                      "torch.export.save (needs the torch extra)")
     parser.add_argument("--target", default=None,
                         help='TVM target: "llvm", "llvm -mcpu=znver3", "cuda -arch=sm_80", '
                              'a JSON dict or a tag (default: the preset\'s, else host llvm)')
@@ -107,8 +109,15 @@ def resolve_model_options(args):
 
 
 def load_model(args, target, preset, ratio, log=print):
-    """Import the ONNX model and prune it when asked; returns the Relax module."""
-    mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
+    """Import the ONNX model (or ``.pt2`` program) and prune it when asked; returns the
+    Relax module."""
+    if Path(args.model).suffix == ".pt2":
+        if args.input_shapes:
+            raise HCPruneError("--input-shapes does not apply to a .pt2 program: the example "
+                               "inputs it was exported with fixed its shapes")
+        mod = load_torch(args.model)
+    else:
+        mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
         kwargs = {"ratio": ratio, "target": target}
         if preset is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["mobilenet_v2", "randomise", "resnet18", "resnet50"]
+__all__ = ["mobilenet_v2", "randomise", "resnet18", "resnet50", "transformer_encoder"]
 
 
 class _Basic(nn.Module):
@@ -130,6 +130,47 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+class _EncoderLayer(nn.Module):
+    """Post-norm transformer encoder layer with explicit multi-head attention."""
+
+    def __init__(self, dim, heads, ffn):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        self.proj = nn.Linear(dim, dim)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        h = self.heads
+
+        def split(t):
+            return t.reshape(b, n, h, d // h).permute(0, 2, 1, 3)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        att = torch.softmax(q @ k.transpose(-1, -2) * (d // h) ** -0.5, dim=-1)
+        y = (att @ v).permute(0, 2, 1, 3).reshape(b, n, d)
+        x = self.norm1(x + self.proj(y))
+        return self.norm2(x + self.ffn(x))
+
+
+class TransformerEncoder(nn.Module):
+    """A small ViT-style encoder over a token sequence: embedding, layers, mean-pool head."""
+
+    def __init__(self, dim=64, heads=4, ffn=128, layers=2, tokens=16, features=32,
+                 num_classes=10):
+        super().__init__()
+        self.embed = nn.Linear(features, dim)
+        self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
+        self.layers = nn.Sequential(*[_EncoderLayer(dim, heads, ffn) for _ in range(layers)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.layers(self.embed(x) + self.pos)
+        return self.head(x.mean(dim=1))
+
+
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random weights (He-normal) and random batch-norm statistics and affine parameters, so
     magnitudes differ per channel as in a trained model; returns ``model`` in eval mode."""
@@ -141,6 +182,8 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.01)
+            elif isinstance(m, TransformerEncoder):
+                m.pos.copy_(torch.randn(m.pos.shape, generator=gen) * 0.02)
             elif isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
                 m.weight.copy_(0.5 + torch.rand(n, generator=gen))
@@ -163,3 +206,8 @@ def resnet50(num_classes: int = 1000, seed: int = 0) -> nn.Module:
 def mobilenet_v2(num_classes: int = 1000, seed: int = 0) -> nn.Module:
     """MobileNetV2 with random weights and batch-norm statistics."""
     return randomise(MobileNetV2(num_classes), seed)
+
+
+def transformer_encoder(num_classes: int = 10, seed: int = 0, **sizes) -> nn.Module:
+    """A small transformer encoder (input ``[1, tokens, features]``) with random weights."""
+    return randomise(TransformerEncoder(num_classes=num_classes, **sizes), seed)
