@@ -84,3 +84,28 @@ def test_bad_inputs_raise():
         profile_for("opencl")
     with pytest.raises(HCPruneError, match="float64"):
         profile_for({"kind": "llvm", "mcpu": "haswell"}).lanes("float64")
+
+
+def test_registered_profile_for_a_new_target_key():
+    """register_profile(key) gives targets carrying that key their own profile, which the
+    pruner's default align follows; a second registration needs override=True."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    import tvm_hcprune as hc
+    from tvm_hcprune.hardware import register_profile
+    from tvm_hcprune.testing import onnx_models
+
+    def npu(target):
+        return HardwareProfile(name="test-npu", kind="llvm", isa="npu", vector_bits=256,
+                               fma_units=1, vector_registers=32, channel_multiple=32,
+                               l1_bytes=65536, l2_bytes=0, cores=1, freq_ghz=1.0)
+
+    target = {"kind": "llvm", "keys": ["test-npu", "cpu"]}
+    register_profile("test-npu", override=True)(npu)  # override: the test may run twice
+    assert profile_for(target).name == "test-npu"
+    with pytest.raises(HCPruneError, match="already registered"):
+        register_profile("test-npu")(npu)
+    mod = from_onnx(onnx_models.small_resnet(width=64, image=8, num_classes=4))
+    _, report = hc.prune(mod, ratio=0.5, target=target)
+    assert report.align == 32
+    assert all(len(k) % 32 == 0 for k in report.plan.kept.values())

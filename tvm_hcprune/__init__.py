@@ -48,6 +48,7 @@ _EXPORTS = {
     # hardware, schedules, compilation
     "HardwareProfile": "tvm_hcprune.hardware",
     "profile_for": "tvm_hcprune.hardware",
+    "register_profile": "tvm_hcprune.hardware",
     "parse_target": "tvm_hcprune.hardware.target",
     "build": "tvm_hcprune.backend.pipeline",
     "tune": "tvm_hcprune.tuning.tune",

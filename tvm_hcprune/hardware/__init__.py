@@ -11,8 +11,8 @@ share.
 
 from __future__ import annotations
 
-from tvm_hcprune.hardware.detect import profile_for
+from tvm_hcprune.hardware.detect import profile_for, register_profile
 from tvm_hcprune.hardware.host import host_physical_cores
 from tvm_hcprune.hardware.profile import HardwareProfile
 
-__all__ = ["HardwareProfile", "host_physical_cores", "profile_for"]
+__all__ = ["HardwareProfile", "host_physical_cores", "profile_for", "register_profile"]

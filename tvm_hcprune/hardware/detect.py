@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from tvm.target import Target, codegen
 
@@ -153,6 +154,43 @@ def _vta_profile(config=None) -> HardwareProfile:
     )
 
 
+_FACTORIES: dict[str, Callable] = {}
+
+
+def register_profile(key: str, override: bool = False) -> Callable:
+    """Register ``factory(target) -> HardwareProfile`` for targets of a kind or key.
+
+    :func:`profile_for` asks the registry first, by the parsed target's kind name and then
+    by each of its keys, so a new accelerator or board gets its own channel multiple
+    (the pruner's default ``align``) and schedule facts.
+
+    Parameters
+    ----------
+    key : str
+        A target kind (``"ext_dev"``) or target key (``"mynpu"`` in
+        ``{"kind": "llvm", "keys": ["mynpu", "cpu"]}``).
+    override : bool
+        Replace an existing registration instead of raising.
+
+    Examples
+    --------
+    >>> @register_profile("mynpu")  # doctest: +SKIP
+    ... def mynpu(target):
+    ...     return HardwareProfile(name="mynpu", kind="llvm", isa="npu", vector_bits=256,
+    ...                            fma_units=1, vector_registers=32, channel_multiple=32,
+    ...                            l1_bytes=65536, l2_bytes=0, cores=1, freq_ghz=1.0)
+    """
+
+    def wrap(factory: Callable) -> Callable:
+        if key in _FACTORIES and not override:
+            raise HCPruneError(f"a hardware profile for {key!r} is already registered; pass "
+                               "override=True to replace it")
+        _FACTORIES[key] = factory
+        return factory
+
+    return wrap
+
+
 def profile_for(target=None, vta_config=None) -> HardwareProfile:
     """Return the :class:`HardwareProfile` of ``target``.
 
@@ -174,6 +212,13 @@ def profile_for(target=None, vta_config=None) -> HardwareProfile:
     tgt = parse_target("llvm" if target is None else target)
     kind = tgt.kind.name
     keys = [str(k) for k in tgt.keys]
+    for key in [kind, *keys]:
+        if key in _FACTORIES:
+            prof = _FACTORIES[key](tgt)
+            if not isinstance(prof, HardwareProfile):
+                raise HCPruneError(f"the profile registered for {key!r} returned "
+                                   f"{type(prof).__name__}, not a HardwareProfile")
+            return prof
     if kind == "ext_dev" or "vta" in keys:
         return _vta_profile(vta_config)
     if kind == "llvm":
