@@ -36,6 +36,11 @@ class PruneReport:
         Wall time of analysis + planning + rewrite.
     align : int
         The channel multiple kept counts were rounded to.
+
+    Examples
+    --------
+    >>> pruned, report = tvm_hcprune.prune(mod, ratio=0.5)  # doctest: +SKIP
+    >>> print(report.summary()); report.macs_fraction  # doctest: +SKIP
     """
 
     plan: PrunePlan

@@ -10,6 +10,13 @@ class HCPruneError(ValueError):
     """A problem with the user's input (model, plan, option, file).
 
     The CLI prints the message and exits with status 2; nothing is written.
+
+    Examples
+    --------
+    >>> try:
+    ...     tvm_hcprune.prune(mod, ratio=1.5)  # doctest: +SKIP
+    ... except tvm_hcprune.HCPruneError as err:
+    ...     print(err)
     """
 
 

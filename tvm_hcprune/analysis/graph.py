@@ -41,7 +41,13 @@ class FrozenRecord:
 
 @dataclass
 class ChannelGroup:
-    """Channels that must be removed together (one union-find class of spaces)."""
+    """Channels that must be removed together (one union-find class of spaces).
+
+    Examples
+    --------
+    >>> group = tvm_hcprune.analyze(mod).groups[0]  # doctest: +SKIP
+    >>> group.size, group.producers, group.frozen  # doctest: +SKIP
+    """
 
     id: int
     size: int
@@ -74,6 +80,11 @@ class ChannelGraph:
         Multiply-accumulates of conv/matmul ops and constant elements of ``main``.
     fingerprint : str
         Identifies the module (topology, shapes and weights) a plan belongs to.
+
+    Examples
+    --------
+    >>> graph = tvm_hcprune.analyze(mod)  # doctest: +SKIP
+    >>> print(graph.summary()); graph.frozen  # doctest: +SKIP
     """
 
     def __init__(self, mod, ctx: AnalysisContext, fingerprint: str, total_params: int):
@@ -305,6 +316,11 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
     Returns
     -------
     ChannelGraph
+
+    Examples
+    --------
+    >>> graph = tvm_hcprune.analyze(tvm_hcprune.load_onnx("model.onnx"))  # doctest: +SKIP
+    >>> print(graph.summary())  # doctest: +SKIP
     """
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise HCPruneError("the module has no 'main' function; pass the module a frontend "

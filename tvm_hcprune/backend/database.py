@@ -161,6 +161,11 @@ class ScheduleDatabase:
         Free-form provenance (model, trials, CPU, date).
     source : str
         Where it came from (a path, ``"tuning"``, ``"shipped"``), for messages.
+
+    Examples
+    --------
+    >>> db = tvm_hcprune.load_database("db.json", "llvm")  # doctest: +SKIP
+    >>> len(db), db.best_latencies()  # doctest: +SKIP
     """
 
     ms_database: object
@@ -370,6 +375,11 @@ def load_database(path, target=None) -> ScheduleDatabase:
     ------
     HCPruneError
         Missing or unreadable file, corrupt content, or a database for another target.
+
+    Examples
+    --------
+    >>> db = tvm_hcprune.load_database("db.json", "llvm")  # doctest: +SKIP
+    >>> ex = tvm_hcprune.build(mod, "llvm", database=db)  # doctest: +SKIP
     """
     path = Path(path)
     if target is not None:

@@ -243,6 +243,11 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
     -------
     tvm.relax.VMExecutable
         Run it with ``relax.VirtualMachine(ex, tvm.cpu())``.
+
+    Examples
+    --------
+    >>> ex = tvm_hcprune.build(pruned, {"kind": "llvm", "mcpu": "znver3"})  # doctest: +SKIP
+    >>> vm = tvm.relax.VirtualMachine(ex, tvm.cpu())  # doctest: +SKIP
     """
     if not isinstance(mod, tvm.IRModule):
         raise HCPruneError(

@@ -122,6 +122,10 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
     ------
     HCPruneError
         The file is missing, not ONNX, empty, or has unresolved dynamic dimensions.
+
+    Examples
+    --------
+    >>> mod = tvm_hcprune.load_onnx("model.onnx", {"input": [1, 3, 224, 224]})  # doctest: +SKIP
     """
     # deferred: TVM's ONNX frontend imports onnx (slow)
     from tvm.relax.frontend.onnx import from_onnx
@@ -147,7 +151,12 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
 
 
 def load_tflite(path, shape_dict: dict | None = None):
-    """Import a TFLite flatbuffer (NHWC, HWIO / HWOI weights) as a Relax module."""
+    """Import a TFLite flatbuffer (NHWC, HWIO / HWOI weights) as a Relax module.
+
+    Examples
+    --------
+    >>> mod = tvm_hcprune.load_tflite("face_detection_front.tflite")  # doctest: +SKIP
+    """
     p = Path(path)
     if not p.is_file():
         raise HCPruneError(f"model file {path} does not exist")

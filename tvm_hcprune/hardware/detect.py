@@ -206,6 +206,11 @@ def profile_for(target=None, vta_config=None) -> HardwareProfile:
     Returns
     -------
     HardwareProfile
+
+    Examples
+    --------
+    >>> tvm_hcprune.profile_for("vta").channel_multiple  # doctest: +SKIP
+    16
     """
     if isinstance(target, str) and target.strip().lower() in ("vta", "ext_dev -device=vta"):
         return _vta_profile(vta_config)

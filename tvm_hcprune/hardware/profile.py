@@ -39,6 +39,12 @@ class HardwareProfile:
         Sustained clock used for the peak estimate (an assumption, not a measurement).
     mcpu : str
         The LLVM CPU name (``""`` when not applicable).
+
+    Examples
+    --------
+    >>> prof = tvm_hcprune.profile_for({"kind": "llvm", "mcpu": "znver3"})  # doctest: +SKIP
+    >>> prof.name, prof.channel_multiple, prof.lanes("float32")  # doctest: +SKIP
+    ('x86-avx2', 8, 8)
     """
 
     name: str

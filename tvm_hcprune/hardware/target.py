@@ -131,6 +131,11 @@ def parse_target(x):
     ------
     HCPruneError
         For an unknown kind, tag or CPU name, or malformed options.
+
+    Examples
+    --------
+    >>> tvm_hcprune.parse_target("llvm -mcpu=znver3").attrs["mcpu"]  # doctest: +SKIP
+    'znver3'
     """
     if isinstance(x, Target):
         d = json.loads(str(x))

@@ -67,10 +67,24 @@ def register_op_handler(*op_names: str, override: bool = False) -> Callable:
 
 
 def get_op_handler(op_name: str) -> OpHandler | None:
-    """Return the handler registered for ``op_name``, or None (a barrier)."""
+    """Return the handler registered for ``op_name``, or None (a barrier).
+
+    Examples
+    --------
+    >>> from tvm_hcprune import get_op_handler
+    >>> get_op_handler("relax.nn.relu") is not None
+    True
+    """
     return _HANDLERS.get(op_name)
 
 
 def list_op_handlers() -> list[str]:
-    """Names of all ops that have a handler."""
+    """Names of all ops that have a handler.
+
+    Examples
+    --------
+    >>> from tvm_hcprune import list_op_handlers
+    >>> "relax.nn.conv2d" in list_op_handlers()
+    True
+    """
     return sorted(_HANDLERS)

@@ -32,6 +32,12 @@ class PruneConfig(Options):
         Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
     seed : int
         Seed of randomised criteria.
+
+    Examples
+    --------
+    >>> from tvm_hcprune import PruneConfig
+    >>> PruneConfig.of(None, ratio=0.3, criterion="fpgm").ratio
+    0.3
     """
 
     ratio: float = 0.5

@@ -29,6 +29,12 @@ class PrunePlan:
         Group id -> channel count before pruning (checked when applying).
     config : dict
         The ``PruneConfig`` (as a dict) that made the plan, for the record.
+
+    Examples
+    --------
+    >>> pruned, report = tvm_hcprune.prune(mod, ratio=0.5)  # doctest: +SKIP
+    >>> report.plan.save("plan.json")  # doctest: +SKIP
+    >>> plan = tvm_hcprune.PrunePlan.load("plan.json")  # doctest: +SKIP
     """
 
     fingerprint: str

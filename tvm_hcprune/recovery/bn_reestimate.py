@@ -272,6 +272,10 @@ class ReestimateBatchNorm:
     Attributes
     ----------
     last_report : BatchNormReport or None
+
+    Examples
+    --------
+    >>> new = ReestimateBatchNorm(samples, graph=graph, plan=plan)(pruned)  # doctest: +SKIP
     """
 
     def __init__(self, samples, mode="recompute", graph=None, plan=None, dense_stats=None,

@@ -138,6 +138,11 @@ class Calibration:
         using the data on a module: :meth:`matches`).
     meta : dict
         ``max_rows, max_bytes, seed, seconds``.
+
+    Examples
+    --------
+    >>> cal = tvm_hcprune.calibrate(mod, samples)  # doctest: +SKIP
+    >>> cal.save("cal.npz"); cal.layers  # doctest: +SKIP
     """
 
     def __init__(self, layers: dict[str, LayerCalibration], n_samples: int, fingerprint: str,
@@ -441,6 +446,11 @@ def calibrate(mod, samples, max_rows: int = 4096, max_bytes: int = 2**30, seed: 
     HCPruneError
         Empty samples, shape/dtype not matching the model input, NaN/Inf in the samples,
         a module without conv2d/matmul, dynamic shapes, bad limits.
+
+    Examples
+    --------
+    >>> graph = tvm_hcprune.analyze(mod)  # doctest: +SKIP
+    >>> cal = tvm_hcprune.calibrate(graph.mod, samples, max_rows=2048)  # doctest: +SKIP
     """
     if not isinstance(max_rows, int) or max_rows < 1:
         raise HCPruneError(f"max_rows must be an integer >= 1, got {max_rows!r}")

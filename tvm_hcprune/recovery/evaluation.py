@@ -62,6 +62,11 @@ class EvalResult:
     seconds : float
         Wall time of the model's runs (not of compilation or of the reference).
     dataset : str
+
+    Examples
+    --------
+    >>> res = tvm_hcprune.evaluate(mod, (samples, labels))  # doctest: +SKIP
+    >>> res.top1, res.agreement  # doctest: +SKIP
     """
 
     top1: float
@@ -142,6 +147,11 @@ def evaluate(mod_or_executable, dataset, reference=None, target=None, *,
         Empty dataset, sample shape/dtype not matching the model input, NaN/Inf in the
         samples, labels that are not class indices, or a model whose output is not one
         score per class.
+
+    Examples
+    --------
+    >>> dense = tvm_hcprune.evaluate(mod, dataset)  # doctest: +SKIP
+    >>> tvm_hcprune.evaluate(pruned, dataset, reference=dense).agreement  # doctest: +SKIP
     """
     samples, labels, name = as_samples(dataset)
     if samples.ndim == 0 or samples.shape[0] == 0:

@@ -238,6 +238,10 @@ def finetune(mod, dataset, steps: int = 100, batch: int = 32, lr: float = 1e-4,
     -------
     (tvm.IRModule, FinetuneReport)
         The fine-tuned module (batch norm folded, batch-1 input).
+
+    Examples
+    --------
+    >>> tuned, report = tvm_hcprune.finetune(pruned, train_set, steps=200)  # doctest: +SKIP
     """
     # deferred: relax.training is needed by fine-tuning only
     from tvm.relax.training import SetupTrainer, Trainer

@@ -346,6 +346,12 @@ class ReconstructConfig(Options):
         ``batch_norm_samples`` (default ``samples``); before the guard.
     batch_norm_samples : optional
         Inputs for the batch-norm statistics.
+
+    Examples
+    --------
+    >>> from tvm_hcprune import ReconstructConfig
+    >>> ReconstructConfig.of({"ridge": 1e-3}, passes=1).passes
+    1
     """
 
     ridge: float = 1e-2
@@ -567,6 +573,11 @@ class Reconstruct:
     Attributes
     ----------
     last_report : ReconstructReport or None
+
+    Examples
+    --------
+    >>> seq = tvm.transform.Sequential([PruneChannels(ratio=0.5, align=8),  # doctest: +SKIP
+    ...                                 Reconstruct(cal, graph, plan)])
     """
 
     def __init__(self, calibration, graph, plan, config: ReconstructConfig | dict | None = None,

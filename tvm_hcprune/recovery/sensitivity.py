@@ -178,6 +178,11 @@ def sensitivity_scan(mod, graph, calibration, samples, ratios: Sequence[float] =
     Returns
     -------
     SensitivityTable
+
+    Examples
+    --------
+    >>> table = tvm_hcprune.sensitivity_scan(mod, graph, cal, samples)  # doctest: +SKIP
+    >>> table.rel_mse  # doctest: +SKIP
     """
     arr = as_samples(samples)[0]
     if len(arr) == 0:
@@ -326,6 +331,11 @@ def select_plan(mod, graph, table: SensitivityTable, calibration, samples, macs_
     (PrunePlan, info)
         ``info`` of :func:`allocate` for the chosen plan, plus ``"candidates"``: per
         candidate ``target, give_back, macs_fraction, disagreement, rel_mse``.
+
+    Examples
+    --------
+    >>> plan, info = tvm_hcprune.select_plan(mod, graph, table, cal, x, 0.5)  # doctest: +SKIP
+    >>> pruned, report = tvm_hcprune.prune(mod, plan=plan, graph=graph)  # doctest: +SKIP
     """
     arr = as_samples(samples)[0]
     make = runner_factory or default_runner_factory(target)

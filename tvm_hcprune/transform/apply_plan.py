@@ -101,6 +101,10 @@ class ApplyPrunePlan:
     ----------
     plan : PrunePlan or str or PathLike
         The plan, or the path of its JSON file.
+
+    Examples
+    --------
+    >>> pruned = ApplyPrunePlan("plan.json")(mod)  # doctest: +SKIP
     """
 
     def __init__(self, plan):

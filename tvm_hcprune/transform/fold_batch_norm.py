@@ -140,6 +140,10 @@ class FoldBatchNorm:
 
     The folded module computes the same function up to float32 rounding; unmatched
     batch_norms are kept (TVM legalizes them as usual).
+
+    Examples
+    --------
+    >>> folded = FoldBatchNorm()(relax.transform.FoldConstant()(mod))  # doctest: +SKIP
     """
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:

@@ -637,6 +637,11 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
     HCPruneError
         Bad trials, unreachable tracker or unknown key, no task to tune, or no measurement
         succeeded.
+
+    Examples
+    --------
+    >>> db = tvm_hcprune.tune(pruned, "llvm", trials=256, output="db.json")  # doctest: +SKIP
+    >>> ex = tvm_hcprune.build(pruned, "llvm", database=db)  # doctest: +SKIP
     """
     _check_trials(trials, trials_per_task)
     target = dbm.resolve_target(target)

@@ -20,7 +20,14 @@ _CRITERIA: dict[str, Callable] = {}
 
 
 def register_criterion(name: str, override: bool = False) -> Callable:
-    """Register ``fn(views, rng, **options) -> scores`` under ``name``."""
+    """Register ``fn(views, rng, **options) -> scores`` under ``name``.
+
+    Examples
+    --------
+    >>> @tvm_hcprune.register_criterion("max_abs")  # doctest: +SKIP
+    ... def max_abs(views, rng, **_):
+    ...     return numpy.max([abs(w).max(1) for w in views.producers], axis=0)
+    """
 
     def wrap(fn):
         if name in _CRITERIA and not override:
@@ -32,6 +39,15 @@ def register_criterion(name: str, override: bool = False) -> Callable:
 
 
 def get_criterion(name: str) -> Callable:
+    """The criterion function registered as ``name``; :class:`HCPruneError` listing the
+    registered names when there is none.
+
+    Examples
+    --------
+    >>> from tvm_hcprune import get_criterion
+    >>> get_criterion("l2").__name__
+    'l2'
+    """
     try:
         return _CRITERIA[name]
     except KeyError:
@@ -41,6 +57,14 @@ def get_criterion(name: str) -> Callable:
 
 
 def list_criteria() -> list[str]:
+    """Names of the registered criteria, sorted.
+
+    Examples
+    --------
+    >>> from tvm_hcprune import list_criteria
+    >>> "fpgm" in list_criteria()
+    True
+    """
     return sorted(_CRITERIA)
 
 
