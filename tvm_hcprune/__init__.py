@@ -33,6 +33,7 @@ _EXPORTS = {
     "ChannelGraph": "tvm_hcprune.analysis",
     "ChannelGroup": "tvm_hcprune.analysis",
     "prune": "tvm_hcprune.api",
+    "sparsify": "tvm_hcprune.transform.sparsify_blocks",
     "PruneReport": "tvm_hcprune.api",
     "PruneConfig": "tvm_hcprune.planning.config",
     "PrunePlan": "tvm_hcprune.planning.plan",

@@ -32,11 +32,13 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvm_hcprune.backend import database as dbm
+from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
 from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import host_physical_cores, profile_for
+from tvm_hcprune.hardware.sparse_cost import default_block
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
@@ -69,7 +71,8 @@ def _fuse_passes() -> list:
     ]
 
 
-def prepare_passes(target, rules: bool = True, blocked_layout: bool = True) -> list:
+def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
+                   sparse: bool = True) -> list:
     """Phase 1 of the pipeline: up to the fused PrimFuncs that schedules apply to.
 
     CPU: BatchNorm folded, the blocked layout and packed kernels (``rules``), TVM's library
@@ -82,6 +85,8 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True) -> l
     if rules:
         prof = profile_for(target)
         lanes = prof.lanes("float32")
+        if sparse:  # block-sparse matmuls that the BSR kernel runs faster (estimate)
+            pre.append(UseBlockSparse(default_block(prof), prof))
         if blocked_layout:
             pre.append(BlockChannelLayout(lanes))
         pre.append(
@@ -164,16 +169,16 @@ def apply_database(mod: tvm.IRModule, target, database="shipped") -> tvm.IRModul
 
 
 def cpu_passes(target, database, rules: bool, strict: bool = False,
-               blocked_layout: bool = True) -> list:
+               blocked_layout: bool = True, sparse: bool = True) -> list:
     """The whole CPU pipeline as a pass list (the three phases in order)."""
-    return (prepare_passes(target, rules, blocked_layout)
+    return (prepare_passes(target, rules, blocked_layout, sparse)
             + schedule_passes(target, database, rules, strict)
             + lower_passes(target))
 
 
 def get_pipeline(
     target=None, database=None, rules: bool = True, strict: bool = False,
-    blocked_layout: bool = True,
+    blocked_layout: bool = True, sparse: bool = True,
 ) -> tvm.transform.Pass:
     """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
 
@@ -194,6 +199,9 @@ def get_pipeline(
         Keep NCHW activations channel-blocked (``NCHW{lanes}c``) between convs
         (:class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout`); False: every kernel
         reads and writes NCHW.
+    sparse : bool
+        Run block-sparse matmuls (zero weight blocks, e.g. from :func:`tvm_hcprune.sparsify`)
+        on the BSR kernel where it is estimated faster (:mod:`.cpu.bsr`); False: dense.
     """
     @tvm.transform.module_pass(opt_level=0, name="HCPrunePipeline")
     def _pipeline(mod, _ctx):
@@ -202,7 +210,7 @@ def get_pipeline(
         with tgt:
             if tgt.kind.name == "llvm":
                 seq = tvm.transform.Sequential(
-                    cpu_passes(tgt, database, rules, strict, blocked_layout))
+                    cpu_passes(tgt, database, rules, strict, blocked_layout, sparse))
                 return seq(mod)
             # other targets: BN folded, the database's records, then TVM's default pipeline
             passes = _fold_passes()
@@ -214,7 +222,7 @@ def get_pipeline(
 
 
 def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
-          blocked_layout: bool = True):
+          blocked_layout: bool = True, sparse: bool = True):
     """Compile ``mod`` with tvm_hcprune's pipeline; returns what :func:`tvm.compile` returns.
 
     Parameters
@@ -239,6 +247,10 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
         Activations stay channel-blocked between convs (default); False: NCHW between
         kernels, each kernel packing its own input.
 
+    sparse : bool
+        Block-sparse matmuls run on the BSR kernel where it is estimated faster (default);
+        False forces the dense kernels.
+
     Returns
     -------
     tvm.relax.VMExecutable
@@ -259,7 +271,8 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
         set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
     db = _build_database(database, tgt, rules)
     return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, db, rules,
-                                                             blocked_layout=blocked_layout))
+                                                             blocked_layout=blocked_layout,
+                                                             sparse=sparse))
 
 
 def _build_database(database, target, rules: bool):

@@ -1,0 +1,149 @@
+"""Block-sparse (BSR) matmul against our dense kernel and onnxruntime, per sparsity.
+
+For ``x [M, K] @ W [K, N]`` (default M=128; 768x3072 and 3072x768, BERT-base's FFN), llvm on
+this host: our dense kernel (``tvm_hcprune.build`` of the matmul), onnxruntime's MatMul
+(``--threads`` intra-op threads), and the BSR kernel (:mod:`tvm_hcprune.backend.cpu.bsr`) at
+each block sparsity, with the weight sparsified by :func:`tvm_hcprune.sparsify`. Prints the
+speed-up of BSR over dense per sparsity, the crossover sparsity (the lowest measured one at
+which BSR wins) and the ratio dense / onnxruntime; times are interleaved rounds in one run,
+the best round kept.
+
+Usage::
+
+    python benchmarks/sparse.py [--m 128] [--shapes 768x3072,3072x768]
+                                [--sparsities 0.5,0.7,0.8,0.9,0.95] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _matmul_module(m, k, n, w):
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, relax.const(w)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _ort_session(k, n, w, threads):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+        [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--m", type=int, default=128)
+    ap.add_argument("--shapes", default="768x3072,3072x768")
+    ap.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--number", type=int, default=10)
+    ap.add_argument("--json", type=Path, help="write the figures here (atomically)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+
+    import time
+
+    import tvm
+    from tvm import relax
+
+    import tvm_hcprune as hc
+    from tvm_hcprune.backend.cpu.bsr import bsr_kernel, to_bsr
+    from tvm_hcprune.hardware.sparse_cost import default_block
+    from tvm_hcprune.utils import atomic_write_text
+
+    target = hc.parse_target({"kind": "llvm", "num-cores": args.threads})
+    prof = hc.profile_for(target)
+    block = default_block(prof)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    out = {"host": {"mcpu": prof.mcpu, "profile": prof.name, "threads": args.threads},
+           "m": args.m, "block": list(block), "shapes": {}}
+    print(f"host {prof.mcpu} ({prof.name}), block {block[0]}x{block[1]}, M={args.m}")
+    for shape in args.shapes.split(","):
+        k, n = (int(v) for v in shape.split("x"))
+        w = rng.standard_normal((k, n)).astype("float32")
+        x = rng.standard_normal((args.m, k)).astype("float32")
+        xt = tvm.runtime.tensor(x, dev)
+        runners = {}
+        vm = relax.VirtualMachine(hc.build(_matmul_module(args.m, k, n, w), target,
+                                           sparse=False), dev)
+        runners["dense"] = vm.time_evaluator("main", dev, number=args.number)
+        sess = _ort_session(k, n, w, args.threads)
+
+        def ort_time(sess=sess, x=x):
+            t0 = time.perf_counter()
+            for _ in range(args.number):
+                sess.run(None, {"x": x})
+            return (time.perf_counter() - t0) / args.number
+
+        for s in (float(v) for v in args.sparsities.split(",")):
+            sparse, _ = hc.sparsify(_matmul_module(args.m, k, n, w), sparsity=s, block=block,
+                                    target=target)
+            ws = sparse["main"].body.blocks[0].bindings[0].value.args[1].value.numpy()
+            data, indices, indptr, npad = to_bsr(ws, block)
+            lib = tvm.compile(tvm.IRModule({"main": bsr_kernel(args.m, k, npad, data.shape[0],
+                                                               *block)}), target)
+            bufs = [tvm.runtime.tensor(a, dev) for a in (x, data, indices, indptr)]
+            bufs.append(tvm.runtime.empty((args.m, npad), "float32", dev))
+            got = bufs[-1]
+            lib["main"](*bufs)
+            assert np.allclose(got.numpy()[:, :n], x @ ws, rtol=1e-4, atol=1e-3)
+            runners[f"bsr@{s}"] = (lib, bufs)
+        best = {name: float("inf") for name in [*runners, "ort"]}
+        for _ in range(args.rounds):
+            for name, r in runners.items():
+                if name == "dense":
+                    t = float(np.median(r(xt).results))
+                else:
+                    lib, bufs = r
+                    t = float(np.median(lib.mod.time_evaluator("main", dev,
+                                                               number=args.number)(
+                        *bufs).results))
+                best[name] = min(best[name], t)
+            best["ort"] = min(best["ort"], ort_time())
+        rows = {name: {"ms": v * 1e3} for name, v in best.items()}
+        for name in rows:
+            if name.startswith("bsr@"):
+                rows[name]["speedup_vs_dense"] = best["dense"] / best[name]
+        wins = [float(nm[4:]) for nm, r in rows.items()
+                if nm.startswith("bsr@") and r["speedup_vs_dense"] > 1.0]
+        out["shapes"][shape] = {"rows": rows, "dense_over_ort": best["dense"] / best["ort"],
+                                "crossover_sparsity": min(wins) if wins else None}
+        print(f"{shape}: dense {best['dense'] * 1e3:.3f} ms, onnxruntime "
+              f"{best['ort'] * 1e3:.3f} ms (dense/ORT {best['dense'] / best['ort']:.2f}); "
+              + ", ".join(f"{nm} {r['speedup_vs_dense']:.2f}x" for nm, r in rows.items()
+                          if nm.startswith("bsr@"))
+              + f"; crossover {out['shapes'][shape]['crossover_sparsity']}", flush=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

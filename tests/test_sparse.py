@@ -1,0 +1,165 @@
+"""Block sparsity: sparsify() zeroes the least important weight blocks (structure and
+report), the BSR kernel equals the dense layer with the same zero blocks (random patterns,
+empty and full block rows, widths not a multiple of the block, property-based), and the
+build picks BSR only where the estimate says it pays, with outputs unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tvm import relax
+
+import tvm_hcprune as hc
+from tvm_hcprune.backend.cpu.bsr import bsr_kernel, to_bsr
+from tvm_hcprune.backend.pipeline import prepare
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.testing import run_relax
+from tvm_hcprune.transform import SparsifyBlocks
+from tvm_hcprune.transform.sparsify_blocks import block_mask
+
+TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}  # AVX2: runs on every x86 host
+
+
+def _run_kernel(x, w, block):
+    data, indices, indptr, npad = to_bsr(w, block)
+    func = bsr_kernel(x.shape[0], w.shape[0], npad, data.shape[0], *block)
+    lib = tvm.compile(tvm.IRModule({"main": func}), tvm.target.Target(TARGET))
+    dev = tvm.cpu()
+    y = tvm.runtime.empty((x.shape[0], npad), "float32", dev)
+    lib["main"](*[tvm.runtime.tensor(a, dev) for a in (x, data, indices, indptr)], y)
+    return y.numpy()[:, :w.shape[1]]
+
+
+def _blocky(rng, k, n, block, density, empty_rows=(), full_rows=()):
+    bk, bn = block
+    nb = -(-n // bn)
+    mask = rng.random((k // bk, nb)) < density
+    for r in empty_rows:
+        mask[:, r] = False
+    for r in full_rows:
+        mask[:, r] = True
+    w = rng.standard_normal((k, nb * bn)).astype("float32")
+    w *= np.kron(mask, np.ones(block, "float32"))
+    return w[:, :n]
+
+
+@pytest.mark.parametrize("block", [(1, 8), (1, 16), (4, 8), (2, 4)])
+def test_bsr_kernel_equals_dense_with_zero_blocks(block):
+    """Random block patterns with an empty and a full output block row, N not a multiple
+    of the block (padded): the BSR kernel equals x @ W (rtol 1e-5)."""
+    rng = np.random.default_rng(sum(block))
+    w = _blocky(rng, 64, 8 * block[1] - 3, block, 0.25, empty_rows=(0,), full_rows=(2,))
+    x = rng.standard_normal((5, 64)).astype("float32")
+    np.testing.assert_allclose(_run_kernel(x, w, block), x @ w, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=12, deadline=None)
+@given(m=st.integers(1, 6), kb=st.integers(1, 8), n=st.integers(1, 40),
+       bk=st.sampled_from([1, 2, 4]), bn=st.sampled_from([4, 8, 16]),
+       density=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_bsr_kernel_property(m, kb, n, bk, bn, density, seed):
+    """Any shape, block and density (all-zero weights included) equals the dense product."""
+    rng = np.random.default_rng(seed)
+    w = _blocky(rng, kb * bk, n, (bk, bn), density)
+    x = rng.standard_normal((m, kb * bk)).astype("float32")
+    np.testing.assert_allclose(_run_kernel(x, w, (bk, bn)), x @ w, rtol=1e-5, atol=1e-5)
+
+
+def _ffn(d=64, h=256, t=8, seed=0):
+    """x [1, t, d] -> matmul -> +bias -> gelu -> matmul -> conv-free FFN (N = d + 3)."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, t, d), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w1 = relax.const(rng.standard_normal((d, h)).astype("float32"))
+            b1 = relax.const(rng.standard_normal((h,)).astype("float32"))
+            w2 = relax.const(rng.standard_normal((h, d + 3)).astype("float32"))
+            y = bb.emit(relax.op.matmul(x, w1))
+            y = bb.emit(relax.op.nn.gelu(relax.op.add(y, b1)))
+            out = bb.emit_output(relax.op.matmul(y, w2))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_sparsify_zeroes_the_weakest_blocks_and_reports():
+    """Each layer keeps round((1 - s) * blocks) blocks, the ones of highest L2 norm; shapes
+    are unchanged and the report names block, sparsity, format and why."""
+    mod = _ffn()
+    sparse, report = hc.sparsify(mod, sparsity=0.75, block=(1, 8), target=TARGET)
+    relax.analysis.well_formed(sparse)
+    assert [tuple(p.ty.shape) for p in sparse["main"].params] == [(1, 8, 64)]
+    weights = [b.value.args[1].value.numpy() for blk in sparse["main"].body.blocks
+               for b in blk.bindings
+               if isinstance(b.value, relax.Call) and b.value.op.name == "relax.matmul"]
+    dense = [b.value.args[1].value.numpy() for blk in mod["main"].body.blocks
+             for b in blk.bindings
+             if isinstance(b.value, relax.Call) and b.value.op.name == "relax.matmul"]
+    for w, w0, layer in zip(weights, dense, report.layers, strict=True):
+        kept = block_mask(w0, (1, 8), 0.75)
+        assert layer.zero_blocks == kept.size - round(0.25 * kept.size)
+        assert layer.format == "bsr" and "estimated" in layer.why
+        pad = np.zeros((w.shape[0], kept.shape[1] * 8), np.float32)
+        pad[:, :w.shape[1]] = w
+        nonzero = np.abs(pad).reshape(w.shape[0], -1, 8).sum(-1) > 0
+        assert (nonzero <= kept).all()  # only kept blocks hold weights
+        norms = np.sqrt(np.square(np.pad(w0, ((0, 0), (0, pad.shape[1] - w0.shape[1]))))
+                        .reshape(w.shape[0], -1, 8).sum(-1))
+        assert norms[kept].min() >= norms[~kept].max()
+    assert "blocks zero" in report.summary()
+
+
+def test_build_picks_bsr_only_where_it_pays_and_outputs_do_not_change():
+    """90% zero blocks: matmuls run on the BSR kernel (same outputs as the module run
+    dense); 50%: they stay dense; sparse=False: always dense."""
+    mod = _ffn()
+    x = np.random.default_rng(3).standard_normal((1, 8, 64)).astype("float32")
+    tgt = hc.parse_target(TARGET)
+    for sparsity, expect in ((0.9, 2), (0.5, 0)):
+        sparse, report = hc.sparsify(mod, sparsity=sparsity, target=TARGET)
+        assert sum(layer.format == "bsr" for layer in report.layers) == expect
+        kernels = [gv.name_hint for gv in prepare(sparse, tgt).get_global_vars()
+                   if "hcp_bsr" in gv.name_hint]
+        assert len(kernels) == expect, kernels
+        ref = run_relax(sparse, [x])  # TVM's default pipeline, dense
+        for use_sparse in (True, False):
+            got = run_relax(sparse, [x], target=TARGET,
+                            build=lambda m, t, s=use_sparse: hc.build(m, t, sparse=s))
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_sparsify_pass_and_1x1_conv():
+    """SparsifyBlocks works in Sequential; a 1x1 conv's weight is sparsified through its
+    [I, O] view and stays dense in the build (no conv BSR kernel), outputs equal."""
+    rng = np.random.default_rng(0)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w = relax.const(rng.standard_normal((48, 32, 1, 1)).astype("float32"))
+            out = bb.emit_output(relax.op.nn.conv2d(x, w))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    p = SparsifyBlocks(sparsity=0.9, block=(4, 8), target=TARGET)
+    sparse = tvm.transform.Sequential([p])(mod)
+    (layer,) = p.last_report.layers
+    assert layer.shape == (32, 48) and layer.zero_blocks == 43 and layer.format == "dense"
+    assert "convolution" in layer.why
+    w_new = sparse["main"].body.blocks[0].bindings[0].value.args[1].value.numpy()
+    assert (w_new[:, :, 0, 0].T.reshape(8, 4, 6, 8).any(axis=(1, 3))).sum() == 5
+    xv = rng.standard_normal((1, 32, 6, 6)).astype("float32")
+    np.testing.assert_allclose(run_relax(sparse, [xv], build=hc.build), run_relax(sparse, [xv]),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sparsity": 1.0}, "sparsity must be in"),
+    ({"sparsity": 0.5, "criterion": "fpgm"}, "unknown block criterion"),
+    ({"sparsity": 0.5, "block": (0, 8)}, "block must be"),
+])
+def test_bad_sparsify_input(kwargs, match):
+    with pytest.raises(HCPruneError, match=match):
+        hc.sparsify(_ffn(), **kwargs)

@@ -1,0 +1,53 @@
+"""When a block-sparse (BSR) layer beats its dense form: the default block shape of a
+target and the estimate that picks a layer's format.
+
+Both :func:`tvm_hcprune.sparsify` (which reports the format each layer will get) and the
+CPU build (which converts the layers) ask :func:`choose_format`, so the report and the
+build agree.
+
+The estimate: a dense layer runs at the tuned kernels' efficiency over all ``K x N`` weights;
+the BSR kernel touches only the kept blocks but gathers its input rows and has no register
+blocking over the output, which we count as :data:`BSR_RELATIVE_EFFICIENCY` of the dense
+kernel's throughput. So BSR pays off below that density (0.3: the kept blocks at most 30% of
+all). ``benchmarks/sparse.py`` measures the crossover per host.
+"""
+
+from __future__ import annotations
+
+from tvm_hcprune.hardware.profile import HardwareProfile
+
+__all__ = ["BSR_RELATIVE_EFFICIENCY", "choose_format", "default_block"]
+
+#: Throughput of the BSR kernel relative to the dense kernel on the same MACs (estimate).
+BSR_RELATIVE_EFFICIENCY = 0.3
+
+
+def default_block(profile: HardwareProfile) -> tuple[int, int]:
+    """The block ``(bk, bn)`` of a weight ``W [K, N]`` (inputs x outputs) for ``profile``:
+    one input row by a vector of outputs on CPUs (1x8 AVX2, 1x16 AVX-512, 1x4 NEON), the
+    16x16 GEMM core on VTA, a 16x16 tensor-core tile on CUDA.
+
+    Examples
+    --------
+    >>> from tvm_hcprune.hardware import profile_for
+    >>> default_block(profile_for("vta"))
+    (16, 16)
+    """
+    if profile.kind == "vta":
+        return profile.channel_multiple, profile.channel_multiple
+    if profile.kind in ("cuda", "nvptx"):
+        return 16, 16
+    return 1, profile.lanes("float32")
+
+
+def choose_format(density: float, profile: HardwareProfile | None = None) -> tuple[str, str]:
+    """``("bsr" | "dense", why)`` for a layer whose kept blocks are ``density`` of all."""
+    if profile is not None and profile.kind != "llvm":
+        return "dense", f"no BSR kernel for {profile.kind} targets yet"
+    if density <= 0.0:
+        return "dense", "every block is zero (the layer computes its bias only)"
+    if density <= BSR_RELATIVE_EFFICIENCY:
+        return "bsr", (f"{density:.0%} of the blocks kept <= {BSR_RELATIVE_EFFICIENCY:.0%}: "
+                       "the BSR kernel is estimated faster")
+    return "dense", (f"{density:.0%} of the blocks kept > {BSR_RELATIVE_EFFICIENCY:.0%}: too "
+                     "dense for the BSR kernel to win (estimate)")
