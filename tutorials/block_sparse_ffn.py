@@ -1,0 +1,100 @@
+"""
+Block-sparse FFN layers: sparsify, see the format each layer gets, and the speed
+================================================================================
+
+Channel pruning removes whole channels; block sparsity keeps the shapes and zeroes
+``bk x bn`` blocks of a weight, the weakest first. ``hc.sparsify`` does that (the block is the
+target's vector: 1x8 on AVX2, 1x16 on AVX-512) and says per layer whether the CPU build will
+run it as a block-sparse (BSR) kernel or dense, and why. Run::
+
+    python tutorials/block_sparse_ffn.py [--quick] [--out-dir DIR]
+
+``--quick`` (or ``HCPRUNE_TUTORIAL_QUICK=1``) uses hidden 128 / FFN 512 / 32 tokens; the real
+setting is BERT-base-like, hidden 768 / FFN 3072 / 128 tokens. Timings on a machine shared
+with other work are not meaningful: ``benchmarks/sparse.py`` measures properly.
+"""
+
+# %%
+# Set-up: the FFN stack of a transformer encoder
+# ----------------------------------------------
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import tvm
+from tvm import relax
+
+import tvm_hcprune as hc
+from tvm_hcprune.testing import run_relax
+
+
+def ffn_stack(hidden, ffn, tokens, layers=2, seed=0):
+    """``layers`` x (LayerNorm -> Linear -> GELU -> Linear -> residual) over ``[1, T, H]``."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, tokens, hidden), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = x
+            for _ in range(layers):
+                gamma = relax.const(np.ones(hidden, "float32"))
+                beta = relax.const(np.zeros(hidden, "float32"))
+                w1 = rng.standard_normal((hidden, ffn)).astype("float32") / hidden**0.5
+                w2 = rng.standard_normal((ffn, hidden)).astype("float32") / ffn**0.5
+                y = bb.emit(relax.op.nn.layer_norm(h, gamma, beta, axes=[-1]))
+                y = bb.emit(relax.op.nn.gelu(relax.op.matmul(y, relax.const(w1))))
+                h = bb.emit(relax.op.add(h, relax.op.matmul(y, relax.const(w2))))
+            out = bb.emit_output(h)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def latency_ms(ex, x, number=10):
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    arg = tvm.runtime.tensor(x)
+    return float(np.median(vm.time_evaluator("main", tvm.cpu(), number=number)(arg).results)
+                 * 1e3)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="block-sparse FFN tutorial")
+    ap.add_argument("--quick", action="store_true",
+                    default=bool(os.environ.get("HCPRUNE_TUTORIAL_QUICK")))
+    ap.add_argument("--out-dir", default=None)
+    args = ap.parse_args(argv)
+    hidden, ffn, tokens = (128, 512, 32) if args.quick else (768, 3072, 128)
+    mod = ffn_stack(hidden, ffn, tokens)
+    x = np.random.default_rng(1).standard_normal((1, tokens, hidden)).astype("float32")
+
+    # %%
+    # 1. Sparsify: 90% of the blocks of every matmul weight set to zero
+    # -----------------------------------------------------------------
+    sparse, report = hc.sparsify(mod, sparsity=0.9)
+    print(report.summary())
+
+    # %%
+    # 2. The format choice, and the same outputs either way
+    # -----------------------------------------------------
+    # The sparsified module still holds dense constants, so every target can run it; the
+    # CPU build turns the layers the report marks ``bsr`` into BSR kernels.
+    ref = run_relax(sparse, [x])  # TVM's default pipeline, dense
+    bsr_ex, dense_ex = hc.build(sparse), hc.build(sparse, sparse=False)
+    for name, ex in (("BSR", bsr_ex), ("dense", dense_ex)):
+        got = run_relax(sparse, [x], build=lambda m, t, e=ex: e)
+        err = float(np.abs(got - ref).max() / np.abs(ref).max())
+        print(f"{name:5s} build vs TVM's default pipeline: max relative difference {err:.1e}")
+        assert err < 1e-4
+
+    # %%
+    # 3. The speed (meaningful only on a quiet machine)
+    # -------------------------------------------------
+    t_bsr, t_dense = latency_ms(bsr_ex, x), latency_ms(dense_ex, x)
+    print(f"sparsified model: BSR build {t_bsr:.3f} ms, dense build {t_dense:.3f} ms "
+          f"({t_dense / t_bsr:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
