@@ -230,3 +230,35 @@ def test_random_interleaving_catches_a_missing_token():
                          schedule=cg.Conv2DSchedule(2, 6, 1, 1, oc_nthread=2), rt=rt)
         wrong += not np.array_equal(got, want)
     assert wrong > 0
+
+
+@pytest.mark.parametrize("kind", ["conv2d", "dense"])
+def test_zero_weight_blocks_are_skipped(kind):
+    """16x16 weight blocks that are all zero (hc.sparsify(target="vta")) leave the GEMM
+    stream: the result stays bit-exact and gemm_counter counts only the kept blocks."""
+    from tvm_hcprune.vta import CommandQueue
+    from tvm_hcprune.vta import ops as vops
+
+    rng = np.random.default_rng(7)
+    if kind == "conv2d":
+        x = rng.integers(-8, 8, (1, 32, 6, 6), dtype=np.int8)
+        w = rng.integers(-8, 8, (48, 32, 3, 3), dtype=np.int8)
+    else:
+        x = rng.integers(-8, 8, (4, 64), dtype=np.int8)
+        w = rng.integers(-8, 8, (48, 64), dtype=np.int8)
+    keep = rng.random((3, w.shape[1] // 16)) < 0.4
+    keep[0, 0] = True  # at least one block kept
+    w[~np.kron(keep, np.ones((16, 16), bool))] = 0
+    counters = {}
+    for name, weights in (("dense", np.where(w == 0, 1, w).astype(np.int8)), ("sparse", w)):
+        rt = CommandQueue()
+        if kind == "conv2d":
+            y = vops.conv2d(x, weights, None, (1, 1), (1, 1), 4, (-127, 127), rt=rt)
+            ref = vops.conv2d_ref(x, weights, None, (1, 1), (1, 1), 4, (-127, 127))
+        else:
+            y = vops.dense(x, weights, None, 4, (-127, 127), rt=rt)
+            ref = vops.dense_ref(x, weights, None, 4, (-127, 127))
+        np.testing.assert_array_equal(y, ref)
+        counters[name] = rt.sim.stats()["gemm_counter"]
+    per_block = counters["dense"] // keep.size
+    assert counters["sparse"] == per_block * int(keep.sum()) < counters["dense"]

@@ -42,6 +42,9 @@ def default_block(profile: HardwareProfile) -> tuple[int, int]:
 
 def choose_format(density: float, profile: HardwareProfile | None = None) -> tuple[str, str]:
     """``("bsr" | "dense", why)`` for a layer whose kept blocks are ``density`` of all."""
+    if profile is not None and profile.kind == "vta":
+        return "dense", ("VTA leaves the GEMM micro-ops of all-zero blocks out of its "
+                         "instruction stream (gemm_counter shows the work saved)")
     if profile is not None and profile.kind != "llvm":
         return "dense", f"no BSR kernel for {profile.kind} targets yet"
     if density <= 0.0:

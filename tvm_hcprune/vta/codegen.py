@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import numpy as np
+
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware.vta import DEFAULT_CONFIG, VTAConfig
 from tvm_hcprune.vta import isa
@@ -169,12 +171,16 @@ def _epilogue(rt: CommandQueue, ep: Epilogue, acc_base: int, bias_base: int, out
 
 def conv2d_packed(rt: CommandQueue, shape: Conv2DShape, sched: Conv2DSchedule,
                   data_addr: int, weight_addr: int, out_addr: int,
-                  bias_addr: int | None = None, epilogue: Epilogue = Epilogue()) -> None:
+                  bias_addr: int | None = None, epilogue: Epilogue = Epilogue(),
+                  nonzero: np.ndarray | None = None) -> None:
     """Emit a packed conv2d into ``rt`` (does not synchronise).
 
     Addresses are DRAM byte addresses of the packed tensors (see the module docstring).
     The operator leaves no dependency tokens outstanding, so several operators can share a
     stream; synchronise between an operator and one that reads its output.
+    ``nonzero`` (bool ``[cob, cib, kh, kw]``): the weight blocks that are not all zero;
+    GEMM micro-ops of zero blocks are left out of the stream (the result is the same, the
+    ``gemm_counter`` smaller). None: every block is used.
     """
     cfg = rt.cfg
     s = shape
@@ -250,16 +256,30 @@ def conv2d_packed(rt: CommandQueue, shape: Conv2DShape, sched: Conv2DSchedule,
                             rt.dep_push(LOAD_STAGE, COMPUTE_STAGE)
                         for p, (rows, cols) in zip(threads, geo, strict=True):
                             rt.dep_pop(LOAD_STAGE, COMPUTE_STAGE)
-                            uops = [
-                                (p["acc"] + x,
-                                 p["inp"] + c * rows * cols + dy * cols + dx + x * sw,
-                                 p["wgt"] + c * khw + dy * s.kw + dx)
-                                for c in range(tci) for dy in range(s.kh)
-                                for dx in range(s.kw) for x in range(p["tw"])]
-                            rt.push_gemm(kernel(
-                                "gemm", uops,
-                                [(p["tco"], p["th"] * p["tw"], 0, tci * khw),
-                                 (p["th"], p["tw"], sh * cols, 0)]))
+                            sparse = None if nonzero is None else nonzero[
+                                p["co0"]:p["co0"] + p["tco"], c0:c0 + tci]
+                            if sparse is not None and not sparse.all() and sparse.any():
+                                # zero weight blocks: one explicit micro-op per kept block
+                                uops = [
+                                    (p["acc"] + co * p["th"] * p["tw"] + x,
+                                     p["inp"] + c * rows * cols + dy * cols + dx + x * sw,
+                                     p["wgt"] + co * tci * khw + c * khw + dy * s.kw + dx)
+                                    for co in range(p["tco"]) for c in range(tci)
+                                    for dy in range(s.kh) for dx in range(s.kw)
+                                    if sparse[co, c, dy, dx] for x in range(p["tw"])]
+                                rt.push_gemm(kernel("gemm_sparse", uops,
+                                                    [(p["th"], p["tw"], sh * cols, 0)]))
+                            else:
+                                uops = [
+                                    (p["acc"] + x,
+                                     p["inp"] + c * rows * cols + dy * cols + dx + x * sw,
+                                     p["wgt"] + c * khw + dy * s.kw + dx)
+                                    for c in range(tci) for dy in range(s.kh)
+                                    for dx in range(s.kw) for x in range(p["tw"])]
+                                rt.push_gemm(kernel(
+                                    "gemm", uops,
+                                    [(p["tco"], p["th"] * p["tw"], 0, tci * khw),
+                                     (p["th"], p["tw"], sh * cols, 0)]))
                             rt.dep_push(COMPUTE_STAGE, LOAD_STAGE)
                     for p in threads:
                         inner = p["th"] * p["tw"]
@@ -303,9 +323,12 @@ def _load_conv_tile(rt, s: Conv2DShape, p: dict, c0: int, tci: int, d_elem: int,
 
 def dense_packed(rt: CommandQueue, m: int, kb: int, nb: int, sched: DenseSchedule,
                  data_addr: int, weight_addr: int, out_addr: int,
-                 bias_addr: int | None = None, epilogue: Epilogue = Epilogue()) -> None:
+                 bias_addr: int | None = None, epilogue: Epilogue = Epilogue(),
+                 nonzero: np.ndarray | None = None) -> None:
     """Emit a packed dense ``out = data @ weight.T`` (``m`` batch blocks, ``kb``/``nb``
-    input/output channel blocks) into ``rt``; leaves no tokens outstanding."""
+    input/output channel blocks) into ``rt``; leaves no tokens outstanding. ``nonzero``
+    (bool ``[nb, kb]``): the weight blocks that are not all zero; the GEMM micro-ops of the
+    others are left out (same result, smaller ``gemm_counter``)."""
     cfg = rt.cfg
     if epilogue.bias and bias_addr is None:
         raise HCPruneError("Epilogue(bias=True) needs bias_addr.")
@@ -354,10 +377,20 @@ def dense_packed(rt: CommandQueue, m: int, kb: int, nb: int, sched: DenseSchedul
                     rt.dep_push(LOAD_STAGE, COMPUTE_STAGE)
                 for p in threads:
                     rt.dep_pop(LOAD_STAGE, COMPUTE_STAGE)
-                    rt.push_gemm(kernel(
-                        "gemm", [(p["acc"] + b * p["tco"], p["inp"] + b * tci, p["wgt"])
-                                 for b in range(tb)],
-                        [(p["tco"], 1, 0, tci), (tci, 0, 1, 1)]))
+                    sparse = None if nonzero is None else nonzero[
+                        p["co0"]:p["co0"] + p["tco"], c0:c0 + tci]
+                    if sparse is not None and not sparse.all() and sparse.any():
+                        rt.push_gemm(kernel(
+                            "gemm_sparse",
+                            [(p["acc"] + b * p["tco"] + co, p["inp"] + b * tci + c,
+                              p["wgt"] + co * tci + c)
+                             for co in range(p["tco"]) for c in range(tci) if sparse[co, c]
+                             for b in range(tb)]))
+                    else:
+                        rt.push_gemm(kernel(
+                            "gemm", [(p["acc"] + b * p["tco"], p["inp"] + b * tci, p["wgt"])
+                                     for b in range(tb)],
+                            [(p["tco"], 1, 0, tci), (tci, 0, 1, 1)]))
                     rt.dep_push(COMPUTE_STAGE, LOAD_STAGE)
             for p in threads:
                 _epilogue(rt, epilogue, p["acc"], p["acc"] + acc_sz, tb, p["tco"],

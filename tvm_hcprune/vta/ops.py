@@ -150,7 +150,8 @@ def conv2d(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None,
     d, wa = rt.put(xp), rt.put(wp)
     ba = rt.put(pack_bias(bias, cfg)) if bias is not None else None
     oa = rt.alloc(int(np.prod(out_shape)))
-    conv2d_packed(rt, shape, sched, d, wa, oa, ba, ep)
+    nonzero = np.any(wp != 0, axis=(4, 5))  # [cob, cib, kh, kw]: zero blocks are skipped
+    conv2d_packed(rt, shape, sched, d, wa, oa, ba, ep, nonzero=nonzero)
     rt.synchronize()
     return unpack_nchw(rt.get(oa, np.int8, out_shape), n, o)
 
@@ -184,7 +185,8 @@ def dense(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None, shift: 
     d, wa = rt.put(xp), rt.put(wp)
     ba = rt.put(pack_bias(bias, cfg)) if bias is not None else None
     oa = rt.alloc(int(np.prod(out_shape)))
-    dense_packed(rt, mb, kb, nb, sched, d, wa, oa, ba, ep)
+    nonzero = np.any(wp != 0, axis=(2, 3))  # [nb, kb]: zero blocks are skipped
+    dense_packed(rt, mb, kb, nb, sched, d, wa, oa, ba, ep, nonzero=nonzero)
     rt.synchronize()
     y = rt.get(oa, np.int8, out_shape).transpose(0, 2, 1, 3).reshape(mb * cfg.batch,
                                                                       nb * cfg.block_out)
