@@ -336,8 +336,10 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
             else:
                 try:
                     out = handler.analyze(ctx, var, value)
+                    out = _conserved(ctx, var, value, name, out)
                 except Exception as err:  # noqa: BLE001 - a handler gap must not crash users
-                    _freeze_args(ctx, var, value, name, f"handler failed: {err}")
+                    _freeze_args(ctx, var, value, name,
+                                 f"handler failed: {type(err).__name__}: {str(err)[:200]}")
                     out = None
         elif isinstance(value, relax.TupleGetItem):
             t = ctx.desc(value.tuple_value)
@@ -380,6 +382,48 @@ def _flatten(d):
     if d and isinstance(d[0], list):
         return [x for sub in d for x in _flatten(sub)]
     return [d]
+
+
+def _spaces_of(ctx, d, out: set) -> None:
+    """Add the (root) spaces of size > 1 in a descriptor or a nested list of them."""
+    if d is None:
+        return
+    if isinstance(d, list):  # a tensor's axes, or a tuple's tensors
+        for x in d:
+            _spaces_of(ctx, x, out)
+        return
+    for s in desc_spaces(ctx.expand(d)):
+        r = ctx.find(s)
+        if ctx.sizes[r] > 1:  # a single channel can never be removed
+            out.add(r)
+
+
+def _conserved(ctx, var, call, op, out):
+    """Freeze the channels a handler lets vanish: every space entering an op must reach an
+    output descriptor, a sliced constant (a consumer weight), ``ctx.account`` or be frozen.
+
+    A handler that forgets an axis (a convolution over a spatial axis that carries channels
+    after a reshape, say) would otherwise let the rewrite change a shape nobody tracks.
+    """
+    seen: set = set()
+    for a in call.args:
+        if isinstance(a, relax.Tuple | relax.Var):
+            _spaces_of(ctx, ctx.desc(a), seen)
+    if not seen:
+        return out
+    kept: set = set()
+    _spaces_of(ctx, out, kept)
+    for _arg, _axis, d in ctx.const_slices.get(var, ()):
+        _spaces_of(ctx, d, kept)
+    for d in ctx.accounted.get(var, ()):
+        _spaces_of(ctx, d, kept)
+    lost = seen - kept
+    if lost:
+        frozen = {ctx.find(s) for s, rs in ctx.frozen.items() if rs}
+        for r in sorted(lost - frozen):
+            ctx.freeze(ctx.one_space(r, ctx.sizes[r]), var, op,
+                       "the op drops a channel axis its handler does not track")
+    return out
 
 
 def _freeze_args(ctx, var, call, op, reason):

@@ -165,3 +165,25 @@ def small_resnet(width: int = 32, image: int = 32, num_classes: int = 10,
         cin = cout
     out = g.head(x, cin, num_classes)
     return g.model(out, [1, in_channels, image, image], [1, num_classes], "small_resnet")
+
+
+def dfl_head(image: int = 8, bins: int = 16, width: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A YOLOv8-style distribution-focal-loss box head on a small conv stem.
+
+    A conv's ``4 * bins`` output channels are reshaped to (1, 4, bins, N), transposed so the
+    bins become the channel axis, softmaxed over them, reduced by a fixed 1x1 conv whose
+    ``bins`` input channels are the bins (the expectation over bin positions), and reshaped
+    to the (1, 4, N) box distances.
+    """
+    g = GraphBuilder(seed)
+    x = g.op("Relu", [g.conv("input", 3, width, 3, bias=True)])
+    x = g.op("Relu", [g.conv(x, width, width, 3, bias=True)])
+    box = g.conv(x, width, 4 * bins, 1, bias=True)
+    n = image * image
+    y = g.op("Reshape", [box, g.const(np.array([1, 4, bins, n], np.int64))])
+    y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
+    y = g.op("Softmax", [y], axis=1)
+    proj = np.arange(bins, dtype=np.float32).reshape(1, bins, 1, 1)
+    y = g.op("Conv", [y, g.const(proj, "dfl")], kernel_shape=[1, 1])
+    out = g.op("Reshape", [y, g.const(np.array([1, 4, n], np.int64))])
+    return g.model(out, [1, 3, image, image], [1, 4, n], "dfl_head")
