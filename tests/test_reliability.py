@@ -10,6 +10,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.frontend.normalize import NormalizeImport
 from tvm_hcprune.ops.registry import OpHandler, get_op_handler, register_op_handler
 from tvm_hcprune.testing import masked_reference, run_relax
 from tvm_hcprune.testing.onnx_models import dfl_head
@@ -115,3 +116,53 @@ def test_rewrite_failure_is_an_hcprune_error_naming_the_op(permute_handler):
     pruned, report = hc.prune(mod, ratio=0.5, align=1, protect=protect)
     assert report.macs_after < report.macs_before
     _oracle(mod, pruned, report.plan, np.ones((1, 3, 8, 8), np.float32))
+
+
+def _tflite_prelu_module(alpha_shape=(1, 1, 8), seed=0):
+    """What TVM's TFLite importer emits for conv -> PReLU -> conv (NHWC, HWIO weights):
+    ``reshape(x, [-1])``, alpha ``broadcast_to`` x's shape and flattened,
+    ``prelu(axis=0)``, ``reshape`` back (tflite_frontend.convert_prelu)."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 6, 3), "float32"))
+    shape = [1, 6, 6, 8]
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            w1 = relax.const(rng.normal(size=(3, 3, 3, 8)).astype("float32"))
+            y = bb.emit(relax.op.nn.conv2d(x, w1, padding=1, data_layout="NHWC",
+                                           kernel_layout="HWIO"))
+            y = bb.emit(relax.op.add(y, relax.const(rng.normal(size=8).astype("float32"))))
+            alpha = relax.const(rng.uniform(0.05, 0.5, size=alpha_shape).astype("float32"))
+            a = bb.emit(relax.op.reshape(bb.emit(relax.op.broadcast_to(alpha, shape)), [-1]))
+            p = bb.emit(relax.op.nn.prelu(bb.emit(relax.op.reshape(y, [-1])), a, axis=0))
+            y = bb.emit(relax.op.reshape(p, shape))
+            w2 = relax.const(rng.normal(size=(1, 1, 8, 4)).astype("float32"))
+            out = bb.emit_output(relax.op.nn.conv2d(y, w2, data_layout="NHWC",
+                                                    kernel_layout="HWIO"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("alpha_shape", [(1, 1, 8), (6, 6, 8)])
+def test_tflite_flattened_prelu_is_per_channel(alpha_shape):
+    """TFLite PReLU as TVM imports it no longer freezes the conv's channels: NormalizeImport
+    re-expresses it on the channel axis (per-channel alpha: ``prelu(axis=3)``; alpha that
+    also varies over H, W: relu(x) + alpha * min(x, 0)), outputs stay equal, and pruning
+    matches the mask oracle.
+
+    A Relax-level reproduction of the importer's output: building a TFLite model with
+    PReLU needs TensorFlow, which is not installed."""
+    mod = _tflite_prelu_module(alpha_shape)
+    x = np.random.default_rng(1).normal(size=(1, 6, 6, 3)).astype(np.float32)
+    normalized = NormalizeImport()(mod)
+    text = normalized.script()
+    assert "R.reshape" not in text
+    if alpha_shape == (1, 1, 8):
+        assert "R.nn.prelu" in text and "axis=3" in text
+    np.testing.assert_allclose(run_relax(normalized, [x]), run_relax(mod, [x]),
+                               rtol=1e-6, atol=1e-6)
+    graph = hc.analyze(mod)
+    assert {f.op for f in graph.frozen} == {"return"}, graph.summary()
+    pruned, report = hc.prune(mod, ratio=0.5, align=1)
+    assert report.groups[0].after == 4
+    _oracle(mod, pruned, report.plan, x)
