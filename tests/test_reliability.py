@@ -4,6 +4,8 @@ reproduces it, checked against the mask oracle (and onnxruntime where ONNX is in
 import ast
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
@@ -13,7 +15,8 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.normalize import NormalizeImport
 from tvm_hcprune.ops.registry import OpHandler, get_op_handler, register_op_handler
 from tvm_hcprune.testing import masked_reference, run_relax
-from tvm_hcprune.testing.onnx_models import dfl_head
+from tvm_hcprune.testing.onnx_models import GraphBuilder, anchor_grid_head, dfl_head
+from tvm_hcprune.utils.relax import first_dynamic_binding
 
 
 def _oracle(mod, pruned, plan, x):
@@ -67,8 +70,6 @@ def permute_handler():
 
 def _transposing_model():
     """conv(8 -> 8) on an 8x8 map, a transpose of C and H, conv over the transposed map."""
-    from tvm_hcprune.testing.onnx_models import GraphBuilder
-
     g = GraphBuilder(0)
     x = g.op("Relu", [g.conv("input", 3, 8, 3, bias=True)])
     x = g.op("Relu", [g.conv(x, 8, 8, 3, bias=True)])
@@ -166,3 +167,40 @@ def test_tflite_flattened_prelu_is_per_channel(alpha_shape):
     pruned, report = hc.prune(mod, ratio=0.5, align=1)
     assert report.groups[0].after == 4
     _oracle(mod, pruned, report.plan, x)
+
+
+def _ort(model, x):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize("grid", [True, False])
+def test_anchor_grid_head_imports_a_module_that_compiles(tmp_path, grid):
+    """A head computing anchor points from Shape/Gather/Range/Concat chains imports (TVM's
+    importer alone leaves run-time shapes that neither tvm.compile nor hc.build accept):
+    load_onnx folds them, the module compiles, agrees with onnxruntime and prunes."""
+    model = anchor_grid_head(grid=grid)
+    path = tmp_path / "anchors.onnx"
+    onnx.save(model, path)
+    notes = []
+    mod = hc.load_onnx(path, log=notes.append)
+    assert any("onnxruntime's basic graph optimisation" in n for n in notes), notes
+    assert first_dynamic_binding(mod["main"]) is None
+    x = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_relax(mod, [x]), _ort(model, x), rtol=1e-5, atol=1e-5)
+    assert hc.build(mod, "llvm") is not None
+    pruned, report = hc.prune(mod, ratio=0.5, align=1)
+    assert report.macs_after < report.macs_before, report.summary()
+    _oracle(mod, pruned, report.plan, x)
+
+
+def test_data_dependent_shape_is_an_error_naming_the_op(tmp_path):
+    """An op whose output shape depends on the data cannot be folded: load_onnx raises an
+    HCPruneError naming the binding and the op, not a TVM error at compile time."""
+    g = GraphBuilder(0)
+    y = g.op("Relu", [g.conv("input", 3, 4, 3, bias=True)])
+    out = g.op("Cast", [g.op("NonZero", [y])], to=1)
+    path = tmp_path / "nonzero.onnx"
+    onnx.save(g.model(out, [1, 3, 4, 4], [4, "n"], "nonzero"), path)
+    with pytest.raises(HCPruneError, match=r"shape computed at run time: \w+ = relax.nonzero"):
+        hc.load_onnx(path, log=lambda _m: None)

@@ -187,3 +187,43 @@ def dfl_head(image: int = 8, bins: int = 16, width: int = 16, seed: int = 0) -> 
     y = g.op("Conv", [y, g.const(proj, "dfl")], kernel_shape=[1, 1])
     out = g.op("Reshape", [y, g.const(np.array([1, 4, n], np.int64))])
     return g.model(out, [1, 3, image, image], [1, 4, n], "dfl_head")
+
+
+def anchor_grid_head(image: int = 8, grid: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """A detection head that decodes boxes against anchor points computed from the feature
+    map's own shape (``Shape -> Gather -> Range -> Cast``, a ``Concat``-built target shape
+    for ``Reshape``), as exported detectors do.
+
+    ``grid=True``: (x + 0.5, y + 0.5) anchor grid of shape (1, 2, H*W) added to the two box
+    channels; ``grid=False``: one ``Range`` over H*W added to every channel. TVM 0.27 imports
+    both without error but with run-time shapes that it cannot compile.
+    """
+    g = GraphBuilder(seed)
+    x = g.op("Relu", [g.conv("input", 3, 8, 3, bias=True)])
+    box = g.conv(x, 8, 2, 1, bias=True)
+    shp = g.op("Shape", [box])
+    h = g.op("Gather", [shp, g.const(np.array(2, np.int64))], axis=0)
+    w = g.op("Gather", [shp, g.const(np.array(3, np.int64))], axis=0)
+    zero, one = g.const(np.array(0, np.int64)), g.const(np.array(1, np.int64))
+    half = g.const(np.array(0.5, np.float32))
+    axis0, axis1 = g.const(np.array([0], np.int64)), g.const(np.array([1], np.int64))
+    n = g.op("Mul", [h, w])
+    target = g.op("Concat", [g.const(np.array([1, 2], np.int64)), g.op("Unsqueeze", [n, axis0])],
+                  axis=0)
+    flat = g.op("Reshape", [box, target])
+
+    def points(count):
+        return g.op("Add", [g.op("Cast", [g.op("Range", [zero, count, one])], to=1), half])
+
+    if grid:
+        ys = g.op("Mul", [g.op("Unsqueeze", [points(h), axis1]),
+                          g.const(np.ones((1, image), np.float32))])
+        xs = g.op("Mul", [g.op("Unsqueeze", [points(w), axis0]),
+                          g.const(np.ones((image, 1), np.float32))])
+        anchors = g.op("Concat", [g.op("Unsqueeze", [xs, axis0]), g.op("Unsqueeze", [ys, axis0])],
+                       axis=0)
+        anchors = g.op("Reshape", [anchors, target])
+    else:
+        anchors = points(n)
+    out = g.op("Add", [flat, anchors])
+    return g.model(out, [1, 3, image, image], [1, 2, image * image], "anchor_grid_head")
