@@ -7,15 +7,25 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import tvm
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
+from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.normalize import NormalizeImport
 from tvm_hcprune.ops.registry import OpHandler, get_op_handler, register_op_handler
+from tvm_hcprune.planning.export_onnx import apply_to_onnx
 from tvm_hcprune.testing import masked_reference, run_relax
-from tvm_hcprune.testing.onnx_models import GraphBuilder, anchor_grid_head, dfl_head
+from tvm_hcprune.testing.onnx_models import (
+    GraphBuilder,
+    anchor_grid_head,
+    dbnet_like,
+    dfl_head,
+    tf_style_resnet,
+)
+from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 from tvm_hcprune.utils.relax import first_dynamic_binding
 
 
@@ -204,3 +214,63 @@ def test_data_dependent_shape_is_an_error_naming_the_op(tmp_path):
     onnx.save(g.model(out, [1, 3, 4, 4], [4, "n"], "nonzero"), path)
     with pytest.raises(HCPruneError, match=r"shape computed at run time: \w+ = relax.nonzero"):
         hc.load_onnx(path, log=lambda _m: None)
+
+
+AVX2 = {"kind": "llvm", "mcpu": "znver3"}  # 8 fp32 lanes: NCHW8c (runs on any x86-64-v3)
+
+
+def test_dbnet_pruned_builds_with_per_op_layout_fallback():
+    """Pruning the DBNet-style model at 0.3 makes the conv feeding a ConvTranspose a
+    multiple of 8 channels, so it moves to NCHW8c and TVM's layout inference of
+    conv2d_transpose fails ("Layouts must have the same size"). The build falls back for
+    that op only: the convTranspose reads NCHW, other convs stay blocked, and the built
+    module equals the mask oracle."""
+    mod = from_onnx(dbnet_like())
+    pruned, report = hc.prune(mod, ratio=0.3, align=8)
+    assert any(g.before == 12 and g.after == 8 for g in report.groups), report.summary()
+    folded = tvm.transform.Sequential([relax.transform.FoldConstant(), FoldBatchNorm(),
+                                       relax.transform.FoldConstant()])(pruned)
+    with tvm.target.Target(AVX2):
+        blocked = BlockChannelLayout(8)(folded)
+    text = blocked.script()
+    assert "NCHW8c" in text
+    assert all('data_layout="NCHW"' in line for line in text.splitlines()
+               if "conv2d_transpose(" in line)
+    x = np.random.default_rng(0).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    vm = relax.VirtualMachine(hc.build(pruned, AVX2), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x)).numpy()
+    ref = run_relax(masked_reference(mod, report.plan), [x])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_layout_converts_a_whole_module_without_fallback():
+    """A module TVM converts whole is converted whole (no op falls back)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 8, 8), "float32"))
+    w = relax.const(np.ones((16, 8, 3, 3), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.relu(bb.emit(relax.op.nn.conv2d(x, w, padding=1))))
+        bb.emit_func_output(out)
+    with tvm.target.Target(AVX2):
+        text = BlockChannelLayout(8)(bb.get()).script()
+    assert "NCHW8c" in text and "wrap_param" not in text
+
+
+@pytest.mark.parametrize("constant_node", [False, True])
+def test_tf_style_resnet_exports_pruned_onnx(constant_node):
+    """NHWC input, transpose, ReduceMean pooling, Reshape [-1, C] (initializer or Constant
+    node) into MatMul + Add + Softmax: the pruned export maps the plan onto the
+    classifier's rows through pooling and the reshape, is written, and agrees in
+    onnxruntime with the TVM pruned module (which equals the mask oracle)."""
+    model = tf_style_resnet(shape_in_constant_node=constant_node)
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    pruned, report = hc.prune(mod, ratio=0.5, align=1, graph=graph)
+    assert any(g.before == 32 and g.after == 16 for g in report.groups), report.summary()
+    exported = apply_to_onnx(model, graph, report.plan, pruned)
+    x = np.random.default_rng(0).normal(size=(1, 16, 16, 3)).astype(np.float32)
+    out = _oracle(mod, pruned, report.plan, x)
+    np.testing.assert_allclose(_ort(exported, x), out, rtol=1e-5, atol=1e-6)
+    fc = next(i for i in exported.graph.initializer if i.name.startswith("fc_w"))
+    assert list(fc.dims) == [16, 10]

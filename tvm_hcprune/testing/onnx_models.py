@@ -227,3 +227,64 @@ def anchor_grid_head(image: int = 8, grid: bool = True, seed: int = 0) -> onnx.M
         anchors = points(n)
     out = g.op("Add", [flat, anchors])
     return g.model(out, [1, 3, image, image], [1, 2, image * image], "anchor_grid_head")
+
+
+def dbnet_like(image: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """A DBNet-style text-detection network in miniature: GELU (as its Erf formula) and SE
+    gates (hard-sigmoid) in the backbone, an FPN with a nearest-neighbour ``Resize`` and a
+    lateral add, and a head of two stride-2 ``ConvTranspose`` layers up to a one-channel
+    probability map. The conv feeding the first ConvTranspose has 12 channels (not a SIMD
+    multiple), so pruning can change whether it is converted to a blocked layout."""
+    g = GraphBuilder(seed)
+
+    def gelu(x):
+        root2 = g.const(np.array(np.sqrt(2.0), np.float32))
+        half, one = g.const(np.array(0.5, np.float32)), g.const(np.array(1.0, np.float32))
+        erf = g.op("Erf", [g.op("Div", [x, root2])])
+        return g.op("Mul", [g.op("Mul", [x, half]), g.op("Add", [one, erf])])
+
+    def se(x, c):
+        s = g.op("GlobalAveragePool", [x])
+        s = g.op("Relu", [g.conv(s, c, c // 4, 1, bias=True)])
+        return g.op("Mul", [x, g.op("HardSigmoid", [g.conv(s, c // 4, c, 1, bias=True)])])
+
+    c1 = gelu(g.bn(g.conv("input", 3, 16, 3, stride=2), 16))
+    c2 = se(gelu(g.bn(g.conv(c1, 16, 32, 3, stride=2), 32)), 32)
+    c3 = se(gelu(g.bn(g.conv(c2, 32, 64, 3, stride=2), 64)), 64)
+    up = g.op("Resize", [g.conv(c3, 64, 24, 1), "", g.const(np.array([1, 1, 2, 2], np.float32))],
+              mode="nearest")
+    p2 = g.op("Add", [g.conv(c2, 32, 24, 1), up])
+    f = g.op("Relu", [g.bn(g.conv(p2, 24, 12, 3), 12)])
+    w = g.rng.normal(0, 0.3, (12, 8, 2, 2)).astype(np.float32)
+    f = g.op("Relu", [g.bn(g.op("ConvTranspose", [f, g.const(w)], kernel_shape=[2, 2],
+                                strides=[2, 2]), 8)])
+    w = g.rng.normal(0, 0.3, (8, 1, 2, 2)).astype(np.float32)
+    f = g.op("ConvTranspose", [f, g.const(w)], kernel_shape=[2, 2], strides=[2, 2])
+    out = g.op("Sigmoid", [f])
+    return g.model(out, [1, 3, image, image], [1, 1, image, image], "dbnet_like")
+
+
+def tf_style_resnet(image: int = 16, width: int = 16, num_classes: int = 10,
+                    shape_in_constant_node: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """A small ResNet as TensorFlow converters export it: NHWC input transposed to NCHW,
+    global average pooling as ``ReduceMean(axes=[2, 3])``, a ``Reshape`` to ``[-1, C]``
+    (its shape an initializer, or a ``Constant`` node), then ``MatMul`` + ``Add`` +
+    ``Softmax``."""
+    g = GraphBuilder(seed)
+    x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
+    x = g.op("Relu", [g.conv(x, 3, width, 3, bias=True)])
+    y = g.op("Relu", [g.conv(x, width, width, 3, bias=True)])
+    x = g.op("Relu", [g.op("Add", [x, g.conv(y, width, width, 3, bias=True)])])
+    x = g.op("Relu", [g.conv(x, width, 2 * width, 3, stride=2, bias=True)])
+    pooled = g.op("ReduceMean", [x], axes=[2, 3], keepdims=1)
+    target = np.array([-1, 2 * width], np.int64)
+    if shape_in_constant_node:
+        shape = g.op("Constant", [], "shape", value=numpy_helper.from_array(target))
+    else:
+        shape = g.const(target, "shape")
+    flat = g.op("Reshape", [pooled, shape])
+    w = g.rng.normal(0, np.sqrt(1.0 / (2 * width)), (2 * width, num_classes)).astype(np.float32)
+    b = g.rng.normal(0, 0.1, num_classes).astype(np.float32)
+    logits = g.op("Add", [g.op("MatMul", [flat, g.const(w, "fc_w")]), g.const(b, "fc_b")])
+    out = g.op("Softmax", [logits], axis=-1)
+    return g.model(out, [1, image, image, 3], [1, num_classes], "tf_style_resnet")
