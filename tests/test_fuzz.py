@@ -23,3 +23,14 @@ def test_fuzz_graph_prunes_and_equals_the_mask_oracle(seed):
     model, blocks = random_model(seed)
     rec = check_model(model, seed)
     assert rec["outcome"] == "ok", (blocks, rec)
+
+
+def test_check_model_reports_an_oracle_failure(monkeypatch):
+    """The checker itself: with the unmasked dense module as the "reference", a graph whose
+    channels were pruned must be reported as an oracle failure, not passed."""
+    from tvm_hcprune.testing import oracle
+
+    monkeypatch.setattr(oracle, "masked_reference", lambda mod, plan: mod)
+    model, _ = random_model(3)
+    rec = check_model(model, 3)
+    assert rec["outcome"] == "oracle" and "max |pruned - masked reference|" in rec["error"]
