@@ -26,6 +26,8 @@ def test_demo_writes_table(tmp_path):
                 "latency_dense_ms", "reconstruct"):
         assert all(key in r for r in rows)
     assert "ratio" in proc.stdout and "MMACs" in proc.stdout
+    assert all(r["nonfinite"] == 0 for r in rows) and row["nonfinite_dense"] == 0
+    assert "non-finite" not in proc.stdout
 
 
 def test_demo_rejects_bad_ratio(tmp_path):
