@@ -274,3 +274,29 @@ def test_tf_style_resnet_exports_pruned_onnx(constant_node):
     np.testing.assert_allclose(_ort(exported, x), out, rtol=1e-5, atol=1e-6)
     fc = next(i for i in exported.graph.initializer if i.name.startswith("fc_w"))
     assert list(fc.dims) == [16, 10]
+
+
+def test_errors_outside_handlers_are_hcprune_errors_naming_the_binding(monkeypatch):
+    """An exception in analysis outside the op handlers (here: the descriptor check after
+    a conv) and a TVM error in the importer clean-up reach the user as HCPruneError naming
+    the binding and op, or the pass, never as a raw error."""
+    from tvm_hcprune.analysis import graph as graph_mod
+
+    mod = _transposing_model()
+
+    def broken(ctx, var, out):
+        raise tvm.error.InternalError("Check failed: boom")
+
+    monkeypatch.setattr(graph_mod, "_checked", broken)
+    with pytest.raises(HCPruneError, match=r"analysis failed at \w+ = relax.nn.conv2d.*"
+                                           r"InternalError: Check failed: boom"):
+        hc.analyze(mod)
+    monkeypatch.undo()
+
+    class Failing:
+        def __call__(self, mod):
+            raise tvm.error.InternalError("Check failed: normalize")
+
+    monkeypatch.setattr(graph_mod, "NormalizeImport", Failing)
+    with pytest.raises(HCPruneError, match="NormalizeImport .* failed: InternalError"):
+        hc.prune(mod, ratio=0.5)
