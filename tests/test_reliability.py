@@ -300,3 +300,20 @@ def test_errors_outside_handlers_are_hcprune_errors_naming_the_binding(monkeypat
     monkeypatch.setattr(graph_mod, "NormalizeImport", Failing)
     with pytest.raises(HCPruneError, match="NormalizeImport .* failed: InternalError"):
         hc.prune(mod, ratio=0.5)
+
+
+def test_suite_checks_well_formedness_after_our_passes():
+    """The suite's autouse instrument (conftest.py) rejects an ill-formed module coming out
+    of a pass named like one of tvm_hcprune's."""
+    x = relax.Var("x", relax.TensorType((2,), "float32"))
+    unbound = relax.Var("y", relax.TensorType((2,), "float32"))
+    bad = tvm.IRModule({"main": relax.Function([x], unbound, relax.TensorType((2,),
+                                                                            "float32"))})
+
+    @tvm.transform.module_pass(opt_level=0, name="NormalizeImport")
+    def fake(mod, _ctx):
+        return bad
+
+    good = tvm.IRModule({"main": relax.Function([x], x, relax.TensorType((2,), "float32"))})
+    with pytest.raises(Exception, match="NormalizeImport output is ill-formed"):
+        fake(good)
