@@ -78,7 +78,6 @@ def run(args) -> int:
     data = mnist_test(args.samples)
     x0 = data.samples[0]
     dense_ex = hc.build(mod)
-    dense_ms, _ = _latency_ms(dense_ex, x0, args.repeat)
     dense_eval = evaluate(dense_ex, data, progress=False)
     cal = None
     if args.calibration > 0:
@@ -94,9 +93,10 @@ def run(args) -> int:
         if cal is not None:
             rmod, rrep = reconstruct(pruned, graph, report.plan, cal)
             rec = (hc.build(rmod), rrep)
-        # plain and reconstructed models timed in interleaved rounds (see _latencies_ms)
-        (ms, *rms), (vm, *_) = _latencies_ms([ex] + ([rec[0]] if rec else []), x0,
-                                             args.repeat)
+        # dense, plain and reconstructed models timed in the same interleaved rounds (see
+        # _latencies_ms): each speedup divides by a dense time measured alongside it
+        (dense_ms, ms, *rms), (_, vm, *_) = _latencies_ms(
+            [dense_ex, ex] + ([rec[0]] if rec else []), x0, args.repeat)
         ev = evaluate(ex, data, reference=dense_eval.predictions, progress=False)
         # the oracle: pruned == dense with removed channels zeroed at their consumers
         ref = hc.build(masked_reference(mod, report.plan))
