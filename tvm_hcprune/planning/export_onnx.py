@@ -305,8 +305,7 @@ def _fix_reshapes(model, graph, pruned_mod, dense_model):
     """
     from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
-    table = None
-    dense_shapes = _infer(copy.deepcopy(dense_model))
+    table = dense_shapes = None
     g = model.graph
     for _ in range(8):
         shapes = _infer(model)
@@ -326,8 +325,9 @@ def _fix_reshapes(model, graph, pruned_mod, dense_model):
                     continue
             elif int(np.prod(resolved)) == total:
                 continue
-            if table is None:
+            if table is None:  # only when a Reshape needs a new shape
                 table = _relax_reshapes(graph, pruned_mod)
+                dense_shapes = _infer(copy.deepcopy(dense_model))
             dense_in = dense_shapes.get(node.input[0])
             dense_out = dense_shapes.get(node.output[0])
             new_shapes = set()
