@@ -223,7 +223,6 @@ class _Canonicalizer(PyExprMutator):
             return op(fields[0], fields[1])
         return new
 
-
     def _flattened_prelu(self, call):
         """``reshape(prelu(reshape(x, [-1]), alpha, axis=0), shape(x))`` (TVM's TFLite PReLU,
         alpha broadcast to ``x`` and flattened) as a PReLU on ``x`` itself, or None.
