@@ -2,3 +2,30 @@ import os
 
 # keep TVM's thread pool to the physical cores of this small machine
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+
+# tvm_hcprune's Relax-level passes: their output must be well formed (TVM's relax tests run
+# WellFormedInstrument around every pass; TVM's own lowering passes are left out here)
+OUR_RELAX_PASSES = frozenset({
+    "ApplyPrunePlan", "BlockChannelLayout", "FoldBatchNorm", "NormalizeImport",
+    "PruneChannels", "Reconstruct", "ReestimateBatchNorm", "PackWeightsForCPU",
+    "OffloadToVTA"})
+
+
+@tvm.instrument.pass_instrument
+class OurPassesWellFormed:
+    """Assert ``relax.analysis.check_well_formed`` after each of tvm_hcprune's passes."""
+
+    def run_after_pass(self, mod, info):
+        if info.name in OUR_RELAX_PASSES:
+            assert relax.analysis.check_well_formed(mod), f"{info.name} output is ill-formed"
+
+
+@pytest.fixture(autouse=True)
+def _well_formed_passes():
+    """Every test runs with the well-formedness instrument on tvm_hcprune's passes."""
+    with tvm.transform.PassContext(instruments=[OurPassesWellFormed()]):
+        yield

@@ -100,10 +100,10 @@ def test_tune_then_compile_with_records(files, capsys):
     assert main(["run", str(d / "t.so"), "--inputs", str(d / "in.npz"), "--outputs",
                  str(d / "t.npz")]) == 0
     if not (d / "p.npz").exists():
-        main(["compile", str(d / "m.onnx"), "--target", TARGET, "-o", str(d / "p.so"),
-              "--prune-ratio", "0.5"])
-        main(["run", str(d / "p.so"), "--inputs", str(d / "in.npz"), "--outputs",
-              str(d / "p.npz")])
+        assert main(["compile", str(d / "m.onnx"), "--target", TARGET, "-o",
+                     str(d / "p.so"), "--prune-ratio", "0.5"]) == 0
+        assert main(["run", str(d / "p.so"), "--inputs", str(d / "in.npz"), "--outputs",
+                     str(d / "p.npz")]) == 0
     np.testing.assert_allclose(np.load(d / "t.npz")["output_0"],
                                np.load(d / "p.npz")["output_0"], rtol=1e-5, atol=1e-5)
 

@@ -26,6 +26,8 @@ def test_demo_writes_table(tmp_path):
                 "latency_dense_ms", "reconstruct"):
         assert all(key in r for r in rows)
     assert "ratio" in proc.stdout and "MMACs" in proc.stdout
+    assert all(r["nonfinite"] == 0 for r in rows) and row["nonfinite_dense"] == 0
+    assert "non-finite" not in proc.stdout
 
 
 def test_demo_rejects_bad_ratio(tmp_path):
@@ -34,3 +36,24 @@ def test_demo_rejects_bad_ratio(tmp_path):
     assert proc.returncode == 2
     assert "outside [0, 1)" in proc.stderr
     assert not out.exists()
+
+
+def test_demo_times_dense_alongside_each_pruned_model(monkeypatch, tmp_path):
+    """Each ratio's speedup divides by a dense time taken in the same interleaved rounds as
+    the pruned model (not by one dense timing taken before the loop)."""
+    from tvm_hcprune.cli import demo, main
+
+    calls = []
+    real = demo._latencies_ms
+
+    def spy(exs, x, repeat, rounds=3):
+        calls.append(list(exs))
+        return real(exs, x, repeat, rounds=1)
+
+    monkeypatch.setattr(demo, "_latencies_ms", spy)
+    assert main(["demo", "--ratios", "0.25,0.5", "--samples", "5", "--repeat", "1",
+                 "--calibration", "0", "--json", str(tmp_path / "d.json")]) == 0
+    timed = [c for c in calls if len(c) >= 2]  # the oracle's lone timing is not a figure
+    assert len(timed) == 2, calls
+    assert timed[0][0] is timed[1][0]  # the same dense executable, timed with each ratio
+    assert timed[0][1] is not timed[1][1]

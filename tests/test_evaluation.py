@@ -171,7 +171,11 @@ def test_callable_and_result_type():
 
     res = evaluate(model, (x, np.array([0, 1, 0])), progress=False)
     assert isinstance(res, EvalResult)
-    assert res.nonfinite == 2 and res.correct == 3  # numpy's argmax of [nan, 0] is 0
+    # numpy's argmax of [nan, 0] is 0, the label of samples 0 and 2: still counted wrong
+    assert res.nonfinite == 2 and res.correct == 1
+    assert res.predictions.tolist() == [-1, 1, -1]
+    nan_ref = evaluate(model, (x, np.array([0, 1, 0])), reference=model, progress=False)
+    assert nan_ref.agreement == pytest.approx(1 / 3)  # two NaN outputs never agree
 
 
 @pytest.mark.slow

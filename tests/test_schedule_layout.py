@@ -205,13 +205,23 @@ def _gelu_net():
 
 def test_other_ops_on_blocked_tensors_are_checked(monkeypatch):
     """An op outside the usual set on blocked tensors is kept blocked when TVM lowers it
-    there, and the whole module stays NCHW when it does not (never a failed build)."""
+    there; when it does not, that op alone reads NCHW (the convs stay blocked) and the
+    build still agrees with TVM's (never a failed build); the whole module stays NCHW only
+    when even that fails."""
     from tvm_hcprune.backend.cpu import layout
 
     mod = _gelu_net()
     assert "relax.nn.conv2d:NCHW8c" in _ops(BlockChannelLayout(8)(mod))
     _check(mod)
     monkeypatch.setattr(layout, "_legalizes", lambda call: False)
+    fallback = BlockChannelLayout(8)(mod)
+    assert _ops(fallback).count("relax.nn.conv2d:NCHW8c") == 2
+    gelus = []
+    relax.analysis.post_order_visit(fallback["main"], lambda e: gelus.append(e) if (
+        isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.gelu") else None)
+    assert [len(g.ty.shape) for g in gelus] == [4]
+    _check(mod)
+    monkeypatch.setattr(layout, "_Shield", None)  # the per-op fallback itself fails
     tvm.ir.assert_structural_equal(BlockChannelLayout(8)(mod), mod)
 
 

@@ -54,6 +54,9 @@ class AnalysisContext:
         # grouped conv -> (out axis, in axis, groups, per-group input descriptors); the
         # groups of each conv's input descriptors must keep equal channel counts
         self.group_inputs: dict = {}
+        # var -> descriptors its op drops on purpose (a slice's cut-off segments), which the
+        # rewrite accounts for although they reach neither an output nor a sliced constant
+        self.accounted: dict = defaultdict(list)
 
     # ---- spaces -------------------------------------------------------------------------
     def new_space(self, size: int, var, op: str) -> int:
@@ -255,6 +258,15 @@ class AnalysisContext:
         """Declare that constant argument ``arg`` of ``var``'s call follows ``desc`` on ``axis``."""
         if desc is not None and desc_spaces(desc):
             self.const_slices[var].append((arg, axis, desc))
+
+    def account(self, var, desc: AxisDesc | None) -> None:
+        """Declare that ``var``'s op drops the channels of ``desc`` and its rewrite knows it.
+
+        Channels entering an op must leave it in an output descriptor, be consumed by a
+        sliced constant, be declared here, or be frozen; ``analyze`` freezes the rest.
+        """
+        if desc is not None and desc_spaces(desc):
+            self.accounted[var].append(desc)
 
     def add_member(self, kind: str, var, op: str, arg: int, axis: int, desc) -> None:
         if desc is not None and desc_spaces(desc):

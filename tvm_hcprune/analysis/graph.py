@@ -326,7 +326,15 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
         raise HCPruneError("the module has no 'main' function; pass the module a frontend "
                            "importer returns (e.g. tvm_hcprune.load_onnx)")
     if canonicalize:
-        mod = NormalizeImport()(mod)
+        try:
+            mod = NormalizeImport()(mod)
+        except HCPruneError:
+            raise
+        except Exception as err:  # noqa: BLE001 - TVM passes raise assorted error types
+            raise HCPruneError(
+                f"NormalizeImport (the importer clean-up before channel analysis) failed: "
+                f"{_short(err)}; a tvm_hcprune bug: please report it. "
+                "analyze(mod, canonicalize=False) skips it") from None
     func = mod["main"]
     if not isinstance(func, relax.Function):
         raise HCPruneError("mod['main'] is not a Relax function")
@@ -341,39 +349,65 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
             ctx.descs[var] = None
             continue
         ctx.values[var] = value
-        out = None
-        if isinstance(value, relax.Call) and hasattr(value.op, "name"):
-            n_calls += 1
-            name = value.op.name
-            ctx.ops[var] = name
-            handler = get_op_handler(name)
-            if handler is None:
-                _freeze_args(ctx, var, value, name, "no op handler registered (barrier)")
-            else:
-                try:
-                    out = handler.analyze(ctx, var, value)
-                except Exception as err:  # noqa: BLE001 - a handler gap must not crash users
-                    _freeze_args(ctx, var, value, name, f"handler failed: {err}")
-                    out = None
-        elif isinstance(value, relax.TupleGetItem):
-            t = ctx.desc(value.tuple_value)
-            out = t[int(value.index)] if t is not None else None
-        elif isinstance(value, relax.Tuple):
-            out = [ctx.desc(f) for f in value.fields]
-        elif isinstance(value, relax.Var):
-            out = ctx.desc(value)
-        elif isinstance(value, relax.Call):
-            _freeze_args(ctx, var, value, "call", "call of a non-op function (barrier)")
-        ctx.descs[var] = _checked(ctx, var, out)
+        try:
+            n_calls += _analyze_binding(ctx, var, value)
+        except Exception as err:  # noqa: BLE001 - never a raw error from inside analysis
+            op = getattr(getattr(value, "op", None), "name", type(value).__name__)
+            raise HCPruneError(f"channel analysis failed at {var.name} = {op}(...): "
+                               f"{_short(err)}; a tvm_hcprune bug: please report it") from None
     ret = func.body.body
-    ctx.freeze(_flatten(ctx.desc(ret)), None, "return", "model output shape must not change")
-    _expand_declarations(ctx)
-    if n_calls == 0:
-        raise HCPruneError("the model is empty: main has no operations to analyse")
-    fp = _fingerprint(func, ctx.array) if fingerprint else ""
-    graph = ChannelGraph(mod, ctx, fp, _count_params(func))
-    clear_shape_cache()
+    try:
+        ctx.freeze(_flatten(ctx.desc(ret)), None, "return", "model output shape must not change")
+        _expand_declarations(ctx)
+        if n_calls == 0:
+            raise HCPruneError("the model is empty: main has no operations to analyse")
+        fp = _fingerprint(func, ctx.array) if fingerprint else ""
+        graph = ChannelGraph(mod, ctx, fp, _count_params(func))
+    except HCPruneError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        raise HCPruneError(f"channel analysis failed while forming the groups: "
+                           f"{_short(err)}; a tvm_hcprune bug: please report it") from None
+    finally:
+        clear_shape_cache()
     return graph
+
+
+def _short(err: Exception) -> str:
+    """``Type: message`` of an exception on one line (TVM's carry a C++ backtrace)."""
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[-1][:300] if lines else ''}"
+
+
+def _analyze_binding(ctx, var, value) -> int:
+    """Ask the op's handler about one binding; returns 1 for an op call, else 0."""
+    out, n_calls = None, 0
+    if isinstance(value, relax.Call) and hasattr(value.op, "name"):
+        n_calls += 1
+        name = value.op.name
+        ctx.ops[var] = name
+        handler = get_op_handler(name)
+        if handler is None:
+            _freeze_args(ctx, var, value, name, "no op handler registered (barrier)")
+        else:
+            try:
+                out = handler.analyze(ctx, var, value)
+                out = _conserved(ctx, var, value, name, out)
+            except Exception as err:  # noqa: BLE001 - a handler gap must not crash users
+                _freeze_args(ctx, var, value, name,
+                             f"handler failed: {type(err).__name__}: {str(err)[:200]}")
+                out = None
+    elif isinstance(value, relax.TupleGetItem):
+        t = ctx.desc(value.tuple_value)
+        out = t[int(value.index)] if t is not None else None
+    elif isinstance(value, relax.Tuple):
+        out = [ctx.desc(f) for f in value.fields]
+    elif isinstance(value, relax.Var):
+        out = ctx.desc(value)
+    elif isinstance(value, relax.Call):
+        _freeze_args(ctx, var, value, "call", "call of a non-op function (barrier)")
+    ctx.descs[var] = _checked(ctx, var, out)
+    return n_calls
 
 
 def _expand_declarations(ctx):
@@ -396,6 +430,48 @@ def _flatten(d):
     if d and isinstance(d[0], list):
         return [x for sub in d for x in _flatten(sub)]
     return [d]
+
+
+def _spaces_of(ctx, d, out: set) -> None:
+    """Add the (root) spaces of size > 1 in a descriptor or a nested list of them."""
+    if d is None:
+        return
+    if isinstance(d, list):  # a tensor's axes, or a tuple's tensors
+        for x in d:
+            _spaces_of(ctx, x, out)
+        return
+    for s in desc_spaces(ctx.expand(d)):
+        r = ctx.find(s)
+        if ctx.sizes[r] > 1:  # a single channel can never be removed
+            out.add(r)
+
+
+def _conserved(ctx, var, call, op, out):
+    """Freeze the channels a handler lets vanish: every space entering an op must reach an
+    output descriptor, a sliced constant (a consumer weight), ``ctx.account`` or be frozen.
+
+    A handler that forgets an axis (a convolution over a spatial axis that carries channels
+    after a reshape, say) would otherwise let the rewrite change a shape nobody tracks.
+    """
+    seen: set = set()
+    for a in call.args:
+        if isinstance(a, relax.Tuple | relax.Var):
+            _spaces_of(ctx, ctx.desc(a), seen)
+    if not seen:
+        return out
+    kept: set = set()
+    _spaces_of(ctx, out, kept)
+    for _arg, _axis, d in ctx.const_slices.get(var, ()):
+        _spaces_of(ctx, d, kept)
+    for d in ctx.accounted.get(var, ()):
+        _spaces_of(ctx, d, kept)
+    lost = seen - kept
+    if lost:
+        frozen = {ctx.find(s) for s, rs in ctx.frozen.items() if rs}
+        for r in sorted(lost - frozen):
+            ctx.freeze(ctx.one_space(r, ctx.sizes[r]), var, op,
+                       "the op drops a channel axis its handler does not track")
+    return out
 
 
 def _freeze_args(ctx, var, call, op, reason):

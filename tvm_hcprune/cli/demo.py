@@ -78,7 +78,6 @@ def run(args) -> int:
     data = mnist_test(args.samples)
     x0 = data.samples[0]
     dense_ex = hc.build(mod)
-    dense_ms, _ = _latency_ms(dense_ex, x0, args.repeat)
     dense_eval = evaluate(dense_ex, data, progress=False)
     cal = None
     if args.calibration > 0:
@@ -94,9 +93,10 @@ def run(args) -> int:
         if cal is not None:
             rmod, rrep = reconstruct(pruned, graph, report.plan, cal)
             rec = (hc.build(rmod), rrep)
-        # plain and reconstructed models timed in interleaved rounds (see _latencies_ms)
-        (ms, *rms), (vm, *_) = _latencies_ms([ex] + ([rec[0]] if rec else []), x0,
-                                             args.repeat)
+        # dense, plain and reconstructed models timed in the same interleaved rounds (see
+        # _latencies_ms): each speedup divides by a dense time measured alongside it
+        (dense_ms, ms, *rms), (_, vm, *_) = _latencies_ms(
+            [dense_ex, ex] + ([rec[0]] if rec else []), x0, args.repeat)
         ev = evaluate(ex, data, reference=dense_eval.predictions, progress=False)
         # the oracle: pruned == dense with removed channels zeroed at their consumers
         ref = hc.build(masked_reference(mod, report.plan))
@@ -113,6 +113,7 @@ def run(args) -> int:
             "params_dense": report.params_before, "latency_ms": ms,
             "latency_dense_ms": dense_ms, "speedup": dense_ms / ms,
             "top1": ev.top1, "top1_dense": dense_eval.top1, "agreement": ev.agreement,
+            "nonfinite": ev.nonfinite, "nonfinite_dense": dense_eval.nonfinite,
             "oracle_max_abs_diff": float(np.abs(a - b).max()),
             "prune_seconds": report.seconds, "align": report.align, "reconstruct": False,
         }
@@ -122,6 +123,7 @@ def run(args) -> int:
             rev = evaluate(rex, data, reference=dense_eval.predictions, progress=False)
             rows.append({**row, "latency_ms": rms[0], "speedup": dense_ms / rms[0],
                          "top1": rev.top1, "agreement": rev.agreement, "reconstruct": True,
+                         "nonfinite": rev.nonfinite,
                          "oracle_max_abs_diff": None,
                          "reconstructed_layers": len(rrep.layers) - len(rrep.fallbacks),
                          "fallback_layers": [f.name for f in rrep.fallbacks]})
@@ -183,6 +185,12 @@ def _print_table(rows, n):
               f"{r['latency_ms']:7.3f}/{r['latency_dense_ms']:<9.3f} {r['speedup']:6.2f}x "
               f"{r['top1'] * 100:5.1f}/{r['top1_dense'] * 100:<6.1f} {rec} "
               f"{r['agreement'] * 100:5.1f}% {r['oracle_max_abs_diff']:8.1e}")
+    for r in rows:
+        bad = {k: r[k] for k in ("nonfinite", "nonfinite_dense") if r.get(k)}
+        if bad:
+            which = "reconstructed" if r.get("reconstruct") else "pruned"
+            print(f"warning: ratio {r['ratio']:.2f} ({which}): non-finite outputs (NaN/Inf) "
+                  f"on {bad} of {n} digits; they count as wrong")
     print(f"(latency: pruned/dense on this CPU; top-1: pruned/dense on {n} held-out MNIST "
           "digits, no fine-tuning; +recon: top-1 after least-squares reconstruction from "
           "calibration digits; agree: top-1 agreement with dense; oracle: max |pruned - "

@@ -130,24 +130,38 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
     # deferred: TVM's ONNX frontend imports onnx (slow)
     from tvm.relax.frontend.onnx import from_onnx
 
+    from tvm_hcprune.utils.relax import first_dynamic_binding  # deferred: imports TVM
+
 
     model = read_onnx(path)
     shapes = static_input_shapes(model, shape_dict, log)
     try:
-        return from_onnx(model, shape_dict=shapes)
-    except Exception as first:  # noqa: BLE001 - importer gaps raise assorted errors
-        try:
-            folded = ort_basic_optimize(model, shapes)
-            mod = from_onnx(folded, shape_dict=shapes)
-        except Exception as err:  # noqa: BLE001
-            raise HCPruneError(
-                f"TVM's ONNX importer cannot import {path}: {type(first).__name__}: "
-                f"{str(first)[:300]} (also after onnxruntime's basic graph optimisation: "
-                f"{type(err).__name__}: {str(err)[:200]})"
-            ) from None
-        log(f"note: {Path(path).name} was folded by onnxruntime's basic graph optimisation "
-            f"before import (TVM importer gap: {type(first).__name__})")
-        return mod
+        mod = from_onnx(model, shape_dict=shapes)
+        dynamic = first_dynamic_binding(mod["main"])
+        if dynamic is None:
+            return mod
+        first = f"{dynamic[0]} = {dynamic[1]}(...) has a shape computed at run time"
+    except Exception as err:  # noqa: BLE001 - importer gaps raise assorted errors
+        first = f"{type(err).__name__}: {str(err)[:300]}"
+    try:
+        folded = ort_basic_optimize(model, shapes)
+        mod = from_onnx(folded, shape_dict=shapes)
+    except Exception as err:  # noqa: BLE001
+        raise HCPruneError(
+            f"TVM's ONNX importer cannot import {path}: {first} (also after onnxruntime's "
+            f"basic graph optimisation: {type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    dynamic = first_dynamic_binding(mod["main"])
+    if dynamic is not None:
+        raise HCPruneError(
+            f"{path} imports with a shape computed at run time: {dynamic[0]} = "
+            f"{dynamic[1]}(...) (also after onnxruntime's basic graph optimisation): its "
+            "shape depends on the data or on a shape computation neither could fold, and "
+            "TVM cannot compile that; export the model without that op (e.g. cut a "
+            "detector before its NMS or decoding tail) or fold its shape computations")
+    log(f"note: {Path(path).name} was folded by onnxruntime's basic graph optimisation "
+        f"before import ({first})")
+    return mod
 
 
 def load_tflite(path, shape_dict: dict | None = None):

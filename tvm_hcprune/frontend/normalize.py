@@ -8,6 +8,9 @@
   ONNX importer emits for Clip with tensor bounds (``T_maximum``/``T_minimum``) are
   re-emitted as the equivalent Relax ops, which infer their shapes again when channels
   are removed. Any other ``call_tir`` stays, and the analysis treats it as a barrier.
+* TVM's TFLite importer writes PReLU on a flattened tensor (``reshape(x, [-1])``, a
+  flattened broadcast alpha, ``prelu(axis=0)``, ``reshape`` back), which hides the channel
+  axis; it is re-expressed as a PReLU on ``x``'s channel axis.
 """
 
 from __future__ import annotations
@@ -151,8 +154,10 @@ class _Canonicalizer(PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.consts = {}
+        self.values = {}  # var -> its original bound value
 
     def visit_var_binding_(self, binding):
+        self.values[binding.var] = binding.value
         # a binding that folds to a constant is dropped and its uses see the constant
         if isinstance(binding.var, relax.DataflowVar) and isinstance(binding.value, relax.Call):
             new = self.visit_expr(binding.value)
@@ -172,6 +177,10 @@ class _Canonicalizer(PyExprMutator):
         if not isinstance(new, relax.Call) or not hasattr(new.op, "name"):
             return new
         name = new.op.name
+        if name == "relax.reshape":
+            prelu = self._flattened_prelu(call)
+            if prelu is not None:
+                return prelu
         if name in _NUMPY_OPS and all(
             is_const(a) or isinstance(a, relax.ShapeExpr) for a in new.args
         ) and any(is_const(a) for a in new.args) and static_shape(call) is not None:
@@ -213,6 +222,45 @@ class _Canonicalizer(PyExprMutator):
                 return new
             return op(fields[0], fields[1])
         return new
+
+    def _flattened_prelu(self, call):
+        """``reshape(prelu(reshape(x, [-1]), alpha, axis=0), shape(x))`` (TVM's TFLite PReLU,
+        alpha broadcast to ``x`` and flattened) as a PReLU on ``x`` itself, or None.
+
+        Alpha constant along every axis but one becomes ``prelu(x, alpha_c, axis=c)`` (the
+        last such axis: NHWC's channels); any other alpha the elementwise
+        ``relu(x) + alpha * minimum(x, 0)`` with alpha in ``x``'s shape. Both keep the
+        channel axis whole, so the channels through it stay prunable.
+        """
+        inner = call.args[0]
+        p = self.values.get(inner) if isinstance(inner, relax.Var) else None
+        if not (isinstance(p, relax.Call) and getattr(p.op, "name", "") == "relax.nn.prelu"):
+            return None
+        flat = p.args[0]
+        r = self.values.get(flat) if isinstance(flat, relax.Var) else None
+        if not (isinstance(r, relax.Call) and getattr(r.op, "name", "") == "relax.reshape"):
+            return None
+        x = r.args[0]
+        shape, pshape = static_shape(x), static_shape(p)
+        alpha = self.consts.get(p.args[1], p.args[1])
+        if (shape is None or shape != static_shape(call) or pshape is None
+                or len(pshape) != 1 or not is_const(alpha)):
+            return None
+        a = alpha.value.numpy()
+        if a.size != int(np.prod(shape)):
+            return None
+        a = a.reshape(shape)
+        x_new = self.visit_expr(x)
+        for axis in reversed(range(len(shape))):
+            rows = np.moveaxis(a, axis, 0).reshape(shape[axis], -1)  # one row per index
+            if (rows == rows[:, :1]).all():
+                vec = np.ascontiguousarray(rows[:, 0])
+                return relax.op.nn.prelu(x_new, relax.const(vec, str(vec.dtype)), axis)
+        dtype = str(a.dtype)
+        zero = relax.const(np.zeros((), dtype), dtype)
+        return relax.op.add(relax.op.nn.relu(x_new),
+                            relax.op.multiply(relax.const(a, dtype),
+                                              relax.op.minimum(x_new, zero)))
 
 
 @tvm.transform.module_pass(opt_level=0, name="NormalizeImport")

@@ -58,7 +58,10 @@ class ConvHandler(OpHandler):
         xdesc = ctx.desc(x)
         nd = len(_out_shape(var))
         out = [None] * nd
-        # spatial axes pass through the descriptor only if they carry none (they never do)
+        for ax, d in enumerate(xdesc):  # batch and spatial axes are mixed or kept whole
+            if ax != in_c and d is not None:
+                ctx.freeze(d, var, op, f"convolution over axis {ax}, which carries channels "
+                           "(a reshape or transpose moved them off the channel axis)")
         cin = static_shape(x)[in_c]
         groups = int(at.groups)
         cout = _out_shape(var)[out_c]
@@ -125,6 +128,7 @@ class ConvHandler(OpHandler):
         ctx.slice_const(var, 1, ki, ctx.one_space(t[0], per_in))
         ctx.add_member("producer", var, op, 1, ko, out[out_c])
         ctx.add_member("grouped_consumer", var, op, 1, ki, xd)
+        ctx.account(var, xd)  # every group's input channels, gathered at rewrite
         return out
 
     def _plain_out(self, ctx, var, call):
@@ -525,6 +529,7 @@ class StridedSliceHandler(OpHandler):
                 out[ax] = None
             else:
                 out[ax] = sub
+                ctx.account(var, d[ax])  # the cut-off segments: the rewrite recounts bounds
         return out
 
     def rewrite(self, rw, var, call, args):

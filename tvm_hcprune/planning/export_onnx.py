@@ -212,7 +212,7 @@ def apply_to_onnx(onnx_model, graph, plan, pruned_mod):
                 if att.name == "value":
                     att.t.CopyFrom(tensor)
     _fix_groups(model, sources, new_values)
-    _fix_reshapes(model, graph, pruned_mod)
+    _fix_reshapes(model, graph, pruned_mod, onnx_model)
     _check_outputs(onnx_model, model)
     return model
 
@@ -279,23 +279,44 @@ def _relax_reshapes(graph, pruned_mod):
     return table
 
 
-def _fix_reshapes(model, graph, pruned_mod):
-    """Rewrite Reshape shape constants whose element count no longer fits their input."""
+def _shape_constant(g, name):
+    """The int64 value of a Reshape's shape input stored in the graph (an initializer or a
+    ``Constant`` node, as TensorFlow converters write it), else None."""
     from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
-    table = None
+    for init in g.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init).astype(np.int64)
+    for node in g.node:
+        if node.op_type == "Constant" and list(node.output) == [name]:
+            for att in node.attribute:
+                if att.name == "value":
+                    return numpy_helper.to_array(att.t).astype(np.int64)
+    return None
+
+
+def _fix_reshapes(model, graph, pruned_mod, dense_model):
+    """Rewrite Reshape shape constants whose element count no longer fits their input.
+
+    A Reshape is matched to the Relax reshape with the same dense input and output shapes
+    (its ``-1`` and ``0`` entries resolved on the dense model, e.g. the ``[-1, C]`` that
+    flattens global pooling into a classifier's MatMul); its new shape is that reshape's
+    pruned output shape.
+    """
+    from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
+
+    table = dense_shapes = None
     g = model.graph
     for _ in range(8):
         shapes = _infer(model)
-        inits = {init.name: k for k, init in enumerate(g.initializer)}
         fixed = False
         for node in g.node:
             if node.op_type != "Reshape" or len(node.input) < 2:
                 continue
             in_shape = shapes.get(node.input[0])
-            if in_shape is None or None in in_shape or node.input[1] not in inits:
+            target = _shape_constant(g, node.input[1])
+            if in_shape is None or None in in_shape or target is None:
                 continue
-            target = numpy_helper.to_array(g.initializer[inits[node.input[1]]]).astype(np.int64)
             resolved = [in_shape[i] if t == 0 else int(t) for i, t in enumerate(target)]
             total = int(np.prod(in_shape))
             if -1 in resolved:
@@ -304,12 +325,19 @@ def _fix_reshapes(model, graph, pruned_mod):
                     continue
             elif int(np.prod(resolved)) == total:
                 continue
-            if table is None:
+            if table is None:  # only when a Reshape needs a new shape
                 table = _relax_reshapes(graph, pruned_mod)
+                dense_shapes = _infer(copy.deepcopy(dense_model))
+            dense_in = dense_shapes.get(node.input[0])
+            dense_out = dense_shapes.get(node.output[0])
             new_shapes = set()
-            for (_rin, rout), pr in table.items():
-                if list(rout) == [r for r in resolved if r != -1] or (
-                        -1 not in resolved and list(rout) == resolved):
+            for (rin, rout), pr in table.items():
+                if dense_in is not None and dense_out is not None:
+                    hit = list(rin) == list(dense_in) and list(rout) == list(dense_out)
+                else:
+                    hit = list(rout) == [r for r in resolved if r != -1] or (
+                        -1 not in resolved and list(rout) == resolved)
+                if hit:
                     new_shapes |= {s for s in pr if int(np.prod(s)) == total}
             if len(new_shapes) != 1:
                 raise HCPruneError(

@@ -55,10 +55,11 @@ class EvalResult:
     top1_reference : float or None
         The reference's own top-1 accuracy on the same samples.
     predictions : numpy.ndarray
-        int64 ``[n]`` arg-max per sample.
+        int64 ``[n]`` arg-max per sample; -1 where the output was not finite.
     reference_predictions : numpy.ndarray or None
     nonfinite : int
-        Samples whose output held NaN or Inf (counted as wrong unless the arg-max matches).
+        Samples whose output held NaN or Inf: counted wrong (prediction -1), and never in
+        agreement with the reference.
     seconds : float
         Wall time of the model's runs (not of compilation or of the reference).
     dataset : str
@@ -116,7 +117,9 @@ def _predict(runner: ModelRunner, samples: np.ndarray, desc: str, progress: bool
                                    f"{num_classes} scores; labels must be class indices "
                                    f"0..{num_classes - 1}")
         preds[i], finite = _argmax(outs[0], num_classes)
-        nonfinite += not finite
+        if not finite:  # numpy's arg-max of a NaN output is meaningless: count it wrong
+            preds[i] = -1
+            nonfinite += 1
     return preds, nonfinite, t_run
 
 
@@ -181,7 +184,7 @@ def evaluate(mod_or_executable, dataset, reference=None, target=None, *,
         ref_preds, _, _ = _predict(ref_runner, samples, f"reference {name}", progress)
     if ref_preds is not None:
         ref_preds = np.asarray(ref_preds, np.int64)
-        agreement = float((preds == ref_preds).mean())
+        agreement = float(((preds == ref_preds) & (preds >= 0)).mean())
         top1_ref = float((ref_preds == labels).mean())
     return EvalResult(
         top1=correct / samples.shape[0], correct=correct, n=int(samples.shape[0]),

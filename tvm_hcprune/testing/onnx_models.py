@@ -165,3 +165,126 @@ def small_resnet(width: int = 32, image: int = 32, num_classes: int = 10,
         cin = cout
     out = g.head(x, cin, num_classes)
     return g.model(out, [1, in_channels, image, image], [1, num_classes], "small_resnet")
+
+
+def dfl_head(image: int = 8, bins: int = 16, width: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """A YOLOv8-style distribution-focal-loss box head on a small conv stem.
+
+    A conv's ``4 * bins`` output channels are reshaped to (1, 4, bins, N), transposed so the
+    bins become the channel axis, softmaxed over them, reduced by a fixed 1x1 conv whose
+    ``bins`` input channels are the bins (the expectation over bin positions), and reshaped
+    to the (1, 4, N) box distances.
+    """
+    g = GraphBuilder(seed)
+    x = g.op("Relu", [g.conv("input", 3, width, 3, bias=True)])
+    x = g.op("Relu", [g.conv(x, width, width, 3, bias=True)])
+    box = g.conv(x, width, 4 * bins, 1, bias=True)
+    n = image * image
+    y = g.op("Reshape", [box, g.const(np.array([1, 4, bins, n], np.int64))])
+    y = g.op("Transpose", [y], perm=[0, 2, 1, 3])
+    y = g.op("Softmax", [y], axis=1)
+    proj = np.arange(bins, dtype=np.float32).reshape(1, bins, 1, 1)
+    y = g.op("Conv", [y, g.const(proj, "dfl")], kernel_shape=[1, 1])
+    out = g.op("Reshape", [y, g.const(np.array([1, 4, n], np.int64))])
+    return g.model(out, [1, 3, image, image], [1, 4, n], "dfl_head")
+
+
+def anchor_grid_head(image: int = 8, grid: bool = True, seed: int = 0) -> onnx.ModelProto:
+    """A detection head that decodes boxes against anchor points computed from the feature
+    map's own shape (``Shape -> Gather -> Range -> Cast``, a ``Concat``-built target shape
+    for ``Reshape``), as exported detectors do.
+
+    ``grid=True``: (x + 0.5, y + 0.5) anchor grid of shape (1, 2, H*W) added to the two box
+    channels; ``grid=False``: one ``Range`` over H*W added to every channel. TVM 0.27 imports
+    both without error but with run-time shapes that it cannot compile.
+    """
+    g = GraphBuilder(seed)
+    x = g.op("Relu", [g.conv("input", 3, 8, 3, bias=True)])
+    box = g.conv(x, 8, 2, 1, bias=True)
+    shp = g.op("Shape", [box])
+    h = g.op("Gather", [shp, g.const(np.array(2, np.int64))], axis=0)
+    w = g.op("Gather", [shp, g.const(np.array(3, np.int64))], axis=0)
+    zero, one = g.const(np.array(0, np.int64)), g.const(np.array(1, np.int64))
+    half = g.const(np.array(0.5, np.float32))
+    axis0, axis1 = g.const(np.array([0], np.int64)), g.const(np.array([1], np.int64))
+    n = g.op("Mul", [h, w])
+    target = g.op("Concat", [g.const(np.array([1, 2], np.int64)), g.op("Unsqueeze", [n, axis0])],
+                  axis=0)
+    flat = g.op("Reshape", [box, target])
+
+    def points(count):
+        return g.op("Add", [g.op("Cast", [g.op("Range", [zero, count, one])], to=1), half])
+
+    if grid:
+        ys = g.op("Mul", [g.op("Unsqueeze", [points(h), axis1]),
+                          g.const(np.ones((1, image), np.float32))])
+        xs = g.op("Mul", [g.op("Unsqueeze", [points(w), axis0]),
+                          g.const(np.ones((image, 1), np.float32))])
+        anchors = g.op("Concat", [g.op("Unsqueeze", [xs, axis0]), g.op("Unsqueeze", [ys, axis0])],
+                       axis=0)
+        anchors = g.op("Reshape", [anchors, target])
+    else:
+        anchors = points(n)
+    out = g.op("Add", [flat, anchors])
+    return g.model(out, [1, 3, image, image], [1, 2, image * image], "anchor_grid_head")
+
+
+def dbnet_like(image: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """A DBNet-style text-detection network in miniature: GELU (as its Erf formula) and SE
+    gates (hard-sigmoid) in the backbone, an FPN with a nearest-neighbour ``Resize`` and a
+    lateral add, and a head of two stride-2 ``ConvTranspose`` layers up to a one-channel
+    probability map. The conv feeding the first ConvTranspose has 12 channels (not a SIMD
+    multiple), so pruning can change whether it is converted to a blocked layout."""
+    g = GraphBuilder(seed)
+
+    def gelu(x):
+        root2 = g.const(np.array(np.sqrt(2.0), np.float32))
+        half, one = g.const(np.array(0.5, np.float32)), g.const(np.array(1.0, np.float32))
+        erf = g.op("Erf", [g.op("Div", [x, root2])])
+        return g.op("Mul", [g.op("Mul", [x, half]), g.op("Add", [one, erf])])
+
+    def se(x, c):
+        s = g.op("GlobalAveragePool", [x])
+        s = g.op("Relu", [g.conv(s, c, c // 4, 1, bias=True)])
+        return g.op("Mul", [x, g.op("HardSigmoid", [g.conv(s, c // 4, c, 1, bias=True)])])
+
+    c1 = gelu(g.bn(g.conv("input", 3, 16, 3, stride=2), 16))
+    c2 = se(gelu(g.bn(g.conv(c1, 16, 32, 3, stride=2), 32)), 32)
+    c3 = se(gelu(g.bn(g.conv(c2, 32, 64, 3, stride=2), 64)), 64)
+    up = g.op("Resize", [g.conv(c3, 64, 24, 1), "", g.const(np.array([1, 1, 2, 2], np.float32))],
+              mode="nearest")
+    p2 = g.op("Add", [g.conv(c2, 32, 24, 1), up])
+    f = g.op("Relu", [g.bn(g.conv(p2, 24, 12, 3), 12)])
+    w = g.rng.normal(0, 0.3, (12, 8, 2, 2)).astype(np.float32)
+    f = g.op("Relu", [g.bn(g.op("ConvTranspose", [f, g.const(w)], kernel_shape=[2, 2],
+                                strides=[2, 2]), 8)])
+    w = g.rng.normal(0, 0.3, (8, 1, 2, 2)).astype(np.float32)
+    f = g.op("ConvTranspose", [f, g.const(w)], kernel_shape=[2, 2], strides=[2, 2])
+    out = g.op("Sigmoid", [f])
+    return g.model(out, [1, 3, image, image], [1, 1, image, image], "dbnet_like")
+
+
+def tf_style_resnet(image: int = 16, width: int = 16, num_classes: int = 10,
+                    shape_in_constant_node: bool = False, seed: int = 0) -> onnx.ModelProto:
+    """A small ResNet as TensorFlow converters export it: NHWC input transposed to NCHW,
+    global average pooling as ``ReduceMean(axes=[2, 3])``, a ``Reshape`` to ``[-1, C]``
+    (its shape an initializer, or a ``Constant`` node), then ``MatMul`` + ``Add`` +
+    ``Softmax``."""
+    g = GraphBuilder(seed)
+    x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
+    x = g.op("Relu", [g.conv(x, 3, width, 3, bias=True)])
+    y = g.op("Relu", [g.conv(x, width, width, 3, bias=True)])
+    x = g.op("Relu", [g.op("Add", [x, g.conv(y, width, width, 3, bias=True)])])
+    x = g.op("Relu", [g.conv(x, width, 2 * width, 3, stride=2, bias=True)])
+    pooled = g.op("ReduceMean", [x], axes=[2, 3], keepdims=1)
+    target = np.array([-1, 2 * width], np.int64)
+    if shape_in_constant_node:
+        shape = g.op("Constant", [], "shape", value=numpy_helper.from_array(target))
+    else:
+        shape = g.const(target, "shape")
+    flat = g.op("Reshape", [pooled, shape])
+    w = g.rng.normal(0, np.sqrt(1.0 / (2 * width)), (2 * width, num_classes)).astype(np.float32)
+    b = g.rng.normal(0, 0.1, num_classes).astype(np.float32)
+    logits = g.op("Add", [g.op("MatMul", [flat, g.const(w, "fc_w")]), g.const(b, "fc_b")])
+    out = g.op("Softmax", [logits], axis=-1)
+    return g.model(out, [1, image, image, 3], [1, num_classes], "tf_style_resnet")

@@ -8,7 +8,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_hcprune.analysis import analyze, check_plan, kept_lookup
-from tvm_hcprune.ops.desc import axis_index
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.ops.desc import axis_index, desc_spaces
 from tvm_hcprune.ops.registry import get_op_handler
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.utils.relax import clear_shape_cache, static_shape
@@ -39,7 +40,37 @@ class _PlanRewriter(PyExprMutator):
 
     def visit_var_binding_(self, binding):
         self.current = binding.var
-        super().visit_var_binding_(binding)
+        try:
+            super().visit_var_binding_(binding)
+        except HCPruneError:
+            raise
+        except Exception as err:  # noqa: BLE001 - TVM's type inference raises assorted types
+            value = binding.value
+            op = getattr(getattr(value, "op", None), "name", type(value).__name__)
+            msg = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            protect = [f"group:{g}" for g in self._groups_at(binding.var)]
+            raise HCPruneError(
+                f"pruning cannot rewrite {binding.var.name} = {op}(...): "
+                f"{type(err).__name__}: {msg[:300]}. The channel analysis let pruned channels "
+                f"reach this op in a form it cannot take (a tvm_hcprune bug: please report "
+                f"it); meanwhile keep the groups feeding it whole with "
+                f"protect={protect}") from None
+
+    def _groups_at(self, var) -> list[int]:
+        """Ids of the groups whose channels reach ``var``'s call."""
+        call = self.ctx.values.get(var)
+        spaces: list[int] = []
+
+        def collect(d):
+            if isinstance(d, list):  # a tensor's axes, or a tuple's tensors
+                for x in d:
+                    collect(x)
+            elif d is not None:
+                spaces.extend(desc_spaces(d))
+
+        for a in getattr(call, "args", ()):
+            collect(self.ctx.desc(a))
+        return sorted({self.graph.space_group[s] for s in spaces})
 
     def visit_call_(self, call):
         var = self.current

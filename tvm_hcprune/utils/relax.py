@@ -95,6 +95,32 @@ def bindings(func: relax.Function):
         yield from block.bindings
 
 
+def is_static_type(ty) -> bool:
+    """True for a tensor type with a fully known shape, or a tuple of such types."""
+    if isinstance(ty, relax.TensorType):
+        if ty.shape is None:
+            return False
+        try:
+            [int(s) for s in ty.shape.values]
+        except (TypeError, ValueError, AttributeError):
+            return False
+        return True
+    if isinstance(ty, relax.TupleType):
+        return all(is_static_type(t) for t in ty.fields)
+    return False
+
+
+def first_dynamic_binding(func: relax.Function) -> tuple[str, str] | None:
+    """``(var name, op name)`` of the first binding of ``func`` whose value is not a tensor
+    (or tuple of tensors) of static shape, e.g. a shape computed at run time from a
+    ``Shape``/``Range`` chain; None when every binding is static."""
+    for b in bindings(func):
+        if not is_static_type(b.var.ty):
+            value = getattr(b, "value", None)
+            return b.var.name, op_name(value) or type(value).__name__
+    return None
+
+
 def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
     """Run a ``PyExprMutator`` (built on ``mod``) over every Relax function of ``mod``."""
     for gvar, func in list(mod.functions_items()):

@@ -17,6 +17,7 @@ both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain.
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -200,6 +201,106 @@ def _legalizes(call) -> bool:
     return True
 
 
+def _convert(mod: tvm.IRModule, b: int) -> tvm.IRModule:
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{b}c", f"OIHW{b}o"]})(mod)
+
+
+def _converts_after_blocked_conv(call, b: int) -> bool:
+    """Whether TVM's ConvertLayout accepts ``call`` fed by blocked convolutions: each 4-D
+    float tensor argument whose channels (axis 1) are a multiple of ``b`` comes from a 1x1
+    conv that ConvertLayout moves to ``NCHW{b}c``."""
+    params, args = [], []
+    for i, arg in enumerate(call.args):
+        if not isinstance(arg, relax.Var):
+            args.append(arg)
+            continue
+        params.append(relax.Var(f"a{i}", arg.ty))
+        args.append(params[-1])
+    try:
+        bb = relax.BlockBuilder()
+        with bb.function("main", params):
+            with bb.dataflow():
+                fed = []
+                for a in args:
+                    shape = getattr(a.ty, "shape", None) if isinstance(a, relax.Var) else None
+                    dims = [int(d) for d in shape.values] if shape is not None else []
+                    if len(dims) == 4 and dims[1] % b == 0 and str(a.ty.dtype) == "float32":
+                        w = relax.const(np.zeros((dims[1], dims[1], 1, 1), "float32"))
+                        a = bb.emit(relax.op.nn.conv2d(a, w))
+                    fed.append(a)
+                out = bb.emit_output(relax.Call(call.op, fed, call.attrs, call.ty_args))
+            bb.emit_func_output(out)
+        _blocked(bb.get(), b)
+    except Exception:  # noqa: BLE001 - TVM's layout inference raises assorted errors
+        return False
+    return True
+
+
+@mutator
+class _Shield(PyExprMutator):
+    """Feed the given calls through ``wrap_param`` (an identity here, without layout
+    inference), so ConvertLayout hands them NCHW tensors; :class:`_Unshield` removes it."""
+
+    def __init__(self, mod: tvm.IRModule, calls: set):
+        super().__init__(mod)
+        self.calls = calls
+
+    def visit_call_(self, call):
+        new = super().visit_call_(call)
+        if not any(call.same_as(c) for c in self.calls):
+            return new
+        args = [self.builder_.normalize(relax.op.wrap_param(a, str(a.ty.dtype)))
+                if isinstance(a, relax.Var) and isinstance(a.ty, relax.TensorType) else a
+                for a in new.args]
+        return relax.Call(new.op, args, new.attrs, new.ty_args)
+
+
+@mutator
+class _Unshield(PyExprMutator):
+    def visit_call_(self, call):
+        new = super().visit_call_(call)
+        if (getattr(new.op, "name", None) == "relax.wrap_param"
+                and str(new.args[0].ty.dtype) == str(new.ty.dtype)):
+            return new.args[0]
+        return new
+
+
+def convert_layout_per_op(mod: tvm.IRModule, b: int) -> tvm.IRModule | None:
+    """Every NCHW conv2d and what follows it in ``NCHW{b}c``, falling back per op.
+
+    TVM cannot take some ops on a blocked input: ``conv2d_transpose``'s layout inference
+    raises "Layouts must have the same size", a ``mean`` over the channel axis leaves a
+    ``layout_transform`` that cannot be inverted, some ops do not legalize. When the whole
+    module does not convert, each call is tried alone behind a blocked conv; the ones
+    that fail get NCHW inputs (the layout changes back before them) and everything else
+    stays blocked. None if even that fails (the caller keeps NCHW: the build never fails
+    because of the layout).
+    """
+    try:
+        return _blocked(mod, b)
+    except Exception:  # noqa: BLE001 - TVM's layout passes raise assorted errors
+        pass
+    failing, seen = set(), {}
+    for call in _calls(mod):
+        if not hasattr(call.op, "name") or call.op.name in ("relax.nn.conv2d",
+                                                           "relax.layout_transform"):
+            continue
+        key = (call.op.name, str(call.attrs),
+               tuple(str(a.ty) for a in call.args if isinstance(a, relax.Var)))
+        if key not in seen:
+            seen[key] = _converts_after_blocked_conv(call, b)
+        if not seen[key]:
+            failing.add(call)
+    if not failing:
+        return None
+    try:
+        shielded = mutate_functions(_Shield(mod, failing), mod)
+        converted = _blocked(shielded, b)
+        return mutate_functions(_Unshield(converted), converted)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 @tvm.transform.module_pass(opt_level=0, name="BlockChannelLayout")
 class BlockChannelLayout:
     """Convert NCHW conv2d chains to ``NCHW{block}c`` (activations stay blocked).
@@ -214,9 +315,10 @@ class BlockChannelLayout:
     -----
     Applies to modules whose convolutions are NCHW (ONNX) or NHWC (TFLite: its convs move to
     ``NCHW{block}c`` as well, measured 0.86x the NHWC build's latency on BlazeFace), not
-    to ones already in another layout. The weights' layout change is folded at compile time. When
-    an op outside the usual set (convs, elementwise, pooling, mean, concat) ends up on
-    blocked tensors and TVM cannot legalize it there, the module keeps its layout.
+    to ones already in another layout. The weights' layout change is folded at compile time.
+    An op TVM cannot convert, infer or legalize on blocked tensors (``conv2d_transpose``,
+    a ``mean`` over channels, ...) gets NCHW inputs while the rest stays blocked
+    (:func:`convert_layout_per_op`); if even that fails the module keeps its layout.
     """
 
     def __init__(self, block: int = 8):
@@ -229,13 +331,20 @@ class BlockChannelLayout:
         b = self.block
         original = mod
         mod = raise_minmax(mod)
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{b}c", f"OIHW{b}o"]})(mod)
-        if not all(_legalizes(call) for call in _unknown_blocked_calls(mod)):
-            return original  # an op TVM cannot lower in NCHW[b]c: keep NCHW, never fail
-        # ConvertLayout transforms a tensor once per use (an input feeding a conv and a
-        # residual add); common-subexpression elimination keeps one
-        mod = relax.transform.EliminateCommonSubexpr()(mod)
-        mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
-        mod = relax.transform.DeadCodeElimination()(mod)
-        # the weights' and biases' new layouts, folded with numpy
-        return relax.transform.FoldConstant()(NormalizeImport()(mod))
+        out = convert_layout_per_op(mod, b)
+        return original if out is None else out  # None: not even op by op; keep NCHW
+
+
+def _blocked(mod: tvm.IRModule, b: int) -> tvm.IRModule:
+    """The whole conversion; raises when TVM cannot do it (see :func:`convert_layout_per_op`)."""
+    mod = _convert(mod, b)
+    bad = [c.op.name for c in _unknown_blocked_calls(mod) if not _legalizes(c)]
+    if bad:
+        raise ValueError(f"TVM cannot lower {bad} in NCHW{b}c")
+    # ConvertLayout transforms a tensor once per use (an input feeding a conv and a
+    # residual add); common-subexpression elimination keeps one
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
+    mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    # the weights' and biases' new layouts, folded with numpy
+    return relax.transform.FoldConstant()(NormalizeImport()(mod))
