@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_plan, resolve_align
+from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
 from tvm_hcprune.recovery.reconstruct import apply_and_reconstruct
 
 
@@ -48,6 +50,9 @@ class PruneReport:
     seconds: float = 0.0
     align: int = 1
     reconstruction: object = None  # ReconstructReport when prune(reconstruct=True)
+    budget: object = None  # the Latency / MACs / Params record when prune(budget=...)
+    predicted_ms: float | None = None  # latency model's prediction (latency budgets)
+    dense_predicted_ms: float | None = None
 
     @property
     def macs_fraction(self) -> float:
@@ -65,6 +70,8 @@ class PruneReport:
             "params_before": self.params_before, "params_after": self.params_after,
             "frozen": [f.__dict__ for f in self.frozen],
             "seconds": self.seconds, "align": self.align,
+            "budget": None if self.budget is None else self.budget.describe(),
+            "predicted_ms": self.predicted_ms, "dense_predicted_ms": self.dense_predicted_ms,
         }
 
     def summary(self) -> str:
@@ -77,6 +84,12 @@ class PruneReport:
             f"params {self.params_before / 1e6:10.3f} M -> {self.params_after / 1e6:10.3f} M "
             f"({self.params_fraction:.2f}x)",
         ]
+        if self.budget is not None:
+            lines.append(f"budget {self.budget.describe()}")
+        if self.predicted_ms is not None:
+            lines.append(f"latency {self.dense_predicted_ms:10.3f} ms -> "
+                         f"{self.predicted_ms:10.3f} ms predicted "
+                         f"({self.predicted_ms / self.dense_predicted_ms:.2f}x)")
         frozen_groups = sorted({f.group for f in self.frozen})
         if frozen_groups:
             lines.append(f"{len(frozen_groups)} frozen group(s):")
@@ -91,7 +104,8 @@ class PruneReport:
 
 def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
           plan: PrunePlan | None = None, graph: ChannelGraph | None = None, calibration=None,
-          reconstruct: bool = False, reconstruct_options=None, **overrides):
+          reconstruct: bool = False, reconstruct_options=None, budget=None,
+          latency_model=None, **overrides):
     """Prune ``mod`` and report what changed.
 
     Parameters
@@ -120,6 +134,14 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     reconstruct_options : ReconstructConfig or dict, optional
         Options of the reconstruction (``ridge``, ``max_cond``, ``holdout``...; see
         :class:`~tvm_hcprune.recovery.reconstruct.ReconstructConfig`).
+    budget : Latency, MACs or Params, optional
+        Choose per-group widths (instead of the uniform ``ratio``) so that the model's
+        latency, MACs or parameters are at most the budget while the most channel
+        importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply.
+    latency_model : LatencyModel, optional
+        For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
+        match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.
+        Default: a table measured on ``target`` (cached on disk).
 
     Returns
     -------
@@ -129,12 +151,23 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     --------
     >>> pruned, report = tvm_hcprune.prune(mod, ratio=0.5, criterion="l2")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
+    >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.5),
+    ...                                    target="llvm")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    budget = as_budget(budget)
+    if budget is not None and plan is not None:
+        raise HCPruneError("pass either plan= or budget=, not both")
+    if budget is not None and "ratio" in overrides:
+        raise HCPruneError("pass either ratio= or budget=, not both")
     config = PruneConfig.of(config_arg(config), **overrides)
     graph = graph if graph is not None else analyze(mod)
     align_r = resolve_align(config.align, target)
-    if plan is None:
+    predicted = dense_pred = None
+    if budget is not None:
+        plan, predicted, dense_pred = _budget_plan(graph, config, align_r, budget, target,
+                                                   latency_model, calibration)
+    elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
     pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct,
                                           reconstruct_options)
@@ -149,4 +182,38 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
                          graph.total_params, params_after, list(graph.frozen),
                          seconds, align_r)
     report.reconstruction = recon
+    report.budget, report.predicted_ms, report.dense_predicted_ms = budget, predicted, dense_pred
     return pruned, report
+
+
+def _budget_plan(graph, config, align, budget, target, latency_model, calibration):
+    """``(plan, predicted ms or None, dense predicted ms or None)`` meeting ``budget``."""
+    record = {"kind": type(budget).__name__, **budget.__dict__}
+    if isinstance(budget, Latency):
+        from tvm_hcprune.latency import latency_table
+
+        model = latency_model
+        if model is None:
+            model = latency_table(graph, target if target is not None else "llvm",
+                                  align=align, min_channels=config.min_channels)
+        model.check(graph, target)
+        cost = model.cost(graph)
+        dense = cost.total({g.id: g.size for g in graph.groups})
+        limit = budget.limit(dense)
+        if limit >= dense:
+            raise HCPruneError(f"the latency budget {budget.describe()} is not below the dense "
+                               f"model's {dense:.4g} ms: nothing needs pruning")
+        plan, alloc = make_budget_plan(
+            graph, config, align, cost, limit, calibration,
+            candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
+            what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
+        return plan, alloc.cost, dense
+    if isinstance(budget, MACs):
+        cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
+    else:
+        cost, dense, what = params_cost(graph), graph.total_params, "params"
+    plan, _alloc = make_budget_plan(graph, config, align, cost, budget.limit(dense),
+                                    calibration, what=what,
+                                    fmt=lambda v: f"{v / dense:.3f}x ({v:.4g})",
+                                    budget_record=record)
+    return plan, None, None

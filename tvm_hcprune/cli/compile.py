@@ -88,12 +88,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pass-list preset from passes/ (e.g. llvm-avx2, cuda): target, "
                              "criterion and channel alignment; prunes (ratio 0.5 unless "
                              "--prune-ratio)")
+    from tvm_hcprune.cli.budget import add_budget_arguments
+
+    add_budget_arguments(parser)
 
 
 def resolve_model_options(args):
-    """Check the model options cheaply; return ``(target, preset, ratio)``."""
+    """Check the model options cheaply; return ``(target, preset, ratio)`` (``ratio`` may be
+    a budget record when ``--latency-budget`` / ``--macs-budget`` is given)."""
+    from tvm_hcprune.cli.budget import parse_budget
+
     preset = load_preset(args.preset) if args.preset else None
     ratio = args.prune_ratio
+    budget = parse_budget(getattr(args, "latency_budget", None),
+                          getattr(args, "macs_budget", None))
+    if budget is not None and ratio is not None:
+        raise HCPruneError("give either --prune-ratio or a budget, not both")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
     if preset is not None and ratio is None:
@@ -103,14 +113,15 @@ def resolve_model_options(args):
     path = Path(args.model)
     if not path.is_file():
         raise HCPruneError(f"model file {path} does not exist")
-    return target, preset, ratio
+    return target, preset, budget if budget is not None else ratio
 
 
 def load_model(args, target, preset, ratio, log=print):
     """Import the ONNX model and prune it when asked; returns the Relax module."""
     mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
-        kwargs = {"ratio": ratio, "target": target}
+        kwargs = {"target": target}
+        kwargs.update({"ratio": ratio} if isinstance(ratio, float | int) else {"budget": ratio})
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         mod, report = prune(mod, **kwargs)

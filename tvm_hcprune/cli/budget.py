@@ -1,0 +1,49 @@
+"""``--latency-budget 0.5x|4ms`` and ``--macs-budget 0.5x``: the budget flags ``hcprune
+compile`` and ``hcprune prune`` share."""
+
+from __future__ import annotations
+
+import re
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import Latency, MACs
+
+_FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
+_MS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*ms\s*$")
+
+
+def add_budget_arguments(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--latency-budget", default=None, metavar="0.5x|4ms",
+                       help="prune to this latency on the target: a fraction of the dense "
+                            "model's (0.5x) or milliseconds (4ms), from kernels measured on "
+                            "this machine (cached)")
+    group.add_argument("--macs-budget", default=None, metavar="0.5x",
+                       help="prune to this fraction of the dense model's MACs")
+
+
+def parse_budget(latency: str | None, macs: str | None):
+    """The budget record of the flags (None when neither is given).
+
+    Examples
+    --------
+    >>> parse_budget("4ms", None)
+    Latency(fraction=None, ms=4.0)
+    >>> parse_budget(None, "0.5x")
+    MACs(fraction=0.5)
+    """
+    if latency is not None:
+        m, t = _FRACTION.match(latency), _MS.match(latency)
+        if m:
+            return Latency(fraction=float(m.group(1)))
+        if t:
+            return Latency(ms=float(t.group(1)))
+        raise HCPruneError(f"--latency-budget {latency!r}: write a fraction of the dense "
+                           "latency (0.5x) or milliseconds (4ms)")
+    if macs is not None:
+        m = _FRACTION.match(macs)
+        if not m:
+            raise HCPruneError(f"--macs-budget {macs!r}: write a fraction of the dense MACs "
+                               "(0.5x)")
+        return MACs(fraction=float(m.group(1)))
+    return None

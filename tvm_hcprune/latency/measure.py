@@ -1,0 +1,74 @@
+"""Timing compiled models and single-layer kernels robustly on a shared machine:
+interleaved rounds (every candidate is timed once per round, so a burst of load hits all of
+them alike) and the median over rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_hcprune.backend.pipeline import build
+from tvm_hcprune.backend.timing import kernel_times
+from tvm_hcprune.utils.progress import progress_bar
+
+__all__ = ["layer_kernel_ms", "measure_models", "random_inputs"]
+
+# kernels that carry the layer's work (the layout transforms around a stand-alone layer
+# are not part of it: in the whole model activations stay blocked between layers)
+_LAYER_KERNELS = ("conv", "dense", "matmul")
+
+
+def random_inputs(mod, seed: int = 0) -> list:
+    """Random tensors for every parameter of ``mod["main"]`` (static shapes)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in mod["main"].params:
+        shape = [int(s) for s in p.ty.shape.values]
+        out.append(rng.standard_normal(shape).astype(str(p.ty.dtype)))
+    return out
+
+
+def layer_kernel_ms(vm, inputs, number: int = 10) -> float:
+    """Milliseconds of the layer's own kernels in one run of ``vm["main"]``."""
+    rows = kernel_times(vm, inputs, number=number)
+    picked = [r.ms for r in rows if any(k in r.name for k in _LAYER_KERNELS)]
+    return float(sum(picked) if picked else sum(r.ms for r in rows))
+
+
+def _vm(ex):
+    return relax.VirtualMachine(ex, tvm.cpu())
+
+
+def measure_models(mods, target="llvm", database=None, repeats: int = 7, number: int = 5,
+                   inputs=None, progress: bool = False, desc: str = "timing") -> list[float]:
+    """Median whole-model latency (ms) of each module, timed in interleaved rounds.
+
+    Parameters
+    ----------
+    mods : sequence of tvm.IRModule or compiled executables
+        Modules are compiled with :func:`tvm_hcprune.build` (``database`` as there).
+    repeats : int
+        Rounds; each times every model ``number`` times (one warm-up call first).
+    inputs : sequence of lists of numpy arrays, optional
+        Per model; default random inputs of its parameters' shapes.
+
+    Examples
+    --------
+    >>> dense_ms, pruned_ms = measure_models([mod, pruned])  # doctest: +SKIP
+    """
+    vms, args = [], []
+    for i, m in enumerate(mods):
+        ex = build(m, target, database=database) if isinstance(m, tvm.IRModule) else m
+        vms.append(_vm(ex))
+        x = inputs[i] if inputs is not None else random_inputs(m)
+        args.append([tvm.runtime.tensor(a) for a in x])
+    evaluators = [vm.time_evaluator("main", tvm.cpu(), number=number, repeat=1)
+                  for vm in vms]
+    for ev, a in zip(evaluators, args, strict=True):
+        ev(*a)  # warm-up (thread pool, caches)
+    times = [[] for _ in mods]
+    for _ in progress_bar(range(repeats), enabled=progress, desc=desc):
+        for i, (ev, a) in enumerate(zip(evaluators, args, strict=True)):
+            times[i].append(ev(*a).mean * 1e3)
+    return [float(np.median(t)) for t in times]
