@@ -43,6 +43,15 @@ def default_cache_dir() -> Path:
     return base / "latency"
 
 
+def _activations(specs, sg, widths) -> int:
+    """Elements of the activations the layers write at ``widths``."""
+    total = 0
+    for spec in specs:
+        out_sp = math.prod(spec.out_shape) // spec.out_full
+        total += out_sp * spec.lengths(sg, widths)[1]
+    return total
+
+
 class LatencyModel:
     """What a latency budget needs: per-layer milliseconds at any widths."""
 
@@ -63,21 +72,49 @@ class LatencyModel:
                                f"{graph.fingerprint[:12]}...)")
 
     def cost(self, graph) -> SeparableCost:
-        """Predicted whole-model milliseconds as a function of group widths: the dense
-        latency, minus the dense layers' time, plus the layers' time at the widths."""
+        """Predicted whole-model milliseconds as a function of group widths.
+
+        The layers' time at the widths, plus the rest of the model (pooling, layout
+        changes, element-wise kernels, the VM): measured tables calibrate the rest on two
+        whole-model measurements, dense and at the smallest candidate widths, as linear in
+        the activation elements the layers write (it shrinks with them, and is never
+        negative); without those measurements the rest is zero (roofline).
+        """
         sg = graph.space_group
-        terms, dense_layers = [], 0.0
         dense = {g.id: g.size for g in graph.groups}
-        for spec in layer_specs(graph):
+        specs = layer_specs(graph)
+        terms = []
+        for spec in specs:
             groups = tuple(sorted(set(spec.in_groups(sg)) | set(spec.out_groups(sg))))
 
             def fn(w, spec=spec):
                 return self.layer_ms(spec, *spec.lengths(sg, w))
 
             terms.append(CostTerm(groups, fn))
-            dense_layers += fn(dense)
-        base = self.dense_ms - dense_layers if self.dense_ms else 0.0
-        return SeparableCost(terms, constant=base)
+        layers = SeparableCost(terms)
+        if not self.dense_ms:
+            return layers
+        # the rest is never negative: stand-alone kernels timed above their share of the
+        # whole model leave no rest (the dense prediction is then above dense_ms)
+        rest_dense = max(0.0, self.dense_ms - layers.total(dense))
+        slope = 0.0
+        low = getattr(self, "low_widths", None)
+        low_ms = getattr(self, "low_ms", None)
+        if low and low_ms:
+            low = {**dense, **low}
+            d_act = _activations(specs, sg, low) - _activations(specs, sg, dense)
+            if d_act < 0:
+                rest_low = max(0.0, low_ms - layers.total(low))
+                slope = max(0.0, (rest_low - rest_dense) / d_act)
+        for spec in specs if slope else ():
+            out_sp = math.prod(spec.out_shape) // spec.out_full
+
+            def act(w, spec=spec, out_sp=out_sp):
+                return slope * out_sp * spec.lengths(sg, w)[1]
+
+            terms.append(CostTerm(tuple(spec.out_groups(sg)), act))
+        return SeparableCost(terms, constant=rest_dense - slope * _activations(specs, sg,
+                                                                               dense))
 
     def predict(self, graph, plan=None) -> float:
         """Predicted milliseconds of ``graph``'s model pruned by ``plan`` (None: dense)."""
@@ -140,6 +177,9 @@ class LatencyTable(LatencyModel):
     candidates : dict
         Group id -> kept counts the table was measured at (the widths a budget chooses
         among: every measured point is a step of the latency staircase).
+    low_ms : float or None
+        Measured whole-model latency with every group at its smallest candidate (calibrates
+        the part of the model outside the layers; see :meth:`LatencyModel.cost`).
     """
 
     target: str
@@ -147,8 +187,13 @@ class LatencyTable(LatencyModel):
     dense_ms: float
     layers: dict
     candidates: dict = field(default_factory=dict)
+    low_ms: float | None = None
     measured: int = 0  # kernels timed when this table was built (0: all from the cache)
     source = "table"
+
+    @property
+    def low_widths(self) -> dict:
+        return {g: c[0] for g, c in self.candidates.items()}
 
     def layer_ms(self, spec, cin, cout):
         t = self.layers.get(spec.name)
@@ -166,6 +211,7 @@ class LatencyTable(LatencyModel):
     def to_dict(self) -> dict:
         return {"version": TABLE_VERSION, "target": self.target,
                 "fingerprint": self.fingerprint, "dense_ms": self.dense_ms,
+                "low_ms": self.low_ms,
                 "candidates": {str(g): list(c) for g, c in self.candidates.items()},
                 "layers": {k: t.to_dict() for k, t in self.layers.items()}}
 
@@ -186,7 +232,8 @@ class LatencyTable(LatencyModel):
         layers = {k: LayerTable(v["in_grid"], v["out_grid"], np.asarray(v["ms"]),
                                 bool(v.get("depthwise"))) for k, v in d["layers"].items()}
         return cls(d["target"], d["fingerprint"], float(d["dense_ms"]), layers,
-                   {int(g): list(c) for g, c in d.get("candidates", {}).items()})
+                   {int(g): list(c) for g, c in d.get("candidates", {}).items()},
+                   d.get("low_ms"))
 
 
 def _grid(desc, sg, candidates, full) -> list[int]:
@@ -278,10 +325,15 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
                            f"targets); for {tgt.kind.name} use RooflineModel")
     if widths < 2:
         raise HCPruneError(f"widths must be >= 2 (candidate widths per group), got {widths}")
+    from tvm_hcprune.backend.pipeline import set_num_threads
+
     tkey = str(tgt)
     align = int(align or profile_for(tgt).channel_multiple)
+    # the thread count changes every timing: it is part of each cached entry's key
+    set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
     cache = _Cache(default_cache_dir() if cache_dir == "default" else cache_dir, tkey)
     db_tag = database if isinstance(database, str | type(None)) else repr(database)
+    db_tag = f"{db_tag}|threads={os.environ.get('TVM_NUM_THREADS', '')}"
     cands = {}
     for g in graph.groups:
         if g.frozen:
@@ -325,9 +377,21 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         layer_kernel_ms(vm, args, number=1)  # warm-up
         samples = [layer_kernel_ms(vm, args, number=number) for _ in range(repeats)]
         cache.entries[k] = float(np.median(samples))
-    if model_key not in cache.entries:
-        cache.entries[model_key] = measure_models([graph.mod], tgt, database=database,
-                                                  repeats=repeats)[0]
+    low = {g: c[0] for g, c in cands.items() if c[0] < graph.groups[g].size}
+    low_key = f"model-low:{graph.fingerprint}|{sorted(low.items())}|{db_tag}"
+    if model_key not in cache.entries or (low and low_key not in cache.entries):
+        mods = [graph.mod]
+        if low:
+            from tvm_hcprune.planning.plan import PrunePlan
+            from tvm_hcprune.transform.apply_plan import apply_plan
+
+            plan = PrunePlan.create(graph.fingerprint, {g: range(w) for g, w in low.items()},
+                                    {g: graph.groups[g].size for g in low})
+            mods.append(apply_plan(graph, plan))
+        ms = measure_models(mods, tgt, database=database, repeats=repeats)
+        cache.entries[model_key] = ms[0]
+        if low:
+            cache.entries[low_key] = ms[1]
         missing.append(model_key)
     if missing:
         cache.save()
@@ -340,7 +404,8 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
                            for a in ins])
         layers[name] = LayerTable(list(ins), list(outs), ms, spec.depthwise)
     return LatencyTable(tkey, graph.fingerprint, float(cache.entries[model_key]), layers,
-                        cands, measured=len(missing))
+                        cands, cache.entries.get(low_key) if low else None,
+                        measured=len(missing))
 
 
 # ---------------------------------------------------------------------------------------
