@@ -276,3 +276,42 @@ def test_cli_compile_budgets(tmp_path):
                   ["--macs-budget", "4ms"], ["--macs-budget", "0.5x", "--prune-ratio", "0.3"]):
         assert main(["compile", str(path), *flags, "-o", str(bad)]) != 0
         assert not bad.exists()
+
+
+def test_report_markdown_and_layers(small, graph, table):
+    """The report lists every layer with its widths and the model's milliseconds before and
+    after, the totals (with a measured row when given) and the frozen groups."""
+    tab, _ = table
+    low = {g: c[0] for g, c in tab.candidates.items()}
+    frac = 0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph))
+    _, report = hc.prune(small, budget=hc.Latency(fraction=frac), graph=graph, align=8,
+                         target="llvm", latency_model=tab)
+    specs = {s.name: s for s in layer_specs(graph)}
+    assert [c.name for c in report.layers] == list(specs)
+    kept = {c.id: c.after for c in report.groups}
+    for c in report.layers:
+        spec = specs[c.name]
+        assert (c.cin_after, c.cout_after) == spec.lengths(graph.space_group, kept)
+        assert c.ms_after == pytest.approx(tab.layer_ms(spec, c.cin_after, c.cout_after))
+        assert c.ms_before == pytest.approx(tab.layer_ms(spec, c.cin_before, c.cout_before))
+    md = report.to_markdown(measured_ms=(2.0, 1.0))
+    assert md.startswith("# Pruning report")
+    assert f"Budget: **{frac:g}x latency** (latency from the table)" in md
+    assert "| latency, measured (ms) | 2.0000 | 1.0000 | 0.500 |" in md
+    assert "## Layers" in md and "## Frozen groups" in md
+    assert all(f"| {name} |" in md for name in specs)
+    assert "model output shape must not change" in md
+    d = json.loads(json.dumps(report.to_dict()))
+    assert len(d["layers"]) == len(specs) and d["latency_source"] == "table"
+
+
+def test_cli_prune_report(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))
+    out, md = tmp_path / "p.onnx", tmp_path / "r.md"
+    assert main(["prune", str(path), "--macs-budget", "0.6x", "-o", str(out),
+                 "--report", str(md)]) == 0
+    text = md.read_text()
+    assert "Budget: **0.6x MACs**" in text and "## Channel groups" in text
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["macs_after"] / d["macs_before"] <= 0.6

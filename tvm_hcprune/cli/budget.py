@@ -22,6 +22,28 @@ def add_budget_arguments(parser) -> None:
                        help="prune to this fraction of the dense model's MACs")
 
 
+def add_report_argument(parser) -> None:
+    parser.add_argument("--report", default=None, metavar="OUT.md",
+                        help="write the pruning report as Markdown here, and as JSON beside "
+                             "it (same name, .json)")
+
+
+def write_report(path, report) -> list[str]:
+    """Write ``report`` as Markdown to ``path`` and as JSON beside it; returns the paths."""
+    import json
+    from pathlib import Path
+
+    from tvm_hcprune.utils import atomic_write_text
+
+    md = Path(path)
+    js = md.with_suffix(".json")
+    if js == md:
+        raise HCPruneError(f"--report {path}: give a Markdown path (e.g. report.md)")
+    atomic_write_text(md, report.to_markdown())
+    atomic_write_text(js, json.dumps(report.to_dict(), indent=1, default=str))
+    return [str(md), str(js)]
+
+
 def parse_budget(latency: str | None, macs: str | None):
     """The budget record of the flags (None when neither is given).
 

@@ -116,8 +116,9 @@ def resolve_model_options(args):
     return target, preset, budget if budget is not None else ratio
 
 
-def load_model(args, target, preset, ratio, log=print):
-    """Import the ONNX model and prune it when asked; returns the Relax module."""
+def load_model(args, target, preset, ratio, log=print, reports: list | None = None):
+    """Import the ONNX model and prune it when asked; returns the Relax module (the
+    PruneReport is appended to ``reports`` when given)."""
     mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
         kwargs = {"target": target}
@@ -125,6 +126,8 @@ def load_model(args, target, preset, ratio, log=print):
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         mod, report = prune(mod, **kwargs)
+        if reports is not None:
+            reports.append(report)
         log(f"pruned: MACs {report.macs_before / 1e6:.1f}M -> {report.macs_after / 1e6:.1f}M, "
             f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M")
     return mod
@@ -153,6 +156,9 @@ def register(subparsers) -> None:
                         "work dir; default: the shipped databases for the target")
     p.add_argument("--no-shipped-schedules", action="store_true",
                    help="do not use the databases shipped in schedules/")
+    from tvm_hcprune.cli.budget import add_report_argument
+
+    add_report_argument(p)
     p.set_defaults(func=run)
 
 
@@ -169,10 +175,17 @@ def run(args) -> int:
     else:
         database = "shipped"
     t0 = time.perf_counter()
-    mod = load_model(args, target, preset, ratio, log=log_stderr)
+    if args.report and not ratio:
+        raise HCPruneError("--report describes a pruning run: add --prune-ratio or a budget")
+    reports: list = []
+    mod = load_model(args, target, preset, ratio, log=log_stderr, reports=reports)
 
     ex = build(mod, target, database=database)
     with atomic_write(out) as tmp:
         ex.export_library(str(tmp))
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
+    if args.report:
+        from tvm_hcprune.cli.budget import write_report
+
+        log_stderr(f"wrote {', '.join(write_report(args.report, reports[0]))}")
     return 0

@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 import tvm_hcprune as hc
-from tvm_hcprune.cli.budget import add_budget_arguments, parse_budget
+from tvm_hcprune.cli.budget import (
+    add_budget_arguments,
+    add_report_argument,
+    parse_budget,
+    write_report,
+)
 from tvm_hcprune.cli.compile import parse_input_shapes
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.load import ort_basic_optimize, read_onnx, static_input_shapes
@@ -22,6 +27,7 @@ def register(sub) -> None:
                    help="fraction of channels removed per prunable group, in [0, 1) (or "
                         "give a budget)")
     add_budget_arguments(p)
+    add_report_argument(p)
     p.add_argument("-o", "--output", required=True, help="pruned .onnx file to write")
     p.add_argument("--plan-out", default=None, help="also write the PrunePlan JSON here")
     p.add_argument("--input-shapes", default=None,
@@ -137,4 +143,6 @@ def run(args) -> int:
     if args.plan_out:
         report.plan.save(args.plan_out)
         print(f"wrote {args.plan_out}")
+    if args.report:
+        print(f"wrote {', '.join(write_report(args.report, report))}")
     return 0
