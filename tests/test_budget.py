@@ -149,6 +149,8 @@ def test_latency_table_cached_and_consistent(graph, table):
     assert again.to_dict() == tab.to_dict()
     specs = {s.name: s for s in layer_specs(graph)}
     for name, lt in tab.layers.items():
+        ms = np.asarray(lt.ms)  # non-decreasing in both widths
+        assert (np.diff(ms, axis=0) >= 0).all() and (np.diff(ms, axis=1) >= 0).all()
         for i, a in enumerate(lt.in_grid):
             for j, b in enumerate(lt.out_grid):
                 if not lt.depthwise:
@@ -204,6 +206,18 @@ def test_latency_budget_errors(small, graph, table):
     other = hc.analyze(from_onnx(onnx_models.small_resnet(width=16, image=16)))
     with pytest.raises(HCPruneError, match="different model"):
         tab.check(other)
+    with pytest.raises(HCPruneError, match="made for target"):  # no target: the host's
+        tab.check(graph, {"kind": "llvm", "mcpu": "cascadelake"})
+
+
+def test_latency_budget_in_ms(small, graph, table):
+    tab, _ = table
+    low = {g: c[0] for g, c in tab.candidates.items()}
+    ms = 0.5 * (tab.cost(graph).total(low) + tab.predict(graph))
+    _, report = hc.prune(small, budget=hc.Latency(ms=ms), graph=graph, align=8,
+                         latency_model=tab)
+    assert report.predicted_ms <= ms
+    assert report.budget.describe() == f"{ms:g} ms"
 
 
 def test_roofline_budget(small, graph):

@@ -292,7 +292,7 @@ def _budget_plan(graph, config, align, budget, target, latency_model, calibratio
         if model is None:
             model = latency_table(graph, target if target is not None else "llvm",
                                   align=align, min_channels=config.min_channels)
-        model.check(graph, target)
+        model.check(graph, target if target is not None else "llvm")
         cost = model.cost(graph)
         dense = cost.total({g.id: g.size for g in graph.groups})
         limit = budget.limit(dense)

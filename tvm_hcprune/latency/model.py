@@ -253,6 +253,24 @@ def _grid(desc, sg, candidates, full) -> list[int]:
     return sorted(out)
 
 
+def monotone(ms: np.ndarray) -> np.ndarray:
+    """``ms`` made non-decreasing along both axes (a suffix minimum): a point where fewer
+    channels timed slower than more channels takes the faster time.
+
+    On a shared machine such points are mostly noise, and they would let the greedy
+    allocation stop above the cheapest widths. (A real cliff where a smaller width is slower
+    is hidden by this; the raw timings stay in the cache.)
+
+    Examples
+    --------
+    >>> monotone(np.array([[3.0, 2.0], [1.0, 4.0]])).tolist()
+    [[1.0, 2.0], [1.0, 4.0]]
+    """
+    out = np.asarray(ms, dtype=np.float64).copy()
+    out = np.minimum.accumulate(out[::-1, :], axis=0)[::-1, :]
+    return np.minimum.accumulate(out[:, ::-1], axis=1)[:, ::-1]
+
+
 class _Cache:
     """Measured milliseconds by workload key, one JSON file per target."""
 
@@ -260,6 +278,7 @@ class _Cache:
         import hashlib
 
         self.path = None
+        self.target = target_str
         self.entries: dict = {}
         if cache_dir is None:
             return
@@ -272,7 +291,6 @@ class _Cache:
                     self.entries = dict(d.get("entries", {}))
             except (json.JSONDecodeError, OSError, AttributeError):
                 self.entries = {}  # a damaged cache is re-measured, then rewritten
-        self.target = target_str
 
     def save(self):
         if self.path is not None:
@@ -289,8 +307,10 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     :func:`tvm_hcprune.build` (the same rules and database as the whole model) at a grid of
     input/output channel counts: each group's ``widths`` candidate kept counts (multiples
     of its alignment). Kernels are timed in interleaved rounds; the median is kept.
-    Results are cached per target and workload in ``cache_dir`` (None: no cache), so a
-    second run on the same model and target compiles and measures nothing.
+    Results are cached per target, thread count, database and workload in ``cache_dir``
+    (None: no cache), so a second run on the same model and target compiles and measures
+    nothing. A database passed as an object (not a path or name) is keyed by its
+    ``repr``, and a database file is keyed by its path, not its contents.
 
     Parameters
     ----------
@@ -317,6 +337,10 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     >>> pruned, report = prune(mod, budget=Latency(fraction=0.5), latency_model=table)
     ... # doctest: +SKIP
     """
+    import tvm
+    from tvm import relax
+
+    from tvm_hcprune.backend.pipeline import build, set_num_threads
     from tvm_hcprune.latency.measure import layer_kernel_ms, measure_models
 
     tgt = parse_target(target)
@@ -325,8 +349,6 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
                            f"targets); for {tgt.kind.name} use RooflineModel")
     if widths < 2:
         raise HCPruneError(f"widths must be >= 2 (candidate widths per group), got {widths}")
-    from tvm_hcprune.backend.pipeline import set_num_threads
-
     tkey = str(tgt)
     align = int(align or profile_for(tgt).channel_multiple)
     # the thread count changes every timing: it is part of each cached entry's key
@@ -366,13 +388,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
                           unit="kernel"):
         spec, (cin, cout) = keyed[k]
         mod, inputs = layer_module(spec, cin, cout)
-        from tvm_hcprune.backend.pipeline import build
-
-        ex = build(mod, tgt, database=database)
-        import tvm
-        from tvm import relax
-
-        vm = relax.VirtualMachine(ex, tvm.cpu())
+        vm = relax.VirtualMachine(build(mod, tgt, database=database), tvm.cpu())
         args = [tvm.runtime.tensor(a) for a in inputs]
         layer_kernel_ms(vm, args, number=1)  # warm-up
         samples = [layer_kernel_ms(vm, args, number=number) for _ in range(repeats)]
@@ -402,7 +418,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         else:
             ms = np.array([[cache.entries[f"{spec.workload(a, b)}|{db_tag}"] for b in outs]
                            for a in ins])
-        layers[name] = LayerTable(list(ins), list(outs), ms, spec.depthwise)
+        layers[name] = LayerTable(list(ins), list(outs), monotone(ms), spec.depthwise)
     return LatencyTable(tkey, graph.fingerprint, float(cache.entries[model_key]), layers,
                         cands, cache.entries.get(low_key) if low else None,
                         measured=len(missing))
