@@ -319,6 +319,20 @@ def test_report_markdown_and_layers(small, graph, table):
     assert len(d["layers"]) == len(specs) and d["latency_source"] == "table"
 
 
+def test_cli_latency_budget_roofline(tmp_path, capsys):
+    """--latency-model roofline needs no measurement; the report shows the prediction."""
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=32, image=16), str(path))
+    out, md = tmp_path / "p.onnx", tmp_path / "r.md"
+    assert main(["prune", str(path), "--latency-budget", "0.6x", "--latency-model",
+                 "roofline", "--align", "8", "-o", str(out), "--report", str(md)]) == 0
+    assert out.is_file()
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert d["latency_source"] == "roofline model"
+    assert d["predicted_ms"] <= 0.6 * d["dense_predicted_ms"]
+    assert "budget 0.6x latency" in capsys.readouterr().out
+
+
 def test_cli_prune_report(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))

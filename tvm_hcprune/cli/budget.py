@@ -20,6 +20,20 @@ def add_budget_arguments(parser) -> None:
                             "this machine (cached)")
     group.add_argument("--macs-budget", default=None, metavar="0.5x",
                        help="prune to this fraction of the dense model's MACs")
+    parser.add_argument("--latency-model", choices=("measured", "roofline"),
+                        default="measured",
+                        help="where --latency-budget's latency comes from: kernels measured "
+                             "here (default; llvm targets) or the roofline estimate of the "
+                             "target's hardware profile (no measurement)")
+
+
+def latency_model_arg(args, target):
+    """The ``latency_model=`` of ``prune`` for ``--latency-model`` (None: measure)."""
+    if getattr(args, "latency_model", "measured") == "roofline":
+        from tvm_hcprune.latency import RooflineModel
+
+        return RooflineModel(target)
+    return None
 
 
 def add_report_argument(parser) -> None:

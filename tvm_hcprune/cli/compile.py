@@ -122,7 +122,12 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
     mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
         kwargs = {"target": target}
-        kwargs.update({"ratio": ratio} if isinstance(ratio, float | int) else {"budget": ratio})
+        if isinstance(ratio, float | int):
+            kwargs["ratio"] = ratio
+        else:
+            from tvm_hcprune.cli.budget import latency_model_arg
+
+            kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         mod, report = prune(mod, **kwargs)

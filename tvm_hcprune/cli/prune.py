@@ -9,6 +9,7 @@ import tvm_hcprune as hc
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
     add_report_argument,
+    latency_model_arg,
     parse_budget,
     write_report,
 )
@@ -127,7 +128,9 @@ def run(args) -> int:
     if args.calibration or args.samples:
         _, shape, dtype = module_input(graph.mod)
         cal = hc.calibrate(graph.mod, _calibration_samples(args, shape, dtype))
-    how = {"budget": budget, "target": "llvm"} if budget else {"ratio": args.prune_ratio}
+    how = ({"budget": budget, "target": "llvm",
+            "latency_model": latency_model_arg(args, "llvm")} if budget
+           else {"ratio": args.prune_ratio})
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
                               calibration=cal, reconstruct=args.reconstruct, **how)
     print(report.summary())
