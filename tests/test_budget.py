@@ -139,6 +139,34 @@ def test_layer_specs_and_modules(graph):
     assert np.asarray(out).shape[1] == 16 and len(inputs) == 2
 
 
+def test_layer_kernels_are_the_models_kernels(graph):
+    """Each stand-alone layer compiles to a kernel with exactly the argument shapes of one
+    of the whole model's kernels (blocked input, packed weights, the same fused epilogue
+    operands), so the table times the kernels the model runs. The layer reading the model's
+    input writes NCHW when it stands alone (blocked in the model): its input and packed
+    weights match."""
+    import tvm
+    from tvm import relax
+
+    from tvm_hcprune.backend.timing import kernel_times
+
+    def layer_kernels(mod, inputs):
+        vm = relax.VirtualMachine(hc.build(mod, "llvm"), tvm.cpu())
+        rows = kernel_times(vm, [tvm.runtime.tensor(a) for a in inputs], number=1)
+        return [r.shapes for r in rows if "conv" in r.name or "dense" in r.name]
+
+    x = [np.zeros((1, 3, 16, 16), np.float32)]
+    model = set(layer_kernels(graph.mod, x))
+    first = {m[:2] for m in model}
+    for spec in layer_specs(graph):
+        got = layer_kernels(*layer_module(spec, spec.in_full, spec.out_full))
+        assert len(got) == 1, spec.name
+        if spec.reads_model_input:
+            assert got[0][:2] in first, spec.name
+        else:
+            assert got[0] in model, spec.name
+
+
 def test_latency_table_cached_and_consistent(graph, table):
     """A second build measures nothing and gives the same table; at the measured grid
     points the table returns the measured values; every group's candidates are aligned."""

@@ -306,7 +306,8 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     Every conv2d/matmul layer, with the epilogue the pipeline fuses into it, is compiled by
     :func:`tvm_hcprune.build` (the same rules and database as the whole model) at a grid of
     input/output channel counts: each group's ``widths`` candidate kept counts (multiples
-    of its alignment). Kernels are timed in interleaved rounds; the median is kept.
+    of its alignment). A layer's grid points are timed in interleaved rounds, each kernel
+    call re-run ``number`` times; the median is kept.
     Results are cached per target, thread count, database and workload in ``cache_dir``
     (None: no cache), so a second run on the same model and target compiles and measures
     nothing. A database passed as an object (not a path or name) is keyed by its
@@ -325,7 +326,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     database : optional
         Schedule database, as :func:`tvm_hcprune.build`'s ``database=``.
     repeats, number : int
-        Interleaved rounds, and calls averaged per kernel and round.
+        Interleaved rounds, and calls per kernel and round (their median counts).
 
     Returns
     -------
@@ -384,15 +385,30 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
             keyed.setdefault(f"{spec.workload(*p)}|{db_tag}", (spec, p))
     missing = [k for k in keyed if k not in cache.entries]
     model_key = f"model:{graph.fingerprint}|{db_tag}"
-    for k in progress_bar(missing, enabled=progress and bool(missing), desc="latency table",
-                          unit="kernel"):
-        spec, (cin, cout) = keyed[k]
-        mod, inputs = layer_module(spec, cin, cout)
-        vm = relax.VirtualMachine(build(mod, tgt, database=database), tvm.cpu())
-        args = [tvm.runtime.tensor(a) for a in inputs]
-        layer_kernel_ms(vm, args, number=1)  # warm-up
-        samples = [layer_kernel_ms(vm, args, number=number) for _ in range(repeats)]
-        cache.entries[k] = float(np.median(samples))
+    # one layer's missing grid points at a time: compile them, then time them in
+    # interleaved rounds (a burst of load on the shared machine hits all points alike)
+    by_layer: dict = {}
+    for k in missing:
+        by_layer.setdefault(keyed[k][0].name, []).append(k)
+    bar = progress_bar(total=len(missing), enabled=progress and bool(missing),
+                       desc="latency table", unit="kernel")
+    for keys in by_layer.values():
+        runs = []
+        for k in keys:
+            spec, (cin, cout) = keyed[k]
+            mod, inputs = layer_module(spec, cin, cout)
+            vm = relax.VirtualMachine(build(mod, tgt, database=database), tvm.cpu())
+            args = [tvm.runtime.tensor(a) for a in inputs]
+            layer_kernel_ms(vm, args, number=1)  # warm-up
+            runs.append((k, vm, args))
+            bar.update(1)
+        samples = {k: [] for k in keys}
+        for _ in range(repeats):
+            for k, vm, args in runs:
+                samples[k].append(layer_kernel_ms(vm, args, number=number))
+        for k in keys:
+            cache.entries[k] = float(np.median(samples[k]))
+    bar.close()
     low = {g: c[0] for g, c in cands.items() if c[0] < graph.groups[g].size}
     low_key = f"model-low:{graph.fingerprint}|{sorted(low.items())}|{db_tag}"
     if model_key not in cache.entries or (low and low_key not in cache.entries):
