@@ -33,8 +33,10 @@ def random_inputs(mod, seed: int = 0) -> list:
 def layer_kernel_ms(vm, inputs, number: int = 10) -> float:
     """Milliseconds of the layer's own kernels in one run of ``vm["main"]``.
 
-    Each kernel call is re-run ``number`` times and timed call by call; the median call
-    counts (a mean is ruined by one call that waited for a core another process held).
+    Each kernel call is re-run ``number`` times and timed call by call; the fastest call
+    counts. Interference only adds time: on a loaded machine a parallel kernel often waits a
+    whole scheduler tick (4 ms here, against 20 us of work) for a core another process
+    holds, so even the median call can be a stall.
     """
     calls: list[tuple[bool, float]] = []
 
@@ -47,7 +49,7 @@ def layer_kernel_ms(vm, inputs, number: int = 10) -> float:
             t0 = time.perf_counter()
             fn(*args)
             ts.append(time.perf_counter() - t0)
-        calls.append((any(k in symbol for k in _LAYER_KERNELS), float(np.median(ts)) * 1e3))
+        calls.append((any(k in symbol for k in _LAYER_KERNELS), float(np.min(ts)) * 1e3))
         return 0
 
     vm.set_instrument(_instrument)
@@ -72,7 +74,8 @@ def measure_models(mods, target="llvm", database=None, repeats: int = 7, number:
     mods : sequence of tvm.IRModule or compiled executables
         Modules are compiled with :func:`tvm_hcprune.build` (``database`` as there).
     repeats : int
-        Rounds; each times every model ``number`` times (one warm-up call first).
+        Rounds; each times every model ``number`` times, call by call, after one warm-up
+        call, and keeps the fastest call; the result is the median over rounds.
     inputs : sequence of lists of numpy arrays, optional
         Per model; default random inputs of its parameters' shapes.
 
@@ -86,15 +89,15 @@ def measure_models(mods, target="llvm", database=None, repeats: int = 7, number:
         vms.append(_vm(ex))
         x = inputs[i] if inputs is not None else random_inputs(m)
         args.append([tvm.runtime.tensor(a) for a in x])
-    # repeat=2, keep the second: the first calls after switching models are several times
-    # slower (measured: 1.3 ms vs 0.25 ms for a small MobileNetV2 at number=5); what a
-    # deployed model sees is the steady state
-    evaluators = [vm.time_evaluator("main", tvm.cpu(), number=number, repeat=2)
+    # per round: one call to warm up (the first calls after switching models are several
+    # times slower: 1.3 ms vs 0.25 ms for a small MobileNetV2), then ``number`` calls timed
+    # one by one, the fastest kept (interference only adds time); median over rounds
+    evaluators = [vm.time_evaluator("main", tvm.cpu(), number=1, repeat=number + 1)
                   for vm in vms]
     for ev, a in zip(evaluators, args, strict=True):
         ev(*a)  # warm-up (thread pool, caches)
     times = [[] for _ in mods]
     for _ in progress_bar(range(repeats), enabled=progress, desc=desc):
         for i, (ev, a) in enumerate(zip(evaluators, args, strict=True)):
-            times[i].append(ev(*a).results[-1] * 1e3)
+            times[i].append(min(ev(*a).results[1:]) * 1e3)
     return [float(np.median(t)) for t in times]

@@ -18,7 +18,7 @@ from scipy.interpolate import RegularGridInterpolator
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.target import parse_target
-from tvm_hcprune.latency.layers import layer_module, layer_specs
+from tvm_hcprune.latency.layers import MEASURE_VERSION, layer_module, layer_specs
 from tvm_hcprune.planning.budget import CostTerm, SeparableCost, candidate_widths
 from tvm_hcprune.planning.planner import group_align
 from tvm_hcprune.utils.io import atomic_write_text
@@ -384,7 +384,8 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         for p in points:
             keyed.setdefault(f"{spec.workload(*p)}|{db_tag}", (spec, p))
     missing = [k for k in keyed if k not in cache.entries]
-    model_key = f"model:{graph.fingerprint}|{db_tag}"
+    # whole-model timings are keyed by the measurement's version too
+    model_key = f"model:v{MEASURE_VERSION}:{graph.fingerprint}|{db_tag}"
     # one layer's missing grid points at a time: compile them, then time them in
     # interleaved rounds (a burst of load on the shared machine hits all points alike)
     by_layer: dict = {}
@@ -410,7 +411,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
             cache.entries[k] = float(np.median(samples[k]))
     bar.close()
     low = {g: c[0] for g, c in cands.items() if c[0] < graph.groups[g].size}
-    low_key = f"model-low:{graph.fingerprint}|{sorted(low.items())}|{db_tag}"
+    low_key = f"model-low:v{MEASURE_VERSION}:{graph.fingerprint}|{sorted(low.items())}|{db_tag}"
     if model_key not in cache.entries or (low and low_key not in cache.entries):
         mods = [graph.mod]
         if low:
