@@ -66,6 +66,13 @@ _EXPORTS = {
     "finetune": "tvm_hcprune.recovery.finetune",
     "sensitivity_scan": "tvm_hcprune.recovery.sensitivity",
     "select_plan": "tvm_hcprune.recovery.sensitivity",
+    # budgets and latency models
+    "Latency": "tvm_hcprune.planning.budget",
+    "MACs": "tvm_hcprune.planning.budget",
+    "Params": "tvm_hcprune.planning.budget",
+    "latency_table": "tvm_hcprune.latency",
+    "LatencyTable": "tvm_hcprune.latency",
+    "RooflineModel": "tvm_hcprune.latency",
 }
 
 __all__ = sorted(_EXPORTS) + ["PIPELINE_NAME", "__version__", "register_pipeline"]

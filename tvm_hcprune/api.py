@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_plan, resolve_align
+from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
 from tvm_hcprune.recovery.reconstruct import apply_and_reconstruct
 
 
@@ -18,6 +20,21 @@ class GroupChange:
     producers: list[str]
     before: int
     after: int
+
+
+@dataclass
+class LayerChange:
+    """One conv/matmul layer: channels and the latency model's milliseconds, dense and
+    pruned."""
+
+    name: str
+    op: str
+    cin_before: int
+    cin_after: int
+    cout_before: int
+    cout_after: int
+    ms_before: float
+    ms_after: float
 
 
 @dataclass
@@ -53,6 +70,11 @@ class PruneReport:
     seconds: float = 0.0
     align: int = 1
     reconstruction: object = None  # ReconstructReport when prune(reconstruct=True)
+    budget: object = None  # the Latency / MACs / Params record when prune(budget=...)
+    predicted_ms: float | None = None  # latency model's prediction (latency budgets)
+    dense_predicted_ms: float | None = None
+    layers: list = field(default_factory=list)  # LayerChange rows (latency budgets)
+    latency_source: str = ""  # "table" or "roofline model" (latency budgets)
 
     @property
     def macs_fraction(self) -> float:
@@ -70,7 +92,68 @@ class PruneReport:
             "params_before": self.params_before, "params_after": self.params_after,
             "frozen": [f.__dict__ for f in self.frozen],
             "seconds": self.seconds, "align": self.align,
+            "budget": None if self.budget is None else self.budget.describe(),
+            "predicted_ms": self.predicted_ms, "dense_predicted_ms": self.dense_predicted_ms,
+            "latency_source": self.latency_source,
+            "layers": [c.__dict__ for c in self.layers],
         }
+
+    def to_markdown(self, measured_ms: tuple[float, float] | None = None) -> str:
+        """The report as Markdown: totals, the budget, per-group and per-layer widths,
+        predicted (and, when given, measured) latency, frozen groups with reasons.
+
+        Parameters
+        ----------
+        measured_ms : (float, float), optional
+            Measured latency of the dense and the pruned model (e.g. from
+            :func:`tvm_hcprune.latency.measure.measure_models`), shown beside the prediction.
+
+        Examples
+        --------
+        >>> print(report.to_markdown())  # doctest: +SKIP
+        """
+        def row(*cells):
+            return "| " + " | ".join(str(c) for c in cells) + " |"
+
+        out = ["# Pruning report", ""]
+        if self.budget is not None:
+            out += [f"Budget: **{self.budget.describe()}**"
+                    + (f" (latency from the {self.latency_source})" if self.latency_source
+                       else ""), ""]
+        out += [row("", "dense", "pruned", "ratio"), row("---", "---:", "---:", "---:"),
+                row("MACs (M)", f"{self.macs_before / 1e6:.2f}", f"{self.macs_after / 1e6:.2f}",
+                    f"{self.macs_fraction:.3f}"),
+                row("params (M)", f"{self.params_before / 1e6:.3f}",
+                    f"{self.params_after / 1e6:.3f}", f"{self.params_fraction:.3f}")]
+        if self.predicted_ms is not None:
+            out.append(row("latency, predicted (ms)", f"{self.dense_predicted_ms:.4f}",
+                           f"{self.predicted_ms:.4f}",
+                           f"{self.predicted_ms / self.dense_predicted_ms:.3f}"))
+        if measured_ms is not None:
+            d, p = measured_ms
+            out.append(row("latency, measured (ms)", f"{d:.4f}", f"{p:.4f}", f"{p / d:.3f}"))
+        out += ["", f"{sum(g.after != g.before for g in self.groups)} of {len(self.groups)} "
+                f"channel groups pruned, widths multiples of {self.align}.", "",
+                "## Channel groups", "", row("group", "producers", "before", "after"),
+                row("---:", "---", "---:", "---:")]
+        for g in self.groups:
+            prods = ", ".join(g.producers[:3]) + (" ..." if len(g.producers) > 3 else "")
+            out.append(row(g.id, prods, g.before, g.after))
+        if self.layers:
+            out += ["", "## Layers", "", row("layer", "op", "in", "out", "ms dense",
+                                             "ms pruned"),
+                    row("---", "---", "---:", "---:", "---:", "---:")]
+            for c in self.layers:
+                out.append(row(c.name, c.op.replace("relax.", ""),
+                               f"{c.cin_before} -> {c.cin_after}",
+                               f"{c.cout_before} -> {c.cout_after}",
+                               f"{c.ms_before:.4f}", f"{c.ms_after:.4f}"))
+        if self.frozen:
+            out += ["", "## Frozen groups", "", row("group", "op", "at", "reason"),
+                    row("---:", "---", "---", "---")]
+            for f in self.frozen:
+                out.append(row(f.group, f.op, f.var, f.reason))
+        return "\n".join(out) + "\n"
 
     def summary(self) -> str:
         pruned = [g for g in self.groups if g.after != g.before]
@@ -82,6 +165,12 @@ class PruneReport:
             f"params {self.params_before / 1e6:10.3f} M -> {self.params_after / 1e6:10.3f} M "
             f"({self.params_fraction:.2f}x)",
         ]
+        if self.budget is not None:
+            lines.append(f"budget {self.budget.describe()}")
+        if self.predicted_ms is not None:
+            lines.append(f"latency {self.dense_predicted_ms:10.3f} ms -> "
+                         f"{self.predicted_ms:10.3f} ms predicted "
+                         f"({self.predicted_ms / self.dense_predicted_ms:.2f}x)")
         frozen_groups = sorted({f.group for f in self.frozen})
         if frozen_groups:
             lines.append(f"{len(frozen_groups)} frozen group(s):")
@@ -96,7 +185,8 @@ class PruneReport:
 
 def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
           plan: PrunePlan | None = None, graph: ChannelGraph | None = None, calibration=None,
-          reconstruct: bool = False, reconstruct_options=None, **overrides):
+          reconstruct: bool = False, reconstruct_options=None, budget=None,
+          latency_model=None, **overrides):
     """Prune ``mod`` and report what changed.
 
     Parameters
@@ -125,6 +215,14 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     reconstruct_options : ReconstructConfig or dict, optional
         Options of the reconstruction (``ridge``, ``max_cond``, ``holdout``...; see
         :class:`~tvm_hcprune.recovery.reconstruct.ReconstructConfig`).
+    budget : Latency, MACs or Params, optional
+        Choose per-group widths (instead of the uniform ``ratio``) so that the model's
+        latency, MACs or parameters are at most the budget while the most channel
+        importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply.
+    latency_model : LatencyModel, optional
+        For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
+        match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.
+        Default: a table measured on ``target`` (cached on disk).
 
     Returns
     -------
@@ -134,12 +232,26 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     --------
     >>> pruned, report = tvm_hcprune.prune(mod, ratio=0.5, criterion="l2")  # doctest: +SKIP
     >>> print(report.summary())  # doctest: +SKIP
+    >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.5),
+    ...                                    target="llvm")  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    budget = as_budget(budget)
+    if budget is not None and plan is not None:
+        raise HCPruneError("pass either plan= or budget=, not both")
+    if budget is not None and "ratio" in overrides:
+        raise HCPruneError("pass either ratio= or budget=, not both")
     config = PruneConfig.of(config_arg(config), **overrides)
     graph = graph if graph is not None else analyze(mod)
     align_r = resolve_align(config.align, target)
-    if plan is None:
+    predicted = dense_pred = None
+    layers, source = [], ""
+    if budget is not None:
+        plan, predicted, dense_pred, model = _budget_plan(graph, config, align_r, budget,
+                                                          target, latency_model, calibration)
+        if model is not None:
+            layers, source = _layer_changes(graph, plan, model), model.source
+    elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
     pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct,
                                           reconstruct_options)
@@ -154,4 +266,55 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
                          graph.total_params, params_after, list(graph.frozen),
                          seconds, align_r)
     report.reconstruction = recon
+    report.budget, report.predicted_ms, report.dense_predicted_ms = budget, predicted, dense_pred
+    report.layers, report.latency_source = layers, source
     return pruned, report
+
+
+def _layer_changes(graph, plan, model) -> list[LayerChange]:
+    from tvm_hcprune.latency.layers import layer_specs
+
+    sg = graph.space_group
+    dense = {g.id: g.size for g in graph.groups}
+    after = {**dense, **{g: len(k) for g, k in plan.kept.items()}}
+    rows = []
+    for spec in layer_specs(graph):
+        ci, co = spec.lengths(sg, dense)
+        ci2, co2 = spec.lengths(sg, after)
+        rows.append(LayerChange(spec.name, spec.op, ci, ci2, co, co2,
+                                model.layer_ms(spec, ci, co), model.layer_ms(spec, ci2, co2)))
+    return rows
+
+
+def _budget_plan(graph, config, align, budget, target, latency_model, calibration):
+    """``(plan, predicted ms, dense predicted ms, latency model)`` meeting ``budget`` (the
+    last three None for MACs and parameter budgets)."""
+    record = {"kind": type(budget).__name__, **budget.__dict__}
+    if isinstance(budget, Latency):
+        from tvm_hcprune.latency import latency_table
+
+        model = latency_model
+        if model is None:
+            model = latency_table(graph, target if target is not None else "llvm",
+                                  align=align, min_channels=config.min_channels)
+        model.check(graph, target if target is not None else "llvm")
+        cost = model.cost(graph)
+        dense = cost.total({g.id: g.size for g in graph.groups})
+        limit = budget.limit(dense)
+        if limit >= dense:
+            raise HCPruneError(f"the latency budget {budget.describe()} is not below the dense "
+                               f"model's {dense:.4g} ms: nothing needs pruning")
+        plan, alloc = make_budget_plan(
+            graph, config, align, cost, limit, calibration,
+            candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
+            what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
+        return plan, alloc.cost, dense, model
+    if isinstance(budget, MACs):
+        cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
+    else:
+        cost, dense, what = params_cost(graph), graph.total_params, "params"
+    plan, _alloc = make_budget_plan(graph, config, align, cost, budget.limit(dense),
+                                    calibration, what=what,
+                                    fmt=lambda v: f"{v / dense:.3f}x ({v:.4g})",
+                                    budget_record=record)
+    return plan, None, None, None

@@ -90,12 +90,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pass-list preset from passes/ (e.g. llvm-avx2, cuda): target, "
                              "criterion and channel alignment; prunes (ratio 0.5 unless "
                              "--prune-ratio)")
+    from tvm_hcprune.cli.budget import add_budget_arguments
+
+    add_budget_arguments(parser)
 
 
 def resolve_model_options(args):
-    """Check the model options cheaply; return ``(target, preset, ratio)``."""
+    """Check the model options cheaply; return ``(target, preset, ratio)`` (``ratio`` may be
+    a budget record when ``--latency-budget`` / ``--macs-budget`` is given)."""
+    from tvm_hcprune.cli.budget import parse_budget
+
     preset = load_preset(args.preset) if args.preset else None
     ratio = args.prune_ratio
+    budget = parse_budget(getattr(args, "latency_budget", None),
+                          getattr(args, "macs_budget", None))
+    if budget is not None and ratio is not None:
+        raise HCPruneError("give either --prune-ratio or a budget, not both")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
     if preset is not None and ratio is None:
@@ -105,12 +115,12 @@ def resolve_model_options(args):
     path = Path(args.model)
     if not path.is_file():
         raise HCPruneError(f"model file {path} does not exist")
-    return target, preset, ratio
+    return target, preset, budget if budget is not None else ratio
 
 
-def load_model(args, target, preset, ratio, log=print):
+def load_model(args, target, preset, ratio, log=print, reports: list | None = None):
     """Import the ONNX model (or ``.pt2`` program) and prune it when asked; returns the
-    Relax module."""
+    Relax module (the PruneReport is appended to ``reports`` when given)."""
     if Path(args.model).suffix == ".pt2":
         if args.input_shapes:
             raise HCPruneError("--input-shapes does not apply to a .pt2 program: the example "
@@ -119,10 +129,18 @@ def load_model(args, target, preset, ratio, log=print):
     else:
         mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
-        kwargs = {"ratio": ratio, "target": target}
+        kwargs = {"target": target}
+        if isinstance(ratio, float | int):
+            kwargs["ratio"] = ratio
+        else:
+            from tvm_hcprune.cli.budget import latency_model_arg
+
+            kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         mod, report = prune(mod, **kwargs)
+        if reports is not None:
+            reports.append(report)
         log(f"pruned: MACs {report.macs_before / 1e6:.1f}M -> {report.macs_after / 1e6:.1f}M, "
             f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M")
     return mod
@@ -151,6 +169,9 @@ def register(subparsers) -> None:
                         "work dir; default: the shipped databases for the target")
     p.add_argument("--no-shipped-schedules", action="store_true",
                    help="do not use the databases shipped in schedules/")
+    from tvm_hcprune.cli.budget import add_report_argument
+
+    add_report_argument(p)
     p.set_defaults(func=run)
 
 
@@ -167,10 +188,17 @@ def run(args) -> int:
     else:
         database = "shipped"
     t0 = time.perf_counter()
-    mod = load_model(args, target, preset, ratio, log=log_stderr)
+    if args.report and not ratio:
+        raise HCPruneError("--report describes a pruning run: add --prune-ratio or a budget")
+    reports: list = []
+    mod = load_model(args, target, preset, ratio, log=log_stderr, reports=reports)
 
     ex = build(mod, target, database=database)
     with atomic_write(out) as tmp:
         ex.export_library(str(tmp))
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
+    if args.report:
+        from tvm_hcprune.cli.budget import write_report
+
+        log_stderr(f"wrote {', '.join(write_report(args.report, reports[0]))}")
     return 0

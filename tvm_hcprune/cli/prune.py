@@ -6,6 +6,13 @@ from __future__ import annotations
 import numpy as np
 
 import tvm_hcprune as hc
+from tvm_hcprune.cli.budget import (
+    add_budget_arguments,
+    add_report_argument,
+    latency_model_arg,
+    parse_budget,
+    write_report,
+)
 from tvm_hcprune.cli.compile import parse_input_shapes
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.load import ort_basic_optimize, read_onnx, static_input_shapes
@@ -17,8 +24,11 @@ from tvm_hcprune.utils import atomic_write_bytes
 def register(sub) -> None:
     p = sub.add_parser("prune", help="prune an ONNX model and export the pruned ONNX model")
     p.add_argument("model", help="input .onnx file")
-    p.add_argument("--prune-ratio", type=float, required=True,
-                   help="fraction of channels removed per prunable group, in [0, 1)")
+    p.add_argument("--prune-ratio", type=float, default=None,
+                   help="fraction of channels removed per prunable group, in [0, 1) (or "
+                        "give a budget)")
+    add_budget_arguments(p)
+    add_report_argument(p)
     p.add_argument("-o", "--output", required=True, help="pruned .onnx file to write")
     p.add_argument("--plan-out", default=None, help="also write the PrunePlan JSON here")
     p.add_argument("--input-shapes", default=None,
@@ -101,7 +111,11 @@ def verify(onnx_model, pruned_mod, rtol=1e-4, atol=1e-5) -> float:
 
 
 def run(args) -> int:
-    if not 0 <= args.prune_ratio < 1:
+    budget = parse_budget(args.latency_budget, args.macs_budget)
+    if (budget is None) == (args.prune_ratio is None):
+        raise HCPruneError("give either --prune-ratio or a budget (--latency-budget, "
+                           "--macs-budget)")
+    if budget is None and not 0 <= args.prune_ratio < 1:
         raise HCPruneError(f"--prune-ratio {args.prune_ratio} is outside [0, 1)")
     if args.calibration < 0:
         raise HCPruneError("--calibration N needs N >= 1 (or 0 for none)")
@@ -114,9 +128,11 @@ def run(args) -> int:
     if args.calibration or args.samples:
         _, shape, dtype = module_input(graph.mod)
         cal = hc.calibrate(graph.mod, _calibration_samples(args, shape, dtype))
-    pruned, report = hc.prune(mod, ratio=args.prune_ratio, criterion=args.criterion,
-                              align=args.align, graph=graph, calibration=cal,
-                              reconstruct=args.reconstruct)
+    how = ({"budget": budget, "target": "llvm",
+            "latency_model": latency_model_arg(args, "llvm")} if budget
+           else {"ratio": args.prune_ratio})
+    pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
+                              calibration=cal, reconstruct=args.reconstruct, **how)
     print(report.summary())
     if report.reconstruction is not None:
         print(report.reconstruction.summary())
@@ -130,4 +146,6 @@ def run(args) -> int:
     if args.plan_out:
         report.plan.save(args.plan_out)
         print(f"wrote {args.plan_out}")
+    if args.report:
+        print(f"wrote {', '.join(write_report(args.report, report))}")
     return 0

@@ -123,3 +123,70 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
     cfg = config.to_dict()
     cfg["align_resolved"] = align
     return PrunePlan.create(graph.fingerprint, kept, sizes, cfg)
+
+
+def budget_units(graph, config: PruneConfig) -> list[list[int]]:
+    """The groups a budget allocation decides on: every prunable, unprotected group alone,
+    and the groups of each balanced set (one grouped convolution's inputs) together."""
+    units = []
+    for g in graph.groups:
+        if g.frozen or g.balance is not None or is_protected(g, config.protect):
+            continue
+        units.append([g.id])
+    for members in getattr(graph, "balanced_sets", ()):
+        groups = [graph.groups[i] for i in members]
+        if any(g.frozen or is_protected(g, config.protect) for g in groups):
+            continue
+        units.append(list(members))
+    return units
+
+
+def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
+                     calibration=None, candidates_of=None, what: str = "cost",
+                     fmt=lambda v: f"{v:g}", budget_record: dict | None = None):
+    """A plan whose ``cost`` (a :class:`~tvm_hcprune.planning.budget.SeparableCost` of group
+    widths) is at most ``limit``, keeping the most channel importance.
+
+    Importance is the criterion's scores divided by each group's mean score (so groups with
+    differently scaled weights compare), summed over the kept channels.
+    ``candidates_of(group, align)`` gives a group's allowed kept counts (default: every
+    multiple of the group's alignment from ``min_channels`` up). Returns ``(plan,
+    Allocation)``; raises :class:`HCPruneError` when no allowed widths meet ``limit``.
+    """
+    from tvm_hcprune.planning.budget import allocate_widths, candidate_widths
+
+    crit = get_criterion(config.criterion)
+    rng = np.random.default_rng(config.seed)
+    units = budget_units(graph, config)
+    scores, importance, candidates = {}, {}, {}
+    for i, unit in enumerate(units):
+        total = None
+        for gid in unit:
+            g = graph.groups[gid]
+            s = np.asarray(crit(group_views(graph, g, calibration), rng,
+                                **config.criterion_options), dtype=np.float64)
+            if s.shape != (g.size,):
+                raise ValueError(f"criterion {config.criterion!r} returned shape {s.shape} "
+                                 f"for a group of {g.size} channels")
+            scores[gid] = s
+            mean = float(np.mean(np.abs(s))) or 1.0
+            cum = np.concatenate([[0.0], np.cumsum(np.sort(np.abs(s))[::-1] / mean)])
+            total = cum if total is None else total + cum
+        importance[i] = total
+        g0 = graph.groups[unit[0]]
+        ga = group_align(graph, g0, align)
+        candidates[i] = (candidates_of(g0, ga) if candidates_of is not None
+                         else candidate_widths(g0.size, ga, config.min_channels))
+    sizes = {g.id: g.size for g in graph.groups}
+    alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt)
+    kept, plan_sizes = {}, {}
+    for gid, n_keep in alloc.widths.items():
+        if n_keep < sizes[gid]:
+            order = np.argsort(-scores[gid], kind="stable")
+            kept[gid] = np.sort(order[:n_keep])
+            plan_sizes[gid] = sizes[gid]
+    cfg = config.to_dict()
+    cfg["align_resolved"] = align
+    if budget_record is not None:
+        cfg["budget"] = budget_record
+    return PrunePlan.create(graph.fingerprint, kept, plan_sizes, cfg), alloc

@@ -1,0 +1,139 @@
+"""Latency budgets on measured kernels: whole-model latency measured against the asked
+``Latency(fraction=...)``, and how the roofline model ranks plans compared with measurement.
+
+For each model (the bundled MNIST ResNet, a ResNet-50-shaped and a MobileNetV2-shaped
+model) the per-layer latency table is measured (cached: a second run measures only the
+whole models), plans are chosen for ``Latency(fraction=0.7/0.5/0.3)``, and the dense model,
+the budget plans and uniform-ratio plans are timed in interleaved rounds in one run. Figures
+are ratios to the dense model measured in the same run.
+
+    python benchmarks/budget.py [--json PATH] [--quick] [--image 96] [--widths 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+from scipy.stats import spearmanr
+from tvm.relax.frontend.onnx import from_onnx
+
+import tvm_hcprune as hc
+from tvm_hcprune.latency import RooflineModel, latency_table
+from tvm_hcprune.latency.measure import measure_models
+from tvm_hcprune.testing import onnx_models
+from tvm_hcprune.utils import atomic_write_text
+from tvm_hcprune.zoo.models import bundled_model
+
+FRACTIONS = (0.7, 0.5, 0.3)
+RATIOS = (0.25, 0.5, 0.75)
+
+
+def _models(args):
+    if "mnist" in args.models:
+        yield "mnist_resnet (bundled)", hc.load_onnx(bundled_model(), log=lambda *_: None)
+    if "resnet50" in args.models:
+        yield (f"resnet50-shaped {args.image}x{args.image}",
+               from_onnx(onnx_models.resnet(50, width=args.resnet_width, image=args.image)))
+    if "mobilenet_v2" in args.models:
+        yield (f"mobilenet_v2-shaped {args.image}x{args.image}",
+               from_onnx(onnx_models.mobilenet_v2(image=args.image)))
+
+
+def bench_model(name, mod, args) -> dict:
+    t0 = time.perf_counter()
+    graph = hc.analyze(mod)
+    table = latency_table(graph, "llvm", widths=args.widths, repeats=args.repeats,
+                          cache_dir=args.cache)
+    table_s = time.perf_counter() - t0
+    roof = RooflineModel("llvm")
+    plans, labels, asked = [], [], []
+    for f in FRACTIONS:
+        try:
+            pruned, rep = hc.prune(mod, budget=hc.Latency(fraction=f), graph=graph,
+                                   target="llvm", latency_model=table)
+        except hc.HCPruneError as err:
+            print(f"  {name}: Latency(fraction={f}): {err}")
+            continue
+        plans.append((pruned, rep))
+        labels.append(f"Latency({f})")
+        asked.append(f)
+    for r in RATIOS:
+        pruned, rep = hc.prune(mod, ratio=r, graph=graph, target="llvm")
+        plans.append((pruned, rep))
+        labels.append(f"ratio {r}")
+        asked.append(None)
+    ms = measure_models([graph.mod] + [p for p, _ in plans], "llvm", repeats=args.repeats,
+                        number=args.number, progress=True, desc=name)
+    dense_ms = ms[0]
+    rows = []
+    for (_pruned, rep), label, f, m in zip(plans, labels, asked, ms[1:], strict=True):
+        rows.append({
+            "plan": label, "asked": f, "measured_fraction": m / dense_ms,
+            "table_fraction": table.predict(graph, rep.plan) / table.dense_ms,
+            "roofline_fraction": roof.predict(graph, rep.plan) / roof.predict(graph),
+            "macs_fraction": rep.macs_fraction, "measured_ms": m,
+            "error": None if f is None else (m / dense_ms - f) / f,
+        })
+    measured = [r["measured_fraction"] for r in rows]
+    rho_roof = spearmanr([r["roofline_fraction"] for r in rows], measured).statistic
+    rho_table = spearmanr([r["table_fraction"] for r in rows], measured).statistic
+    return {"model": name, "dense_ms": dense_ms, "table_dense_ms": table.dense_ms,
+            "table_s": table_s, "kernels_measured": table.measured, "plans": rows,
+            "spearman_roofline": float(rho_roof), "spearman_table": float(rho_table)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", dest="json_path", default=None)
+    ap.add_argument("--quick", action="store_true", help="small images, fewer rounds")
+    ap.add_argument("--image", type=int, default=112)
+    ap.add_argument("--resnet-width", type=int, default=64)
+    ap.add_argument("--widths", type=int, default=4, help="candidate widths per group")
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved timing rounds")
+    ap.add_argument("--number", type=int, default=5)
+    ap.add_argument("--cache", default="default", help="latency cache folder")
+    ap.add_argument("--models", default="mnist,resnet50,mobilenet_v2",
+                    help="comma-separated subset of mnist, resnet50, mobilenet_v2")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="TVM threads (default 1: on a shared machine a parallel kernel "
+                         "stalls at each barrier whenever another process holds a core)")
+    args = ap.parse_args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
+    if args.quick:
+        args.image, args.resnet_width, args.widths, args.repeats = 32, 16, 3, 5
+    results = []
+    for name, mod in _models(args):
+        res = bench_model(name, mod, args)
+        results.append(res)
+        print(f"\n{name}: dense {res['dense_ms']:.3f} ms (table's dense {res['table_dense_ms']:.3f}"
+              f" ms); table {res['table_s']:.1f} s, {res['kernels_measured']} kernels measured")
+        print(f"  {'plan':<14}{'asked':>7}{'measured':>10}{'error':>8}{'table':>8}"
+              f"{'roofline':>10}{'MACs':>7}")
+        for r in res["plans"]:
+            asked = "" if r["asked"] is None else f"{r['asked']:.2f}"
+            err = "" if r["error"] is None else f"{100 * r['error']:+.1f}%"
+            print(f"  {r['plan']:<14}{asked:>7}{r['measured_fraction']:>10.3f}{err:>8}"
+                  f"{r['table_fraction']:>8.3f}{r['roofline_fraction']:>10.3f}"
+                  f"{r['macs_fraction']:>7.2f}")
+        print(f"  Spearman vs measured: roofline {res['spearman_roofline']:.2f}, "
+              f"table {res['spearman_table']:.2f}")
+    errors = [abs(r["error"]) for res in results for r in res["plans"] if r["error"] is not None]
+    summary = {"threads": args.threads, "max_abs_error": max(errors) if errors else None,
+               "within_5pct": int(sum(e <= 0.05 for e in errors)), "budget_plans": len(errors),
+               "min_spearman_roofline": float(np.nanmin([r["spearman_roofline"]
+                                                         for r in results]))}
+    print(f"\nbudget plans within 5% of the asked fraction: {summary['within_5pct']} of "
+          f"{summary['budget_plans']}; Spearman(roofline) min "
+          f"{summary['min_spearman_roofline']:.2f}; {args.threads} thread(s)")
+    if args.json_path:
+        atomic_write_text(args.json_path, json.dumps({"results": results, "summary": summary},
+                                                     indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,367 @@
+"""Budgets: how many channels each group keeps so that a cost (latency, MACs, parameters)
+meets a limit while the most importance is kept.
+
+:class:`Latency`, :class:`MACs` and :class:`Params` are the frozen budget records users pass
+to ``prune(mod, budget=...)``. :class:`SeparableCost` is a cost written as a sum of terms
+that each read the kept counts of a few groups (a layer's latency reads its input and output
+groups; a MAC count reads the groups its channel axes carry), so the change of one group's
+width is evaluated on the terms it touches only. :func:`allocate_widths` is the greedy
+knapsack over candidate widths: starting from the dense model it repeatedly takes the width
+step that loses the least importance per unit of cost saved, until the limit is met, then
+gives steps back while the limit stays met. Nothing here measures or runs anything: the
+latency terms come from :mod:`tvm_hcprune.latency`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.ops.desc import desc_length
+
+__all__ = ["MACs", "Latency", "Params", "SeparableCost", "allocate_widths", "as_budget",
+           "candidate_widths", "desc_kept_length", "macs_cost", "params_cost"]
+
+
+def _check_fraction(name: str, fraction) -> None:
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not (
+            0.0 < float(fraction) < 1.0):
+        raise HCPruneError(f"{name}(fraction=...) must be in (0, 1) (the share of the dense "
+                           f"model's cost to keep), got {fraction!r}")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A latency budget: ``fraction`` of the dense model's latency, or ``ms`` milliseconds.
+
+    Exactly one of the two is given. Latency comes from a latency model of the target
+    (:func:`tvm_hcprune.latency.latency_model`: kernels measured on it, or a roofline
+    estimate).
+
+    Examples
+    --------
+    >>> Latency(fraction=0.5)
+    Latency(fraction=0.5, ms=None)
+    >>> Latency(ms=4.0).describe()
+    '4 ms'
+    """
+
+    fraction: float | None = None
+    ms: float | None = None
+
+    def __post_init__(self):
+        if (self.fraction is None) == (self.ms is None):
+            raise HCPruneError("Latency needs exactly one of fraction= (e.g. 0.5) or ms= "
+                               f"(e.g. 4.0), got fraction={self.fraction!r}, ms={self.ms!r}")
+        if self.fraction is not None:
+            _check_fraction("Latency", self.fraction)
+        elif not isinstance(self.ms, (int, float)) or not (math.isfinite(self.ms)
+                                                           and self.ms > 0):
+            raise HCPruneError(f"Latency(ms=...) must be a positive number, got {self.ms!r}")
+
+    def limit(self, dense: float) -> float:
+        """The budget in milliseconds given the dense model's predicted latency."""
+        return float(self.fraction) * dense if self.fraction is not None else float(self.ms)
+
+    def describe(self) -> str:
+        return f"{self.fraction:g}x latency" if self.fraction is not None else f"{self.ms:g} ms"
+
+
+@dataclass(frozen=True)
+class MACs:
+    """A budget of ``fraction`` of the dense model's multiply-accumulates.
+
+    Examples
+    --------
+    >>> MACs(fraction=0.5).limit(1000)
+    500.0
+    """
+
+    fraction: float
+
+    def __post_init__(self):
+        _check_fraction("MACs", self.fraction)
+
+    def limit(self, dense: float) -> float:
+        return float(self.fraction) * dense
+
+    def describe(self) -> str:
+        return f"{self.fraction:g}x MACs"
+
+
+@dataclass(frozen=True)
+class Params:
+    """A budget of ``fraction`` of the dense model's parameters (constant elements).
+
+    Examples
+    --------
+    >>> Params(fraction=0.25).describe()
+    '0.25x params'
+    """
+
+    fraction: float
+
+    def __post_init__(self):
+        _check_fraction("Params", self.fraction)
+
+    def limit(self, dense: float) -> float:
+        return float(self.fraction) * dense
+
+    def describe(self) -> str:
+        return f"{self.fraction:g}x params"
+
+
+BUDGETS = (Latency, MACs, Params)
+
+
+def as_budget(budget):
+    """``budget`` checked to be one of the budget records (None passes through)."""
+    if budget is None or isinstance(budget, BUDGETS):
+        return budget
+    raise HCPruneError(f"budget must be Latency(...), MACs(...) or Params(...), got "
+                       f"{budget!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# costs
+
+
+@dataclass(frozen=True)
+class CostTerm:
+    """``fn(widths)`` of a model part whose cost depends on the groups in ``groups``."""
+
+    groups: tuple
+    fn: Callable
+
+
+class SeparableCost:
+    """A cost that is a constant plus a sum of terms, each reading a few groups' widths.
+
+    Parameters
+    ----------
+    terms : sequence of CostTerm
+    constant : float
+        The part of the cost no width changes (e.g. unpruned kernels).
+
+    Examples
+    --------
+    >>> c = SeparableCost([CostTerm((0,), lambda w: 2.0 * w[0])], constant=1.0)
+    >>> c.total({0: 8})
+    17.0
+    """
+
+    def __init__(self, terms: Sequence[CostTerm], constant: float = 0.0):
+        self.terms = list(terms)
+        self.constant = float(constant)
+        self.by_group: dict[int, list[int]] = {}
+        for i, t in enumerate(self.terms):
+            for g in set(t.groups):
+                self.by_group.setdefault(g, []).append(i)
+
+    def total(self, widths: dict) -> float:
+        return self.constant + float(sum(t.fn(widths) for t in self.terms))
+
+    def part(self, widths: dict, groups) -> float:
+        """The summed terms that read any of ``groups``."""
+        idx = sorted({i for g in groups for i in self.by_group.get(g, ())})
+        return float(sum(self.terms[i].fn(widths) for i in idx))
+
+
+def desc_kept_length(desc, space_group: dict, widths: dict) -> int:
+    """Length of an axis (descriptor) when group ``g`` keeps ``widths[g]`` channels."""
+    n = 0
+    for seg in desc:
+        size = seg.size
+        if seg.space is not None:
+            size = widths.get(space_group[seg.space], seg.size)
+        n += size * seg.inner
+    return n
+
+
+def _desc_groups(desc, space_group) -> tuple:
+    return tuple(sorted({space_group[s.space] for s in desc if s.space is not None}))
+
+
+def macs_cost(graph) -> SeparableCost:
+    """The model's exact MAC count as a function of group widths (the same integer
+    arithmetic as ``ChannelGraph.count_after``)."""
+    ctx, sg = graph.ctx, graph.space_group
+    terms = []
+    for var, (_op, m) in ctx.macs.items():
+        descs = tuple(ctx.mac_scaling.get(var, ()))
+
+        def fn(w, m=m, descs=descs):
+            num, den = m, 1
+            for d in descs:
+                num, den = num * desc_kept_length(d, sg, w), den * desc_length(d)
+            return num // den
+
+        groups = tuple(sorted({g for d in descs for g in _desc_groups(d, sg)}))
+        terms.append(CostTerm(groups, fn))
+    return SeparableCost(terms)
+
+
+def params_cost(graph) -> SeparableCost:
+    """The model's exact parameter count as a function of group widths."""
+    from tvm_hcprune.utils.relax import static_shape
+
+    ctx, sg = graph.ctx, graph.space_group
+    terms, sliced = [], 0
+    for var, slices in ctx.const_slices.items():
+        for arg in sorted({a for a, _, _ in slices}):
+            n = math.prod(static_shape(ctx.values[var].args[arg]))
+            sliced += n
+            descs = tuple(d for a, _axis, d in slices if a == arg)
+
+            def fn(w, n=n, descs=descs):
+                num, den = n, 1
+                for d in descs:
+                    num, den = num * desc_kept_length(d, sg, w), den * desc_length(d)
+                return num // den
+
+            groups = tuple(sorted({g for d in descs for g in _desc_groups(d, sg)}))
+            terms.append(CostTerm(groups, fn))
+    return SeparableCost(terms, constant=graph.total_params - sliced)
+
+
+# ---------------------------------------------------------------------------------------
+# allocation
+
+
+def candidate_widths(size: int, align: int, min_channels: int = 1,
+                     max_count: int | None = None) -> list[int]:
+    """Kept counts a group may take: multiples of ``align`` from the smallest allowed one up
+    to ``size`` (always included), at most ``max_count`` of them, evenly spread.
+
+    Examples
+    --------
+    >>> candidate_widths(64, 16)
+    [16, 32, 48, 64]
+    >>> candidate_widths(64, 8, max_count=3)
+    [8, 40, 64]
+    """
+    low = max(align, int(math.ceil(max(min_channels, 1) / align)) * align)
+    widths = list(range(low, size, align)) + [size]
+    if max_count is not None and len(widths) > max_count >= 2:
+        pick = np.unique(np.round(np.linspace(0, len(widths) - 1, max_count)).astype(int))
+        widths = [widths[i] for i in pick]
+    return widths
+
+
+@dataclass
+class Allocation:
+    """What :func:`allocate_widths` chose.
+
+    Attributes
+    ----------
+    widths : dict
+        Group id -> kept count (every unit's groups, pruned or not).
+    cost, limit, dense_cost : float
+        The chosen widths' cost, the limit, the dense model's cost.
+    importance : float
+        Kept importance (sum over units of the kept share of each group's scores).
+    """
+
+    widths: dict
+    cost: float
+    limit: float
+    dense_cost: float
+    importance: float
+
+
+def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance: dict,
+                    cost: SeparableCost, limit: float, sizes: dict,
+                    what: str = "cost", fmt=lambda v: f"{v:g}") -> Allocation:
+    """Choose one candidate width per unit so that ``cost <= limit`` keeping most importance.
+
+    Parameters
+    ----------
+    units : sequence of sequence of int
+        Groups that keep equal counts (one decision each; usually single groups, the input
+        groups of a grouped convolution together).
+    candidates : dict
+        Unit index -> ascending kept counts allowed (the last is the dense size).
+    importance : dict
+        Unit index -> 1-D array: ``importance[u][k]`` is the importance kept with ``k``
+        channels (non-decreasing, ``[0] == 0``).
+    cost : SeparableCost
+    limit : float
+    sizes : dict
+        Group id -> dense size.
+    what, fmt
+        Name and formatter of the cost in error messages.
+
+    Returns
+    -------
+    Allocation
+
+    Raises
+    ------
+    HCPruneError
+        When even the smallest candidates exceed ``limit`` (with the best reachable cost).
+
+    Notes
+    -----
+    Greedy knapsack (HALP/NetAdapt style): every step moves one unit to the lower candidate
+    with the smallest importance lost per cost saved; candidates that save nothing are
+    skipped over, so no channel is removed that buys no cost. When the limit is met, steps
+    are undone (largest importance regained per cost first) while it stays met.
+    """
+    widths = {g: sizes[g] for u in units for g in u}
+    pos = {i: len(candidates[i]) - 1 for i in range(len(units))}
+
+    def with_unit(i, k):
+        w = dict(widths)
+        for g in units[i]:
+            w[g] = candidates[i][k]
+        return w
+
+    def imp(i, k):
+        return float(importance[i][candidates[i][k]])
+
+    dense = cost.total(widths)
+    cur = dense
+    while cur > limit:
+        best = None
+        for i, p in pos.items():
+            here = cost.part(widths, units[i])
+            for k in range(p - 1, -1, -1):
+                saved = here - cost.part(with_unit(i, k), units[i])
+                if saved <= 1e-12 * max(abs(here), 1.0):
+                    continue
+                key = ((imp(i, p) - imp(i, k)) / saved, -saved, i)
+                if best is None or key < best[0]:
+                    best = (key, i, k, saved)
+        if best is None:
+            raise HCPruneError(
+                f"no plan meets the {what} budget {fmt(limit)}: the smallest widths allowed "
+                f"(align, min_channels, protected and frozen groups) reach {fmt(cur)} "
+                f"(dense {fmt(dense)})")
+        _, i, k, saved = best
+        pos[i] = k
+        widths = with_unit(i, k)
+        cur = cost.total(widths)
+    # give back: raise units again while the limit stays met, most importance per cost first
+    improved = True
+    while improved:
+        improved = False
+        moves = []
+        for i, p in pos.items():
+            here = cost.part(widths, units[i])
+            for k in range(p + 1, len(candidates[i])):
+                extra = cost.part(with_unit(i, k), units[i]) - here
+                gain = imp(i, k) - imp(i, p)
+                if gain > 0 and cur + extra <= limit:
+                    moves.append((-gain / max(extra, 1e-12), i, k))
+        for _, i, k in sorted(moves):
+            w = with_unit(i, k)
+            c = cost.total(w)
+            if c <= limit:
+                pos[i], widths, cur, improved = k, w, c, True
+                break
+    kept_imp = float(sum(imp(i, p) for i, p in pos.items()))
+    return Allocation(widths, cur, float(limit), dense, kept_imp)
