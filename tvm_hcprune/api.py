@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.latency import latency_table
+from tvm_hcprune.latency.layers import layer_specs
 from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
@@ -272,8 +274,6 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
 
 
 def _layer_changes(graph, plan, model) -> list[LayerChange]:
-    from tvm_hcprune.latency.layers import layer_specs
-
     sg = graph.space_group
     dense = {g.id: g.size for g in graph.groups}
     after = {**dense, **{g: len(k) for g, k in plan.kept.items()}}
@@ -291,8 +291,6 @@ def _budget_plan(graph, config, align, budget, target, latency_model, calibratio
     last three None for MACs and parameter budgets)."""
     record = {"kind": type(budget).__name__, **budget.__dict__}
     if isinstance(budget, Latency):
-        from tvm_hcprune.latency import latency_table
-
         model = latency_model
         if model is None:
             model = latency_table(graph, target if target is not None else "llvm",

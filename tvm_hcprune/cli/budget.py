@@ -3,10 +3,14 @@ compile`` and ``hcprune prune`` share."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.latency import RooflineModel
 from tvm_hcprune.planning.budget import Latency, MACs
+from tvm_hcprune.utils import atomic_write_text
 
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
 _MS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*ms\s*$")
@@ -30,8 +34,6 @@ def add_budget_arguments(parser) -> None:
 def latency_model_arg(args, target):
     """The ``latency_model=`` of ``prune`` for ``--latency-model`` (None: measure)."""
     if getattr(args, "latency_model", "measured") == "roofline":
-        from tvm_hcprune.latency import RooflineModel
-
         return RooflineModel(target)
     return None
 
@@ -44,11 +46,6 @@ def add_report_argument(parser) -> None:
 
 def write_report(path, report) -> list[str]:
     """Write ``report`` as Markdown to ``path`` and as JSON beside it; returns the paths."""
-    import json
-    from pathlib import Path
-
-    from tvm_hcprune.utils import atomic_write_text
-
     md = Path(path)
     js = md.with_suffix(".json")
     if js == md:

@@ -24,6 +24,13 @@ from pathlib import Path
 from tvm_hcprune.api import prune
 from tvm_hcprune.backend.database import load_database
 from tvm_hcprune.backend.pipeline import build
+from tvm_hcprune.cli.budget import (
+    add_budget_arguments,
+    add_report_argument,
+    latency_model_arg,
+    parse_budget,
+    write_report,
+)
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.load import load_onnx
 from tvm_hcprune.frontend.pytorch import load_torch
@@ -90,7 +97,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pass-list preset from passes/ (e.g. llvm-avx2, cuda): target, "
                              "criterion and channel alignment; prunes (ratio 0.5 unless "
                              "--prune-ratio)")
-    from tvm_hcprune.cli.budget import add_budget_arguments
 
     add_budget_arguments(parser)
 
@@ -98,8 +104,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_model_options(args):
     """Check the model options cheaply; return ``(target, preset, ratio)`` (``ratio`` may be
     a budget record when ``--latency-budget`` / ``--macs-budget`` is given)."""
-    from tvm_hcprune.cli.budget import parse_budget
-
     preset = load_preset(args.preset) if args.preset else None
     ratio = args.prune_ratio
     budget = parse_budget(getattr(args, "latency_budget", None),
@@ -133,8 +137,6 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
         if isinstance(ratio, float | int):
             kwargs["ratio"] = ratio
         else:
-            from tvm_hcprune.cli.budget import latency_model_arg
-
             kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
@@ -169,7 +171,6 @@ def register(subparsers) -> None:
                         "work dir; default: the shipped databases for the target")
     p.add_argument("--no-shipped-schedules", action="store_true",
                    help="do not use the databases shipped in schedules/")
-    from tvm_hcprune.cli.budget import add_report_argument
 
     add_report_argument(p)
     p.set_defaults(func=run)
@@ -198,7 +199,5 @@ def run(args) -> int:
         ex.export_library(str(tmp))
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
     if args.report:
-        from tvm_hcprune.cli.budget import write_report
-
         log_stderr(f"wrote {', '.join(write_report(args.report, reports[0]))}")
     return 0

@@ -6,6 +6,7 @@ when nothing can be measured). Both turn into the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -13,14 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tvm
 from scipy.interpolate import RegularGridInterpolator
+from tvm import relax
 
+from tvm_hcprune.backend.pipeline import build, set_num_threads
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.latency.layers import MEASURE_VERSION, layer_module, layer_specs
-from tvm_hcprune.planning.budget import CostTerm, SeparableCost, candidate_widths
+from tvm_hcprune.latency.measure import layer_kernel_ms, measure_models
+from tvm_hcprune.planning.budget import CostTerm, SeparableCost, candidate_widths, desc_kept_length
+from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import group_align
+from tvm_hcprune.transform.apply_plan import apply_plan
 from tvm_hcprune.utils.io import atomic_write_text
 from tvm_hcprune.utils.progress import progress_bar
 from tvm_hcprune.utils.relax import static_shape
@@ -192,6 +199,12 @@ class LatencyTable(LatencyModel):
     low_ms : float or None
         Measured whole-model latency with every group at its smallest candidate (calibrates
         the part of the model outside the layers; see :meth:`LatencyModel.cost`).
+
+    Examples
+    --------
+    >>> table = tvm_hcprune.latency_table(mod, target="llvm")  # doctest: +SKIP
+    >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.5),
+    ...                                    latency_model=table)  # doctest: +SKIP
     """
 
     target: str
@@ -252,7 +265,6 @@ def _grid(desc, sg, candidates, full) -> list[int]:
     """Axis lengths at the groups' candidates (the j-th largest of every group together)."""
     if desc is None:
         return [full]
-    from tvm_hcprune.planning.budget import desc_kept_length
 
     groups = sorted({sg[s.space] for s in desc if s.space is not None})
     if not groups:
@@ -287,8 +299,6 @@ class _Cache:
     """Measured milliseconds by workload key, one JSON file per target."""
 
     def __init__(self, cache_dir, target_str: str):
-        import hashlib
-
         self.path = None
         self.target = target_str
         self.entries: dict = {}
@@ -350,12 +360,6 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     >>> pruned, report = prune(mod, budget=Latency(fraction=0.5), latency_model=table)
     ... # doctest: +SKIP
     """
-    import tvm
-    from tvm import relax
-
-    from tvm_hcprune.backend.pipeline import build, set_num_threads
-    from tvm_hcprune.latency.measure import layer_kernel_ms, measure_models
-
     tgt = parse_target(target)
     if tgt.kind.name != "llvm":
         raise HCPruneError(f"latency tables are measured on this machine's CPU (llvm "
@@ -427,9 +431,6 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     if model_key not in cache.entries or (low and low_key not in cache.entries):
         mods = [graph.mod]
         if low:
-            from tvm_hcprune.planning.plan import PrunePlan
-            from tvm_hcprune.transform.apply_plan import apply_plan
-
             plan = PrunePlan.create(graph.fingerprint, {g: range(w) for g, w in low.items()},
                                     {g: graph.groups[g].size for g in low})
             mods.append(apply_plan(graph, plan))

@@ -22,6 +22,7 @@ import numpy as np
 
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.ops.desc import desc_length
+from tvm_hcprune.utils.relax import static_shape
 
 __all__ = ["MACs", "Latency", "Params", "SeparableCost", "allocate_widths", "as_budget",
            "candidate_widths", "desc_kept_length", "macs_cost", "params_cost"]
@@ -207,8 +208,6 @@ def macs_cost(graph) -> SeparableCost:
 
 def params_cost(graph) -> SeparableCost:
     """The model's exact parameter count as a function of group widths."""
-    from tvm_hcprune.utils.relax import static_shape
-
     ctx, sg = graph.ctx, graph.space_group
     terms, sliced = [], 0
     for var, slices in ctx.const_slices.items():

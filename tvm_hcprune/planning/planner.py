@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.planning.budget import allocate_widths, candidate_widths
 from tvm_hcprune.planning.config import PruneConfig
 from tvm_hcprune.planning.criteria import GroupViews, get_criterion
 from tvm_hcprune.planning.plan import PrunePlan
@@ -153,8 +154,6 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     multiple of the group's alignment from ``min_channels`` up). Returns ``(plan,
     Allocation)``; raises :class:`HCPruneError` when no allowed widths meet ``limit``.
     """
-    from tvm_hcprune.planning.budget import allocate_widths, candidate_widths
-
     crit = get_criterion(config.criterion)
     rng = np.random.default_rng(config.seed)
     units = budget_units(graph, config)

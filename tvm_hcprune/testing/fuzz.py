@@ -15,8 +15,12 @@ from __future__ import annotations
 import traceback
 
 import numpy as np
+import tvm  # deferred: TVM is slow to import
+from tvm import relax
 
+import tvm_hcprune as hc  # deferred: the package facade imports this module's package
 from tvm_hcprune.testing.onnx_models import GraphBuilder
+from tvm_hcprune.testing.oracle import masked_reference
 
 H = 8  # spatial size, restored after every block
 BLOCKS = ["conv", "conv_bn_relu", "depthwise", "residual", "se", "concat", "split", "slice",
@@ -171,18 +175,13 @@ def check_model(model, seed: int) -> dict:
         ``outcome`` ("ok", "crash" or "oracle"), ``frozen_only`` (no group was prunable),
         ``error`` (the exception or the largest difference) and the options used.
     """
-    import tvm  # deferred: TVM is slow to import
-    from tvm import relax
-
-    import tvm_hcprune as hc  # deferred: the package facade imports this module's package
-    from tvm_hcprune.testing.oracle import masked_reference
-
     rng = np.random.default_rng(seed + 1_000_003)
     ratio, align = float(rng.uniform(0.1, 0.8)), int(rng.choice([1, 2, 4]))
     rec = {"seed": seed, "ratio": ratio, "align": align, "outcome": "ok",
            "frozen_only": False, "error": ""}
     x = rng.normal(size=(1, 4, H, H)).astype(np.float32)
     try:
+        # deferred: TVM's ONNX frontend imports onnx (slow)
         from tvm.relax.frontend.onnx import from_onnx
 
         mod = from_onnx(model)
