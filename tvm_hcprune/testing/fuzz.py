@@ -15,10 +15,10 @@ from __future__ import annotations
 import traceback
 
 import numpy as np
-import tvm  # deferred: TVM is slow to import
+import tvm
 from tvm import relax
 
-import tvm_hcprune as hc  # deferred: the package facade imports this module's package
+import tvm_hcprune as hc
 from tvm_hcprune.testing import oracle
 from tvm_hcprune.testing.onnx_models import GraphBuilder
 
