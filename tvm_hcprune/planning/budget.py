@@ -73,7 +73,24 @@ class Latency:
 
 
 @dataclass(frozen=True)
-class MACs:
+class _FractionBudget:
+    """A budget of ``fraction`` of a dense-model total (the subclass says which)."""
+
+    fraction: float
+    unit = ""
+
+    def __post_init__(self):
+        _check_fraction(type(self).__name__, self.fraction)
+
+    def limit(self, dense: float) -> float:
+        return float(self.fraction) * dense
+
+    def describe(self) -> str:
+        return f"{self.fraction:g}x {self.unit}"
+
+
+@dataclass(frozen=True)
+class MACs(_FractionBudget):
     """A budget of ``fraction`` of the dense model's multiply-accumulates.
 
     Examples
@@ -82,20 +99,11 @@ class MACs:
     500.0
     """
 
-    fraction: float
-
-    def __post_init__(self):
-        _check_fraction("MACs", self.fraction)
-
-    def limit(self, dense: float) -> float:
-        return float(self.fraction) * dense
-
-    def describe(self) -> str:
-        return f"{self.fraction:g}x MACs"
+    unit = "MACs"
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_FractionBudget):
     """A budget of ``fraction`` of the dense model's parameters (constant elements).
 
     Examples
@@ -104,16 +112,7 @@ class Params:
     '0.25x params'
     """
 
-    fraction: float
-
-    def __post_init__(self):
-        _check_fraction("Params", self.fraction)
-
-    def limit(self, dense: float) -> float:
-        return float(self.fraction) * dense
-
-    def describe(self) -> str:
-        return f"{self.fraction:g}x params"
+    unit = "params"
 
 
 BUDGETS = (Latency, MACs, Params)
