@@ -186,22 +186,25 @@ def _desc_groups(desc, space_group) -> tuple:
     return tuple(sorted({space_group[s.space] for s in desc if s.space is not None}))
 
 
+def _scaled_term(total: int, descs: tuple, sg) -> CostTerm:
+    """``total`` scaled by the kept fraction of every axis in ``descs`` (exact integers)."""
+
+    def fn(w):
+        num, den = total, 1
+        for d in descs:
+            num, den = num * desc_kept_length(d, sg, w), den * desc_length(d)
+        return num // den
+
+    return CostTerm(tuple(sorted({g for d in descs for g in _desc_groups(d, sg)})), fn)
+
+
 def macs_cost(graph) -> SeparableCost:
     """The model's exact MAC count as a function of group widths (the same integer
     arithmetic as ``ChannelGraph.count_after``)."""
     ctx, sg = graph.ctx, graph.space_group
     terms = []
     for var, (_op, m) in ctx.macs.items():
-        descs = tuple(ctx.mac_scaling.get(var, ()))
-
-        def fn(w, m=m, descs=descs):
-            num, den = m, 1
-            for d in descs:
-                num, den = num * desc_kept_length(d, sg, w), den * desc_length(d)
-            return num // den
-
-        groups = tuple(sorted({g for d in descs for g in _desc_groups(d, sg)}))
-        terms.append(CostTerm(groups, fn))
+        terms.append(_scaled_term(m, tuple(ctx.mac_scaling.get(var, ())), sg))
     return SeparableCost(terms)
 
 
@@ -214,15 +217,7 @@ def params_cost(graph) -> SeparableCost:
             n = math.prod(static_shape(ctx.values[var].args[arg]))
             sliced += n
             descs = tuple(d for a, _axis, d in slices if a == arg)
-
-            def fn(w, n=n, descs=descs):
-                num, den = n, 1
-                for d in descs:
-                    num, den = num * desc_kept_length(d, sg, w), den * desc_length(d)
-                return num // den
-
-            groups = tuple(sorted({g for d in descs for g in _desc_groups(d, sg)}))
-            terms.append(CostTerm(groups, fn))
+            terms.append(_scaled_term(n, descs, sg))
     return SeparableCost(terms, constant=graph.total_params - sliced)
 
 
