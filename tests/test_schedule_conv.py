@@ -6,11 +6,17 @@ import pytest
 import tvm
 from tvm import relax
 
+from tvm_hcprune.backend.cpu import conv2d_nchwc as cw
+from tvm_hcprune.backend.cpu import dense, pointwise
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
 from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
+from tvm_hcprune.hardware import profile_for
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+# 16-lane kernels (other tiles, other blocks); they run only where the host has AVX-512
+TARGET_AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+HOST_AVX512 = profile_for("llvm").isa == "avx512"
 
 
 def conv_module(ic, oc, hw, k, stride=1, pad=0, groups=1, dilation=1, epilogue="bias_relu"):
@@ -42,18 +48,18 @@ def conv_module(ic, oc, hw, k, stride=1, pad=0, groups=1, dilation=1, epilogue="
     return bb.get()
 
 
-def run(mod, pipeline, x):
-    ex = tvm.compile(mod, TARGET, relax_pipeline=pipeline)
+def run(mod, pipeline, x, target=TARGET):
+    ex = tvm.compile(mod, target, relax_pipeline=pipeline)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def check_against_default(mod, blocked_layout=True):
+def check_against_default(mod, blocked_layout=True, target=TARGET):
     shape = [int(s) for s in mod["main"].params[0].ty.shape]
     x = np.random.default_rng(1).standard_normal(shape).astype("float32")
-    ref = run(mod, relax.get_default_pipeline(TARGET), x)
-    ours = run(mod, get_pipeline(TARGET, strict=True, blocked_layout=blocked_layout), x)
-    kernels = scheduled_kernels(mod, TARGET, blocked_layout=blocked_layout)
+    ref = run(mod, relax.get_default_pipeline(target), x, target)
+    ours = run(mod, get_pipeline(target, strict=True, blocked_layout=blocked_layout), x, target)
+    kernels = scheduled_kernels(mod, target, blocked_layout=blocked_layout)
     assert len(kernels) == 1
     assert "tirx.is_scheduled" in next(iter(kernels.values())).script()
     scale = max(1.0, float(np.abs(ref).max()))
@@ -87,6 +93,42 @@ def test_conv_rule_matches_default(case, blocked):
     channel-blocked activations between kernels and with NCHW ones."""
     ic, oc, hw, k, s, p, g, d, epi = CASES[case]
     check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi), blocked_layout=blocked)
+
+
+# channel counts that hit the 16-lane plans: 1, 2 and 3 output vectors, 11 vectors (odd),
+# tiles capped by MAX_TILE_FLOATS, a short-reduction pointwise and a depthwise
+CASES_16 = {
+    "3x3_two_vectors_wide_row": (32, 64, (9, 30), 3, 1, 1, 1, 1, "bias_relu_residual"),
+    "3x3_odd_vectors_short_row": (48, 176, (4, 4), 3, 1, 1, 1, 1, "bias_relu"),
+    "1x1_short_reduction": (16, 96, (12, 13), 1, 1, 0, 1, 1, "clip"),
+    "1x1_unaligned": (20, 40, (7, 9), 1, 1, 0, 1, 1, "bias"),
+    "depthwise": (32, 32, (11, 12), 3, 2, 1, 32, 1, "bias_hswish"),
+    "stem_7x7_s2": (3, 32, (23, 23), 7, 2, 3, 1, 1, "bias_relu"),
+}
+
+
+@pytest.mark.skipif(not HOST_AVX512, reason="the host CPU has no AVX-512 to run 16-lane code")
+@pytest.mark.parametrize("case", sorted(CASES_16))
+def test_conv_rule_matches_default_16_lanes(case):
+    """The AVX-512 (16-lane) plans and tiles give TVM's default pipeline's output."""
+    ic, oc, hw, k, s, p, g, d, epi = CASES_16[case]
+    check_against_default(conv_module(ic, oc, hw, k, s, p, g, d, epi), target=TARGET_AVX512)
+
+
+@pytest.mark.parametrize("lanes,registers", [(4, 32), (8, 16), (16, 32)])
+def test_register_tiles_stay_on_the_stack(lanes, registers):
+    """Every accumulator tile is under TVM's stack-allocation limit (else it lands in a heap
+    workspace that LLVM cannot keep in registers)."""
+    for ic, oc, ow in [(3, 64, 112), (64, 64, 56), (128, 128, 28), (16, 96, 112),
+                       (256, 176, 4), (512, 512, 7), (24, 144, 56)]:
+        for short in (False, True):
+            plan = cw.plan_conv(ic, oc, 1, ow, lanes, registers, short_pointwise=short)
+            assert plan.tile_w * plan.ob <= cw.MAX_TILE_FLOATS
+        pp = pointwise.plan_pointwise(oc, ow, ow, lanes, registers, ic=ic)
+        assert pp.rows * pp.ty * pp.vecs * lanes <= cw.MAX_TILE_FLOATS
+    for m, n in [(1, 1000), (128, 3072), (128, 768), (7, 48)]:
+        nb, rows = dense.plan_dense(m, n, lanes, registers)
+        assert nb * rows <= cw.MAX_TILE_FLOATS
 
 
 def _scheduled(mod):

@@ -14,17 +14,18 @@ import math
 import numpy as np
 from tvm import relax, te, tirx
 
-from tvm_hcprune.backend.cpu.conv2d_nchwc import i64, kernel_call
+from tvm_hcprune.backend.cpu.conv2d_nchwc import MAX_TILE_FLOATS, i64, kernel_call
 from tvm_hcprune.utils.relax import const_value, dtype_of, static_shape
 
 TILE_ATTR = "hcp_tile"
 
 
 def plan_dense(m: int, n: int, lanes: int, registers: int) -> tuple[int, int]:
-    """(output-column block, rows per register tile)."""
+    """(output-column block, rows per register tile); the tile stays under
+    ``MAX_TILE_FLOATS`` floats so it lives in registers."""
     nb = 2 * lanes if (n % (2 * lanes) == 0 or (n % lanes and n > lanes)) else lanes
     nvec = nb // lanes
-    max_rows = max(1, (registers - nvec - 2) // nvec)
+    max_rows = max(1, min((registers - nvec - 2) // nvec, MAX_TILE_FLOATS // nb))
     rows = min(m, max_rows)
     while rows > 1 and m % rows:
         rows -= 1

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te, tirx
 
-from tvm_hcprune.backend.cpu.conv2d_nchwc import i64
+from tvm_hcprune.backend.cpu.conv2d_nchwc import MAX_TILE_FLOATS, i64
 
 ROWS_ATTR = "hcp_rows"
 TY_ATTR = "hcp_ty"
@@ -63,7 +63,8 @@ class PointwisePlan:
 
 def plan_pointwise(oc: int, h: int, w: int, lanes: int, registers: int, ic: int = 0,
                    l2_bytes: int = 512 * 1024) -> PointwisePlan:
-    """Tile with ``rows * ty * vecs`` accumulators, at most ``registers - 4``.
+    """Tile with ``rows * ty * vecs`` accumulators, at most ``registers - 4`` (and under
+    ``MAX_TILE_FLOATS`` floats, so the tile stays in registers).
 
     Pixels: two vectors along W when the (vector-padded) row holds an even number of them,
     else one vector on two image rows when H is even, else one vector. Rows: the largest
@@ -72,7 +73,7 @@ def plan_pointwise(oc: int, h: int, w: int, lanes: int, registers: int, ic: int 
     """
     nvec = math.ceil(w / lanes)
     vecs, ty = (2, 1) if nvec % 2 == 0 else ((1, 2) if h % 2 == 0 else (1, 1))
-    max_rows = max(1, (registers - 4) // (vecs * ty))
+    max_rows = max(1, min((registers - 4) // (vecs * ty), MAX_TILE_FLOATS // (vecs * ty * lanes)))
     rows = next((r for r in range(max_rows, 2, -1) if oc % r == 0), None)
     if rows is None:
         rows = min(oc, max_rows) if oc <= max_rows else min(max_rows, 4)
