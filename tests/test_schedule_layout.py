@@ -11,7 +11,12 @@ from tvm import relax, topi
 
 from tvm_hcprune.backend.cpu.conv2d_nchwc import layout_block
 from tvm_hcprune.backend.cpu.layout import BlockChannelLayout, raise_minmax
-from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
+from tvm_hcprune.backend.pipeline import (
+    get_pipeline,
+    prepare_passes,
+    schedule_passes,
+    scheduled_kernels,
+)
 
 
 def _ops(mod) -> list[str]:
@@ -291,6 +296,47 @@ def test_stem_conv_without_a_kernel_is_unblocked():
     """A stem conv whose weight is a parameter (no blocked kernel) runs in NCHW and its
     output is transformed; the model still equals the default pipeline's."""
     _check(_stem_net(weight_param=True), strict=False)
+
+
+def _pooled_stem_net(pool):
+    """ResNet-style entry: RGB stem conv -> bias -> relu -> pooling -> conv."""
+    rng = np.random.default_rng(12)
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, 129, 130), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, const(16, 3, 7, 7), strides=2, padding=3))
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, const(1, 16, 1, 1))))
+            if pool == "max":
+                y = bb.emit(relax.op.nn.max_pool2d(y, pool_size=3, strides=2, padding=1))
+            else:  # odd window and ceil mode: partial windows at the border
+                y = bb.emit(relax.op.nn.avg_pool2d(y, pool_size=2, strides=2, ceil_mode=True))
+            out = bb.emit_output(relax.op.nn.conv2d(y, const(8, 16, 3, 3), padding=1))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pooling_after_the_stem_stays_blocked(pool):
+    """The pooling between the stem conv and the next conv runs in NCHW8c (no layout
+    transform before it or after it), its kernel gets the parallel blocked-pool rule, and
+    the model equals the default pipeline's."""
+    mod = _pooled_stem_net(pool)
+    after = BlockChannelLayout(8)(mod)
+    assert _ops(after).count("relax.layout_transform") == 1  # the output's only
+    (pooled,) = _calls(after, f"relax.nn.{pool}_pool2d")
+    assert str(pooled.attrs.layout) == "NCHW8c"
+    with TARGET:
+        lowered = tvm.transform.Sequential(
+            prepare_passes(TARGET) + schedule_passes(TARGET, None, strict=True))(mod)
+    pools = [f for gv, f in lowered.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc) and "pool" in gv.name_hint]
+    assert len(pools) == 1 and "T.parallel" in pools[0].script()
+    _check(mod)
 
 
 def _calls(mod, op_name):

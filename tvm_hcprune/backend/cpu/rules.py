@@ -395,6 +395,54 @@ def schedule_layout_transform(sch, names: list[str]) -> bool:
     return True
 
 
+_POOL_BLOCKS = ("pad_temp", "pool_max", "pool_sum", "pool_avg")
+
+
+def _is_pool(names: list[str]) -> bool:
+    """TVM's legalized 2-D pooling (optionally padded; average pooling's division last)."""
+    return bool(names) and all(any(n == b or _is_suffixed(n, b) for b in _POOL_BLOCKS)
+                               for n in names) and any("pool_" in n for n in names)
+
+
+def schedule_pool(sch, names: list[str]) -> bool:
+    """Channel-blocked (``NCHW[b]c``) max / average pooling: the padding read in place
+    (guarded), parallel over (batch, channel block, output row), the window reduced with
+    the channel block vectorised; TVM's default lowering runs it on one thread with a
+    padded copy first (ResNet@224's stem pool: 136 us on one Zen 5 core)."""
+    if not _is_pool(names):
+        return False
+    acc_name = _find(names, "pool_max") or _find(names, "pool_sum")
+    if acc_name is None:
+        return False
+    acc = sch.get_sblock(acc_name)
+    if len(sch.get(acc).writes[0].region) != 5:
+        return False  # NCHW pooling: left to TVM
+    loops = sch.get_loops(acc)
+    if len(loops) != 7 or _extent(sch, loops[4]) > 64:
+        return False
+    elems = 1
+    for lp in loops[:5]:
+        elems *= _extent(sch, lp)
+    if elems < (1 << 14):  # too small to pay for waking the thread pool
+        return False
+    pad = _find(names, "pad_temp")
+    if pad:
+        sch.compute_inline(sch.get_sblock(pad))
+    n, c, y, x, ci, r0, r1 = loops
+    sch.reorder(n, c, y, x, r0, r1, ci)
+    sch.parallel(sch.fuse(n, c, y))
+    sch.unroll(r1)
+    sch.vectorize(ci)
+    avg = _find(names, "pool_avg")
+    if avg:
+        out = sch.get_sblock(avg)
+        sch.reverse_compute_at(out, x)
+        sch.vectorize(sch.get_loops(out)[-1])
+    init = sch.decompose_reduction(acc, r0)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return True
+
+
 def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
@@ -413,10 +461,10 @@ def rule_schedule(func, strict: bool = False):
     """
     names = _block_names(func)
     ours = any(n.startswith("hcp_") for n in names)
-    if not ours and not _is_layout_transform(names):
+    if not ours and not (_is_layout_transform(names) or _is_pool(names)):
         return None  # most of a model's functions: decided by name, no schedule built
-    # functions without our kernels: only the boundary layout transforms get a rule
-    for rule in _RULES if ours else (schedule_layout_transform,):
+    # functions without our kernels: only the boundary layout transforms and pooling
+    for rule in _RULES if ours else (schedule_layout_transform, schedule_pool):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
             if rule(sch, names):
