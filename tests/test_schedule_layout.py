@@ -427,3 +427,29 @@ def test_tuning_seeds_layout_transforms_with_their_rule():
     for task in tasks:
         sch = rule_schedule(task.dispatched[0]["main"], target)
         assert sch is not None and "T.parallel" in sch.mod["main"].script()
+
+
+def test_elementwise_leftovers_run_parallel_and_vectorised():
+    """An elementwise chain outside every kernel (two inputs: nothing to fuse into) gets the
+    injective rule (parallel outer loops, vectorised inner loop); a reduction keeps TVM's
+    default; both equal the default pipeline."""
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((1, 40, 33, 24), "float32"))
+    b = relax.Var("b", relax.TensorType((1, 40, 33, 24), "float32"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.add(a, relax.op.multiply(b, a))))
+            out = bb.emit_output(relax.op.add(y, relax.op.nn.softmax(y, axis=1)))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    with TARGET:
+        lowered = tvm.transform.Sequential(
+            prepare_passes(TARGET) + schedule_passes(TARGET, None, strict=True))(mod)
+    funcs = {gv.name_hint: f for gv, f in lowered.functions_items()
+             if isinstance(f, tvm.tirx.PrimFunc)}
+    ewise = [f for n, f in funcs.items() if "softmax" not in n and "relu" in n]
+    assert ewise and all("T.parallel" in f.script() and "T.vectorized" in f.script()
+                         for f in ewise)
+    soft = [f for n, f in funcs.items() if "softmax" in n]
+    assert soft and not any("T.parallel" in f.script() for f in soft)
+    _check(mod)

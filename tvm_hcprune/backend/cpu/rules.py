@@ -443,6 +443,44 @@ def schedule_pool(sch, names: list[str]) -> bool:
     return True
 
 
+def _is_spatial(sch, block) -> bool:
+    """Whether every iteration variable of ``block`` is data-parallel (no reduction)."""
+    return all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
+
+
+def schedule_injective(sch, names: list[str]) -> bool:
+    """Elementwise / injective functions that FuseOps left outside every kernel (a residual
+    add whose operands changed layout, a channel pad, an activation after pooling): the
+    producers inlined, parallel over the outer loops, the innermost loop vectorised where
+    it splits into whole vectors. TVM's default lowering runs them on one thread, scalar: in
+    a pruned BlazeFace-style NHWC detector one such residual add took 3.2 of 7.8 ms."""
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    if not blocks or not all(_is_spatial(sch, b) for b in blocks):
+        return False
+    for b in blocks[:-1]:
+        try:
+            sch.compute_inline(b)
+        except _RULE_ERRORS:
+            return False
+    block = blocks[-1]
+    loops = sch.get_loops(block)
+    extents = [_extent(sch, lp) for lp in loops]
+    elems = 1
+    for e in extents:
+        elems *= e
+    if len(loops) < 2 or elems < (1 << 14):  # too small to pay for waking the thread pool
+        return False
+    inner = loops[-1]
+    lanes = next((v for v in (16, 8, 4) if extents[-1] % v == 0), 0)
+    sch.parallel(sch.fuse(*loops[:-1]))
+    if lanes and extents[-1] > lanes:
+        inner = sch.split(inner, [None, lanes])[1]
+    if lanes:
+        sch.vectorize(inner)
+    return True
+
+
 def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
@@ -461,10 +499,11 @@ def rule_schedule(func, strict: bool = False):
     """
     names = _block_names(func)
     ours = any(n.startswith("hcp_") for n in names)
-    if not ours and not (_is_layout_transform(names) or _is_pool(names)):
-        return None  # most of a model's functions: decided by name, no schedule built
-    # functions without our kernels: only the boundary layout transforms and pooling
-    for rule in _RULES if ours else (schedule_layout_transform, schedule_pool):
+    if not names:
+        return None
+    # functions without our kernels: layout transforms, pooling, elementwise leftovers
+    for rule in _RULES if ours else (schedule_layout_transform, schedule_pool,
+                                     schedule_injective):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
             if rule(sch, names):
