@@ -107,6 +107,18 @@ def measure(kind: str, path: Path, shape, args) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def best_of_rounds(variants: dict, shape, args) -> dict:
+    """Best median seconds per variant (``name -> (kind, path)``), each timed in its own
+    process, the order alternating over ``args.rounds`` rounds."""
+    best = dict.fromkeys(variants, float("inf"))
+    keys = list(variants)
+    for r in range(args.rounds):
+        for k in keys if r % 2 == 0 else keys[::-1]:
+            kind, path = variants[k]
+            best[k] = min(best[k], measure(kind, path, shape, args))
+    return best
+
+
 # ---------------------------------------------------------------------------------------
 # preparing the variants
 
@@ -187,12 +199,7 @@ def run_model(name: str, args, target, align: int, work: Path) -> dict:
 
     variants = {"ort_dense": ("ort", dense_onnx), "ours_dense": ("tvm", ours_dense),
                 "tp_ort_pruned": ("ort", tp_onnx), "ours_pruned": ("tvm", ours_pruned)}
-    best = dict.fromkeys(variants, float("inf"))
-    keys = list(variants)
-    for r in range(args.rounds):
-        for k in keys if r % 2 == 0 else keys[::-1]:
-            kind, path = variants[k]
-            best[k] = min(best[k], measure(kind, path, [1, 3, 224, 224], args))
+    best = best_of_rounds(variants, [1, 3, 224, 224], args)
     row = {f"{k}_ms": v * 1e3 for k, v in best.items()}
     row.update({
         "tp_macs_fraction": tp_fraction,
@@ -240,12 +247,7 @@ def run_tflite(name: str, args, target, align: int, work: Path) -> dict:
     build_so(pruned, target, pruned_so)
     variants = {"litert_dense": ("litert", path), "ours_dense": ("tvm", dense_so),
                 "ours_pruned": ("tvm", pruned_so)}
-    best = dict.fromkeys(variants, float("inf"))
-    keys = list(variants)
-    for r in range(args.rounds):
-        for k in keys if r % 2 == 0 else keys[::-1]:
-            kind, p = variants[k]
-            best[k] = min(best[k], measure(kind, p, shape, args))
+    best = best_of_rounds(variants, shape, args)
     row = {f"{k}_ms": v * 1e3 for k, v in best.items()}
     row.update({"input_shape": shape, "pruned_macs_fraction": rep.macs_fraction,
                 "ours_over_litert_dense": best["ours_dense"] / best["litert_dense"],
