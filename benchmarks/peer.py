@@ -218,11 +218,7 @@ def run_dense_only(name: str, path: Path, shape, args, target, work: Path) -> di
 
     so = work / f"{name}_ours.so"
     build_so(hc.load_onnx(str(path), log=lambda *a: None), target, so)
-    best = {"ort_dense": float("inf"), "ours_dense": float("inf")}
-    for r in range(args.rounds):
-        order = [("ort_dense", "ort", path), ("ours_dense", "tvm", so)]
-        for k, kind, p in order if r % 2 == 0 else order[::-1]:
-            best[k] = min(best[k], measure(kind, p, shape, args))
+    best = best_of_rounds({"ort_dense": ("ort", path), "ours_dense": ("tvm", so)}, shape, args)
     return {"ort_dense_ms": best["ort_dense"] * 1e3, "ours_dense_ms": best["ours_dense"] * 1e3,
             "ours_over_ort_dense": best["ours_dense"] / best["ort_dense"]}
 
