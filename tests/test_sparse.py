@@ -14,7 +14,7 @@ from tvm import relax
 
 import tvm_hcprune as hc
 from tvm_hcprune.backend.cpu.bsr import bsr_kernel, to_bsr
-from tvm_hcprune.backend.pipeline import prepare
+from tvm_hcprune.backend.pipeline import prepare, prepare_passes
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.testing import run_relax
 from tvm_hcprune.transform import SparsifyBlocks
@@ -131,9 +131,9 @@ def test_build_picks_bsr_only_where_it_pays_and_outputs_do_not_change():
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
-def test_sparsify_pass_and_1x1_conv():
+def test_sparsify_pass_on_a_1x1_conv():
     """SparsifyBlocks works in Sequential; a 1x1 conv's weight is sparsified through its
-    [I, O] view and stays dense in the build (no conv BSR kernel), outputs equal."""
+    [I, O] view and the report picks BSR for it; outputs equal the dense build."""
     rng = np.random.default_rng(0)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 32, 6, 6), "float32"))
@@ -146,13 +146,59 @@ def test_sparsify_pass_and_1x1_conv():
     p = SparsifyBlocks(sparsity=0.9, block=(4, 8), target=TARGET)
     sparse = tvm.transform.Sequential([p])(mod)
     (layer,) = p.last_report.layers
-    assert layer.shape == (32, 48) and layer.zero_blocks == 43 and layer.format == "dense"
-    assert "convolution" in layer.why
+    assert layer.shape == (32, 48) and layer.zero_blocks == 43 and layer.format == "bsr"
     w_new = sparse["main"].body.blocks[0].bindings[0].value.args[1].value.numpy()
     assert (w_new[:, :, 0, 0].T.reshape(8, 4, 6, 8).any(axis=(1, 3))).sum() == 5
     xv = rng.standard_normal((1, 32, 6, 6)).astype("float32")
     np.testing.assert_allclose(run_relax(sparse, [xv], build=hc.build), run_relax(sparse, [xv]),
                                rtol=1e-4, atol=1e-4)
+
+
+def _conv_net(c=32, hw=10, seed=0):
+    """3x3 conv (c -> c) -> relu -> 1x1 (c -> 2c) -> relu -> 1x1 stride 2 (2c -> c + 4,
+    not a multiple of the vector) -> relu -> 1x1 (c + 4 -> c), NCHW."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, c, hw, hw), "float32"))
+
+    def w(o, i, k=1):
+        return relax.const((rng.standard_normal((o, i, k, k)) / np.sqrt(i * k * k))
+                           .astype("float32"))
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w(c, c, 3), padding=1)))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(y, w(2 * c, c))))
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(y, w(c + 4, 2 * c), strides=2)))
+            out = bb.emit_output(relax.op.nn.conv2d(y, w(c, c + 4)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+def test_1x1_convs_run_on_the_bsr_kernel(blocked):
+    """90% zero blocks: every 1x1 conv (stride 1 and 2, channels a multiple of the vector
+    or not) runs on the BSR kernel, in the blocked NCHW{8}c layout where the layout pass
+    keeps the chain blocked and in NCHW otherwise; outputs equal the dense build's
+    (rtol 1e-5)."""
+    sparse, report = hc.sparsify(_conv_net(), sparsity=0.9, target=TARGET)
+    assert [layer.format for layer in report.layers] == ["bsr"] * 3
+    tgt = hc.parse_target(TARGET)
+    prepared = prepare_passes(tgt, blocked_layout=blocked)
+    with tgt:
+        lowered = tvm.transform.Sequential(prepared)(sparse)
+    shapes = sorted(len(f.params[0].ty.shape) if hasattr(f.params[0], "ty") else
+                    len(f.buffer_map[f.params[0]].shape)
+                    for gv, f in lowered.functions_items() if "hcp_bsr" in gv.name_hint)
+    # the c -> 2c conv stays blocked (x [B, C/8, HW, 8]); c + 4 channels are no multiple of
+    # the block, so the convs into and out of them read NCHW (x [B, C, HW])
+    assert shapes == ([3, 3, 4] if blocked else [3, 3, 3]), shapes
+    x = np.random.default_rng(1).standard_normal((2, 32, 10, 10)).astype("float32")
+    got = run_relax(sparse, [x], target=TARGET,
+                    build=lambda m, t: hc.build(m, t, blocked_layout=blocked))
+    ref = run_relax(sparse, [x], target=TARGET,
+                    build=lambda m, t: hc.build(m, t, blocked_layout=blocked, sparse=False))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("kwargs, match", [

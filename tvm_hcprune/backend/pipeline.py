@@ -5,6 +5,8 @@ For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps
     FoldConstant -> FoldBatchNorm -> FoldConstant          (Relax, whole model)
     BlockChannelLayout                                     (NCHW convs -> NCHW[lanes]c, kept
                                                             between layers)
+    UseBlockSparse                                         (block-sparse matmuls, 1x1 convs
+                                                            -> BSR kernels where they pay)
     PackWeightsForCPU                                      (conv2d / matmul -> blocked kernels,
                                                             weights packed once, here)
     TVM library dispatch + legalize + FuseOps + FuseTIR    (epilogues fuse into the kernels)
@@ -85,10 +87,10 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
     if rules:
         prof = profile_for(target)
         lanes = prof.lanes("float32")
-        if sparse:  # block-sparse matmuls that the BSR kernel runs faster (estimate)
-            pre.append(UseBlockSparse(default_block(prof), prof))
         if blocked_layout:
             pre.append(BlockChannelLayout(lanes))
+        if sparse:  # block-sparse matmuls / 1x1 convs the BSR kernel runs faster (estimate)
+            pre.append(UseBlockSparse(default_block(prof), prof))
         pre.append(
             PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
                               l2_bytes=prof.l2_bytes)

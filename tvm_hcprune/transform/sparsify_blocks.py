@@ -169,8 +169,10 @@ def sparsify(mod: tvm.IRModule, sparsity: float = 0.9, block: tuple[int, int] | 
         mask = block_mask(w_kn, block, float(sparsity), criterion)
         new = np.where(_expand(mask, block, w_kn.shape), w_kn, 0).astype(w_kn.dtype)
         fmt, why = choose_format(float(mask.mean()), profile)
-        if op_name(b.value) != "relax.matmul" and fmt == "bsr":
-            fmt, why = "dense", "no BSR kernel for convolutions yet (zero blocks kept dense)"
+        if fmt == "bsr" and op_name(b.value) == "relax.nn.conv2d" and (
+                any(int(p) for p in b.value.attrs.padding)
+                or any(int(d) != 1 for d in b.value.attrs.dilation)):
+            fmt, why = "dense", "padded or dilated 1x1 convolution: no BSR route (kept dense)"
         report.layers.append(LayerSparsity(b.var.name, op_name(b.value), tuple(w_kn.shape),
                                            block, int(mask.size), int((~mask).sum()), fmt,
                                            why))
