@@ -18,7 +18,7 @@ from tvm_hcprune.backend.pipeline import prepare, prepare_passes
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.testing import run_relax
 from tvm_hcprune.transform import SparsifyBlocks
-from tvm_hcprune.transform.sparsify_blocks import block_mask
+from tvm_hcprune.transform.sparsify_blocks import block_mask, sparsifiable_layers
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}  # AVX2: runs on every x86 host
 
@@ -209,3 +209,52 @@ def test_1x1_convs_run_on_the_bsr_kernel(blocked):
 def test_bad_sparsify_input(kwargs, match):
     with pytest.raises(HCPruneError, match=match):
         hc.sparsify(_ffn(), **kwargs)
+
+
+def test_bert_style_encoder_ffn_on_bsr_equals_the_dense_build(tmp_path):
+    """A small BERT-style encoder (ONNX) with its FFN layers at 90% block sparsity: the
+    build runs exactly those on the BSR kernel and its outputs equal the dense build of the
+    same sparsified module (rtol 1e-4); the dense model built (FastMath's erf and softmax
+    included) equals onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
+    from tvm_hcprune.testing.onnx_models import bert_encoder
+
+    model = bert_encoder(layers=2, hidden=64, heads=4, ffn=256, seq=16)
+    onnx.save(model, tmp_path / "bert.onnx")
+    mod = hc.load_onnx(str(tmp_path / "bert.onnx"))
+    x = np.random.default_rng(0).standard_normal((1, 16, 64)).astype("float32")
+    ort_out = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    dense = run_relax(mod, [x], target=TARGET, build=hc.build)
+    np.testing.assert_allclose(dense, ort_out[0], rtol=1e-4, atol=1e-4)
+    sparse, report = hc.sparsify(mod, sparsity=0.9, target=TARGET,
+                                 layers=lambda _name, _op, shape: 256 in shape)
+    assert len(report.layers) == 4 and {layer.format for layer in report.layers} == {"bsr"}
+    calls = prepare(sparse, hc.parse_target(TARGET))["main"].script().count("hcp_bsr_matmul")
+    assert calls == 4, calls
+    got = run_relax(sparse, [x], target=TARGET, build=hc.build)
+    ref = run_relax(sparse, [x], target=TARGET,
+                    build=lambda m, t: hc.build(m, t, sparse=False))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_sparsify_per_layer_sparsity_and_layer_selection():
+    """A mapping gives each named layer its own sparsity (others stay dense); ``layers``
+    selects by name or predicate; unknown names are clear errors."""
+    mod = _ffn()
+    names = [name for name, _, _ in sparsifiable_layers(mod)]
+    assert len(names) == 2
+    _, report = hc.sparsify(mod, sparsity={names[0]: 0.5, names[1]: 0.75}, block=(1, 8))
+    assert [round(layer.sparsity, 2) for layer in report.layers] == [0.5, 0.75]
+    assert report.sparsity == pytest.approx(0.625)
+    _, report = hc.sparsify(mod, sparsity=0.5, block=(1, 8), layers=[names[1]])
+    assert [layer.name for layer in report.layers] == [names[1]]
+    _, report = hc.sparsify(mod, sparsity=0.5, block=(1, 8),
+                            layers=lambda _n, _op, shape: shape[0] == 64)
+    assert [layer.name for layer in report.layers] == [names[0]]
+    with pytest.raises(HCPruneError, match="not sparsifiable"):
+        hc.sparsify(mod, sparsity={"nope": 0.5})
+    with pytest.raises(HCPruneError, match="not sparsifiable"):
+        hc.sparsify(mod, layers=["nope"])

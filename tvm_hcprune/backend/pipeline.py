@@ -7,12 +7,14 @@ For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps
                                                             between layers)
     UseBlockSparse                                         (block-sparse matmuls, 1x1 convs
                                                             -> BSR kernels where they pay)
+    FastMath                                               (erf, softmax: vectorised)
     PackWeightsForCPU                                      (conv2d / matmul -> blocked kernels,
                                                             weights packed once, here)
     TVM library dispatch + legalize + FuseOps + FuseTIR    (epilogues fuse into the kernels)
         -- prepare_passes: what prepare() returns, the functions tune() sees --
     database hook (apply_database_to_fused)                (tuned schedules first)
     ApplyCPURules                                          (our rules on what is left)
+    ScheduleRowwise                                        (the rest: parallel rows)
         -- schedule_passes --
     TVM dataflow lowering + finalisation                   (lower_passes)
 
@@ -35,8 +37,10 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
+from tvm_hcprune.backend.cpu.fast_math import FastMath
 from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
+from tvm_hcprune.backend.cpu.rowwise import ScheduleRowwise
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import host_physical_cores, profile_for
@@ -91,6 +95,7 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
             pre.append(BlockChannelLayout(lanes))
         if sparse:  # block-sparse matmuls / 1x1 convs the BSR kernel runs faster (estimate)
             pre.append(UseBlockSparse(default_block(prof), prof))
+        pre.append(FastMath())  # libm's scalar erff / expf: the slowest ops of GELU, softmax
         pre.append(
             PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
                               l2_bytes=prof.l2_bytes)
@@ -110,7 +115,7 @@ def schedule_passes(target, database, rules: bool = True, strict: bool = False) 
 
     passes = [_db]
     if rules and target.kind.name == "llvm":
-        passes.append(ApplyCPURules(strict=strict))
+        passes += [ApplyCPURules(strict=strict), ScheduleRowwise()]
     return passes
 
 
