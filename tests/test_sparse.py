@@ -248,7 +248,8 @@ def test_sparsify_per_layer_sparsity_and_layer_selection():
     assert len(names) == 2
     _, report = hc.sparsify(mod, sparsity={names[0]: 0.5, names[1]: 0.75}, block=(1, 8))
     assert [round(layer.sparsity, 2) for layer in report.layers] == [0.5, 0.75]
-    assert report.sparsity == pytest.approx(0.625)
+    blocks = [layer.blocks for layer in report.layers]  # the mean is weighted by blocks
+    assert report.sparsity == pytest.approx((0.5 * blocks[0] + 0.75 * blocks[1]) / sum(blocks))
     _, report = hc.sparsify(mod, sparsity=0.5, block=(1, 8), layers=[names[1]])
     assert [layer.name for layer in report.layers] == [names[1]]
     _, report = hc.sparsify(mod, sparsity=0.5, block=(1, 8),
@@ -258,3 +259,67 @@ def test_sparsify_per_layer_sparsity_and_layer_selection():
         hc.sparsify(mod, sparsity={"nope": 0.5})
     with pytest.raises(HCPruneError, match="not sparsifiable"):
         hc.sparsify(mod, layers=["nope"])
+
+
+def _sensitive_chain(seed=0):
+    """x [1, 8, 32] -> W1 (32x64, a few strong blocks, many near zero) -> relu -> W2 (64x64,
+    every block alike) -> relu -> W3 (64x16, a few strong blocks)."""
+    rng = np.random.default_rng(seed)
+
+    def peaked(k, n):
+        w = rng.standard_normal((k, n)) * 0.02
+        mask = rng.random((k, n // 8)) < 0.15
+        return (w + np.kron(mask, np.ones((1, 8))) * rng.standard_normal((k, n))).astype(
+            "float32") / np.sqrt(k)
+
+    flat = (np.sign(rng.standard_normal((64, 64))) / 8).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 32), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.matmul(x, relax.const(peaked(32, 64)))))
+            y = bb.emit(relax.op.nn.relu(relax.op.matmul(y, relax.const(flat))))
+            out = bb.emit_output(relax.op.matmul(y, relax.const(peaked(64, 16))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_sparsify_with_calibration_gives_sensitive_layers_less_sparsity():
+    """With calibration samples the evenly-weighted W2 (every block matters) gets less
+    sparsity than the peaked W1 and W3, the zeroed fraction of all blocks is the sparsity
+    asked for, and the output error is below the uniform allocation's."""
+    from tvm_hcprune.recovery.runner import output_error
+
+    mod = _sensitive_chain()
+    samples = np.random.default_rng(1).standard_normal((6, 1, 8, 32)).astype("float32")
+    sparse, report = hc.sparsify(mod, sparsity=0.7, block=(1, 8), target=TARGET,
+                                 calibration=samples, levels=(0.5, 0.7, 0.85, 0.95))
+    s1, s2, s3 = (layer.sparsity for layer in report.layers)
+    assert s2 < s1 and s2 < s3, (s1, s2, s3)
+    assert report.sparsity == 0.7 and report.sensitivity["n_samples"] == 6
+    total = sum(layer.blocks for layer in report.layers)
+    assert abs(report.zero_fraction - 0.7) <= len(report.layers) / total
+    uniform, _ = hc.sparsify(mod, sparsity=0.7, block=(1, 8), target=TARGET)
+    dense = np.stack([run_relax(mod, [x]) for x in samples])
+    err = {name: output_error(np.stack([run_relax(m, [x]) for x in samples]), dense)[0]
+           for name, m in (("calibrated", sparse), ("uniform", uniform))}
+    assert err["calibrated"] < err["uniform"], err
+
+
+def test_allocate_sparsity_keeps_the_mean():
+    """The block-weighted mean of the allocation is the target exactly; a target above the
+    highest level scanned and a mapping with calibration are clear errors."""
+    from tvm_hcprune.recovery.sparse_sensitivity import BlockSensitivity, allocate_sparsity
+
+    table = BlockSensitivity((0.5, 0.9), blocks={"a": 100, "b": 300, "c": 50},
+                             error={"a": {0.5: 0.01, 0.9: 0.05}, "b": {0.5: 0.2, 0.9: 0.9},
+                                    "c": {0.5: 0.001, 0.9: 0.002}})
+    alloc = allocate_sparsity(table, 0.6)
+    mean = (alloc["a"] * 100 + alloc["b"] * 300 + alloc["c"] * 50) / 450
+    assert mean == pytest.approx(0.6, abs=1e-9)
+    assert alloc["c"] == pytest.approx(0.9) and alloc["a"] == pytest.approx(0.9)
+    assert alloc["b"] < 0.6
+    with pytest.raises(HCPruneError, match="above the highest level"):
+        allocate_sparsity(table, 0.95)
+    with pytest.raises(HCPruneError, match="not a mapping"):
+        hc.sparsify(_ffn(), sparsity={"lv": 0.5}, calibration=np.zeros((1, 1, 8, 64), "f4"))

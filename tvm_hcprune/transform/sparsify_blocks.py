@@ -23,8 +23,8 @@ from tvm_hcprune.hardware.sparse_cost import choose_format, default_block
 from tvm_hcprune.ops.weights import layer_weight_oi
 from tvm_hcprune.utils.relax import bindings, is_const, op_name, replace_constants
 
-__all__ = ["LayerSparsity", "SparsifyBlocks", "SparsityReport", "block_mask", "sparsifiable_layers",
-           "sparsify"]
+__all__ = ["LayerSparsity", "SparsifyBlocks", "SparsityReport", "block_mask", "check_sparsity",
+           "layer_selection", "sparsifiable_layers", "sparsify"]
 
 _CRITERIA = ("l2", "l1")
 
@@ -61,9 +61,17 @@ class SparsityReport:
     block: tuple[int, int]
     sparsity: float
     layers: list[LayerSparsity] = field(default_factory=list)
+    sensitivity: dict | None = None
+
+    @property
+    def zero_fraction(self) -> float:
+        """Zeroed blocks / all blocks over the sparsified layers."""
+        total = sum(la.blocks for la in self.layers)
+        return sum(la.zero_blocks for la in self.layers) / total if total else 0.0
 
     def to_dict(self) -> dict:
         return {"block": list(self.block), "sparsity": self.sparsity,
+                "zero_fraction": self.zero_fraction, "sensitivity": self.sensitivity,
                 "layers": [{**layer.__dict__, "sparsity": layer.sparsity}
                            for layer in self.layers]}
 
@@ -135,12 +143,40 @@ def sparsifiable_layers(mod: tvm.IRModule) -> list[tuple[str, str, tuple[int, in
     return found
 
 
-def _check_sparsity(value, what: str) -> float:
+def check_sparsity(value, what: str) -> float:
+    """``value`` as a float in [0, 1), else an HCPruneError naming ``what``.
+
+    Examples
+    --------
+    >>> check_sparsity(0.9, "sparsity")
+    0.9
+    """
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not 0.0 <= float(value) < 1.0):
         raise HCPruneError(f"{what} must be in [0, 1) (the fraction of blocks zeroed), "
                            f"got {value!r}")
     return float(value)
+
+
+def layer_selection(mod: tvm.IRModule, layers=None) -> list[str]:
+    """Names of the sparsifiable layers ``layers`` selects (None: all; names; or a predicate
+    ``(name, op, (K, N)) -> bool``), in program order; unknown names raise.
+
+    Examples
+    --------
+    >>> layer_selection(mod, lambda name, op, shape: 1536 in shape)  # doctest: +SKIP
+    ['lv22', 'lv29']
+    """
+    found = sparsifiable_layers(mod)
+    if layers is None:
+        return [name for name, _, _ in found]
+    if callable(layers):
+        return [name for name, op, shape in found if layers(name, op, shape)]
+    keep = {str(v) for v in layers}
+    unknown = sorted(keep - {name for name, _, _ in found})
+    if unknown:
+        raise HCPruneError(f"layers {unknown} are not sparsifiable layers of main")
+    return [name for name, _, _ in found if name in keep]
 
 
 def _per_layer(mod, sparsity, layers) -> dict[str, float]:
@@ -152,19 +188,11 @@ def _per_layer(mod, sparsity, layers) -> dict[str, float]:
         if unknown:
             raise HCPruneError(f"sparsity names layers {unknown} that are not sparsifiable "
                                f"layers of main (those are {sorted(names)})")
-        chosen = {str(k): _check_sparsity(v, f"sparsity[{k!r}]") for k, v in sparsity.items()}
+        chosen = {str(k): check_sparsity(v, f"sparsity[{k!r}]") for k, v in sparsity.items()}
     else:
-        s = _check_sparsity(sparsity, "sparsity")
+        s = check_sparsity(sparsity, "sparsity")
         chosen = {name: s for name, _, _ in found}
-    if layers is None:
-        return chosen
-    if callable(layers):
-        keep = {name for name, op, shape in found if layers(name, op, shape)}
-    else:
-        keep = {str(v) for v in layers}
-        unknown = sorted(keep - {name for name, _, _ in found})
-        if unknown:
-            raise HCPruneError(f"layers {unknown} are not sparsifiable layers of main")
+    keep = set(layer_selection(mod, layers))
     return {k: v for k, v in chosen.items() if k in keep}
 
 
@@ -215,8 +243,7 @@ def sparsify(mod: tvm.IRModule, sparsity: float | Mapping[str, float] = 0.9,
         raise HCPruneError("the module has no 'main' function; pass the module a frontend "
                            "importer returns (e.g. tvm_hcprune.load_onnx)")
     per_layer = _per_layer(mod, sparsity, layers)
-    mean = float(np.mean(list(per_layer.values()))) if per_layer else 0.0
-    report = SparsityReport(block, mean if isinstance(sparsity, Mapping) else float(sparsity))
+    report = SparsityReport(block, 0.0 if isinstance(sparsity, Mapping) else float(sparsity))
     updates = {}
     for b in bindings(mod["main"]):
         found = _weight_kn(b.value)
@@ -237,6 +264,9 @@ def sparsify(mod: tvm.IRModule, sparsity: float | Mapping[str, float] = 0.9,
     if not report.layers:
         raise HCPruneError("the module has no matmul with a constant weight and no 1x1 "
                            "convolution (among the layers asked for): nothing to sparsify")
+    if isinstance(sparsity, Mapping):  # the mean asked for, weighted by the layers' blocks
+        report.sparsity = float(sum(per_layer[la.name] * la.blocks for la in report.layers)
+                                / sum(la.blocks for la in report.layers))
     return (replace_constants(mod, updates) if updates else mod), report
 
 
