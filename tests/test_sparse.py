@@ -323,3 +323,30 @@ def test_allocate_sparsity_keeps_the_mean():
         allocate_sparsity(table, 0.95)
     with pytest.raises(HCPruneError, match="not a mapping"):
         hc.sparsify(_ffn(), sparsity={"lv": 0.5}, calibration=np.zeros((1, 1, 8, 64), "f4"))
+
+
+def test_build_measures_the_format_per_layer():
+    """sparse="measure": each block-sparse layer's BSR and dense kernels are timed and the
+    faster one is kept (the decision says both times); outputs equal the dense build."""
+    from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
+    from tvm_hcprune.backend.sparse_choice import MeasuredChoice
+
+    sparse, _ = hc.sparsify(_ffn(d=64, h=256, t=32), sparsity=0.9, target=TARGET)
+    tgt = hc.parse_target(TARGET)
+    choice = MeasuredChoice(tgt, lambda m, b: hc.build(m, tgt, database=False, sparse=False,
+                                                       blocked_layout=b), number=5, rounds=2)
+    prof = hc.profile_for(tgt)
+    pas = UseBlockSparse((1, 8), prof, choice)
+    with tgt:
+        out = pas(sparse)
+    assert len(pas.decisions) == 2
+    for d in pas.decisions:
+        assert d["why"].startswith("measured")
+        assert d["format"] == ("bsr" if d["bsr_ms"] < d["dense_ms"] else "dense")
+    assert out["main"].script().count("hcp_bsr") == sum(d["format"] == "bsr"
+                                                        for d in pas.decisions)
+    x = np.random.default_rng(3).standard_normal((1, 32, 64)).astype("float32")
+    got = run_relax(sparse, [x], target=TARGET,
+                    build=lambda m, t: hc.build(m, t, sparse="measure"))
+    ref = run_relax(sparse, [x], target=TARGET, build=lambda m, t: hc.build(m, t, sparse=False))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

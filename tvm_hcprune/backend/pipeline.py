@@ -42,6 +42,7 @@ from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.cpu.rowwise import ScheduleRowwise
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
+from tvm_hcprune.backend.sparse_choice import MeasuredChoice
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import host_physical_cores, profile_for
 from tvm_hcprune.hardware.sparse_cost import default_block
@@ -78,7 +79,7 @@ def _fuse_passes() -> list:
 
 
 def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
-                   sparse: bool = True) -> list:
+                   sparse: bool | str = True) -> list:
     """Phase 1 of the pipeline: up to the fused PrimFuncs that schedules apply to.
 
     CPU: BatchNorm folded, the blocked layout and packed kernels (``rules``), TVM's library
@@ -93,8 +94,11 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
         lanes = prof.lanes("float32")
         if blocked_layout:
             pre.append(BlockChannelLayout(lanes))
-        if sparse:  # block-sparse matmuls / 1x1 convs the BSR kernel runs faster (estimate)
-            pre.append(UseBlockSparse(default_block(prof), prof))
+        if sparse:  # block-sparse matmuls / 1x1 convs the BSR kernel runs faster
+            decide = None if sparse != "measure" else MeasuredChoice(
+                target, lambda m, blocked: build(m, target, database=False, sparse=False,
+                                                 blocked_layout=blocked))
+            pre.append(UseBlockSparse(default_block(prof), prof, decide))
         pre.append(FastMath())  # libm's scalar erff / expf: the slowest ops of GELU, softmax
         pre.append(
             PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
@@ -176,7 +180,7 @@ def apply_database(mod: tvm.IRModule, target, database="shipped") -> tvm.IRModul
 
 
 def cpu_passes(target, database, rules: bool, strict: bool = False,
-               blocked_layout: bool = True, sparse: bool = True) -> list:
+               blocked_layout: bool = True, sparse: bool | str = True) -> list:
     """The whole CPU pipeline as a pass list (the three phases in order)."""
     return (prepare_passes(target, rules, blocked_layout, sparse)
             + schedule_passes(target, database, rules, strict)
@@ -185,7 +189,7 @@ def cpu_passes(target, database, rules: bool, strict: bool = False,
 
 def get_pipeline(
     target=None, database=None, rules: bool = True, strict: bool = False,
-    blocked_layout: bool = True, sparse: bool = True,
+    blocked_layout: bool = True, sparse: bool | str = True,
 ) -> tvm.transform.Pass:
     """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
 
@@ -229,7 +233,7 @@ def get_pipeline(
 
 
 def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
-          blocked_layout: bool = True, sparse: bool = True):
+          blocked_layout: bool = True, sparse: bool | str = True):
     """Compile ``mod`` with tvm_hcprune's pipeline; returns what :func:`tvm.compile` returns.
 
     Parameters
@@ -254,9 +258,11 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
         Activations stay channel-blocked between convs (default); False: NCHW between
         kernels, each kernel packing its own input.
 
-    sparse : bool
-        Block-sparse matmuls run on the BSR kernel where it is estimated faster (default);
-        False forces the dense kernels.
+    sparse : bool or "measure"
+        Block-sparse matmuls and 1x1 convs run on the BSR kernel where it is estimated
+        faster (default); ``"measure"`` times each such layer's BSR and dense kernels on
+        this machine and keeps the faster (:class:`~tvm_hcprune.backend.sparse_choice.
+        MeasuredChoice`); False forces the dense kernels.
 
     Returns
     -------

@@ -186,12 +186,14 @@ def conv1x1_weight_kn(call) -> tuple[np.ndarray | None, str]:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, block, profile, tile_cap: int = 16):
+    def __init__(self, mod, block, profile, decide=None, tile_cap: int = 16):
         super().__init__(mod)
         self.block = block
         self.profile = profile
+        self.decide = decide
         self.tile_cap = tile_cap
         self.converted = 0
+        self.decisions: list[dict] = []
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -202,10 +204,19 @@ class _Rewriter(PyExprMutator):
             return self._conv(call)
         return call
 
-    def _pays(self, w_kn: np.ndarray) -> bool:
+    def _pays(self, w_kn: np.ndarray, rows: int, layout: str, batch: int = 1,
+              chan_block: int = 1) -> bool:
         if w_kn.shape[0] % self.block[0]:
             return False
-        fmt, _ = choose_format(_block_density(w_kn, self.block), self.profile)
+        density = _block_density(w_kn, self.block)
+        if self.decide is None:
+            fmt, why = choose_format(density, self.profile)
+            extra = {}
+        else:
+            fmt, why, extra = self.decide(w_kn, self.block, rows, layout, batch, chan_block,
+                                          density, self.profile)
+        self.decisions.append({"shape": tuple(w_kn.shape), "rows": rows, "layout": layout,
+                               "density": density, "format": fmt, "why": why, **extra})
         return fmt == "bsr"
 
     def _call(self, x, w_kn, rows, layout, batch=1, chan_block=1):
@@ -235,10 +246,10 @@ class _Rewriter(PyExprMutator):
         xs = static_shape(x)
         if wv is None or wv.ndim != 2 or xs is None or len(xs) < 2:
             return call
-        if dtype_of(x) != "float32" or wv.dtype != np.float32 or not self._pays(wv):
-            return call
         k, n = wv.shape
         m = int(np.prod(xs[:-1]))
+        if dtype_of(x) != "float32" or wv.dtype != np.float32 or not self._pays(wv, m, "rows"):
+            return call
         y = self._call(self.builder_.emit(relax.op.reshape(x, [m, k])), wv, m, "rows")
         if int(y.ty.shape[1]) != n:
             y = self.builder_.emit(relax.op.strided_slice(y, axes=[1], begin=[0], end=[n]))
@@ -247,15 +258,20 @@ class _Rewriter(PyExprMutator):
     def _conv(self, call):
         w_kn, _ = conv1x1_weight_kn(call)
         xs = static_shape(call.args[0])
-        if w_kn is None or xs is None or not self._pays(w_kn):
+        if w_kn is None or xs is None:
             return call
         layout = str(call.attrs.data_layout)
         cb = layout_block(layout)
         if cb and cb % self.block[1]:
             return call  # an output block must lie inside one channel block
-        x = call.args[0]
         sh, sw = (int(s) for s in call.attrs.strides)
         hw = (1, 2) if layout == "NHWC" else (2, 3)
+        pixels = -(-xs[hw[0]] // sh) * -(-xs[hw[1]] // sw)
+        kind = "rows" if layout == "NHWC" else "nchwc" if cb else "nchw"
+        if not self._pays(w_kn, pixels * (xs[0] if kind == "rows" else 1), kind, xs[0],
+                          cb or 1):
+            return call
+        x = call.args[0]
         if (sh, sw) != (1, 1):  # a strided 1x1 conv reads every s-th pixel: slice them first
             x = self.builder_.emit(relax.op.strided_slice(
                 x, axes=list(hw), begin=[0, 0], end=[xs[hw[0]], xs[hw[1]]], strides=[sh, sw]))
@@ -296,6 +312,11 @@ class UseBlockSparse:
         ``(bk, bn)`` of the weights' zero blocks (what :func:`tvm_hcprune.sparsify` used).
     profile : HardwareProfile
         The target's profile (the format estimate).
+    decide : callable, optional
+        ``decide(w_kn, block, rows, layout, batch, chan_block, density, profile) -> (format,
+        why, extra)`` instead of the estimate (e.g.
+        :class:`~tvm_hcprune.backend.sparse_choice.MeasuredChoice`). After a run
+        ``decisions`` lists every layer's choice.
 
     Examples
     --------
@@ -303,14 +324,17 @@ class UseBlockSparse:
     >>> mod = UseBlockSparse((1, prof.lanes()), prof)(sparse_mod)  # doctest: +SKIP
     """
 
-    def __init__(self, block, profile):
+    def __init__(self, block, profile, decide=None):
         self.block = tuple(int(b) for b in block)
         self.profile = profile
+        self.decide = decide
+        self.decisions: list[dict] = []
 
     def transform_module(self, mod, ctx):
-        rw = _Rewriter(mod, self.block, self.profile)
+        rw = _Rewriter(mod, self.block, self.profile, self.decide)
         try:
             out = mutate_functions(rw, mod)
         finally:
             clear_shape_cache()
+        self.decisions = rw.decisions
         return out if rw.converted else mod
