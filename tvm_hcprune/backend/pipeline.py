@@ -42,6 +42,7 @@ from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.cpu.rowwise import ScheduleRowwise
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
+from tvm_hcprune.backend.cuda_bsr import CUDA_LAYOUTS, bsr_kernel_cuda
 from tvm_hcprune.backend.sparse_choice import MeasuredChoice
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import host_physical_cores, profile_for
@@ -87,7 +88,8 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
     and fused the way :func:`tvm_hcprune.tune` sees them.
     """
     if target.kind.name != "llvm":
-        return [*_fold_passes(), relax.transform.LegalizeOps(), *_fuse_passes()]
+        return [*_fold_passes(), *_gpu_sparse(target, sparse), relax.transform.LegalizeOps(),
+                *_fuse_passes()]
     pre = _fold_passes()
     if rules:
         prof = profile_for(target)
@@ -105,6 +107,15 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
                               l2_bytes=prof.l2_bytes)
         )
     return pre + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+
+
+def _gpu_sparse(target, sparse) -> list:
+    """The BSR rewrite on CUDA (matmuls; the estimate decides), else nothing."""
+    if not sparse or target.kind.name != "cuda":
+        return []
+    prof = profile_for(target)
+    return [UseBlockSparse(default_block(prof), prof, kernel=bsr_kernel_cuda,
+                           layouts=CUDA_LAYOUTS)]
 
 
 def schedule_passes(target, database, rules: bool = True, strict: bool = False) -> list:
@@ -224,9 +235,9 @@ def get_pipeline(
                     cpu_passes(tgt, database, rules, strict, blocked_layout, sparse))
                 return seq(mod)
             # other targets: BN folded, the database's records, then TVM's default pipeline
-            passes = _fold_passes()
+            passes = _fold_passes() + _gpu_sparse(tgt, sparse)
             if database is not None:
-                passes = prepare_passes(tgt) + schedule_passes(tgt, database)
+                passes = prepare_passes(tgt, sparse=sparse) + schedule_passes(tgt, database)
             return relax.get_default_pipeline(tgt)(tvm.transform.Sequential(passes)(mod))
 
     return _pipeline

@@ -16,10 +16,16 @@ from __future__ import annotations
 
 from tvm_hcprune.hardware.profile import HardwareProfile
 
-__all__ = ["BSR_RELATIVE_EFFICIENCY", "choose_format", "default_block"]
+__all__ = ["BSR_RELATIVE_EFFICIENCY", "CUDA_BSR_RELATIVE_EFFICIENCY", "choose_format",
+           "default_block"]
 
 #: Throughput of the BSR kernel relative to the dense kernel on the same MACs (estimate).
 BSR_RELATIVE_EFFICIENCY = 0.3
+
+#: The same for the CUDA kernel (one thread per output, no shared memory or tensor cores)
+#: against dlight's dense matmul: a guess, never measured (no GPU here), kept low so BSR
+#: is chosen only for very sparse layers.
+CUDA_BSR_RELATIVE_EFFICIENCY = 0.1
 
 
 def default_block(profile: HardwareProfile) -> tuple[int, int]:
@@ -45,6 +51,13 @@ def choose_format(density: float, profile: HardwareProfile | None = None) -> tup
     if profile is not None and profile.kind == "vta":
         return "dense", ("VTA leaves the GEMM micro-ops of all-zero blocks out of its "
                          "instruction stream (gemm_counter shows the work saved)")
+    if profile is not None and profile.kind == "cuda":
+        if 0.0 < density <= CUDA_BSR_RELATIVE_EFFICIENCY:
+            return "bsr", (f"{density:.0%} of the blocks kept <= "
+                           f"{CUDA_BSR_RELATIVE_EFFICIENCY:.0%}: the CUDA BSR kernel is "
+                           "estimated faster (matmuls; not measured on a GPU)")
+        return "dense", (f"{density:.0%} of the blocks kept: dense on CUDA (BSR only at <= "
+                         f"{CUDA_BSR_RELATIVE_EFFICIENCY:.0%}, estimate)")
     if profile is not None and profile.kind != "llvm":
         return "dense", f"no BSR kernel for {profile.kind} targets yet"
     if density <= 0.0:

@@ -186,11 +186,14 @@ def conv1x1_weight_kn(call) -> tuple[np.ndarray | None, str]:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, block, profile, decide=None, tile_cap: int = 16):
+    def __init__(self, mod, block, profile, decide=None, kernel=None,
+                 layouts=("rows", "nchw", "nchwc"), tile_cap: int = 16):
         super().__init__(mod)
         self.block = block
         self.profile = profile
         self.decide = decide
+        self.kernel = kernel or bsr_kernel
+        self.layouts = tuple(layouts)
         self.tile_cap = tile_cap
         self.converted = 0
         self.decisions: list[dict] = []
@@ -206,7 +209,7 @@ class _Rewriter(PyExprMutator):
 
     def _pays(self, w_kn: np.ndarray, rows: int, layout: str, batch: int = 1,
               chan_block: int = 1) -> bool:
-        if w_kn.shape[0] % self.block[0]:
+        if w_kn.shape[0] % self.block[0] or layout not in self.layouts:
             return False
         density = _block_density(w_kn, self.block)
         if self.decide is None:
@@ -226,8 +229,8 @@ class _Rewriter(PyExprMutator):
         data, indices, indptr, npad = to_bsr(w_kn, self.block)
         tile = plan_rows(rows, bn, self.profile.lanes("float32"),
                          self.profile.vector_registers, self.tile_cap)
-        func = bsr_kernel(rows, k, npad, data.shape[0], bk, bn, tile, layout, batch,
-                          chan_block)
+        func = self.kernel(rows, k, npad, data.shape[0], bk, bn, tile, layout, batch,
+                           chan_block)
         gv = self.builder_.add_func(func.without_attr("global_symbol"), "hcp_bsr_matmul")
         if layout == "rows":
             shape = [rows, npad]
@@ -317,6 +320,12 @@ class UseBlockSparse:
         why, extra)`` instead of the estimate (e.g.
         :class:`~tvm_hcprune.backend.sparse_choice.MeasuredChoice`). After a run
         ``decisions`` lists every layer's choice.
+    kernel : callable, optional
+        The kernel factory (:func:`bsr_kernel`'s signature); default the CPU kernel
+        (:func:`tvm_hcprune.backend.cuda_bsr.bsr_kernel_cuda` on CUDA).
+    layouts : tuple of str
+        The kernel layouts to convert (``"rows"`` matmuls, ``"nchw"``/``"nchwc"`` 1x1
+        convs); the others stay dense.
 
     Examples
     --------
@@ -324,14 +333,17 @@ class UseBlockSparse:
     >>> mod = UseBlockSparse((1, prof.lanes()), prof)(sparse_mod)  # doctest: +SKIP
     """
 
-    def __init__(self, block, profile, decide=None):
+    def __init__(self, block, profile, decide=None, kernel=None,
+                 layouts=("rows", "nchw", "nchwc")):
         self.block = tuple(int(b) for b in block)
         self.profile = profile
         self.decide = decide
+        self.kernel = kernel
+        self.layouts = tuple(layouts)
         self.decisions: list[dict] = []
 
     def transform_module(self, mod, ctx):
-        rw = _Rewriter(mod, self.block, self.profile, self.decide)
+        rw = _Rewriter(mod, self.block, self.profile, self.decide, self.kernel, self.layouts)
         try:
             out = mutate_functions(rw, mod)
         finally:
