@@ -66,7 +66,7 @@ class MeasuredChoice:
     """
 
     def __init__(self, target, build_dense: Callable, number: int = 10, rounds: int = 3,
-                 measure_up_to: float = 0.6):
+                 measure_up_to: float = 0.8):
         self.target = target
         self.build_dense = build_dense
         self.number = int(number)
