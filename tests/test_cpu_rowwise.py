@@ -53,11 +53,23 @@ def test_fast_math_and_rowwise_schedules_equal_numpy():
 
 
 def test_fast_math_replaces_erf_and_softmax():
-    """No erf or softmax op is left; each became a call_tir of the fast form."""
+    """No erf or softmax op is left; each became a call_tir of the fast form; Relax's
+    nn.gelu with fast_erf equals the exact GELU (1e-6)."""
     out = FastMath()(_module())
     text = out["main"].script()
     assert "R.erf" not in text and "R.nn.softmax" not in text
     assert "fast_erf" in text and "softmax" in text
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((3, 50), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.gelu(x))
+        bb.emit_func_output(out)
+    gelu = FastMath()(bb.get())
+    assert "R.nn.gelu" not in gelu["main"].script()
+    xv = np.linspace(-6, 6, 150, dtype="float32").reshape(3, 50)
+    want = xv * 0.5 * (1 + np.vectorize(math.erf)(xv / math.sqrt(2)))
+    np.testing.assert_allclose(run_relax(gelu, [xv]), want, rtol=1e-6, atol=1e-6)
 
 
 def test_rowwise_schedules_softmax_with_parallel_rows():
