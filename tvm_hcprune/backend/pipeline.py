@@ -221,9 +221,11 @@ def get_pipeline(
         Keep NCHW activations channel-blocked (``NCHW{lanes}c``) between convs
         (:class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout`); False: every kernel
         reads and writes NCHW.
-    sparse : bool
-        Run block-sparse matmuls (zero weight blocks, e.g. from :func:`tvm_hcprune.sparsify`)
-        on the BSR kernel where it is estimated faster (:mod:`.cpu.bsr`); False: dense.
+    sparse : bool or "measure"
+        Run block-sparse matmuls and 1x1 convs (zero weight blocks, e.g. from
+        :func:`tvm_hcprune.sparsify`) on the BSR kernel where it is estimated faster
+        (:mod:`.cpu.bsr`; on CUDA :mod:`.cuda_bsr`, matmuls); ``"measure"``: where it
+        measured faster (CPU); False: dense.
     """
     @tvm.transform.module_pass(opt_level=0, name="HCPrunePipeline")
     def _pipeline(mod, _ctx):
