@@ -33,7 +33,7 @@ _EXPORTS = {
     "ChannelGraph": "tvm_hcprune.analysis",
     "ChannelGroup": "tvm_hcprune.analysis",
     "prune": "tvm_hcprune.api",
-    "sparsify": "tvm_hcprune.transform.sparsify_blocks",
+    "sparsify": "tvm_hcprune.recovery.sparse_sensitivity",
     "PruneReport": "tvm_hcprune.api",
     "PruneConfig": "tvm_hcprune.planning.config",
     "PrunePlan": "tvm_hcprune.planning.plan",

@@ -5,12 +5,16 @@ For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps
     FoldConstant -> FoldBatchNorm -> FoldConstant          (Relax, whole model)
     BlockChannelLayout                                     (NCHW convs -> NCHW[lanes]c, kept
                                                             between layers)
+    UseBlockSparse                                         (block-sparse matmuls, 1x1 convs
+                                                            -> BSR kernels where they pay)
+    FastMath                                               (erf, softmax: vectorised)
     PackWeightsForCPU                                      (conv2d / matmul -> blocked kernels,
                                                             weights packed once, here)
     TVM library dispatch + legalize + FuseOps + FuseTIR    (epilogues fuse into the kernels)
         -- prepare_passes: what prepare() returns, the functions tune() sees --
     database hook (apply_database_to_fused)                (tuned schedules first)
     ApplyCPURules                                          (our rules on what is left)
+    ScheduleRowwise                                        (the rest: parallel rows)
         -- schedule_passes --
     TVM dataflow lowering + finalisation                   (lower_passes)
 
@@ -33,9 +37,13 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
+from tvm_hcprune.backend.cpu.fast_math import FastMath
 from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
+from tvm_hcprune.backend.cpu.rowwise import ScheduleRowwise
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
+from tvm_hcprune.backend.cuda_bsr import CUDA_LAYOUTS, bsr_kernel_cuda
+from tvm_hcprune.backend.sparse_choice import MeasuredChoice
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import host_physical_cores, profile_for
 from tvm_hcprune.hardware.sparse_cost import default_block
@@ -72,7 +80,7 @@ def _fuse_passes() -> list:
 
 
 def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
-                   sparse: bool = True) -> list:
+                   sparse: bool | str = True) -> list:
     """Phase 1 of the pipeline: up to the fused PrimFuncs that schedules apply to.
 
     CPU: BatchNorm folded, the blocked layout and packed kernels (``rules``), TVM's library
@@ -80,20 +88,34 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
     and fused the way :func:`tvm_hcprune.tune` sees them.
     """
     if target.kind.name != "llvm":
-        return [*_fold_passes(), relax.transform.LegalizeOps(), *_fuse_passes()]
+        return [*_fold_passes(), *_gpu_sparse(target, sparse), relax.transform.LegalizeOps(),
+                *_fuse_passes()]
     pre = _fold_passes()
     if rules:
         prof = profile_for(target)
         lanes = prof.lanes("float32")
-        if sparse:  # block-sparse matmuls that the BSR kernel runs faster (estimate)
-            pre.append(UseBlockSparse(default_block(prof), prof))
         if blocked_layout:
             pre.append(BlockChannelLayout(lanes))
+        if sparse:  # block-sparse matmuls / 1x1 convs the BSR kernel runs faster
+            decide = None if sparse != "measure" else MeasuredChoice(
+                target, lambda m, blocked: build(m, target, database=False, sparse=False,
+                                                 blocked_layout=blocked))
+            pre.append(UseBlockSparse(default_block(prof), prof, decide))
+        pre.append(FastMath())  # libm's scalar erff / expf: the slowest ops of GELU, softmax
         pre.append(
             PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
                               l2_bytes=prof.l2_bytes)
         )
     return pre + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+
+
+def _gpu_sparse(target, sparse) -> list:
+    """The BSR rewrite on CUDA (matmuls; the estimate decides), else nothing."""
+    if not sparse or target.kind.name != "cuda":
+        return []
+    prof = profile_for(target)
+    return [UseBlockSparse(default_block(prof), prof, kernel=bsr_kernel_cuda,
+                           layouts=CUDA_LAYOUTS)]
 
 
 def schedule_passes(target, database, rules: bool = True, strict: bool = False) -> list:
@@ -108,7 +130,7 @@ def schedule_passes(target, database, rules: bool = True, strict: bool = False) 
 
     passes = [_db]
     if rules and target.kind.name == "llvm":
-        passes.append(ApplyCPURules(strict=strict))
+        passes += [ApplyCPURules(strict=strict), ScheduleRowwise()]
     return passes
 
 
@@ -169,7 +191,7 @@ def apply_database(mod: tvm.IRModule, target, database="shipped") -> tvm.IRModul
 
 
 def cpu_passes(target, database, rules: bool, strict: bool = False,
-               blocked_layout: bool = True, sparse: bool = True) -> list:
+               blocked_layout: bool = True, sparse: bool | str = True) -> list:
     """The whole CPU pipeline as a pass list (the three phases in order)."""
     return (prepare_passes(target, rules, blocked_layout, sparse)
             + schedule_passes(target, database, rules, strict)
@@ -178,7 +200,7 @@ def cpu_passes(target, database, rules: bool, strict: bool = False,
 
 def get_pipeline(
     target=None, database=None, rules: bool = True, strict: bool = False,
-    blocked_layout: bool = True, sparse: bool = True,
+    blocked_layout: bool = True, sparse: bool | str = True,
 ) -> tvm.transform.Pass:
     """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
 
@@ -199,9 +221,11 @@ def get_pipeline(
         Keep NCHW activations channel-blocked (``NCHW{lanes}c``) between convs
         (:class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout`); False: every kernel
         reads and writes NCHW.
-    sparse : bool
-        Run block-sparse matmuls (zero weight blocks, e.g. from :func:`tvm_hcprune.sparsify`)
-        on the BSR kernel where it is estimated faster (:mod:`.cpu.bsr`); False: dense.
+    sparse : bool or "measure"
+        Run block-sparse matmuls and 1x1 convs (zero weight blocks, e.g. from
+        :func:`tvm_hcprune.sparsify`) on the BSR kernel where it is estimated faster
+        (:mod:`.cpu.bsr`; on CUDA :mod:`.cuda_bsr`, matmuls); ``"measure"``: where it
+        measured faster (CPU); False: dense.
     """
     @tvm.transform.module_pass(opt_level=0, name="HCPrunePipeline")
     def _pipeline(mod, _ctx):
@@ -213,16 +237,16 @@ def get_pipeline(
                     cpu_passes(tgt, database, rules, strict, blocked_layout, sparse))
                 return seq(mod)
             # other targets: BN folded, the database's records, then TVM's default pipeline
-            passes = _fold_passes()
+            passes = _fold_passes() + _gpu_sparse(tgt, sparse)
             if database is not None:
-                passes = prepare_passes(tgt) + schedule_passes(tgt, database)
+                passes = prepare_passes(tgt, sparse=sparse) + schedule_passes(tgt, database)
             return relax.get_default_pipeline(tgt)(tvm.transform.Sequential(passes)(mod))
 
     return _pipeline
 
 
 def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
-          blocked_layout: bool = True, sparse: bool = True):
+          blocked_layout: bool = True, sparse: bool | str = True):
     """Compile ``mod`` with tvm_hcprune's pipeline; returns what :func:`tvm.compile` returns.
 
     Parameters
@@ -247,9 +271,11 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
         Activations stay channel-blocked between convs (default); False: NCHW between
         kernels, each kernel packing its own input.
 
-    sparse : bool
-        Block-sparse matmuls run on the BSR kernel where it is estimated faster (default);
-        False forces the dense kernels.
+    sparse : bool or "measure"
+        Block-sparse matmuls and 1x1 convs run on the BSR kernel where it is estimated
+        faster (default); ``"measure"`` times each such layer's BSR and dense kernels on
+        this machine and keeps the faster (:class:`~tvm_hcprune.backend.sparse_choice.
+        MeasuredChoice`); False forces the dense kernels.
 
     Returns
     -------

@@ -288,3 +288,49 @@ def tf_style_resnet(image: int = 16, width: int = 16, num_classes: int = 10,
     logits = g.op("Add", [g.op("MatMul", [flat, g.const(w, "fc_w")]), g.const(b, "fc_b")])
     out = g.op("Softmax", [logits], axis=-1)
     return g.model(out, [1, image, image, 3], [1, num_classes], "tf_style_resnet")
+
+
+def bert_encoder(layers: int = 4, hidden: int = 384, heads: int = 12, ffn: int = 1536,
+                 seq: int = 128, seed: int = 0) -> onnx.ModelProto:
+    """A BERT-style encoder stack as exporters emit it: input hidden states ``[1, seq,
+    hidden]`` (named ``"input"``); per layer Q/K/V ``MatMul`` + ``Add``, heads split with
+    ``Reshape`` + ``Transpose``, scaled ``Softmax`` attention, output projection, residual
+    ``Add`` + ``LayerNormalization``, then the FFN (``MatMul`` + ``Add``, GELU written with
+    ``Erf``, ``MatMul`` + ``Add``) and a second residual + LayerNorm. Defaults: 4 layers,
+    hidden 384, 12 heads, FFN 1536, 128 tokens (MiniLM-sized)."""
+    if hidden % heads:
+        raise ValueError(f"hidden {hidden} is not a multiple of heads {heads}")
+    g = GraphBuilder(seed)
+    d = hidden // heads
+
+    def linear(x, n_in, n_out):
+        w = g.rng.normal(0, np.sqrt(1.0 / n_in), (n_in, n_out)).astype(np.float32)
+        b = g.rng.normal(0, 0.02, n_out).astype(np.float32)
+        return g.op("Add", [g.op("MatMul", [x, g.const(w, "w")]), g.const(b, "b")])
+
+    def layer_norm(x):
+        gamma = g.rng.uniform(0.8, 1.2, hidden).astype(np.float32)
+        beta = g.rng.normal(0, 0.02, hidden).astype(np.float32)
+        return g.op("LayerNormalization", [x, g.const(gamma, "ln"), g.const(beta, "ln")],
+                    axis=-1, epsilon=1e-12)
+
+    split = g.const(np.array([1, seq, heads, d], np.int64), "shape")
+    merge = g.const(np.array([1, seq, hidden], np.int64), "shape")
+    scale = g.const(np.array(d ** -0.5, np.float32), "scale")
+    half, one = (g.const(np.array(v, np.float32), "c") for v in (0.5, 1.0))
+    rsqrt2 = g.const(np.array(2 ** -0.5, np.float32), "c")
+    x = "input"
+    for _ in range(layers):
+        q, k, v = (g.op("Reshape", [linear(x, hidden, hidden), split]) for _ in range(3))
+        q = g.op("Transpose", [q], perm=[0, 2, 1, 3])
+        k = g.op("Transpose", [k], perm=[0, 2, 3, 1])
+        v = g.op("Transpose", [v], perm=[0, 2, 1, 3])
+        att = g.op("Softmax", [g.op("Mul", [g.op("MatMul", [q, k]), scale])], axis=-1)
+        y = g.op("Transpose", [g.op("MatMul", [att, v])], perm=[0, 2, 1, 3])
+        y = linear(g.op("Reshape", [y, merge]), hidden, hidden)
+        x = layer_norm(g.op("Add", [x, y]))
+        h = linear(x, hidden, ffn)
+        erf = g.op("Erf", [g.op("Mul", [h, rsqrt2])])
+        h = g.op("Mul", [g.op("Mul", [h, half]), g.op("Add", [erf, one])])
+        x = layer_norm(g.op("Add", [x, linear(h, ffn, hidden)]))
+    return g.model(x, [1, seq, hidden], [1, seq, hidden], "bert_encoder")

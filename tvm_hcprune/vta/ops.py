@@ -20,6 +20,7 @@ from tvm_hcprune.vta.codegen import (
     dense_packed,
 )
 from tvm_hcprune.vta.runtime import CommandQueue
+from tvm_hcprune.vta.schedule_db import tuned_conv2d_schedule, tuned_dense_schedule
 
 
 def _pad_to(x: np.ndarray, axis: int, multiple: int) -> np.ndarray:
@@ -128,7 +129,9 @@ def conv2d(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None,
     shift, clip
         The epilogue (see :class:`~tvm_hcprune.vta.codegen.Epilogue`).
     schedule : Conv2DSchedule, optional
-        Default: :func:`~tvm_hcprune.vta.codegen.default_conv2d_schedule`.
+        Default: the searched schedule of this shape in the VTA schedule database
+        (:mod:`tvm_hcprune.vta.schedule_db`), else
+        :func:`~tvm_hcprune.vta.codegen.default_conv2d_schedule`.
     rt : CommandQueue, optional
         Runtime (and simulator) to use; a fresh one by default.
     """
@@ -143,7 +146,8 @@ def conv2d(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None,
     xp, wp = pack_nchw(x, cfg), pack_oihw(wt, cfg)
     shape = Conv2DShape(xp.shape[0], xp.shape[1], h, w, wp.shape[0], kh, kw,
                         tuple(stride), tuple(padding))
-    sched = schedule or default_conv2d_schedule(shape, cfg)
+    sched = (schedule or tuned_conv2d_schedule(shape, cfg)
+             or default_conv2d_schedule(shape, cfg))
     ep = Epilogue(shift=shift, clip=None if clip is None else tuple(clip),
                   bias=bias is not None)
     out_shape = (shape.n, shape.cob, shape.ho, shape.wo, cfg.batch, cfg.block_out)
@@ -178,7 +182,8 @@ def dense(x: np.ndarray, wt: np.ndarray, bias: np.ndarray | None = None, shift: 
     nb = wpad.shape[0] // cfg.block_out
     wp = np.ascontiguousarray(
         wpad.reshape(nb, cfg.block_out, kb, cfg.block_in).transpose(0, 2, 1, 3))
-    sched = schedule or default_dense_schedule(mb, kb, nb, cfg)
+    sched = (schedule or tuned_dense_schedule(mb, kb, nb, cfg)
+             or default_dense_schedule(mb, kb, nb, cfg))
     ep = Epilogue(shift=shift, clip=None if clip is None else tuple(clip),
                   bias=bias is not None)
     out_shape = (mb, nb, cfg.batch, cfg.block_out)

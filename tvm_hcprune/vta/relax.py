@@ -187,6 +187,7 @@ class QuantLayer:
     strides: tuple = (1, 1)
     padding: tuple = (0, 0)
     output: relax.Var | None = None
+    input_shape: tuple = ()  # the layer's float input (for the schedule search)
 
     @property
     def shift(self) -> int:
@@ -401,7 +402,8 @@ def quantize(mod, samples, config: VTAConfig = DEFAULT_CONFIG, skip_first: bool 
             pad = [int(p) for p in call.attrs.padding]
             padding = (pad[0], pad[1])
         layers[c.var] = QuantLayer(c.name, c.kind, x_exp, w_exp, y_exp, wq, bias, strides,
-                                   padding, c.output)
+                                   padding, c.output,
+                                   tuple(static_shape(call.args[0]) or ()))
     return mod, QuantPlan(layers, skipped, config)
 
 

@@ -1,13 +1,17 @@
 """Block-sparse (BSR) matmul on the CPU: the kernel and the Relax pass that uses it.
 
 ``UseBlockSparse`` rewrites ``matmul(x, W)`` whose constant ``W [K, N]`` has zero
-``bk x bn`` blocks into a ``call_tir`` of a BSR kernel when
+``bk x bn`` blocks, and 1x1 convolutions (weight viewed as ``W [I, O]``; NCHW, NHWC or the
+blocked ``NCHW{b}c`` layout of :class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout`,
+strided ones after slicing their input), into a ``call_tir`` of a BSR kernel when
 :func:`tvm_hcprune.hardware.sparse_cost.choose_format` estimates BSR faster. The BSR arrays
 (``data [nnz, bk, bn]``, ``indices [nnz]`` = input block of each kept block, ``indptr
 [N/bn + 1]`` per output block) are constants of the call. The kernel is written in TIR:
-one parallel loop over output blocks, a data-dependent loop over that block's kept input
-blocks, the ``bn`` outputs of a block in one vector (``bn`` = the target's fp32 lanes by
-default). ``N`` not a multiple of ``bn`` is padded with zero columns and sliced back.
+one parallel loop over (output block, tile of rows), a register tile of rows x ``bn``
+outputs (one vector, ``bn`` = the target's fp32 lanes by default) accumulated over the
+block row's kept blocks (a data-dependent loop over ``indptr``). A matmul's rows are its
+leading dimensions, a 1x1 conv's its pixels. ``N`` not a multiple of ``bn`` is padded with
+zero columns and sliced back.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.script import tirx as T
 
+from tvm_hcprune.backend.cpu.conv2d_nchwc import layout_block
+from tvm_hcprune.backend.cpu.pack import oihw_weight
 from tvm_hcprune.hardware.sparse_cost import choose_format
 from tvm_hcprune.utils.relax import (
     clear_shape_cache,
@@ -27,7 +33,7 @@ from tvm_hcprune.utils.relax import (
     static_shape,
 )
 
-__all__ = ["UseBlockSparse", "bsr_kernel", "to_bsr"]
+__all__ = ["UseBlockSparse", "bsr_kernel", "conv1x1_weight_kn", "plan_rows", "to_bsr"]
 
 
 def to_bsr(w_kn: np.ndarray, block: tuple[int, int]):
@@ -52,27 +58,97 @@ def to_bsr(w_kn: np.ndarray, block: tuple[int, int]):
     return np.ascontiguousarray(data), indices, indptr, npad
 
 
-def bsr_kernel(m: int, k: int, n: int, nnz: int, bk: int, bn: int) -> tvm.tirx.PrimFunc:
-    """The scheduled TIR kernel ``y [m, n] = x [m, k] @ BSR(data, indices, indptr)``."""
+def plan_rows(rows: int, bn: int, lanes: int, registers: int, cap: int = 16) -> int:
+    """Rows per register tile: the most that fit (``rows x bn/lanes`` accumulators plus a
+    weight vector and a broadcast, in ``registers``), capped at ``cap``, dividing ``rows``."""
+    nvec = max(1, -(-bn // lanes))
+    r = max(1, min(rows, cap, (registers - nvec - 2) // nvec))
+    while r > 1 and rows % r:
+        r -= 1
+    return r
+
+
+def bsr_kernel(m: int, k: int, n: int, nnz: int, bk: int, bn: int, tile: int | None = None,
+               layout: str = "rows", batch: int = 1, chan_block: int = 1
+               ) -> tvm.tirx.PrimFunc:
+    """The scheduled TIR kernel ``y = x @ BSR(data, indices, indptr)``.
+
+    ``layout`` says where the ``m`` rows (matmul rows, or pixels of a 1x1 conv) and the
+    ``k`` inputs / ``n`` outputs live:
+
+    ``"rows"``
+        ``x [m, k]``, ``y [m, n]`` (a matmul).
+    ``"nchw"``
+        ``x [batch, k, m]``, ``y [batch, n, m]`` (a 1x1 conv, NCHW with ``m = H*W``).
+    ``"nchwc"``
+        ``x [batch, k/cb, m, cb]``, ``y [batch, n/cb, m, cb]`` (a 1x1 conv in the blocked
+        ``NCHW{cb}c`` layout, ``cb = chan_block`` a multiple of ``bn``).
+
+    One parallel loop over (batch, output block, row tile); per task a register tile of
+    ``tile`` rows x ``bn`` outputs (one vector) accumulates over the block row's kept
+    blocks (a data-dependent loop over ``indptr``), reading each weight vector once per
+    tile and broadcasting the inputs.
+    """
     nb = n // bn
+    tile = tile or plan_rows(m, bn, bn, 32)
+    if m % tile:
+        raise ValueError(f"tile {tile} does not divide the {m} rows")
+    nt = m // tile
+    cb = chan_block
+    if layout == "rows":
+        x_shape, y_shape = (m, k), (m, n)
+
+        def x_at(xb, _b, c, r):
+            return xb[r, c]
+    elif layout == "nchw":
+        x_shape, y_shape = (batch, k, m), (batch, n, m)
+
+        def x_at(xb, b, c, r):
+            return xb[b, c, r]
+    elif layout == "nchwc":
+        if cb % bn or k % cb or n % cb:
+            raise ValueError(f"channel block {cb} must be a multiple of bn={bn} and divide "
+                             f"k={k} and n={n}")
+        x_shape, y_shape = (batch, k // cb, m, cb), (batch, n // cb, m, cb)
+
+        def x_at(xb, b, c, r):
+            return xb[b, c // cb, r, c % cb]
+    else:
+        raise ValueError(f"unknown BSR layout {layout!r}")
+    rows_layout, nchw = layout == "rows", layout == "nchw"
 
     @T.prim_func
-    def bsr_matmul(x: T.Buffer((m, k), "float32"), data: T.Buffer((nnz, bk, bn), "float32"),
+    def bsr_matmul(x: T.Buffer(x_shape, "float32"), data: T.Buffer((nnz, bk, bn), "float32"),
                    indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((nb + 1,), "int32"),
-                   y: T.Buffer((m, n), "float32")):
+                   y: T.Buffer(y_shape, "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for i in T.parallel(nb):
-            acc = T.alloc_buffer((bn,), "float32", scope="local")
-            for r in range(m):
-                for c in T.vectorized(bn):
-                    acc[c] = T.float32(0)
-                for e in T.serial(indptr[i + 1] - indptr[i]):
-                    for kk in range(bk):
-                        for c in T.vectorized(bn):
-                            acc[c] = acc[c] + x[r, indices[indptr[i] + e] * bk + kk] * data[
-                                indptr[i] + e, kk, c]
-                for c in T.vectorized(bn):
-                    y[r, i * bn + c] = acc[c]
+        for task in T.parallel(batch * nb * nt):
+            acc = T.alloc_buffer((tile, bn), "float32", scope="local")
+            b = task // (nb * nt)
+            i = task // nt % nb
+            r0 = task % nt * tile
+            for r in T.unroll(tile):
+                for v in T.vectorized(bn):
+                    acc[r, v] = T.float32(0)
+            for e in T.serial(indptr[i + 1] - indptr[i]):
+                for kk in range(bk):
+                    for r in T.unroll(tile):
+                        for v in T.vectorized(bn):
+                            acc[r, v] = acc[r, v] + x_at(
+                                x, b, indices[indptr[i] + e] * bk + kk, r0 + r) * data[
+                                indptr[i] + e, kk, v]
+            if rows_layout:
+                for r in T.unroll(tile):
+                    for v in T.vectorized(bn):
+                        y[r0 + r, i * bn + v] = acc[r, v]
+            elif nchw:
+                for v in range(bn):
+                    for r in T.vectorized(tile):
+                        y[b, i * bn + v, r0 + r] = acc[r, v]
+            else:
+                for r in T.unroll(tile):
+                    for v in T.vectorized(bn):
+                        y[b, i * bn // cb, r0 + r, i * bn % cb + v] = acc[r, v]
 
     return bsr_matmul
 
@@ -86,46 +162,152 @@ def _block_density(w: np.ndarray, block) -> float:
     return float(p.reshape(k // bk, bk, npad // bn, bn).any(axis=(1, 3)).mean())
 
 
+def conv1x1_weight_kn(call) -> tuple[np.ndarray | None, str]:
+    """``(W [K, N], "")`` of a 1x1 ungrouped unpadded conv2d with a constant float32 weight
+    in NCHW, NHWC or ``NCHW{b}c`` (its kernel in any OIHW permutation or ``OIHW{b}o``), or
+    ``(None, why not)``."""
+    attrs = call.attrs
+    wv = const_value(call.args[1])
+    if wv is None or wv.dtype != np.float32 or dtype_of(call.args[0]) != "float32":
+        return None, "not a float32 conv with a constant weight"
+    if int(attrs.groups) != 1:
+        return None, "grouped convolution"
+    layout = str(attrs.data_layout)
+    if str(attrs.out_layout) not in ("", layout) or not (
+            layout in ("NCHW", "NHWC") or layout_block(layout)):
+        return None, f"layout {layout} -> {attrs.out_layout}"
+    if any(int(p) for p in attrs.padding) or any(int(d) != 1 for d in attrs.dilation):
+        return None, "padded or dilated 1x1 convolution"
+    w = oihw_weight(wv, str(attrs.kernel_layout))
+    if w is None or w.shape[2:] != (1, 1):
+        return None, "not a 1x1 convolution"
+    return np.ascontiguousarray(w[:, :, 0, 0].T), ""
+
+
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, block, profile):
+    def __init__(self, mod, block, profile, decide=None, kernel=None,
+                 layouts=("rows", "nchw", "nchwc"), tile_cap: int = 16):
         super().__init__(mod)
         self.block = block
         self.profile = profile
+        self.decide = decide
+        self.kernel = kernel or bsr_kernel
+        self.layouts = tuple(layouts)
+        self.tile_cap = tile_cap
         self.converted = 0
+        self.decisions: list[dict] = []
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.matmul":
-            return call
+        name = getattr(call.op, "name", None) if isinstance(call.op, tvm.ir.Op) else None
+        if name == "relax.matmul":
+            return self._matmul(call)
+        if name == "relax.nn.conv2d":
+            return self._conv(call)
+        return call
+
+    def _pays(self, w_kn: np.ndarray, rows: int, layout: str, batch: int = 1,
+              chan_block: int = 1) -> bool:
+        if w_kn.shape[0] % self.block[0] or layout not in self.layouts:
+            return False
+        density = _block_density(w_kn, self.block)
+        if self.decide is None:
+            fmt, why = choose_format(density, self.profile)
+            extra = {}
+        else:
+            fmt, why, extra = self.decide(w_kn, self.block, rows, layout, batch, chan_block,
+                                          density, self.profile)
+        self.decisions.append({"shape": tuple(w_kn.shape), "rows": rows, "layout": layout,
+                               "density": density, "format": fmt, "why": why, **extra})
+        return fmt == "bsr"
+
+    def _call(self, x, w_kn, rows, layout, batch=1, chan_block=1):
+        """``call_tir`` of the BSR kernel on ``x`` (already in the kernel's ``layout``)."""
+        bk, bn = self.block
+        k = w_kn.shape[0]
+        data, indices, indptr, npad = to_bsr(w_kn, self.block)
+        tile = plan_rows(rows, bn, self.profile.lanes("float32"),
+                         self.profile.vector_registers, self.tile_cap)
+        func = self.kernel(rows, k, npad, data.shape[0], bk, bn, tile, layout, batch,
+                           chan_block)
+        gv = self.builder_.add_func(func.without_attr("global_symbol"), "hcp_bsr_matmul")
+        if layout == "rows":
+            shape = [rows, npad]
+        elif layout == "nchw":
+            shape = [batch, npad, rows]
+        else:
+            shape = [batch, npad // chan_block, rows, chan_block]
+        self.converted += 1
+        return self.builder_.emit(relax.call_tir(
+            gv, [x, relax.const(data), relax.const(indices), relax.const(indptr)],
+            relax.TensorType(shape, "float32")))
+
+    def _matmul(self, call):
         x, w = call.args
         wv = const_value(w)
         xs = static_shape(x)
         if wv is None or wv.ndim != 2 or xs is None or len(xs) < 2:
             return call
-        if dtype_of(x) != "float32" or wv.dtype != np.float32 or wv.shape[0] % self.block[0]:
-            return call
-        fmt, _ = choose_format(_block_density(wv, self.block), self.profile)
-        if fmt != "bsr":
-            return call
         k, n = wv.shape
         m = int(np.prod(xs[:-1]))
-        data, indices, indptr, npad = to_bsr(wv, self.block)
-        func = bsr_kernel(m, k, npad, data.shape[0], *self.block)
-        gv = self.builder_.add_func(func.without_attr("global_symbol"), "hcp_bsr_matmul")
-        x2 = self.builder_.emit(relax.op.reshape(x, [m, k]))
-        y = self.builder_.emit(relax.call_tir(
-            gv, [x2, relax.const(data), relax.const(indices), relax.const(indptr)],
-            relax.TensorType([m, npad], "float32")))
-        if npad != n:
+        if dtype_of(x) != "float32" or wv.dtype != np.float32 or not self._pays(wv, m, "rows"):
+            return call
+        y = self._call(self.builder_.emit(relax.op.reshape(x, [m, k])), wv, m, "rows")
+        if int(y.ty.shape[1]) != n:
             y = self.builder_.emit(relax.op.strided_slice(y, axes=[1], begin=[0], end=[n]))
-        self.converted += 1
         return relax.op.reshape(y, [*xs[:-1], n])
+
+    def _conv(self, call):
+        w_kn, _ = conv1x1_weight_kn(call)
+        xs = static_shape(call.args[0])
+        if w_kn is None or xs is None:
+            return call
+        layout = str(call.attrs.data_layout)
+        cb = layout_block(layout)
+        if cb and cb % self.block[1]:
+            return call  # an output block must lie inside one channel block
+        sh, sw = (int(s) for s in call.attrs.strides)
+        hw = (1, 2) if layout == "NHWC" else (2, 3)
+        pixels = -(-xs[hw[0]] // sh) * -(-xs[hw[1]] // sw)
+        kind = "rows" if layout == "NHWC" else "nchwc" if cb else "nchw"
+        if not self._pays(w_kn, pixels * (xs[0] if kind == "rows" else 1), kind, xs[0],
+                          cb or 1):
+            return call
+        x = call.args[0]
+        if (sh, sw) != (1, 1):  # a strided 1x1 conv reads every s-th pixel: slice them first
+            x = self.builder_.emit(relax.op.strided_slice(
+                x, axes=list(hw), begin=[0, 0], end=[xs[hw[0]], xs[hw[1]]], strides=[sh, sw]))
+            xs = static_shape(x)
+        k, n = w_kn.shape
+        bsz, h, w = xs[0], xs[hw[0]], xs[hw[1]]
+        if layout == "NHWC":  # pixels are the rows of a matmul
+            y = self._call(self.builder_.emit(relax.op.reshape(x, [bsz * h * w, k])), w_kn,
+                           bsz * h * w, "rows")
+            if int(y.ty.shape[1]) != n:
+                y = self.builder_.emit(relax.op.strided_slice(y, axes=[1], begin=[0],
+                                                              end=[n]))
+            return relax.op.reshape(y, [bsz, h, w, n])
+        if layout == "NCHW":
+            y = self._call(self.builder_.emit(relax.op.reshape(x, [bsz, k, h * w])), w_kn,
+                           h * w, "nchw", bsz)
+            if int(y.ty.shape[1]) != n:
+                y = self.builder_.emit(relax.op.strided_slice(y, axes=[1], begin=[0],
+                                                              end=[n]))
+            return relax.op.reshape(y, [bsz, n, h, w])
+        y = self._call(self.builder_.emit(relax.op.reshape(x, [bsz, k // cb, h * w, cb])),
+                       w_kn, h * w, "nchwc", bsz, cb)
+        return relax.op.reshape(y, [bsz, n // cb, h, w, cb])
 
 
 @tvm.transform.module_pass(opt_level=0, name="UseBlockSparse")
 class UseBlockSparse:
-    """Run block-sparse ``matmul`` layers on the BSR kernel where it is estimated faster.
+    """Run block-sparse ``matmul`` layers and 1x1 convolutions on the BSR kernel where it is
+    estimated faster.
+
+    Runs after :class:`~tvm_hcprune.backend.cpu.layout.BlockChannelLayout`: a 1x1 conv in
+    ``NCHW{b}c`` reads and writes the blocked layout (``b`` a multiple of ``bn``); NCHW and
+    NHWC convs are rewritten too. Padded, dilated or grouped convs stay dense.
 
     Parameters
     ----------
@@ -133,6 +315,17 @@ class UseBlockSparse:
         ``(bk, bn)`` of the weights' zero blocks (what :func:`tvm_hcprune.sparsify` used).
     profile : HardwareProfile
         The target's profile (the format estimate).
+    decide : callable, optional
+        ``decide(w_kn, block, rows, layout, batch, chan_block, density, profile) -> (format,
+        why, extra)`` instead of the estimate (e.g.
+        :class:`~tvm_hcprune.backend.sparse_choice.MeasuredChoice`). After a run
+        ``decisions`` lists every layer's choice.
+    kernel : callable, optional
+        The kernel factory (:func:`bsr_kernel`'s signature); default the CPU kernel
+        (:func:`tvm_hcprune.backend.cuda_bsr.bsr_kernel_cuda` on CUDA).
+    layouts : tuple of str
+        The kernel layouts to convert (``"rows"`` matmuls, ``"nchw"``/``"nchwc"`` 1x1
+        convs); the others stay dense.
 
     Examples
     --------
@@ -140,14 +333,20 @@ class UseBlockSparse:
     >>> mod = UseBlockSparse((1, prof.lanes()), prof)(sparse_mod)  # doctest: +SKIP
     """
 
-    def __init__(self, block, profile):
+    def __init__(self, block, profile, decide=None, kernel=None,
+                 layouts=("rows", "nchw", "nchwc")):
         self.block = tuple(int(b) for b in block)
         self.profile = profile
+        self.decide = decide
+        self.kernel = kernel
+        self.layouts = tuple(layouts)
+        self.decisions: list[dict] = []
 
     def transform_module(self, mod, ctx):
-        rw = _Rewriter(mod, self.block, self.profile)
+        rw = _Rewriter(mod, self.block, self.profile, self.decide, self.kernel, self.layouts)
         try:
             out = mutate_functions(rw, mod)
         finally:
             clear_shape_cache()
+        self.decisions = rw.decisions
         return out if rw.converted else mod
