@@ -53,7 +53,41 @@ def test_prune_channels_in_sequential_builds_for_llvm_and_cuda(small):
     assert run_relax(pruned, [x]).shape == (1, 10)
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}})
     ex = tvm.compile(pruned, cuda)
-    assert ex is not None
+    _check_cuda_build(pruned, ex, cuda)
+
+
+def _check_cuda_build(pruned, ex, target):
+    """The executable holds a CUDA kernel for every conv of ``pruned``, each taking that
+    conv's pruned weight, and nvcc compiles the source to PTX with exactly those kernels.
+
+    No GPU is needed (TVM keeps CUDA source until a module is loaded on a device)."""
+    from tvm_hcprune.backend import cuda as hcuda
+    from tvm_hcprune.utils.relax import bindings, op_name
+
+    convs = sorted(tuple(int(d) for d in b.value.args[1].ty.shape)
+                   for b in bindings(pruned["main"]) if op_name(b.value) == "relax.nn.conv2d")
+    assert convs and any(w[0] < 16 for w in convs)  # some convs were pruned
+    source = hcuda.cuda_source(ex)
+    kernels = hcuda.kernel_names(source)
+    # the same pipeline tvm.compile ran: its scheduled PrimFuncs name the kernels
+    with target:
+        lowered = relax.get_default_pipeline(target)(pruned)
+    conv_kernels = []
+    for gv, func in lowered.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc) and "conv2d" in gv.name_hint:
+            weights = [tuple(int(d) for d in p.shape) for p in func.params
+                       if getattr(p, "shape", None) is not None and len(p.shape) == 4]
+            conv_kernels.append((gv.name_hint, weights))
+    # one kernel per distinct conv (convs of equal shapes share a PrimFunc), each on the
+    # pruned weight of its conv
+    kernel_weights = [[w for w in ws if w in convs] for _, ws in conv_kernels]
+    assert all(len(ws) == 1 for ws in kernel_weights), conv_kernels
+    assert sorted(ws[0] for ws in kernel_weights) == sorted(set(convs)), conv_kernels
+    for name, _ in conv_kernels:
+        assert any(k.startswith(name) for k in kernels), (name, kernels)
+    if hcuda.have_nvcc():
+        ptx = hcuda.nvcc_compile(source, "sm_80", "ptx")
+        assert sorted(hcuda.ptx_entries(ptx)) == sorted(kernels)
 
 
 def test_kept_counts_are_aligned_and_never_zero(small):

@@ -125,7 +125,8 @@ def test_models_are_located_without_importing_packages():
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     assert model_path("text_direction").name == "ch_ppocr_mobile_v2.0_cls_infer.onnx"
-    assert list_models() == ["mnist_resnet", "rapid_orientation", "text_direction"]
+    assert list_models()[0] == "mnist_resnet"
+    assert {"rapid_orientation", "text_direction", "nudenet_320n"} <= set(list_models())
 
 
 def test_bad_arguments():

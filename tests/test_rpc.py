@@ -3,6 +3,8 @@
 Checks: the tracker sees both servers; an unreachable tracker, an unknown key and a dead
 server fail with HCPruneError (or a failed measurement) within a bounded time; tuning runs
 through the servers; a pruned model runs remotely with outputs equal to the local run.
+That work ran on the servers is read from the servers' own logs: TVM's RPC server logs
+``load_module <path>`` for every module a client uploaded and loaded there.
 """
 
 from __future__ import annotations
@@ -33,10 +35,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
+def _spawn(args: list[str], log=None) -> subprocess.Popen:
+    """Start ``python -m args``; its stderr (where TVM's RPC server logs) goes to ``log``."""
     env = dict(os.environ, TVM_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    err = subprocess.DEVNULL if log is None else open(log, "wb")
+    try:
+        return subprocess.Popen([sys.executable, "-m", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    finally:
+        if log is not None:
+            err.close()  # the child keeps its own descriptor
+
+
+# the logs of the module tracker's servers (filled by the ``tracker`` fixture)
+SERVER_LOGS: list = []
+
+
+def _server_loads() -> list[list[str]]:
+    """Per server, the ``load_module`` lines it logged so far: one per module a client
+    uploaded to that server and loaded there (a measurement or a remote run)."""
+    out = []
+    for log in SERVER_LOGS:
+        text = log.read_text("utf-8", "replace") if log.exists() else ""
+        out.append([ln for ln in text.splitlines() if "load_module" in ln])
+    return out
+
+
+def _loaded_since(before: list[list[str]]) -> list[str]:
+    """The ``load_module`` lines logged since ``before`` (a :func:`_server_loads` result)."""
+    return [ln for old, new in zip(before, _server_loads(), strict=True)
+            for ln in new[len(old):]]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -51,11 +80,11 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def _start_server(tracker_port: int, key: str) -> subprocess.Popen:
+def _start_server(tracker_port: int, key: str, log=None) -> subprocess.Popen:
     port = _free_port()
     return _spawn(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
                    "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}",
-                   "--key", key])
+                   "--key", key], log)
 
 
 def _wait_for(tracker: str, key: str, count: int, timeout: float = 60.0) -> None:
@@ -69,14 +98,16 @@ def _wait_for(tracker: str, key: str, count: int, timeout: float = 60.0) -> None
 
 
 @pytest.fixture(scope="module")
-def tracker():
-    """A tracker with two servers of KEY; yields 'host:port'."""
+def tracker(tmp_path_factory):
+    """A tracker with two servers of KEY, logging to SERVER_LOGS; yields 'host:port'."""
     port = _free_port()
     procs = [_spawn(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
                      "--port-end", str(port + 1)])]
     addr = f"127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("rpc_logs")
+    SERVER_LOGS[:] = [logs / "server0.log", logs / "server1.log"]
     try:
-        procs += [_start_server(port, KEY), _start_server(port, KEY)]
+        procs += [_start_server(port, KEY, log) for log in SERVER_LOGS]
         _wait_for(addr, KEY, 2)
         yield addr
     finally:
@@ -142,13 +173,25 @@ def test_tune_rejects_unknown_key_before_work(tracker, tmp_path):
 @pytest.mark.tuning
 def test_tune_through_rpc_servers(tracker, pruned, tmp_path):
     """Measurements run on the tracker's servers (RPCRunner, both in parallel) and give
-    valid records that the pipeline applies."""
+    valid records that the pipeline applies: the servers' logs show at least one uploaded
+    module loaded per valid measurement, and the two whole-model builds of the model check
+    (records vs rules only) loaded on a server."""
     out = tmp_path / "db.json"
+    before = _server_loads()
     db, stats = hc.tune(pruned, TARGET, trials=4, trials_per_task=1, rpc_tracker=tracker,
                         rpc_key=KEY, output=out, progress=False, return_stats=True,
                         seed_rules=False, session_timeout=60)
     assert stats.valid > 0 and out.exists()
     assert db.meta["runner"] == "rpc"
+    loaded = _loaded_since(before)
+    assert len(loaded) >= stats.valid, (len(loaded), stats.valid, SERVER_LOGS)
+    # "never slower than the rules" on the device: without seeds no task was checked, so
+    # the whole model, with the records and rules-only, was timed on a server
+    model = stats.model
+    assert "ratio" in model and model["timed_on"] == f"RPC key {KEY!r} at {tracker}", model
+    checks = [ln for ln in loaded if "hcprune_model_check_" in ln]
+    assert sorted(ln.rsplit("_", 1)[-1] for ln in checks) == ["rules.so", "tuned.so"], checks
+    assert len(db) == (len(stats.unchecked) if model["kept"] == "tuned" else 0)
     from tvm_hcprune.backend.database import load_database
 
     assert len(load_database(out, TARGET)) == len(db)
@@ -164,9 +207,13 @@ def test_pruned_model_runs_remotely_like_locally(tracker, pruned, tmp_path):
     ex.export_library(str(lib))
     x = np.random.default_rng(0).standard_normal((1, 3, 10, 10)).astype("float32")
     local = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    before = _server_loads()
     outputs, times = hrpc.run_remote(lib, {"input": x}, tracker, KEY, repeat=2, timeout=30)
     np.testing.assert_allclose(outputs[0], local, rtol=1e-6, atol=1e-6)
     assert len(times) == 2
+    # one server received the library and loaded it
+    loaded = _loaded_since(before)
+    assert len(loaded) == 1 and loaded[0].endswith("net.so"), loaded
 
 
 @pytest.mark.slow

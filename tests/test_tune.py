@@ -17,6 +17,7 @@ import tvm_hcprune as hc
 from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.testing.onnx_models import GraphBuilder
+from tvm_hcprune.tuning import tune as hc_tune
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
 IMAGE = 12
@@ -189,6 +190,77 @@ def test_database_for_another_target_is_rejected(tuned, measured, tmp_path):
         dbm.load_database(path, "cuda -arch=sm_80")
     with pytest.raises(HCPruneError, match="re-tune"):
         hc.build(_tiny_mod(tmp_path), "cuda -arch=sm_80", database=str(path))
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_unseeded_tasks_and_a_custom_local_runner_get_the_model_check(pruned, x):
+    """Without seeds no task is checked against the rules' schedule, and a runner passed
+    as a MetaSchedule LocalRunner object used to skip the model check ("custom runner"):
+    now the whole model built with the records is timed against the rules-only build on
+    this machine, and the records survive only when that model is faster."""
+    from tvm.s_tir import meta_schedule as ms
+
+    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+        number=3, repeat=1, min_repeat_ms=10, enable_cpu_cache_flush=False))
+    db, stats = hc.tune(pruned, TARGET, trials=5, trials_per_task=1, runner=runner,
+                        seed_rules=False, progress=False, return_stats=True)
+    assert stats.valid > 0 and not stats.seeds and not stats.kept
+    assert set(stats.unchecked) == set(stats.best)  # every record: no per-task check
+    model = stats.model
+    assert "ratio" in model and model["timed_on"] == "this machine", model
+    assert model["records"] == len(stats.unchecked)
+    if model["kept"] == "tuned":
+        assert model["ratio"] <= 0.99 and len(db) == len(stats.unchecked)
+    else:
+        assert model["ratio"] > 0.99 and len(db) == 0
+    assert db.meta["model_check"] == model
+    lines = hc_tune.summary_lines(stats, db)
+    assert "0 record(s) beat the rules' schedule" in lines[1]
+    assert f"{len(stats.unchecked)} record(s) kept WITHOUT that check" in lines[1]
+    assert lines[2].startswith("model on this machine: tuned ")
+    out = _run(hc.build(pruned, TARGET, database=db), x)
+    np.testing.assert_allclose(out, _run(hc.build(pruned, TARGET, database=False), x),
+                               rtol=1e-5, atol=1e-5)
+
+
+class _Records:
+    """A stand-in for a ScheduleDatabase of ``n`` records (only its length is read)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+
+def test_summary_tells_unchecked_records_from_checked_ones():
+    """The old message said "0 tasks beat the rules' schedule" while writing records
+    (kept without a seed, or never model-checked): the summary now counts records that
+    beat the rules, records kept without that check and tasks that keep the rules, and
+    says when the model check did not run."""
+    stats = hc_tune.TuneStats(tasks=["a", "b", "c"], weights=[1, 1, 1], trials=3, valid=3,
+                              unchecked=["a", "b"], seconds=1.0)
+    lines = hc_tune.summary_lines(stats, _Records(2))
+    assert lines[1] == ("per task: 0 record(s) beat the rules' schedule re-measured side by "
+                        "side, 2 record(s) kept WITHOUT that check (no rules' schedule was "
+                        "measured for them: --no-seed, or no rule fits); 1 task(s) keep the "
+                        "rules")
+    assert lines[2] == ("model check off: the 2 record(s) are NOT checked against the "
+                        "rules-only model")
+    assert lines[-1] == "2 record(s) returned"
+    stats.model = {"kept": "tuned", "skipped": "a custom MetaSchedule runner times single "
+                                               "functions, not a whole model: ..."}
+    assert hc_tune.summary_lines(stats, _Records(2))[2].startswith(
+        "model check skipped: a custom MetaSchedule runner")
+    stats = hc_tune.TuneStats(tasks=["a", "b"], weights=[1, 1], kept={"a": 0.8},
+                              seeds={"a": 1e-3, "b": 1e-3},
+                              model={"tuned_ms": 1.0, "rules_ms": 1.2, "ratio": 0.83,
+                                     "kept": "tuned", "timed_on": "RPC key 'k' at h:1"})
+    lines = hc_tune.summary_lines(stats, _Records(1))
+    assert "1 record(s) beat" in lines[1] and "WITHOUT" not in lines[1]
+    assert lines[2] == ("model on RPC key 'k' at h:1: tuned 1.000 ms vs rules 1.200 ms -> "
+                        "keeping the tuned")
 
 
 def _tiny_mod(tmp_path):

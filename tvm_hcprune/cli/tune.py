@@ -20,7 +20,7 @@ from tvm_hcprune.cli.compile import (
 )
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.tuning.rpc import check_key
-from tvm_hcprune.tuning.tune import tune
+from tvm_hcprune.tuning.tune import summary_lines, tune
 
 
 def register(subparsers) -> None:
@@ -72,13 +72,7 @@ def run(args) -> int:
               "preset": args.preset}, return_stats=True,
         model_check=not args.no_model_check,
     )
-    log_stderr(f"tuned {len(stats.tasks)} tasks, {stats.valid}/{stats.trials} valid trials in "
-         f"{stats.seconds:.0f} s; {len(stats.kept)} tasks beat the rules' schedule")
-    model = stats.model
-    if "ratio" in model:
-        log_stderr(f"model: tuned {model['tuned_ms']:.3f} ms vs rules {model['rules_ms']:.3f} ms "
-             f"-> keeping the {model['kept']}")
-    elif model.get("skipped"):
-        log_stderr(f"model check skipped: {model['skipped']}")
+    for line in summary_lines(stats, db):
+        log_stderr(line)
     log_stderr(f"{len(db)} records -> {out}")
     return 0

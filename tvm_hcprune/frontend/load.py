@@ -127,11 +127,33 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
     --------
     >>> mod = tvm_hcprune.load_onnx("model.onnx", {"input": [1, 3, 224, 224]})  # doctest: +SKIP
     """
+    return load_onnx_graph(path, shape_dict, log)[1]
+
+
+def load_onnx_graph(path, shape_dict: dict | None = None, log=print):
+    """``(onnx_model, mod)``: :func:`load_onnx`'s module and the ONNX graph it imported.
+
+    The graph is the file's own, or onnxruntime's basic optimisation of it where TVM's
+    importer needed that (see :func:`load_onnx`). A pruned ONNX export
+    (:func:`tvm_hcprune.planning.export_onnx.apply_to_onnx`) must start from this graph.
+
+    Parameters
+    ----------
+    path, shape_dict, log
+        As for :func:`load_onnx`.
+
+    Returns
+    -------
+    tuple[onnx.ModelProto, tvm.IRModule]
+
+    Examples
+    --------
+    >>> model, mod = load_onnx_graph("model.onnx", {"input": [1, 3, 224, 224]})  # doctest: +SKIP
+    """
     # deferred: TVM's ONNX frontend imports onnx (slow)
     from tvm.relax.frontend.onnx import from_onnx
 
     from tvm_hcprune.utils.relax import first_dynamic_binding  # deferred: imports TVM
-
 
     model = read_onnx(path)
     shapes = static_input_shapes(model, shape_dict, log)
@@ -139,7 +161,7 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
         mod = from_onnx(model, shape_dict=shapes)
         dynamic = first_dynamic_binding(mod["main"])
         if dynamic is None:
-            return mod
+            return model, mod
         first = f"{dynamic[0]} = {dynamic[1]}(...) has a shape computed at run time"
     except Exception as err:  # noqa: BLE001 - importer gaps raise assorted errors
         first = f"{type(err).__name__}: {str(err)[:300]}"
@@ -161,11 +183,17 @@ def load_onnx(path, shape_dict: dict | None = None, log=print):
             "detector before its NMS or decoding tail) or fold its shape computations")
     log(f"note: {Path(path).name} was folded by onnxruntime's basic graph optimisation "
         f"before import ({first})")
-    return mod
+    return folded, mod
 
 
 def load_tflite(path, shape_dict: dict | None = None):
     """Import a TFLite flatbuffer (NHWC, HWIO / HWOI weights) as a Relax module.
+
+    Raises
+    ------
+    HCPruneError
+        The file is missing or unreadable, stores sparse weights (TFLite's DENSIFY
+        format), or TVM's importer fails on it (the message carries the importer's error).
 
     Examples
     --------
@@ -185,7 +213,30 @@ def load_tflite(path, shape_dict: dict | None = None):
     buf = p.read_bytes()
     try:
         model = tflite.Model.GetRootAsModel(buf, 0)
+        sparse = _sparse_tensors(model)
     except Exception as err:  # noqa: BLE001
         raise HCPruneError(f"{path} is not a readable TFLite model: {err}") from None
+    if sparse:
+        raise HCPruneError(
+            f"{path} stores {len(sparse)} weight tensor(s) in TFLite's sparse format (e.g. "
+            f"{sparse[0]!r}, expanded at run time by DENSIFY), which TVM's TFLite importer "
+            "cannot read; convert the model with dense weights (the converter's default, "
+            "without the sparsity optimisation)")
     kwargs = {"shape_dict": shape_dict} if shape_dict else {}
-    return from_tflite(model, **kwargs)
+    try:
+        return from_tflite(model, **kwargs)
+    except Exception as err:  # noqa: BLE001 - the importer raises assorted errors
+        raise HCPruneError(f"TVM's TFLite importer cannot import {path}: "
+                           f"{type(err).__name__}: {str(err)[:300]}") from None
+
+
+def _sparse_tensors(model) -> list[str]:
+    """Names of the tensors of ``model`` (a ``tflite.Model``) stored in sparse format."""
+    names = []
+    for g in range(model.SubgraphsLength()):
+        sub = model.Subgraphs(g)
+        for t in range(sub.TensorsLength()):
+            tensor = sub.Tensors(t)
+            if tensor.Sparsity() is not None:
+                names.append(tensor.Name().decode("utf-8", "replace"))
+    return names

