@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tvm_hcprune.api import prune
 from tvm_hcprune.backend.database import load_database
-from tvm_hcprune.backend.pipeline import build
+from tvm_hcprune.backend.pipeline import build, host_compiled
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
     add_report_argument,
@@ -94,9 +94,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-ratio", type=float, default=None,
                         help="fraction of channels to remove (0 <= R < 1); off by default")
     parser.add_argument("--preset", default=None,
-                        help="pass-list preset from passes/ (e.g. llvm-avx2, cuda): target, "
-                             "criterion and channel alignment; prunes (ratio 0.5 unless "
-                             "--prune-ratio)")
+                        help="pass-list preset: a name from passes/ (llvm-avx2, llvm-avx512, "
+                             "llvm-neon, cuda, vta) or the path of your own .toml; its "
+                             "target, criterion, alignment and pass list drive the build; "
+                             "prunes (ratio 0.5 unless --prune-ratio or a budget). Default: "
+                             "the target family's preset, without pruning")
 
     add_budget_arguments(parser)
 
@@ -188,13 +190,19 @@ def run(args) -> int:
         database = False  # the rules only (None would mean: the shipped databases)
     else:
         database = "shipped"
+    if preset is not None and host_compiled(preset):
+        raise HCPruneError(
+            f"--preset {args.preset}: this preset offloads layers to the VTA simulator, which "
+            "runs inside Python and makes no deployable library. Build it in Python: "
+            "ex = tvm_hcprune.build(mod, preset='vta', calibration=samples); "
+            "relax.VirtualMachine(ex, tvm.cpu()) runs it (see tutorials/ and tests/vta/)")
     t0 = time.perf_counter()
     if args.report and not ratio:
         raise HCPruneError("--report describes a pruning run: add --prune-ratio or a budget")
     reports: list = []
     mod = load_model(args, target, preset, ratio, log=log_stderr, reports=reports)
 
-    ex = build(mod, target, database=database)
+    ex = build(mod, target, database=database, preset=preset)
     with atomic_write(out) as tmp:
         ex.export_library(str(tmp))
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
