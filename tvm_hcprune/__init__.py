@@ -73,6 +73,7 @@ _EXPORTS = {
     "latency_table": "tvm_hcprune.latency",
     "LatencyTable": "tvm_hcprune.latency",
     "RooflineModel": "tvm_hcprune.latency",
+    "MeasuredLatency": "tvm_hcprune.latency",
 }
 
 __all__ = sorted(_EXPORTS) + ["PIPELINE_NAME", "__version__", "register_pipeline"]

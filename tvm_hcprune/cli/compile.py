@@ -29,6 +29,7 @@ from tvm_hcprune.cli.budget import (
     add_report_argument,
     latency_model_arg,
     parse_budget,
+    rpc_args,
     write_report,
 )
 from tvm_hcprune.errors import HCPruneError
@@ -36,6 +37,7 @@ from tvm_hcprune.frontend.load import load_onnx
 from tvm_hcprune.frontend.pytorch import load_torch
 from tvm_hcprune.hardware.presets import load_preset
 from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.planning.budget import Latency
 from tvm_hcprune.utils import atomic_write
 
 _SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
@@ -112,6 +114,10 @@ def resolve_model_options(args):
                           getattr(args, "macs_budget", None))
     if budget is not None and ratio is not None:
         raise HCPruneError("give either --prune-ratio or a budget, not both")
+    if rpc_args(args)[0] and args.command != "tune" and not isinstance(budget, Latency):
+        raise HCPruneError("--rpc-tracker/--rpc-key measure the --latency-budget table on a "
+                           "device: add --latency-budget (run the library remotely with "
+                           "`hcprune run --rpc-tracker ... --rpc-key ...`)")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
     if preset is not None and ratio is None:

@@ -85,9 +85,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     """``(plan, predicted, dense predicted, latency model)`` meeting ``budget``.
 
     For :class:`~tvm_hcprune.planning.budget.Latency` budgets the latency model defaults
-    to a table measured on ``target`` (:func:`tvm_hcprune.latency_table`, imported when
-    needed: the latency package compiles and times, above this layer); the last three are
-    None for MACs and parameter budgets.
+    to :class:`tvm_hcprune.latency.MeasuredLatency` (a table measured on ``target``, then
+    the plan corrected by measuring the pruned model; imported when needed: the latency
+    package compiles and times, above this layer). A model with ``for_graph`` (such a
+    specification) is turned into its table here. The last three are None for MACs and
+    parameter budgets.
 
     Examples
     --------
@@ -99,10 +101,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     if isinstance(budget, Latency):
         tgt = target if target is not None else "llvm"
         model = latency_model
-        if model is None:
-            latency = importlib.import_module("tvm_hcprune.latency")
-            model = latency.latency_table(graph, tgt, align=align,
-                                          min_channels=config.min_channels)
+        if model is None:  # measured here, with the closed loop
+            model = importlib.import_module("tvm_hcprune.latency").MeasuredLatency()
+        spec = model if hasattr(model, "for_graph") else None
+        if spec is not None:
+            model = spec.for_graph(graph, tgt, align, config.min_channels)
         model.check(graph, tgt)
         cost = model.cost(graph)
         dense = cost.total({g.id: g.size for g in graph.groups})
@@ -110,11 +113,17 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
         if limit >= dense:
             raise HCPruneError(f"the latency budget {budget.describe()} is not below the dense "
                                f"model's {dense:.4g} ms: nothing needs pruning")
-        plan, alloc = make_budget_plan(
-            graph, config, align, cost, limit, calibration,
-            candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
-            what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
-        return plan, alloc.cost, dense, model
+
+        def replan(lim):
+            return make_budget_plan(
+                graph, config, align, cost, lim, calibration,
+                candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
+                what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
+
+        plan, _alloc = replan(limit)
+        if spec is not None:
+            plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
+        return plan, model.predict(graph, plan), dense, model
     if isinstance(budget, MACs):
         cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
     else:
