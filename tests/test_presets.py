@@ -272,3 +272,17 @@ def test_cli_presets(model, tmp_path, capsys):
         assert why in capsys.readouterr().err
         assert not out2.exists()
     assert json.loads(json.dumps(load_preset(good).passes))[-1] == "CPURules"
+
+
+def test_preset_for_other_members_of_a_family():
+    """Any CUDA arch gets the cuda preset, any AArch64 CPU llvm-neon; an x86 CPU without
+    AVX2 a CPU preset at its own profile's alignment; a target with no profile (rocm) the
+    generic preset, which ends in TVM's default pipeline."""
+    assert preset_for({"kind": "cuda", "arch": "sm_90"}).name == "cuda"
+    arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a53"}
+    assert preset_for(arm).name == "llvm-neon"
+    old = {"kind": "llvm", "mcpu": "core2"}
+    assert preset_for(old).passes[-1] == "CPURules"
+    assert preset_for(old).align == profile_for(old).channel_multiple
+    generic = preset_for({"kind": "vulkan"})
+    assert generic.passes[-1] == "TVMDefault" and "default" in generic.schedule

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tvm_hcprune._resources import data_dir
@@ -327,24 +327,41 @@ def _validate(raw: dict, path: Path) -> Preset:
 
 
 def preset_for(target) -> Preset:
-    """The shipped preset of ``target``'s family (the one whose target has the same
-    hardware profile): what :func:`tvm_hcprune.build` runs when no preset is named.
+    """The shipped preset of ``target``'s family: what :func:`tvm_hcprune.build` runs when
+    no preset is named.
 
-    Raises
-    ------
-    HCPruneError
-        No shipped preset has that profile (name a preset or give your own TOML).
+    The preset whose target has the same hardware profile; else one of the same kind and
+    ISA (e.g. any CUDA arch: ``cuda``), else one of the same kind (``llvm``); a preset found
+    that way takes the alignment of ``target``'s own profile.
+
+    A target without a hardware profile (``rocm``, ``vulkan``, ``metal``...) gets
+    :data:`GENERIC`: BatchNorm folded, then TVM's default pipeline for the target.
 
     Examples
     --------
-    >>> preset_for({"kind": "llvm", "mcpu": "skylake-avx512"}).name  # doctest: +SKIP
+    >>> preset_for({"kind": "llvm", "mcpu": "skylake-avx512"}).name
     'llvm-avx512'
     """
-    want = profile_for(target).name
-    for name in list_presets():
-        p = load_preset(name)
-        if profile_for(p.target).name == want:
+    try:
+        want = profile_for(target)
+    except HCPruneError:
+        return GENERIC
+    shipped = [load_preset(n) for n in list_presets()]
+    profiles = [profile_for(p.target) for p in shipped]
+    for p, prof in zip(shipped, profiles, strict=True):
+        if prof.name == want.name:
             return p
-    raise HCPruneError(f"no shipped preset matches the hardware profile {want!r} of target "
-                       f"{target}; name one of {', '.join(list_presets())} (preset=...) or "
-                       "give the path of your own .toml")
+    for same in (lambda q: (q.kind, q.isa) == (want.kind, want.isa),
+                 lambda q: q.kind == want.kind):
+        for p, prof in zip(shipped, profiles, strict=True):
+            if same(prof):
+                return replace(p, align=want.channel_multiple)
+    return replace(GENERIC, align=want.channel_multiple)
+
+
+#: the preset of targets no shipped preset covers: TVM's default pipeline after the folds
+GENERIC = Preset(name="generic", description="TVM's default pipeline for the target",
+                 target={"kind": "llvm"}, criterion="l2", align=1,
+                 schedule=("database", "default"),
+                 passes=("FoldConstant", "FoldBatchNorm", "PruneChannels", "Reconstruct",
+                         "FoldConstant", "TVMDefault"), path="<built-in>")
