@@ -123,3 +123,32 @@ def test_hcprune_pipeline_equals_build_of_same_plan(setup):
                                atol=1e-7)
     with pytest.raises(HCPruneError, match="one of budget"):
         relax.get_pipeline("hcprune", budget=budget, ratio=0.5)
+
+
+def test_latency_budget_inside_the_pipeline(setup, tmp_path):
+    """A Latency budget in tvm.compile's pipeline: the table is measured and the plan
+    corrected by timing the pruned model (compiles nested in the pass); the module carries
+    the plan with its closed-loop steps and equals the masked reference."""
+    mod, _samples, x = setup
+    opts = {"widths": 3, "repeats": 2, "number": 2, "cache_dir": tmp_path, "progress": False}
+    folded = _folded(mod)
+    graph = hc.analyze(folded)
+    table = hc.latency_table(graph, "llvm", **opts)
+    low = table.cost(graph).total({**{g.id: g.size for g in graph.groups}, **table.low_widths})
+    fraction = round(0.5 * (1 + low / table.predict(graph)), 3)  # reachable on any machine
+    spec = hc.MeasuredLatency(refine=1, **opts)
+    pc = PruneChannels(budget=hc.Latency(fraction=fraction), target="llvm", latency_model=spec)
+    pruned = pc(folded)
+    plan = module_plan(pruned)
+    assert 1 <= len(plan.config["closed_loop"]) <= 2
+    np.testing.assert_allclose(_out(pruned, x), _out(masked_reference(folded, plan), x),
+                               rtol=1e-4, atol=1e-5)
+    # the table's plan (no correction) through tvm.compile equals its masked reference
+    table_only = hc.MeasuredLatency(refine=0, **opts)
+    plan0 = module_plan(PruneChannels(budget=hc.Latency(fraction=fraction), target="llvm",
+                                      latency_model=table_only)(folded))
+    pipe = relax.get_pipeline("hcprune", budget=hc.Latency(fraction=fraction),
+                              latency_model=table_only)
+    ex = tvm.compile(mod, parse_target("llvm"), relax_pipeline=pipe)
+    np.testing.assert_allclose(_out(ex, x), _out(masked_reference(folded, plan0), x),
+                               rtol=1e-4, atol=1e-5)
