@@ -7,7 +7,12 @@ whole models), plans are chosen for ``Latency(fraction=0.7/0.5/0.3)``, and the d
 the budget plans and uniform-ratio plans are timed in interleaved rounds in one run. Figures
 are ratios to the dense model measured in the same run.
 
+``--closed-loop N``: the budget plans come from ``MeasuredLatency(refine=N)``: after the
+table's plan, the pruned model is built and timed against the dense one and the plan is
+corrected, at most N times (the final interleaved timing is a separate, independent run).
+
     python benchmarks/budget.py [--json PATH] [--quick] [--image 96] [--widths 4]
+                                [--closed-loop 2]
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from scipy.stats import spearmanr
 from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
-from tvm_hcprune.latency import RooflineModel, latency_table
+from tvm_hcprune.latency import MeasuredLatency, RooflineModel, latency_table
 from tvm_hcprune.latency.measure import measure_models
 from tvm_hcprune.testing import onnx_models
 from tvm_hcprune.utils import atomic_write_text
@@ -50,11 +55,15 @@ def bench_model(name, mod, args) -> dict:
                           cache_dir=args.cache)
     table_s = time.perf_counter() - t0
     roof = RooflineModel("llvm")
+    model = table
+    if args.closed_loop:
+        model = MeasuredLatency(widths=args.widths, repeats=args.repeats, cache_dir=args.cache,
+                                refine=args.closed_loop)
     plans, labels, asked = [], [], []
     for f in FRACTIONS:
         try:
             pruned, rep = hc.prune(mod, budget=hc.Latency(fraction=f), graph=graph,
-                                   target="llvm", latency_model=table)
+                                   target="llvm", latency_model=model)
         except hc.HCPruneError as err:
             print(f"  {name}: Latency(fraction={f}): {err}")
             continue
@@ -77,6 +86,7 @@ def bench_model(name, mod, args) -> dict:
             "roofline_fraction": roof.predict(graph, rep.plan) / roof.predict(graph),
             "macs_fraction": rep.macs_fraction, "measured_ms": m,
             "error": None if f is None else (m / dense_ms - f) / f,
+            "closed_loop": rep.plan.config.get("closed_loop"),
         })
     measured = [r["measured_fraction"] for r in rows]
     rho_roof = spearmanr([r["roofline_fraction"] for r in rows], measured).statistic
@@ -96,6 +106,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=9, help="interleaved timing rounds")
     ap.add_argument("--number", type=int, default=5)
     ap.add_argument("--cache", default="default", help="latency cache folder")
+    ap.add_argument("--closed-loop", type=int, default=0, metavar="N",
+                    help="correct each budget plan by timing the pruned model, at most N "
+                         "re-plans (MeasuredLatency(refine=N)); 0: the table's plan")
     ap.add_argument("--models", default="mnist,resnet50,mobilenet_v2",
                     help="comma-separated subset of mnist, resnet50, mobilenet_v2")
     ap.add_argument("--threads", type=int, default=1,
@@ -112,23 +125,27 @@ def main(argv=None) -> int:
         print(f"\n{name}: dense {res['dense_ms']:.3f} ms (table's dense {res['table_dense_ms']:.3f}"
               f" ms); table {res['table_s']:.1f} s, {res['kernels_measured']} kernels measured")
         print(f"  {'plan':<14}{'asked':>7}{'measured':>10}{'error':>8}{'table':>8}"
-              f"{'roofline':>10}{'MACs':>7}")
+              f"{'roofline':>10}{'MACs':>7}{'loop steps':>12}")
         for r in res["plans"]:
             asked = "" if r["asked"] is None else f"{r['asked']:.2f}"
             err = "" if r["error"] is None else f"{100 * r['error']:+.1f}%"
+            loop = r["closed_loop"]
+            steps = "" if not loop else " ".join(f"{x['measured_fraction']:.3f}" for x in loop)
             print(f"  {r['plan']:<14}{asked:>7}{r['measured_fraction']:>10.3f}{err:>8}"
                   f"{r['table_fraction']:>8.3f}{r['roofline_fraction']:>10.3f}"
-                  f"{r['macs_fraction']:>7.2f}")
+                  f"{r['macs_fraction']:>7.2f}  {steps}")
         print(f"  Spearman vs measured: roofline {res['spearman_roofline']:.2f}, "
               f"table {res['spearman_table']:.2f}")
     errors = [abs(r["error"]) for res in results for r in res["plans"] if r["error"] is not None]
-    summary = {"threads": args.threads, "max_abs_error": max(errors) if errors else None,
+    summary = {"threads": args.threads, "closed_loop": args.closed_loop,
+               "max_abs_error": max(errors) if errors else None,
                "within_5pct": int(sum(e <= 0.05 for e in errors)), "budget_plans": len(errors),
                "min_spearman_roofline": float(np.nanmin([r["spearman_roofline"]
                                                          for r in results]))}
     print(f"\nbudget plans within 5% of the asked fraction: {summary['within_5pct']} of "
           f"{summary['budget_plans']}; Spearman(roofline) min "
-          f"{summary['min_spearman_roofline']:.2f}; {args.threads} thread(s)")
+          f"{summary['min_spearman_roofline']:.2f}; {args.threads} thread(s); closed loop "
+          f"{args.closed_loop or 'off'}")
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps({"results": results, "summary": summary},
                                                      indent=1))

@@ -73,6 +73,7 @@ _EXPORTS = {
     "latency_table": "tvm_hcprune.latency",
     "LatencyTable": "tvm_hcprune.latency",
     "RooflineModel": "tvm_hcprune.latency",
+    "MeasuredLatency": "tvm_hcprune.latency",
 }
 
 __all__ = sorted(_EXPORTS) + ["PIPELINE_NAME", "__version__", "register_pipeline"]
@@ -92,21 +93,41 @@ def register_pipeline() -> None:
     """Register tvm_hcprune's pipeline as ``relax.get_pipeline("hcprune")`` (idempotent).
 
     Called by ``import tvm_hcprune``, so ``tvm.compile(mod, target,
-    relax_pipeline="hcprune")`` works right after it. The backend (kernels, rules,
-    databases) is imported when the pipeline is first asked for, like the export table's
-    names, so that ``import tvm_hcprune`` costs no more than ``import tvm``.
+    relax_pipeline="hcprune")`` works right after it, and
+    ``relax.get_pipeline("hcprune", budget=tvm_hcprune.MACs(fraction=0.5),
+    calibration=samples)`` prunes, reconstructs and compiles in one ``tvm.compile``. Its
+    options: ``budget`` (or ``ratio`` or ``plan``: what the preset's ``PruneChannels`` step
+    removes), ``calibration`` (inputs the ``Reconstruct`` step re-fits on), ``preset``,
+    ``target`` (of the pruning profile and latency tables; default the compile target),
+    ``database``, ``rules`` and ``latency_model`` / ``reconstruct_options``. The backend
+    (kernels, rules, databases) is imported when the pipeline is first asked for, like the
+    export table's names, so that ``import tvm_hcprune`` costs no more than ``import tvm``.
+
+    Examples
+    --------
+    >>> pipe = relax.get_pipeline("hcprune", budget=tvm_hcprune.MACs(fraction=0.5))
+    ... # doctest: +SKIP
+    >>> ex = tvm.compile(mod, "llvm", relax_pipeline=pipe)  # doctest: +SKIP
     """
     if PIPELINE_NAME in relax_pipeline.PIPELINE_MAP:
         return  # already registered (module reloaded)
     try:
 
         @relax.register_pipeline(PIPELINE_NAME)
-        def _hcprune_pipeline(database=None, rules: bool = True):
+        def _hcprune_pipeline(database=None, rules: bool = True, *, budget=None, ratio=None,
+                              plan=None, calibration=None, preset=None, target=None,
+                              **options):
+            given = [p for p in (budget, ratio, plan) if p is not None]
+            if len(given) > 1:
+                errors = importlib.import_module("tvm_hcprune.errors")
+                raise errors.HCPruneError("the hcprune pipeline takes one of budget=, ratio= "
+                                          "and plan=")
             backend = importlib.import_module("tvm_hcprune.backend.pipeline")
-            return backend.get_pipeline(None, database, rules)
+            return backend.get_pipeline(target, database, rules, preset=preset,
+                                        prune=given[0] if given else None,
+                                        calibration=calibration, **options)
 
     except ValueError:  # registered concurrently
         pass
-
 
 register_pipeline()

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.latency import latency_table
 from tvm_hcprune.latency.layers import layer_specs
-from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
+from tvm_hcprune.planning.budget import as_budget
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
+from tvm_hcprune.planning.planner import make_plan, resolve_align
 from tvm_hcprune.recovery.reconstruct import apply_and_reconstruct
+from tvm_hcprune.transform.prune_channels import attach_plan, budget_plan
 
 
 @dataclass
@@ -249,14 +249,15 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     predicted = dense_pred = None
     layers, source = [], ""
     if budget is not None:
-        plan, predicted, dense_pred, model = _budget_plan(graph, config, align_r, budget,
-                                                          target, latency_model, calibration)
+        plan, predicted, dense_pred, model = budget_plan(graph, config, align_r, budget,
+                                                         target, latency_model, calibration)
         if model is not None:
             layers, source = _layer_changes(graph, plan, model), model.source
     elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
     pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct,
                                           reconstruct_options)
+    pruned = attach_plan(pruned, graph, plan)
     seconds = time.perf_counter() - t0
     macs_after, params_after = graph.count_after(plan)
     changes = []
@@ -285,34 +286,3 @@ def _layer_changes(graph, plan, model) -> list[LayerChange]:
                                 model.layer_ms(spec, ci, co), model.layer_ms(spec, ci2, co2)))
     return rows
 
-
-def _budget_plan(graph, config, align, budget, target, latency_model, calibration):
-    """``(plan, predicted ms, dense predicted ms, latency model)`` meeting ``budget`` (the
-    last three None for MACs and parameter budgets)."""
-    record = {"kind": type(budget).__name__, **budget.__dict__}
-    if isinstance(budget, Latency):
-        model = latency_model
-        if model is None:
-            model = latency_table(graph, target if target is not None else "llvm",
-                                  align=align, min_channels=config.min_channels)
-        model.check(graph, target if target is not None else "llvm")
-        cost = model.cost(graph)
-        dense = cost.total({g.id: g.size for g in graph.groups})
-        limit = budget.limit(dense)
-        if limit >= dense:
-            raise HCPruneError(f"the latency budget {budget.describe()} is not below the dense "
-                               f"model's {dense:.4g} ms: nothing needs pruning")
-        plan, alloc = make_budget_plan(
-            graph, config, align, cost, limit, calibration,
-            candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
-            what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
-        return plan, alloc.cost, dense, model
-    if isinstance(budget, MACs):
-        cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
-    else:
-        cost, dense, what = params_cost(graph), graph.total_params, "params"
-    plan, _alloc = make_budget_plan(graph, config, align, cost, budget.limit(dense),
-                                    calibration, what=what,
-                                    fmt=lambda v: f"{v / dense:.3f}x ({v:.4g})",
-                                    budget_record=record)
-    return plan, None, None, None

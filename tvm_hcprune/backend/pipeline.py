@@ -1,6 +1,9 @@
 """tvm_hcprune's compilation pipeline and :func:`build`.
 
-For ``llvm`` targets the pipeline is TVM's CPU pipeline with tvm_hcprune's steps added::
+The pipeline runs a preset's steps (``passes/*.toml``, the registry in
+:mod:`tvm_hcprune.hardware.presets`, the backend's steps in :mod:`.steps`): the named
+preset, else the shipped one of the target's family. For ``llvm`` targets the shipped
+presets' steps make TVM's CPU pipeline with tvm_hcprune's steps added::
 
     FoldConstant -> FoldBatchNorm -> FoldConstant          (Relax, whole model)
     BlockChannelLayout                                     (NCHW convs -> NCHW[lanes]c, kept
@@ -33,21 +36,28 @@ import os
 
 import tvm
 from tvm import relax
-from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvm_hcprune.backend import database as dbm
-from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
-from tvm_hcprune.backend.cpu.fast_math import FastMath
-from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
-from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.cpu.rowwise import ScheduleRowwise
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
-from tvm_hcprune.backend.cuda_bsr import CUDA_LAYOUTS, bsr_kernel_cuda
-from tvm_hcprune.backend.sparse_choice import MeasuredChoice
+from tvm_hcprune.backend.steps import (
+    cpu_kernel_passes,
+    database_pass,
+    fuse_passes,
+    gpu_sparse_passes,
+    lower_passes,
+)
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.hardware import host_physical_cores, profile_for
-from tvm_hcprune.hardware.sparse_cost import default_block
+from tvm_hcprune.hardware import host_physical_cores
+from tvm_hcprune.hardware.presets import (
+    Preset,
+    PresetContext,
+    get_preset_pass,
+    load_preset,
+    preset_for,
+)
 from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.planning.criteria import get_criterion
 from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 
 PIPELINE_NAME = "hcprune"
@@ -70,15 +80,6 @@ def _fold_passes() -> list:
     return [relax.transform.FoldConstant(), FoldBatchNorm(), relax.transform.FoldConstant()]
 
 
-def _fuse_passes() -> list:
-    return [
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ]
-
-
 def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
                    sparse: bool | str = True) -> list:
     """Phase 1 of the pipeline: up to the fused PrimFuncs that schedules apply to.
@@ -88,55 +89,18 @@ def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
     and fused the way :func:`tvm_hcprune.tune` sees them.
     """
     if target.kind.name != "llvm":
-        return [*_fold_passes(), *_gpu_sparse(target, sparse), relax.transform.LegalizeOps(),
-                *_fuse_passes()]
-    pre = _fold_passes()
-    if rules:
-        prof = profile_for(target)
-        lanes = prof.lanes("float32")
-        if blocked_layout:
-            pre.append(BlockChannelLayout(lanes))
-        if sparse:  # block-sparse matmuls / 1x1 convs the BSR kernel runs faster
-            decide = None if sparse != "measure" else MeasuredChoice(
-                target, lambda m, blocked: build(m, target, database=False, sparse=False,
-                                                 blocked_layout=blocked))
-            pre.append(UseBlockSparse(default_block(prof), prof, decide))
-        pre.append(FastMath())  # libm's scalar erff / expf: the slowest ops of GELU, softmax
-        pre.append(
-            PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
-                              l2_bytes=prof.l2_bytes)
-        )
-    return pre + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-
-
-def _gpu_sparse(target, sparse) -> list:
-    """The BSR rewrite on CUDA (matmuls; the estimate decides), else nothing."""
-    if not sparse or target.kind.name != "cuda":
-        return []
-    prof = profile_for(target)
-    return [UseBlockSparse(default_block(prof), prof, kernel=bsr_kernel_cuda,
-                           layouts=CUDA_LAYOUTS)]
+        return [*_fold_passes(), *gpu_sparse_passes(target, sparse),
+                relax.transform.LegalizeOps(), *fuse_passes()]
+    return _fold_passes() + cpu_kernel_passes(target, rules, blocked_layout, sparse)
 
 
 def schedule_passes(target, database, rules: bool = True, strict: bool = False) -> list:
     """Phase 2: the database's records first (:func:`~tvm_hcprune.backend.database.
     apply_database_to_fused`), then tvm_hcprune's CPU rules on what is left."""
-
-    @tvm.transform.module_pass(opt_level=0, name="HCPruneApplyDatabase")
-    def _db(mod, _ctx):
-        if database is None:
-            return mod
-        return dbm.apply_database_to_fused(mod, database, target)
-
-    passes = [_db]
+    passes = [database_pass(target, database)]
     if rules and target.kind.name == "llvm":
         passes += [ApplyCPURules(strict=strict), ScheduleRowwise()]
     return passes
-
-
-def lower_passes(target) -> list:
-    """Phase 3 (CPU): TVM's dataflow lowering and finalisation."""
-    return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
 
 
 def prepare(mod: tvm.IRModule, target, rules: bool = True) -> tvm.IRModule:
@@ -198,11 +162,47 @@ def cpu_passes(target, database, rules: bool, strict: bool = False,
             + lower_passes(target))
 
 
+def resolve_preset(preset, target) -> Preset:
+    """``preset`` loaded (a name, a TOML path or a :class:`Preset`), or the preset of
+    ``target``'s family when None; its criterion is checked against the registry.
+
+    Examples
+    --------
+    >>> resolve_preset(None, "llvm").passes[-1]  # doctest: +SKIP
+    'CPURules'
+    """
+    p = preset_for(target) if preset is None else load_preset(preset)
+    try:
+        get_criterion(p.criterion)
+    except HCPruneError as err:
+        raise HCPruneError(f"preset file {p.path}: key 'criterion': {err}") from None
+    return p
+
+
+def preset_passes(ctx: PresetContext) -> list:
+    """The passes of ``ctx.preset``'s steps, in the preset's order."""
+    out = []
+    for name in ctx.preset.passes:
+        out += get_preset_pass(name).factory(ctx)
+    return out
+
+
+def host_compiled(preset: Preset) -> bool:
+    """Whether ``preset`` ends in a module compiled for the host CPU (the VTA offload)."""
+    return any(get_preset_pass(n).host_compiled for n in preset.passes)
+
+
 def get_pipeline(
     target=None, database=None, rules: bool = True, strict: bool = False,
-    blocked_layout: bool = True, sparse: bool | str = True,
+    blocked_layout: bool = True, sparse: bool | str = True, *, preset=None, prune=None,
+    calibration=None, **options,
 ) -> tvm.transform.Pass:
     """Return tvm_hcprune's pipeline pass for ``target`` (default: the current target).
+
+    The pass runs the steps of a preset (``passes/*.toml``, see
+    :mod:`tvm_hcprune.hardware.presets`): by default the preset of the target's family,
+    e.g. ``FoldConstant, FoldBatchNorm, PruneChannels, Reconstruct, FoldConstant, CPURules``
+    on an AVX-512 CPU.
 
     Parameters
     ----------
@@ -226,28 +226,43 @@ def get_pipeline(
         :func:`tvm_hcprune.sparsify`) on the BSR kernel where it is estimated faster
         (:mod:`.cpu.bsr`; on CUDA :mod:`.cuda_bsr`, matmuls); ``"measure"``: where it
         measured faster (CPU); False: dense.
+    preset : str, path or Preset, optional
+        The preset whose steps run (default: the target family's).
+    prune : optional
+        What the ``PruneChannels`` step removes: a ratio, a ``PruneConfig``/dict, a budget
+        (``Latency``, ``MACs``, ``Params``) or a ``PrunePlan``; None prunes nothing.
+    calibration : optional
+        Calibration inputs (array, Dataset) or a ``Calibration``: the ``Reconstruct`` step
+        re-fits the pruned layers on them; the ``VTAQuantize`` step quantises on them.
+    **options
+        Per-step options: ``latency_model`` (Latency budgets), ``reconstruct_options``.
+
+    Examples
+    --------
+    >>> ex = tvm.compile(mod, "llvm", relax_pipeline=get_pipeline(prune=0.5))  # doctest: +SKIP
     """
     @tvm.transform.module_pass(opt_level=0, name="HCPrunePipeline")
     def _pipeline(mod, _ctx):
         tgt = target if target is not None else tvm.target.Target.current(allow_none=True)
         tgt = parse_target(tgt if tgt is not None else "llvm")
-        with tgt:
-            if tgt.kind.name == "llvm":
-                seq = tvm.transform.Sequential(
-                    cpu_passes(tgt, database, rules, strict, blocked_layout, sparse))
-                return seq(mod)
-            # other targets: BN folded, the database's records, then TVM's default pipeline
-            passes = _fold_passes() + _gpu_sparse(tgt, sparse)
-            if database is not None:
-                passes = prepare_passes(tgt, sparse=sparse) + schedule_passes(tgt, database)
-            return relax.get_default_pipeline(tgt)(tvm.transform.Sequential(passes)(mod))
+        p = resolve_preset(preset, tgt)
+        ctx = PresetContext(tgt, p, database, rules, strict, blocked_layout, sparse, prune,
+                            calibration, dict(options))
+        current = tvm.target.Target.current(allow_none=True)
+        with current if current is not None and host_compiled(p) else tgt:
+            return tvm.transform.Sequential(preset_passes(ctx))(mod)
 
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
-          blocked_layout: bool = True, sparse: bool | str = True):
+def build(mod: tvm.IRModule, target=None, database=None, rules: bool = True,
+          blocked_layout: bool = True, sparse: bool | str = True, *, preset=None, prune=None,
+          calibration=None, **options):
     """Compile ``mod`` with tvm_hcprune's pipeline; returns what :func:`tvm.compile` returns.
+
+    The pipeline is a preset's list of steps (``passes/*.toml``): the named ``preset``, else
+    the shipped preset of the target's family (:func:`~tvm_hcprune.hardware.presets.
+    preset_for`).
 
     Parameters
     ----------
@@ -255,14 +270,16 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
         A Relax module (e.g. from :func:`tvm_hcprune.load_onnx`), dense or pruned.
     target : optional
         Anything :func:`tvm_hcprune.parse_target` accepts; bare ``"llvm"`` is the host
-        CPU with its ``mcpu`` and physical core count.
+        CPU with its ``mcpu`` and physical core count. Default: the named preset's target,
+        else the host CPU.
     database : None, False, "none", "shipped", path, ScheduleDatabase or MetaSchedule Database
         Tuned schedules, applied before tvm_hcprune's rules; functions without a record keep
         the rules. None (default): the databases shipped in ``schedules/`` for the target's
         family, like TVM's old TopHub logs (a record is used only for a function equal to
-        its workload; loaded once per process). False or ``"none"``: no database, the rules
-        only. A path (from :func:`tvm_hcprune.tune` / ``hcprune tune``) or a database
-        object: those records instead of the shipped ones.
+        its workload; loaded once per process), when the preset's ``schedule`` lists
+        ``"database"``. False or ``"none"``: no database, the rules only. A path (from
+        :func:`tvm_hcprune.tune` / ``hcprune tune``) or a database object: those records
+        instead of the shipped ones.
     rules : bool
         False compiles with TVM's default CPU lowering (BN still folded), for comparison;
         the shipped databases (tuned on the rules' kernels) are not applied then unless
@@ -270,12 +287,18 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
     blocked_layout : bool
         Activations stay channel-blocked between convs (default); False: NCHW between
         kernels, each kernel packing its own input.
-
     sparse : bool or "measure"
         Block-sparse matmuls and 1x1 convs run on the BSR kernel where it is estimated
         faster (default); ``"measure"`` times each such layer's BSR and dense kernels on
         this machine and keeps the faster (:class:`~tvm_hcprune.backend.sparse_choice.
         MeasuredChoice`); False forces the dense kernels.
+    preset : str, path or Preset, optional
+        A shipped preset name (``"llvm-avx2"``, ``"cuda"``, ``"vta"``...) or the path of
+        your own TOML file.
+    prune, calibration, **options
+        What the preset's ``PruneChannels``, ``Reconstruct`` and ``VTAQuantize`` steps use
+        (see :func:`get_pipeline`). The ``vta`` preset needs ``calibration`` (int8 scales);
+        its executable runs the offloaded layers on the VTA simulator in this process.
 
     Returns
     -------
@@ -285,6 +308,7 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
     Examples
     --------
     >>> ex = tvm_hcprune.build(pruned, {"kind": "llvm", "mcpu": "znver3"})  # doctest: +SKIP
+    >>> ex = tvm_hcprune.build(mod, preset="my_cpu.toml", prune=0.3)  # doctest: +SKIP
     >>> vm = tvm.relax.VirtualMachine(ex, tvm.cpu())  # doctest: +SKIP
     """
     if not isinstance(mod, tvm.IRModule):
@@ -292,13 +316,20 @@ def build(mod: tvm.IRModule, target="llvm", database=None, rules: bool = True,
             f"build expects a tvm.IRModule, got {type(mod).__name__}; import the model first "
             "(tvm_hcprune.load_onnx)"
         )
+    named = load_preset(preset) if preset is not None else None
+    if target is None:
+        target = named.target if named is not None else "llvm"
     tgt = parse_target(target)
-    if tgt.kind.name == "llvm":
-        set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
-    db = _build_database(database, tgt, rules)
-    return tvm.compile(mod, tgt, relax_pipeline=get_pipeline(tgt, db, rules,
-                                                             blocked_layout=blocked_layout,
-                                                             sparse=sparse))
+    p = resolve_preset(named, tgt)
+    compile_tgt = parse_target("llvm") if host_compiled(p) else tgt
+    if compile_tgt.kind.name == "llvm":
+        set_num_threads(int(dict(compile_tgt.attrs).get("num-cores", 0) or 0) or None)
+    if database is None and "database" not in p.schedule:
+        database = False
+    db = _build_database(database, tgt, rules) if tgt.kind.name != "ext_dev" else None
+    pipe = get_pipeline(tgt, db, rules, blocked_layout=blocked_layout, sparse=sparse,
+                        preset=p, prune=prune, calibration=calibration, **options)
+    return tvm.compile(mod, compile_tgt, relax_pipeline=pipe)
 
 
 def _build_database(database, target, rules: bool):
@@ -308,8 +339,6 @@ def _build_database(database, target, rules: bool):
     if database is None:
         database = "shipped" if rules else False
     return dbm.as_database(database, target)
-
-
 
 
 def scheduled_kernels(mod: tvm.IRModule, target="llvm", strict: bool = True,

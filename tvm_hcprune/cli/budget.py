@@ -1,5 +1,6 @@
 """``--latency-budget 0.5x|4ms`` and ``--macs-budget 0.5x``: the budget flags ``hcprune
-compile`` and ``hcprune prune`` share."""
+compile`` and ``hcprune prune`` share, with ``--rpc-tracker HOST:PORT --rpc-key KEY`` (tvmc's
+names) to measure the latency table on an RPC device."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import re
 from pathlib import Path
 
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.latency import RooflineModel
+from tvm_hcprune.latency import MeasuredLatency, RooflineModel
 from tvm_hcprune.planning.budget import Latency, MACs
+from tvm_hcprune.tuning.rpc import RPCRunner
 from tvm_hcprune.utils import atomic_write_text
 
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
@@ -27,15 +29,36 @@ def add_budget_arguments(parser) -> None:
     parser.add_argument("--latency-model", choices=("measured", "roofline"),
                         default="measured",
                         help="where --latency-budget's latency comes from: kernels measured "
-                             "here (default; llvm targets) or the roofline estimate of the "
-                             "target's hardware profile (no measurement)")
+                             "here or on --rpc-key's device (default; llvm targets; the plan "
+                             "is then corrected by timing the pruned model) or the roofline "
+                             "estimate of the target's hardware profile (no measurement)")
+    parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT",
+                        help="RPC tracker: measure on a device of it (the --latency-budget "
+                             "table and its correction; for `tune`, the trials)")
+    parser.add_argument("--rpc-key", default=None, metavar="KEY",
+                        help="device key of the RPC tracker's servers")
 
 
 def latency_model_arg(args, target):
-    """The ``latency_model=`` of ``prune`` for ``--latency-model`` (None: measure)."""
+    """The ``latency_model=`` of ``prune`` for ``--latency-model`` and the RPC flags (None:
+    measure here, the default)."""
+    tracker, key = rpc_args(args)
     if getattr(args, "latency_model", "measured") == "roofline":
+        if tracker:
+            raise HCPruneError("--rpc-tracker measures latency: drop it or use "
+                               "--latency-model measured")
         return RooflineModel(target)
+    if tracker:
+        return MeasuredLatency(runner=RPCRunner(tracker, key))
     return None
+
+
+def rpc_args(args) -> tuple:
+    """``(tracker, key)`` of the RPC flags (both None when not given); both or neither."""
+    tracker, key = getattr(args, "rpc_tracker", None), getattr(args, "rpc_key", None)
+    if bool(tracker) != bool(key):
+        raise HCPruneError("--rpc-tracker and --rpc-key go together")
+    return tracker or None, key or None
 
 
 def add_report_argument(parser) -> None:

@@ -23,12 +23,13 @@ from pathlib import Path
 
 from tvm_hcprune.api import prune
 from tvm_hcprune.backend.database import load_database
-from tvm_hcprune.backend.pipeline import build
+from tvm_hcprune.backend.pipeline import build, host_compiled
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
     add_report_argument,
     latency_model_arg,
     parse_budget,
+    rpc_args,
     write_report,
 )
 from tvm_hcprune.errors import HCPruneError
@@ -36,6 +37,7 @@ from tvm_hcprune.frontend.load import load_onnx
 from tvm_hcprune.frontend.pytorch import load_torch
 from tvm_hcprune.hardware.presets import load_preset
 from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.planning.budget import Latency
 from tvm_hcprune.utils import atomic_write
 
 _SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
@@ -94,9 +96,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prune-ratio", type=float, default=None,
                         help="fraction of channels to remove (0 <= R < 1); off by default")
     parser.add_argument("--preset", default=None,
-                        help="pass-list preset from passes/ (e.g. llvm-avx2, cuda): target, "
-                             "criterion and channel alignment; prunes (ratio 0.5 unless "
-                             "--prune-ratio)")
+                        help="pass-list preset: a name from passes/ (llvm-avx2, llvm-avx512, "
+                             "llvm-neon, cuda, vta) or the path of your own .toml; its "
+                             "target, criterion, alignment and pass list drive the build; "
+                             "prunes (ratio 0.5 unless --prune-ratio or a budget). Default: "
+                             "the target family's preset, without pruning")
 
     add_budget_arguments(parser)
 
@@ -110,6 +114,10 @@ def resolve_model_options(args):
                           getattr(args, "macs_budget", None))
     if budget is not None and ratio is not None:
         raise HCPruneError("give either --prune-ratio or a budget, not both")
+    if rpc_args(args)[0] and args.command != "tune" and not isinstance(budget, Latency):
+        raise HCPruneError("--rpc-tracker/--rpc-key measure the --latency-budget table on a "
+                           "device: add --latency-budget (run the library remotely with "
+                           "`hcprune run --rpc-tracker ... --rpc-key ...`)")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
     if preset is not None and ratio is None:
@@ -188,13 +196,19 @@ def run(args) -> int:
         database = False  # the rules only (None would mean: the shipped databases)
     else:
         database = "shipped"
+    if preset is not None and host_compiled(preset):
+        raise HCPruneError(
+            f"--preset {args.preset}: this preset offloads layers to the VTA simulator, which "
+            "runs inside Python and makes no deployable library. Build it in Python: "
+            "ex = tvm_hcprune.build(mod, preset='vta', calibration=samples); "
+            "relax.VirtualMachine(ex, tvm.cpu()) runs it (see tutorials/ and tests/vta/)")
     t0 = time.perf_counter()
     if args.report and not ratio:
         raise HCPruneError("--report describes a pruning run: add --prune-ratio or a budget")
     reports: list = []
     mod = load_model(args, target, preset, ratio, log=log_stderr, reports=reports)
 
-    ex = build(mod, target, database=database)
+    ex = build(mod, target, database=database, preset=preset)
     with atomic_write(out) as tmp:
         ex.export_library(str(tmp))
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")

@@ -36,8 +36,6 @@ def register(subparsers) -> None:
                    help="total measurement trials over all tasks")
     p.add_argument("--trials-per-task", type=int, default=None,
                    help="cap per task (default: --trials)")
-    p.add_argument("--rpc-tracker", default=None, help="RPC tracker HOST:PORT")
-    p.add_argument("--rpc-key", default=None, help="RPC device key")
     p.add_argument("--work-dir", default=None, help="keep MetaSchedule's logs here")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds one measurement may take (RPC session bound)")

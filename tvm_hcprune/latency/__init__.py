@@ -3,6 +3,7 @@
 They compile (``backend``) and time kernels; the budget allocation over them lives in
 ``planning.budget``."""
 
+from tvm_hcprune.latency.measured import MeasuredLatency
 from tvm_hcprune.latency.model import (
     LatencyModel,
     LatencyTable,
@@ -12,5 +13,5 @@ from tvm_hcprune.latency.model import (
     target_key,
 )
 
-__all__ = ["LatencyModel", "LatencyTable", "RooflineModel", "default_cache_dir",
-           "latency_table", "target_key"]
+__all__ = ["LatencyModel", "LatencyTable", "MeasuredLatency", "RooflineModel",
+           "default_cache_dir", "latency_table", "target_key"]

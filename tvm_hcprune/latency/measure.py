@@ -1,6 +1,11 @@
 """Timing compiled models and single-layer kernels robustly on a shared machine:
 interleaved rounds (every candidate is timed once per round, so a burst of load hits all of
-them alike) and the median over rounds."""
+them alike) and the median over rounds.
+
+A *runner* says where: :class:`LocalRunner` times on this machine's CPU;
+:class:`tvm_hcprune.tuning.rpc.RPCRunner` on a device of an RPC tracker. Both have
+``device`` (what cached measurements are keyed by), ``layer(mod, inputs, target,
+database) -> timer(number) -> ms`` and ``models(mods, target, ...) -> [ms]``."""
 
 from __future__ import annotations
 
@@ -13,11 +18,12 @@ from tvm import relax
 from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["layer_kernel_ms", "measure_models", "random_inputs"]
+__all__ = ["LAYER_KERNELS", "LocalRunner", "layer_kernel_ms", "measure_models",
+           "random_inputs"]
 
 # kernels that carry the layer's work (the layout transforms around a stand-alone layer
 # are not part of it: in the whole model activations stay blocked between layers)
-_LAYER_KERNELS = ("conv", "dense", "matmul")
+LAYER_KERNELS = ("conv", "dense", "matmul")
 
 
 def random_inputs(mod, seed: int = 0) -> list:
@@ -49,7 +55,7 @@ def layer_kernel_ms(vm, inputs, number: int = 10) -> float:
             t0 = time.perf_counter()
             fn(*args)
             ts.append(time.perf_counter() - t0)
-        calls.append((any(k in symbol for k in _LAYER_KERNELS), float(np.min(ts)) * 1e3))
+        calls.append((any(k in symbol for k in LAYER_KERNELS), float(np.min(ts)) * 1e3))
         return 0
 
     vm.set_instrument(_instrument)
@@ -101,3 +107,30 @@ def measure_models(mods, target="llvm", database=None, repeats: int = 7, number:
         for i, (ev, a) in enumerate(zip(evaluators, args, strict=True)):
             times[i].append(min(ev(*a).results[1:]) * 1e3)
     return [float(np.median(t)) for t in times]
+
+
+class LocalRunner:
+    """Times layers and models on this machine's CPU (:func:`layer_kernel_ms`,
+    :func:`measure_models`).
+
+    Examples
+    --------
+    >>> dense_ms, pruned_ms = LocalRunner().models([mod, pruned], "llvm")  # doctest: +SKIP
+    """
+
+    device = "local"
+
+    def layer(self, mod, inputs, target, database=None):
+        """Compile one layer's module; returns ``timer(number) -> ms`` of its kernels."""
+        vm = _vm(build(mod, target, database=database))
+        args = [tvm.runtime.tensor(a) for a in inputs]
+        layer_kernel_ms(vm, args, number=1)  # warm-up
+        return lambda number: layer_kernel_ms(vm, args, number=number)
+
+    def models(self, mods, target, database=None, repeats: int = 7, number: int = 5,
+               progress: bool = False, desc: str = "timing", inputs=None) -> list[float]:
+        """Median whole-model milliseconds of each module or executable
+        (:func:`measure_models`)."""
+        return measure_models(mods, target, database=database, repeats=repeats, number=number,
+                              inputs=inputs, progress=progress, desc=desc)
+

@@ -14,16 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tvm
 from scipy.interpolate import RegularGridInterpolator
-from tvm import relax
 
-from tvm_hcprune.backend.pipeline import build, set_num_threads
+from tvm_hcprune.backend.pipeline import set_num_threads
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.latency.layers import MEASURE_VERSION, layer_module, layer_specs
-from tvm_hcprune.latency.measure import layer_kernel_ms, measure_models
+from tvm_hcprune.latency.measure import LocalRunner
 from tvm_hcprune.planning.budget import CostTerm, SeparableCost, candidate_widths, desc_kept_length
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import group_align
@@ -214,6 +212,7 @@ class LatencyTable(LatencyModel):
     candidates: dict = field(default_factory=dict)
     low_ms: float | None = None
     measured: int = 0  # kernels timed when this table was built (0: all from the cache)
+    device: str = "local"  # where it was measured: "local" or "rpc:KEY"
     source = "table"
 
     @property
@@ -236,7 +235,7 @@ class LatencyTable(LatencyModel):
     def to_dict(self) -> dict:
         return {"version": TABLE_VERSION, "target": self.target,
                 "fingerprint": self.fingerprint, "dense_ms": self.dense_ms,
-                "low_ms": self.low_ms,
+                "low_ms": self.low_ms, "device": self.device,
                 "candidates": {str(g): list(c) for g, c in self.candidates.items()},
                 "layers": {k: t.to_dict() for k, t in self.layers.items()}}
 
@@ -258,7 +257,7 @@ class LatencyTable(LatencyModel):
                                 bool(v.get("depthwise"))) for k, v in d["layers"].items()}
         return cls(d["target"], d["fingerprint"], float(d["dense_ms"]), layers,
                    {int(g): list(c) for g, c in d.get("candidates", {}).items()},
-                   d.get("low_ms"))
+                   d.get("low_ms"), device=d.get("device", "local"))
 
 
 def _grid(desc, sg, candidates, full) -> list[int]:
@@ -322,18 +321,20 @@ class _Cache:
 
 def latency_table(graph, target="llvm", *, align: int | None = None, min_channels: int = 1,
                   widths: int = 4, database=None, cache_dir="default", repeats: int = 5,
-                  number: int = 10, progress: bool = True) -> LatencyTable:
-    """Measure the latency table of ``graph``'s model on ``target`` (the local CPU).
+                  number: int = 10, progress: bool = True, runner=None) -> LatencyTable:
+    """Measure the latency table of ``graph``'s model on ``target`` (the local CPU, or the
+    device of ``runner``).
 
     Every conv2d/matmul layer, with the epilogue the pipeline fuses into it, is compiled by
     :func:`tvm_hcprune.build` (the same rules and database as the whole model) at a grid of
     input/output channel counts: each group's ``widths`` candidate kept counts (multiples
     of its alignment). A layer's grid points are timed in interleaved rounds, each kernel
     call re-run ``number`` times; the median is kept.
-    Results are cached per target, thread count, database and workload in ``cache_dir``
-    (None: no cache), so a second run on the same model and target compiles and measures
-    nothing. A database passed as an object (not a path or name) is keyed by its
-    ``repr``, and a database file is keyed by its path, not its contents.
+    Results are cached per target, device (this machine, or the runner's RPC key), thread
+    count, database and workload in ``cache_dir`` (None: no cache), so a second run on the
+    same model and target compiles and measures nothing. A database passed as an object
+    (not a path or name) is keyed by its ``repr``, and a database file is keyed by its
+    path, not its contents.
 
     Parameters
     ----------
@@ -349,6 +350,10 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         Schedule database, as :func:`tvm_hcprune.build`'s ``database=``.
     repeats, number : int
         Interleaved rounds, and calls per kernel and round (their median counts).
+    runner : optional
+        Where kernels and models run: default this machine
+        (:class:`~tvm_hcprune.latency.measure.LocalRunner`); an
+        :class:`~tvm_hcprune.tuning.rpc.RPCRunner` times them on an RPC device.
 
     Returns
     -------
@@ -367,12 +372,16 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     if widths < 2:
         raise HCPruneError(f"widths must be >= 2 (candidate widths per group), got {widths}")
     tkey = str(tgt)
+    runner = runner if runner is not None else LocalRunner()
+    device = runner.device
     align = int(align or profile_for(tgt).channel_multiple)
     # the thread count changes every timing: it is part of each cached entry's key
     set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
-    cache = _Cache(default_cache_dir() if cache_dir == "default" else cache_dir, tkey)
+    cache = _Cache(default_cache_dir() if cache_dir == "default" else cache_dir,
+                   tkey if device == "local" else f"{tkey}|{device}")
     db_tag = database if isinstance(database, str | type(None)) else repr(database)
-    db_tag = f"{db_tag}|threads={os.environ.get('TVM_NUM_THREADS', '')}"
+    threads = os.environ.get("TVM_NUM_THREADS", "") if device == "local" else device
+    db_tag = f"{db_tag}|threads={threads}"
     cands = {}
     for g in graph.groups:
         if g.frozen:
@@ -414,15 +423,12 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         for k in keys:
             spec, (cin, cout) = keyed[k]
             mod, inputs = layer_module(spec, cin, cout)
-            vm = relax.VirtualMachine(build(mod, tgt, database=database), tvm.cpu())
-            args = [tvm.runtime.tensor(a) for a in inputs]
-            layer_kernel_ms(vm, args, number=1)  # warm-up
-            runs.append((k, vm, args))
+            runs.append((k, runner.layer(mod, inputs, tgt, database)))
             bar.update(1)
         samples = {k: [] for k in keys}
         for _ in range(repeats):
-            for k, vm, args in runs:
-                samples[k].append(layer_kernel_ms(vm, args, number=number))
+            for k, timer in runs:
+                samples[k].append(timer(number))
         for k in keys:
             cache.entries[k] = float(np.median(samples[k]))
     bar.close()
@@ -434,7 +440,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
             plan = PrunePlan.create(graph.fingerprint, {g: range(w) for g, w in low.items()},
                                     {g: graph.groups[g].size for g in low})
             mods.append(apply_plan(graph, plan))
-        ms = measure_models(mods, tgt, database=database, repeats=repeats)
+        ms = runner.models(mods, tgt, database=database, repeats=repeats)
         cache.entries[model_key] = ms[0]
         if low:
             cache.entries[low_key] = ms[1]
@@ -451,7 +457,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         layers[name] = LayerTable(list(ins), list(outs), monotone(ms), spec.depthwise)
     return LatencyTable(tkey, graph.fingerprint, float(cache.entries[model_key]), layers,
                         cands, cache.entries.get(low_key) if low else None,
-                        measured=len(missing))
+                        measured=len(missing), device=device)
 
 
 # ---------------------------------------------------------------------------------------

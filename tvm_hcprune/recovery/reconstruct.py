@@ -35,12 +35,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_hcprune.analysis import check_plan, kept_lookup
+from tvm_hcprune.analysis import analyze, check_plan, kept_lookup
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.presets import register_preset_pass
 from tvm_hcprune.ops.desc import axis_index
 from tvm_hcprune.ops.weights import layer_weight_oi
 from tvm_hcprune.recovery.bn_reestimate import reestimate_batch_norm
-from tvm_hcprune.recovery.calibration import calibrate
+from tvm_hcprune.recovery.calibration import Calibration, calibrate
 from tvm_hcprune.recovery.runner import (
     as_samples,
     default_runner_factory,
@@ -49,6 +50,7 @@ from tvm_hcprune.recovery.runner import (
     outputs,
 )
 from tvm_hcprune.transform.apply_plan import apply_plan
+from tvm_hcprune.transform.prune_channels import module_plan, original_module
 from tvm_hcprune.utils.options import Options
 from tvm_hcprune.utils.relax import is_const, replace_constants, static_shape
 
@@ -561,12 +563,15 @@ class Reconstruct:
 
     Parameters
     ----------
-    calibration : Calibration
-        :func:`tvm_hcprune.calibrate` of the dense module.
-    graph : ChannelGraph
-        ``analyze`` of the dense module.
-    plan : PrunePlan
-        The plan the module being transformed was pruned with.
+    calibration : Calibration or inputs
+        :func:`tvm_hcprune.calibrate` of the dense module, or real inputs (array, Dataset)
+        that the dense module is calibrated on here.
+    graph : ChannelGraph, optional
+        ``analyze`` of the dense module; default: the dense module of the plan the module
+        carries (``PruneChannels`` earlier in the pipeline).
+    plan : PrunePlan, optional
+        The plan the module being transformed was pruned with; default: its
+        ``hcprune.plan`` attribute.
     config : ReconstructConfig or dict, optional
         See :func:`reconstruct`; ``**overrides`` are its option names.
 
@@ -576,12 +581,12 @@ class Reconstruct:
 
     Examples
     --------
-    >>> seq = tvm.transform.Sequential([PruneChannels(ratio=0.5, align=8),  # doctest: +SKIP
-    ...                                 Reconstruct(cal, graph, plan)])
+    >>> seq = tvm.transform.Sequential([PruneChannels(budget=MACs(fraction=0.5)),
+    ...                                 Reconstruct(samples)])  # doctest: +SKIP
     """
 
-    def __init__(self, calibration, graph, plan, config: ReconstructConfig | dict | None = None,
-                 **overrides):
+    def __init__(self, calibration, graph=None, plan=None,
+                 config: ReconstructConfig | dict | None = None, **overrides):
         self.calibration = calibration
         self.graph = graph
         self.plan = plan
@@ -589,6 +594,22 @@ class Reconstruct:
         self.last_report: ReconstructReport | None = None
 
     def transform_module(self, mod, ctx):
-        out, self.last_report = reconstruct(mod, self.graph, self.plan, self.calibration,
-                                            self.config)
+        plan = self.plan if self.plan is not None else module_plan(mod)
+        if plan is None:
+            raise HCPruneError("Reconstruct needs the plan the module was pruned with: run "
+                               "PruneChannels before it in the pipeline, or pass plan=")
+        graph = self.graph if self.graph is not None else analyze(original_module(plan))
+        cal = self.calibration
+        if not isinstance(cal, Calibration):
+            cal = calibrate(graph.mod, cal, progress=False)
+        out, self.last_report = reconstruct(mod, graph, plan, cal, self.config)
         return out
+
+
+@register_preset_pass("Reconstruct")
+def _reconstruct_step(ctx):
+    """The ``Reconstruct`` step of a preset: re-fits what the build's ``PruneChannels`` step
+    removed, on ``calibration`` (nothing without both)."""
+    if ctx.prune is None or ctx.calibration is None:
+        return []
+    return [Reconstruct(ctx.calibration, config=ctx.options.get("reconstruct_options"))]

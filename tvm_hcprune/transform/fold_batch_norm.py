@@ -130,7 +130,9 @@ class _Folder(PyExprMutator):
             out_layout=attrs.out_layout,
             out_dtype=attrs.out_dtype,
         )
-        conv_var = self.builder_.emit(new_conv)
+        # named after the batch_norm var it replaces (which goes): names stay unique, as
+        # calibration, which keys layers by name, needs
+        conv_var = self.builder_.emit(new_conv, name_hint=op.tuple_value.name)
         return relax.op.add(conv_var, relax.const(new_b.reshape(out_shape)))
 
 

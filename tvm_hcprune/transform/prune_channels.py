@@ -1,23 +1,149 @@
-"""PruneChannels: score, plan and physically remove coupled conv/matmul channels."""
+"""PruneChannels: score, plan and physically remove coupled conv/matmul channels.
+
+The pruned module carries its plan: the module attribute ``hcprune.plan`` holds the
+``PrunePlan`` as JSON, so later passes in the same pipeline (``Reconstruct``) find what was
+removed. The dense module the plan refers to is kept in this process, keyed by the plan's
+fingerprint (:func:`original_module`): an IRModule attribute holding a module would break
+TVMScript printing of the pruned one.
+"""
 
 from __future__ import annotations
+
+import importlib
+import json
+from collections import OrderedDict
 
 import tvm
 
 from tvm_hcprune.analysis import analyze
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_plan, resolve_align
+from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
 from tvm_hcprune.transform.apply_plan import apply_plan
+
+__all__ = ["PLAN_ATTR", "PruneChannels", "attach_plan", "budget_plan", "module_plan",
+           "original_module"]
+
+PLAN_ATTR = "hcprune.plan"
+_ORIGINALS: OrderedDict = OrderedDict()  # plan fingerprint -> analysed dense module
+_KEEP_ORIGINALS = 8
+
+
+def attach_plan(pruned, graph, plan: PrunePlan):
+    """``pruned`` with ``plan`` as its ``hcprune.plan`` attribute; ``graph.mod`` (the dense
+    module) is remembered for :func:`original_module`.
+
+    Examples
+    --------
+    >>> pruned = attach_plan(apply_plan(graph, plan), graph, plan)  # doctest: +SKIP
+    """
+    _ORIGINALS[graph.fingerprint] = graph.mod
+    _ORIGINALS.move_to_end(graph.fingerprint)
+    while len(_ORIGINALS) > _KEEP_ORIGINALS:
+        _ORIGINALS.popitem(last=False)
+    return pruned.with_attr(PLAN_ATTR, plan.to_json())
+
+
+def module_plan(mod) -> PrunePlan | None:
+    """The plan a module was pruned with (its ``hcprune.plan`` attribute), or None.
+
+    Examples
+    --------
+    >>> plan = module_plan(PruneChannels(ratio=0.5)(mod))  # doctest: +SKIP
+    """
+    attrs = mod.attrs
+    if attrs is None or PLAN_ATTR not in attrs:
+        return None
+    return PrunePlan.from_dict(json.loads(str(attrs[PLAN_ATTR])))
+
+
+def original_module(plan: PrunePlan):
+    """The dense (analysed) module ``plan`` was made for, when this process pruned it.
+
+    Raises
+    ------
+    HCPruneError
+        The module was pruned elsewhere (another process, or too many models ago).
+
+    Examples
+    --------
+    >>> dense = original_module(module_plan(pruned))  # doctest: +SKIP
+    """
+    mod = _ORIGINALS.get(plan.fingerprint)
+    if mod is None:
+        raise HCPruneError(
+            "the dense module of this plan is not known to this process (the module was "
+            "pruned elsewhere or earlier): pass it explicitly, e.g. "
+            "Reconstruct(calibration, graph=tvm_hcprune.analyze(dense), plan=plan)")
+    return mod
+
+
+def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
+                latency_model=None, calibration=None):
+    """``(plan, predicted, dense predicted, latency model)`` meeting ``budget``.
+
+    For :class:`~tvm_hcprune.planning.budget.Latency` budgets the latency model defaults
+    to :class:`tvm_hcprune.latency.MeasuredLatency` (a table measured on ``target``, then
+    the plan corrected by measuring the pruned model; imported when needed: the latency
+    package compiles and times, above this layer). A model with ``for_graph`` (such a
+    specification) is turned into its table here. The last three are None for MACs and
+    parameter budgets.
+
+    Examples
+    --------
+    >>> plan, *_ = budget_plan(analyze(mod), PruneConfig(), 8, MACs(fraction=0.5))
+    ... # doctest: +SKIP
+    """
+    budget = as_budget(budget)
+    record = {"kind": type(budget).__name__, **budget.__dict__}
+    if isinstance(budget, Latency):
+        tgt = target if target is not None else "llvm"
+        model = latency_model
+        if model is None:  # measured here, with the closed loop
+            model = importlib.import_module("tvm_hcprune.latency").MeasuredLatency()
+        spec = model if hasattr(model, "for_graph") else None
+        if spec is not None:
+            model = spec.for_graph(graph, tgt, align, config.min_channels)
+        model.check(graph, tgt)
+        cost = model.cost(graph)
+        dense = cost.total({g.id: g.size for g in graph.groups})
+        limit = budget.limit(dense)
+        if limit >= dense:
+            raise HCPruneError(f"the latency budget {budget.describe()} is not below the dense "
+                               f"model's {dense:.4g} ms: nothing needs pruning")
+
+        def replan(lim):
+            return make_budget_plan(
+                graph, config, align, cost, lim, calibration,
+                candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
+                what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
+
+        plan, _alloc = replan(limit)
+        if spec is not None:
+            plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
+        return plan, model.predict(graph, plan), dense, model
+    if isinstance(budget, MACs):
+        cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
+    else:
+        cost, dense, what = params_cost(graph), graph.total_params, "params"
+    plan, _alloc = make_budget_plan(graph, config, align, cost, budget.limit(dense),
+                                    calibration, what=what,
+                                    fmt=lambda v: f"{v / dense:.3f}x ({v:.4g})",
+                                    budget_record=record)
+    return plan, None, None, None
 
 
 @tvm.transform.module_pass(opt_level=0, name="PruneChannels")
 class PruneChannels:
-    """Remove a fraction of the channels of every prunable channel group.
+    """Remove channels of the prunable channel groups: a uniform ratio, or per-group widths
+    that meet a budget.
 
     Works inside ``tvm.transform.Sequential`` next to TVM's own passes. The result is a
     well-formed module with weights, biases, batch-norm parameters and every dependent
-    constant sliced, and shapes re-inferred.
+    constant sliced, and shapes re-inferred. It carries the plan as the ``hcprune.plan``
+    attribute (JSON), which ``Reconstruct`` later in the pipeline reads.
 
     Parameters
     ----------
@@ -25,8 +151,13 @@ class PruneChannels:
         The pruning options (a float is the ``ratio``); default ``PruneConfig()``.
     plan : PrunePlan, optional
         Apply this plan instead of computing one (its fingerprint must match).
+    budget : Latency, MACs or Params, optional
+        Pick per-group widths meeting the budget (see :func:`tvm_hcprune.prune`).
     target : tvm.target.Target or str or dict, optional
-        Target whose hardware profile gives the default ``align`` (8 for AVX2 fp32).
+        Target whose hardware profile gives the default ``align`` (8 for AVX2 fp32), and
+        where a Latency budget's kernels are timed.
+    latency_model : LatencyModel, optional
+        For Latency budgets (default: a table measured on ``target``, cached on disk).
     **overrides
         Options of :class:`~tvm_hcprune.planning.config.PruneConfig` (``ratio``,
         ``criterion``, ``align``, ``protect``, ``min_channels``, ``criterion_options``,
@@ -37,20 +168,34 @@ class PruneChannels:
     >>> seq = tvm.transform.Sequential([PruneChannels(ratio=0.3, align=8),
     ...                                 relax.transform.FoldConstant()])  # doctest: +SKIP
     >>> pruned = seq(mod)  # doctest: +SKIP
+    >>> seq = tvm.transform.Sequential([
+    ...     PruneChannels(budget=tvm_hcprune.MACs(fraction=0.5), target="llvm"),
+    ...     tvm_hcprune.recovery.reconstruct.Reconstruct(samples)])  # doctest: +SKIP
     """
 
     def __init__(self, config: PruneConfig | dict | float | None = None, *,
-                 plan: PrunePlan | None = None, target=None, **overrides):
+                 plan: PrunePlan | None = None, budget=None, target=None,
+                 latency_model=None, **overrides):
+        if budget is not None and plan is not None:
+            raise HCPruneError("pass either plan= or budget=, not both")
+        if budget is not None and "ratio" in overrides:
+            raise HCPruneError("pass either ratio= or budget=, not both")
         self.config = PruneConfig.of(config_arg(config), **overrides)
         self.plan = plan
+        self.budget = as_budget(budget)
         self.target = target
+        self.latency_model = latency_model
         self.last_plan: PrunePlan | None = None
         self.last_graph = None
 
     def transform_module(self, mod, ctx):
         graph = analyze(mod)
         plan = self.plan
-        if plan is None:
-            plan = make_plan(graph, self.config, resolve_align(self.config.align, self.target))
+        align = resolve_align(self.config.align, self.target)
+        if plan is None and self.budget is not None:
+            plan = budget_plan(graph, self.config, align, self.budget, self.target,
+                               self.latency_model)[0]
+        elif plan is None:
+            plan = make_plan(graph, self.config, align)
         self.last_graph, self.last_plan = graph, plan
-        return apply_plan(graph, plan)
+        return attach_plan(apply_plan(graph, plan), graph, plan)

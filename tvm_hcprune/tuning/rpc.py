@@ -18,16 +18,23 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import tvm
 from tvm import relax, rpc
 from tvm.rpc import base
 from tvm.s_tir import meta_schedule as ms
 from tvm.support.popen_pool import PopenPoolExecutor
 
+from tvm_hcprune.backend.pipeline import build, prepare
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.latency.measure import LAYER_KERNELS, random_inputs
+from tvm_hcprune.utils.progress import progress_bar
 
 #: seconds to wait for the tracker to answer a connection or a query
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -300,3 +307,111 @@ def flatten_outputs(out) -> list:
     for item in out:
         result.extend(flatten_outputs(item))
     return result
+
+
+class RPCRunner:
+    """Times layers and models on a device of an RPC tracker.
+
+    One session is held for the runner's life. A layer's kernels (the PrimFuncs of its
+    compiled module whose names hold ``conv``, ``dense`` or ``matmul``, as
+    :func:`layer_kernel_ms` counts them locally) are exported as one library, uploaded and
+    timed one by one with ``time_evaluator`` on the device, on random arguments of the
+    shapes the functions declare; the fastest of ``number`` calls counts. Models are
+    exported whole and timed in the device's Relax VM.
+
+    Parameters
+    ----------
+    tracker : str
+        ``host:port`` of the tracker.
+    key : str
+        The device key its servers registered with.
+    timeout : float
+        Seconds to wait for a free server.
+
+    Examples
+    --------
+    >>> runner = RPCRunner("127.0.0.1:9190", "rasp4")  # doctest: +SKIP
+    >>> table = latency_table(analyze(mod), target, runner=runner)  # doctest: +SKIP
+    """
+
+    def __init__(self, tracker, key: str, timeout: float = 60.0):
+        check_key(tracker, key)
+        self.tracker, self.key, self.timeout = str(tracker), key, float(timeout)
+        self._sess = None
+        self._dir = tempfile.TemporaryDirectory(prefix="hcprune-rpc-")
+        self.uploads = 0  # libraries sent to the device
+
+    @property
+    def device(self) -> str:
+        """``rpc:KEY``: what measurements from this runner are cached under."""
+        return f"rpc:{self.key}"
+
+    def _session(self):
+        if self._sess is None:
+            self._sess = request_session(self.tracker, self.key, timeout=self.timeout)
+        return self._sess
+
+    def _upload(self, module) -> object:
+        path = Path(self._dir.name) / f"hcp_{uuid.uuid4().hex}.so"
+        module.export_library(str(path))
+        sess = self._session()
+        sess.upload(str(path))
+        self.uploads += 1
+        return sess.load_module(path.name)
+
+    def layer(self, mod, inputs, target, database=None):
+        """Compile one layer's module and upload its kernels; returns ``timer(number) ->
+        ms``, the sum over the layer's kernels of the fastest of ``number`` calls."""
+        ex = build(mod, target, database=database)
+        fused = prepare(mod, target)
+        kernels = [(gv.name_hint, f) for gv, f in fused.functions_items()
+                   if isinstance(f, tvm.tirx.PrimFunc)
+                   and any(k in gv.name_hint for k in LAYER_KERNELS)]
+        if not kernels:
+            raise HCPruneError("the layer's compiled module has no conv/dense/matmul kernel "
+                               "to time on the device (a tvm_hcprune bug: please report it)")
+        rlib = self._upload(ex.mod.imports[0])
+        dev = self._session().cpu()
+        rng = np.random.default_rng(0)
+        calls = []
+        for name, func in kernels:
+            args = []
+            for p in func.params:  # TVM 0.27: buffer parameters are typed Vars
+                shape = [int(d) for d in p.shape]
+                args.append(tvm.runtime.tensor(
+                    rng.standard_normal(shape).astype(str(p.dtype)), dev))
+            calls.append((name, args))
+        evaluators: dict = {}
+
+        def timer(number: int) -> float:
+            evs = evaluators.get(number)
+            if evs is None:
+                evs = evaluators[number] = [
+                    (rlib.time_evaluator(name, dev, number=1, repeat=max(1, number)), args)
+                    for name, args in calls]
+            return float(sum(min(ev(*args).results) for ev, args in evs)) * 1e3
+
+        timer(1)  # warm-up
+        return timer
+
+    def models(self, mods, target, database=None, repeats: int = 7, number: int = 5,
+               progress: bool = False, desc: str = "timing", inputs=None) -> list[float]:
+        """Median whole-model milliseconds of each module or executable on the device,
+        timed in interleaved rounds like :func:`measure_models` (``inputs``: per model, a
+        list of arrays; default random ones, which executables need)."""
+        dev = self._session().cpu()
+        evals = []
+        for i, m in enumerate(mods):
+            ex = build(m, target, database=database) if isinstance(m, tvm.IRModule) else m
+            vm = relax.VirtualMachine(self._upload(ex.mod), dev)
+            x = inputs[i] if inputs is not None else random_inputs(m)
+            vm.set_input("main", *[tvm.runtime.tensor(a, dev) for a in x])
+            ev = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=number + 1)
+            ev("main")  # warm-up
+            evals.append(ev)
+        times = [[] for _ in mods]
+        for _ in progress_bar(range(repeats), enabled=progress, desc=desc):
+            for i, ev in enumerate(evals):
+                times[i].append(min(ev("main").results[1:]) * 1e3)
+        return [float(np.median(t)) for t in times]
+

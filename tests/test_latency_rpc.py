@@ -1,0 +1,232 @@
+"""Latency tables measured on an RPC device, and the closed loop that corrects a latency
+budget's plan by measuring the pruned model.
+
+The RPC tests start a real tracker and server on 127.0.0.1 (subprocesses, torn down after)
+and prove the kernels ran on the server from its own log: one ``load_module`` line per
+library this process uploaded. The closed-loop logic is checked exactly with a runner whose
+"measurement" is a known function of the plan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm import relax
+
+import tvm_hcprune as hc
+from tvm_hcprune.cli import main
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.latency import MeasuredLatency, RooflineModel, latency_table
+from tvm_hcprune.testing.onnx_models import GraphBuilder
+from tvm_hcprune.testing.oracle import masked_reference
+from tvm_hcprune.tuning import rpc as hrpc
+
+KEY = "hcprune-latency"
+IMAGE = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(args, log=None) -> subprocess.Popen:
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    out = log if log is not None else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=out, stderr=out,
+                            start_new_session=True)
+
+
+def _stop(proc) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A tracker and one server of KEY logging to a file; yields (tracker, log path)."""
+    log_path = tmp_path_factory.mktemp("rpc") / "server.log"
+    port = _free_port()
+    procs = [_spawn(["tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                     "--port-end", str(port + 1)])]
+    tracker = f"127.0.0.1:{port}"
+    log = open(log_path, "w")  # noqa: SIM115 - closed in the finally below
+    try:
+        sport = _free_port()
+        procs.append(_spawn(["tvm.exec.rpc_server", "--host", "127.0.0.1", "--port",
+                             str(sport), "--port-end", str(sport + 1), "--tracker", tracker,
+                             "--key", KEY], log))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            with contextlib.suppress(HCPruneError):
+                if hrpc.servers_for_key(hrpc.tracker_summary(tracker, 5), KEY) >= 1:
+                    break
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("the RPC server did not register")
+        yield tracker, log_path
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+        log.close()
+
+
+def _loads(log_path) -> int:
+    """Libraries the server loaded (its log's ``load_module`` lines)."""
+    return log_path.read_text().count("load_module")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    g = GraphBuilder(7)
+    x = g.conv_bn("input", 3, 32, 3)
+    x = g.conv_bn(x, 32, 32, 3)
+    out = g.head(x, 32, 4)
+    path = tmp_path_factory.mktemp("m") / "m.onnx"
+    onnx.save(g.model(out, [1, 3, IMAGE, IMAGE], [1, 4], "rpc_cnn"), path)
+    return path, hc.load_onnx(path, log=lambda *_: None)
+
+
+def test_latency_table_measured_on_the_rpc_server(server, model, tmp_path):
+    """Every layer kernel and both whole-model timings ran on the server (it loaded each
+    uploaded library); the table is cached under the device key, so a second run with the
+    same key measures nothing, and a local run does not reuse the remote figures."""
+    tracker, log_path = server
+    _path, mod = model
+    graph = hc.analyze(mod)
+    before = _loads(log_path)
+    runner = hrpc.RPCRunner(tracker, KEY)
+    opts = {"widths": 2, "repeats": 2, "number": 2, "cache_dir": tmp_path, "progress": False}
+    table = latency_table(graph, "llvm", runner=runner, **opts)
+    assert table.device == f"rpc:{KEY}" and table.measured > 0
+    assert runner.uploads >= 3  # kernels of >= 1 layer module + the dense and low models
+    deadline = time.monotonic() + 10
+    while _loads(log_path) - before < runner.uploads and time.monotonic() < deadline:
+        time.sleep(0.2)  # the server's log is flushed asynchronously
+    assert _loads(log_path) - before == runner.uploads
+    ms = [t.ms for t in table.layers.values()]
+    assert all(np.all(np.isfinite(m)) and np.all(m > 0) for m in ms)
+    assert table.dense_ms > 0
+    caches = [json.loads(p.read_text())["target"] for p in tmp_path.glob("*.json")]
+    assert any(c.endswith(f"|rpc:{KEY}") for c in caches)
+    again = latency_table(graph, "llvm", runner=hrpc.RPCRunner(tracker, KEY), **opts)
+    assert again.measured == 0 and again.dense_ms == table.dense_ms
+    assert _loads(log_path) - before == runner.uploads  # nothing more was sent
+    local = latency_table(graph, "llvm", **opts)
+    assert local.device == "local" and local.measured > 0
+
+
+def test_unknown_rpc_key_fails_before_measuring(server):
+    """A key no server registered: a clear error naming the registered keys."""
+    tracker, _log = server
+    with pytest.raises(HCPruneError, match=KEY):
+        hrpc.RPCRunner(tracker, "no-such-device")
+
+
+class _KnownRunner:
+    """A runner whose pruned model "measures" ``dense_ms * macs_fraction ** 0.6``: the
+    latency the loop must find, unlike the roofline table's prediction."""
+
+    device = "fake"
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.calls = 0
+
+    def models(self, mods, target, database=None, repeats=5, number=5, **_):
+        self.calls += 1
+        macs = hc.analyze(mods[1]).total_macs / self.graph.total_macs
+        return [10.0, 10.0 * macs ** 0.6]
+
+
+class _RooflineSpec(MeasuredLatency):
+    def for_graph(self, graph, target, align, min_channels=1):
+        return RooflineModel(target)
+
+
+def test_closed_loop_lands_within_tolerance(model):
+    """Measured at 0.5 of the dense latency within 5%: the loop re-plans until the
+    measurement (a known function of the plan) is within tolerance; the report and the plan
+    record every step; the result equals the masked reference of the chosen plan."""
+    _path, mod = model
+    graph = hc.analyze(mod)
+    runner = _KnownRunner(graph)
+    spec = _RooflineSpec(runner=runner, refine=4, tolerance=0.05, progress=False)
+    pruned, report = hc.prune(mod, budget=hc.Latency(fraction=0.5), graph=graph, target="llvm",
+                              latency_model=spec, align=4)
+    steps = report.plan.config["closed_loop"]
+    assert len(steps) == runner.calls >= 2  # the table's plan missed; at least one re-plan
+    assert abs(steps[0]["error"]) > 0.05
+    final = steps[report.plan.config["closed_loop_pick"]]
+    assert abs(final["error"]) <= 0.05
+    macs = report.macs_fraction
+    assert final["measured_fraction"] == pytest.approx(macs ** 0.6)
+    x = np.random.default_rng(0).standard_normal((1, 3, IMAGE, IMAGE)).astype("float32")
+    outs = [relax.VirtualMachine(hc.build(m, "llvm"), tvm.cpu())["main"](
+        tvm.runtime.tensor(x)).numpy() for m in (pruned, masked_reference(mod, report.plan))]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+
+
+def test_closed_loop_on_the_rpc_device(server, model, tmp_path):
+    """The closed loop times the pruned model on the same runner as the table: the server
+    loads the dense and every pruned model it measures."""
+    tracker, log_path = server
+    _path, mod = model
+    graph = hc.analyze(mod)
+    runner = hrpc.RPCRunner(tracker, KEY)
+    spec = MeasuredLatency(runner=runner, widths=2, repeats=2, number=2, cache_dir=tmp_path,
+                           progress=False, refine=1)
+    latency_table(graph, "llvm", runner=runner, widths=2, repeats=2, number=2,
+                  cache_dir=tmp_path, progress=False)
+    uploads = runner.uploads
+    _pruned, report = hc.prune(mod, budget=hc.Latency(fraction=0.6), graph=graph,
+                               target="llvm", latency_model=spec)
+    steps = report.plan.config["closed_loop"]
+    assert 1 <= len(steps) <= 2
+    assert runner.uploads - uploads == 2 * len(steps)  # dense + pruned, every step
+    assert all(s["measured_ms"] > 0 and s["dense_ms"] > 0 for s in steps)
+
+
+def test_cli_rpc_flags(server, model, tmp_path, monkeypatch, capsys):
+    """hcprune compile --latency-budget with --rpc-tracker/--rpc-key measures on the device;
+    a missing key, a lone flag or RPC flags without a latency budget exit 2, writing
+    nothing."""
+    tracker, log_path = server
+    path, _mod = model
+    monkeypatch.setenv("TVM_HCPRUNE_CACHE", str(tmp_path / "cache"))
+    before = _loads(log_path)
+    out = tmp_path / "m.so"
+    assert main(["compile", str(path), "--latency-budget", "0.7x", "--rpc-tracker", tracker,
+                 "--rpc-key", KEY, "--target", "llvm", "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
+    time.sleep(0.5)
+    assert _loads(log_path) > before
+    bad = tmp_path / "bad.so"
+    for flags, why in (
+        (["--latency-budget", "0.7x", "--rpc-tracker", tracker, "--rpc-key", "nope"], "nope"),
+        (["--latency-budget", "0.7x", "--rpc-tracker", tracker], "go together"),
+        (["--macs-budget", "0.7x", "--rpc-tracker", tracker, "--rpc-key", KEY],
+         "add --latency-budget"),
+    ):
+        assert main(["compile", str(path), *flags, "-o", str(bad)]) == 2
+        assert why in capsys.readouterr().err
+        assert not bad.exists()

@@ -1,0 +1,183 @@
+"""``MeasuredLatency``: the latency model a Latency budget measures when it needs one, and
+the closed loop that corrects a table-based plan by measuring the pruned model.
+
+A table predicts the whole model from layers timed one by one and two whole-model
+calibration points; on real models the measured result of a plan landed 5-25% away from the
+asked fraction (under it). The closed loop builds the chosen plan, times it against the dense
+model in the same interleaved rounds on the same runner, scales the budget's limit (in the
+table's milliseconds) by goal / measured and plans again, a bounded number of times; the
+plan returned is one whose measured latency is within ``tolerance`` of the goal, else the
+closest one under the goal, else the closest one.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from tvm_hcprune.backend.pipeline import build
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.latency.measure import LocalRunner, random_inputs
+from tvm_hcprune.latency.model import latency_table
+from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.transform.apply_plan import apply_plan
+
+__all__ = ["MeasuredLatency"]
+
+
+@dataclass(frozen=True)
+class MeasuredLatency:
+    """Measure a latency table for the model when a budget needs one, then (``refine`` > 0)
+    correct the plan by measuring it (the default ``latency_model`` of a Latency budget).
+
+    Parameters
+    ----------
+    runner : optional
+        Where to measure: this machine (default) or an
+        :class:`~tvm_hcprune.tuning.rpc.RPCRunner` (an RPC device).
+    widths, database, cache_dir, repeats, number, progress
+        Options of :func:`~tvm_hcprune.latency.latency_table`.
+    refine : int
+        Re-plans of the closed loop (0: the table's plan as it is). Each builds and times
+        the pruned model once more.
+    tolerance : float
+        Relative distance from the goal at which the loop stops (0.05: within 5%).
+
+    Examples
+    --------
+    >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.5),
+    ...     target="llvm", latency_model=MeasuredLatency(refine=3))  # doctest: +SKIP
+    >>> report.plan.config["closed_loop"][-1]["measured_fraction"]  # doctest: +SKIP
+    0.49
+    """
+
+    runner: object = None
+    widths: int = 4
+    database: object = None
+    cache_dir: object = "default"
+    repeats: int = 5
+    number: int = 10
+    progress: bool = True
+    refine: int = 2
+    tolerance: float = 0.05
+
+    def for_graph(self, graph, target, align: int, min_channels: int = 1):
+        """The measured :class:`~tvm_hcprune.latency.LatencyTable` of ``graph`` on
+        ``target`` (cached on disk)."""
+        return latency_table(graph, target, align=align, min_channels=min_channels,
+                             widths=self.widths, database=self.database,
+                             cache_dir=self.cache_dir, repeats=self.repeats,
+                             number=self.number, progress=self.progress, runner=self.runner)
+
+    def refine_plan(self, graph, budget, target, replan, plan, limit: float,
+                    dense_predicted: float):
+        """The closed loop (see the module docs).
+
+        Parameters
+        ----------
+        graph : ChannelGraph
+        budget : Latency
+        target : the compile target
+        replan : callable
+            ``replan(limit) -> (plan, allocation)``: the budget allocation at another limit
+            in the table's milliseconds.
+        plan : PrunePlan
+            The table's plan at ``limit``.
+        limit, dense_predicted : float
+            Its limit and the dense model's prediction (table milliseconds).
+
+        Returns
+        -------
+        PrunePlan
+            The chosen plan; its ``config["closed_loop"]`` lists every step (limit, measured
+            milliseconds and fraction, goal).
+        """
+        if self.refine <= 0:
+            return plan
+        runner = self.runner if self.runner is not None else LocalRunner()
+        dense_ex = build(graph.mod, target, database=self.database)
+        x = random_inputs(graph.mod)
+        history, plans = [], []
+        points = []  # (limit, error of the plan it gives): every limit tried
+        seen: dict = {}  # plan -> its measured error
+        lim = limit
+        for step in range(self.refine + 1):
+            d_ms, p_ms = runner.models([dense_ex, apply_plan(graph, plan)], target,
+                                       self.database, repeats=self.repeats,
+                                       number=max(1, self.number // 2), inputs=[x, x])
+            goal = budget.fraction * d_ms if budget.fraction is not None else budget.ms
+            rec = {"step": step, "limit_ms": lim, "dense_ms": d_ms, "measured_ms": p_ms,
+                   "measured_fraction": p_ms / d_ms, "goal_ms": goal,
+                   "error": p_ms / goal - 1.0}
+            history.append(rec)
+            plans.append(plan)
+            points.append((lim, rec["error"]))
+            seen[_key(plan)] = rec["error"]
+            if self.progress:
+                print(f"closed loop {step}/{self.refine}: measured {p_ms:.4g} ms = "
+                      f"{p_ms / d_ms:.3f}x dense (goal {goal:.4g} ms, "
+                      f"{100 * rec['error']:+.1f}%)", file=sys.stderr)
+            if abs(rec["error"]) <= self.tolerance or step == self.refine:
+                break
+            new = None
+            for _ in range(_MAX_SEARCH):  # limits whose plan was measured cost nothing
+                nxt = _next_limit(points, dense_predicted)
+                if nxt is None:
+                    break
+                try:
+                    cand, _alloc = replan(nxt)
+                except HCPruneError:
+                    break
+                if _key(cand) not in seen:
+                    new, lim = cand, nxt
+                    break
+                points.append((nxt, seen[_key(cand)]))
+            if new is None:
+                break
+            plan = new
+        pick = _pick(history, self.tolerance)
+        chosen = plans[pick]
+        return PrunePlan.create(chosen.fingerprint, dict(chosen.kept), dict(chosen.sizes),
+                                {**chosen.config, "closed_loop": history,
+                                 "closed_loop_pick": pick})
+
+
+_MAX_SEARCH = 24
+
+
+def _key(plan) -> tuple:
+    return tuple(sorted((g, tuple(k)) for g, k in plan.kept.items()))
+
+
+def _next_limit(points, dense_predicted: float) -> float | None:
+    """The next limit (table milliseconds) from the ``(limit, error)`` points tried: between
+    the closest limits under and over the goal (secant, kept inside the bracket), else the
+    last limit scaled by goal / measured; None when it cannot move."""
+    top = dense_predicted * (1 - 1e-9)
+    under = [p for p in points if p[1] <= 0]
+    over = [p for p in points if p[1] > 0]
+    last_lim, last_err = points[-1]
+    if under and over:
+        u = max(under)
+        o = min(over)
+        if o[0] <= u[0] * (1 + 1e-9):
+            return None  # the bracket is closed: no width between the two plans
+        t = -u[1] / (o[1] - u[1])
+        lim = u[0] + min(max(t, 0.1), 0.9) * (o[0] - u[0])
+    else:
+        lim = last_lim / (1.0 + last_err)
+    if lim >= top and last_lim >= top:
+        return None
+    return min(lim, top)
+
+
+def _pick(history, tolerance: float) -> int:
+    """Index of the step to keep: the closest within tolerance, else the closest under the
+    goal, else the closest."""
+    within = [i for i, r in enumerate(history) if abs(r["error"]) <= tolerance]
+    if within:
+        return min(within, key=lambda i: abs(history[i]["error"]))
+    under = [i for i, r in enumerate(history) if r["error"] <= 0]
+    if under:
+        return max(under, key=lambda i: history[i]["error"])
+    return min(range(len(history)), key=lambda i: abs(history[i]["error"]))
