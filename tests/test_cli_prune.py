@@ -42,6 +42,19 @@ def test_prune_writes_pruned_onnx_and_plan(model_file, tmp_path, capsys):
     assert d["groups"] and all(len(g["kept"]) == g["size"] // 2 for g in d["groups"])
 
 
+def test_prune_folds_run_time_shapes_like_load_onnx(tmp_path, capsys):
+    """A head that computes anchor grids from Shape/Gather/Range chains: ``hcprune prune``
+    imports it the way ``load_onnx`` does (folded by onnxruntime), so the pruned ONNX is
+    written and verified instead of failing on a run-time shape."""
+    src, out = tmp_path / "anchors.onnx", tmp_path / "pruned.onnx"
+    onnx.save(onnx_models.anchor_grid_head(grid=True), str(src))
+    rc = main(["prune", str(src), "--prune-ratio", "0.5", "--align", "1", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "verified: onnxruntime on the pruned ONNX == pruned TVM module" in text
+    onnx.checker.check_model(onnx.load(str(out)))
+
+
 @pytest.mark.slow
 def test_prune_with_calibration_and_reconstruction(model_file, tmp_path, capsys):
     samples = tmp_path / "x.npy"

@@ -15,7 +15,7 @@ from tvm_hcprune.cli.budget import (
 )
 from tvm_hcprune.cli.compile import parse_input_shapes
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.frontend.load import ort_basic_optimize, read_onnx, static_input_shapes
+from tvm_hcprune.frontend.load import load_onnx_graph
 from tvm_hcprune.planning.export_onnx import apply_to_onnx
 from tvm_hcprune.recovery.runner import module_input, run_relax
 from tvm_hcprune.utils import atomic_write_bytes
@@ -47,29 +47,6 @@ def register(sub) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the onnxruntime vs TVM check of the exported model")
     p.set_defaults(func=run)
-
-
-def import_onnx(path, shape_dict=None, log=print):
-    """``(onnx_model, mod)``: the ONNX graph TVM imported (folded by onnxruntime's basic
-    optimisation where TVM's importer needs it) and the Relax module."""
-    # deferred: TVM's ONNX frontend imports onnx (slow)
-    from tvm.relax.frontend.onnx import from_onnx
-
-    model = read_onnx(path)
-    shapes = static_input_shapes(model, shape_dict, log)
-    try:
-        return model, from_onnx(model, shape_dict=shapes)
-    except Exception as first:  # noqa: BLE001 - importer gaps raise assorted errors
-        try:
-            folded = ort_basic_optimize(model, shapes)
-            mod = from_onnx(folded, shape_dict=shapes)
-        except Exception as err:  # noqa: BLE001
-            raise HCPruneError(f"TVM's ONNX importer cannot import {path}: "
-                               f"{type(first).__name__}: {str(first)[:300]} (also after "
-                               f"onnxruntime's basic optimisation: {str(err)[:200]})") from None
-        log("note: the graph was folded by onnxruntime's basic optimisation before import; "
-            "the exported model is the folded graph, pruned")
-        return folded, mod
 
 
 def _calibration_samples(args, shape, dtype):
@@ -122,7 +99,7 @@ def run(args) -> int:
     if args.reconstruct and not args.calibration and not args.samples:
         raise HCPruneError("--reconstruct needs calibration data: add --calibration N "
                            "(and --samples real.npy)")
-    onnx_model, mod = import_onnx(args.model, parse_input_shapes(args.input_shapes))
+    onnx_model, mod = load_onnx_graph(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
     cal = None
     if args.calibration or args.samples:
