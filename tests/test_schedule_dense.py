@@ -6,8 +6,11 @@ import tvm
 from tvm import relax
 
 from tvm_hcprune.backend.pipeline import get_pipeline
+from tvm_hcprune.hardware import profile_for
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+# 16-lane plans (three-vector column blocks, tiles under the stack limit): AVX-512 hosts only
+TARGET_AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
 
 
 def dense_module(xshape, n, bias=True, act=None):
@@ -29,8 +32,8 @@ def dense_module(xshape, n, bias=True, act=None):
     return bb.get()
 
 
-def _run(mod, pipeline, x):
-    vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipeline), tvm.cpu())
+def _run(mod, pipeline, x, target=TARGET):
+    vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=pipeline), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
@@ -50,6 +53,19 @@ def test_dense_rule_matches_default(xshape, n, bias, act):
     x = np.random.default_rng(2).standard_normal(xshape).astype("float32")
     ref = _run(mod, relax.get_default_pipeline(TARGET), x)
     ours = _run(mod, get_pipeline(TARGET, strict=True), x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.skipif(profile_for("llvm").isa != "avx512",
+                    reason="the host CPU has no AVX-512 to run 16-lane code")
+@pytest.mark.parametrize(("xshape", "n"), [((128, 40), 96), ((12, 33), 48), ((1, 70), 1000),
+                                           ((2, 9, 16), 80)])
+def test_dense_rule_matches_default_16_lanes(xshape, n):
+    """The AVX-512 plans (three- and four-vector column blocks) give the default's output."""
+    mod = dense_module(xshape, n, True, "relu")
+    x = np.random.default_rng(3).standard_normal(xshape).astype("float32")
+    ref = _run(mod, relax.get_default_pipeline(TARGET_AVX512), x, TARGET_AVX512)
+    ours = _run(mod, get_pipeline(TARGET_AVX512, strict=True), x, TARGET_AVX512)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
 
 

@@ -1,6 +1,14 @@
-"""ApplyPrunePlan: physically remove the channels a ``PrunePlan`` drops."""
+"""ApplyPrunePlan: physically remove the channels a ``PrunePlan`` drops.
+
+The result carries its plan like :class:`~tvm_hcprune.transform.PruneChannels`' (the module
+attribute ``hcprune.plan``, :func:`module_plan`), so a module rebuilt from a saved plan is
+the module the pass produced, attribute included.
+"""
 
 from __future__ import annotations
+
+import json
+from collections import OrderedDict
 
 import numpy as np
 import tvm
@@ -13,6 +21,59 @@ from tvm_hcprune.ops.desc import axis_index, desc_spaces
 from tvm_hcprune.ops.registry import get_op_handler
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.utils.relax import clear_shape_cache, static_shape
+
+PLAN_ATTR = "hcprune.plan"
+_ORIGINALS: OrderedDict = OrderedDict()  # plan fingerprint -> analysed dense module
+_KEEP_ORIGINALS = 8
+
+
+def attach_plan(pruned, graph, plan: PrunePlan):
+    """``pruned`` with ``plan`` as its ``hcprune.plan`` attribute; ``graph.mod`` (the dense
+    module) is remembered for :func:`original_module`.
+
+    Examples
+    --------
+    >>> pruned = attach_plan(apply_plan(graph, plan), graph, plan)  # doctest: +SKIP
+    """
+    _ORIGINALS[graph.fingerprint] = graph.mod
+    _ORIGINALS.move_to_end(graph.fingerprint)
+    while len(_ORIGINALS) > _KEEP_ORIGINALS:
+        _ORIGINALS.popitem(last=False)
+    return pruned.with_attr(PLAN_ATTR, plan.to_json())
+
+
+def module_plan(mod) -> PrunePlan | None:
+    """The plan a module was pruned with (its ``hcprune.plan`` attribute), or None.
+
+    Examples
+    --------
+    >>> plan = module_plan(PruneChannels(ratio=0.5)(mod))  # doctest: +SKIP
+    """
+    attrs = mod.attrs
+    if attrs is None or PLAN_ATTR not in attrs:
+        return None
+    return PrunePlan.from_dict(json.loads(str(attrs[PLAN_ATTR])))
+
+
+def original_module(plan: PrunePlan):
+    """The dense (analysed) module ``plan`` was made for, when this process pruned it.
+
+    Raises
+    ------
+    HCPruneError
+        The module was pruned elsewhere (another process, or too many models ago).
+
+    Examples
+    --------
+    >>> dense = original_module(module_plan(pruned))  # doctest: +SKIP
+    """
+    mod = _ORIGINALS.get(plan.fingerprint)
+    if mod is None:
+        raise HCPruneError(
+            "the dense module of this plan is not known to this process (the module was "
+            "pruned elsewhere or earlier): pass it explicitly, e.g. "
+            "Reconstruct(calibration, graph=tvm_hcprune.analyze(dense), plan=plan)")
+    return mod
 
 
 @mutator
@@ -142,4 +203,5 @@ class ApplyPrunePlan:
         self.plan = plan if isinstance(plan, PrunePlan) else PrunePlan.load(plan)
 
     def transform_module(self, mod, ctx):
-        return apply_plan(analyze(mod), self.plan)
+        graph = analyze(mod)
+        return attach_plan(apply_plan(graph, self.plan), graph, self.plan)

@@ -10,8 +10,6 @@ TVMScript printing of the pruned one.
 from __future__ import annotations
 
 import importlib
-import json
-from collections import OrderedDict
 
 import tvm
 
@@ -21,64 +19,16 @@ from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, par
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
-from tvm_hcprune.transform.apply_plan import apply_plan
+from tvm_hcprune.transform.apply_plan import (
+    PLAN_ATTR,
+    apply_plan,
+    attach_plan,
+    module_plan,
+    original_module,
+)
 
 __all__ = ["PLAN_ATTR", "PruneChannels", "attach_plan", "budget_plan", "module_plan",
            "original_module"]
-
-PLAN_ATTR = "hcprune.plan"
-_ORIGINALS: OrderedDict = OrderedDict()  # plan fingerprint -> analysed dense module
-_KEEP_ORIGINALS = 8
-
-
-def attach_plan(pruned, graph, plan: PrunePlan):
-    """``pruned`` with ``plan`` as its ``hcprune.plan`` attribute; ``graph.mod`` (the dense
-    module) is remembered for :func:`original_module`.
-
-    Examples
-    --------
-    >>> pruned = attach_plan(apply_plan(graph, plan), graph, plan)  # doctest: +SKIP
-    """
-    _ORIGINALS[graph.fingerprint] = graph.mod
-    _ORIGINALS.move_to_end(graph.fingerprint)
-    while len(_ORIGINALS) > _KEEP_ORIGINALS:
-        _ORIGINALS.popitem(last=False)
-    return pruned.with_attr(PLAN_ATTR, plan.to_json())
-
-
-def module_plan(mod) -> PrunePlan | None:
-    """The plan a module was pruned with (its ``hcprune.plan`` attribute), or None.
-
-    Examples
-    --------
-    >>> plan = module_plan(PruneChannels(ratio=0.5)(mod))  # doctest: +SKIP
-    """
-    attrs = mod.attrs
-    if attrs is None or PLAN_ATTR not in attrs:
-        return None
-    return PrunePlan.from_dict(json.loads(str(attrs[PLAN_ATTR])))
-
-
-def original_module(plan: PrunePlan):
-    """The dense (analysed) module ``plan`` was made for, when this process pruned it.
-
-    Raises
-    ------
-    HCPruneError
-        The module was pruned elsewhere (another process, or too many models ago).
-
-    Examples
-    --------
-    >>> dense = original_module(module_plan(pruned))  # doctest: +SKIP
-    """
-    mod = _ORIGINALS.get(plan.fingerprint)
-    if mod is None:
-        raise HCPruneError(
-            "the dense module of this plan is not known to this process (the module was "
-            "pruned elsewhere or earlier): pass it explicitly, e.g. "
-            "Reconstruct(calibration, graph=tvm_hcprune.analyze(dense), plan=plan)")
-    return mod
-
 
 def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
                 latency_model=None, calibration=None):
