@@ -26,7 +26,9 @@ from tvm_hcprune.backend.database import load_database
 from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
+    add_calibration_arguments,
     add_report_argument,
+    calibration_kwargs,
     latency_model_arg,
     parse_budget,
     write_report,
@@ -99,6 +101,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "--prune-ratio)")
 
     add_budget_arguments(parser)
+    add_calibration_arguments(parser)
 
 
 def resolve_model_options(args):
@@ -140,9 +143,15 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
             kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
+        if hasattr(args, "calibration"):
+            kwargs.update(calibration_kwargs(args, mod, log))
         mod, report = prune(mod, **kwargs)
         if reports is not None:
             reports.append(report)
+        if report.agreement is not None:
+            a = report.agreement
+            log(f"agreement with the dense model on {a['n']} held-out samples: correlation "
+                f"{a['correlation']:.4f}, max |err| {a['max_abs_error']:.3g}")
         log(f"pruned: MACs {report.macs_before / 1e6:.1f}M -> {report.macs_after / 1e6:.1f}M, "
             f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M")
     return mod

@@ -8,7 +8,9 @@ import numpy as np
 import tvm_hcprune as hc
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
+    add_calibration_arguments,
     add_report_argument,
+    calibration_kwargs,
     latency_model_arg,
     parse_budget,
     write_report,
@@ -37,13 +39,10 @@ def register(sub) -> None:
     p.add_argument("--criterion", default="l2", help="l1, l2, fpgm, activation, apoz, thinet...")
     p.add_argument("--align", type=int, default=None,
                    help="channel multiple (default: the host CPU's profile)")
-    p.add_argument("--calibration", type=int, default=0, metavar="N",
-                   help="calibrate on N samples (a .npy file given by --samples, else N "
-                        "random normal inputs) for data-driven criteria and --reconstruct")
-    p.add_argument("--samples", default=None,
-                   help=".npy array [N, *input_shape] of real calibration inputs")
+    add_calibration_arguments(p)
     p.add_argument("--reconstruct", action="store_true",
-                   help="re-fit pruned layers by least squares on the calibration data")
+                   help="re-fit pruned layers by least squares (the default with "
+                        "--calibration; needs it)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the onnxruntime vs TVM check of the exported model")
     p.set_defaults(func=run)
@@ -70,20 +69,6 @@ def import_onnx(path, shape_dict=None, log=print):
         log("note: the graph was folded by onnxruntime's basic optimisation before import; "
             "the exported model is the folded graph, pruned")
         return folded, mod
-
-
-def _calibration_samples(args, shape, dtype):
-    if args.samples:
-        try:
-            arr = np.load(args.samples, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise HCPruneError(f"--samples {args.samples}: cannot read a .npy array ({err})"
-                               ) from None
-        return arr[: args.calibration] if args.calibration else arr
-    rng = np.random.default_rng(0)
-    print(f"note: calibrating on {args.calibration} random normal inputs (give real ones "
-          "with --samples for meaningful activation statistics)")
-    return rng.standard_normal((args.calibration, *shape)).astype(dtype)
 
 
 def verify(onnx_model, pruned_mod, rtol=1e-4, atol=1e-5) -> float:
@@ -117,22 +102,19 @@ def run(args) -> int:
                            "--macs-budget)")
     if budget is None and not 0 <= args.prune_ratio < 1:
         raise HCPruneError(f"--prune-ratio {args.prune_ratio} is outside [0, 1)")
-    if args.calibration < 0:
-        raise HCPruneError("--calibration N needs N >= 1 (or 0 for none)")
-    if args.reconstruct and not args.calibration and not args.samples:
-        raise HCPruneError("--reconstruct needs calibration data: add --calibration N "
-                           "(and --samples real.npy)")
+    if args.reconstruct and args.calibration is None:
+        raise HCPruneError("--reconstruct needs calibration data: add --calibration PATH "
+                           "(.npz/.npy arrays or a folder of images)")
+    if args.reconstruct and args.no_reconstruct:
+        raise HCPruneError("give --reconstruct or --no-reconstruct, not both")
     onnx_model, mod = import_onnx(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
-    cal = None
-    if args.calibration or args.samples:
-        _, shape, dtype = module_input(graph.mod)
-        cal = hc.calibrate(graph.mod, _calibration_samples(args, shape, dtype))
+    data = calibration_kwargs(args, graph.mod, print)
     how = ({"budget": budget, "target": "llvm",
             "latency_model": latency_model_arg(args, "llvm")} if budget
            else {"ratio": args.prune_ratio})
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
-                              calibration=cal, reconstruct=args.reconstruct, **how)
+                              **data, **how)
     print(report.summary())
     if report.reconstruction is not None:
         print(report.reconstruction.summary())
