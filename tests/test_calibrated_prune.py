@@ -193,3 +193,34 @@ def test_first_conv_protect_rule(small):
     assert 0 in free.plan.kept
     _, plain = hc.prune(small, ratio=0.5, graph=graph, align=8)  # None: as before
     assert 0 in plain.plan.kept
+
+
+@pytest.mark.parametrize("cmd, extra", [("prune", ["-o"]), ("compile", ["-o"])])
+def test_cli_bad_input_exits_2_writes_nothing(tmp_path, capsys, samples, cmd, extra):
+    """Calibration arrays with the wrong name, dtype or shape, a budget no plan meets (with
+    the best reachable figure) and a latency budget above the dense model's: exit 2 with
+    the reason, and neither the model, nor the report, nor its JSON is written."""
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))
+    np.savez(tmp_path / "name.npz", image=samples)
+    np.savez(tmp_path / "dtype.npz", input=samples.astype(np.float64))
+    np.savez(tmp_path / "shape.npz", input=samples[:, :, :1])
+    out = tmp_path / ("never.onnx" if cmd == "prune" else "never.so")
+    md = tmp_path / "never.md"
+    cases = [(["--macs-budget", "0.7x", "--calibration", str(tmp_path / "name.npz")],
+              "the model input is named 'input'"),
+             (["--macs-budget", "0.7x", "--calibration", str(tmp_path / "dtype.npz")],
+              "astype"),
+             (["--macs-budget", "0.7x", "--calibration", str(tmp_path / "shape.npz")],
+              "does not match the model input"),
+             (["--macs-budget", "0.01x", "--align", "8"][: 2 if cmd == "compile" else 4],
+              "no plan meets the MACs budget"),
+             (["--latency-budget", "1000ms", "--latency-model", "roofline"],
+              "not below the dense")]
+    for flags, msg in cases:
+        assert main([cmd, str(path), *flags, *extra, str(out), "--report", str(md)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err, err
+        if "no plan meets" in msg:
+            assert "reach" in err  # the best reachable figure
+        assert not out.exists() and not md.exists() and not md.with_suffix(".json").exists()

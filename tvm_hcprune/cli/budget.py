@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.latency import RooflineModel
+from tvm_hcprune.latency import LatencyTable, RooflineModel
 from tvm_hcprune.planning.budget import Latency, MACs
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data
 from tvm_hcprune.utils import atomic_write_text
@@ -30,6 +30,9 @@ def add_budget_arguments(parser) -> None:
                         help="where --latency-budget's latency comes from: kernels measured "
                              "here (default; llvm targets) or the roofline estimate of the "
                              "target's hardware profile (no measurement)")
+    parser.add_argument("--latency-table", default=None, metavar="TABLE.json",
+                        help="a latency table saved by LatencyTable.save (for this model and "
+                             "target) instead of measuring")
 
 
 def add_calibration_arguments(parser) -> None:
@@ -116,7 +119,13 @@ def calibration_kwargs(args, mod, log) -> dict:
 
 
 def latency_model_arg(args, target):
-    """The ``latency_model=`` of ``prune`` for ``--latency-model`` (None: measure)."""
+    """The ``latency_model=`` of ``prune`` for ``--latency-model`` / ``--latency-table``
+    (None: measure)."""
+    table = getattr(args, "latency_table", None)
+    if table is not None:
+        if getattr(args, "latency_model", "measured") == "roofline":
+            raise HCPruneError("give --latency-table or --latency-model roofline, not both")
+        return LatencyTable.load(table)
     if getattr(args, "latency_model", "measured") == "roofline":
         return RooflineModel(target)
     return None
