@@ -224,3 +224,24 @@ def test_cli_bad_input_exits_2_writes_nothing(tmp_path, capsys, samples, cmd, ex
         if "no plan meets" in msg:
             assert "reach" in err  # the best reachable figure
         assert not out.exists() and not md.exists() and not md.with_suffix(".json").exists()
+
+
+def test_cli_plot_pareto_and_staircase(tmp_path, capsys, samples):
+    """--plot with data writes the Pareto PNG (one point per budget that could be met) and
+    the staircase PNG; without data only the staircase, and says why."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))
+    np.save(tmp_path / "cal.npy", samples)
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "--align", "8", "-o", str(out),
+                 "--calibration", str(tmp_path / "cal.npy"), "--allocation", "criterion",
+                 "--no-reconstruct", "--plot", str(tmp_path / "fig")]) == 0
+    for name in ("fig.pareto.png", "fig.staircase.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "--align", "8", "-o", str(out),
+                 "--plot", str(tmp_path / "nodata.png")]) == 0
+    assert "no Pareto plot without --calibration" in capsys.readouterr().out
+    assert (tmp_path / "nodata.staircase.png").is_file()
+    assert not (tmp_path / "nodata.pareto.png").exists()

@@ -7,8 +7,10 @@ import json
 import re
 from pathlib import Path
 
+from tvm_hcprune.api import prune
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.latency import LatencyTable, RooflineModel
+from tvm_hcprune.latency import LatencyTable, RooflineModel, latency_table
+from tvm_hcprune.latency.layers import layer_specs
 from tvm_hcprune.planning.budget import Latency, MACs
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data
 from tvm_hcprune.utils import atomic_write_text
@@ -173,3 +175,105 @@ def parse_budget(latency: str | None, macs: str | None):
                                "(0.5x)")
         return MACs(fraction=float(m.group(1)))
     return None
+
+
+PLOT_FRACTIONS = (0.9, 0.7, 0.5, 0.3)
+
+
+def add_plot_argument(parser) -> None:
+    parser.add_argument("--plot", default=None, metavar="PREFIX",
+                        help="write PREFIX.pareto.png (predicted latency against agreement "
+                             "with the dense model over several budgets; needs "
+                             "--calibration) and PREFIX.staircase.png (latency against "
+                             "output width of the heaviest layers)")
+
+
+def plot_paths(prefix) -> tuple[Path, Path]:
+    """``(PREFIX.pareto.png, PREFIX.staircase.png)``."""
+    p = Path(prefix)
+    base = p.with_suffix("") if p.suffix == ".png" else p
+    return (base.parent / f"{base.name}.pareto.png", base.parent / f"{base.name}.staircase.png")
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_latency_model(args, graph, report, target):
+    """The latency model the plots use: the run's (``--latency-table``, roofline), the
+    measured table of a latency budget (cached by the run), else the roofline estimate."""
+    model = latency_model_arg(args, target)
+    if model is None and isinstance(report.budget, Latency):
+        model = latency_table(graph, target, align=report.align, progress=False)
+    return model if model is not None else RooflineModel(target)
+
+
+def plot_figures(mod, graph, report, prune_kwargs: dict, latency_model, target,
+                 fractions=PLOT_FRACTIONS, log=print) -> dict:
+    """PNG bytes per path name (``"pareto"``, ``"staircase"``): nothing is written here, so
+    a failure leaves no file behind.
+
+    The Pareto sweep prunes ``mod`` again at ``fractions`` of the run's budget kind (MACs
+    for a ratio) with the same options and data, and plots each plan's predicted latency
+    (``latency_model``) against its agreement with the dense model on the held-out samples
+    (correlation, and top-1 agreement for classifiers); the run itself is the star. The
+    staircase plots the latency model's milliseconds of the five heaviest layers against
+    their output width (input dense).
+    """
+    import matplotlib  # deferred: matplotlib is slow to import and only --plot draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = latency_model if latency_model is not None else RooflineModel(target)
+    dense_ms = model.predict(graph)
+    out = {}
+    if report.agreement is not None:
+        kind = type(report.budget) if report.budget is not None else MACs
+        points = []
+        for f in fractions:
+            try:
+                _, rep = prune(mod, budget=kind(fraction=f), graph=graph, **prune_kwargs)
+            except HCPruneError as err:
+                log(f"--plot: {kind.__name__}(fraction={f}) skipped: {err}")
+                continue
+            points.append((model.predict(graph, rep.plan) / dense_ms, rep.agreement))
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for key, style, label in (("correlation", "o-", "output correlation"),
+                                  ("top1_agreement", "s--", "top-1 agreement")):
+            pts = sorted((x, a[key]) for x, a in points if key in a)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=label)
+            if key in report.agreement:
+                ax.plot([model.predict(graph, report.plan) / dense_ms],
+                        [report.agreement[key]], "*", ms=14, color="k")
+        ax.set_xlabel(f"latency, predicted by the {model.source} (fraction of dense)")
+        ax.set_ylabel(f"agreement with dense ({report.agreement['n']} held-out samples)")
+        ax.set_title("pruned models over budgets (star: this run)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out["pareto"] = _png(fig)
+        plt.close(fig)
+    else:
+        log("--plot: no Pareto plot without --calibration (agreement is measured on "
+            "held-out calibration samples); writing the staircase only")
+    specs = sorted(layer_specs(graph), key=lambda s: -model.layer_ms(s, s.in_full,
+                                                                      s.out_full))[:5]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for s in specs:
+        step = max(1, report.align)
+        widths = sorted(set(range(step, s.out_full, step)) | {s.out_full})
+        ax.step(widths, [model.layer_ms(s, s.in_full, w) * 1e3 for w in widths], where="post",
+                label=f"{s.name} ({s.op.replace('relax.', '')}, in {s.in_full})")
+    ax.set_xlabel("output channels")
+    ax.set_ylabel(f"latency (us, {model.source})")
+    ax.set_title("heaviest layers: latency against width")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out["staircase"] = _png(fig)
+    plt.close(fig)
+    return out

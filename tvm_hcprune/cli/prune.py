@@ -9,10 +9,14 @@ import tvm_hcprune as hc
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
     add_calibration_arguments,
+    add_plot_argument,
     add_report_argument,
     calibration_kwargs,
     latency_model_arg,
     parse_budget,
+    plot_figures,
+    plot_latency_model,
+    plot_paths,
     write_report,
 )
 from tvm_hcprune.cli.compile import parse_input_shapes
@@ -31,6 +35,7 @@ def register(sub) -> None:
                         "give a budget)")
     add_budget_arguments(p)
     add_report_argument(p)
+    add_plot_argument(p)
     p.add_argument("-o", "--output", required=True, help="pruned .onnx file to write")
     p.add_argument("--plan-out", default=None, help="also write the PrunePlan JSON here")
     p.add_argument("--input-shapes", default=None,
@@ -115,6 +120,12 @@ def run(args) -> int:
            else {"ratio": args.prune_ratio})
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
                               **data, **how)
+    figures = {}
+    if args.plot:
+        sweep = {"criterion": args.criterion, "align": args.align, **data,
+                 **{k: v for k, v in how.items() if k != "budget" and k != "ratio"}}
+        figures = plot_figures(mod, graph, report, sweep,
+                               plot_latency_model(args, graph, report, "llvm"), "llvm")
     print(report.summary())
     if report.reconstruction is not None:
         print(report.reconstruction.summary())
@@ -130,4 +141,8 @@ def run(args) -> int:
         print(f"wrote {args.plan_out}")
     if args.report:
         print(f"wrote {', '.join(write_report(args.report, report))}")
+    for key, path in zip(("pareto", "staircase"), plot_paths(args.plot or "x"), strict=True):
+        if key in figures:
+            atomic_write_bytes(path, figures[key])
+            print(f"wrote {path}")
     return 0
