@@ -31,6 +31,7 @@ def samples():
     return np.random.default_rng(0).normal(size=(16, 1, 3, 16, 16)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_data_default_path(small, samples):
     """With data: sensitivity allocation within the budget, reconstruction kept or reverted
     by the guard, agreement on the held-out quarter in the report (markdown and JSON); the
@@ -65,15 +66,16 @@ def test_data_default_path(small, samples):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ratio_with_data_spends_the_uniform_macs(small, samples):
     """A ratio with data becomes the MACs of its uniform plan, reallocated by sensitivity;
     reconstruct=False and allocation='criterion' turn the parts off."""
-    _, uni = hc.prune(small, ratio=0.5, align=8)
+    _, uni = hc.prune(small, ratio=0.5, align=8, prune_first_conv=False)
     _, rep = hc.prune(small, ratio=0.5, align=8, calibration=samples, reconstruct=False)
     assert rep.allocation == "sensitivity" and rep.reconstruction is None
     assert rep.macs_after <= uni.macs_after and rep.agreement is not None
     _, crit = hc.prune(small, ratio=0.5, align=8, calibration=samples,
-                       allocation="criterion", reconstruct=False)
+                       allocation="criterion", reconstruct=False, prune_first_conv=False)
     assert crit.plan.kept.keys() == uni.plan.kept.keys()
     assert all(np.array_equal(crit.plan.kept[g], uni.plan.kept[g]) for g in uni.plan.kept)
 
@@ -226,6 +228,7 @@ def test_cli_bad_input_exits_2_writes_nothing(tmp_path, capsys, samples, cmd, ex
         assert not out.exists() and not md.exists() and not md.with_suffix(".json").exists()
 
 
+@pytest.mark.slow
 def test_cli_plot_pareto_and_staircase(tmp_path, capsys, samples):
     """--plot with data writes the Pareto PNG (one point per budget that could be met) and
     the staircase PNG; without data only the staircase, and says why."""
