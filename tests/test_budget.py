@@ -371,3 +371,26 @@ def test_cli_prune_report(tmp_path):
     assert "Budget: **0.6x MACs**" in text and "## Channel groups" in text
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["macs_after"] / d["macs_before"] <= 0.6
+
+
+def test_cli_latency_table_from_another_target(graph, table, tmp_path, capsys):
+    """--latency-table with a table measured for another target: exit 2 naming both
+    targets, nothing written; the same table for this target prunes."""
+    tab, _ = table
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=32, image=16), str(path))
+    tab.save(tmp_path / "here.json")
+    d = tab.to_dict()
+    d["target"] = '{"kind":"llvm","mcpu":"cascadelake"}'
+    (tmp_path / "other.json").write_text(json.dumps(d))
+    out, md = tmp_path / "p.onnx", tmp_path / "r.md"
+    low = {g: c[0] for g, c in tab.candidates.items()}
+    frac = round(0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph)), 3)
+    assert main(["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
+                 str(tmp_path / "other.json"), "--align", "8", "-o", str(out), "--report",
+                 str(md)]) == 2
+    assert "made for target" in capsys.readouterr().err
+    assert not out.exists() and not md.exists()
+    assert main(["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
+                 str(tmp_path / "here.json"), "--align", "8", "-o", str(out)]) == 0
+    assert out.is_file()

@@ -62,7 +62,7 @@ def test_prune_with_calibration_and_reconstruction(model_file, tmp_path, capsys)
             .astype("float32"))
     out = tmp_path / "rec.onnx"
     rc = main(["prune", str(model_file), "--prune-ratio", "0.5", "--align", "1", "-o",
-               str(out), "--calibration", "8", "--samples", str(samples), "--reconstruct",
+               str(out), "--calibration", str(samples), "--reconstruct",
                "--criterion", "activation"])
     assert rc == 0
     text = capsys.readouterr().out

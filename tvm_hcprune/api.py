@@ -8,11 +8,17 @@ from dataclasses import dataclass, field
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.latency.layers import layer_specs
-from tvm_hcprune.planning.budget import as_budget
+from tvm_hcprune.planning.budget import MACs, as_budget
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_plan, resolve_align
-from tvm_hcprune.recovery.reconstruct import apply_and_reconstruct
+from tvm_hcprune.recovery.guided import (
+    CachedRunners,
+    output_agreement,
+    prepare_calibration,
+    unit_scales,
+)
+from tvm_hcprune.recovery.reconstruct import ReconstructConfig, apply_and_reconstruct
 from tvm_hcprune.transform.prune_channels import attach_plan, budget_plan
 
 
@@ -77,6 +83,12 @@ class PruneReport:
     dense_predicted_ms: float | None = None
     layers: list = field(default_factory=list)  # LayerChange rows (latency budgets)
     latency_source: str = ""  # "table" or "roofline model" (latency budgets)
+    allocation: str = "criterion"  # "criterion" or "sensitivity"
+    #: agreement with the dense model on held-out calibration samples (prune with data):
+    #: n, correlation, max_abs_error, rel_mse[, top1_agreement[, top1_dense, top1_pruned]]
+    agreement: dict | None = None
+    sensitivity: dict | None = None  # per-group output error of the sensitivity scan
+    calibration: dict | None = None  # source, fit_samples, held_out_samples
 
     @property
     def macs_fraction(self) -> float:
@@ -98,6 +110,10 @@ class PruneReport:
             "predicted_ms": self.predicted_ms, "dense_predicted_ms": self.dense_predicted_ms,
             "latency_source": self.latency_source,
             "layers": [c.__dict__ for c in self.layers],
+            "allocation": self.allocation, "agreement": self.agreement,
+            "sensitivity": self.sensitivity, "calibration": self.calibration,
+            "reconstruction": (None if self.reconstruction is None
+                               else self.reconstruction.to_dict()),
         }
 
     def to_markdown(self, measured_ms: tuple[float, float] | None = None) -> str:
@@ -135,8 +151,10 @@ class PruneReport:
             d, p = measured_ms
             out.append(row("latency, measured (ms)", f"{d:.4f}", f"{p:.4f}", f"{p / d:.3f}"))
         out += ["", f"{sum(g.after != g.before for g in self.groups)} of {len(self.groups)} "
-                f"channel groups pruned, widths multiples of {self.align}.", "",
-                "## Channel groups", "", row("group", "producers", "before", "after"),
+                f"channel groups pruned, widths multiples of {self.align}; allocation by "
+                f"{self.allocation}.", ""]
+        out += self._agreement_markdown(row)
+        out += ["## Channel groups", "", row("group", "producers", "before", "after"),
                 row("---:", "---", "---:", "---:")]
         for g in self.groups:
             prods = ", ".join(g.producers[:3]) + (" ..." if len(g.producers) > 3 else "")
@@ -157,6 +175,33 @@ class PruneReport:
                 out.append(row(f.group, f.op, f.var, f.reason))
         return "\n".join(out) + "\n"
 
+    def _agreement_markdown(self, row) -> list[str]:
+        out = []
+        if self.agreement is not None:
+            a, c = self.agreement, self.calibration or {}
+            out += ["## Agreement with the dense model", "",
+                    f"On {a['n']} held-out calibration samples ({c.get('source', '')}; "
+                    f"{c.get('fit_samples', '?')} others calibrated).", "",
+                    row("measure", "value"), row("---", "---:"),
+                    row("output correlation", f"{a['correlation']:.4f}"),
+                    row("max abs error", f"{a['max_abs_error']:.4g}"),
+                    row("relative MSE", f"{a['rel_mse']:.4g}")]
+            if "top1_agreement" in a:
+                out.append(row("top-1 agreement", f"{a['top1_agreement']:.3f}"))
+            if "top1_dense" in a:
+                out.append(row("top-1 dense / pruned",
+                               f"{a['top1_dense']:.3f} / {a['top1_pruned']:.3f}"))
+            out.append("")
+        rec = self.reconstruction
+        if rec is not None:
+            n_ok = len(rec.layers) - len(rec.fallbacks)
+            line = f"Reconstruction: {n_ok} of {len(rec.layers)} consumer layers re-fitted"
+            if rec.guard is not None:
+                line += ("; the model guard REVERTED to the plainly pruned model" if
+                         rec.reverted else "; kept by the model guard")
+            out += [line + ".", ""]
+        return out
+
     def summary(self) -> str:
         pruned = [g for g in self.groups if g.after != g.before]
         lines = [
@@ -173,6 +218,13 @@ class PruneReport:
             lines.append(f"latency {self.dense_predicted_ms:10.3f} ms -> "
                          f"{self.predicted_ms:10.3f} ms predicted "
                          f"({self.predicted_ms / self.dense_predicted_ms:.2f}x)")
+        if self.agreement is not None:
+            a = self.agreement
+            lines.append(f"agreement with dense on {a['n']} held-out samples: correlation "
+                         f"{a['correlation']:.4f}, max |err| {a['max_abs_error']:.3g}"
+                         + (f", top-1 agreement {a['top1_agreement']:.3f}"
+                            if "top1_agreement" in a else "")
+                         + f" (allocation by {self.allocation})")
         frozen_groups = sorted({f.group for f in self.frozen})
         if frozen_groups:
             lines.append(f"{len(frozen_groups)} frozen group(s):")
@@ -187,8 +239,8 @@ class PruneReport:
 
 def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
           plan: PrunePlan | None = None, graph: ChannelGraph | None = None, calibration=None,
-          reconstruct: bool = False, reconstruct_options=None, budget=None,
-          latency_model=None, **overrides):
+          reconstruct: bool | None = None, reconstruct_options=None, budget=None,
+          latency_model=None, preprocess=None, allocation: str = "auto", **overrides):
     """Prune ``mod`` and report what changed.
 
     Parameters
@@ -199,21 +251,30 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         The pruning options (a float is the ``ratio``); default ``PruneConfig()``.
     **overrides
         Options of :class:`~tvm_hcprune.planning.config.PruneConfig` (``ratio``,
-        ``criterion``, ``align``, ``protect``, ``min_channels``, ``criterion_options``,
-        ``seed``) applied over ``config``.
+        ``criterion``, ``align``, ``protect``, ``prune_first_conv``, ``min_channels``,
+        ``criterion_options``, ``seed``) applied over ``config``.
     target : optional
         Target whose hardware profile gives the default ``align``.
     plan : PrunePlan, optional
         Apply this plan instead of computing one.
     graph : ChannelGraph, optional
         A previous ``analyze(mod)`` result to reuse.
-    calibration : Calibration, optional
-        ``tvm_hcprune.calibrate`` of ``mod`` (or of ``analyze(mod).mod``): used by
-        data-driven criteria (``activation``, ``apoz``, ``thinet``) and by ``reconstruct``.
-    reconstruct : bool
-        Re-fit the pruned consumers by least squares on ``calibration``
+    calibration : data or Calibration, optional
+        **Data** (an array ``[N, *input_shape]``, a list of arrays, ``{input_name: array}``,
+        a :class:`~tvm_hcprune.zoo.datasets.Dataset` or ``(samples, labels)``, a ``.npz`` /
+        ``.npy`` path or a folder of images, see
+        :func:`~tvm_hcprune.recovery.data.calibration_data`) turns on the accuracy-aware
+        default: a quarter of the samples (at most 256) is held out, the analysed module is
+        calibrated on the rest, the allocation is sensitivity-guided (``allocation``),
+        reconstruction with its model-level guard is on, and ``report.agreement`` measures
+        the pruned against the dense model on the held-out samples. A
+        :class:`~tvm_hcprune.recovery.calibration.Calibration` (``tvm_hcprune.calibrate``)
+        is only handed to data-driven criteria and to ``reconstruct=True``; one made on
+        ``mod`` before analysis is redone on the analysed module from its samples.
+    reconstruct : bool, optional
+        Re-fit the pruned consumers by least squares on the calibration
         (:func:`tvm_hcprune.recovery.reconstruct.reconstruct`); the outcome per layer is
-        ``report.reconstruction``.
+        ``report.reconstruction``. Default: on when ``calibration`` is data.
     reconstruct_options : ReconstructConfig or dict, optional
         Options of the reconstruction (``ridge``, ``max_cond``, ``holdout``...; see
         :class:`~tvm_hcprune.recovery.reconstruct.ReconstructConfig`).
@@ -225,6 +286,16 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
         match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.
         Default: a table measured on ``target`` (cached on disk).
+    preprocess : ImagePreprocess or dict, optional
+        How a folder of images given as ``calibration`` becomes model inputs (mean, std,
+        size, resize, channels, layout: :class:`~tvm_hcprune.recovery.data.ImagePreprocess`).
+    allocation : {"auto", "sensitivity", "criterion"}
+        How widths are chosen: ``"criterion"``, by the criterion's scores (the uniform
+        ``ratio``, or the budget's knapsack over them); ``"sensitivity"`` (needs data), the
+        budget's knapsack (a ``ratio`` becomes the MACs budget of its uniform plan) with each
+        group's importance scaled by the output error measured when it alone is pruned
+        (:mod:`tvm_hcprune.recovery.guided`); ``"auto"``: sensitivity when ``calibration`` is
+        data, else criterion.
 
     Returns
     -------
@@ -236,6 +307,9 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     >>> print(report.summary())  # doctest: +SKIP
     >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.5),
     ...                                    target="llvm")  # doctest: +SKIP
+    >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.MACs(fraction=0.5),
+    ...                                    calibration="calib.npz")  # doctest: +SKIP
+    >>> print(report.agreement)  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     budget = as_budget(budget)
@@ -243,20 +317,61 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         raise HCPruneError("pass either plan= or budget=, not both")
     if budget is not None and "ratio" in overrides:
         raise HCPruneError("pass either ratio= or budget=, not both")
+    if allocation not in ("auto", "sensitivity", "criterion"):
+        raise HCPruneError(f"allocation must be auto, sensitivity or criterion, got "
+                           f"{allocation!r}")
     config = PruneConfig.of(config_arg(config), **overrides)
     graph = graph if graph is not None else analyze(mod)
     align_r = resolve_align(config.align, target)
+    fit = held = None
+    if calibration is not None:
+        calibration, fit, held = prepare_calibration(calibration, graph.mod, preprocess,
+                                                     seed=config.seed)
+    with_data = fit is not None
+    if allocation == "auto":
+        allocation = "sensitivity" if with_data and plan is None else "criterion"
+    if allocation == "sensitivity" and not with_data:
+        raise HCPruneError("allocation='sensitivity' needs calibration data (arrays, a .npz, "
+                           "an image folder or a Dataset) as calibration=")
+    if allocation == "sensitivity" and plan is not None:
+        raise HCPruneError("allocation='sensitivity' chooses a plan: do not pass plan=")
+    if allocation == "sensitivity" and config.prune_first_conv is None:
+        config = PruneConfig.of(config, prune_first_conv=False)  # the default protect rule
+    if reconstruct is None:
+        reconstruct = with_data
+    runners = CachedRunners() if with_data else None
+    guide = None
+    if allocation == "sensitivity":
+        n = min(len(fit), 64)
+        guide = {"samples": fit.samples[:n], "runners": runners}
     predicted = dense_pred = None
-    layers, source = [], ""
+    layers, source, sens_info = [], "", None
+    if budget is None and plan is None and allocation == "sensitivity":
+        uniform = make_plan(graph, config, align_r, calibration=calibration)
+        frac = graph.count_after(uniform)[0] / max(graph.total_macs, 1)
+        if uniform.kept and 0.0 < frac < 1.0:  # the ratio's MACs, spent where it hurts least
+            plan, *_rest, sens_info = budget_plan(
+                graph, config, align_r, MACs(fraction=frac), target, latency_model,
+                calibration, _sensitivity(graph, config, calibration, guide))
+        else:
+            plan = uniform
     if budget is not None:
-        plan, predicted, dense_pred, model = budget_plan(graph, config, align_r, budget,
-                                                         target, latency_model, calibration)
+        plan, predicted, dense_pred, model, sens_info = budget_plan(
+            graph, config, align_r, budget, target, latency_model, calibration,
+            _sensitivity(graph, config, calibration, guide))
         if model is not None:
             layers, source = _layer_changes(graph, plan, model), model.source
     elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
-    pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct,
-                                          reconstruct_options)
+    options = reconstruct_options
+    if reconstruct and held is not None:
+        options = ReconstructConfig.of(reconstruct_options, guard_samples=held.samples,
+                                       runner_factory=runners)
+    pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct, options)
+    agreement = None
+    if held is not None:
+        agreement = output_agreement(runners.outputs(graph.mod, held.samples),
+                                     runners.outputs(pruned, held.samples), held.labels)
     pruned = attach_plan(pruned, graph, plan)
     seconds = time.perf_counter() - t0
     macs_after, params_after = graph.count_after(plan)
@@ -271,6 +386,10 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     report.reconstruction = recon
     report.budget, report.predicted_ms, report.dense_predicted_ms = budget, predicted, dense_pred
     report.layers, report.latency_source = layers, source
+    report.allocation, report.agreement, report.sensitivity = allocation, agreement, sens_info
+    if fit is not None:
+        report.calibration = {"source": fit.source, "fit_samples": len(fit),
+                              "held_out_samples": 0 if held is None else len(held)}
     return pruned, report
 
 
@@ -286,3 +405,13 @@ def _layer_changes(graph, plan, model) -> list[LayerChange]:
                                 model.layer_ms(spec, ci, co), model.layer_ms(spec, ci2, co2)))
     return rows
 
+
+
+def _sensitivity(graph, config, calibration, guide):
+    """The ``rescale`` hook of :func:`~tvm_hcprune.transform.prune_channels.budget_plan`
+    for sensitivity-guided allocation (None without ``guide``: ``{"samples", "runners"}``
+    for :func:`~tvm_hcprune.recovery.guided.unit_scales`)."""
+    if guide is None:
+        return None
+    return lambda alloc: unit_scales(graph, alloc, config, calibration, guide["samples"],
+                                     guide["runners"])

@@ -8,9 +8,12 @@ import json
 import re
 from pathlib import Path
 
+from tvm_hcprune.api import prune
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.latency import MeasuredLatency, RooflineModel
+from tvm_hcprune.latency import LatencyTable, MeasuredLatency, RooflineModel, latency_table
+from tvm_hcprune.latency.layers import layer_specs
 from tvm_hcprune.planning.budget import Latency, MACs
+from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data
 from tvm_hcprune.tuning.rpc import RPCRunner
 from tvm_hcprune.utils import atomic_write_text
 
@@ -37,12 +40,104 @@ def add_budget_arguments(parser) -> None:
                              "table and its correction; for `tune`, the trials)")
     parser.add_argument("--rpc-key", default=None, metavar="KEY",
                         help="device key of the RPC tracker's servers")
+    parser.add_argument("--latency-table", default=None, metavar="TABLE.json",
+                        help="a latency table saved by LatencyTable.save (for this model and "
+                             "target) instead of measuring")
+
+
+def add_calibration_arguments(parser) -> None:
+    """``--calibration PATH`` and the preprocessing flags of image folders."""
+    g = parser.add_argument_group(
+        "calibration data", "With --calibration the widths are chosen by measured sensitivity, "
+        "pruned layers are re-fitted by least squares (kept only if a held-out check agrees), "
+        "and the report shows the agreement with the dense model on held-out samples.")
+    g.add_argument("--calibration", default=None, metavar="PATH",
+                   help="real model inputs: a .npz (the array under the input's name, "
+                        "optional 'labels'), a .npy [N, *input_shape], or a folder of images "
+                        "(see --mean/--std/--size/--resize/--channels/--layout)")
+    g.add_argument("--calibration-limit", type=int, default=None, metavar="N",
+                   help="use at most the first N samples")
+    g.add_argument("--mean", default=None, metavar="M[,M,M]",
+                   help="image folders: per-channel mean after scaling pixels to [0, 1] "
+                        "(default 0; ImageNet: 0.485,0.456,0.406)")
+    g.add_argument("--std", default=None, metavar="S[,S,S]",
+                   help="image folders: per-channel std (default 1; ImageNet: "
+                        "0.229,0.224,0.225)")
+    g.add_argument("--size", default=None, metavar="HxW",
+                   help="image folders: input height x width (default: the model input's)")
+    g.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch",
+                   help="image folders: stretch to the size; crop: short side to size/0.875 "
+                        "then centre crop; pad: height to size, keep aspect, pad right")
+    g.add_argument("--channels", choices=("rgb", "bgr", "gray"), default=None,
+                   help="image folders: channel order (default: gray for 1 channel, rgb)")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"), default=None,
+                   help="image folders: input layout (default: guessed from the input shape)")
+    g.add_argument("--no-reconstruct", action="store_true",
+                   help="with --calibration: do not re-fit the pruned layers")
+    g.add_argument("--allocation", choices=("auto", "sensitivity", "criterion"),
+                   default="auto",
+                   help="how per-group widths are chosen (auto: sensitivity with "
+                        "--calibration, else the criterion's scores)")
+
+
+def _floats(text, flag):
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise HCPruneError(f"{flag} {text!r}: write one number or three separated by "
+                           "commas") from None
+
+
+def image_preprocess_arg(args) -> ImagePreprocess:
+    """The :class:`ImagePreprocess` of the image-folder flags."""
+    opts = {"resize": args.resize, "channels": args.channels, "layout": args.layout}
+    if args.mean:
+        opts["mean"] = _floats(args.mean, "--mean")
+    if args.std:
+        opts["std"] = _floats(args.std, "--std")
+    if args.size:
+        m = re.match(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$", args.size)
+        if not m:
+            raise HCPruneError(f"--size {args.size!r}: write HEIGHTxWIDTH, e.g. 224x224")
+        opts["size"] = (int(m.group(1)), int(m.group(2)))
+    return ImagePreprocess.of(None, **opts)
+
+
+NO_DATA_WARNING = (
+    "warning: pruning without calibration data: the pruned model's outputs may change a lot "
+    "(correlation with the dense outputs as low as 0.02 was measured on detection and OCR "
+    "models). Pass real inputs with --calibration PATH (.npz/.npy arrays or a folder of "
+    "images with --mean/--std/--resize): widths are then chosen by measured sensitivity, "
+    "layers re-fitted, and the agreement with the dense model reported.")
+
+
+def calibration_kwargs(args, mod, log) -> dict:
+    """``prune`` keyword arguments of the calibration flags for ``mod`` (the data is read and
+    checked here, before anything slow); logs the no-data warning."""
+    if args.calibration_limit is not None and args.calibration_limit < 1:
+        raise HCPruneError("--calibration-limit N needs N >= 1")
+    if args.calibration is None:
+        if args.allocation == "sensitivity":
+            raise HCPruneError("--allocation sensitivity needs --calibration PATH")
+        log(NO_DATA_WARNING)
+        return {"allocation": args.allocation}
+    data = calibration_data(args.calibration, mod, image_preprocess_arg(args),
+                            args.calibration_limit)
+    log(f"calibration: {len(data)} samples from {data.source}")
+    return {"calibration": data, "allocation": args.allocation,
+            "reconstruct": not args.no_reconstruct}
 
 
 def latency_model_arg(args, target):
-    """The ``latency_model=`` of ``prune`` for ``--latency-model`` and the RPC flags (None:
-    measure here, the default)."""
+    """The ``latency_model=`` of ``prune`` for ``--latency-model``, ``--latency-table`` and
+    the RPC flags (None: measure here, the default)."""
     tracker, key = rpc_args(args)
+    table = getattr(args, "latency_table", None)
+    if table is not None:
+        if getattr(args, "latency_model", "measured") == "roofline" or tracker:
+            raise HCPruneError("give --latency-table, --latency-model roofline or "
+                               "--rpc-tracker, not two of them")
+        return LatencyTable.load(table)
     if getattr(args, "latency_model", "measured") == "roofline":
         if tracker:
             raise HCPruneError("--rpc-tracker measures latency: drop it or use "
@@ -103,3 +198,105 @@ def parse_budget(latency: str | None, macs: str | None):
                                "(0.5x)")
         return MACs(fraction=float(m.group(1)))
     return None
+
+
+PLOT_FRACTIONS = (0.9, 0.7, 0.5, 0.3)
+
+
+def add_plot_argument(parser) -> None:
+    parser.add_argument("--plot", default=None, metavar="PREFIX",
+                        help="write PREFIX.pareto.png (predicted latency against agreement "
+                             "with the dense model over several budgets; needs "
+                             "--calibration) and PREFIX.staircase.png (latency against "
+                             "output width of the heaviest layers)")
+
+
+def plot_paths(prefix) -> tuple[Path, Path]:
+    """``(PREFIX.pareto.png, PREFIX.staircase.png)``."""
+    p = Path(prefix)
+    base = p.with_suffix("") if p.suffix == ".png" else p
+    return (base.parent / f"{base.name}.pareto.png", base.parent / f"{base.name}.staircase.png")
+
+
+def _png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def plot_latency_model(args, graph, report, target):
+    """The latency model the plots use: the run's (``--latency-table``, roofline), the
+    measured table of a latency budget (cached by the run), else the roofline estimate."""
+    model = latency_model_arg(args, target)
+    if model is None and isinstance(report.budget, Latency):
+        model = latency_table(graph, target, align=report.align, progress=False)
+    return model if model is not None else RooflineModel(target)
+
+
+def plot_figures(mod, graph, report, prune_kwargs: dict, latency_model, target,
+                 fractions=PLOT_FRACTIONS, log=print) -> dict:
+    """PNG bytes per path name (``"pareto"``, ``"staircase"``): nothing is written here, so
+    a failure leaves no file behind.
+
+    The Pareto sweep prunes ``mod`` again at ``fractions`` of the run's budget kind (MACs
+    for a ratio) with the same options and data, and plots each plan's predicted latency
+    (``latency_model``) against its agreement with the dense model on the held-out samples
+    (correlation, and top-1 agreement for classifiers); the run itself is the star. The
+    staircase plots the latency model's milliseconds of the five heaviest layers against
+    their output width (input dense).
+    """
+    import matplotlib  # deferred: matplotlib is slow to import and only --plot draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    model = latency_model if latency_model is not None else RooflineModel(target)
+    dense_ms = model.predict(graph)
+    out = {}
+    if report.agreement is not None:
+        kind = type(report.budget) if report.budget is not None else MACs
+        points = []
+        for f in fractions:
+            try:
+                _, rep = prune(mod, budget=kind(fraction=f), graph=graph, **prune_kwargs)
+            except HCPruneError as err:
+                log(f"--plot: {kind.__name__}(fraction={f}) skipped: {err}")
+                continue
+            points.append((model.predict(graph, rep.plan) / dense_ms, rep.agreement))
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for key, style, label in (("correlation", "o-", "output correlation"),
+                                  ("top1_agreement", "s--", "top-1 agreement")):
+            pts = sorted((x, a[key]) for x, a in points if key in a)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=label)
+            if key in report.agreement:
+                ax.plot([model.predict(graph, report.plan) / dense_ms],
+                        [report.agreement[key]], "*", ms=14, color="k")
+        ax.set_xlabel(f"latency, predicted by the {model.source} (fraction of dense)")
+        ax.set_ylabel(f"agreement with dense ({report.agreement['n']} held-out samples)")
+        ax.set_title("pruned models over budgets (star: this run)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out["pareto"] = _png(fig)
+        plt.close(fig)
+    else:
+        log("--plot: no Pareto plot without --calibration (agreement is measured on "
+            "held-out calibration samples); writing the staircase only")
+    specs = sorted(layer_specs(graph), key=lambda s: -model.layer_ms(s, s.in_full,
+                                                                      s.out_full))[:5]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for s in specs:
+        step = max(1, report.align)
+        widths = sorted(set(range(step, s.out_full, step)) | {s.out_full})
+        ax.step(widths, [model.layer_ms(s, s.in_full, w) * 1e3 for w in widths], where="post",
+                label=f"{s.name} ({s.op.replace('relax.', '')}, in {s.in_full})")
+    ax.set_xlabel("output channels")
+    ax.set_ylabel(f"latency (us, {model.source})")
+    ax.set_title("heaviest layers: latency against width")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out["staircase"] = _png(fig)
+    plt.close(fig)
+    return out

@@ -21,14 +21,21 @@ import sys
 import time
 from pathlib import Path
 
+from tvm_hcprune.analysis import analyze
 from tvm_hcprune.api import prune
 from tvm_hcprune.backend.database import load_database
 from tvm_hcprune.backend.pipeline import build, host_compiled
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
+    add_calibration_arguments,
+    add_plot_argument,
     add_report_argument,
+    calibration_kwargs,
     latency_model_arg,
     parse_budget,
+    plot_figures,
+    plot_latency_model,
+    plot_paths,
     rpc_args,
     write_report,
 )
@@ -38,7 +45,7 @@ from tvm_hcprune.frontend.pytorch import load_torch
 from tvm_hcprune.hardware.presets import load_preset
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.planning.budget import Latency
-from tvm_hcprune.utils import atomic_write
+from tvm_hcprune.utils import atomic_write, atomic_write_bytes
 
 _SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
 
@@ -103,6 +110,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "the target family's preset, without pruning")
 
     add_budget_arguments(parser)
+    add_calibration_arguments(parser)
 
 
 def resolve_model_options(args):
@@ -130,9 +138,11 @@ def resolve_model_options(args):
     return target, preset, budget if budget is not None else ratio
 
 
-def load_model(args, target, preset, ratio, log=print, reports: list | None = None):
+def load_model(args, target, preset, ratio, log=print, reports: list | None = None,
+               context: dict | None = None):
     """Import the ONNX model (or ``.pt2`` program) and prune it when asked; returns the
-    Relax module (the PruneReport is appended to ``reports`` when given)."""
+    Relax module (the PruneReport is appended to ``reports`` when given; ``context`` gets
+    the dense module and the prune options, for ``--plot``)."""
     if Path(args.model).suffix == ".pt2":
         if args.input_shapes:
             raise HCPruneError("--input-shapes does not apply to a .pt2 program: the example "
@@ -148,9 +158,17 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
             kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
+        if hasattr(args, "calibration"):
+            kwargs.update(calibration_kwargs(args, mod, log))
+        if context is not None:
+            context.update(dense=mod, kwargs=kwargs)
         mod, report = prune(mod, **kwargs)
         if reports is not None:
             reports.append(report)
+        if report.agreement is not None:
+            a = report.agreement
+            log(f"agreement with the dense model on {a['n']} held-out samples: correlation "
+                f"{a['correlation']:.4f}, max |err| {a['max_abs_error']:.3g}")
         log(f"pruned: MACs {report.macs_before / 1e6:.1f}M -> {report.macs_after / 1e6:.1f}M, "
             f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M")
     return mod
@@ -181,6 +199,7 @@ def register(subparsers) -> None:
                    help="do not use the databases shipped in schedules/")
 
     add_report_argument(p)
+    add_plot_argument(p)
     p.set_defaults(func=run)
 
 
@@ -205,8 +224,18 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if args.report and not ratio:
         raise HCPruneError("--report describes a pruning run: add --prune-ratio or a budget")
-    reports: list = []
-    mod = load_model(args, target, preset, ratio, log=log_stderr, reports=reports)
+    if args.plot and not ratio:
+        raise HCPruneError("--plot describes a pruning run: add --prune-ratio or a budget")
+    reports, context = [], {}
+    mod = load_model(args, target, preset, ratio, log=log_stderr, reports=reports,
+                     context=context)
+    figures = {}
+    if args.plot:
+        graph = analyze(context["dense"])
+        sweep = {k: v for k, v in context["kwargs"].items() if k not in ("budget", "ratio")}
+        figures = plot_figures(context["dense"], graph, reports[0], sweep,
+                               plot_latency_model(args, graph, reports[0], target), target,
+                               log=log_stderr)
 
     ex = build(mod, target, database=database, preset=preset)
     with atomic_write(out) as tmp:
@@ -214,4 +243,8 @@ def run(args) -> int:
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
     if args.report:
         log_stderr(f"wrote {', '.join(write_report(args.report, reports[0]))}")
+    for key, path in zip(("pareto", "staircase"), plot_paths(args.plot or "x"), strict=True):
+        if key in figures:
+            atomic_write_bytes(path, figures[key])
+            log_stderr(f"wrote {path}")
     return 0

@@ -8,9 +8,15 @@ import numpy as np
 import tvm_hcprune as hc
 from tvm_hcprune.cli.budget import (
     add_budget_arguments,
+    add_calibration_arguments,
+    add_plot_argument,
     add_report_argument,
+    calibration_kwargs,
     latency_model_arg,
     parse_budget,
+    plot_figures,
+    plot_latency_model,
+    plot_paths,
     write_report,
 )
 from tvm_hcprune.cli.compile import parse_input_shapes
@@ -29,6 +35,7 @@ def register(sub) -> None:
                         "give a budget)")
     add_budget_arguments(p)
     add_report_argument(p)
+    add_plot_argument(p)
     p.add_argument("-o", "--output", required=True, help="pruned .onnx file to write")
     p.add_argument("--plan-out", default=None, help="also write the PrunePlan JSON here")
     p.add_argument("--input-shapes", default=None,
@@ -37,30 +44,15 @@ def register(sub) -> None:
     p.add_argument("--criterion", default="l2", help="l1, l2, fpgm, activation, apoz, thinet...")
     p.add_argument("--align", type=int, default=None,
                    help="channel multiple (default: the host CPU's profile)")
-    p.add_argument("--calibration", type=int, default=0, metavar="N",
-                   help="calibrate on N samples (a .npy file given by --samples, else N "
-                        "random normal inputs) for data-driven criteria and --reconstruct")
-    p.add_argument("--samples", default=None,
-                   help=".npy array [N, *input_shape] of real calibration inputs")
+    add_calibration_arguments(p)
     p.add_argument("--reconstruct", action="store_true",
-                   help="re-fit pruned layers by least squares on the calibration data")
+                   help="re-fit pruned layers by least squares (the default with "
+                        "--calibration; needs it)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the onnxruntime vs TVM check of the exported model")
     p.set_defaults(func=run)
 
 
-def _calibration_samples(args, shape, dtype):
-    if args.samples:
-        try:
-            arr = np.load(args.samples, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise HCPruneError(f"--samples {args.samples}: cannot read a .npy array ({err})"
-                               ) from None
-        return arr[: args.calibration] if args.calibration else arr
-    rng = np.random.default_rng(0)
-    print(f"note: calibrating on {args.calibration} random normal inputs (give real ones "
-          "with --samples for meaningful activation statistics)")
-    return rng.standard_normal((args.calibration, *shape)).astype(dtype)
 
 
 def verify(onnx_model, pruned_mod, rtol=1e-4, atol=1e-5) -> float:
@@ -94,22 +86,25 @@ def run(args) -> int:
                            "--macs-budget)")
     if budget is None and not 0 <= args.prune_ratio < 1:
         raise HCPruneError(f"--prune-ratio {args.prune_ratio} is outside [0, 1)")
-    if args.calibration < 0:
-        raise HCPruneError("--calibration N needs N >= 1 (or 0 for none)")
-    if args.reconstruct and not args.calibration and not args.samples:
-        raise HCPruneError("--reconstruct needs calibration data: add --calibration N "
-                           "(and --samples real.npy)")
+    if args.reconstruct and args.calibration is None:
+        raise HCPruneError("--reconstruct needs calibration data: add --calibration PATH "
+                           "(.npz/.npy arrays or a folder of images)")
+    if args.reconstruct and args.no_reconstruct:
+        raise HCPruneError("give --reconstruct or --no-reconstruct, not both")
     onnx_model, mod = load_onnx_graph(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
-    cal = None
-    if args.calibration or args.samples:
-        _, shape, dtype = module_input(graph.mod)
-        cal = hc.calibrate(graph.mod, _calibration_samples(args, shape, dtype))
+    data = calibration_kwargs(args, graph.mod, print)
     how = ({"budget": budget, "target": "llvm",
             "latency_model": latency_model_arg(args, "llvm")} if budget
            else {"ratio": args.prune_ratio})
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
-                              calibration=cal, reconstruct=args.reconstruct, **how)
+                              **data, **how)
+    figures = {}
+    if args.plot:
+        sweep = {"criterion": args.criterion, "align": args.align, **data,
+                 **{k: v for k, v in how.items() if k != "budget" and k != "ratio"}}
+        figures = plot_figures(mod, graph, report, sweep,
+                               plot_latency_model(args, graph, report, "llvm"), "llvm")
     print(report.summary())
     if report.reconstruction is not None:
         print(report.reconstruction.summary())
@@ -125,4 +120,8 @@ def run(args) -> int:
         print(f"wrote {args.plan_out}")
     if args.report:
         print(f"wrote {', '.join(write_report(args.report, report))}")
+    for key, path in zip(("pareto", "staircase"), plot_paths(args.plot or "x"), strict=True):
+        if key in figures:
+            atomic_write_bytes(path, figures[key])
+            print(f"wrote {path}")
     return 0

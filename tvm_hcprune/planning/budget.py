@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -257,6 +257,9 @@ class Allocation:
         The chosen widths' cost, the limit, the dense model's cost.
     importance : float
         Kept importance (sum over units of the kept share of each group's scores).
+    units, candidates, curves
+        What was allocated over (filled by the planner): the units, their candidate widths
+        and importance curves (``curves[u][k]``: importance kept with ``k`` channels).
     """
 
     widths: dict
@@ -264,6 +267,9 @@ class Allocation:
     limit: float
     dense_cost: float
     importance: float
+    units: list = field(default_factory=list)
+    candidates: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
 
 
 def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance: dict,

@@ -28,6 +28,12 @@ class PruneConfig(Options):
         Producer binding names (e.g. ``"lv12"``) or group ids (``"group:3"``) never pruned.
     min_channels : int
         Lower bound on the channels a group keeps (never below 1).
+    prune_first_conv : bool or None
+        Whether the output channels of the convolution that reads the model input may be
+        pruned. False protects it (as NNCF does by default: it is cheap, and what it loses
+        no later layer can recover); True prunes it like any group; None (default): False
+        when ``prune`` allocates by sensitivity (the default with calibration data), True
+        otherwise (uniform ratios and criterion budgets keep their earlier behaviour).
     criterion_options : dict
         Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
     seed : int
@@ -45,6 +51,7 @@ class PruneConfig(Options):
     align: int | None = None
     protect: tuple = ()
     min_channels: int = 1
+    prune_first_conv: bool | None = None
     criterion_options: dict = field(default_factory=dict)
     seed: int = 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from tvm import relax
 
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.planning.budget import allocate_widths, candidate_widths
@@ -84,6 +85,39 @@ def is_protected(group, protect) -> bool:
     return False
 
 
+def input_conv_groups(graph) -> set[int]:
+    """Groups whose producers include a convolution reading the model input (directly or
+    through ops without weights and with one variable operand, e.g. a normalisation)."""
+    from_input = set(graph.mod["main"].params)
+    values = graph.ctx.values
+    for var in graph.ctx.var_order:  # bindings in order: follow the input forward
+        call = values.get(var)
+        if not isinstance(call, relax.Call) or var in graph.ctx.macs:
+            continue
+        var_args = [a for a in call.args if isinstance(a, relax.Var)]
+        if len(var_args) == 1 and var_args[0] in from_input:
+            from_input.add(var)
+    out = set()
+    for g in graph.groups:
+        for m in g.members:
+            call = values.get(m.var)
+            if (m.kind == "producer" and isinstance(call, relax.Call)
+                    and getattr(call.op, "name", "") == "relax.nn.conv2d"
+                    and call.args[0] in from_input):
+                out.add(g.id)
+    return out
+
+
+def protected(graph, group, config: PruneConfig, first: set | None = None) -> bool:
+    """Whether ``config`` keeps ``group`` whole: listed in ``protect``, or the first conv's
+    output when ``prune_first_conv`` is False (``first`` is :func:`input_conv_groups`)."""
+    if is_protected(group, config.protect):
+        return True
+    if config.prune_first_conv is not False:
+        return False
+    return group.id in (first if first is not None else input_conv_groups(graph))
+
+
 def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> PrunePlan:
     """Score every prunable group and keep its top channels (sorted by index).
 
@@ -93,6 +127,7 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
     crit = get_criterion(config.criterion)
     rng = np.random.default_rng(config.seed)
     kept, sizes = {}, {}
+    first = input_conv_groups(graph)
 
     def scores_of(g):
         scores = np.asarray(crit(group_views(graph, g, calibration), rng,
@@ -108,14 +143,14 @@ def make_plan(graph, config: PruneConfig, align: int, calibration=None) -> Prune
         sizes[g.id] = g.size
 
     for g in graph.groups:
-        if g.frozen or g.balance is not None or is_protected(g, config.protect):
+        if g.frozen or g.balance is not None or protected(graph, g, config, first):
             continue
         n_keep = config.kept_count(g.size, group_align(graph, g, align))
         if n_keep < g.size:
             keep(g, n_keep, scores_of(g))
     for members in getattr(graph, "balanced_sets", ()):
         groups = [graph.groups[i] for i in members]
-        if any(is_protected(g, config.protect) for g in groups):
+        if any(protected(graph, g, config, first) for g in groups):
             continue
         n_keep = config.kept_count(groups[0].size, group_align(graph, groups[0], align))
         if n_keep < groups[0].size:
@@ -130,13 +165,14 @@ def budget_units(graph, config: PruneConfig) -> list[list[int]]:
     """The groups a budget allocation decides on: every prunable, unprotected group alone,
     and the groups of each balanced set (one grouped convolution's inputs) together."""
     units = []
+    first = input_conv_groups(graph)
     for g in graph.groups:
-        if g.frozen or g.balance is not None or is_protected(g, config.protect):
+        if g.frozen or g.balance is not None or protected(graph, g, config, first):
             continue
         units.append([g.id])
     for members in getattr(graph, "balanced_sets", ()):
         groups = [graph.groups[i] for i in members]
-        if any(g.frozen or is_protected(g, config.protect) for g in groups):
+        if any(g.frozen or protected(graph, g, config, first) for g in groups):
             continue
         units.append(list(members))
     return units
@@ -144,15 +180,18 @@ def budget_units(graph, config: PruneConfig) -> list[list[int]]:
 
 def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                      calibration=None, candidates_of=None, what: str = "cost",
-                     fmt=lambda v: f"{v:g}", budget_record: dict | None = None):
+                     fmt=lambda v: f"{v:g}", budget_record: dict | None = None,
+                     unit_scale: dict | None = None):
     """A plan whose ``cost`` (a :class:`~tvm_hcprune.planning.budget.SeparableCost` of group
     widths) is at most ``limit``, keeping the most channel importance.
 
     Importance is the criterion's scores divided by each group's mean score (so groups with
     differently scaled weights compare), summed over the kept channels.
     ``candidates_of(group, align)`` gives a group's allowed kept counts (default: every
-    multiple of the group's alignment from ``min_channels`` up). Returns ``(plan,
-    Allocation)``; raises :class:`HCPruneError` when no allowed widths meet ``limit``.
+    multiple of the group's alignment from ``min_channels`` up). ``unit_scale`` (unit index
+    -> factor, e.g. from measured sensitivity) multiplies a unit's importance curve. Returns
+    ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled); raises
+    :class:`HCPruneError` when no allowed widths meet ``limit``.
     """
     crit = get_criterion(config.criterion)
     rng = np.random.default_rng(config.seed)
@@ -171,13 +210,14 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
             mean = float(np.mean(np.abs(s))) or 1.0
             cum = np.concatenate([[0.0], np.cumsum(np.sort(np.abs(s))[::-1] / mean)])
             total = cum if total is None else total + cum
-        importance[i] = total
+        importance[i] = total * (1.0 if unit_scale is None else float(unit_scale[i]))
         g0 = graph.groups[unit[0]]
         ga = group_align(graph, g0, align)
         candidates[i] = (candidates_of(g0, ga) if candidates_of is not None
                          else candidate_widths(g0.size, ga, config.min_channels))
     sizes = {g.id: g.size for g in graph.groups}
     alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt)
+    alloc.units, alloc.candidates, alloc.curves = units, candidates, importance
     kept, plan_sizes = {}, {}
     for gid, n_keep in alloc.widths.items():
         if n_keep < sizes[gid]:

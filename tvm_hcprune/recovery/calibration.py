@@ -138,6 +138,9 @@ class Calibration:
         using the data on a module: :meth:`matches`).
     meta : dict
         ``max_rows, max_bytes, seed, seconds``.
+    samples : numpy.ndarray or None
+        The inputs it was made from (in memory only, not saved): ``prune`` recalibrates
+        the module it analyses from them when this calibration was made on another one.
 
     Examples
     --------
@@ -146,7 +149,8 @@ class Calibration:
     """
 
     def __init__(self, layers: dict[str, LayerCalibration], n_samples: int, fingerprint: str,
-                 meta: dict | None = None):
+                 meta: dict | None = None, samples: np.ndarray | None = None):
+        self.samples = samples
         self.layers = dict(layers)
         self.n_samples = int(n_samples)
         self.fingerprint = str(fingerprint)
@@ -533,4 +537,4 @@ def calibrate(mod, samples, max_rows: int = 4096, max_bytes: int = 2**30, seed: 
         )
     meta = {"max_rows": max_rows, "max_bytes": max_bytes, "seed": seed,
             "rows_per_layer": int(rows_cap), "seconds": round(time.perf_counter() - t0, 2)}
-    return Calibration(layers, n, _fingerprint(mod), meta)
+    return Calibration(layers, n, _fingerprint(mod), meta, samples=arr)

@@ -31,15 +31,22 @@ __all__ = ["PLAN_ATTR", "PruneChannels", "attach_plan", "budget_plan", "module_p
            "original_module"]
 
 def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
-                latency_model=None, calibration=None):
-    """``(plan, predicted, dense predicted, latency model)`` meeting ``budget``.
+                latency_model=None, calibration=None, rescale=None):
+    """``(plan, predicted, dense predicted, latency model, rescale info)`` meeting
+    ``budget``.
 
     For :class:`~tvm_hcprune.planning.budget.Latency` budgets the latency model defaults
     to :class:`tvm_hcprune.latency.MeasuredLatency` (a table measured on ``target``, then
     the plan corrected by measuring the pruned model; imported when needed: the latency
     package compiles and times, above this layer). A model with ``for_graph`` (such a
-    specification) is turned into its table here. The last three are None for MACs and
-    parameter budgets.
+    specification) is turned into its table here. The latency figures are None for MACs
+    and parameter budgets.
+
+    ``rescale(alloc) -> (unit_scale, info)``, optional, re-weights the groups' importance
+    after the first allocation (the sensitivity scan of
+    :func:`tvm_hcprune.recovery.guided.unit_scales`, which runs the model and so lives
+    above this layer); the plan is then made again with those scales. ``info`` is returned
+    last (None without ``rescale``).
 
     Examples
     --------
@@ -64,25 +71,35 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
             raise HCPruneError(f"the latency budget {budget.describe()} is not below the dense "
                                f"model's {dense:.4g} ms: nothing needs pruning")
 
-        def replan(lim):
-            return make_budget_plan(
-                graph, config, align, cost, lim, calibration,
-                candidates_of=lambda g, a: model.candidates_of(g, a, config.min_channels),
-                what="latency", fmt=lambda v: f"{v:.4g} ms", budget_record=record)
-
-        plan, _alloc = replan(limit)
-        if spec is not None:
-            plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
-        return plan, model.predict(graph, plan), dense, model
-    if isinstance(budget, MACs):
-        cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
+        kwargs = {"candidates_of": lambda g, a: model.candidates_of(g, a, config.min_channels),
+                  "what": "latency", "fmt": lambda v: f"{v:.4g} ms"}
     else:
-        cost, dense, what = params_cost(graph), graph.total_params, "params"
-    plan, _alloc = make_budget_plan(graph, config, align, cost, budget.limit(dense),
-                                    calibration, what=what,
-                                    fmt=lambda v: f"{v / dense:.3f}x ({v:.4g})",
-                                    budget_record=record)
-    return plan, None, None, None
+        model = spec = None
+        if isinstance(budget, MACs):
+            cost, dense, what = macs_cost(graph), graph.total_macs, "MACs"
+        else:
+            cost, dense, what = params_cost(graph), graph.total_params, "params"
+        limit = budget.limit(dense)
+        total = dense
+        kwargs = {"what": what, "fmt": lambda v: f"{v / total:.3f}x ({v:.4g})"}
+    scales, info = None, None
+
+    def replan(lim):
+        rec = record if scales is None else {**record, "allocation": "sensitivity"}
+        return make_budget_plan(graph, config, align, cost, lim, calibration,
+                                budget_record=rec, unit_scale=scales, **kwargs)
+
+    plan, alloc = replan(limit)
+    if rescale is not None:
+        scales, info = rescale(alloc)
+        scales = scales or None
+        if scales is not None:
+            plan, alloc = replan(limit)
+    if model is None:
+        return plan, None, None, None, info
+    if spec is not None:
+        plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
+    return plan, model.predict(graph, plan), dense, model, info
 
 
 @tvm.transform.module_pass(opt_level=0, name="PruneChannels")

@@ -1,0 +1,250 @@
+"""``prune(mod, calibration=data)``: data in any form is read and checked, the analysed module
+is calibrated internally, the allocation is sensitivity-guided, reconstruction with its guard
+is on, and the report measures agreement with the dense model on held-out samples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from tvm.relax.frontend.onnx import from_onnx
+
+import tvm_hcprune as hc
+from tvm_hcprune.cli import main
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.recovery.calibration import Calibration
+from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data, split_holdout
+from tvm_hcprune.recovery.guided import output_agreement
+from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
+
+
+@pytest.fixture(scope="module")
+def small():
+    return from_onnx(onnx_models.small_resnet(width=16, image=16))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return np.random.default_rng(0).normal(size=(16, 1, 3, 16, 16)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_data_default_path(small, samples):
+    """With data: sensitivity allocation within the budget, reconstruction kept or reverted
+    by the guard, agreement on the held-out quarter in the report (markdown and JSON); the
+    plan itself matches the mask oracle (reconstruction only changes kept weights)."""
+    pruned, report = hc.prune(small, budget=hc.MACs(fraction=0.6), calibration=samples,
+                              align=8)
+    assert report.allocation == "sensitivity"
+    assert report.macs_fraction <= 0.6
+    assert 0 not in report.plan.kept  # the first conv is protected on this path
+    assert report.plan.config["budget"]["allocation"] == "sensitivity"
+    assert set(report.sensitivity["errors"]) and report.sensitivity["samples"] == 12
+    assert report.calibration == {"source": "samples", "fit_samples": 12,
+                                  "held_out_samples": 4}
+    rec = report.reconstruction
+    assert rec is not None and rec.guard is not None and rec.guard["n"] == 4
+    a = report.agreement
+    assert a["n"] == 4 and -1 <= a["correlation"] <= 1 and "top1_agreement" in a
+    # the agreement is what the returned module does on the held-out samples
+    _, held = split_holdout(calibration_data(samples, small))
+    dense = np.stack([run_relax(small, [x]) for x in held.samples])
+    got = np.stack([run_relax(pruned, [x]) for x in held.samples])
+    assert a["max_abs_error"] == pytest.approx(float(np.abs(dense - got).max()), rel=1e-4)
+    md = report.to_markdown()
+    assert "## Agreement with the dense model" in md and "allocation by sensitivity" in md
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["agreement"]["n"] == 4 and d["reconstruction"]["guard"]["n"] == 4
+    if not rec.reverted:
+        return
+    x = samples[0]
+    np.testing.assert_allclose(run_relax(pruned, [x]),
+                               run_relax(masked_reference(small, report.plan), [x]),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ratio_with_data_spends_the_uniform_macs(small, samples):
+    """A ratio with data becomes the MACs of its uniform plan, reallocated by sensitivity;
+    reconstruct=False and allocation='criterion' turn the parts off."""
+    _, uni = hc.prune(small, ratio=0.5, align=8, prune_first_conv=False)
+    _, rep = hc.prune(small, ratio=0.5, align=8, calibration=samples, reconstruct=False)
+    assert rep.allocation == "sensitivity" and rep.reconstruction is None
+    assert rep.macs_after <= uni.macs_after and rep.agreement is not None
+    _, crit = hc.prune(small, ratio=0.5, align=8, calibration=samples,
+                       allocation="criterion", reconstruct=False, prune_first_conv=False)
+    assert crit.plan.kept.keys() == uni.plan.kept.keys()
+    assert all(np.array_equal(crit.plan.kept[g], uni.plan.kept[g]) for g in uni.plan.kept)
+
+
+def test_calibration_of_another_module_is_redone(samples):
+    """``calibrate(mod)`` then ``prune(mod, criterion="thinet", calibration=cal)`` works when
+    the calibrated module is not the analysed one (its samples are recalibrated); a
+    calibration read from a file (no samples) says what to pass instead."""
+    a = from_onnx(onnx_models.small_resnet(width=16, image=16))
+    b = from_onnx(onnx_models.small_resnet(width=16, image=16, seed=1))
+    cal = hc.calibrate(a, samples, progress=False)
+    graph = hc.analyze(b)
+    assert not cal.matches(graph.mod)
+    _, rep = hc.prune(b, ratio=0.5, align=8, criterion="thinet", calibration=cal,
+                      reconstruct=True)
+    assert rep.plan.kept and len(rep.reconstruction.layers) > 0
+
+
+def test_file_calibration_of_another_module_raises(samples, tmp_path):
+    a = from_onnx(onnx_models.small_resnet(width=16, image=16))
+    b = from_onnx(onnx_models.small_resnet(width=16, image=16, seed=1))
+    path = hc.calibrate(a, samples, progress=False).save(tmp_path / "c.npz")
+    with pytest.raises(HCPruneError, match="pass the samples instead"):
+        hc.prune(b, ratio=0.5, criterion="thinet", calibration=Calibration.load(path))
+
+
+def test_data_forms_and_bad_data(small, samples, tmp_path):
+    """Arrays, lists, {name: array}, .npz (named or one unnamed array), .npy all give the
+    same samples; a wrong name, shape or dtype is a clear error."""
+    want = calibration_data(samples, small).samples
+    np.savez(tmp_path / "named.npz", input=samples, labels=np.arange(16) % 10)
+    np.savez(tmp_path / "one.npz", samples)
+    np.save(tmp_path / "a.npy", samples)
+    for src in (list(samples), {"input": samples}, tmp_path / "named.npz",
+                str(tmp_path / "one.npz"), tmp_path / "a.npy", samples[:, 0]):
+        np.testing.assert_array_equal(calibration_data(src, small).samples, want)
+    assert calibration_data(tmp_path / "named.npz", small).labels.tolist()[:3] == [0, 1, 2]
+    np.savez(tmp_path / "wrong.npz", image=samples)
+    bad = [({"image": samples}, "model input is 'input'"),
+           (tmp_path / "wrong.npz", "named 'input'"),
+           (samples[:, :, :, :8], "does not match the model input"),
+           (samples.astype(np.float64), "astype"),
+           (tmp_path / "missing.npz", "not found"),
+           (tmp_path, "no image")]
+    for src, msg in bad:
+        with pytest.raises(HCPruneError, match=msg):
+            calibration_data(src, small)
+    with pytest.raises(HCPruneError, match="does not match the model input"):
+        hc.prune(small, ratio=0.5, calibration=samples[:, :, :2])
+
+
+def test_image_folder_preprocessing(tmp_path):
+    """A folder of images becomes (pixel/255 - mean)/std in the model's layout; 'pad' keeps
+    the aspect ratio and zero-pads on the right."""
+    mod = from_onnx(onnx_models.small_resnet(width=16, image=16))
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+    pre = ImagePreprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    got = calibration_data(tmp_path, mod, pre).samples
+    ref = ((imgs / 255.0 - pre.mean) / pre.std).transpose(0, 3, 1, 2)[:, None]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    bgr = calibration_data(tmp_path, mod, {"channels": "bgr"}).samples
+    np.testing.assert_allclose(bgr[:, 0, ::-1], imgs.transpose(0, 3, 1, 2) / 255.0,
+                               atol=1e-6)
+    (tmp_path / "w").mkdir()
+    Image.fromarray(np.full((8, 4, 3), 255, np.uint8)).save(tmp_path / "w" / "x.png")
+    pad = calibration_data(tmp_path / "w", mod, {"resize": "pad"}).samples[0, 0]
+    assert np.allclose(pad[:, :, :8], 1.0) and np.allclose(pad[:, :, 8:], 0.0)
+    with pytest.raises(HCPruneError, match="size"):
+        calibration_data(tmp_path, mod, {"size": (32, 32)})
+
+
+def test_output_agreement():
+    d = [np.array([[[1.0, 2.0, 3.0]], [[3.0, 2.0, 1.0]]])]
+    p = [np.array([[[1.0, 2.5, 3.0]], [[1.0, 2.0, 3.0]]])]
+    a = output_agreement(d, p, labels=np.array([2, 0]))
+    assert a["top1_agreement"] == 0.5 and a["max_abs_error"] == 2.0
+    assert a["top1_dense"] == 1.0 and a["top1_pruned"] == 0.5
+    assert a["correlation"] == pytest.approx(np.corrcoef(d[0].ravel(), p[0].ravel())[0, 1])
+
+
+def test_cli_calibration_npz_and_warning(tmp_path, capsys, samples):
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))
+    out, md = tmp_path / "p.onnx", tmp_path / "r.md"
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "--align", "8", "-o",
+                 str(out)]) == 0
+    assert "outputs may change a lot" in capsys.readouterr().out
+    np.savez(tmp_path / "cal.npz", input=samples)
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "--align", "8", "-o", str(out),
+                 "--calibration", str(tmp_path / "cal.npz"), "--allocation", "criterion",
+                 "--report", str(md)]) == 0
+    text = capsys.readouterr().out
+    assert "outputs may change a lot" not in text and "agreement with dense" in text
+    assert json.loads((tmp_path / "r.json").read_text())["agreement"]["n"] == 4
+    np.savez(tmp_path / "bad.npz", input=samples[:, :, :1])
+    never = tmp_path / "never.onnx"
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "-o", str(never),
+                 "--calibration", str(tmp_path / "bad.npz")]) == 2
+    assert "does not match the model input" in capsys.readouterr().err
+    assert not never.exists()
+
+
+def test_first_conv_protect_rule(small):
+    """The conv reading the model input produces group 0; prune_first_conv=False keeps it
+    whole (the default of the sensitivity allocation), True lets budgets prune it."""
+    from tvm_hcprune.planning.planner import input_conv_groups
+
+    graph = hc.analyze(small)
+    assert input_conv_groups(graph) == {0}
+    _, kept = hc.prune(small, budget=hc.MACs(fraction=0.6), graph=graph, align=8,
+                       prune_first_conv=False)
+    _, free = hc.prune(small, ratio=0.5, graph=graph, align=8, prune_first_conv=True)
+    assert 0 not in kept.plan.kept and kept.macs_fraction <= 0.6
+    assert 0 in free.plan.kept
+    _, plain = hc.prune(small, ratio=0.5, graph=graph, align=8)  # None: as before
+    assert 0 in plain.plan.kept
+
+
+@pytest.mark.parametrize("cmd, extra", [("prune", ["-o"]), ("compile", ["-o"])])
+def test_cli_bad_input_exits_2_writes_nothing(tmp_path, capsys, samples, cmd, extra):
+    """Calibration arrays with the wrong name, dtype or shape, a budget no plan meets (with
+    the best reachable figure) and a latency budget above the dense model's: exit 2 with
+    the reason, and neither the model, nor the report, nor its JSON is written."""
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))
+    np.savez(tmp_path / "name.npz", image=samples)
+    np.savez(tmp_path / "dtype.npz", input=samples.astype(np.float64))
+    np.savez(tmp_path / "shape.npz", input=samples[:, :, :1])
+    out = tmp_path / ("never.onnx" if cmd == "prune" else "never.so")
+    md = tmp_path / "never.md"
+    cases = [(["--macs-budget", "0.7x", "--calibration", str(tmp_path / "name.npz")],
+              "the model input is named 'input'"),
+             (["--macs-budget", "0.7x", "--calibration", str(tmp_path / "dtype.npz")],
+              "astype"),
+             (["--macs-budget", "0.7x", "--calibration", str(tmp_path / "shape.npz")],
+              "does not match the model input"),
+             (["--macs-budget", "0.01x", "--align", "8"][: 2 if cmd == "compile" else 4],
+              "no plan meets the MACs budget"),
+             (["--latency-budget", "1000ms", "--latency-model", "roofline"],
+              "not below the dense")]
+    for flags, msg in cases:
+        assert main([cmd, str(path), *flags, *extra, str(out), "--report", str(md)]) == 2
+        err = capsys.readouterr().err
+        assert msg in err, err
+        if "no plan meets" in msg:
+            assert "reach" in err  # the best reachable figure
+        assert not out.exists() and not md.exists() and not md.with_suffix(".json").exists()
+
+
+@pytest.mark.slow
+def test_cli_plot_pareto_and_staircase(tmp_path, capsys, samples):
+    """--plot with data writes the Pareto PNG (one point per budget that could be met) and
+    the staircase PNG; without data only the staircase, and says why."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=16, image=16), str(path))
+    np.save(tmp_path / "cal.npy", samples)
+    out = tmp_path / "p.onnx"
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "--align", "8", "-o", str(out),
+                 "--calibration", str(tmp_path / "cal.npy"), "--allocation", "criterion",
+                 "--no-reconstruct", "--plot", str(tmp_path / "fig")]) == 0
+    for name in ("fig.pareto.png", "fig.staircase.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert main(["prune", str(path), "--macs-budget", "0.7x", "--align", "8", "-o", str(out),
+                 "--plot", str(tmp_path / "nodata.png")]) == 0
+    assert "no Pareto plot without --calibration" in capsys.readouterr().out
+    assert (tmp_path / "nodata.staircase.png").is_file()
+    assert not (tmp_path / "nodata.pareto.png").exists()

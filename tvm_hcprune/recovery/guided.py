@@ -1,0 +1,213 @@
+"""What ``prune(mod, calibration=data)`` runs when it is given data: calibration of the
+module it analyses, per-unit sensitivity that scales the budget allocation's importance,
+and the agreement of the pruned with the dense model on held-out samples.
+
+Sensitivity here is the cheap, budget-aware form of :func:`sensitivity_scan`: a first
+allocation by the criterion's scores picks a width per unit (a group, or the input groups
+of one grouped convolution); each unit is then pruned *alone* to that width (units the
+first allocation left dense: to the candidate nearest half their size) and the model's
+output error on calibration samples is measured (``rel_mse + disagreement``, as the scan).
+The unit's importance curve is scaled so that the importance lost at the scanned width
+equals the measured error, and the allocation is run again: groups whose pruning moves
+the output little give up channels first. One compile and run per unit.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.recovery.calibration import Calibration, calibrate
+from tvm_hcprune.recovery.data import calibration_data, split_holdout
+from tvm_hcprune.recovery.runner import compile_module, output_error, runner_for
+from tvm_hcprune.recovery.sensitivity import group_plan
+from tvm_hcprune.transform.apply_plan import apply_plan
+from tvm_hcprune.utils.progress import progress_bar
+
+__all__ = ["CachedRunners", "output_agreement", "prepare_calibration", "unit_scales"]
+
+
+class CachedRunners:
+    """``make(module, plan) -> runner``, compiling each module (by identity) once.
+
+    Parameters
+    ----------
+    target : optional
+        Host CPU target (default: the host).
+
+    Examples
+    --------
+    >>> make = CachedRunners()  # doctest: +SKIP
+    >>> y = make(mod, None)(x)  # doctest: +SKIP
+    """
+
+    def __init__(self, target=None):
+        self.target = target
+        self._cache: list = []
+        self._outs: dict = {}
+
+    def __call__(self, module, plan=None):
+        for m, r in self._cache:
+            if m.same_as(module):
+                return r
+        r = runner_for(compile_module(module, self.target))
+        self._cache.append((module, r))
+        return r
+
+    def outputs(self, module, samples: np.ndarray, keep: bool = True) -> list[np.ndarray]:
+        """Every output of ``module`` on each sample, stacked per output (cached unless
+        ``keep`` is False: a one-off module)."""
+        for m, _key, outs in self._outs.get(id(samples), ()):
+            if m.same_as(module):
+                return outs
+        run = self(module) if keep else runner_for(compile_module(module, self.target))
+        per = [run.outputs(x) for x in samples]
+        outs = [np.stack([p[i] for p in per]) for i in range(len(per[0]))]
+        if keep:
+            self._outs.setdefault(id(samples), []).append((module, samples, outs))
+        return outs
+
+
+def prepare_calibration(calibration, mod, preprocess=None, holdout: float = 0.25,
+                        max_fit: int = 512, seed: int = 0):
+    """``(Calibration of mod, fit data or None, held-out data or None)`` from what
+    ``prune(calibration=...)`` was given.
+
+    A :class:`Calibration` of ``mod`` is used as it is. One made on another module (e.g.
+    ``calibrate(mod)`` before ``analyze(mod)`` rewrote it) is redone on ``mod`` from the
+    samples it remembers (same rows and seed); one loaded from a file without them raises.
+    Anything else is calibration data (:func:`~tvm_hcprune.recovery.data.calibration_data`):
+    a held-out slice is set aside and ``mod`` is calibrated on (at most ``max_fit`` of) the
+    rest.
+    """
+    if isinstance(calibration, Calibration):
+        if calibration.matches(mod):
+            return calibration, None, None
+        samples = getattr(calibration, "samples", None)
+        if samples is None:
+            raise HCPruneError(
+                "the calibration was made on another module than the one prune analyses "
+                "(analyze(mod).mod) and does not hold its samples (loaded from a file?): "
+                "pass the samples instead, prune(mod, calibration=samples), or calibrate "
+                "analyze(mod).mod")
+        meta = calibration.meta
+        cal = calibrate(mod, samples, max_rows=int(meta.get("max_rows", 4096)),
+                        max_bytes=int(meta.get("max_bytes", 2**30)),
+                        seed=int(meta.get("seed", 0)), progress=False)
+        return cal, None, None
+    data = calibration_data(calibration, mod, preprocess)
+    fit, held = split_holdout(data, holdout, seed=seed)
+    if len(fit) > max_fit:
+        fit = fit.take(np.arange(max_fit))
+    return calibrate(mod, fit.samples, max_rows=4096, seed=seed, progress=False), fit, held
+
+
+def output_agreement(dense: list[np.ndarray], pruned: list[np.ndarray],
+                     labels: np.ndarray | None = None) -> dict:
+    """How close the pruned model's outputs are to the dense model's on the same samples.
+
+    Parameters
+    ----------
+    dense, pruned : list of numpy.ndarray
+        Per model output, ``[n, *output_shape]``.
+    labels : numpy.ndarray, optional
+        Class indices: adds ``top1_dense`` and ``top1_pruned``.
+
+    Returns
+    -------
+    dict
+        ``n``; ``correlation`` (Pearson, all outputs flattened; the lowest over outputs);
+        ``max_abs_error`` and ``rel_mse`` (first output); for classifiers (first output one
+        score per class) ``top1_agreement`` (arg-max equal to the dense one), with labels
+        ``top1_dense`` and ``top1_pruned``.
+
+    Examples
+    --------
+    >>> a = [np.eye(3)[None]]
+    >>> output_agreement(a, a)["correlation"]
+    1.0
+    """
+    out = {"n": int(len(dense[0]))}
+    corr = []
+    for d, p in zip(dense, pruned, strict=True):
+        d = np.asarray(d, np.float64).ravel()
+        p = np.asarray(p, np.float64).ravel()
+        if not np.isfinite(p).all():
+            corr.append(float("nan"))
+        elif d.std() == 0 or p.std() == 0:
+            corr.append(1.0 if np.array_equal(d, p) else 0.0)
+        else:
+            corr.append(float(np.corrcoef(d, p)[0, 1]))
+    out["correlation"] = float(min(corr))
+    d0, p0 = np.asarray(dense[0]), np.asarray(pruned[0])
+    out["max_abs_error"] = float(np.abs(d0.astype(np.float64) - p0).max())
+    out["rel_mse"] = float(output_error(p0, d0)[0])
+    per = d0.reshape(len(d0), -1)
+    if per.shape[1] > 1 and per.shape[1] == d0.shape[-1]:  # one score per class
+        pd = per.argmax(1)
+        pp = p0.reshape(len(p0), -1).argmax(1)
+        out["top1_agreement"] = float(np.mean(pd == pp))
+        if labels is not None:
+            out["top1_dense"] = float(np.mean(pd == labels))
+            out["top1_pruned"] = float(np.mean(pp == labels))
+    return out
+
+
+def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners: CachedRunners,
+                progress: bool = False) -> tuple[dict, dict]:
+    """Importance scale per allocation unit from single-unit pruning (see the module docs).
+
+    Parameters
+    ----------
+    graph : ChannelGraph
+    alloc : Allocation
+        The criterion-only allocation (its ``units``, ``candidates`` and ``curves``).
+    config : PruneConfig
+        Criterion and its options.
+    calibration : Calibration
+        For data-driven criteria.
+    samples : numpy.ndarray
+        Inputs the output error is measured on.
+    runners : CachedRunners
+
+    Returns
+    -------
+    (scales, info)
+        ``scales``: unit index -> factor; ``info``: ``{"errors": {group: error},
+        "widths": {group: scanned width}, "seconds": s}``.
+    """
+    t0 = time.perf_counter()
+    dense = runners.outputs(graph.mod, samples)[0]
+    jobs = []
+    for i, unit in enumerate(alloc.units):
+        cands = [c for c in alloc.candidates[i] if c < graph.groups[unit[0]].size]
+        if not cands:
+            continue
+        w = alloc.widths[unit[0]]
+        if w >= graph.groups[unit[0]].size:
+            w = min(cands, key=lambda c: abs(c - graph.groups[unit[0]].size / 2))
+        jobs.append((i, unit, w))
+    errors, loss = {}, {}
+    for i, unit, w in progress_bar(jobs, enabled=progress, desc="sensitivity", leave=False):
+        plan = group_plan(graph, {g: w for g in unit}, config.criterion, calibration,
+                          config.criterion_options, config.seed)
+        pruned = apply_plan(graph, plan)
+        outs = runners.outputs(pruned, samples, keep=False)[0]
+        rel, dis = output_error(outs, dense)
+        errors[i] = rel + dis if np.isfinite(rel) else 1e6
+        curve = alloc.curves[i]
+        loss[i] = float(curve[-1] - curve[w])
+    scales = {}
+    if errors:
+        floor = 1e-3 * max(max(errors.values()), 1e-12)
+        for i in errors:
+            scales[i] = max(errors[i], floor) / max(loss[i], 1e-12)
+        med = float(np.median(list(scales.values())))
+        for i in range(len(alloc.units)):
+            scales.setdefault(i, med)
+    info = {"errors": {int(alloc.units[i][0]): float(e) for i, e in errors.items()},
+            "widths": {int(u[0]): int(w) for _, u, w in jobs},
+            "samples": int(len(samples)), "seconds": round(time.perf_counter() - t0, 2)}
+    return scales, info
