@@ -61,7 +61,8 @@ def test_dense_rule_matches_default(xshape, n, bias, act):
 @pytest.mark.parametrize(("xshape", "n"), [((128, 40), 96), ((12, 33), 48), ((1, 70), 1000),
                                            ((2, 9, 16), 80)])
 def test_dense_rule_matches_default_16_lanes(xshape, n):
-    """The AVX-512 plans (three- and four-vector column blocks) give the default's output."""
+    """The AVX-512 plans (16-lane blocks, tiles under the stack limit) give the default's
+    output."""
     mod = dense_module(xshape, n, True, "relu")
     x = np.random.default_rng(3).standard_normal(xshape).astype("float32")
     ref = _run(mod, relax.get_default_pipeline(TARGET_AVX512), x, TARGET_AVX512)
