@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
+from test_rpc import stop_process
 from tvm import relax
 
 import tvm_hcprune as hc
@@ -49,18 +49,6 @@ def _spawn(args, log=None) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _stop(proc) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A tracker and one server of KEY logging to a file; yields (tracker, log path)."""
@@ -86,7 +74,7 @@ def server(tmp_path_factory):
         yield tracker, log_path
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
         log.close()
 
 

@@ -68,7 +68,8 @@ def _loaded_since(before: list[list[str]]) -> list[str]:
             for ln in new[len(old):]]
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session: SIGTERM, then SIGKILL after 10 s."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -112,7 +113,7 @@ def tracker(tmp_path_factory):
         yield addr
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_process(proc)
 
 
 def tiny_cnn(width: int = 16):
@@ -249,7 +250,7 @@ def test_dead_server_gives_failed_measurement_not_hang(tracker, tmp_path):
         _wait_for(tracker, "doomed", 1)
         runner = hrpc.make_rpc_runner(tracker, "doomed", session_timeout=3)
     finally:
-        _stop(server)
+        stop_process(server)
     # a trivial artifact: MetaSchedule never gets to upload it
     arg = ms.arg_info.TensorInfo("float32", [4])
     start = time.monotonic()

@@ -140,6 +140,21 @@ def update_functions(mod: tvm.IRModule, updates: dict) -> tvm.IRModule:
     return mod
 
 
+def schedule_unscheduled(mod: tvm.IRModule, schedule) -> tvm.IRModule:
+    """``mod`` with ``schedule(func)`` (a scheduled PrimFunc, or None to keep ``func``)
+    applied to every PrimFunc not yet marked ``tirx.is_scheduled``."""
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        if func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0) or 0):
+            continue
+        new = schedule(func)
+        if new is not None:
+            updates[gvar] = new
+    return update_functions(mod, updates)
+
+
 def use_counts(func: relax.Function) -> dict:
     """Number of uses of every var bound in ``func`` (uses in the function output count)."""
     counts: dict = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from tvm_hcprune.utils.relax import update_functions
+from tvm_hcprune.utils.relax import schedule_unscheduled
 
 __all__ = ["ScheduleRowwise", "schedule_rowwise"]
 
@@ -79,13 +79,4 @@ class ScheduleRowwise:
         self.min_rows = int(min_rows)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0) or 0):
-                continue
-            new = schedule_rowwise(func, self.min_rows)
-            if new is not None:
-                updates[gvar] = new
-        return update_functions(mod, updates)
+        return schedule_unscheduled(mod, lambda func: schedule_rowwise(func, self.min_rows))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import s_tir
 
 from tvm_hcprune.backend.cpu import pointwise as pw
-from tvm_hcprune.utils.relax import update_functions
+from tvm_hcprune.utils.relax import schedule_unscheduled
 
 log = logging.getLogger(__name__)
 
@@ -544,13 +544,4 @@ class ApplyCPURules:
         self.strict = strict
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and int(func.attrs.get("tirx.is_scheduled", 0) or 0):
-                continue
-            new = apply_rules(func, self.strict)
-            if new is not None:
-                updates[gvar] = new
-        return update_functions(mod, updates)
+        return schedule_unscheduled(mod, lambda func: apply_rules(func, self.strict))
