@@ -15,7 +15,7 @@ from tvm_hcprune.latency.layers import layer_specs
 from tvm_hcprune.planning.budget import Latency, MACs
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data
 from tvm_hcprune.tuning.rpc import RPCRunner
-from tvm_hcprune.utils import atomic_write_text
+from tvm_hcprune.utils import atomic_write_bytes, atomic_write_text
 
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
 _MS = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*ms\s*$")
@@ -216,6 +216,17 @@ def plot_paths(prefix) -> tuple[Path, Path]:
     p = Path(prefix)
     base = p.with_suffix("") if p.suffix == ".png" else p
     return (base.parent / f"{base.name}.pareto.png", base.parent / f"{base.name}.staircase.png")
+
+
+def write_figures(prefix, figures: dict) -> list[str]:
+    """Write the PNG bytes of :func:`plot_figures` (``"pareto"``, ``"staircase"``) to
+    :func:`plot_paths` of ``prefix``, atomically; returns the paths written."""
+    written = []
+    for key, path in zip(("pareto", "staircase"), plot_paths(prefix), strict=True):
+        if key in figures:
+            atomic_write_bytes(path, figures[key])
+            written.append(str(path))
+    return written
 
 
 def _png(fig) -> bytes:

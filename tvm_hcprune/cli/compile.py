@@ -35,8 +35,8 @@ from tvm_hcprune.cli.budget import (
     parse_budget,
     plot_figures,
     plot_latency_model,
-    plot_paths,
     rpc_args,
+    write_figures,
     write_report,
 )
 from tvm_hcprune.errors import HCPruneError
@@ -45,7 +45,7 @@ from tvm_hcprune.frontend.pytorch import load_torch
 from tvm_hcprune.hardware.presets import load_preset
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.planning.budget import Latency
-from tvm_hcprune.utils import atomic_write, atomic_write_bytes
+from tvm_hcprune.utils import atomic_write
 
 _SHAPE_ITEM = re.compile(r"\s*([^:\s][^:]*?)\s*:\s*(\[[^\]]*\])\s*")
 
@@ -243,8 +243,6 @@ def run(args) -> int:
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
     if args.report:
         log_stderr(f"wrote {', '.join(write_report(args.report, reports[0]))}")
-    for key, path in zip(("pareto", "staircase"), plot_paths(args.plot or "x"), strict=True):
-        if key in figures:
-            atomic_write_bytes(path, figures[key])
-            log_stderr(f"wrote {path}")
+    for path in write_figures(args.plot, figures) if figures else []:
+        log_stderr(f"wrote {path}")
     return 0

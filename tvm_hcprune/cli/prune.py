@@ -16,7 +16,7 @@ from tvm_hcprune.cli.budget import (
     parse_budget,
     plot_figures,
     plot_latency_model,
-    plot_paths,
+    write_figures,
     write_report,
 )
 from tvm_hcprune.cli.compile import parse_input_shapes
@@ -120,8 +120,6 @@ def run(args) -> int:
         print(f"wrote {args.plan_out}")
     if args.report:
         print(f"wrote {', '.join(write_report(args.report, report))}")
-    for key, path in zip(("pareto", "staircase"), plot_paths(args.plot or "x"), strict=True):
-        if key in figures:
-            atomic_write_bytes(path, figures[key])
-            print(f"wrote {path}")
+    for path in write_figures(args.plot, figures) if figures else []:
+        print(f"wrote {path}")
     return 0
