@@ -116,9 +116,9 @@ def test_conv_rule_matches_default_16_lanes(case):
 
 
 @pytest.mark.parametrize("lanes,registers", [(4, 32), (8, 16), (16, 32)])
-def test_register_tiles_stay_on_the_stack(lanes, registers):
-    """Every accumulator tile is under TVM's stack-allocation limit (else it lands in a heap
-    workspace that LLVM cannot keep in registers)."""
+def test_register_tiles_are_capped(lanes, registers):
+    """Every conv and pointwise accumulator tile stays within ``MAX_TILE_FLOATS`` (larger
+    AVX-512 tiles measured 3x slower), and every dense tile within its own cap."""
     for ic, oc, ow in [(3, 64, 112), (64, 64, 56), (128, 128, 28), (16, 96, 112),
                        (256, 176, 4), (512, 512, 7), (24, 144, 56)]:
         for short in (False, True):
@@ -127,8 +127,8 @@ def test_register_tiles_stay_on_the_stack(lanes, registers):
         pp = pointwise.plan_pointwise(oc, ow, ow, lanes, registers, ic=ic)
         assert pp.rows * pp.ty * pp.vecs * lanes <= cw.MAX_TILE_FLOATS
     for m, n in [(1, 1000), (128, 3072), (128, 768), (7, 48)]:
-        nb, rows = dense.plan_dense(m, n, lanes, registers)
-        assert nb * rows <= cw.MAX_TILE_FLOATS
+        nb, rows, _ = dense.plan_dense(m, n, lanes, registers)
+        assert nb * rows <= dense.MAX_DENSE_TILE_FLOATS
 
 
 def _scheduled(mod):

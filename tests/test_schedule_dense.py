@@ -5,11 +5,12 @@ import pytest
 import tvm
 from tvm import relax
 
+from tvm_hcprune.backend.cpu import dense
 from tvm_hcprune.backend.pipeline import get_pipeline
 from tvm_hcprune.hardware import profile_for
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
-# 16-lane plans (three-vector column blocks, tiles under the stack limit): AVX-512 hosts only
+# 16-lane plans (one- and two-vector column blocks, padded tiles): AVX-512 hosts only
 TARGET_AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
 
 
@@ -45,6 +46,8 @@ def _run(mod, pipeline, x, target=TARGET):
         ((2, 5, 24), 40, False, "relu"),  # batched rows, 3-D input
         ((1, 1), 1, True, None),  # degenerate
         ((8, 64), 32, True, None),  # aligned: full register tiles
+        ((13, 32), 48, True, "relu"),  # 5-row tiles over 15 rows: the last tile padded
+        ((2, 11, 24), 32, False, None),  # batched rows, padded tile in each batch
     ],
 )
 def test_dense_rule_matches_default(xshape, n, bias, act):
@@ -61,13 +64,30 @@ def test_dense_rule_matches_default(xshape, n, bias, act):
 @pytest.mark.parametrize(("xshape", "n"), [((128, 40), 96), ((12, 33), 48), ((1, 70), 1000),
                                            ((2, 9, 16), 80)])
 def test_dense_rule_matches_default_16_lanes(xshape, n):
-    """The AVX-512 plans (16-lane blocks, tiles under the stack limit) give the default's
+    """The AVX-512 plans (16-lane blocks, padded tiles) give the default's
     output."""
     mod = dense_module(xshape, n, True, "relu")
     x = np.random.default_rng(3).standard_normal(xshape).astype("float32")
     ref = _run(mod, relax.get_default_pipeline(TARGET_AVX512), x, TARGET_AVX512)
     ours = _run(mod, get_pipeline(TARGET_AVX512, strict=True), x, TARGET_AVX512)
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+@pytest.mark.parametrize(("m", "n", "lanes", "registers"),
+                         [(13, 48, 8, 16), (11, 32, 8, 16), (128, 3072, 16, 32),
+                          (128, 3072, 8, 16), (1, 1000, 16, 32), (196, 64, 4, 32)])
+def test_dense_plan_tiles(m, n, lanes, registers):
+    """Register tiles fit the register file; a row count that no good tile divides is
+    padded to whole tiles (the cases above the line in the numeric test use such plans)."""
+    nb, rows, m_pad = dense.plan_dense(m, n, lanes, registers)
+    nvec = nb // lanes
+    assert nb % lanes == 0 and rows * nvec + nvec + 2 <= registers
+    assert nb * rows <= dense.MAX_DENSE_TILE_FLOATS
+    assert m_pad % rows == 0 and m <= m_pad < m + rows
+    if (m, lanes) in ((13, 8), (11, 8), (128, 8)):
+        assert m_pad > m  # these exercise the padded tile
+    if (m, n, lanes) == (128, 3072, 16):
+        assert (nb, rows, m_pad) == (32, 8, 128)  # not the 4-row divisor of 128
 
 
 def test_dense_kernel_is_used():
@@ -103,7 +123,8 @@ def bmm_module(ashape, bshape):
 
 @pytest.mark.parametrize(
     ("ashape", "bshape"),
-    [((2, 4, 7, 16), (2, 4, 16, 7)), ((3, 9, 5), (3, 5, 24)), ((1, 1, 3), (1, 3, 1))],
+    [((2, 4, 7, 16), (2, 4, 16, 7)), ((3, 9, 5), (3, 5, 24)), ((1, 1, 3), (1, 3, 1)),
+     ((2, 13, 16), (2, 16, 32))],
 )
 def test_attention_batched_matmul(ashape, bshape):
     """Batched matmuls of two run-time operands (attention scores) take the packed kernel

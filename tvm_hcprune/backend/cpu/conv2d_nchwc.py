@@ -34,12 +34,14 @@ OUT_EWISE_FUSABLE = 4
 # a one-vector register tile narrower than this many pixels has too few independent
 # accumulators to hide the FMA latency
 SHORT_ROW = 6
-# TVM lowers a kernel-local buffer to a stack alloca (which LLVM promotes to registers once
-# the tile is unrolled) only below 1024 bytes (``runtime::kMaxStackAlloca``); a larger
-# register tile becomes a heap workspace whose every accumulator is loaded and stored on each
-# reduction step, since LLVM cannot prove it apart from the packed-input workspace. On
-# AVX-512 a 14-pixel x 2-vector tile (1792 bytes) ran a 128->128 3x3 conv at 28x28 in 3.2 ms
-# on one Zen 5 core; capped to 7 pixels (896 bytes): 1.0 ms.
+# Accumulator floats per conv / pointwise register tile. On AVX-512 a 14-pixel x 2-vector
+# tile (448 floats) ran a 128->128 3x3 conv at 28x28 in 3.2 ms on one Zen 5 core; capped
+# to 7 pixels: 1.0 ms. (The cap was first explained by TVM's stack limit: LowerTVMBuiltin
+# keeps only *global*-scope buffers under 1024 bytes (``runtime::kMaxStackAlloca``) as
+# allocas. But the tiles are ``local``-scope buffers, which it always turns into workspace
+# calls, capped or not; making them global allocas measured the same on ResNet-18's kernels,
+# since LLVM keeps the unrolled tile in registers either way. The cap bounds register
+# pressure.)
 MAX_TILE_FLOATS = 255
 
 
