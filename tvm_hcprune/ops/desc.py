@@ -56,3 +56,17 @@ def axis_index(desc: AxisDesc | None, kept_of) -> np.ndarray | None:
     if not changed:
         return None
     return np.concatenate(parts).astype(np.int64)
+
+
+def take_channels(arr: np.ndarray, idx, axis: int) -> np.ndarray:
+    """``np.take(arr, idx, axis)`` where an index past the axis's end selects zeros: a kept
+    index list may append channels (channel padding, see
+    :class:`~tvm_hcprune.backend.cpu.pad_channels.PadChannels`)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    n = arr.shape[axis]
+    if idx.size and int(idx.max()) >= n:
+        pad = [(0, 0)] * arr.ndim
+        pad[axis] = (0, 1)
+        arr = np.pad(arr, pad)
+        idx = np.minimum(idx, n)
+    return np.take(arr, idx, axis=axis)

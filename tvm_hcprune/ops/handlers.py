@@ -10,7 +10,7 @@ import math
 import numpy as np
 from tvm import relax
 
-from tvm_hcprune.ops.desc import Seg, desc_length
+from tvm_hcprune.ops.desc import Seg, desc_length, take_channels
 from tvm_hcprune.ops.registry import OpHandler, register_op_handler
 from tvm_hcprune.ops.weights import weight_axes
 from tvm_hcprune.utils.relax import is_const, static_shape
@@ -165,13 +165,13 @@ def _grouped_weight(rw, var, call, grouped):
     idx_o = rw.axis_index(rw.out_desc(var)[str(call.attrs.out_layout or call.attrs.data_layout)
                                            .index("C")])
     if idx_o is not None:
-        w = np.take(w, idx_o, axis=ko)
+        w = take_channels(w, idx_o, ko)
     per = w.shape[ko] // groups
     blocks = []
     for q, d in enumerate(in_descs):
         block = np.take(w, np.arange(q * per, (q + 1) * per), axis=ko)
         idx = rw.axis_index(d)
-        blocks.append(block if idx is None else np.take(block, idx, axis=ki))
+        blocks.append(block if idx is None else take_channels(block, idx, ki))
     w = np.concatenate(blocks, axis=ko)
     return relax.const(w, str(w.dtype))
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 
-import numpy as np
 import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_hcprune.analysis import analyze, check_plan, kept_lookup
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.ops.desc import axis_index, desc_spaces
+from tvm_hcprune.ops.desc import axis_index, desc_spaces, take_channels
 from tvm_hcprune.ops.registry import get_op_handler
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.utils.relax import clear_shape_cache, static_shape
@@ -147,7 +146,7 @@ class _PlanRewriter(PyExprMutator):
                 continue
             arr = sliced.get(arg)
             arr = self.ctx.array(call.args[arg]) if arr is None else arr
-            sliced[arg] = np.take(arr, idx, axis=axis)
+            sliced[arg] = take_channels(arr, idx, axis)
         for arg, arr in sliced.items():
             args[arg] = relax.const(arr, str(arr.dtype))
             changed = True
@@ -167,12 +166,27 @@ class _PlanRewriter(PyExprMutator):
 def apply_plan(graph, plan: PrunePlan):
     """Rewrite ``graph.mod`` according to ``plan``; returns the pruned module."""
     check_plan(graph, plan)
+    if not plan.kept:
+        return graph.mod
+    return rewrite_channels(graph, kept_lookup(graph, plan))
+
+
+def rewrite_channels(graph, kept_of):
+    """``graph.mod`` with every channel space ``s`` reduced to the channels
+    ``kept_of(s)`` lists (None: all of them), weights and constants sliced alike; an index
+    past a space's size adds a zero channel there (what
+    :class:`~tvm_hcprune.backend.cpu.pad_channels.PadChannels` uses). The output shapes
+    must not change.
+
+    Examples
+    --------
+    >>> graph = analyze(mod)  # doctest: +SKIP
+    >>> same = rewrite_channels(graph, lambda space: None)  # doctest: +SKIP
+    """
     mod = graph.mod
     func = mod["main"]
-    if not plan.kept:
-        return mod
     try:
-        new = _PlanRewriter(mod, graph, kept_lookup(graph, plan)).visit_expr(func)
+        new = _PlanRewriter(mod, graph, kept_of).visit_expr(func)
     finally:
         clear_shape_cache()
     new = relax.analysis.remove_all_unused(new)
@@ -181,7 +195,7 @@ def apply_plan(graph, plan: PrunePlan):
     ret_old, ret_new = static_shape(func.body.body), static_shape(new.body.body)
     if ret_old != ret_new:  # pragma: no cover - outputs are frozen by analysis
         raise AssertionError(f"pruning changed the output shape {ret_old} -> {ret_new}")
-    relax.analysis.well_formed(out)
+    relax.analysis.well_formed(out)  # raises on the first violation (TVM 0.27)
     return out
 
 

@@ -2,6 +2,9 @@
 :mod:`.dense`), the Relax passes that route the model to them and the TIR rules that
 schedule them (imported lazily):
 
+``PadChannels``
+    Relax pass giving channel groups off the block zero channels, so they stay blocked
+    (:mod:`.pad_channels`).
 ``BlockChannelLayout``
     Relax pass keeping NCHW activations channel-blocked (``NCHW{lanes}c``) between convs,
     layout transforms only at the graph's boundaries (:mod:`.layout`).
@@ -19,6 +22,7 @@ from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "BlockChannelLayout": "tvm_hcprune.backend.cpu.layout",
+    "PadChannels": "tvm_hcprune.backend.cpu.pad_channels",
     "PackWeightsForCPU": "tvm_hcprune.backend.cpu.pack",
     "ApplyCPURules": "tvm_hcprune.backend.cpu.rules",
 }
