@@ -131,6 +131,23 @@ def test_register_tiles_are_capped(lanes, registers):
         assert nb * rows <= dense.MAX_DENSE_TILE_FLOATS
 
 
+@pytest.mark.parametrize("target", [TARGET, TARGET_AVX512], ids=["8_lanes", "16_lanes"])
+@pytest.mark.parametrize("case", ["3x3_two_vectors_wide_row", "1x1_short_reduction",
+                                  "depthwise"])
+def test_register_tiles_are_stack_allocas(target, case):
+    """No accumulator tile is a heap workspace (TVM 0.27 gives every local-scope buffer one,
+    and a global one from 1024 bytes): the compiled code allocates workspaces only for the
+    packed or padded inputs. Compile-only, so both ISAs are checked on any x86 host."""
+    import re
+
+    ic, oc, hw, k, s_, p, g, d, epi = CASES_16[case]
+    ex = tvm.compile(conv_module(ic, oc, hw, k, s_, p, g, d, epi), target,
+                     relax_pipeline=get_pipeline(target, strict=True))
+    src = ex.mod.imports[0].inspect_source("ll")
+    calls = re.findall(r"%(\w+) = tail call ptr %\d+\(i32 1, i32 %\S+, i64 \d+", src)
+    assert all(re.match(r"hcp_(pack|pwpad|dwpad)", name) for name in calls), calls
+
+
 def _scheduled(mod):
     with TARGET:
         seq = tvm.transform.Sequential(

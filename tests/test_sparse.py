@@ -191,9 +191,9 @@ def test_1x1_convs_run_on_the_bsr_kernel(blocked):
     shapes = sorted(len(f.params[0].ty.shape) if hasattr(f.params[0], "ty") else
                     len(f.buffer_map[f.params[0]].shape)
                     for gv, f in lowered.functions_items() if "hcp_bsr" in gv.name_hint)
-    # the c -> 2c conv stays blocked (x [B, C/8, HW, 8]); c + 4 channels are no multiple of
-    # the block, so the convs into and out of them read NCHW (x [B, C, HW])
-    assert shapes == ([3, 3, 4] if blocked else [3, 3, 3]), shapes
+    # every conv reads the blocked layout (x [B, C/8, HW, 8]): the c + 4 channels, no
+    # multiple of the block, are padded to it by PadChannels; without the layout, NCHW
+    assert shapes == ([4, 4, 4] if blocked else [3, 3, 3]), shapes
     x = np.random.default_rng(1).standard_normal((2, 32, 10, 10)).astype("float32")
     got = run_relax(sparse, [x], target=TARGET,
                     build=lambda m, t: hc.build(m, t, blocked_layout=blocked))

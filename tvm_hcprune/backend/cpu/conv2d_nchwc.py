@@ -38,10 +38,9 @@ SHORT_ROW = 6
 # tile (448 floats) ran a 128->128 3x3 conv at 28x28 in 3.2 ms on one Zen 5 core; capped
 # to 7 pixels: 1.0 ms. (The cap was first explained by TVM's stack limit: LowerTVMBuiltin
 # keeps only *global*-scope buffers under 1024 bytes (``runtime::kMaxStackAlloca``) as
-# allocas. But the tiles are ``local``-scope buffers, which it always turns into workspace
-# calls, capped or not; making them global allocas measured the same on ResNet-18's kernels,
-# since LLVM keeps the unrolled tile in registers either way. The cap bounds register
-# pressure.)
+# allocas. But the tiles were ``local``-scope buffers, which it always turns into workspace
+# calls, capped or not; they are global-scope now (``rules.TILE_SCOPE``). The cap bounds
+# register pressure.)
 MAX_TILE_FLOATS = 255
 
 
