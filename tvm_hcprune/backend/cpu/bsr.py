@@ -31,9 +31,12 @@ from tvm_hcprune.utils.relax import (
     dtype_of,
     mutate_functions,
     static_shape,
+    update_functions,
 )
 
-__all__ = ["UseBlockSparse", "bsr_kernel", "conv1x1_weight_kn", "plan_rows", "to_bsr"]
+__all__ = ["BSR_ATTR", "BSR_KNOBS_ATTR", "KNOB_KEYS", "ORDERS", "UseBlockSparse", "bsr_kernel",
+           "bsr_knob_choices", "conv1x1_weight_kn", "expand_bsr_knobs", "plan_rows",
+           "tile_candidates", "to_bsr"]
 
 
 def to_bsr(w_kn: np.ndarray, block: tuple[int, int]):
@@ -182,63 +185,125 @@ def bsr_kernel(m: int, k: int, n: int, nnz: int, bk: int, bn: int, tile: int | N
                    y: T.Buffer(y_shape, "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for task in T.parallel(batch * nbg * nt):
-            acc = T.alloc_buffer((h0, bn), "float32", scope="global")
-            acc1 = T.alloc_buffer((max(h1, 1), bn), "float32", scope="global")
-            for j in T.serial(group):
-                for r in T.unroll(h0):
-                    for v in T.vectorized(bn):
-                        acc[r, v] = T.float32(0)
-                if split:
-                    for r in T.unroll(h1):
+            with T.sblock("hcp_bsr"):
+                T.reads()
+                T.writes()
+                acc = T.alloc_buffer((h0, bn), "float32", scope="global")
+                acc1 = T.alloc_buffer((max(h1, 1), bn), "float32", scope="global")
+                for j in T.serial(group):
+                    for r in T.unroll(h0):
                         for v in T.vectorized(bn):
-                            acc1[r, v] = T.float32(0)
-                for e in T.serial(indptr[i_of(task, j) + 1] - indptr[i_of(task, j)]):
-                    for kk in range(bk):
+                            acc[r, v] = T.float32(0)
+                    if split:
+                        for r in T.unroll(h1):
+                            for v in T.vectorized(bn):
+                                acc1[r, v] = T.float32(0)
+                    for e in T.serial(indptr[i_of(task, j) + 1] - indptr[i_of(task, j)]):
+                        for kk in range(bk):
+                            for r in T.unroll(h0):
+                                for v in T.vectorized(bn):
+                                    acc[r, v] = acc[r, v] + x_at(
+                                        x, b_of(task),
+                                        indices[indptr[i_of(task, j)] + e] * bk + kk,
+                                        r_of(task) + r) * data[indptr[i_of(task, j)] + e, kk, v]
+                            if split:
+                                for r in T.unroll(h1):
+                                    for v in T.vectorized(bn):
+                                        acc1[r, v] = acc1[r, v] + x_at(
+                                            x, b_of(task),
+                                            indices[indptr[i_of(task, j)] + e] * bk + kk,
+                                            r_of(task) + h0 + r) * data[indptr[i_of(task, j)] + e,
+                                                                        kk, v]
+                    if rows_layout:
                         for r in T.unroll(h0):
                             for v in T.vectorized(bn):
-                                acc[r, v] = acc[r, v] + x_at(
-                                    x, b_of(task),
-                                    indices[indptr[i_of(task, j)] + e] * bk + kk,
-                                    r_of(task) + r) * data[indptr[i_of(task, j)] + e, kk, v]
+                                y[r_of(task) + r, i_of(task, j) * bn + v] = acc[r, v]
                         if split:
                             for r in T.unroll(h1):
                                 for v in T.vectorized(bn):
-                                    acc1[r, v] = acc1[r, v] + x_at(
-                                        x, b_of(task),
-                                        indices[indptr[i_of(task, j)] + e] * bk + kk,
-                                        r_of(task) + h0 + r) * data[indptr[i_of(task, j)] + e,
-                                                                    kk, v]
-                if rows_layout:
-                    for r in T.unroll(h0):
-                        for v in T.vectorized(bn):
-                            y[r_of(task) + r, i_of(task, j) * bn + v] = acc[r, v]
-                    if split:
-                        for r in T.unroll(h1):
+                                    y[r_of(task) + h0 + r, i_of(task, j) * bn + v] = acc1[r, v]
+                    elif nchw:
+                        for v in range(bn):
+                            for r in T.vectorized(h0):
+                                y[b_of(task), i_of(task, j) * bn + v, r_of(task) + r] = acc[r, v]
+                            if split:
+                                for r in T.vectorized(h1):
+                                    y[b_of(task), i_of(task, j) * bn + v,
+                                      r_of(task) + h0 + r] = acc1[r, v]
+                    else:
+                        for r in T.unroll(h0):
                             for v in T.vectorized(bn):
-                                y[r_of(task) + h0 + r, i_of(task, j) * bn + v] = acc1[r, v]
-                elif nchw:
-                    for v in range(bn):
-                        for r in T.vectorized(h0):
-                            y[b_of(task), i_of(task, j) * bn + v, r_of(task) + r] = acc[r, v]
+                                y[b_of(task), i_of(task, j) * bn // cb, r_of(task) + r,
+                                  i_of(task, j) * bn % cb + v] = acc[r, v]
                         if split:
-                            for r in T.vectorized(h1):
-                                y[b_of(task), i_of(task, j) * bn + v,
-                                  r_of(task) + h0 + r] = acc1[r, v]
-                else:
-                    for r in T.unroll(h0):
-                        for v in T.vectorized(bn):
-                            y[b_of(task), i_of(task, j) * bn // cb, r_of(task) + r,
-                              i_of(task, j) * bn % cb + v] = acc[r, v]
-                    if split:
-                        for r in T.unroll(h1):
-                            for v in T.vectorized(bn):
-                                y[b_of(task), i_of(task, j) * bn // cb, r_of(task) + h0 + r,
-                                  i_of(task, j) * bn % cb + v] = acc1[r, v]
+                            for r in T.unroll(h1):
+                                for v in T.vectorized(bn):
+                                    y[b_of(task), i_of(task, j) * bn // cb, r_of(task) + h0 + r,
+                                      i_of(task, j) * bn % cb + v] = acc1[r, v]
 
     params = {"m": m, "k": k, "n": n, "nnz": nnz, "bk": bk, "bn": bn, "tile": tile,
               "layout": layout, "batch": batch, "chan_block": chan_block,
               "tiles": [int(t) for t in (tiles or [tile])]}
     return bsr_matmul.with_attr(BSR_ATTR, params)
+
+
+def bsr_knob_choices(func) -> dict:
+    """The knob values tuning may pick for BSR kernel ``func`` (a :func:`bsr_kernel`):
+    ``{"tile": [...], "order": [0, 1], "group": [...]}`` (``order`` indexes
+    :data:`ORDERS`; ``group`` the divisors 1, 2, 4 of the output block count); the first
+    value of ``order`` and ``group`` and the planned ``tile`` are the default kernel's."""
+    params = func.attrs[BSR_ATTR]
+    nb = int(params["n"]) // int(params["bn"])
+    return {"tile": [int(t) for t in params["tiles"]], "order": list(range(len(ORDERS))),
+            "group": [g for g in (1, 2, 4) if nb % g == 0]}
+
+
+def _knobs_of(func) -> dict | None:
+    """The knob values a tuning record's trace annotated on ``func``'s root block."""
+    body = func.body
+    block = getattr(body, "block", None)
+    if block is None or block.annotations is None:
+        return None
+    ann = {name: int(block.annotations[key]) for name, key in KNOB_KEYS.items()
+           if key in block.annotations}
+    return ann or None
+
+
+def expand_bsr_knobs(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with every BSR kernel whose root block carries tuned knob annotations (a
+    tuning record's trace, replayed by MetaSchedule's database application or tuning's
+    builder) regenerated with those knobs; it then carries :data:`BSR_KNOBS_ATTR`
+    (``{"tile", "order", "group"}``). Kernels without annotations are left as they are
+    (the default schedule).
+
+    Examples
+    --------
+    >>> with target, database:  # doctest: +SKIP
+    ...     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    >>> mod = expand_bsr_knobs(mod)  # doctest: +SKIP
+    """
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None \
+                or BSR_ATTR not in func.attrs:
+            continue
+        knobs = _knobs_of(func)
+        if knobs is None:
+            continue
+        p = func.attrs[BSR_ATTR]
+        tile = int(knobs.get("tile", int(p["tile"])))
+        order = ORDERS[int(knobs.get("order", 0))]
+        group = int(knobs.get("group", 1))
+        new = bsr_kernel(int(p["m"]), int(p["k"]), int(p["n"]), int(p["nnz"]), int(p["bk"]),
+                         int(p["bn"]), tile, str(p["layout"]), int(p["batch"]),
+                         int(p["chan_block"]), order=order, group=group,
+                         tiles=[int(t) for t in p["tiles"]])
+        for key, value in func.attrs.items():
+            if key not in new.attrs:
+                new = new.with_attr(key, value)
+        updates[gvar] = new.with_attr(BSR_KNOBS_ATTR, {"tile": tile, "order": order,
+                                                       "group": group})
+    return update_functions(mod, updates)
 
 
 def _block_density(w: np.ndarray, block) -> float:
@@ -317,8 +382,12 @@ class _Rewriter(PyExprMutator):
         data, indices, indptr, npad = to_bsr(w_kn, self.block)
         tile = plan_rows(rows, bn, self.profile.lanes("float32"),
                          self.profile.vector_registers, self.tile_cap)
+        extra = {}
+        if self.kernel is bsr_kernel:  # the knob candidates tuning samples
+            extra["tiles"] = tile_candidates(rows, bn, self.profile.lanes("float32"),
+                                             self.profile.vector_registers, self.tile_cap)
         func = self.kernel(rows, k, npad, data.shape[0], bk, bn, tile, layout, batch,
-                           chan_block)
+                           chan_block, **extra)
         gv = self.builder_.add_func(func.without_attr("global_symbol"), "hcp_bsr_matmul")
         if layout == "rows":
             shape = [rows, npad]
