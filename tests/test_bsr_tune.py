@@ -49,7 +49,7 @@ def test_bsr_tiles_are_never_heap_workspaces(bn, mcpu, layout):
     assert 16 in tile_candidates(m, 16, 16, 32)  # the 1024-byte tile is among them
 
 
-def _sparse_matmul(rows=32, k=64, n=64, seed=0):
+def sparse_matmul(rows=32, k=64, n=64, seed=0):
     """x [1, rows, k] @ W [k, n] with 1x8 blocks 85% zero and two empty output blocks."""
     rng = np.random.default_rng(seed)
     mask = rng.random((k, n // 8)) < 0.15
@@ -79,7 +79,7 @@ def test_tune_searches_the_bsr_kernel_and_the_build_applies_its_record(tmp_path)
     record of another choice, saved and reloaded like any database, is applied by the
     build (the kernel regenerated with exactly the trace's knobs) and the output equals the
     dense module's (rtol 1e-5); returned records beat the rules side by side."""
-    mod, w = _sparse_matmul()
+    mod, w = sparse_matmul()
     db, stats = hc.tune(mod, TARGET, trials=10, trials_per_task=6, progress=False,
                         return_stats=True)
     bsr_tasks = [t for t in stats.tasks if "bsr" in t]

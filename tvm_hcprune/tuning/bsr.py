@@ -30,7 +30,7 @@ from tvm_hcprune.backend.cpu.bsr import BSR_ATTR, KNOB_KEYS, bsr_knob_choices
 from tvm_hcprune.utils.relax import const_value
 
 __all__ = ["BSRArguments", "bsr_argument_table", "bsr_space", "bsr_strategy",
-           "bsr_tune_context", "is_bsr_func"]
+           "bsr_tune_context", "feed_runner", "is_bsr_func"]
 
 
 def is_bsr_func(func) -> bool:
@@ -214,23 +214,49 @@ class BSRArguments:
     def __init__(self, table: dict):
         self.table = dict(table)
 
-    def __call__(self, device, args_info, alloc_repeat):
-        from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument
+    def __call__(self, *args):
+        """``(device, args_info, alloc_repeat)`` (``LocalRunner``) or ``(session, device,
+        args_info, alloc_repeat)`` (``RPCRunner``, arrays copied to the remote device)."""
+        from tvm.s_tir.meta_schedule.runner import local_runner, rpc_runner
 
+        session = args[0] if len(args) == 4 else None
+        device, args_info, alloc_repeat = args[-3:]
         key = _signature((info[1], info[2]) for info in args_info)
         fixed = self.table.get(key)
         if fixed is None:
-            return default_alloc_argument(device, args_info, alloc_repeat)
-        fill = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
+            if session is None:
+                return local_runner.default_alloc_argument(device, args_info, alloc_repeat)
+            return rpc_runner.default_alloc_argument(session, device, args_info, alloc_repeat)
+        name = "tvm.contrib.random.random_fill_for_measure"
+        fill = tvm.get_global_func(name) if session is None else session.get_function(name)
         repeated = []
         for _ in range(alloc_repeat):
-            args = []
+            tensors = []
             for (_, dtype, shape), array in zip(args_info, fixed, strict=True):
                 if array is None:
                     arg = tvm.runtime.empty(shape=shape, dtype=dtype, device=device)
                     fill(arg)
                 else:
-                    arg = tvm.runtime.tensor(array, device)
-                args.append(arg)
-            repeated.append(args)
+                    arg = tvm.runtime.empty(shape=array.shape, dtype=str(array.dtype),
+                                            device=device)
+                    arg.copyfrom(array)
+                tensors.append(arg)
+            repeated.append(tensors)
         return repeated
+
+
+def feed_runner(runner, table: dict) -> None:
+    """Make MetaSchedule ``runner`` (a ``LocalRunner`` or ``RPCRunner``, e.g. from
+    :func:`tvm_hcprune.tuning.rpc.make_rpc_runner`) allocate the BSR kernels' real arrays
+    (:class:`BSRArguments`); its other allocations stay MetaSchedule's default. A runner
+    that already has its own allocator is left as it is.
+
+    Examples
+    --------
+    >>> feed_runner(runner, bsr_argument_table(prepared))  # doctest: +SKIP
+    """
+    inst = getattr(runner, "_inst", None)  # the derived object's Python instance
+    if not table or inst is None or not hasattr(inst, "f_alloc_argument"):
+        return
+    if inst.f_alloc_argument is None:
+        inst.f_alloc_argument = BSRArguments(table)

@@ -741,8 +741,8 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                         enable_cpu_cache_flush=False,
                     ),
                     timeout_sec=max(30.0, session_timeout),
-                    f_alloc_argument=bsr_tuning.BSRArguments(bsr_args) if bsr_args else None,
                 )
+            bsr_tuning.feed_runner(ms_runner, bsr_args)  # the BSR kernels' real arrays
             strategy = ms.search_strategy.EvolutionarySearch(
                 population_size=max(16, min(256, 4 * per_task)),
                 init_measured_ratio=0.2,
