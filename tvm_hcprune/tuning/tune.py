@@ -15,6 +15,9 @@ What differs from ``ms.relax_integration.tune_relax``:
   with the records is timed against the rules-only build and the records are dropped
   unless they make it faster (:func:`compare_with_rules`);
 - the XGBoost cost model and evolutionary search are sized for small budgets;
+- the BSR kernels (hand-written TIR that MetaSchedule's default space cannot schedule) are
+  tasks with their own knob space and the model's real index arrays as arguments
+  (:mod:`tvm_hcprune.tuning.bsr`);
 - progress is a tqdm bar (trials, tasks done, best total latency, ETA) while MetaSchedule's
   own logs go to ``work_dir/logs``;
 - the result is a :class:`~tvm_hcprune.backend.database.ScheduleDatabase`, written
