@@ -123,24 +123,36 @@ def test_tune_searches_the_bsr_kernel_and_the_build_applies_its_record(tmp_path)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_bsr_kernel_knobs_equal_the_dense_product():
-    """Every knob combination (tiles, both task orders, output-block groups) with empty
-    block rows equals x @ W (rtol 1e-5)."""
+@pytest.mark.parametrize("layout", ["rows", "nchw", "nchwc"])
+def test_bsr_kernel_knobs_equal_the_dense_product(layout):
+    """Knob combinations (every tile, both task orders, output-block groups on the matmul;
+    a few on the 1x1 conv layouts) with empty block rows equal x @ W (rtol 1e-5)."""
     rng = np.random.default_rng(4)
-    k, n, m, bn = 32, 64, 24, 8
+    k, n, m, bn, batch, cb = 32, 64, 24, 8, 2, 16
     mask = rng.random((k, n // bn)) < 0.3
     mask[:, 2] = False
     w = rng.standard_normal((k, n)).astype("float32") * np.kron(mask, np.ones((1, bn), "f4"))
     data, indices, indptr, npad = to_bsr(w, (1, bn))
-    x = rng.standard_normal((m, k)).astype("float32")
+    x = rng.standard_normal((batch, m, k)).astype("float32")
+    ref = x @ w
+    if layout == "rows":
+        xin, want = x[0], ref[0]
+        combos = [(t, o, g) for t in tile_candidates(m, bn, 8, 16) for o in ORDERS
+                  for g in (1, 2, 4)]
+    else:
+        if layout == "nchw":
+            xin, want = x.transpose(0, 2, 1), ref.transpose(0, 2, 1)
+        else:
+            xin = x.reshape(batch, m, k // cb, cb).transpose(0, 2, 1, 3)
+            want = ref.reshape(batch, m, n // cb, cb).transpose(0, 2, 1, 3)
+        combos = [(8, "rows", 2), (3, "block", 4), (12, "rows", 1)]
     dev = tvm.cpu()
-    for tile in tile_candidates(m, bn, 8, 16):
-        for order in ORDERS:
-            for group in (1, 2, 4):
-                func = bsr_kernel(m, k, npad, data.shape[0], 1, bn, tile, order=order,
-                                  group=group)
-                lib = tvm.compile(tvm.IRModule({"main": func}), tvm.target.Target(TARGET))
-                y = tvm.runtime.empty((m, npad), "float32", dev)
-                lib["main"](*[tvm.runtime.tensor(a, dev) for a in (x, data, indices, indptr)],
-                            y)
-                np.testing.assert_allclose(y.numpy(), x @ w, rtol=1e-5, atol=1e-5)
+    for tile, order, group in combos:
+        func = bsr_kernel(m, k, npad, data.shape[0], 1, bn, tile, layout,
+                          1 if layout == "rows" else batch, cb, order=order, group=group)
+        lib = tvm.compile(tvm.IRModule({"main": func}), tvm.target.Target(TARGET))
+        y = tvm.runtime.empty(want.shape, "float32", dev)
+        lib["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a), dev)
+                      for a in (xin, data, indices, indptr)], y)
+        np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=str((tile, order, group)))
