@@ -8,6 +8,11 @@ speed-up of BSR over dense per sparsity, the crossover sparsity (the lowest meas
 which BSR wins) and the ratio dense / onnxruntime; times are interleaved rounds in one run,
 the best round kept.
 
+With ``--database PATH`` (a database from ``hcprune tune`` of these layers) or ``--tune N``
+(tune each sparsified layer here with ``hc.tune``, N trials), the BSR kernel the build
+applies from the records (its tuned knobs) is timed next to the default one
+(``bsr_tuned@s``; the default kernel where no record matches the layer).
+
 Then a BERT-style encoder (:func:`tvm_hcprune.testing.onnx_models.bert_encoder`: 4 layers,
 hidden 384, 12 heads, FFN 1536, 128 tokens) with its FFN layers at ``--bert-sparsity`` block
 sparsity: the whole model built with BSR (``hc.build(sparse=True)``) against the dense build
@@ -18,7 +23,8 @@ Usage::
 
     python benchmarks/sparse.py [--m 128] [--shapes 768x3072,3072x768]
                                 [--sparsities 0.5,0.7,0.8,0.9,0.95] [--no-bert]
-                                [--bert-sparsity 0.9] [--json out.json]
+                                [--bert-sparsity 0.9] [--database DB.json | --tune N]
+                                [--json out.json]
 """
 
 from __future__ import annotations
@@ -105,6 +111,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bert", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--bert-sparsity", type=float, default=0.9)
     ap.add_argument("--json", type=Path, help="write the figures here (atomically)")
+    ap.add_argument("--database", type=Path,
+                    help="time the BSR kernels with this database's tuned knobs too")
+    ap.add_argument("--tune", type=int, default=0, metavar="N",
+                    help="tune each sparsified layer with N trials and time its tuned kernel")
     args = ap.parse_args(argv)
     if args.ort_child:
         data = np.load(args.ort_child)
@@ -150,6 +160,16 @@ def main(argv=None) -> int:
             lib["main"](*bufs)
             assert np.allclose(got.numpy()[:, :n], x @ ws, rtol=1e-4, atol=1e-3)
             runners[f"bsr@{s}"] = (lib, bufs)
+            tuned = _tuned_kernel(sparse, target, args)
+            if tuned is not None:
+                lib_t = tvm.compile(tvm.IRModule({"main": tuned}), target)
+                lib_t["main"](*bufs)
+                assert np.allclose(got.numpy()[:, :n], x @ ws, rtol=1e-4, atol=1e-3)
+                runners[f"bsr_tuned@{s}"] = (lib_t, bufs)
+                knobs = tuned.attrs["hcprune.bsr_knobs"] if "hcprune.bsr_knobs" in tuned.attrs \
+                    else None
+                out.setdefault("tuned_knobs", {})[f"{shape}@{s}"] = (
+                    None if knobs is None else {k: str(v) for k, v in knobs.items()})
         best = {name: float("inf") for name in [*runners, "ort"]}
         for _ in range(args.rounds):
             for name, r in runners.items():
@@ -166,8 +186,10 @@ def main(argv=None) -> int:
         best["ort"] = _ort_time_in_child(w, x, args)
         rows = {name: {"ms": v * 1e3} for name, v in best.items()}
         for name in rows:
-            if name.startswith("bsr@"):
+            if name.startswith("bsr"):
                 rows[name]["speedup_vs_dense"] = best["dense"] / best[name]
+            if name.startswith("bsr_tuned@"):
+                rows[name]["speedup_vs_default_bsr"] = best["bsr@" + name[10:]] / best[name]
         wins = [float(nm[4:]) for nm, r in rows.items()
                 if nm.startswith("bsr@") and r["speedup_vs_dense"] > 1.0]
         out["shapes"][shape] = {"rows": rows, "dense_over_ort": best["dense"] / best["ort"],
@@ -177,11 +199,38 @@ def main(argv=None) -> int:
               + ", ".join(f"{nm} {r['speedup_vs_dense']:.2f}x" for nm, r in rows.items()
                           if nm.startswith("bsr@"))
               + f"; crossover {out['shapes'][shape]['crossover_sparsity']}", flush=True)
+        tuned_rows = {nm: r for nm, r in rows.items() if nm.startswith("bsr_tuned@")}
+        if tuned_rows:
+            print(f"{shape} tuned BSR kernels: " + ", ".join(
+                f"{nm[10:]}: {r['ms']:.3f} ms ({r['speedup_vs_default_bsr']:.2f}x the default "
+                f"{rows['bsr@' + nm[10:]]['ms']:.3f} ms)" for nm, r in tuned_rows.items()),
+                flush=True)
     if args.bert:
         out["bert"] = bert(args, target)
     if args.json:
         atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0
+
+
+def _tuned_kernel(sparse, target, args):
+    """The BSR kernel the build compiles for the one-layer module ``sparse`` with
+    ``--database`` (or after ``--tune``), or None without either."""
+    import tvm
+
+    import tvm_hcprune as hc
+    from tvm_hcprune.backend.cpu.bsr import BSR_ATTR
+    from tvm_hcprune.backend.pipeline import apply_database
+
+    if args.database is not None:
+        db = hc.load_database(args.database, target)
+    elif args.tune:
+        db = hc.tune(sparse, target, trials=args.tune, progress=False)
+    else:
+        return None
+    fused = apply_database(sparse, target, db)
+    kernels = [f for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+               and f.attrs is not None and BSR_ATTR in f.attrs]
+    return kernels[0].with_attr("global_symbol", "main") if kernels else None
 
 
 def bert(args, target) -> dict:

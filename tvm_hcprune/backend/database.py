@@ -35,6 +35,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from tvm_hcprune import _resources
 from tvm_hcprune._version import __version__
+from tvm_hcprune.backend.cpu.bsr import expand_bsr_knobs
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.target import parse_target
@@ -519,6 +520,8 @@ def apply_database_to_fused(mod, database, target):
     Called by :func:`tvm_hcprune.backend.pipeline.get_pipeline` after FuseOps/FuseTIR, on
     the functions :func:`tvm_hcprune.backend.pipeline.prepare` returns (the ones
     :func:`tvm_hcprune.tune` saw). ``database`` is anything :func:`as_database` accepts.
+    BSR kernels with a record are regenerated with its knobs
+    (:func:`~tvm_hcprune.backend.cpu.bsr.expand_bsr_knobs`).
     """
     target = resolve_target(target)
     db = as_database(database, target)
@@ -527,7 +530,9 @@ def apply_database_to_fused(mod, database, target):
     if db.uses_tensorize():
         ensure_tensor_intrinsics(target)
     with target, db.ms_database:
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    # a BSR kernel's record annotates knobs: regenerate the kernel with them
+    return expand_bsr_knobs(mod)
 
 
 def scheduled_functions(mod) -> list[str]:

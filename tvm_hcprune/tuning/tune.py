@@ -15,6 +15,9 @@ What differs from ``ms.relax_integration.tune_relax``:
   with the records is timed against the rules-only build and the records are dropped
   unless they make it faster (:func:`compare_with_rules`);
 - the XGBoost cost model and evolutionary search are sized for small budgets;
+- the BSR kernels (hand-written TIR that MetaSchedule's default space cannot schedule) are
+  tasks with their own knob space and the model's real index arrays as arguments
+  (:mod:`tvm_hcprune.tuning.bsr`);
 - progress is a tqdm bar (trials, tasks done, best total latency, ETA) while MetaSchedule's
   own logs go to ``work_dir/logs``;
 - the result is a :class:`~tvm_hcprune.backend.database.ScheduleDatabase`, written
@@ -47,8 +50,10 @@ from tvm.support.tar import tar
 from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.backend import pipeline
 from tvm_hcprune.backend.cpu import rules as cpu_rules
+from tvm_hcprune.backend.cpu.bsr import expand_bsr_knobs
 from tvm_hcprune.backend.cuda import with_limits
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.tuning import bsr as bsr_tuning
 from tvm_hcprune.tuning.rpc import make_rpc_runner, request_session
 from tvm_hcprune.utils.progress import progress_bar
 
@@ -60,8 +65,9 @@ _MS_LOGGER = "tvm.s_tir.meta_schedule"
 
 
 def _build_one(mod, target):
-    """Compile one candidate the way MetaSchedule's ``default_build`` does."""
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    """Compile one candidate the way MetaSchedule's ``default_build`` does (a BSR kernel
+    regenerated with its candidate's knobs first)."""
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(expand_bsr_knobs(mod))
     return tvm.compile(mod, target=target)
 
 
@@ -587,17 +593,24 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
 
 def extract_tasks(mod, target):
     """Prepare ``mod`` (:func:`~tvm_hcprune.backend.pipeline.prepare`) and
-    return MetaSchedule's tasks for it (already-scheduled functions excluded)."""
+    return MetaSchedule's tasks for it (already-scheduled functions excluded, except the
+    BSR kernels, which have their own search space: :mod:`tvm_hcprune.tuning.bsr`)."""
+    return _extract(mod, target)[1]
+
+
+def _extract(mod, target):
+    """``(prepared module, tasks)`` of :func:`extract_tasks`."""
     target = dbm.resolve_target(target)
     prepared = pipeline.prepare(mod, target)
     tasks = ms.relax_integration.extract_tasks(prepared, target)
     out = []
     for task in tasks:
         func = task.dispatched[0]["main"]
-        if func.attrs is not None and func.attrs.get(dbm.SCHEDULED_ATTR, False):
+        if (func.attrs is not None and func.attrs.get(dbm.SCHEDULED_ATTR, False)
+                and not bsr_tuning.is_bsr_func(func)):
             continue
         out.append(task)
-    return out
+    return prepared, out
 
 
 def _check_trials(trials, trials_per_task):
@@ -709,7 +722,8 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
 
     start = time.perf_counter()
     dbm.ensure_tensor_intrinsics(target)
-    tasks = extract_tasks(mod, target)
+    prepared, tasks = _extract(mod, target)
+    bsr_args = bsr_tuning.bsr_argument_table(prepared)  # real index arrays for the runner
     if not tasks:
         raise HCPruneError("the model has no function left to tune (all are scheduled already)")
 
@@ -731,6 +745,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
                     ),
                     timeout_sec=max(30.0, session_timeout),
                 )
+            bsr_tuning.feed_runner(ms_runner, bsr_args)  # the BSR kernels' real arrays
             strategy = ms.search_strategy.EvolutionarySearch(
                 population_size=max(16, min(256, 4 * per_task)),
                 init_measured_ratio=0.2,
@@ -740,6 +755,8 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
             ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 tasks, work_dir, strategy=strategy, num_threads="physical", seed=seed
             )
+            ctxs = [bsr_tuning.bsr_tune_context(c, seed) if bsr_tuning.is_bsr_func(c.mod["main"])
+                    else c for c in ctxs]
             ms_db = ms.database.MemoryDatabase()
             builder = in_process_builder(artifacts)
             seeds = {}

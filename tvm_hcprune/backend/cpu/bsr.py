@@ -31,9 +31,12 @@ from tvm_hcprune.utils.relax import (
     dtype_of,
     mutate_functions,
     static_shape,
+    update_functions,
 )
 
-__all__ = ["UseBlockSparse", "bsr_kernel", "conv1x1_weight_kn", "plan_rows", "to_bsr"]
+__all__ = ["BSR_ATTR", "BSR_KNOBS_ATTR", "KNOB_KEYS", "ORDERS", "UseBlockSparse", "bsr_kernel",
+           "bsr_knob_choices", "conv1x1_weight_kn", "expand_bsr_knobs", "plan_rows",
+           "tile_candidates", "to_bsr"]
 
 
 def to_bsr(w_kn: np.ndarray, block: tuple[int, int]):
@@ -58,6 +61,21 @@ def to_bsr(w_kn: np.ndarray, block: tuple[int, int]):
     return np.ascontiguousarray(data), indices, indptr, npad
 
 
+#: the PrimFunc attribute of a BSR kernel: its shape parameters and the knob candidates
+#: (what :func:`expand_bsr_knobs` regenerates it from and what tuning samples)
+BSR_ATTR = "hcprune.bsr"
+#: the attribute of a kernel generated with tuned knobs (the knob values applied)
+BSR_KNOBS_ATTR = "hcprune.bsr_knobs"
+#: root-block annotation keys a tuning record's trace sets (one per knob)
+KNOB_KEYS = {"tile": "hcprune.bsr_tile", "order": "hcprune.bsr_order",
+             "group": "hcprune.bsr_group"}
+#: ``order`` knob values: parallel tasks walk output blocks (rows inner) or row tiles
+ORDERS = ("block", "rows")
+#: kernel-local buffers of at least this many bytes are heap workspaces in TVM unless
+#: annotated (``runtime::kMaxStackAlloca``)
+STACK_LIMIT = 1024
+
+
 def plan_rows(rows: int, bn: int, lanes: int, registers: int, cap: int = 16) -> int:
     """Rows per register tile: the most that fit (``rows x bn/lanes`` accumulators plus a
     weight vector and a broadcast, in ``registers``), capped at ``cap``, dividing ``rows``."""
@@ -68,9 +86,21 @@ def plan_rows(rows: int, bn: int, lanes: int, registers: int, cap: int = 16) -> 
     return r
 
 
+def tile_candidates(rows: int, bn: int, lanes: int, registers: int, cap: int = 16
+                    ) -> list[int]:
+    """The row tiles tuning may pick: the divisors of ``rows`` that fit the registers
+    (:func:`plan_rows`'s bound) up to ``cap``, at most the 5 largest, the plan's own
+    included."""
+    top = plan_rows(rows, bn, lanes, registers, cap)
+    nvec = max(1, -(-bn // lanes))
+    bound = max(1, min(rows, cap, (registers - nvec - 2) // nvec))
+    divisors = [d for d in range(1, bound + 1) if rows % d == 0]
+    return sorted(set(divisors[-5:]) | {top})
+
+
 def bsr_kernel(m: int, k: int, n: int, nnz: int, bk: int, bn: int, tile: int | None = None,
-               layout: str = "rows", batch: int = 1, chan_block: int = 1
-               ) -> tvm.tirx.PrimFunc:
+               layout: str = "rows", batch: int = 1, chan_block: int = 1, *,
+               order: str = "block", group: int = 1, tiles=None) -> tvm.tirx.PrimFunc:
     """The scheduled TIR kernel ``y = x @ BSR(data, indices, indptr)``.
 
     ``layout`` says where the ``m`` rows (matmul rows, or pixels of a 1x1 conv) and the
@@ -84,16 +114,28 @@ def bsr_kernel(m: int, k: int, n: int, nnz: int, bk: int, bn: int, tile: int | N
         ``x [batch, k/cb, m, cb]``, ``y [batch, n/cb, m, cb]`` (a 1x1 conv in the blocked
         ``NCHW{cb}c`` layout, ``cb = chan_block`` a multiple of ``bn``).
 
-    One parallel loop over (batch, output block, row tile); per task a register tile of
-    ``tile`` rows x ``bn`` outputs (one vector) accumulates over the block row's kept
-    blocks (a data-dependent loop over ``indptr``), reading each weight vector once per
-    tile and broadcasting the inputs.
+    One parallel loop over (batch, output-block group, row tile); per task a register tile
+    of ``tile`` rows x ``bn`` outputs (one vector) accumulates over each output block's
+    kept blocks (a data-dependent loop over ``indptr``), reading each weight vector once
+    per tile and broadcasting the inputs. The knobs (what :mod:`tvm_hcprune.tuning` tunes):
+    ``tile``; ``order`` (``"block"``: consecutive tasks share an output block's weights,
+    ``"rows"``: they share the input rows); ``group`` (output blocks per task, a divisor
+    of ``n / bn``: coarser parallel tasks). The accumulator tile is a stack buffer (a
+    ``"global"``-scope allocation, annotated ``disable_lower_builtin`` at 1024 bytes and
+    more), never a heap workspace. The function carries :data:`BSR_ATTR` (its parameters
+    and the knob candidates ``tiles``), and its body is a root block the tuning records
+    annotate (see :func:`expand_bsr_knobs`).
     """
     nb = n // bn
     tile = tile or plan_rows(m, bn, bn, 32)
     if m % tile:
         raise ValueError(f"tile {tile} does not divide the {m} rows")
+    if order not in ORDERS:
+        raise ValueError(f"unknown BSR task order {order!r}; use one of {ORDERS}")
+    if group < 1 or nb % group:
+        raise ValueError(f"group {group} does not divide the {nb} output blocks")
     nt = m // tile
+    nbg = nb // group
     cb = chan_block
     if layout == "rows":
         x_shape, y_shape = (m, k), (m, n)
@@ -116,41 +158,152 @@ def bsr_kernel(m: int, k: int, n: int, nnz: int, bk: int, bn: int, tile: int | N
     else:
         raise ValueError(f"unknown BSR layout {layout!r}")
     rows_layout, nchw = layout == "rows", layout == "nchw"
+    by_block = order == "block"
 
-    @T.prim_func
+    # the task's (batch, output block, first row), inline (a TVMScript assignment would be
+    # a one-element buffer: a heap workspace per task)
+    def b_of(task):
+        return task // (nbg * nt)
+
+    def i_of(task, j):
+        g = task // nt % nbg if by_block else task % nbg
+        return g * group + j
+
+    def r_of(task):
+        return (task % nt if by_block else task // nbg % nt) * tile
+
+    # the accumulator tile in two stack buffers: TVM gives a kernel-local buffer of
+    # STACK_LIMIT bytes or more a heap workspace (and StorageRewrite drops the
+    # ``disable_lower_builtin`` annotation that would prevent it)
+    h0 = tile if tile * bn * 4 < STACK_LIMIT else -(-tile // 2)
+    h1 = tile - h0
+    split = h1 > 0
+
+    @T.prim_func(s_tir=True)
     def bsr_matmul(x: T.Buffer(x_shape, "float32"), data: T.Buffer((nnz, bk, bn), "float32"),
                    indices: T.Buffer((nnz,), "int32"), indptr: T.Buffer((nb + 1,), "int32"),
                    y: T.Buffer(y_shape, "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for task in T.parallel(batch * nb * nt):
-            acc = T.alloc_buffer((tile, bn), "float32", scope="local")
-            b = task // (nb * nt)
-            i = task // nt % nb
-            r0 = task % nt * tile
-            for r in T.unroll(tile):
-                for v in T.vectorized(bn):
-                    acc[r, v] = T.float32(0)
-            for e in T.serial(indptr[i + 1] - indptr[i]):
-                for kk in range(bk):
-                    for r in T.unroll(tile):
+        for task in T.parallel(batch * nbg * nt):
+            with T.sblock("hcp_bsr"):
+                T.reads()
+                T.writes()
+                acc = T.alloc_buffer((h0, bn), "float32", scope="global")
+                acc1 = T.alloc_buffer((max(h1, 1), bn), "float32", scope="global")
+                for j in T.serial(group):
+                    for r in T.unroll(h0):
                         for v in T.vectorized(bn):
-                            acc[r, v] = acc[r, v] + x_at(
-                                x, b, indices[indptr[i] + e] * bk + kk, r0 + r) * data[
-                                indptr[i] + e, kk, v]
-            if rows_layout:
-                for r in T.unroll(tile):
-                    for v in T.vectorized(bn):
-                        y[r0 + r, i * bn + v] = acc[r, v]
-            elif nchw:
-                for v in range(bn):
-                    for r in T.vectorized(tile):
-                        y[b, i * bn + v, r0 + r] = acc[r, v]
-            else:
-                for r in T.unroll(tile):
-                    for v in T.vectorized(bn):
-                        y[b, i * bn // cb, r0 + r, i * bn % cb + v] = acc[r, v]
+                            acc[r, v] = T.float32(0)
+                    if split:
+                        for r in T.unroll(h1):
+                            for v in T.vectorized(bn):
+                                acc1[r, v] = T.float32(0)
+                    for e in T.serial(indptr[i_of(task, j) + 1] - indptr[i_of(task, j)]):
+                        for kk in range(bk):
+                            for r in T.unroll(h0):
+                                for v in T.vectorized(bn):
+                                    acc[r, v] = acc[r, v] + x_at(
+                                        x, b_of(task),
+                                        indices[indptr[i_of(task, j)] + e] * bk + kk,
+                                        r_of(task) + r) * data[indptr[i_of(task, j)] + e, kk, v]
+                            if split:
+                                for r in T.unroll(h1):
+                                    for v in T.vectorized(bn):
+                                        acc1[r, v] = acc1[r, v] + x_at(
+                                            x, b_of(task),
+                                            indices[indptr[i_of(task, j)] + e] * bk + kk,
+                                            r_of(task) + h0 + r) * data[indptr[i_of(task, j)] + e,
+                                                                        kk, v]
+                    if rows_layout:
+                        for r in T.unroll(h0):
+                            for v in T.vectorized(bn):
+                                y[r_of(task) + r, i_of(task, j) * bn + v] = acc[r, v]
+                        if split:
+                            for r in T.unroll(h1):
+                                for v in T.vectorized(bn):
+                                    y[r_of(task) + h0 + r, i_of(task, j) * bn + v] = acc1[r, v]
+                    elif nchw:
+                        for v in range(bn):
+                            for r in T.vectorized(h0):
+                                y[b_of(task), i_of(task, j) * bn + v, r_of(task) + r] = acc[r, v]
+                            if split:
+                                for r in T.vectorized(h1):
+                                    y[b_of(task), i_of(task, j) * bn + v,
+                                      r_of(task) + h0 + r] = acc1[r, v]
+                    else:
+                        for r in T.unroll(h0):
+                            for v in T.vectorized(bn):
+                                y[b_of(task), i_of(task, j) * bn // cb, r_of(task) + r,
+                                  i_of(task, j) * bn % cb + v] = acc[r, v]
+                        if split:
+                            for r in T.unroll(h1):
+                                for v in T.vectorized(bn):
+                                    y[b_of(task), i_of(task, j) * bn // cb, r_of(task) + h0 + r,
+                                      i_of(task, j) * bn % cb + v] = acc1[r, v]
 
-    return bsr_matmul
+    params = {"m": m, "k": k, "n": n, "nnz": nnz, "bk": bk, "bn": bn, "tile": tile,
+              "layout": layout, "batch": batch, "chan_block": chan_block,
+              "tiles": [int(t) for t in (tiles or [tile])]}
+    return bsr_matmul.with_attr(BSR_ATTR, params)
+
+
+def bsr_knob_choices(func) -> dict:
+    """The knob values tuning may pick for BSR kernel ``func`` (a :func:`bsr_kernel`):
+    ``{"tile": [...], "order": [0, 1], "group": [...]}`` (``order`` indexes
+    :data:`ORDERS`; ``group`` the divisors 1, 2, 4 of the output block count); the first
+    value of ``order`` and ``group`` and the planned ``tile`` are the default kernel's."""
+    params = func.attrs[BSR_ATTR]
+    nb = int(params["n"]) // int(params["bn"])
+    return {"tile": [int(t) for t in params["tiles"]], "order": list(range(len(ORDERS))),
+            "group": [g for g in (1, 2, 4) if nb % g == 0]}
+
+
+def _knobs_of(func) -> dict | None:
+    """The knob values a tuning record's trace annotated on ``func``'s root block."""
+    body = func.body
+    block = getattr(body, "block", None)
+    if block is None or block.annotations is None:
+        return None
+    ann = {name: int(block.annotations[key]) for name, key in KNOB_KEYS.items()
+           if key in block.annotations}
+    return ann or None
+
+
+def expand_bsr_knobs(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with every BSR kernel whose root block carries tuned knob annotations (a
+    tuning record's trace, replayed by MetaSchedule's database application or tuning's
+    builder) regenerated with those knobs; it then carries :data:`BSR_KNOBS_ATTR`
+    (``{"tile", "order", "group"}``). Kernels without annotations are left as they are
+    (the default schedule).
+
+    Examples
+    --------
+    >>> with target, database:  # doctest: +SKIP
+    ...     mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    >>> mod = expand_bsr_knobs(mod)  # doctest: +SKIP
+    """
+    updates = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or func.attrs is None \
+                or BSR_ATTR not in func.attrs:
+            continue
+        knobs = _knobs_of(func)
+        if knobs is None:
+            continue
+        p = func.attrs[BSR_ATTR]
+        tile = int(knobs.get("tile", int(p["tile"])))
+        order = ORDERS[int(knobs.get("order", 0))]
+        group = int(knobs.get("group", 1))
+        new = bsr_kernel(int(p["m"]), int(p["k"]), int(p["n"]), int(p["nnz"]), int(p["bk"]),
+                         int(p["bn"]), tile, str(p["layout"]), int(p["batch"]),
+                         int(p["chan_block"]), order=order, group=group,
+                         tiles=[int(t) for t in p["tiles"]])
+        for key, value in func.attrs.items():
+            if key not in new.attrs:
+                new = new.with_attr(key, value)
+        updates[gvar] = new.with_attr(BSR_KNOBS_ATTR, {"tile": tile, "order": order,
+                                                       "group": group})
+    return update_functions(mod, updates)
 
 
 def _block_density(w: np.ndarray, block) -> float:
@@ -229,8 +382,12 @@ class _Rewriter(PyExprMutator):
         data, indices, indptr, npad = to_bsr(w_kn, self.block)
         tile = plan_rows(rows, bn, self.profile.lanes("float32"),
                          self.profile.vector_registers, self.tile_cap)
+        extra = {}
+        if self.kernel is bsr_kernel:  # the knob candidates tuning samples
+            extra["tiles"] = tile_candidates(rows, bn, self.profile.lanes("float32"),
+                                             self.profile.vector_registers, self.tile_cap)
         func = self.kernel(rows, k, npad, data.shape[0], bk, bn, tile, layout, batch,
-                           chan_block)
+                           chan_block, **extra)
         gv = self.builder_.add_func(func.without_attr("global_symbol"), "hcp_bsr_matmul")
         if layout == "rows":
             shape = [rows, npad]
