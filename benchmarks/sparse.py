@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here (atomically)")
     ap.add_argument("--database", type=Path,
                     help="time the BSR kernels with this database's tuned knobs too")
+    ap.add_argument("--blocks", default="",
+                    help="other block shapes (e.g. 1x8,4x16): BSR vs dense and the crossover "
+                         "sparsity for each, besides the profile's default block")
     ap.add_argument("--tune", type=int, default=0, metavar="N",
                     help="tune each sparsified layer with N trials and time its tuned kernel")
     args = ap.parse_args(argv)
@@ -199,6 +202,9 @@ def main(argv=None) -> int:
               + ", ".join(f"{nm} {r['speedup_vs_dense']:.2f}x" for nm, r in rows.items()
                           if nm.startswith("bsr@"))
               + f"; crossover {out['shapes'][shape]['crossover_sparsity']}", flush=True)
+        if args.blocks:
+            out["shapes"][shape]["other_blocks"] = _other_blocks(
+                args, target, x, w, runners["dense"], xt)
         tuned_rows = {nm: r for nm, r in rows.items() if nm.startswith("bsr_tuned@")}
         if tuned_rows:
             print(f"{shape} tuned BSR kernels: " + ", ".join(
@@ -210,6 +216,46 @@ def main(argv=None) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0
+
+
+def _other_blocks(args, target, x, w, dense, xt) -> dict:
+    """BSR vs dense per sparsity for each block of ``--blocks`` (the default kernel), timed
+    in interleaved rounds with the dense kernel again; with each block's crossover."""
+    import tvm
+
+    import tvm_hcprune as hc
+    from tvm_hcprune.backend.cpu.bsr import bsr_kernel, to_bsr
+
+    dev = tvm.cpu()
+    m, (k, n) = args.m, w.shape
+    res = {}
+    for spec in args.blocks.split(","):
+        block = tuple(int(v) for v in spec.split("x"))
+        libs = {}
+        for s in (float(v) for v in args.sparsities.split(",")):
+            sparse, _ = hc.sparsify(_matmul_module(m, k, n, w), sparsity=s, block=block,
+                                    target=target)
+            ws = sparse["main"].body.blocks[0].bindings[0].value.args[1].value.numpy()
+            data, indices, indptr, npad = to_bsr(ws, block)
+            lib = tvm.compile(tvm.IRModule({"main": bsr_kernel(m, k, npad, data.shape[0],
+                                                               *block)}), target)
+            bufs = [tvm.runtime.tensor(a, dev) for a in (x, data, indices, indptr)]
+            bufs.append(tvm.runtime.empty((m, npad), "float32", dev))
+            lib["main"](*bufs)
+            assert np.allclose(bufs[-1].numpy()[:, :n], x @ ws, rtol=1e-4, atol=1e-3)
+            libs[s] = (lib, bufs)
+        best = {"dense": float("inf"), **{s: float("inf") for s in libs}}
+        for _ in range(args.rounds):
+            best["dense"] = min(best["dense"], float(np.median(dense(xt).results)))
+            for s, (lib, bufs) in libs.items():
+                t = lib.mod.time_evaluator("main", dev, number=args.number)(*bufs)
+                best[s] = min(best[s], float(np.median(t.results)))
+        speed = {str(s): best["dense"] / best[s] for s in libs}
+        wins = [s for s in libs if best["dense"] / best[s] > 1.0]
+        res[spec] = {"speedup_vs_dense": speed, "crossover_sparsity": min(wins) if wins else None}
+        print(f"  block {spec}: " + ", ".join(f"bsr@{s} {v:.2f}x" for s, v in speed.items())
+              + f"; crossover {res[spec]['crossover_sparsity']}", flush=True)
+    return res
 
 
 def _tuned_kernel(sparse, target, args):
