@@ -28,7 +28,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.latency import MeasuredLatency, RooflineModel, latency_table
-from tvm_hcprune.latency.measure import measure_models
+from tvm_hcprune.latency.measure import measure_rounds
 from tvm_hcprune.testing import onnx_models
 from tvm_hcprune.utils import atomic_write_text
 from tvm_hcprune.zoo.models import bundled_model
@@ -75,17 +75,22 @@ def bench_model(name, mod, args) -> dict:
         plans.append((pruned, rep))
         labels.append(f"ratio {r}")
         asked.append(None)
-    ms = measure_models([graph.mod] + [p for p, _ in plans], "llvm", repeats=args.repeats,
-                        number=args.number, progress=True, desc=name)
+    rounds = measure_rounds([graph.mod] + [p for p, _ in plans], "llvm", repeats=args.repeats,
+                            number=args.number, progress=True, desc=name)
+    ms = [float(np.median(t)) for t in rounds]
     dense_ms = ms[0]
+    # each plan's fraction: the median over rounds of its time / the dense model's time in
+    # the same round (robust to the VM's slow phases, which last seconds)
+    fractions = [float(np.median(np.array(t) / np.array(rounds[0]))) for t in rounds[1:]]
     rows = []
-    for (_pruned, rep), label, f, m in zip(plans, labels, asked, ms[1:], strict=True):
+    for (_pruned, rep), label, f, m, frac in zip(plans, labels, asked, ms[1:], fractions,
+                                                strict=True):
         rows.append({
-            "plan": label, "asked": f, "measured_fraction": m / dense_ms,
+            "plan": label, "asked": f, "measured_fraction": frac,
             "table_fraction": table.predict(graph, rep.plan) / table.dense_ms,
             "roofline_fraction": roof.predict(graph, rep.plan) / roof.predict(graph),
             "macs_fraction": rep.macs_fraction, "measured_ms": m,
-            "error": None if f is None else (m / dense_ms - f) / f,
+            "error": None if f is None else (frac - f) / f,
             "closed_loop": rep.plan.config.get("closed_loop"),
         })
     measured = [r["measured_fraction"] for r in rows]

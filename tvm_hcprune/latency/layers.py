@@ -26,9 +26,10 @@ _EPILOGUE = {
     "relax.maximum",
 }
 _LAYER_OPS = ("relax.nn.conv2d", "relax.matmul")
-# part of every cache key: bump when layer_module builds a different program or the
-# timing method changes
-MEASURE_VERSION = 3
+# part of every cache key: bump when layer_module builds a different program, the kernels
+# change or the timing method changes (4: global-scope register tiles, padded dense tiles,
+# per-round ratios in the model timings)
+MEASURE_VERSION = 4
 
 
 @dataclass

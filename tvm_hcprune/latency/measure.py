@@ -18,7 +18,7 @@ from tvm import relax
 from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["LAYER_KERNELS", "LocalRunner", "layer_kernel_ms", "measure_models",
+__all__ = ["LAYER_KERNELS", "LocalRunner", "layer_kernel_ms", "measure_models", "measure_rounds",
            "random_inputs"]
 
 # kernels that carry the layer's work (the layout transforms around a stand-alone layer
@@ -89,6 +89,23 @@ def measure_models(mods, target="llvm", database=None, repeats: int = 7, number:
     --------
     >>> dense_ms, pruned_ms = measure_models([mod, pruned])  # doctest: +SKIP
     """
+    rounds = measure_rounds(mods, target, database, repeats, number, inputs, progress, desc)
+    return [float(np.median(t)) for t in rounds]
+
+
+def measure_rounds(mods, target="llvm", database=None, repeats: int = 7, number: int = 5,
+                   inputs=None, progress: bool = False, desc: str = "timing") -> list[list]:
+    """Every round's milliseconds of each module (``[model][round]``), the rounds of
+    :func:`measure_models`. Ratios between models are best taken per round (the models of
+    one round ran within milliseconds of each other) and then their median: on a VM whose
+    speed changes for seconds at a time, that cancels what medians per model do not.
+
+    Examples
+    --------
+    >>> dense, pruned = measure_rounds([mod, pruned])  # doctest: +SKIP
+    >>> float(np.median(np.array(pruned) / np.array(dense)))  # doctest: +SKIP
+    0.52
+    """
     vms, args = [], []
     for i, m in enumerate(mods):
         ex = build(m, target, database=database) if isinstance(m, tvm.IRModule) else m
@@ -106,7 +123,7 @@ def measure_models(mods, target="llvm", database=None, repeats: int = 7, number:
     for _ in progress_bar(range(repeats), enabled=progress, desc=desc):
         for i, (ev, a) in enumerate(zip(evaluators, args, strict=True)):
             times[i].append(min(ev(*a).results[1:]) * 1e3)
-    return [float(np.median(t)) for t in times]
+    return times
 
 
 class LocalRunner:
@@ -129,8 +146,13 @@ class LocalRunner:
 
     def models(self, mods, target, database=None, repeats: int = 7, number: int = 5,
                progress: bool = False, desc: str = "timing", inputs=None) -> list[float]:
-        """Median whole-model milliseconds of each module or executable
-        (:func:`measure_models`)."""
-        return measure_models(mods, target, database=database, repeats=repeats, number=number,
-                              inputs=inputs, progress=progress, desc=desc)
+        """Whole-model milliseconds of each module or executable: the first one's median
+        over the rounds of :func:`measure_rounds`, every other one that times the median
+        of its per-round ratio to the first (so ratios hold through the VM's slow phases).
+        """
+        rounds = measure_rounds(mods, target, database=database, repeats=repeats,
+                                number=number, inputs=inputs, progress=progress, desc=desc)
+        base = np.array(rounds[0])
+        first = float(np.median(base))
+        return [first] + [first * float(np.median(np.array(t) / base)) for t in rounds[1:]]
 
