@@ -120,8 +120,8 @@ def test_every_registered_preset_pass_is_checked():
     calibration samples for VTAQuantize) is either checked by conftest's instrument or one
     of TVM's own passes."""
     import numpy as np
-
     from conftest import OUR_RELAX_PASSES
+
     from tvm_hcprune.hardware.presets import (
         PresetContext,
         get_preset_pass,
