@@ -12,6 +12,7 @@ from tvm_hcprune.cli.budget import (
     add_plot_argument,
     add_report_argument,
     calibration_kwargs,
+    export_compiler,
     latency_model_arg,
     parse_budget,
     plot_figures,
@@ -91,6 +92,7 @@ def run(args) -> int:
                            "(.npz/.npy arrays or a folder of images)")
     if args.reconstruct and args.no_reconstruct:
         raise HCPruneError("give --reconstruct or --no-reconstruct, not both")
+    export_compiler(args)  # a cross compiler that is not found fails before the slow work
     onnx_model, mod = load_onnx_graph(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
     data = calibration_kwargs(args, graph.mod, print)
