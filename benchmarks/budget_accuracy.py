@@ -109,7 +109,7 @@ def bench_model(name, spec, args) -> dict:
         f = round(u["grid_fraction"], 4)
         try:
             pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
-                               **base)
+                               prune_first_conv=args.prune_first_conv or None, **base)
         except hc.HCPruneError as err:
             print(f"  {name}: Latency(fraction={f}) skipped: {err}", flush=True)
             continue
@@ -160,6 +160,7 @@ def bench_model(name, spec, args) -> dict:
               f"{eu['top1']:.3f} | aware {ea['fraction']:.3f}x top-1 {ea['top1']:.3f}",
               flush=True)
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
+            "prune_first_conv": args.prune_first_conv,
             "plan_and_table_s": round(plan_s, 1), "uniform_grid": grid, "rows": rows,
             "recovery": args.recovery, "calibration_samples": len(cal),
             "test_samples": len(tx)}
@@ -186,6 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-mnist", type=int, default=256)
     ap.add_argument("--test-mnist", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prune-first-conv", action="store_true",
+                    help="let the latency-aware plans prune the first conv (budgets protect "
+                         "it by default; the uniform ratio prunes it)")
     ap.add_argument("--quick", action="store_true", help="fewer samples, points and rounds")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts

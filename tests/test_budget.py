@@ -312,6 +312,11 @@ def test_cli_prune_budgets(tmp_path, capsys):
     assert main(["prune", str(path), "--macs-budget", "0.5x", "--align", "8", "-o",
                  str(out)]) == 0
     assert out.is_file() and "budget 0.5x MACs" in capsys.readouterr().out
+    for flag, first_pruned in (([], False), (["--prune-first-conv"], True)):
+        plan_path = tmp_path / f"plan{len(flag)}.json"
+        assert main(["prune", str(path), "--macs-budget", "0.5x", "--align", "8", *flag,
+                     "--plan-out", str(plan_path), "-o", str(out)]) == 0
+        assert (0 in PrunePlan.load(plan_path).kept) == first_pruned  # group 0: first conv
     bad = tmp_path / "bad.onnx"
     assert main(["prune", str(path), "--macs-budget", "0.01x", "--align", "8", "-o",
                  str(bad)]) != 0

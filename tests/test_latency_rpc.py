@@ -159,8 +159,9 @@ def test_closed_loop_lands_within_tolerance(model):
     graph = hc.analyze(mod)
     runner = _KnownRunner(graph)
     spec = _RooflineSpec(runner=runner, refine=4, tolerance=0.05, progress=False)
+    # two convs: with the first one protected (the budgets' default) 0.5 is out of reach
     pruned, report = hc.prune(mod, budget=hc.Latency(fraction=0.5), graph=graph, target="llvm",
-                              latency_model=spec, align=4)
+                              latency_model=spec, align=4, prune_first_conv=True)
     steps = report.plan.config["closed_loop"]
     assert len(steps) == runner.calls >= 2  # the table's plan missed; at least one re-plan
     assert abs(steps[0]["error"]) > 0.05
@@ -187,7 +188,7 @@ def test_closed_loop_on_the_rpc_device(server, model, tmp_path):
                   cache_dir=tmp_path, progress=False)
     uploads = runner.uploads
     _pruned, report = hc.prune(mod, budget=hc.Latency(fraction=0.6), graph=graph,
-                               target="llvm", latency_model=spec)
+                               target="llvm", latency_model=spec, prune_first_conv=True)
     steps = report.plan.config["closed_loop"]
     assert 1 <= len(steps) <= 2
     assert runner.uploads - uploads == 2 * len(steps)  # dense + pruned, every step
@@ -204,7 +205,8 @@ def test_cli_rpc_flags(server, model, tmp_path, monkeypatch, capsys):
     before = _loads(log_path)
     out = tmp_path / "m.so"
     assert main(["compile", str(path), "--latency-budget", "0.7x", "--rpc-tracker", tracker,
-                 "--rpc-key", KEY, "--target", "llvm", "-o", str(out)]) == 0
+                 "--rpc-key", KEY, "--target", "llvm", "--prune-first-conv",
+                 "-o", str(out)]) == 0
     assert out.stat().st_size > 0
     time.sleep(0.5)
     assert _loads(log_path) > before
@@ -274,7 +276,7 @@ def test_cross_compiler_links_what_the_server_runs(server, model, tmp_path, logg
     n_links = len(_links(cc_log))
     assert main(["compile", str(path), "--latency-budget", "0.7x", "--rpc-tracker", tracker,
                  "--rpc-key", KEY, "--target", json.dumps(DEVICE), "--cross-compiler", cc,
-                 "-o", str(out)]) == 0, capsys.readouterr().err
+                 "--prune-first-conv", "-o", str(out)]) == 0, capsys.readouterr().err
     new = _links(cc_log)[n_links:]
     assert len(new) >= 3  # >= 1 closed-loop step (dense + pruned) and the -o library
     assert any(str(out.parent) in ln and "/hcp_" not in ln for ln in new)  # the -o link

@@ -30,6 +30,9 @@ def add_budget_arguments(parser) -> None:
                             "this machine (cached)")
     group.add_argument("--macs-budget", default=None, metavar="0.5x",
                        help="prune to this fraction of the dense model's MACs")
+    parser.add_argument("--prune-first-conv", action="store_true",
+                        help="let a budget prune the conv that reads the model input (budgets "
+                             "keep its width by default; --prune-ratio prunes it)")
     parser.add_argument("--latency-model", choices=("measured", "roofline"),
                         default="measured",
                         help="where --latency-budget's latency comes from: kernels measured "

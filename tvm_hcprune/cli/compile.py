@@ -158,6 +158,8 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
             kwargs["ratio"] = ratio
         else:
             kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
+            if getattr(args, "prune_first_conv", False):
+                kwargs["prune_first_conv"] = True
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         if hasattr(args, "calibration"):

@@ -99,6 +99,8 @@ def run(args) -> int:
     how = ({"budget": budget, "target": "llvm",
             "latency_model": latency_model_arg(args, "llvm")} if budget
            else {"ratio": args.prune_ratio})
+    if budget is not None and args.prune_first_conv:
+        how["prune_first_conv"] = True
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
                               **data, **how)
     figures = {}
