@@ -18,6 +18,8 @@ classifier". Per model:
 4. each plan gets the same recovery (``--recovery``): ``data`` (default): the same
    calibration samples and least-squares reconstruction with its guard, on the plan as it
    is (``prune(mod, plan=..., calibration=...)``); ``none``: the pruned model as it is;
+   ``--allocation sensitivity`` makes the latency-aware plans the way ``prune`` does with
+   data by default (group importance scaled by measured sensitivity);
    then top-1 on labelled test samples never used for calibration, and top-1 agreement
    with the dense model.
 
@@ -108,8 +110,11 @@ def bench_model(name, spec, args) -> dict:
     for u in chosen:
         f = round(u["grid_fraction"], 4)
         try:
+            extra = ({"calibration": cal, "allocation": "sensitivity", "reconstruct": False}
+                     if args.allocation == "sensitivity" else {})
             pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
-                               prune_first_conv=args.prune_first_conv or None, **base)
+                               prune_first_conv=args.prune_first_conv or None, **extra,
+                               **base)
         except hc.HCPruneError as err:
             print(f"  {name}: Latency(fraction={f}) skipped: {err}", flush=True)
             continue
@@ -160,7 +165,7 @@ def bench_model(name, spec, args) -> dict:
               f"{eu['top1']:.3f} | aware {ea['fraction']:.3f}x top-1 {ea['top1']:.3f}",
               flush=True)
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
-            "prune_first_conv": args.prune_first_conv,
+            "prune_first_conv": args.prune_first_conv, "allocation": args.allocation,
             "plan_and_table_s": round(plan_s, 1), "uniform_grid": grid, "rows": rows,
             "recovery": args.recovery, "calibration_samples": len(cal),
             "test_samples": len(tx)}
@@ -187,6 +192,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-mnist", type=int, default=256)
     ap.add_argument("--test-mnist", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--allocation", choices=("criterion", "sensitivity"), default="criterion",
+                    help="how the latency-aware plans weigh groups: the criterion's scores "
+                         "(default) or scaled by the sensitivity measured on the calibration "
+                         "data (the default of prune() with data); the same recovery after")
     ap.add_argument("--prune-first-conv", action="store_true",
                     help="let the latency-aware plans prune the first conv (budgets protect "
                          "it by default; the uniform ratio prunes it)")
