@@ -50,7 +50,7 @@ text_dir        0.65   0.326, 0.562       0.319, 0.500       -2.0%    -6.2 pt
 ==============  =====  =================  =================  =======  ========
 
 So the target is met only down to about 0.8x of the dense latency. Below, the latency-aware
-plans lose 0.5-6 pt, partly because they land 2-8% faster than the uniform plan they are
+plans lose 0.5-6 pt in five of six pairs (and win one by 5.5 pt), partly because they land 2-8% faster than the uniform plan they are
 matched with (the closed loop stops within 5% of the asked latency, mostly below), mostly
 because the greedy knapsack over the criterion's raw L2 scores (not comparable between
 layers) concentrates the cut in a few groups (MNIST at 0.48x: one 64-channel group cut to
