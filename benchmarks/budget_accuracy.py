@@ -50,14 +50,19 @@ text_dir        0.65   0.326, 0.562       0.319, 0.500       -2.0%    -6.2 pt
 ==============  =====  =================  =================  =======  ========
 
 So the target is met only down to about 0.8x of the dense latency. Below, the latency-aware
-plans lose 0.5-6 pt in five of six pairs (and win one by 5.5 pt), partly because they land 2-8% faster than the uniform plan they are
-matched with (the closed loop stops within 5% of the asked latency, mostly below), mostly
+plans lose 0.5-6 pt in five of six pairs (and win one by 5.5 pt), partly because they land
+2-8% faster than the uniform plan they are matched with (the closed loop stops within 5% of
+the asked latency, mostly below), mostly
 because the greedy knapsack over the criterion's raw L2 scores (not comparable between
 layers) concentrates the cut in a few groups (MNIST at 0.48x: one 64-channel group cut to
 16, another 128 -> 96, the rest dense; the uniform plan removes a quarter everywhere), which
 reconstruction recovers worse than many small cuts. Letting the budget prune the first conv
 (``--prune-first-conv``) did not change that on MNIST (0.478x 0.974 vs uniform 0.495x 0.982;
-0.362x 0.968 vs 0.362x 0.973).
+0.362x 0.968 vs 0.362x 0.973), nor did the sensitivity allocation (``--allocation
+sensitivity``: 0.792x 0.982 vs 0.815x 0.981; 0.507x 0.975 vs 0.507x 0.982; 0.352x 0.963 vs
+0.371x 0.973): it too cuts 64- and 128-channel groups to 16. The knapsack adds per-group
+importance, while accuracy after reconstruction prefers many moderate cuts: a concave
+per-group value (or a floor on each group's kept fraction) is the next thing to try.
 """
 
 from __future__ import annotations
