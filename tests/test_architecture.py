@@ -78,3 +78,70 @@ def test_runnable_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), extraglobs={"tvm_hcprune": hc})
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def _defined_pass_names() -> set[str]:
+    """Names of the passes tvm_hcprune defines (``module_pass(..., name=...)``: a string, or
+    a module-level constant of the same file)."""
+    names = set()
+    for path in sorted((ROOT / "tvm_hcprune").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                  and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                  for t in n.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and getattr(node.func, "attr", "") in (
+                    "module_pass", "function_pass", "prim_func_pass")):
+                continue
+            for kw in node.keywords:
+                if kw.arg != "name":
+                    continue
+                if isinstance(kw.value, ast.Constant):
+                    names.add(kw.value.value)
+                elif isinstance(kw.value, ast.Name):
+                    names.add(consts[kw.value.id])
+    return names
+
+
+def test_every_pass_of_ours_is_checked_for_well_formedness():
+    """conftest's well-formedness instrument covers every pass tvm_hcprune defines, or
+    NOT_CHECKED says why not; nothing listed there is stale."""
+    from conftest import NOT_CHECKED, OUR_RELAX_PASSES
+
+    defined = _defined_pass_names()
+    assert "VTAQuantize" in defined and "HCPruneApplyDatabase" in defined
+    assert defined - OUR_RELAX_PASSES - set(NOT_CHECKED) == set()
+    assert (OUR_RELAX_PASSES | set(NOT_CHECKED)) - defined == set()
+    assert not OUR_RELAX_PASSES & set(NOT_CHECKED)
+
+
+def test_every_registered_preset_pass_is_checked():
+    """Each pass of each registered preset step (the factory called for a CPU target, with
+    calibration samples for VTAQuantize) is either checked by conftest's instrument or one
+    of TVM's own passes."""
+    import numpy as np
+    from conftest import OUR_RELAX_PASSES
+
+    from tvm_hcprune.hardware.presets import (
+        PresetContext,
+        get_preset_pass,
+        list_preset_passes,
+        load_preset,
+    )
+    from tvm_hcprune.hardware.target import parse_target
+
+    ours = _defined_pass_names()
+    target = parse_target({"kind": "llvm", "mcpu": "znver3"})
+    samples = np.zeros((2, 1, 3, 8, 8), "float32")
+    seen = set()
+    for step in list_preset_passes():
+        ctx = PresetContext(target, load_preset("llvm-avx2"), prune=0.5, calibration=samples)
+        if step == "DLight":
+            ctx.target = parse_target({"kind": "cuda", "arch": "sm_80"})
+        names = set()
+        for p in get_preset_pass(step).factory(ctx):
+            names.add(p.info.name)
+        seen |= names
+        assert {n for n in names if n in ours} <= OUR_RELAX_PASSES, step
+    assert {"VTAQuantize", "PruneChannels", "Reconstruct", "FoldBatchNorm",
+            "BlockChannelLayout", "ApplyCPURules"} <= seen

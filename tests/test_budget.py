@@ -26,6 +26,7 @@ from tvm_hcprune.planning.budget import (
 )
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
+from tvm_hcprune.transform.prune_channels import PruneChannels
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,48 @@ def test_budget_respects_protect_and_min_channels(small, graph):
     assert after[0] == graph.groups[0].size
     assert all(a >= 16 for a in after.values() if a != 10)
     assert report.macs_fraction <= 0.5
+
+
+@pytest.mark.parametrize("budget", [hc.MACs(fraction=0.5), hc.Params(fraction=0.5),
+                                    hc.Latency(fraction=0.5)])
+def test_budgets_protect_the_first_conv(small, graph, budget):
+    """Under every budget (criterion allocation, measured or estimated latency) the conv
+    reading the input keeps its width by default, in prune() and in the PruneChannels pass;
+    prune_first_conv=True lets the same budget prune it, and the plan records the rule."""
+    from tvm_hcprune.planning.planner import input_conv_groups
+
+    (first,) = input_conv_groups(graph)
+    opts = {"graph": graph, "align": 8, "target": "llvm",
+            "latency_model": RooflineModel("llvm")}
+    pruned, report = hc.prune(small, budget=budget, **opts)
+    assert first not in report.plan.kept and report.plan.config["prune_first_conv"] is False
+    assert report.plan.kept  # the budget was met by pruning other groups
+    _oracle(small, pruned, report.plan)
+    seq = PruneChannels(budget=budget, align=8, target="llvm",
+                        latency_model=RooflineModel("llvm"))
+    seq(small)
+    assert seq.last_plan.kept.keys() == report.plan.kept.keys()
+    _, free = hc.prune(small, budget=budget, prune_first_conv=True, **opts)
+    assert free.plan.config["prune_first_conv"] is True
+    if isinstance(budget, hc.MACs):  # the cheapest importance per MAC is in the first conv
+        assert first in free.plan.kept
+
+
+def test_ratio_plans_keep_pruning_the_first_conv(small, graph):
+    """A uniform ratio's plan is what it was before budgets protected the first conv: the
+    default equals prune_first_conv=True (group for group, channel for channel), and
+    prune_first_conv=False protects it on request."""
+    from tvm_hcprune.planning.planner import input_conv_groups
+
+    (first,) = input_conv_groups(graph)
+    _, plain = hc.prune(small, ratio=0.5, graph=graph, align=8)
+    _, free = hc.prune(small, ratio=0.5, graph=graph, align=8, prune_first_conv=True)
+    _, kept = hc.prune(small, ratio=0.5, graph=graph, align=8, prune_first_conv=False)
+    assert first in plain.plan.kept and plain.plan.config["prune_first_conv"] is None
+    assert plain.plan.kept.keys() == free.plan.kept.keys()
+    assert all(np.array_equal(plain.plan.kept[g], free.plan.kept[g]) for g in free.plan.kept)
+    assert first not in kept.plan.kept
+    assert set(kept.plan.kept) == set(plain.plan.kept) - {first}
 
 
 def test_unreachable_budget_says_best_reachable(small, graph):
@@ -269,6 +312,11 @@ def test_cli_prune_budgets(tmp_path, capsys):
     assert main(["prune", str(path), "--macs-budget", "0.5x", "--align", "8", "-o",
                  str(out)]) == 0
     assert out.is_file() and "budget 0.5x MACs" in capsys.readouterr().out
+    for flag, first_pruned in (([], False), (["--prune-first-conv"], True)):
+        plan_path = tmp_path / f"plan{len(flag)}.json"
+        assert main(["prune", str(path), "--macs-budget", "0.5x", "--align", "8", *flag,
+                     "--plan-out", str(plan_path), "-o", str(out)]) == 0
+        assert (0 in PrunePlan.load(plan_path).kept) == first_pruned  # group 0: first conv
     bad = tmp_path / "bad.onnx"
     assert main(["prune", str(path), "--macs-budget", "0.01x", "--align", "8", "-o",
                  str(bad)]) != 0

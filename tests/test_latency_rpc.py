@@ -159,8 +159,9 @@ def test_closed_loop_lands_within_tolerance(model):
     graph = hc.analyze(mod)
     runner = _KnownRunner(graph)
     spec = _RooflineSpec(runner=runner, refine=4, tolerance=0.05, progress=False)
+    # two convs: with the first one protected (the budgets' default) 0.5 is out of reach
     pruned, report = hc.prune(mod, budget=hc.Latency(fraction=0.5), graph=graph, target="llvm",
-                              latency_model=spec, align=4)
+                              latency_model=spec, align=4, prune_first_conv=True)
     steps = report.plan.config["closed_loop"]
     assert len(steps) == runner.calls >= 2  # the table's plan missed; at least one re-plan
     assert abs(steps[0]["error"]) > 0.05
@@ -187,7 +188,7 @@ def test_closed_loop_on_the_rpc_device(server, model, tmp_path):
                   cache_dir=tmp_path, progress=False)
     uploads = runner.uploads
     _pruned, report = hc.prune(mod, budget=hc.Latency(fraction=0.6), graph=graph,
-                               target="llvm", latency_model=spec)
+                               target="llvm", latency_model=spec, prune_first_conv=True)
     steps = report.plan.config["closed_loop"]
     assert 1 <= len(steps) <= 2
     assert runner.uploads - uploads == 2 * len(steps)  # dense + pruned, every step
@@ -204,7 +205,8 @@ def test_cli_rpc_flags(server, model, tmp_path, monkeypatch, capsys):
     before = _loads(log_path)
     out = tmp_path / "m.so"
     assert main(["compile", str(path), "--latency-budget", "0.7x", "--rpc-tracker", tracker,
-                 "--rpc-key", KEY, "--target", "llvm", "-o", str(out)]) == 0
+                 "--rpc-key", KEY, "--target", "llvm", "--prune-first-conv",
+                 "-o", str(out)]) == 0
     assert out.stat().st_size > 0
     time.sleep(0.5)
     assert _loads(log_path) > before
@@ -218,3 +220,125 @@ def test_cli_rpc_flags(server, model, tmp_path, monkeypatch, capsys):
         assert main(["compile", str(path), *flags, "-o", str(bad)]) == 2
         assert why in capsys.readouterr().err
         assert not bad.exists()
+
+
+# a device target of its own ISA level (AVX2 code: runs on any x86-64-v3 host, this one too)
+DEVICE = {"kind": "llvm", "mcpu": "znver3"}
+
+
+@pytest.fixture()
+def logging_cc(tmp_path):
+    """A compiler wrapper that logs each call and runs the host's g++: (path, log path)."""
+    import shutil
+
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("no host g++ to wrap")
+    log = tmp_path / "cc.log"
+    cc = tmp_path / "device-g++"
+    cc.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec "{gxx}" "$@"\n')
+    cc.chmod(0o755)
+    return str(cc), log
+
+
+def _links(log) -> list[str]:
+    """The wrapper's link commands (not its ``-dumpmachine`` queries)."""
+    text = log.read_text() if log.exists() else ""
+    return [ln for ln in text.splitlines() if "-shared" in ln]
+
+
+def test_cross_compiler_links_what_the_server_runs(server, model, tmp_path, logging_cc,
+                                                   monkeypatch, capsys):
+    """RPCRunner(cc=...) links every uploaded layer and model library with the given
+    compiler and its options (the wrapper logged one link per upload) for the device's
+    target, and the server loaded each of them; the CLI's --cross-compiler does the same for
+    the budget's measurements and links the -o library too."""
+    tracker, log_path = server
+    path, mod = model
+    cc, cc_log = logging_cc
+    monkeypatch.setenv("TVM_HCPRUNE_CACHE", str(tmp_path / "cache"))
+    graph = hc.analyze(mod)
+    before = _loads(log_path)
+    runner = hrpc.RPCRunner(tracker, KEY, cc=cc, cc_options="-DHCPRUNE_DEVICE_LINK")
+    table = latency_table(graph, DEVICE, runner=runner, repeats=2, number=2, progress=False)
+    assert table.measured > 0 and runner.uploads >= 3
+    links = _links(cc_log)
+    assert len(links) == runner.uploads
+    assert all("-DHCPRUNE_DEVICE_LINK" in ln and "/hcp_" in ln for ln in links)
+    deadline = time.monotonic() + 10
+    while _loads(log_path) - before < runner.uploads and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _loads(log_path) - before == runner.uploads
+    runner.close()  # the only server is free for the CLI's session
+    # the CLI: same target and key, so the table is cached; the closed loop's dense and
+    # pruned models and the -o library are linked by the wrapper
+    out = tmp_path / "m.so"
+    n_links = len(_links(cc_log))
+    assert main(["compile", str(path), "--latency-budget", "0.7x", "--rpc-tracker", tracker,
+                 "--rpc-key", KEY, "--target", json.dumps(DEVICE), "--cross-compiler", cc,
+                 "--prune-first-conv", "-o", str(out)]) == 0, capsys.readouterr().err
+    new = _links(cc_log)[n_links:]
+    assert len(new) >= 3  # >= 1 closed-loop step (dense + pruned) and the -o library
+    assert any(str(out.parent) in ln and "/hcp_" not in ln for ln in new)  # the -o link
+    x = np.random.default_rng(0).standard_normal((1, 3, IMAGE, IMAGE)).astype("float32")
+    got, _ = hrpc.run_remote(out, {"input": x}, tracker, KEY, timeout=30)
+    assert got[0].shape == (1, 4) and np.all(np.isfinite(got[0]))
+
+
+def test_cross_compiler_for_tuning_candidates(server, tmp_path, logging_cc):
+    """hc.tune's builder with a cross compiler links each candidate into a .so with it, and
+    MetaSchedule's RPC runner measures that library on the server."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.script import tirx as T
+
+    from tvm_hcprune.tuning.tune import in_process_builder
+
+    tracker, log_path = server
+    cc, cc_log = logging_cc
+
+    @T.prim_func
+    def add(a: T.Buffer((64,), "float32"), b: T.Buffer((64,), "float32")):
+        for i in range(64):
+            b[i] = a[i] + T.float32(1)
+
+    target = tvm.target.Target(DEVICE)
+    builder = in_process_builder(tmp_path, hrpc.cross_compiler(cc))
+    (built,) = builder.build([ms.builder.BuilderInput(tvm.IRModule({"main": add}), target)])
+    assert built.error_msg is None and built.artifact_path.endswith(".so")
+    assert len(_links(cc_log)) == 1 and built.artifact_path in _links(cc_log)[0]
+    before = _loads(log_path)
+    runner = hrpc.make_rpc_runner(tracker, KEY, session_timeout=30, number=2)
+    args = ms.arg_info.ArgInfo.from_prim_func(add)
+    (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
+    result = future.result()
+    assert result.error_msg is None and min(float(s) for s in result.run_secs) > 0
+    deadline = time.monotonic() + 10
+    while _loads(log_path) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _loads(log_path) - before == 1
+
+
+def test_missing_cross_compiler_names_the_flag(server, model, tmp_path, capsys):
+    """A compiler that does not exist: HCPruneError naming --cross-compiler and the fix,
+    before any measurement (Python, tune, CLI); the CLI exits 2 and writes nothing."""
+    tracker, _log = server
+    path, mod = model
+    for cc in ("no-such-cross-g++", str(tmp_path / "missing-g++")):
+        with pytest.raises(HCPruneError, match="--cross-compiler.*full path"):
+            hrpc.RPCRunner(tracker, KEY, cc=cc)
+    with pytest.raises(HCPruneError, match="needs --cross-compiler"):
+        hrpc.cross_compiler(None, "-static")
+    with pytest.raises(HCPruneError, match="--cross-compiler.*install"):
+        hc.tune(mod, DEVICE, trials=2, rpc_tracker=tracker, rpc_key=KEY,
+                cross_compiler="no-such-cross-g++")
+    with pytest.raises(HCPruneError, match="RPC device"):
+        hc.tune(mod, DEVICE, trials=2, cross_compiler="g++")
+    bad = tmp_path / "bad.so"
+    assert main(["compile", str(path), "--latency-budget", "0.7x", "--rpc-tracker", tracker,
+                 "--rpc-key", KEY, "--cross-compiler", "no-such-cross-g++",
+                 "-o", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--cross-compiler" in err and "install" in err and not bad.exists()
+    assert main(["tune", str(path), "--trials", "2", "--cross-compiler", "g++",
+                 "-o", str(tmp_path / "db.json")]) == 2
+    assert "--rpc-tracker" in capsys.readouterr().err

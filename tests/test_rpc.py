@@ -276,3 +276,33 @@ def test_tune_bsr_kernel_through_rpc_servers(tracker):
     bsr = [r for r in stats.measured.records() if is_bsr_func(r.workload.mod["main"])]
     assert len(bsr) >= 3, (len(bsr), stats.errors)  # the seed and its knob choices
     assert all(max(float(s) for s in r.run_secs) < 1e9 for r in bsr)
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+def test_tune_through_rpc_with_a_cross_compiler(tracker, pruned, tmp_path):
+    """With cross_compiler=, every candidate measured on the servers and both builds of
+    the model check are linked into a .so by that compiler (a wrapper that logs its calls
+    and runs the host g++), and the servers loaded those libraries."""
+    import shutil
+
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("no host g++ to wrap")
+    log = tmp_path / "cc.log"
+    cc = tmp_path / "device-g++"
+    cc.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec "{gxx}" "$@"\n')
+    cc.chmod(0o755)
+    before = _server_loads()
+    db, stats = hc.tune(pruned, TARGET, trials=2, trials_per_task=1, rpc_tracker=tracker,
+                        rpc_key=KEY, progress=False, return_stats=True, seed_rules=False,
+                        session_timeout=60, cross_compiler=str(cc),
+                        cross_compiler_options=["-DHCPRUNE_DEVICE_LINK"])
+    assert stats.valid > 0
+    links = [ln for ln in log.read_text().splitlines() if "-shared" in ln]
+    assert all("-DHCPRUNE_DEVICE_LINK" in ln for ln in links)
+    assert sum("tvm_tmp_mod.so" in ln for ln in links) >= stats.valid
+    loaded = _loaded_since(before)
+    assert sum(ln.endswith("tvm_tmp_mod.so") for ln in loaded) >= stats.valid
+    if "ratio" in stats.model:  # the model check ran on a server, linked here too
+        assert sum("hcprune_model_check_" in ln for ln in links) == 2

@@ -383,3 +383,68 @@ def test_shipped_database_applies_to_its_model(path):
     shipped = _run(hc.build(m, target), x)  # default: the shipped records
     rules = _run(hc.build(m, target, database=False), x)
     np.testing.assert_allclose(shipped, rules, rtol=1e-4, atol=1e-4)
+
+
+def _hook_functions(mod, target, preset=None) -> dict:
+    """The PrimFuncs ``hc.build(mod, target, preset=preset)`` hands to its database hook
+    (what the build compiles), by structural hash, the global symbol left out."""
+    import tvm
+    import tvm_ffi
+
+    from tvm_hcprune.backend.steps import DATABASE_HOOK
+
+    seen = []
+
+    @tvm.instrument.pass_instrument
+    class Capture:
+        def run_before_pass(self, m, info):
+            if info.name == DATABASE_HOOK:
+                seen.append(m)
+
+    with tvm.transform.PassContext(instruments=[Capture()]):
+        hc.build(mod, target, preset=preset, database=False)
+    (fused,) = seen
+    return {tvm_ffi.structural_hash(f.without_attr("global_symbol")): gv.name_hint
+            for gv, f in fused.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc)
+            and not (f.attrs is not None and f.attrs.get(dbm.SCHEDULED_ATTR, False))}
+
+
+def _task_functions(mod, target, preset=None) -> set:
+    import tvm_ffi
+
+    return {tvm_ffi.structural_hash(t.dispatched[0]["main"].without_attr("global_symbol"))
+            for t in hc_tune.extract_tasks(mod, target, preset)}
+
+
+USER_TOML = ('target = { kind = "llvm" }\ncriterion = "l2"\nalign = 8\n'
+             'schedule = ["database", "cpu-rules"]\n'
+             'passes = ["FoldConstant", "PruneChannels", "CPURules"]\n')
+
+
+@pytest.mark.parametrize("preset", [None, "llvm-avx2", "user"])
+def test_tasks_are_the_functions_the_preset_build_compiles(pruned, tmp_path, preset):
+    """The tuning tasks are exactly the unscheduled PrimFuncs the preset's build hands to
+    its database hook: the target family's preset (the default), a shipped one named, and a
+    user TOML without FoldBatchNorm, whose tasks keep the batch norms prepare() folds."""
+    from tvm_hcprune.backend import pipeline
+
+    if preset == "user":
+        preset = tmp_path / "nofold.toml"
+        preset.write_text(USER_TOML)
+        preset = str(preset)
+    built = _hook_functions(pruned, TARGET, preset)
+    tasks = _task_functions(pruned, TARGET, preset)
+    assert tasks and tasks == set(built), (sorted(built.values()), len(tasks))
+    folded = _task_functions(pipeline.prepare(pruned, TARGET), TARGET)
+    if preset is not None and preset.endswith(".toml"):
+        assert tasks != folded  # prepare() folds BN: not what this preset compiles
+        assert any("batch_norm" in n for n in built.values())
+    else:
+        assert tasks == folded
+
+
+def test_tune_refuses_a_preset_without_a_database_hook(pruned):
+    """A preset whose build applies no database (VTA offload) has nothing to tune."""
+    with pytest.raises(HCPruneError, match="nothing to tune"):
+        hc_tune.extract_tasks(pruned, TARGET, "vta")

@@ -30,6 +30,7 @@ import numpy as np
 import tvm_hcprune as hc
 from tvm_hcprune.latency.layers import layer_specs
 from tvm_hcprune.latency.measure import measure_models
+from tvm_hcprune.planning.planner import input_conv_groups
 from tvm_hcprune.testing import masked_reference, run_relax
 from tvm_hcprune.zoo.datasets import mnist_test, mnist_train
 from tvm_hcprune.zoo.models import bundled_model
@@ -85,10 +86,14 @@ def main(argv=None) -> int:
     # ``Latency(fraction=0.6)``: 60% of the dense latency. The allocation is a greedy
     # knapsack over the table: each step removes the channels that cost the least
     # importance (the criterion's scores) per millisecond saved. The table also says how
-    # far the model can go: every group at its smallest candidate width.
+    # far the model can go: every group at its smallest candidate width, except the first
+    # conv's (the one reading the input): budgets keep its width (``prune_first_conv=True``
+    # would let them prune it; a uniform ``ratio`` does).
+    first = input_conv_groups(graph)
     cost = table.cost(graph)
     dense = table.predict(graph)
-    lowest = cost.total({**{g.id: g.size for g in graph.groups}, **table.low_widths}) / dense
+    low = {g: w for g, w in table.low_widths.items() if g not in first}
+    lowest = cost.total({**{g.id: g.size for g in graph.groups}, **low}) / dense
     print(f"predicted: dense {dense:.3f} ms; the smallest widths reach {lowest:.2f}x")
     fraction = 0.6 if lowest < 0.55 else round((1 + lowest) / 2, 2)  # a reachable budget
     pruned, report = hc.prune(mod, budget=hc.Latency(fraction=fraction), target="llvm",
@@ -98,6 +103,7 @@ def main(argv=None) -> int:
         if c.after != c.before:
             print(f"  group {c.id}: {c.before} -> {c.after} channels")
     assert report.predicted_ms <= fraction * report.dense_predicted_ms
+    assert not first & set(report.plan.kept)  # the first conv kept its width
 
     # %%
     # 4. Check and measure
@@ -136,7 +142,7 @@ def main(argv=None) -> int:
     # -------------------------------------------
     # For a target this machine cannot run, the hardware profile's peak FLOP/s and an
     # assumed memory bandwidth give a latency estimate with the same SIMD staircase.
-    _, rep = hc.prune(mod, budget=hc.Latency(fraction=0.6), target="llvm", graph=graph,
+    _, rep = hc.prune(mod, budget=hc.Latency(fraction=fraction), target="llvm", graph=graph,
                       latency_model=hc.RooflineModel("llvm"))
     print(f"roofline plan: predicted {rep.predicted_ms / rep.dense_predicted_ms:.2f}x, "
           f"{rep.macs_fraction:.2f}x MACs")

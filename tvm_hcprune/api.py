@@ -281,7 +281,9 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     budget : Latency, MACs or Params, optional
         Choose per-group widths (instead of the uniform ``ratio``) so that the model's
         latency, MACs or parameters are at most the budget while the most channel
-        importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply.
+        importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply,
+        and the first conv keeps its width unless ``prune_first_conv=True`` (a uniform
+        ``ratio`` prunes it unless ``prune_first_conv=False``).
     latency_model : LatencyModel, optional
         For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
         match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.

@@ -41,6 +41,7 @@ from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.backend.cpu.rowwise import ScheduleRowwise
 from tvm_hcprune.backend.cpu.rules import ApplyCPURules
 from tvm_hcprune.backend.steps import (
+    DATABASE_HOOK,
     cpu_kernel_passes,
     database_pass,
     fuse_passes,
@@ -116,6 +117,49 @@ def prepare(mod: tvm.IRModule, target, rules: bool = True) -> tvm.IRModule:
         return mod
     with target:
         out = tvm.transform.Sequential(prepare_passes(target, rules))(mod)
+    return out.with_attr(dbm.PREPARED_ATTR, True)
+
+
+def preset_prepare(mod: tvm.IRModule, target, preset=None) -> tvm.IRModule:
+    """The module exactly as ``preset``'s build hands it to the tuning-database hook.
+
+    Runs the steps of ``preset`` (a name, a TOML path or a :class:`Preset`; default: the
+    preset of ``target``'s family, what :func:`build` runs) up to the pass that applies a
+    database, so :func:`tvm_hcprune.tune` extracts the PrimFuncs that
+    ``build(mod, target, preset=preset, database=...)`` later looks up: a preset without
+    ``FoldBatchNorm``, say, is tuned on its unfolded functions. For the shipped presets of
+    ``llvm`` and GPU targets this is :func:`prepare`'s module.
+
+    Raises
+    ------
+    HCPruneError
+        The preset has no step that applies a database (e.g. ``VTAQuantize``).
+
+    Examples
+    --------
+    >>> fused = preset_prepare(mod, "llvm", preset="my_cpu.toml")  # doctest: +SKIP
+    """
+    target = dbm.resolve_target(target)
+    if dbm.is_prepared(mod):
+        return mod
+    p = resolve_preset(preset, target)
+    # a database of some kind makes every schedule step insert its hook; nothing is applied
+    ctx = PresetContext(target, p, database=dbm.new_database(target))
+    passes, names = [], []
+    for step in p.passes:
+        if get_preset_pass(step).schedule not in (None, "cpu-rules", "dlight", "default"):
+            break  # e.g. VTAQuantize: offloads, applies no database
+        passes += get_preset_pass(step).factory(ctx)
+        names = [ps.info.name for ps in passes]
+        if DATABASE_HOOK in names:
+            break
+    if DATABASE_HOOK not in names:
+        raise HCPruneError(
+            f"preset {p.name!r} ({p.path}) has no step that applies a tuning database (its "
+            f"passes: {', '.join(p.passes)}): there is nothing to tune; use a preset ending "
+            "in CPURules, DLight or TVMDefault")
+    with target:
+        out = tvm.transform.Sequential(passes[:names.index(DATABASE_HOOK)])(mod)
     return out.with_attr(dbm.PREPARED_ATTR, True)
 
 

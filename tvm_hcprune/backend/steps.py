@@ -32,8 +32,8 @@ from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.transform.fold_batch_norm import FoldBatchNorm
 from tvm_hcprune.transform.prune_channels import PruneChannels
 
-__all__ = ["cpu_kernel_passes", "database_pass", "fuse_passes", "gpu_sparse_passes",
-           "lower_passes", "prune_step"]
+__all__ = ["DATABASE_HOOK", "cpu_kernel_passes", "database_pass", "fuse_passes",
+           "gpu_sparse_passes", "lower_passes", "prune_step"]
 
 
 def fuse_passes() -> list:
@@ -88,9 +88,13 @@ def gpu_sparse_passes(target, sparse) -> list:
                            layouts=CUDA_LAYOUTS)]
 
 
+#: the name of :func:`database_pass`'s pass: where a preset's build applies a database
+DATABASE_HOOK = "HCPruneApplyDatabase"
+
+
 def database_pass(target, database) -> tvm.transform.Pass:
     """Schedule the fused PrimFuncs that ``database`` has records for (None: no-op)."""
-    @tvm.transform.module_pass(opt_level=0, name="HCPruneApplyDatabase")
+    @tvm.transform.module_pass(opt_level=0, name=DATABASE_HOOK)
     def _db(mod, _ctx):
         if database is None:
             return mod

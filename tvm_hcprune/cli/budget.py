@@ -1,6 +1,7 @@
 """``--latency-budget 0.5x|4ms`` and ``--macs-budget 0.5x``: the budget flags ``hcprune
 compile`` and ``hcprune prune`` share, with ``--rpc-tracker HOST:PORT --rpc-key KEY`` (tvmc's
-names) to measure the latency table on an RPC device."""
+names) to measure the latency table on an RPC device, and ``--cross-compiler`` /
+``--cross-compiler-options`` (tvmc's) to link what is uploaded to a device of another ISA."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tvm_hcprune.latency import LatencyTable, MeasuredLatency, RooflineModel, la
 from tvm_hcprune.latency.layers import layer_specs
 from tvm_hcprune.planning.budget import Latency, MACs
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data
-from tvm_hcprune.tuning.rpc import RPCRunner
+from tvm_hcprune.tuning.rpc import RPCRunner, cross_compiler
 from tvm_hcprune.utils import atomic_write_bytes, atomic_write_text
 
 _FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*x\s*$")
@@ -29,6 +30,9 @@ def add_budget_arguments(parser) -> None:
                             "this machine (cached)")
     group.add_argument("--macs-budget", default=None, metavar="0.5x",
                        help="prune to this fraction of the dense model's MACs")
+    parser.add_argument("--prune-first-conv", action="store_true",
+                        help="let a budget prune the conv that reads the model input (budgets "
+                             "keep its width by default; --prune-ratio prunes it)")
     parser.add_argument("--latency-model", choices=("measured", "roofline"),
                         default="measured",
                         help="where --latency-budget's latency comes from: kernels measured "
@@ -40,6 +44,15 @@ def add_budget_arguments(parser) -> None:
                              "table and its correction; for `tune`, the trials)")
     parser.add_argument("--rpc-key", default=None, metavar="KEY",
                         help="device key of the RPC tracker's servers")
+    parser.add_argument("--cross-compiler", default=None, metavar="CC",
+                        help="compiler that links the libraries for the device (uploaded to "
+                             "--rpc-key's servers; `compile`: the -o library), e.g. "
+                             "aarch64-linux-gnu-g++; give the device's --target too (e.g. "
+                             "'{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\"}'). "
+                             "Default: the host's compiler")
+    parser.add_argument("--cross-compiler-options", default=None, metavar="OPTS",
+                        help="extra options of --cross-compiler, e.g. "
+                             "'--sysroot=/opt/aarch64-sysroot'")
     parser.add_argument("--latency-table", default=None, metavar="TABLE.json",
                         help="a latency table saved by LatencyTable.save (for this model and "
                              "target) instead of measuring")
@@ -144,8 +157,21 @@ def latency_model_arg(args, target):
                                "--latency-model measured")
         return RooflineModel(target)
     if tracker:
-        return MeasuredLatency(runner=RPCRunner(tracker, key))
+        cc, opts = cross_compiler_args(args)
+        return MeasuredLatency(runner=RPCRunner(tracker, key, cc=cc, cc_options=opts))
     return None
+
+
+def cross_compiler_args(args) -> tuple:
+    """``(cc, options)`` of ``--cross-compiler`` / ``--cross-compiler-options`` (None when
+    not given)."""
+    return getattr(args, "cross_compiler", None), getattr(args, "cross_compiler_options", None)
+
+
+def export_compiler(args):
+    """The ``fcompile`` of the cross-compiler flags (None: the host's compiler); a compiler
+    that is not found raises :class:`HCPruneError` naming ``--cross-compiler``."""
+    return cross_compiler(*cross_compiler_args(args))
 
 
 def rpc_args(args) -> tuple:

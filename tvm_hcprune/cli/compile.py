@@ -31,6 +31,7 @@ from tvm_hcprune.cli.budget import (
     add_plot_argument,
     add_report_argument,
     calibration_kwargs,
+    export_compiler,
     latency_model_arg,
     parse_budget,
     plot_figures,
@@ -128,6 +129,7 @@ def resolve_model_options(args):
                            "`hcprune run --rpc-tracker ... --rpc-key ...`)")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
+    export_compiler(args)  # a cross compiler that is not found fails before the slow work
     if preset is not None and ratio is None:
         ratio = 0.5
     target_spec = args.target if args.target else (preset.target if preset else "llvm")
@@ -156,6 +158,8 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
             kwargs["ratio"] = ratio
         else:
             kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
+            if getattr(args, "prune_first_conv", False):
+                kwargs["prune_first_conv"] = True
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         if hasattr(args, "calibration"):
@@ -209,6 +213,10 @@ def run(args) -> int:
     out = Path(args.output)
     if out.suffix not in (".so", ".tar", ".dylib"):
         raise HCPruneError(f"--output {out} must end in .so or .tar (export_library format)")
+    fcompile = export_compiler(args)
+    if fcompile is not None and out.suffix == ".tar":
+        raise HCPruneError(f"--output {out}: a .tar is linked on the device, with its own "
+                           "compiler; drop --cross-compiler or write a .so")
     if args.tuning_records:
         database = load_database(args.tuning_records, target)
     elif args.no_shipped_schedules:
@@ -239,7 +247,7 @@ def run(args) -> int:
 
     ex = build(mod, target, database=database, preset=preset)
     with atomic_write(out) as tmp:
-        ex.export_library(str(tmp))
+        ex.export_library(str(tmp), fcompile=fcompile)
     log_stderr(f"compiled for {target} in {time.perf_counter() - t0:.1f} s -> {out}")
     if args.report:
         log_stderr(f"wrote {', '.join(write_report(args.report, reports[0]))}")

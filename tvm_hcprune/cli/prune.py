@@ -12,6 +12,7 @@ from tvm_hcprune.cli.budget import (
     add_plot_argument,
     add_report_argument,
     calibration_kwargs,
+    export_compiler,
     latency_model_arg,
     parse_budget,
     plot_figures,
@@ -91,12 +92,15 @@ def run(args) -> int:
                            "(.npz/.npy arrays or a folder of images)")
     if args.reconstruct and args.no_reconstruct:
         raise HCPruneError("give --reconstruct or --no-reconstruct, not both")
+    export_compiler(args)  # a cross compiler that is not found fails before the slow work
     onnx_model, mod = load_onnx_graph(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
     data = calibration_kwargs(args, graph.mod, print)
     how = ({"budget": budget, "target": "llvm",
             "latency_model": latency_model_arg(args, "llvm")} if budget
            else {"ratio": args.prune_ratio})
+    if budget is not None and args.prune_first_conv:
+        how["prune_first_conv"] = True
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
                               **data, **how)
     figures = {}

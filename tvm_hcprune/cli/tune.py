@@ -1,10 +1,14 @@
 """``hcprune tune``: tune an ONNX model's schedules with MetaSchedule (tvmc tune).
 
     hcprune tune model.onnx --target "llvm -mcpu=znver3" --trials 256 -o db.json \\
-        [--rpc-tracker 127.0.0.1:9190 --rpc-key mydevice] [--prune-ratio 0.5 | --preset P]
+        [--rpc-tracker 127.0.0.1:9190 --rpc-key mydevice [--cross-compiler CC]]
+        [--prune-ratio 0.5 | --preset P]
 
 The model is imported and pruned exactly as ``hcprune compile`` does with the same options,
-so ``hcprune compile ... --tuning-records db.json`` finds every tuned workload. The database
+and the tasks are the functions that preset's build compiles (its steps up to the database
+hook), so ``hcprune compile ... --tuning-records db.json`` with the same ``--preset`` finds
+every tuned workload. With ``--cross-compiler`` each candidate is linked here for the RPC
+device (give the device's ``--target``). The database
 is written atomically, only when tuning succeeded.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tvm_hcprune.cli.budget import cross_compiler_args
 from tvm_hcprune.cli.compile import (
     add_model_arguments,
     load_model,
@@ -58,9 +63,13 @@ def run(args) -> int:
         raise HCPruneError(f"--output {out} must be a .json file")
     if bool(args.rpc_tracker) != bool(args.rpc_key):
         raise HCPruneError("--rpc-tracker and --rpc-key go together")
+    cc, cc_options = cross_compiler_args(args)
+    if cc and not args.rpc_tracker:
+        raise HCPruneError("--cross-compiler links the trials for an RPC device: add "
+                           "--rpc-tracker and --rpc-key (a local tune needs none)")
+    target, preset, ratio = resolve_model_options(args)
     if args.rpc_tracker:
         check_key(args.rpc_tracker, args.rpc_key)  # fail fast, before the import
-    target, preset, ratio = resolve_model_options(args)
     mod = load_model(args, target, preset, ratio, log=log_stderr)
     db, stats = tune(
         mod, target, trials=args.trials, trials_per_task=args.trials_per_task,
@@ -68,7 +77,8 @@ def run(args) -> int:
         session_timeout=args.timeout, seed_rules=not args.no_seed, output=out,
         meta={"model": Path(args.model).name, "prune_ratio": ratio,
               "preset": args.preset}, return_stats=True,
-        model_check=not args.no_model_check,
+        model_check=not args.no_model_check, preset=preset, cross_compiler=cc,
+        cross_compiler_options=cc_options,
     )
     for line in summary_lines(stats, db):
         log_stderr(line)

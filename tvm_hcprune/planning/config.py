@@ -32,8 +32,10 @@ class PruneConfig(Options):
         Whether the output channels of the convolution that reads the model input may be
         pruned. False protects it (as NNCF does by default: it is cheap, and what it loses
         no later layer can recover); True prunes it like any group; None (default): False
-        when ``prune`` allocates by sensitivity (the default with calibration data), True
-        otherwise (uniform ratios and criterion budgets keep their earlier behaviour).
+        under a budget (``Latency``, ``MACs``, ``Params``, any allocation) and when
+        ``prune`` allocates by sensitivity (the default with calibration data), True for a
+        uniform ``ratio`` with the criterion's allocation (ratio plans keep their earlier
+        behaviour).
     criterion_options : dict
         Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
     seed : int

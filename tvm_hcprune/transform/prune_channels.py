@@ -48,12 +48,17 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     above this layer); the plan is then made again with those scales. ``info`` is returned
     last (None without ``rescale``).
 
+    The first conv (the one reading the model input) keeps its width under every budget
+    unless ``config.prune_first_conv`` is True: its ``None`` default means False here.
+
     Examples
     --------
     >>> plan, *_ = budget_plan(analyze(mod), PruneConfig(), 8, MACs(fraction=0.5))
     ... # doctest: +SKIP
     """
     budget = as_budget(budget)
+    if config.prune_first_conv is None:  # budgets protect the first conv unless asked
+        config = PruneConfig.of(config, prune_first_conv=False)
     record = {"kind": type(budget).__name__, **budget.__dict__}
     if isinstance(budget, Latency):
         tgt = target if target is not None else "llvm"
@@ -127,8 +132,18 @@ class PruneChannels:
         For Latency budgets (default: a table measured on ``target``, cached on disk).
     **overrides
         Options of :class:`~tvm_hcprune.planning.config.PruneConfig` (``ratio``,
-        ``criterion``, ``align``, ``protect``, ``min_channels``, ``criterion_options``,
-        ``seed``) applied over ``config``.
+        ``criterion``, ``align``, ``protect``, ``prune_first_conv``, ``min_channels``,
+        ``criterion_options``, ``seed``) applied over ``config``.
+
+    Notes
+    -----
+    Protect rules: ``protect`` groups, ``min_channels`` and the model's outputs (the
+    classifier's logits are never pruned) apply to ratios and budgets alike. The first conv
+    (reading the model input) is protected under a ``budget`` by default (its
+    ``prune_first_conv=None`` means False there): it is cheap, and the input information it
+    drops no later layer can recover. A uniform ``ratio`` prunes it by default, as before
+    budgets existed, so existing ratio plans are unchanged; ``prune_first_conv=False``
+    protects it there too, ``prune_first_conv=True`` prunes it under a budget.
 
     Examples
     --------

@@ -16,6 +16,8 @@ Start a tracker and a server (``--port-end`` must be above ``--port``; it defaul
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import socket
 import struct
 import tempfile
@@ -29,6 +31,7 @@ import tvm
 from tvm import relax, rpc
 from tvm.rpc import base
 from tvm.s_tir import meta_schedule as ms
+from tvm.support import cc as tvm_cc
 from tvm.support.popen_pool import PopenPoolExecutor
 
 from tvm_hcprune.backend.pipeline import build, prepare
@@ -79,6 +82,74 @@ def parse_tracker(text) -> Tracker:
     if not 0 < port < 65536:
         raise HCPruneError(f"RPC tracker port {port} is out of range 1..65535")
     return Tracker(str(host), port)
+
+
+def cross_compiler(cc=None, options=None):
+    """The ``fcompile`` of ``export_library`` that links libraries for an RPC device.
+
+    A device of another ISA (an AArch64 board served from an x86 host) cannot load a
+    library linked by the host's compiler: the kernels are compiled by LLVM for the device's
+    target (``mtriple``/``mcpu``), then linked into a shared library by ``cc``, as tvmc's
+    ``--cross-compiler`` did.
+
+    Parameters
+    ----------
+    cc : str, callable or None
+        A compiler command or path (``"aarch64-linux-gnu-g++"``), or an ``fcompile``
+        function (e.g. ``tvm.support.cc.cross_compiler(...)``, used as given). None: the
+        host's default compiler (returns None).
+    options : str or list of str, optional
+        Extra linker options (tvmc's ``--cross-compiler-options``), e.g.
+        ``"--sysroot=/opt/sysroot -static-libstdc++"``; a string is split like a shell
+        would.
+
+    Returns
+    -------
+    callable or None
+        ``fcompile(output, objects, options=None)`` with ``output_format`` ``"so"``.
+
+    Raises
+    ------
+    HCPruneError
+        The compiler is not found or not executable (the message names
+        ``--cross-compiler`` and how to fix it), or options are given without a compiler.
+
+    Examples
+    --------
+    >>> fcompile = cross_compiler("aarch64-linux-gnu-g++")  # doctest: +SKIP
+    >>> runner = RPCRunner("127.0.0.1:9190", "rasp4", cc="aarch64-linux-gnu-g++")
+    ... # doctest: +SKIP
+    """
+    if isinstance(options, str):
+        options = shlex.split(options)
+    options = list(options or [])
+    if cc is None:
+        if options:
+            raise HCPruneError("--cross-compiler-options needs --cross-compiler (the "
+                               "compiler the options are for)")
+        return None
+    if callable(cc):
+        return tvm_cc.cross_compiler(cc, options) if options else cc
+    text = str(cc).strip()
+    path = shutil.which(text) if text else None
+    if path is None:
+        raise HCPruneError(
+            f"--cross-compiler {text!r}: no such executable "
+            + ("file" if os.sep in text else "on PATH")
+            + "; install the device's cross toolchain (e.g. `apt install "
+            "g++-aarch64-linux-gnu` for AArch64 devices) or give the compiler's full path, "
+            "e.g. --cross-compiler /usr/bin/aarch64-linux-gnu-g++")
+
+    base = options
+
+    def fcompile(output, objects, options=None):
+        tvm_cc.create_shared(output, list(objects), options=[*base, *(options or [])],
+                             cc=path)
+
+    fcompile.output_format = "so"
+    fcompile.get_target_triple = tvm_cc.get_target_by_dump_machine(path)
+    fcompile.compiler = path
+    return fcompile
 
 
 def _open(tracker: Tracker, timeout: float) -> socket.socket:
@@ -230,7 +301,10 @@ def make_rpc_runner(tracker, key: str, *, session_timeout: float = 60.0, number:
     The tracker and key are checked first (:func:`check_key`); ``max_workers`` defaults to
     the number of servers. Every measurement is bounded: the session request waits at most
     ``session_timeout`` and a worker that exceeds ``session_timeout`` (+ 30 s) is killed, so
-    a server that dies mid-tuning costs one failed measurement, never a hang.
+    a server that dies mid-tuning costs one failed measurement, never a hang. The runner
+    uploads the builder's artifact as is (a ``.tar`` is linked by the device at load time;
+    :func:`tvm_hcprune.tune`'s ``cross_compiler=`` makes the builder link ``.so`` files
+    here instead).
     """
     tracker = parse_tracker(tracker)
     count = check_key(tracker, key)
@@ -319,6 +393,10 @@ class RPCRunner:
     shapes the functions declare; the fastest of ``number`` calls counts. Models are
     exported whole and timed in the device's Relax VM.
 
+    The libraries are compiled for the ``target`` the caller passes (the device's, e.g.
+    ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}``) and linked
+    here with ``cc`` (:func:`cross_compiler`), so a device of another ISA needs no compiler.
+
     Parameters
     ----------
     tracker : str
@@ -327,14 +405,23 @@ class RPCRunner:
         The device key its servers registered with.
     timeout : float
         Seconds to wait for a free server.
+    cc : str or callable, optional
+        The cross compiler that links the uploaded libraries (tvmc's ``--cross-compiler``),
+        e.g. ``"aarch64-linux-gnu-g++"`` or ``tvm.support.cc.cross_compiler(...)``; default:
+        the host's compiler.
+    cc_options : str or list of str, optional
+        Its extra options (tvmc's ``--cross-compiler-options``).
 
     Examples
     --------
-    >>> runner = RPCRunner("127.0.0.1:9190", "rasp4")  # doctest: +SKIP
-    >>> table = latency_table(analyze(mod), target, runner=runner)  # doctest: +SKIP
+    >>> runner = RPCRunner("127.0.0.1:9190", "rasp4", cc="aarch64-linux-gnu-g++")
+    ... # doctest: +SKIP
+    >>> table = latency_table(analyze(mod), {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
+    ...                       runner=runner)  # doctest: +SKIP
     """
 
-    def __init__(self, tracker, key: str, timeout: float = 60.0):
+    def __init__(self, tracker, key: str, timeout: float = 60.0, cc=None, cc_options=None):
+        self.fcompile = cross_compiler(cc, cc_options)  # a missing compiler fails first
         check_key(tracker, key)
         self.tracker, self.key, self.timeout = str(tracker), key, float(timeout)
         self._sess = None
@@ -346,6 +433,11 @@ class RPCRunner:
         """``rpc:KEY``: what measurements from this runner are cached under."""
         return f"rpc:{self.key}"
 
+    def close(self) -> None:
+        """End the session with the server (it is free for other clients); a later
+        measurement requests a new one."""
+        self._sess = None
+
     def _session(self):
         if self._sess is None:
             self._sess = request_session(self.tracker, self.key, timeout=self.timeout)
@@ -353,7 +445,7 @@ class RPCRunner:
 
     def _upload(self, module) -> object:
         path = Path(self._dir.name) / f"hcp_{uuid.uuid4().hex}.so"
-        module.export_library(str(path))
+        module.export_library(str(path), fcompile=self.fcompile)
         sess = self._session()
         sess.upload(str(path))
         self.uploads += 1

@@ -54,6 +54,7 @@ from tvm_hcprune.backend.cpu.bsr import expand_bsr_knobs
 from tvm_hcprune.backend.cuda import with_limits
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.tuning import bsr as bsr_tuning
+from tvm_hcprune.tuning.rpc import cross_compiler as make_fcompile
 from tvm_hcprune.tuning.rpc import make_rpc_runner, request_session
 from tvm_hcprune.utils.progress import progress_bar
 
@@ -77,13 +78,15 @@ def _make_builder_class():
         """Build candidates in this process: no worker start-up, no import, no timeout.
 
         Each artifact is exported as a ``.tar`` into its own temporary folder (what
-        ``LocalRunner`` and ``RPCRunner`` load); ``RemoveBuildArtifact`` deletes it after
-        measurement.
+        ``LocalRunner`` and ``RPCRunner`` load), or linked into a ``.so`` by ``fcompile``
+        (a cross compiler: the device then needs no compiler); ``RemoveBuildArtifact``
+        deletes it after measurement.
         """
 
-        def __init__(self, artifact_dir=None):
+        def __init__(self, artifact_dir=None, fcompile=None):
             super().__init__()
             self.artifact_dir = artifact_dir
+            self.fcompile = fcompile
 
         def build(self, build_inputs):
             results = []
@@ -91,8 +94,9 @@ def _make_builder_class():
                 try:
                     rt_mod = _build_one(item.mod, item.target)
                     folder = tempfile.mkdtemp(prefix="hcprune_ms_", dir=self.artifact_dir)
-                    path = os.path.join(folder, "tvm_tmp_mod." + tar.output_format)
-                    rt_mod.export_library(path, fcompile=tar)
+                    fcompile = self.fcompile or tar
+                    path = os.path.join(folder, "tvm_tmp_mod." + fcompile.output_format)
+                    rt_mod.export_library(path, fcompile=fcompile)
                     results.append(ms.builder.BuilderResult(path, None))
                 except Exception as err:  # noqa: BLE001 - a failed candidate, not a failure
                     results.append(ms.builder.BuilderResult(None, f"{type(err).__name__}: {err}"))
@@ -104,16 +108,18 @@ def _make_builder_class():
 _BUILDER_CLASS = None
 
 
-def in_process_builder(artifact_dir=None):
+def in_process_builder(artifact_dir=None, fcompile=None):
     """A MetaSchedule builder that compiles in this process (see module docstring).
 
     Each candidate's artifact gets its own folder under ``artifact_dir`` (the system's
     temporary folder when None); MetaSchedule deletes the artifact after measuring it, the
-    caller removes ``artifact_dir`` with the empty folders."""
+    caller removes ``artifact_dir`` with the empty folders. ``fcompile`` (a
+    :func:`~tvm_hcprune.tuning.rpc.cross_compiler`) links each artifact into a ``.so``
+    instead of a ``.tar``."""
     global _BUILDER_CLASS
     if _BUILDER_CLASS is None:
         _BUILDER_CLASS = _make_builder_class()
-    return _BUILDER_CLASS(artifact_dir)
+    return _BUILDER_CLASS(artifact_dir, fcompile)
 
 
 # ---------------------------------------------------------------------------------------
@@ -493,7 +499,8 @@ def _local_timer(exes: dict, inputs: dict, target, repeat: int):
 
 
 @contextlib.contextmanager
-def _remote_timer(exes: dict, inputs: dict, target, repeat: int, rpc: tuple):
+def _remote_timer(exes: dict, inputs: dict, target, repeat: int, rpc: tuple,
+                  fcompile=None):
     """``label -> seconds``: each build uploaded once to one server of the RPC key and timed
     there (best of ``repeat`` runs per call)."""
     tracker, key, timeout = rpc
@@ -505,7 +512,7 @@ def _remote_timer(exes: dict, inputs: dict, target, repeat: int, rpc: tuple):
         timers = {}
         for label, ex in exes.items():
             path = os.path.join(tmp, f"hcprune_model_check_{label}.so")
-            ex.export_library(path)
+            ex.export_library(path, fcompile=fcompile)
             sess.upload(path)
             vm = relax.VirtualMachine(sess.load_module(os.path.basename(path)), dev)
             args = [tvm.runtime.tensor(v, dev) for v in inputs.values()]
@@ -519,7 +526,8 @@ def _remote_timer(exes: dict, inputs: dict, target, repeat: int, rpc: tuple):
 
 def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 10,
                        min_gain: float = 0.01, predicted: float | None = None,
-                       max_passes: int = 3, rpc: tuple | None = None) -> tuple:
+                       max_passes: int = 3, rpc: tuple | None = None, preset=None,
+                       fcompile=None) -> tuple:
     """Time the model built with ``database`` against the rules-only build; keep the faster.
 
     Both builds are run on this machine (or, with ``rpc``, on one server of the RPC key),
@@ -543,6 +551,10 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
     rpc : (tracker, key, timeout), optional
         Time both builds on a server of this RPC tracker and key (``timeout``: seconds to
         wait for a free server) instead of this machine.
+    preset : optional
+        The preset both builds run (:func:`~tvm_hcprune.backend.pipeline.build`).
+    fcompile : optional
+        With ``rpc``: links the uploaded libraries (a cross compiler).
 
     Returns
     -------
@@ -559,13 +571,13 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
     if inputs is None:
         return database, {"kept": "tuned", "skipped": "the model's inputs are not static"}
     start = time.perf_counter()
-    exes = {"rules": pipeline.build(mod, target, database=False),
-            "tuned": pipeline.build(mod, target, database=database)}
+    exes = {"rules": pipeline.build(mod, target, database=False, preset=preset),
+            "tuned": pipeline.build(mod, target, database=database, preset=preset)}
     best = dict.fromkeys(exes, float("inf"))
     expect_gain = predicted is not None and predicted <= 1.0 - min_gain
     passes = 0
     timer = (_local_timer(exes, inputs, target, repeat) if rpc is None
-             else _remote_timer(exes, inputs, target, repeat, rpc))
+             else _remote_timer(exes, inputs, target, repeat, rpc, fcompile))
     with timer as time_one:
         while True:
             passes += 1
@@ -591,17 +603,20 @@ def compare_with_rules(mod, target, database, *, rounds: int = 5, repeat: int = 
 # the entry point
 
 
-def extract_tasks(mod, target):
-    """Prepare ``mod`` (:func:`~tvm_hcprune.backend.pipeline.prepare`) and
-    return MetaSchedule's tasks for it (already-scheduled functions excluded, except the
-    BSR kernels, which have their own search space: :mod:`tvm_hcprune.tuning.bsr`)."""
-    return _extract(mod, target)[1]
+def extract_tasks(mod, target, preset=None):
+    """MetaSchedule's tasks of ``mod`` as ``preset``'s build compiles it: the PrimFuncs the
+    preset's steps hand to the database hook
+    (:func:`~tvm_hcprune.backend.pipeline.preset_prepare`; default preset: the target
+    family's, what :func:`~tvm_hcprune.backend.pipeline.build` runs). Already-scheduled
+    functions are excluded, except the BSR kernels, which have their own search space
+    (:mod:`tvm_hcprune.tuning.bsr`)."""
+    return _extract(mod, target, preset)[1]
 
 
-def _extract(mod, target):
+def _extract(mod, target, preset=None):
     """``(prepared module, tasks)`` of :func:`extract_tasks`."""
     target = dbm.resolve_target(target)
-    prepared = pipeline.prepare(mod, target)
+    prepared = pipeline.preset_prepare(mod, target, preset)
     tasks = ms.relax_integration.extract_tasks(prepared, target)
     out = []
     for task in tasks:
@@ -626,14 +641,16 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
          num_trials_per_iter: int | None = None, seed_rules: bool = True, seed: int = 0,
          number: int = 3, repeat: int = 1, min_repeat_ms: int = 50,
          session_timeout: float = 60.0, progress: bool = True, meta: dict | None = None,
-         return_stats: bool = False, min_gain: float = 0.02, model_check: bool = True):
+         return_stats: bool = False, min_gain: float = 0.02, model_check: bool = True,
+         preset=None, cross_compiler=None, cross_compiler_options=None):
     """Tune the fused functions of ``mod`` for ``target`` with MetaSchedule.
 
     Parameters
     ----------
     mod : tvm.IRModule
-        A Relax model (pruned or not); it is prepared the way :func:`apply_database` and
-        the pipeline prepare it, so the records match at compile time.
+        A Relax model (pruned or not); the tasks are the PrimFuncs ``preset``'s build
+        compiles (its steps up to the database hook), so the records match at compile
+        time: build with the same ``preset``.
     target : Target, dict or str
         E.g. ``"llvm"`` (host CPU), ``{"kind": "llvm", "mcpu": "znver3"}``,
         ``"cuda -arch=sm_80"``.
@@ -681,6 +698,13 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
         said so in ``TuneStats.model["skipped"]``, for a custom non-local runner (it times
         single functions), prepared modules and dynamic input shapes; the figures are in
         ``TuneStats.model`` and the database's ``meta["model_check"]``.
+    preset : str, path or Preset, optional
+        The preset whose build the records are for (default: the target family's, what
+        :func:`~tvm_hcprune.backend.pipeline.build` runs without ``preset=``).
+    cross_compiler, cross_compiler_options : optional
+        With RPC: link every candidate (and the model check's builds) into a ``.so`` here
+        with this compiler (:func:`~tvm_hcprune.tuning.rpc.cross_compiler`, tvmc's
+        ``--cross-compiler``), for a device of another ISA or without a compiler.
 
     Returns
     -------
@@ -705,6 +729,10 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
     per_iter = num_trials_per_iter or min(per_task, 16)
 
     # the runner first: a bad tracker must fail before the slow parts
+    fcompile = make_fcompile(cross_compiler, cross_compiler_options)
+    if fcompile is not None and rpc_tracker is None:
+        raise HCPruneError("cross_compiler= (--cross-compiler) links the candidates for an RPC "
+                           "device: give rpc_tracker and rpc_key too (--rpc-tracker/--rpc-key)")
     if rpc_tracker is not None or runner == "rpc":
         if rpc_tracker is None or not rpc_key:
             raise HCPruneError("RPC tuning needs both rpc_tracker='host:port' and rpc_key")
@@ -722,7 +750,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
 
     start = time.perf_counter()
     dbm.ensure_tensor_intrinsics(target)
-    prepared, tasks = _extract(mod, target)
+    prepared, tasks = _extract(mod, target, preset)
     bsr_args = bsr_tuning.bsr_argument_table(prepared)  # real index arrays for the runner
     if not tasks:
         raise HCPruneError("the model has no function left to tune (all are scheduled already)")
@@ -758,7 +786,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
             ctxs = [bsr_tuning.bsr_tune_context(c, seed) if bsr_tuning.is_bsr_func(c.mod["main"])
                     else c for c in ctxs]
             ms_db = ms.database.MemoryDatabase()
-            builder = in_process_builder(artifacts)
+            builder = in_process_builder(artifacts, fcompile)
             seeds = {}
             if seed_rules:
                 seeds = _measure_seeds(ctxs, target, builder, ms_runner, ms_db, stats)
@@ -811,7 +839,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
     result = dbm.database_from_ms(ms_db, target, info)
     if model_check:
         result, stats.model = _check_model(mod, target, result, stats, runner, rpc_tracker,
-                                           rpc_key, session_timeout)
+                                           rpc_key, session_timeout, preset, fcompile)
     if stats.model:
         result.meta["model_check"] = stats.model
     if output is not None:
@@ -820,7 +848,7 @@ def tune(mod, target, trials: int = 64, work_dir=None, runner="local", rpc_track
 
 
 def _check_model(mod, target, result, stats: TuneStats, runner, rpc_tracker, rpc_key,
-                 session_timeout) -> tuple:
+                 session_timeout, preset=None, fcompile=None) -> tuple:
     """The model-level check of :func:`tune` on the device the tasks were measured on."""
     unchecked = (f"the {len(result)} record(s) are NOT checked against the rules-only "
                  "model")
@@ -837,10 +865,11 @@ def _check_model(mod, target, result, stats: TuneStats, runner, rpc_tracker, rpc
                                                     f"{unchecked}"}
     if rpc is None:
         with _thread_env(target):
-            return compare_with_rules(mod, target, result, predicted=stats.predicted_ratio())
+            return compare_with_rules(mod, target, result, predicted=stats.predicted_ratio(),
+                                      preset=preset)
     try:
         return compare_with_rules(mod, target, result, predicted=stats.predicted_ratio(),
-                                  rpc=rpc)
+                                  rpc=rpc, preset=preset, fcompile=fcompile)
     except Exception as err:  # noqa: BLE001 - a lost device must not lose the tuning run
         reason = str(err).strip().splitlines()[-1][:300] if str(err).strip() else ""
         return result, {"kept": "tuned", "skipped": "timing the model on the RPC device "
