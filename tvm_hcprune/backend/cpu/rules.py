@@ -397,10 +397,7 @@ def schedule_layout_transform(sch, names: list[str]) -> bool:
     loops = sch.get_loops(block)
     if len(loops) < 3:
         return False
-    elems = 1
-    for lp in loops:
-        elems *= _extent(sch, lp)
-    if elems < (1 << 14):  # too small to pay for waking the thread pool
+    if _elements(sch, loops) < POOL_MIN_ELEMENTS:
         return False
     sch.parallel(sch.fuse(*loops[:-2]))
     if _extent(sch, loops[-1]) <= 16:
@@ -433,10 +430,7 @@ def schedule_pool(sch, names: list[str]) -> bool:
     loops = sch.get_loops(acc)
     if len(loops) != 7 or _extent(sch, loops[4]) > 64:
         return False
-    elems = 1
-    for lp in loops[:5]:
-        elems *= _extent(sch, lp)
-    if elems < (1 << 14):  # too small to pay for waking the thread pool
+    if _elements(sch, loops[:5]) < POOL_MIN_ELEMENTS:
         return False
     pad = _find(names, "pad_temp")
     if pad:
@@ -479,10 +473,7 @@ def schedule_injective(sch, names: list[str]) -> bool:
     block = blocks[-1]
     loops = sch.get_loops(block)
     extents = [_extent(sch, lp) for lp in loops]
-    elems = 1
-    for e in extents:
-        elems *= e
-    if len(loops) < 2 or elems < (1 << 14):  # too small to pay for waking the thread pool
+    if len(loops) < 2 or _elements(sch, loops) < POOL_MIN_ELEMENTS:
         return False
     inner = loops[-1]
     lanes = next((v for v in (16, 8, 4) if extents[-1] % v == 0), 0)
@@ -496,6 +487,19 @@ def schedule_injective(sch, names: list[str]) -> bool:
 
 def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
+
+
+# elementwise functions (layout transforms, pooling, leftovers) of fewer elements than this
+# stay on one thread: too small to pay for waking the thread pool
+POOL_MIN_ELEMENTS = 1 << 14
+
+
+def _elements(sch, loops) -> int:
+    """Iterations of the loop nest ``loops`` (the product of their extents)."""
+    n = 1
+    for lp in loops:
+        n *= _extent(sch, lp)
+    return n
 
 
 _RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_pointwise, schedule_dense)
