@@ -37,3 +37,19 @@ def _well_formed_passes():
     """Every test runs with the well-formedness instrument on tvm_hcprune's passes."""
     with tvm.transform.PassContext(instruments=[OurPassesWellFormed()]):
         yield
+
+
+@pytest.fixture()
+def logging_cc(tmp_path):
+    """A compiler wrapper that logs each call and runs the host's g++: (path, log path)
+    (the cross-compiler tests: a device's compiler, proven used)."""
+    import shutil
+
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("no host g++ to wrap")
+    log = tmp_path / "cc.log"
+    cc = tmp_path / "device-g++"
+    cc.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec "{gxx}" "$@"\n')
+    cc.chmod(0o755)
+    return str(cc), log

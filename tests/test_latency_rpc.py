@@ -226,21 +226,6 @@ def test_cli_rpc_flags(server, model, tmp_path, monkeypatch, capsys):
 DEVICE = {"kind": "llvm", "mcpu": "znver3"}
 
 
-@pytest.fixture()
-def logging_cc(tmp_path):
-    """A compiler wrapper that logs each call and runs the host's g++: (path, log path)."""
-    import shutil
-
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("no host g++ to wrap")
-    log = tmp_path / "cc.log"
-    cc = tmp_path / "device-g++"
-    cc.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec "{gxx}" "$@"\n')
-    cc.chmod(0o755)
-    return str(cc), log
-
-
 def _links(log) -> list[str]:
     """The wrapper's link commands (not its ``-dumpmachine`` queries)."""
     text = log.read_text() if log.exists() else ""

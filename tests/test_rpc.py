@@ -280,23 +280,15 @@ def test_tune_bsr_kernel_through_rpc_servers(tracker):
 
 @pytest.mark.slow
 @pytest.mark.tuning
-def test_tune_through_rpc_with_a_cross_compiler(tracker, pruned, tmp_path):
+def test_tune_through_rpc_with_a_cross_compiler(tracker, pruned, logging_cc):
     """With cross_compiler=, every candidate measured on the servers and both builds of
     the model check are linked into a .so by that compiler (a wrapper that logs its calls
     and runs the host g++), and the servers loaded those libraries."""
-    import shutil
-
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("no host g++ to wrap")
-    log = tmp_path / "cc.log"
-    cc = tmp_path / "device-g++"
-    cc.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec "{gxx}" "$@"\n')
-    cc.chmod(0o755)
+    cc, log = logging_cc
     before = _server_loads()
     db, stats = hc.tune(pruned, TARGET, trials=2, trials_per_task=1, rpc_tracker=tracker,
                         rpc_key=KEY, progress=False, return_stats=True, seed_rules=False,
-                        session_timeout=60, cross_compiler=str(cc),
+                        session_timeout=60, cross_compiler=cc,
                         cross_compiler_options=["-DHCPRUNE_DEVICE_LINK"])
     assert stats.valid > 0
     links = [ln for ln in log.read_text().splitlines() if "-shared" in ln]
