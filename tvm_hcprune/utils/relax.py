@@ -89,6 +89,25 @@ def op_name(expr) -> str | None:
     return None
 
 
+def calls(mod: tvm.IRModule) -> list:
+    """Every call in the Relax functions of ``mod``.
+
+    Examples
+    --------
+    >>> convs = [c for c in calls(mod) if op_name(c) == "relax.nn.conv2d"]  # doctest: +SKIP
+    """
+    found = []
+
+    def _visit(expr):
+        if isinstance(expr, relax.Call):
+            found.append(expr)
+
+    for _gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, _visit)
+    return found
+
+
 def bindings(func: relax.Function):
     """Every binding of ``func``'s body, block after block."""
     for block in func.body.blocks:

@@ -23,7 +23,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_hcprune.frontend.normalize import NormalizeImport, block_axis, split_axis
-from tvm_hcprune.utils.relax import mutate_functions, use_counts
+from tvm_hcprune.utils.relax import calls, mutate_functions, use_counts
 
 
 @mutator
@@ -168,22 +168,8 @@ def _blocked_pool(pool, data, b: int):
                 out_layout=f"NCHW{b}c")
 
 
-def _calls(mod: tvm.IRModule) -> list:
-    """Every call in the Relax functions of ``mod``."""
-    found = []
-
-    def _visit(expr):
-        if isinstance(expr, relax.Call):
-            found.append(expr)
-
-    for _gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, _visit)
-    return found
-
-
 def _conv_layouts(mod: tvm.IRModule) -> set[str]:
-    return {str(c.attrs.data_layout) for c in _calls(mod)
+    return {str(c.attrs.data_layout) for c in calls(mod)
             if getattr(c.op, "name", "") == "relax.nn.conv2d"}
 
 
@@ -198,7 +184,7 @@ _KNOWN_BLOCKED_OPS = frozenset(
 
 def _unknown_blocked_calls(mod: tvm.IRModule) -> list:
     """Calls of ops other than :data:`_KNOWN_BLOCKED_OPS` producing a 5-D (blocked) tensor."""
-    return [c for c in _calls(mod)
+    return [c for c in calls(mod)
             if hasattr(c.op, "name") and c.op.name not in _KNOWN_BLOCKED_OPS
             and len(getattr(c.ty, "shape", None) or ()) == 5]
 
@@ -303,7 +289,7 @@ def convert_layout_per_op(mod: tvm.IRModule, b: int) -> tvm.IRModule | None:
     except Exception:  # noqa: BLE001 - TVM's layout passes raise assorted errors
         pass
     failing, seen = set(), {}
-    for call in _calls(mod):
+    for call in calls(mod):
         if not hasattr(call.op, "name") or call.op.name in ("relax.nn.conv2d",
                                                            "relax.layout_transform"):
             continue
