@@ -5,8 +5,6 @@ heap workspaces."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import tvm
@@ -26,12 +24,10 @@ from tvm_hcprune.backend.cpu.bsr import (
     to_bsr,
 )
 from tvm_hcprune.backend.pipeline import apply_database
-from tvm_hcprune.testing import run_relax
+from tvm_hcprune.testing import heap_workspaces, run_relax
 from tvm_hcprune.tuning.bsr import is_bsr_func
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}  # AVX2: 8 lanes, (1, 8) blocks
-# a workspace allocation and the buffer it names
-_WORKSPACE = re.compile(r"%(\w+) = tail call ptr %\w+\(i32 1, i32 %\w+, i64 \d+")
 
 
 @pytest.mark.parametrize("bn,mcpu", [(8, "znver3"), (16, "znver5")])
@@ -46,8 +42,7 @@ def test_bsr_tiles_are_never_heap_workspaces(bn, mcpu, layout):
         for order, group in (("block", 1), ("rows", 2)):
             func = bsr_kernel(m, 64, 4 * bn, 10, 1, bn, tile, layout, 2, 2 * bn,
                               order=order, group=group)
-            src = tvm.compile(tvm.IRModule({"main": func}), tgt).mod.inspect_source("ll")
-            found = _WORKSPACE.findall(src)
+            found = heap_workspaces(tvm.compile(tvm.IRModule({"main": func}), tgt))
             packed = layout == "rows" and tile >= PACK_MIN_TILE
             assert found == (["xp"] if packed else []), (tile, order, group, found)
     assert 16 in tile_candidates(m, 16, 16, 32)  # the 1024-byte tile is among them

@@ -17,6 +17,7 @@ from tvm import relax
 
 from tvm_hcprune.backend.cpu import rules as cpu_rules
 from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
+from tvm_hcprune.testing import heap_workspaces
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 
@@ -111,8 +112,7 @@ def test_aligned_grouped_takes_remainder_free_path():
     # packed input
     ex = tvm.compile(grouped_module(32, 64, (7, 8), 3, 4, "NCHW"), TARGET,
                      relax_pipeline=get_pipeline(TARGET, strict=True))
-    src = ex.mod.imports[0].inspect_source("ll")
-    workspaces = re.findall(r"%(\w+) = tail call ptr %\d+\(i32 1, i32 %\S+, i64 \d+", src)
+    workspaces = heap_workspaces(ex)
     assert all(name.startswith("hcp_pack") for name in workspaces), workspaces
 
 

@@ -1,11 +1,13 @@
 """Testing helpers: ONNX model builders (:mod:`.onnx_models`), the mask-equivalence
-oracle (:func:`masked_reference`) and ``run_relax`` (from :mod:`tvm_hcprune.recovery.runner`)."""
+oracle (:func:`masked_reference`), what compiled code allocates on the heap
+(:func:`heap_workspaces`) and ``run_relax`` (from :mod:`tvm_hcprune.recovery.runner`)."""
 
 from __future__ import annotations
 
 from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "heap_workspaces": "tvm_hcprune.testing.codegen",
     "masked_reference": "tvm_hcprune.testing.oracle",
     "run_relax": "tvm_hcprune.recovery.runner",
 }
