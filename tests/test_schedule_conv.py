@@ -138,14 +138,15 @@ def test_register_tiles_are_capped(lanes, registers):
 def test_register_tiles_are_stack_allocas(target, case):
     """No accumulator tile is a heap workspace (TVM 0.27 gives every local-scope buffer one,
     and a global one from 1024 bytes): the compiled code allocates workspaces only for the
-    packed or padded inputs. Compile-only, so both ISAs are checked on any x86 host."""
+    packed or padded inputs (and a Winograd conv's transformed input and GEMM results).
+    Compile-only, so both ISAs are checked on any x86 host."""
     import re
 
     ic, oc, hw, k, s_, p, g, d, epi = CASES_16[case]
     ex = tvm.compile(conv_module(ic, oc, hw, k, s_, p, g, d, epi), target,
                      relax_pipeline=get_pipeline(target, strict=True))
     calls = heap_workspaces(ex)
-    assert all(re.match(r"hcp_(pack|pwpad|dwpad)", name) for name in calls), calls
+    assert all(re.fullmatch(r"hcp_(pack|pwpad|dwpad|wgv|wgm)", name) for name in calls), calls
 
 
 def _scheduled(mod):

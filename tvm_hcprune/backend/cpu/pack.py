@@ -23,6 +23,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from tvm_hcprune.backend.cpu import conv2d_nchwc as cw
 from tvm_hcprune.backend.cpu import pointwise as pw
+from tvm_hcprune.backend.cpu import winograd as wg
 from tvm_hcprune.backend.cpu.dense import rewrite_matmul
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.utils.relax import (
@@ -39,8 +40,12 @@ _CONV = "relax.nn.conv2d"
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, lanes: int, registers: int, enable_conv: bool, enable_dense: bool,
-                 l2_bytes: int = 512 * 1024, pointwise: bool | str = True):
+                 l2_bytes: int = 512 * 1024, pointwise: bool | str = True,
+                 winograd: bool | str = True):
         super().__init__(mod)
+        # NCHW[b]c 3x3 stride-1 convs: Winograd F(2x2, 3x3) where wg.prefer_winograd says it
+        # is faster ("always": every such conv it can take)
+        self.winograd = winograd
         # NCHW depthwise, stride 1, output >= 56 wide: row-vectorised kernel (no channel
         # packing; 0.75-0.93x the packed kernel's time on MobileNetV2's 112 and 56 layers).
         # Strided rows need gathers and short rows waste the vector: there the packed kernel
@@ -124,6 +129,14 @@ class _Rewriter(PyExprMutator):
                 and (self.pointwise == "always"
                      or pw.prefer_pointwise(ic, oc, h, wd, self.lanes, self.registers))):
             return self._pointwise(data, w, dshape, oc)
+        if (self.winograd and block and out_layout == layout and groups == 1
+                and (kh, kw) == (3, 3) and strides == [1, 1] and dilation == [1, 1]
+                and padding == [1, 1, 1, 1] and oc % block == 0
+                and (self.winograd == "always"
+                     or wg.prefer_winograd(ic, oc, h, wd, self.lanes))):
+            new = self._winograd(data, w, dshape, oc, block)
+            if new is not None:
+                return new
         plan = cw.plan_conv(ic, oc, groups, ow, self.lanes, self.registers,
                             short_pointwise=bool(block) and (kh, kw) == (1, 1))
         if plan.depthwise and w.shape[1] != 1:
@@ -171,6 +184,20 @@ class _Rewriter(PyExprMutator):
             [dshape, wpack.shape],
             ["float32", "float32"],
         )
+
+    def _winograd(self, data, w, dshape, oc, block):
+        _n, icb, h, wd, _b = dshape
+        plan = wg.plan_winograd(icb * block, oc, h, wd, block, self.lanes, self.registers,
+                                self.l2_bytes)
+        if plan.ob % block:
+            return None
+        upack = wg.winograd_weight(w, plan)
+
+        def fn(d, up):
+            return wg.winograd_te(d, up, oc=oc, plan=plan)
+
+        return cw.kernel_call(self.builder_, "hcp_wgconv2d", fn, [data, relax.const(upack)],
+                              [dshape, upack.shape], ["float32", "float32"])
 
     def _pointwise(self, data, w, dshape, oc):
         plan = pw.plan_pointwise(oc, dshape[2], dshape[3], self.lanes, self.registers,
@@ -248,12 +275,19 @@ class PackWeightsForCPU:
         NCHW 1x1 stride-1 convs take the pixel-vectorised kernel
         (:mod:`tvm_hcprune.backend.cpu.pointwise`) where it is the faster one (True), on every
         such conv ("always"), or never (False).
+    winograd : bool or "always"
+        ``NCHW{b}c`` 3x3 stride-1 convs with one pixel of padding take the Winograd
+        F(2x2, 3x3) kernel (:mod:`tvm_hcprune.backend.cpu.winograd`) where it is expected to
+        be faster (True), wherever it can (``"always"``), or never (False).
     """
 
     def __init__(self, lanes: int = 8, registers: int = 16, conv: bool = True, dense: bool = True,
-                 l2_bytes: int = 512 * 1024, pointwise: bool | str = True):
-        if pointwise not in (True, False, "always"):
-            raise HCPruneError(f"pointwise must be True, False or 'always', got {pointwise!r}")
+                 l2_bytes: int = 512 * 1024, pointwise: bool | str = True,
+                 winograd: bool | str = True):
+        for name, value in (("pointwise", pointwise), ("winograd", winograd)):
+            if value not in (True, False, "always"):
+                raise HCPruneError(f"{name} must be True, False or 'always', got {value!r}")
+        self.winograd = winograd
         self.pointwise = pointwise
         self.l2_bytes = int(l2_bytes)
         self.lanes = int(lanes)
@@ -263,7 +297,7 @@ class PackWeightsForCPU:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         rw = _Rewriter(mod, self.lanes, self.registers, self.conv, self.dense, self.l2_bytes,
-                       self.pointwise)
+                       self.pointwise, self.winograd)
         try:
             return mutate_functions(rw, mod)
         finally:

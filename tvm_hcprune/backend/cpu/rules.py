@@ -236,19 +236,110 @@ def schedule_conv(sch, names: list[str]) -> bool:
     return True
 
 
+def schedule_winograd(sch, names: list[str]) -> bool:
+    """Schedule ``hcp_wgv``/``hcp_wgm``/``hcp_wgy`` (Winograd F(2x2, 3x3), see
+    :mod:`tvm_hcprune.backend.cpu.winograd`).
+
+    The output transform (with the inlined epilogue) runs per register tile of the GEMM
+    stage: for each (output channel block, tile row, ``tile_w`` tiles) the 16 GEMMs are
+    computed one after the other into a small buffer (each in a ``tile_w`` x ``OB``
+    register tile over all input channels), then transformed to the 2x2 output tiles. The
+    input transform runs per tile row (spatial-major: the row's 16 transformed planes stay in
+    L2 while every output channel block reads them) or over the whole image first.
+    """
+    found = [_find(names, f"hcp_wg{part}") for part in "vmy"]
+    if not all(found):
+        return False
+    vb, mb, yb = (sch.get_sblock(n) for n in found)
+    ann = sch.get(mb).annotations
+    tile, lanes = int(ann[TILE_ATTR]), int(ann.get("hcp_lanes", 0))
+    spatial, ob = bool(int(ann.get(ORDER_ATTR, 0))), int(ann["hcp_ob"])
+    _inline_epilogue(sch, yb)
+    n, c, y, x, ci = sch.get_loops(yb)
+    cbo, kk = sch.split(c, [None, ob // _extent(sch, ci)])
+    tyo, r = sch.split(y, [None, 2])
+    xo, cc = sch.split(x, [None, 2])
+    txo, txi = sch.split(xo, [None, tile])
+    if spatial:
+        sch.reorder(n, tyo, cbo, txo, txi, kk, r, cc, ci)
+        row = sch.fuse(n, tyo)
+        sch.parallel(row)
+        outer, depth = txo, 3
+    else:
+        sch.reorder(n, cbo, tyo, txo, txi, kk, r, cc, ci)
+        outer = row = sch.fuse(n, cbo, tyo, txo)
+        sch.parallel(outer)
+        depth = 1
+    for lp in (kk, r, cc):
+        sch.unroll(lp)
+    sch.vectorize(ci)
+    sch.compute_at(mb, outer)
+    acc = sch.cache_write(mb, 0, TILE_SCOPE)
+    icb = int(ann["hcp_icb"])
+    # compute_at leaves no loop for a unit extent (one tile, one input channel block)
+    e, tx, co, rc, ri = _named_loops(sch, sch.get_loops(mb)[depth:],
+                                     (16, tile, ob, icb, _extent(sch, ci)))
+    sch.reorder(*(lp for lp in (e, rc, ri, tx, co) if lp is not None))
+    ri = _unroll_reduction(sch, ri)
+    if tx is not None:
+        sch.unroll(tx)
+    if lanes and ob > lanes:
+        vecs, co = sch.split(co, [None, lanes])
+        sch.unroll(vecs)
+    sch.vectorize(co)
+    sch.reverse_compute_at(acc, e)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    _decompose_init(sch, mb, rc if rc is not None else ri)
+    twp = int(sch.get(vb).iter_vars[4].dom.extent)
+    if spatial:
+        sch.compute_at(vb, row)
+        e, cb, tx, ci = _named_loops(sch, sch.get_loops(vb)[1:], (16, icb, twp, None))
+        sch.reorder(*(lp for lp in (cb, tx, e, ci) if lp is not None))
+    else:
+        nv, e, cb, ty, tx, ci = sch.get_loops(vb)
+        sch.reorder(nv, cb, ty, tx, e, ci)
+        sch.parallel(sch.fuse(nv, cb, ty))
+    sch.unroll(e)
+    sch.vectorize(ci)
+    return True
+
+
+def _named_loops(sch, loops, extents) -> list:
+    """``loops`` matched to the expected ``extents`` in order (None: any extent), where a
+    loop of extent 1 may be missing (``compute_at`` creates none): a list with None for the
+    missing ones."""
+    out, it = [], iter(loops)
+    pending = next(it, None)
+    for want in extents:
+        if pending is not None and (want is None or want == _extent(sch, pending)):
+            out.append(pending)
+            pending = next(it, None)
+        elif want == 1 or want is None:
+            out.append(None)
+        else:
+            raise ValueError(f"unexpected loop nest {[_extent(sch, lp) for lp in loops]} "
+                             f"for extents {extents}")
+    if pending is not None:
+        raise ValueError(f"unexpected extra loops in {[_extent(sch, lp) for lp in loops]}")
+    return out
+
+
 # input channels of a block unrolled per step of the reduction loop
 REDUCTION_UNROLL = 4
 
 
-def _unroll_reduction(sch, ri) -> None:
+def _unroll_reduction(sch, ri):
     """Unroll the in-block input-channel loop by ``REDUCTION_UNROLL``, not whole: with all
     16 channels of an AVX-512 block unrolled, LLVM hoisted the broadcasts of the whole body
     ahead of the FMAs and spilled them to the stack; 4 at a time measured 1.15-1.25x faster
     on ResNet's 3x3 and 1x1 layers (one Zen 5 core), e.g. 64->64 3x3 at 56x56 1000 -> 845 us.
+    Returns the loop left outside the unrolled part (``ri`` itself when not split).
     """
+    outer = ri
     if _extent(sch, ri) > REDUCTION_UNROLL and _extent(sch, ri) % REDUCTION_UNROLL == 0:
-        ri = sch.split(ri, [None, REDUCTION_UNROLL])[1]
+        outer, ri = sch.split(ri, [None, REDUCTION_UNROLL])
     sch.unroll(ri)
+    return outer
 
 
 def schedule_dwconv(sch, names: list[str]) -> bool:
@@ -502,7 +593,8 @@ def _elements(sch, loops) -> int:
     return n
 
 
-_RULES = (schedule_conv, schedule_dwconv, schedule_dwrows, schedule_pointwise, schedule_dense)
+_RULES = (schedule_conv, schedule_winograd, schedule_dwconv, schedule_dwrows,
+          schedule_pointwise, schedule_dense)
 
 
 def rule_schedule(func, strict: bool = False):
