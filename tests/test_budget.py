@@ -295,10 +295,17 @@ def test_roofline_budget(small, graph):
     """Without measurement the roofline model drives the budget; its estimate falls with
     channels and has the SIMD staircase (a width inside one vector costs a whole vector)."""
     model = RooflineModel("llvm")
-    spec = [s for s in layer_specs(graph) if s.op == "relax.nn.conv2d"][1]
+    convs = [s for s in layer_specs(graph) if s.op == "relax.nn.conv2d"]
     lanes = model.lanes
+    # a stride-2 conv: direct kernel at every width
+    spec = next(s for s in convs if [int(v) for v in s.call.attrs.strides] == [2, 2])
     assert model.layer_ms(spec, 32, 32) > model.layer_ms(spec, 32, 16)
     assert model.layer_ms(spec, 32, lanes) >= model.layer_ms(spec, 32, 1)
+    # a 3x3 stride-1 conv at 16x16 (64 tiles): Winograd from 16 channels on, as in the build,
+    # so 16 output channels cost less than 1 (the direct kernel, a whole vector)
+    spec = convs[1]
+    assert model.layer_ms(spec, 32, 32) > model.layer_ms(spec, 32, 16)
+    assert model.layer_ms(spec, 32, 16) < model.layer_ms(spec, 32, 1)
     pruned, report = hc.prune(small, budget=hc.Latency(fraction=0.5), graph=graph, align=8,
                               target="llvm", latency_model=model)
     assert report.predicted_ms <= 0.5 * report.dense_predicted_ms

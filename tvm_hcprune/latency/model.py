@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 
+from tvm_hcprune.backend.cpu.winograd import TILE_ELEMENTS, prefer_winograd
 from tvm_hcprune.backend.pipeline import set_num_threads
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
@@ -464,10 +465,26 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
 # analytic
 
 
+def _winograd_hw(spec, khkw: int, groups: int):
+    """``(H, W)`` of a conv that the CPU build may run with Winograd (3x3, stride 1, one
+    pixel of padding, ungrouped, NCHW or NHWC), else None."""
+    if spec.op != "relax.nn.conv2d" or khkw != 9 or groups != 1 or spec.depthwise:
+        return None
+    attrs = spec.call.attrs
+    layout = str(attrs.out_layout or attrs.data_layout)
+    if ([int(v) for v in attrs.strides] != [1, 1] or [int(v) for v in attrs.dilation] != [1, 1]
+            or {int(v) for v in attrs.padding} != {1} or sorted(layout) != sorted("NCHW")):
+        return None
+    return spec.out_shape[layout.index("H")], spec.out_shape[layout.index("W")]
+
+
 class RooflineModel(LatencyModel):
     """Latency estimated from the hardware profile: per layer, the larger of its compute
     time at the profile's peak (channel counts rounded up to whole vectors, the SIMD
     staircase) and its memory time at ``bandwidth_gbps``, plus ``overhead_us`` per kernel.
+    A 3x3 stride-1 conv the CPU build runs with Winograd F(2x2, 3x3)
+    (:func:`~tvm_hcprune.backend.cpu.winograd.prefer_winograd`) counts the 16 products per
+    2x2 tile of the GEMM stage and the 16/9 larger transformed weight.
 
     Parameters
     ----------
@@ -517,7 +534,12 @@ class RooflineModel(LatencyModel):
         else:
             khkw, groups = 1, 1
         per_group_in = max(1, cin // groups)
-        if spec.depthwise:
+        hw = _winograd_hw(spec, khkw, groups)
+        if hw is not None and prefer_winograd(self._up(cin), cout, *hw, self.lanes):
+            tiles = out_sp // (hw[0] * hw[1]) * math.ceil(hw[0] / 2) * math.ceil(hw[1] / 2)
+            macs = tiles * TILE_ELEMENTS * self._up(cin) * self._up(cout)
+            weights = TILE_ELEMENTS * cin * cout
+        elif spec.depthwise:
             macs = out_sp * self._up(cout) * khkw
             weights = cout * khkw
         else:
