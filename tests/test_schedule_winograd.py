@@ -77,14 +77,14 @@ def test_bad_option_is_refused():
         PackWeightsForCPU(winograd="yes")
 
 
-def winograd_module(ic, oc, hw, epilogue):
+def winograd_module(ic, oc, hw, epilogue, batch=1):
     """1x1 conv + ReLU (so the 3x3 conv reads the channel-blocked layout), then a 3x3 pad-1
     conv with ``epilogue``: ``bias_relu``, ``residual`` (adds the 1x1 conv's output) or
     ``hswish``."""
     rng = np.random.default_rng(ic * 7 + oc)
     h, w = hw
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, ic, h, w), "float32"))
+    x = relax.Var("x", relax.TensorType((batch, ic, h, w), "float32"))
     w1 = rng.standard_normal((ic, ic, 1, 1)).astype("float32") * 0.3
     w3 = rng.standard_normal((oc, ic, 3, 3)).astype("float32") * 0.2
     b = rng.standard_normal((1, oc, 1, 1)).astype("float32")
@@ -110,9 +110,10 @@ def _run(mod, pipeline, x, target):
 
 
 CASES = {
-    # ic, oc, (h, w), epilogue: odd sizes (partial tiles in both directions), one input
-    # channel block, more output blocks than input ones, a residual epilogue
+    # ic, oc, (h, w), epilogue[, batch]: odd sizes (partial tiles in both directions), one
+    # input channel block, more output blocks than input ones, a residual epilogue, batch 2
     "odd_hw_bias_relu": (16, 16, (11, 13), "bias_relu"),
+    "batch2": (32, 48, (12, 13), "bias_relu", 2),
     "wide_out_residual": (32, 32, (12, 15), "residual"),
     "widen_hswish": (16, 48, (9, 15), "hswish"),
     "narrow_out": (48, 32, (14, 9), "bias_relu"),
@@ -120,13 +121,14 @@ CASES = {
 
 
 def _check(case, target):
-    ic, oc, hw, epi = CASES[case]
-    mod = winograd_module(ic, oc, hw, epi)
+    ic, oc, hw, epi, *batch = CASES[case]
+    batch = batch[0] if batch else 1
+    mod = winograd_module(ic, oc, hw, epi, batch)
     kernels = scheduled_kernels(mod, target)
     wino = [f for name, f in kernels.items() if "wgconv" in name]
     assert len(wino) == 1, list(kernels)
     assert "tirx.is_scheduled" in wino[0].script()
-    x = np.random.default_rng(1).standard_normal((1, ic, *hw)).astype("float32")
+    x = np.random.default_rng(1).standard_normal((batch, ic, *hw)).astype("float32")
     ref = _run(mod, relax.get_default_pipeline(target), x, target)
     ours = _run(mod, get_pipeline(target, strict=True), x, target)
     scale = max(1.0, float(np.abs(ref).max()))
