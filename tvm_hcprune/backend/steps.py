@@ -47,11 +47,12 @@ def fuse_passes() -> list:
 
 
 def cpu_kernel_passes(target, rules: bool = True, blocked_layout: bool = True,
-                      sparse: bool | str = True) -> list:
+                      sparse: bool | str = True, winograd: bool = True) -> list:
     """tvm_hcprune's CPU kernels (channels padded to the block, the blocked layout,
     block-sparse matmuls and 1x1 convs,
-    vectorised erf/softmax, packed weights), then TVM's library dispatch and legalisation
-    (which fuses): up to the fused PrimFuncs."""
+    vectorised erf/softmax, packed weights; ``winograd=False`` keeps 3x3 convs on the direct
+    kernel), then TVM's library dispatch and legalisation (which fuses): up to the fused
+    PrimFuncs."""
     pre = []
     if rules:
         prof = profile_for(target)
@@ -66,7 +67,7 @@ def cpu_kernel_passes(target, rules: bool = True, blocked_layout: bool = True,
             pre.append(UseBlockSparse(default_block(prof), prof, decide))
         pre.append(FastMath())  # libm's scalar erff / expf: the slowest ops of GELU, softmax
         pre.append(PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
-                                     l2_bytes=prof.l2_bytes))
+                                     l2_bytes=prof.l2_bytes, winograd=winograd))
     return pre + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
 
 
