@@ -129,6 +129,45 @@ def test_unaligned_channels_keep_nchw_and_nhwc_is_blocked_too():
     _check(nhwc, blocked_layout=False)
 
 
+def _tflite_block(c=16, hw=(6, 5)):
+    """As TFLite imports a PReLU block (after NormalizeImport): NHWC convs, ``[C]`` biases,
+    ``prelu(axis=3)``, a residual add."""
+    rng = np.random.default_rng(5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, *hw, c), "float32"))
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(
+                x, const(1, 1, c, 2 * c), data_layout="NHWC", kernel_layout="HWIO"),
+                const(2 * c)))
+            y = bb.emit(relax.op.nn.prelu(y, const(2 * c), axis=3))
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(
+                y, const(1, 1, 2 * c, c), data_layout="NHWC", kernel_layout="HWIO"), const(c)))
+            out = bb.emit_output(relax.op.add(y, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_tflite_bias_and_prelu_stay_blocked():
+    """Before: ``[C]`` bias constants and ``prelu`` (neither has blocked layout inference:
+    every conv changed layout back and forth). After: biases ``[1, 1, 1, C]`` and prelu as
+    ``maximum(x, 0) + alpha * minimum(x, 0)``, so the only layout transforms are the
+    input's and the output's; the default pipeline's output."""
+    before = _tflite_block()
+    assert "relax.nn.prelu" in _ops(before)
+    after = BlockChannelLayout(8)(before)
+    relax.analysis.well_formed(after)
+    ops = _ops(after)
+    assert "relax.nn.prelu" not in ops
+    assert [op for op in ops if op.startswith("relax.nn.conv2d")] == ["relax.nn.conv2d:NCHW8c"] * 2
+    assert ops.count("relax.layout_transform") == 2
+    _check(before)
+
+
 def test_blocked_chain_matches_default():
     _check(_block_net())
     _check(_block_net(clip_as_call_tir=False, hw=(7, 9)))

@@ -12,7 +12,10 @@ of :mod:`tvm_hcprune.backend.cpu.pack` then read and write the blocked layout di
 
 ONNX's ``Clip`` imports as ``call_tir`` of ``maximum``/``minimum`` PrimFuncs, opaque to
 ``ConvertLayout``, and Relax's ``clip`` has no layout inference; the pass first re-expresses
-both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain.
+both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain. TFLite's
+imports need two more: its ``[C]`` bias constants become ``[1, 1, 1, C]`` and its ``prelu``
+``maximum(x, 0) + alpha * minimum(x, 0)`` (neither converted; every conv changed layout
+back and forth, 155 layout transforms in ``iris_landmark``, 5 now).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tvm_hcprune.utils.relax import calls, mutate_functions, use_counts
 @mutator
 class _RaiseClip(PyExprMutator):
     """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)``: Relax's clip has no layout
-    inference, its two halves do."""
+    inference, its two halves do (and ``prelu`` likewise, see ``_prelu``)."""
 
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
@@ -37,6 +40,8 @@ class _RaiseClip(PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if getattr(call.op, "name", None) == "relax.nn.prelu":
+            return self._prelu(call)
         if getattr(call.op, "name", None) != "relax.clip":
             return call
         x, lo, hi = call.args
@@ -47,6 +52,32 @@ class _RaiseClip(PyExprMutator):
         self.raised += 1
         out = self.builder_.normalize(relax.op.maximum(x, relax.const(bounds[0], dtype)))
         return relax.op.minimum(out, relax.const(bounds[1], dtype))
+
+    def _prelu(self, call):
+        """``prelu(x, alpha, axis)`` -> ``maximum(x, 0) + alpha * minimum(x, 0)`` with alpha
+        along ``axis`` at x's rank (the same values: one of the two terms is zero); Relax's
+        prelu has no layout inference either (TFLite's PReLU models: every conv changed
+        layout back and forth around it)."""
+        x, alpha = call.args
+        shape = getattr(x.ty, "shape", None)
+        dtype = str(getattr(x.ty, "dtype", ""))
+        if (shape is None or not dtype.startswith("float")
+                or not isinstance(alpha, tvm.ir.expr.Constant)):
+            return call
+        ndim = len(shape)
+        axis = int(call.attrs.axis) % ndim
+        value = alpha.value.numpy()
+        if value.ndim != 1:
+            return call
+        full = [1] * ndim
+        full[axis] = value.shape[0]
+        self.raised += 1
+        zero = relax.const(0.0, dtype)
+        pos = self.builder_.normalize(relax.op.maximum(x, zero))
+        neg = self.builder_.normalize(relax.op.minimum(x, zero))
+        neg = self.builder_.normalize(relax.op.multiply(
+            neg, relax.const(value.reshape(full), str(value.dtype))))
+        return relax.op.add(pos, neg)
 
 
 def _imm_value(v) -> float | None:
@@ -65,6 +96,55 @@ def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
     rw = _RaiseClip(mod)
     out = mutate_functions(rw, mod)
     return relax.transform.DeadCodeElimination()(out) if rw.raised else mod
+
+
+_BROADCAST_BINARY = frozenset(
+    f"relax.{op}" for op in ("add", "subtract", "multiply", "divide", "maximum", "minimum"))
+
+
+@mutator
+class _FullRankConstants(PyExprMutator):
+    """A constant operand of a broadcasting binary op given the other operand's rank:
+    TFLite's per-channel bias is ``[C]`` against an NHWC tensor, which Relax's
+    ``ConvertLayout`` does not carry into ``NCHW{b}c`` (every conv then changed layout back
+    and forth around its bias add); as ``[1, 1, 1, C]`` it does (same values, same
+    broadcast)."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.reshaped = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if getattr(call.op, "name", None) not in _BROADCAST_BINARY or len(call.args) != 2:
+            return call
+        ranks = [len(a.ty.shape) if isinstance(a.ty, relax.TensorType)
+                 and a.ty.shape is not None else None for a in call.args]
+        if None in ranks or ranks[0] == ranks[1]:
+            return call
+        lo = 0 if ranks[0] < ranks[1] else 1
+        const = call.args[lo]
+        if not isinstance(const, tvm.ir.expr.Constant) or ranks[lo] == 0:
+            return call
+        value = const.value.numpy()
+        full = value.reshape((1,) * (ranks[1 - lo] - ranks[lo]) + value.shape)
+        args = list(call.args)
+        args[lo] = relax.const(full, str(value.dtype))
+        self.reshaped += 1
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def full_rank_constants(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with the constant operands of broadcasting binary ops reshaped to the other
+    operand's rank (leading ones; see :class:`_FullRankConstants`).
+
+    Examples
+    --------
+    >>> mod = full_rank_constants(mod)  # add(x, c[C]) -> add(x, c[1,1,1,C])  # doctest: +SKIP
+    """
+    rw = _FullRankConstants(mod)
+    out = mutate_functions(rw, mod)
+    return out if rw.reshaped else mod
 
 
 _ENTRY_EWISE = frozenset(
@@ -338,7 +418,7 @@ class BlockChannelLayout:
             return mod
         b = self.block
         original = mod
-        mod = raise_minmax(mod)
+        mod = full_rank_constants(raise_minmax(mod))
         out = convert_layout_per_op(mod, b)
         return original if out is None else out  # None: not even op by op; keep NCHW
 
