@@ -237,6 +237,64 @@ class _FuseEntryTransform(PyExprMutator):
         return y
 
 
+def _plain_to_blocked(c: int, b: int):
+    """The index map of a 4-D tensor whose channels are axis ``c`` (1: NCHW, 3: NHWC) to
+    ``NCHW{b}c``."""
+    def f(*idx):
+        rest = [idx[k] for k in (1, 2, 3) if k != c]
+        return (idx[0], idx[c] // b, *rest, idx[c] % b)
+
+    return tvm.tirx.IndexMap.from_func(f, ndim=4)
+
+
+def _blocked_to_plain(c: int, b: int):
+    def f(n, outer, h, w, inner):
+        plain = [n, None, None, None]
+        plain[c] = outer * b + inner
+        rest = iter((h, w))
+        return tuple(next(rest) if v is None else v for v in plain)
+
+    return tvm.tirx.IndexMap.from_func(f, ndim=5)
+
+
+@mutator
+class _BlockedChannelPad(PyExprMutator):
+    """``to_blocked(pad(to_plain(x)))`` with zeros appended to the channels, a multiple of
+    the block -> ``pad(x)`` on the blocked tensor's outer channel axis. ConvertLayout has
+    no blocked form of a channel pad (BlazeFace's shortcuts): each changed layout twice."""
+
+    def __init__(self, mod: tvm.IRModule, b: int):
+        super().__init__(mod)
+        self.b = b
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if getattr(call.op, "name", None) != "relax.layout_transform" or not isinstance(
+                call.args[0], relax.Var):
+            return call
+        pad = self.lookup_binding(call.args[0])
+        if getattr(getattr(pad, "op", None), "name", None) != "relax.nn.pad" or not (
+                isinstance(pad.args[0], relax.Var)):
+            return call
+        plain = self.lookup_binding(pad.args[0])
+        if getattr(getattr(plain, "op", None), "name", None) != "relax.layout_transform":
+            return call
+        widths = [int(w) for w in pad.attrs.pad_width]
+        padded = [ax for ax in range(len(widths) // 2) if widths[2 * ax] or widths[2 * ax + 1]]
+        if (len(widths) != 8 or len(padded) != 1 or padded[0] not in (1, 3)
+                or widths[2 * padded[0]] or widths[2 * padded[0] + 1] % self.b
+                or str(pad.attrs.pad_mode) != "constant" or float(pad.attrs.pad_value) != 0.0
+                or call.attrs.pad_value is not None or plain.attrs.pad_value is not None):
+            return call
+        c, b = padded[0], self.b
+        if not (call.attrs.index_map.is_equivalent_to(_plain_to_blocked(c, b))
+                and plain.attrs.index_map.is_equivalent_to(_blocked_to_plain(c, b))):
+            return call
+        blocked = plain.args[0]
+        return relax.op.nn.pad(blocked, [0, 0, 0, widths[2 * c + 1] // b, 0, 0, 0, 0, 0, 0],
+                               "constant", 0.0)
+
+
 def _blocked_pool(pool, data, b: int):
     """``pool`` (an NCHW max / average pooling) applied to ``data`` in ``NCHW{b}c``."""
     a = pool.attrs
@@ -433,6 +491,7 @@ def _blocked(mod: tvm.IRModule, b: int) -> tvm.IRModule:
     # residual add); common-subexpression elimination keeps one
     mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
+    mod = mutate_functions(_BlockedChannelPad(mod, b), mod)
     mod = relax.transform.DeadCodeElimination()(mod)
     # the weights' and biases' new layouts, folded with numpy
     return relax.transform.FoldConstant()(NormalizeImport()(mod))
