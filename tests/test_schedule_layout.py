@@ -129,6 +129,89 @@ def test_unaligned_channels_keep_nchw_and_nhwc_is_blocked_too():
     _check(nhwc, blocked_layout=False)
 
 
+def _tflite_block(c=16, hw=(6, 5)):
+    """As TFLite imports a PReLU block (after NormalizeImport): NHWC convs, ``[C]`` biases,
+    ``prelu(axis=3)``, a residual add."""
+    rng = np.random.default_rng(5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, *hw, c), "float32"))
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(
+                x, const(1, 1, c, 2 * c), data_layout="NHWC", kernel_layout="HWIO"),
+                const(2 * c)))
+            y = bb.emit(relax.op.nn.prelu(y, const(2 * c), axis=3))
+            y = bb.emit(relax.op.add(relax.op.nn.conv2d(
+                y, const(1, 1, 2 * c, c), data_layout="NHWC", kernel_layout="HWIO"), const(c)))
+            out = bb.emit_output(relax.op.add(y, x))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_tflite_bias_and_prelu_stay_blocked():
+    """Before: ``[C]`` bias constants and ``prelu`` (neither has blocked layout inference:
+    every conv changed layout back and forth). After: biases ``[1, 1, 1, C]`` and prelu as
+    ``maximum(x, 0) + alpha * minimum(x, 0)``, so the only layout transforms are the
+    input's and the output's; the default pipeline's output."""
+    before = _tflite_block()
+    assert "relax.nn.prelu" in _ops(before)
+    after = BlockChannelLayout(8)(before)
+    relax.analysis.well_formed(after)
+    ops = _ops(after)
+    assert "relax.nn.prelu" not in ops
+    assert [op for op in ops if op.startswith("relax.nn.conv2d")] == ["relax.nn.conv2d:NCHW8c"] * 2
+    assert ops.count("relax.layout_transform") == 2
+    _check(before)
+
+
+def _channel_pad_block(layout):
+    """conv 16 -> x; conv 32 on x, plus x's channels padded 16 -> 32 with zeros (BlazeFace's
+    shortcut); conv 16."""
+    rng = np.random.default_rng(6)
+    nhwc = layout == "NHWC"
+    c_axis = 3 if nhwc else 1
+    shape = (1, 6, 5, 16) if nhwc else (1, 16, 6, 5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+
+    def conv(y, cin, cout):
+        w = rng.standard_normal((1, 1, cin, cout) if nhwc else (cout, cin, 1, 1))
+        return relax.op.nn.conv2d(y, relax.const(w.astype("float32")), data_layout=layout,
+                                  kernel_layout="HWIO" if nhwc else "OIHW")
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(conv(x, 16, 16))
+            widths = [0] * 8
+            widths[2 * c_axis + 1] = 16
+            s = bb.emit(relax.op.nn.pad(y, widths))
+            z = bb.emit(relax.op.nn.relu(relax.op.add(s, conv(y, 16, 32))))
+            out = bb.emit_output(conv(z, 32, 16))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_channel_pad_stays_blocked(layout):
+    """Before: the channel pad between blocked convs changed layout back and forth
+    (ConvertLayout has no blocked channel pad). After: one pad of the outer channel axis
+    of ``NCHW8c`` (zeros appended, whole blocks); the default pipeline's output."""
+    before = _channel_pad_block(layout)
+    after = BlockChannelLayout(8)(before)
+    relax.analysis.well_formed(after)
+    assert _ops(after).count("relax.layout_transform") == 2
+    pads = []
+    relax.analysis.post_order_visit(after["main"], lambda e: pads.append(
+        [int(w) for w in e.attrs.pad_width]) if isinstance(e, relax.Call) and getattr(
+        e.op, "name", "") == "relax.nn.pad" else None)
+    assert pads == [[0, 0, 0, 2, 0, 0, 0, 0, 0, 0]]
+    _check(before)
+
+
 def test_blocked_chain_matches_default():
     _check(_block_net())
     _check(_block_net(clip_as_call_tir=False, hw=(7, 9)))

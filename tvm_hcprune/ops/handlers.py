@@ -596,15 +596,24 @@ class PadHandler(OpHandler):
         return out
 
     def rewrite(self, rw, var, call, args):
+        """The kept padding before the input, and after it whatever the kept output width
+        leaves: ``out - before - new input``. Pruning keeps part of each padded run; channel
+        padding (``PadChannels``) may widen the input into channels the pad filled with
+        zeros, so the pad after it shrinks (to nothing: the input itself)."""
         pads = [int(p) for p in call.attrs.pad_width]
-        shape = static_shape(call.args[0])
+        out_shape, new_in = static_shape(var), rw.new_shape(args[0])
         for ax, d in enumerate(rw.out_desc(var)):
-            idx = rw.axis_index(d)
-            if idx is None or not (pads[2 * ax] or pads[2 * ax + 1]):
+            if not (pads[2 * ax] or pads[2 * ax + 1]):
                 continue
-            before = pads[2 * ax]
-            pads[2 * ax] = int((idx < before).sum())
-            pads[2 * ax + 1] = int((idx >= before + shape[ax]).sum())
+            idx = rw.axis_index(d)
+            if idx is not None:
+                pads[2 * ax] = int((idx < pads[2 * ax]).sum())
+            width = out_shape[ax] if idx is None else len(idx)
+            pads[2 * ax + 1] = width - pads[2 * ax] - new_in[ax]
+            if pads[2 * ax + 1] < 0:  # pragma: no cover - PadChannels checks the widths
+                raise ValueError(f"padding axis {ax} to {width} from {new_in[ax]} channels")
+        if not any(pads) and str(call.attrs.pad_mode) == "constant":
+            return args[0]
         return relax.op.nn.pad(args[0], pads, str(call.attrs.pad_mode),
                                float(call.attrs.pad_value))
 

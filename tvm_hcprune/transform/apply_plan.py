@@ -77,15 +77,18 @@ def original_module(plan: PrunePlan):
 
 @mutator
 class _PlanRewriter(PyExprMutator):
-    def __init__(self, mod, graph, kept_of):
+    def __init__(self, mod, graph, kept_of, index_of=None):
         super().__init__(mod)
         self.graph = graph
         self.ctx = graph.ctx
         self.kept_of = kept_of
+        self.index_of = index_of
         self.current = None
 
     # helpers used by handlers' rewrite()
     def axis_index(self, desc):
+        if self.index_of is not None:
+            return self.index_of(desc)
         return axis_index(desc, self.kept_of)
 
     def out_desc(self, var):
@@ -171,12 +174,15 @@ def apply_plan(graph, plan: PrunePlan):
     return rewrite_channels(graph, kept_lookup(graph, plan))
 
 
-def rewrite_channels(graph, kept_of):
+def rewrite_channels(graph, kept_of, index_of=None):
     """``graph.mod`` with every channel space ``s`` reduced to the channels
     ``kept_of(s)`` lists (None: all of them), weights and constants sliced alike; an index
-    past a space's size adds a zero channel there (what
-    :class:`~tvm_hcprune.backend.cpu.pad_channels.PadChannels` uses). The output shapes
-    must not change.
+    past a space's size adds a zero channel there. The output shapes must not change.
+
+    ``index_of(desc)``, when given, replaces ``kept_of``: the indices an axis with that
+    descriptor keeps (None: all), where an index past the axis's length is a zero channel
+    (what :class:`~tvm_hcprune.backend.cpu.pad_channels.PadChannels` uses to append zero
+    channels to whole axes).
 
     Examples
     --------
@@ -186,7 +192,7 @@ def rewrite_channels(graph, kept_of):
     mod = graph.mod
     func = mod["main"]
     try:
-        new = _PlanRewriter(mod, graph, kept_of).visit_expr(func)
+        new = _PlanRewriter(mod, graph, kept_of, index_of).visit_expr(func)
     finally:
         clear_shape_cache()
     new = relax.analysis.remove_all_unused(new)

@@ -12,7 +12,10 @@ of :mod:`tvm_hcprune.backend.cpu.pack` then read and write the blocked layout di
 
 ONNX's ``Clip`` imports as ``call_tir`` of ``maximum``/``minimum`` PrimFuncs, opaque to
 ``ConvertLayout``, and Relax's ``clip`` has no layout inference; the pass first re-expresses
-both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain.
+both as ``R.maximum``/``R.minimum``, so a clip does not cut the blocked chain. TFLite's
+imports need two more: its ``[C]`` bias constants become ``[1, 1, 1, C]`` and its ``prelu``
+``maximum(x, 0) + alpha * minimum(x, 0)`` (neither converted; every conv changed layout
+back and forth, 155 layout transforms in ``iris_landmark``, 5 now).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from tvm_hcprune.utils.relax import calls, mutate_functions, use_counts
 @mutator
 class _RaiseClip(PyExprMutator):
     """``clip(x, lo, hi)`` -> ``minimum(maximum(x, lo), hi)``: Relax's clip has no layout
-    inference, its two halves do."""
+    inference, its two halves do (and ``prelu`` likewise, see ``_prelu``)."""
 
     def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
@@ -37,6 +40,8 @@ class _RaiseClip(PyExprMutator):
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
+        if getattr(call.op, "name", None) == "relax.nn.prelu":
+            return self._prelu(call)
         if getattr(call.op, "name", None) != "relax.clip":
             return call
         x, lo, hi = call.args
@@ -47,6 +52,32 @@ class _RaiseClip(PyExprMutator):
         self.raised += 1
         out = self.builder_.normalize(relax.op.maximum(x, relax.const(bounds[0], dtype)))
         return relax.op.minimum(out, relax.const(bounds[1], dtype))
+
+    def _prelu(self, call):
+        """``prelu(x, alpha, axis)`` -> ``maximum(x, 0) + alpha * minimum(x, 0)`` with alpha
+        along ``axis`` at x's rank (the same values: one of the two terms is zero); Relax's
+        prelu has no layout inference either (TFLite's PReLU models: every conv changed
+        layout back and forth around it)."""
+        x, alpha = call.args
+        shape = getattr(x.ty, "shape", None)
+        dtype = str(getattr(x.ty, "dtype", ""))
+        if (shape is None or not dtype.startswith("float")
+                or not isinstance(alpha, tvm.ir.expr.Constant)):
+            return call
+        ndim = len(shape)
+        axis = int(call.attrs.axis) % ndim
+        value = alpha.value.numpy()
+        if value.ndim != 1:
+            return call
+        full = [1] * ndim
+        full[axis] = value.shape[0]
+        self.raised += 1
+        zero = relax.const(0.0, dtype)
+        pos = self.builder_.normalize(relax.op.maximum(x, zero))
+        neg = self.builder_.normalize(relax.op.minimum(x, zero))
+        neg = self.builder_.normalize(relax.op.multiply(
+            neg, relax.const(value.reshape(full), str(value.dtype))))
+        return relax.op.add(pos, neg)
 
 
 def _imm_value(v) -> float | None:
@@ -65,6 +96,55 @@ def raise_minmax(mod: tvm.IRModule) -> tvm.IRModule:
     rw = _RaiseClip(mod)
     out = mutate_functions(rw, mod)
     return relax.transform.DeadCodeElimination()(out) if rw.raised else mod
+
+
+_BROADCAST_BINARY = frozenset(
+    f"relax.{op}" for op in ("add", "subtract", "multiply", "divide", "maximum", "minimum"))
+
+
+@mutator
+class _FullRankConstants(PyExprMutator):
+    """A constant operand of a broadcasting binary op given the other operand's rank:
+    TFLite's per-channel bias is ``[C]`` against an NHWC tensor, which Relax's
+    ``ConvertLayout`` does not carry into ``NCHW{b}c`` (every conv then changed layout back
+    and forth around its bias add); as ``[1, 1, 1, C]`` it does (same values, same
+    broadcast)."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.reshaped = 0
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if getattr(call.op, "name", None) not in _BROADCAST_BINARY or len(call.args) != 2:
+            return call
+        ranks = [len(a.ty.shape) if isinstance(a.ty, relax.TensorType)
+                 and a.ty.shape is not None else None for a in call.args]
+        if None in ranks or ranks[0] == ranks[1]:
+            return call
+        lo = 0 if ranks[0] < ranks[1] else 1
+        const = call.args[lo]
+        if not isinstance(const, tvm.ir.expr.Constant) or ranks[lo] == 0:
+            return call
+        value = const.value.numpy()
+        full = value.reshape((1,) * (ranks[1 - lo] - ranks[lo]) + value.shape)
+        args = list(call.args)
+        args[lo] = relax.const(full, str(value.dtype))
+        self.reshaped += 1
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+def full_rank_constants(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with the constant operands of broadcasting binary ops reshaped to the other
+    operand's rank (leading ones; see :class:`_FullRankConstants`).
+
+    Examples
+    --------
+    >>> mod = full_rank_constants(mod)  # add(x, c[C]) -> add(x, c[1,1,1,C])  # doctest: +SKIP
+    """
+    rw = _FullRankConstants(mod)
+    out = mutate_functions(rw, mod)
+    return out if rw.reshaped else mod
 
 
 _ENTRY_EWISE = frozenset(
@@ -155,6 +235,64 @@ class _FuseEntryTransform(PyExprMutator):
             args = [y if isinstance(a, relax.Var) else a for a in args]
             y = self.builder_.normalize(relax.Call(op.op, args, op.attrs, op.ty_args))
         return y
+
+
+def _plain_to_blocked(c: int, b: int):
+    """The index map of a 4-D tensor whose channels are axis ``c`` (1: NCHW, 3: NHWC) to
+    ``NCHW{b}c``."""
+    def f(*idx):
+        rest = [idx[k] for k in (1, 2, 3) if k != c]
+        return (idx[0], idx[c] // b, *rest, idx[c] % b)
+
+    return tvm.tirx.IndexMap.from_func(f, ndim=4)
+
+
+def _blocked_to_plain(c: int, b: int):
+    def f(n, outer, h, w, inner):
+        plain = [n, None, None, None]
+        plain[c] = outer * b + inner
+        rest = iter((h, w))
+        return tuple(next(rest) if v is None else v for v in plain)
+
+    return tvm.tirx.IndexMap.from_func(f, ndim=5)
+
+
+@mutator
+class _BlockedChannelPad(PyExprMutator):
+    """``to_blocked(pad(to_plain(x)))`` with zeros appended to the channels, a multiple of
+    the block -> ``pad(x)`` on the blocked tensor's outer channel axis. ConvertLayout has
+    no blocked form of a channel pad (BlazeFace's shortcuts): each changed layout twice."""
+
+    def __init__(self, mod: tvm.IRModule, b: int):
+        super().__init__(mod)
+        self.b = b
+
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if getattr(call.op, "name", None) != "relax.layout_transform" or not isinstance(
+                call.args[0], relax.Var):
+            return call
+        pad = self.lookup_binding(call.args[0])
+        if getattr(getattr(pad, "op", None), "name", None) != "relax.nn.pad" or not (
+                isinstance(pad.args[0], relax.Var)):
+            return call
+        plain = self.lookup_binding(pad.args[0])
+        if getattr(getattr(plain, "op", None), "name", None) != "relax.layout_transform":
+            return call
+        widths = [int(w) for w in pad.attrs.pad_width]
+        padded = [ax for ax in range(len(widths) // 2) if widths[2 * ax] or widths[2 * ax + 1]]
+        if (len(widths) != 8 or len(padded) != 1 or padded[0] not in (1, 3)
+                or widths[2 * padded[0]] or widths[2 * padded[0] + 1] % self.b
+                or str(pad.attrs.pad_mode) != "constant" or float(pad.attrs.pad_value) != 0.0
+                or call.attrs.pad_value is not None or plain.attrs.pad_value is not None):
+            return call
+        c, b = padded[0], self.b
+        if not (call.attrs.index_map.is_equivalent_to(_plain_to_blocked(c, b))
+                and plain.attrs.index_map.is_equivalent_to(_blocked_to_plain(c, b))):
+            return call
+        blocked = plain.args[0]
+        return relax.op.nn.pad(blocked, [0, 0, 0, widths[2 * c + 1] // b, 0, 0, 0, 0, 0, 0],
+                               "constant", 0.0)
 
 
 def _blocked_pool(pool, data, b: int):
@@ -338,7 +476,7 @@ class BlockChannelLayout:
             return mod
         b = self.block
         original = mod
-        mod = raise_minmax(mod)
+        mod = full_rank_constants(raise_minmax(mod))
         out = convert_layout_per_op(mod, b)
         return original if out is None else out  # None: not even op by op; keep NCHW
 
@@ -353,6 +491,7 @@ def _blocked(mod: tvm.IRModule, b: int) -> tvm.IRModule:
     # residual add); common-subexpression elimination keeps one
     mod = relax.transform.EliminateCommonSubexpr()(mod)
     mod = mutate_functions(_FuseEntryTransform(mod, b), mod)
+    mod = mutate_functions(_BlockedChannelPad(mod, b), mod)
     mod = relax.transform.DeadCodeElimination()(mod)
     # the weights' and biases' new layouts, folded with numpy
     return relax.transform.FoldConstant()(NormalizeImport()(mod))
