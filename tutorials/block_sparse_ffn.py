@@ -27,7 +27,7 @@ import tvm
 from tvm import relax
 
 import tvm_hcprune as hc
-from tvm_hcprune.testing import run_relax
+from tvm_hcprune.testing import masked_reference, run_relax
 
 
 def ffn_stack(hidden, ffn, tokens, layers=2, seed=0):
@@ -116,6 +116,37 @@ def main(argv=None) -> int:
     measured = hc.build(sparse, sparse="measure")
     got = run_relax(sparse, [x], build=lambda m, t: measured)
     assert float(np.abs(got - ref).max() / np.abs(ref).max()) < 1e-4
+
+    # %%
+    # 6. One latency budget, channels and blocks mixed
+    # ------------------------------------------------
+    # ``hc.prune(mod, budget=hc.Latency(...), sparse=True)`` lets every matmul (and 1x1
+    # conv) either lose channels or go block-sparse (50/70/90% of its blocks zeroed), in one
+    # knapsack: the latency table (measured here, cached) holds each layer's BSR time at
+    # those sparsities next to its times at candidate widths, and each step takes whatever
+    # loses the least importance per millisecond saved (block scores are ``sparsify``'s
+    # norms). The plan records both; the channels are removed, then the blocks zeroed, and
+    # ``hc.build`` runs the sparse layers on the BSR kernel. The report says which layer got
+    # which, and why (``hcprune prune|compile --latency-budget 0.5x --allow-sparse`` on the
+    # command line).
+    model = hc.MeasuredLatency(widths=3, repeats=3, refine=1 if args.quick else 2,
+                               progress=False)
+    budget = hc.Latency(fraction=0.5)
+    mixed, mixed_report = hc.prune(mod, budget=budget, target="llvm", latency_model=model,
+                                   sparse=True)
+    channels, channel_report = hc.prune(mod, budget=budget, target="llvm",
+                                        latency_model=model)
+    for c in mixed_report.layers:
+        print(f"{c.name}: in {c.cin_before}->{c.cin_after}, out {c.cout_before}->"
+              f"{c.cout_after}, {c.sparsity:.0%} blocks zeroed -> {c.format}: {c.why}")
+    print("plan: " + str(mixed_report.plan.to_dict().get("sparse")))
+    # the oracle: the original module with the removed channels and the zeroed blocks
+    oracle = run_relax(masked_reference(mod, mixed_report.plan), [x])
+    got = run_relax(mixed, [x], build=hc.build)
+    assert float(np.abs(got - oracle).max() / np.abs(oracle).max()) < 1e-4
+    t_mixed, t_channels = latency_ms(hc.build(mixed), x), latency_ms(hc.build(channels), x)
+    print(f"at {budget.describe()}: mixed plan {t_mixed:.3f} ms, channel-only plan "
+          f"{t_channels:.3f} ms (dense build {t_dense:.3f} ms)")
     return 0
 
 

@@ -540,12 +540,15 @@ def _bsr_entries(graph, specs, tgt, levels, block, cache, db_tag, database, repe
                  progress, missing) -> dict:
     """Time every BSR-able layer at each block sparsity (interleaved rounds per layer);
     returns the table's ``sparse`` entries and appends the keys it timed to ``missing``."""
-    out, todo = {}, {}
+    out, todo, claimed = {}, {}, set()
     for spec in bsr_specs(graph, specs):
         keys = {float(lv): f"bsr:v{MEASURE_VERSION}:{spec.workload(spec.in_full, spec.out_full)}"
                            f"|{block}|{float(lv):g}|{db_tag}" for lv in levels}
         out[spec.name] = (spec, keys)
-        todo[spec.name] = [(lv, k) for lv, k in keys.items() if k not in cache.entries]
+        # layers of one workload (a transformer's repeated blocks) are timed once
+        todo[spec.name] = [(lv, k) for lv, k in keys.items()
+                           if k not in cache.entries and k not in claimed]
+        claimed.update(keys.values())
     bar = progress_bar(total=sum(len(v) for v in todo.values()),
                        enabled=progress and any(todo.values()), desc="latency table (BSR)",
                        unit="kernel")
