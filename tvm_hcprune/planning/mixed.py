@@ -13,10 +13,12 @@ step compares "narrow a group" against "sparsify a layer" by importance lost per
 millisecond saved.
 
 Scale of the block importance: channel importance is each group's scores divided by their
-mean (a group's channels weigh their count in total). A layer's blocks weigh, in total, the
-channels of the prunable groups its weight reads or writes (zeroing every block of an FFN's
-first matmul silences the FFN like removing all of its channels), or ``max(K, N)`` when both
-sides are frozen; within the layer each block weighs its score over the mean score.
+mean (a group's channels weigh their count in total). A group's total is split between the
+layers whose weights it cuts, by their share of the group's weights (an FFN's 1536 channels:
+768 for the first matmul's columns, 768 for the second's rows), and a layer's blocks weigh,
+in total, its shares of the prunable groups its weight reads or writes (zeroing every block
+is worth removing the layer's part of those channels); ``max(K, N)`` when both sides are
+frozen. Within the layer each block weighs its score over the mean score.
 
 Nothing here measures or rewrites: the latencies come from :mod:`tvm_hcprune.latency`, the
 blocks are zeroed by :func:`tvm_hcprune.transform.apply_plan.apply_plan` after the channels
@@ -25,11 +27,13 @@ are removed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.ops.desc import desc_length
 from tvm_hcprune.ops.weights import layer_weight_oi
 from tvm_hcprune.utils.relax import bindings, is_const, op_name, static_shape
 
@@ -207,6 +211,24 @@ def _layer_groups(graph, var, call) -> set:
     return _channel_groups(graph, call.args[0], in_axis) | _channel_groups(graph, var, out_axis)
 
 
+def _member_weights(graph, member, gid) -> int:
+    """Weight elements of ``member`` that belong to group ``gid``."""
+    shape = static_shape(graph.ctx.values[member.var].args[member.arg])
+    if shape is None or member.kind == "scale":
+        return 0
+    mine = sum(seg.length for seg in member.desc
+               if seg.space is not None and graph.space_group[seg.space] == gid)
+    return math.prod(shape) * mine // max(1, desc_length(member.desc))
+
+
+def _layer_share(graph, gid, var) -> float:
+    """The share of group ``gid``'s weights that lie in the layer bound to ``var``."""
+    counts = [(m.var.same_as(var), _member_weights(graph, m, gid))
+              for m in graph.groups[gid].members]
+    total = sum(n for _, n in counts)
+    return sum(n for here, n in counts if here) / total if total else 0.0
+
+
 def sparse_units(graph, options: SparseOptions, block: tuple[int, int],
                  allowed=None) -> list[SparseUnit]:
     """The block-sparsity units of ``graph``'s BSR-able layers.
@@ -250,9 +272,9 @@ def sparse_units(graph, options: SparseOptions, block: tuple[int, int],
         scores = np.sort(block_scores(w, block, options.criterion).reshape(-1))[::-1]
         n = scores.size
         mean = float(np.mean(scores)) or 1.0
-        prunable = [graph.groups[g] for g in _layer_groups(graph, b.var, b.value)
-                    if not graph.groups[g].frozen]
-        weight = sum(g.size for g in prunable) or max(w.shape)
+        weight = sum(_layer_share(graph, gid, b.var) * graph.groups[gid].size
+                     for gid in _layer_groups(graph, b.var, b.value)
+                     if not graph.groups[gid].frozen) or max(w.shape)
         curve = np.concatenate([[0.0], np.cumsum(scores / mean)]) * (weight / n)
         kept = {}
         for level in levels:
