@@ -25,7 +25,11 @@ channel pruning only, and the mixed budget (``prune(..., sparse=True)``: per lay
 cuts or block sparsity, whichever loses less importance per ms saved). Dense, channel-only
 and mixed builds are timed in interleaved rounds (the fraction of each is the median over
 rounds of its time / the dense time of the same round); which layers went BSR and which got
-channel cuts is printed. ``--shapes ""`` and ``--no-bert`` skip the other parts.
+channel cuts is printed. ``--mixed-weights gaussian,lognormal-blocks:1`` repeats it with
+every matmul weight block scaled by ``exp(N(0, 1))`` (synthetic: block norms then vary more
+than channel norms, as in trained weights; the generator's Gaussian weights give block
+sparsity no importance advantage over channel cuts). ``--shapes ""`` and ``--no-bert`` skip
+the other parts.
 
 Usage::
 
@@ -133,6 +137,11 @@ def main(argv=None) -> int:
                     help="correct each --mixed plan by timing it (MeasuredLatency(refine=N))")
     ap.add_argument("--mixed-widths", type=int, default=4,
                     help="candidate widths per group of --mixed's latency table")
+    ap.add_argument("--mixed-weights", default="gaussian",
+                    help="comma-separated weight variants of --mixed's encoder: gaussian "
+                         "(bert_encoder's own), lognormal-blocks:SIGMA (every block of every "
+                         "matmul weight scaled by exp(N(0, SIGMA)): block norms vary more "
+                         "than channel norms, as in trained weights; synthetic)")
     args = ap.parse_args(argv)
     if args.ort_child:
         data = np.load(args.ort_child)
@@ -356,13 +365,47 @@ def mixed(args, target) -> dict:
     import onnx
 
     import tvm_hcprune as hc
-    from tvm_hcprune.latency.measure import measure_rounds
     from tvm_hcprune.testing.onnx_models import bert_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bert.onnx"
         onnx.save(bert_encoder(), path)
-        mod = hc.load_onnx(str(path), log=lambda *_: None)
+        dense_mod = hc.load_onnx(str(path), log=lambda *_: None)
+    out = {}
+    for variant in args.mixed_weights.split(","):
+        mod = _weights_variant(dense_mod, variant, target)
+        print(f"--mixed, weights {variant}", flush=True)
+        out[variant] = _mixed_one(args, target, mod)
+    return out
+
+
+def _weights_variant(mod, variant, target):
+    """``mod`` itself (gaussian) or with every matmul weight block scaled log-normally."""
+    import tvm_hcprune as hc
+    from tvm_hcprune.hardware.sparse_cost import default_block
+    from tvm_hcprune.transform.sparsify_blocks import sparsifiable_layers
+    from tvm_hcprune.utils.relax import bindings, replace_constants
+
+    if variant == "gaussian":
+        return mod
+    kind, _, sigma = variant.partition(":")
+    if kind != "lognormal-blocks" or not sigma:
+        raise SystemExit(f"unknown --mixed-weights variant {variant!r}")
+    bk, bn = default_block(hc.profile_for(target))
+    rng = np.random.default_rng(7)
+    calls = {b.var.name: b.value for b in bindings(mod["main"])}
+    updates = {}
+    for name, _op, (k, n) in sparsifiable_layers(mod):
+        w = calls[name].args[1].value.numpy()
+        scale = np.exp(rng.normal(0.0, float(sigma), (-(-k // bk), -(-n // bn))))
+        updates[name] = {1: (w * np.kron(scale, np.ones((bk, bn)))[:k, :n]).astype(w.dtype)}
+    return replace_constants(mod, updates)
+
+
+def _mixed_one(args, target, mod) -> dict:
+    import tvm_hcprune as hc
+    from tvm_hcprune.latency.measure import measure_rounds
+
     graph = hc.analyze(mod)
     model = hc.MeasuredLatency(widths=args.mixed_widths, refine=args.mixed_closed_loop,
                                repeats=args.rounds)
