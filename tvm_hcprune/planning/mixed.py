@@ -33,12 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.hardware.sparse_cost import choose_format, default_block
 from tvm_hcprune.ops.desc import desc_length
 from tvm_hcprune.ops.weights import layer_weight_oi
+from tvm_hcprune.planning.budget import Latency
 from tvm_hcprune.utils.relax import bindings, is_const, op_name, static_shape
 
 __all__ = ["SPARSITY_LEVELS", "SparseOptions", "SparseUnit", "block_scores", "chosen_sparsity",
-           "layer_weight_kn", "sparse_units"]
+           "layer_weight_kn", "mixed_units", "sparse_units"]
 
 #: Block sparsities a mixed budget offers per layer by default.
 SPARSITY_LEVELS = (0.5, 0.7, 0.9)
@@ -288,6 +291,37 @@ def sparse_units(graph, options: SparseOptions, block: tuple[int, int],
         raise HCPruneError(f"sparse layers {sorted(wanted - seen)} are not matmul layers with "
                            "a constant weight or 1x1 convolutions of main")
     return units
+
+
+def mixed_units(graph, options: SparseOptions | None, budget, target=None
+                ) -> tuple[list[SparseUnit], tuple | None]:
+    """``(units, block)`` of a mixed budget: :func:`sparse_units` at the levels the CPU
+    build runs on BSR (:func:`~tvm_hcprune.hardware.sparse_cost.choose_format`), with the
+    block of ``options`` or the target's; ``([], None)`` without ``options``.
+
+    Raises
+    ------
+    HCPruneError
+        For a budget other than :class:`~tvm_hcprune.planning.budget.Latency`, or a target
+        other than a CPU (llvm).
+
+    Examples
+    --------
+    >>> units, block = mixed_units(analyze(mod), SparseOptions(), Latency(fraction=0.5),
+    ...                            "llvm")  # doctest: +SKIP
+    """
+    if options is None:
+        return [], None
+    if not isinstance(budget, Latency):
+        raise HCPruneError("sparse=True mixes channel pruning and block sparsity under a "
+                           "latency budget: pass budget=Latency(...)")
+    profile = profile_for(target if target is not None else "llvm")
+    if profile.kind != "llvm":
+        raise HCPruneError(f"mixed budgets (sparse=True) need a CPU (llvm) target: the BSR "
+                           f"kernel is chosen by the CPU build, not on {profile.kind}")
+    block = options.block or default_block(profile)
+    return sparse_units(graph, options, block,
+                        lambda lv: choose_format(1.0 - lv, profile)[0] == "bsr"), block
 
 
 def chosen_sparsity(units, widths: dict) -> dict[str, float]:

@@ -15,11 +15,9 @@ import tvm
 
 from tvm_hcprune.analysis import analyze
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.hardware import profile_for
-from tvm_hcprune.hardware.sparse_cost import choose_format, default_block
 from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
-from tvm_hcprune.planning.mixed import SparseOptions, sparse_units
+from tvm_hcprune.planning.mixed import SparseOptions, mixed_units
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
 from tvm_hcprune.transform.apply_plan import (
@@ -71,21 +69,8 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
         config = PruneConfig.of(config, prune_first_conv=False)
     record = {"kind": type(budget).__name__, **budget.__dict__}
     sparse = SparseOptions.of(sparse)
-    units, block, sparse_kw = [], None, {}
-    if sparse is not None:
-        if not isinstance(budget, Latency):
-            raise HCPruneError("sparse=True mixes channel pruning and block sparsity under a "
-                               "latency budget: pass budget=Latency(...)")
-        tgt = target if target is not None else "llvm"
-        profile = profile_for(tgt)
-        if profile.kind != "llvm":
-            raise HCPruneError(f"mixed budgets (sparse=True) need a CPU (llvm) target: the "
-                               f"BSR kernel is chosen by the CPU build, not on "
-                               f"{profile.kind}")
-        block = sparse.block or default_block(profile)
-        units = sparse_units(graph, sparse, block,
-                             lambda lv: choose_format(1.0 - lv, profile)[0] == "bsr")
-        sparse_kw = {"sparse_levels": sparse.levels, "block": block}
+    units, block = mixed_units(graph, sparse, budget, target)
+    sparse_kw = {} if sparse is None else {"sparse_levels": sparse.levels, "block": block}
     if isinstance(budget, Latency):
         tgt = target if target is not None else "llvm"
         model = latency_model
