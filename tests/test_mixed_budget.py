@@ -23,8 +23,10 @@ from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 from tvm_hcprune.testing.onnx_models import bert_encoder
 from tvm_hcprune.transform import ApplyPrunePlan
+from tvm_hcprune.transform.apply_plan import apply_plan
 from tvm_hcprune.transform.prune_channels import PruneChannels
 from tvm_hcprune.transform.sparsify_blocks import block_mask, sparsifiable_layers
+from tvm_hcprune.utils.relax import bindings
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}  # AVX2: block 1x8
 SEQ, HIDDEN, FFN = 16, 64, 256
@@ -294,3 +296,27 @@ def test_cli_allow_sparse_exports_verified_onnx(tmp_path, capsys):
     assert main(["prune", str(src), "--macs-budget", "0.7x", "--allow-sparse",
                  "-o", str(tmp_path / "q.onnx")]) != 0
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_reconstruction_output_gets_the_blocks_zeroed_again(tmp_path, monkeypatch):
+    """Re-fitted weights are dense: apply_and_reconstruct zeroes a mixed plan's blocks again
+    after the reconstruction (here a stand-in returning the channel-only pruned module)."""
+    from tvm_hcprune.recovery import reconstruct as rec  # noqa: PLC0415
+
+    _, mod, _w1, _w2 = _bert(tmp_path)
+    graph = hc.analyze(mod)
+    _, report = hc.prune(mod, budget=hc.Latency(fraction=0.7), target=TARGET,
+                         latency_model=RooflineModel(TARGET), sparse=True, graph=graph)
+    plan = report.plan
+    refit = apply_plan(graph, PrunePlan.create(plan.fingerprint, dict(plan.kept),
+                                               dict(plan.sizes)))
+    monkeypatch.setattr(rec, "reconstruct", lambda *_a, **_k: (refit, "fits"))
+    out, fits = rec.apply_and_reconstruct(graph, plan, calibration=object(), enabled=True)
+    assert fits == "fits"
+    weights = {b.var.name: b.value.args[1].value.numpy() for b in bindings(out["main"])
+               if b.var.name in plan.sparse_layers}
+    assert weights.keys() == plan.sparse_layers.keys()
+    for name, s in plan.sparse_layers.items():
+        w = weights[name]
+        zero = 1.0 - np.any(w.reshape(w.shape[0], -1, 8) != 0, axis=2).mean()
+        assert zero == pytest.approx(s, abs=0.01), (name, zero, s)
