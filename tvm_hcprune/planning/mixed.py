@@ -176,6 +176,12 @@ class SparseUnit:
         Kept block count -> block sparsity it stands for (the candidates but the last).
     curve : numpy.ndarray
         ``curve[k]``: importance kept with the ``k`` best blocks.
+
+    Examples
+    --------
+    >>> SparseUnit("bsr:lv", "lv", "relax.matmul", (4, 4), 10, {1: 0.9, 5: 0.5},
+    ...            np.arange(11.0)).candidates
+    [1, 5, 10]
     """
 
     key: str
