@@ -28,8 +28,9 @@ rounds of its time / the dense time of the same round); which layers went BSR an
 channel cuts is printed. ``--mixed-weights gaussian,lognormal-blocks:1`` repeats it with
 every matmul weight block scaled by ``exp(N(0, 1))`` (synthetic: block norms then vary more
 than channel norms, as in trained weights; the generator's Gaussian weights give block
-sparsity no importance advantage over channel cuts). ``--shapes ""`` and ``--no-bert`` skip
-the other parts.
+sparsity no importance advantage over channel cuts), and ``structured`` gives the first FFN
+its importance in a fifth of its blocks and the second FFN in a quarter of its channels.
+``--shapes ""`` and ``--no-bert`` skip the other parts.
 
 Usage::
 
@@ -141,7 +142,9 @@ def main(argv=None) -> int:
                     help="comma-separated weight variants of --mixed's encoder: gaussian "
                          "(bert_encoder's own), lognormal-blocks:SIGMA (every block of every "
                          "matmul weight scaled by exp(N(0, SIGMA)): block norms vary more "
-                         "than channel norms, as in trained weights; synthetic)")
+                         "than channel norms, as in trained weights; synthetic), structured "
+                         "(the first FFN's importance in a fifth of its blocks, the second's "
+                         "in a quarter of its channels: the tutorial's case)")
     args = ap.parse_args(argv)
     if args.ort_child:
         data = np.load(args.ort_child)
@@ -388,6 +391,8 @@ def _weights_variant(mod, variant, target):
 
     if variant == "gaussian":
         return mod
+    if variant == "structured":
+        return _structured(mod, target)
     kind, _, sigma = variant.partition(":")
     if kind != "lognormal-blocks" or not sigma:
         raise SystemExit(f"unknown --mixed-weights variant {variant!r}")
@@ -400,6 +405,28 @@ def _weights_variant(mod, variant, target):
         scale = np.exp(rng.normal(0.0, float(sigma), (-(-k // bk), -(-n // bn))))
         updates[name] = {1: (w * np.kron(scale, np.ones((bk, bn)))[:k, :n]).astype(w.dtype)}
     return replace_constants(mod, updates)
+
+
+def _structured(mod, target):
+    """The first FFN's weights faint (x0.01) outside a fifth of their blocks, the second
+    FFN's outside a quarter of its channels (the tutorial's case)."""
+    import tvm_hcprune as hc
+    from tvm_hcprune.hardware.sparse_cost import default_block
+    from tvm_hcprune.transform.sparsify_blocks import sparsifiable_layers
+    from tvm_hcprune.utils.relax import bindings, replace_constants
+
+    bk, bn = default_block(hc.profile_for(target))
+    rng = np.random.default_rng(3)
+    ffn = [(n, s) for n, _op, s in sparsifiable_layers(mod) if 1536 in s]  # W1, W2 per layer
+    calls = {b.var.name: b.value for b in bindings(mod["main"])}
+    w = {n: calls[n].args[1].value.numpy().copy() for n, _ in ffn[:4]}
+    for name, (k, n) in ffn[:2]:
+        keep = np.kron(rng.random((k // bk, n // bn)) < 0.2, np.ones((bk, bn)))
+        w[name] *= np.where(keep > 0, 1.0, 0.01).astype(np.float32)
+    faint = rng.random(1536) >= 0.25
+    w[ffn[2][0]][:, faint] *= 0.01
+    w[ffn[3][0]][faint, :] *= 0.01
+    return replace_constants(mod, {n: {1: a} for n, a in w.items()})
 
 
 def _mixed_one(args, target, mod) -> dict:
