@@ -19,12 +19,25 @@ sparsity: the whole model built with BSR (``hc.build(sparse=True)``) against the
 of the same sparsified module (``sparse=False``; outputs checked equal, rtol 1e-4), and
 onnxruntime on the dense model; plus where the time goes per kernel family in both builds.
 
+With ``--mixed 0.5[,0.35]`` (issue #15 item 3), the same encoder pruned to each
+``Latency(fraction=f)`` twice from one measured latency table (its BSR entries included):
+channel pruning only, and the mixed budget (``prune(..., sparse=True)``: per layer channel
+cuts or block sparsity, whichever loses less importance per ms saved). Dense, channel-only
+and mixed builds are timed in interleaved rounds (the fraction of each is the median over
+rounds of its time / the dense time of the same round); which layers went BSR and which got
+channel cuts is printed. ``--mixed-weights gaussian,lognormal-blocks:1`` repeats it with
+every matmul weight block scaled by ``exp(N(0, 1))`` (synthetic: block norms then vary more
+than channel norms, as in trained weights; the generator's Gaussian weights give block
+sparsity no importance advantage over channel cuts), and ``structured`` gives the first FFN
+its importance in a fifth of its blocks and the second FFN in a quarter of its channels.
+``--shapes ""`` and ``--no-bert`` skip the other parts.
+
 Usage::
 
     python benchmarks/sparse.py [--m 128] [--shapes 768x3072,3072x768]
                                 [--sparsities 0.5,0.7,0.8,0.9,0.95] [--no-bert]
                                 [--bert-sparsity 0.9] [--database DB.json | --tune N]
-                                [--json out.json]
+                                [--mixed 0.5,0.35 [--mixed-closed-loop N]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -118,6 +131,20 @@ def main(argv=None) -> int:
                          "sparsity for each, besides the profile's default block")
     ap.add_argument("--tune", type=int, default=0, metavar="N",
                     help="tune each sparsified layer with N trials and time its tuned kernel")
+    ap.add_argument("--mixed", default="", metavar="F[,F]",
+                    help="latency fractions: channel-only vs mixed (channels + block "
+                         "sparsity) budget plans of the BERT-style encoder, timed")
+    ap.add_argument("--mixed-closed-loop", type=int, default=0, metavar="N",
+                    help="correct each --mixed plan by timing it (MeasuredLatency(refine=N))")
+    ap.add_argument("--mixed-widths", type=int, default=4,
+                    help="candidate widths per group of --mixed's latency table")
+    ap.add_argument("--mixed-weights", default="gaussian",
+                    help="comma-separated weight variants of --mixed's encoder: gaussian "
+                         "(bert_encoder's own), lognormal-blocks:SIGMA (every block of every "
+                         "matmul weight scaled by exp(N(0, SIGMA)): block norms vary more "
+                         "than channel norms, as in trained weights; synthetic), structured "
+                         "(the first FFN's importance in a fifth of its blocks, the second's "
+                         "in a quarter of its channels: the tutorial's case)")
     args = ap.parse_args(argv)
     if args.ort_child:
         data = np.load(args.ort_child)
@@ -141,7 +168,7 @@ def main(argv=None) -> int:
     out = {"host": {"mcpu": prof.mcpu, "profile": prof.name, "threads": args.threads},
            "m": args.m, "block": list(block), "shapes": {}}
     print(f"host {prof.mcpu} ({prof.name}), block {block[0]}x{block[1]}, M={args.m}")
-    for shape in args.shapes.split(","):
+    for shape in [v for v in args.shapes.split(",") if v]:
         k, n = (int(v) for v in shape.split("x"))
         w = rng.standard_normal((k, n)).astype("float32")
         x = rng.standard_normal((args.m, k)).astype("float32")
@@ -213,6 +240,8 @@ def main(argv=None) -> int:
                 flush=True)
     if args.bert:
         out["bert"] = bert(args, target)
+    if args.mixed:
+        out["mixed"] = mixed(args, target)
     if args.json:
         atomic_write_text(args.json, json.dumps(out, indent=2))
     return 0
@@ -331,6 +360,124 @@ def bert(args, target) -> dict:
           f"onnxruntime (dense model) {best['ort'] * 1e3:.2f} ms")
     for name, fams in res["kernel_ms"].items():
         print(f"  {name}: " + ", ".join(f"{f} {ms:.2f}" for f, ms in list(fams.items())[:8]))
+    return res
+
+
+def mixed(args, target) -> dict:
+    """Channel-only vs mixed latency-budget plans of the BERT-style encoder, measured."""
+    import onnx
+
+    import tvm_hcprune as hc
+    from tvm_hcprune.testing.onnx_models import bert_encoder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bert.onnx"
+        onnx.save(bert_encoder(), path)
+        dense_mod = hc.load_onnx(str(path), log=lambda *_: None)
+    out = {}
+    for variant in args.mixed_weights.split(","):
+        mod = _weights_variant(dense_mod, variant, target)
+        print(f"--mixed, weights {variant}", flush=True)
+        out[variant] = _mixed_one(args, target, mod)
+    return out
+
+
+def _weights_variant(mod, variant, target):
+    """``mod`` itself (gaussian) or with every matmul weight block scaled log-normally."""
+    import tvm_hcprune as hc
+    from tvm_hcprune.hardware.sparse_cost import default_block
+    from tvm_hcprune.transform.sparsify_blocks import sparsifiable_layers
+    from tvm_hcprune.utils.relax import bindings, replace_constants
+
+    if variant == "gaussian":
+        return mod
+    if variant == "structured":
+        return _structured(mod, target)
+    kind, _, sigma = variant.partition(":")
+    if kind != "lognormal-blocks" or not sigma:
+        raise SystemExit(f"unknown --mixed-weights variant {variant!r}")
+    bk, bn = default_block(hc.profile_for(target))
+    rng = np.random.default_rng(7)
+    calls = {b.var.name: b.value for b in bindings(mod["main"])}
+    updates = {}
+    for name, _op, (k, n) in sparsifiable_layers(mod):
+        w = calls[name].args[1].value.numpy()
+        scale = np.exp(rng.normal(0.0, float(sigma), (-(-k // bk), -(-n // bn))))
+        updates[name] = {1: (w * np.kron(scale, np.ones((bk, bn)))[:k, :n]).astype(w.dtype)}
+    return replace_constants(mod, updates)
+
+
+def _structured(mod, target):
+    """The first FFN's weights faint (x0.01) outside a fifth of their blocks, the second
+    FFN's outside a quarter of its channels (the tutorial's case)."""
+    import tvm_hcprune as hc
+    from tvm_hcprune.hardware.sparse_cost import default_block
+    from tvm_hcprune.transform.sparsify_blocks import sparsifiable_layers
+    from tvm_hcprune.utils.relax import bindings, replace_constants
+
+    bk, bn = default_block(hc.profile_for(target))
+    rng = np.random.default_rng(3)
+    ffn = [(n, s) for n, _op, s in sparsifiable_layers(mod) if 1536 in s]  # W1, W2 per layer
+    calls = {b.var.name: b.value for b in bindings(mod["main"])}
+    w = {n: calls[n].args[1].value.numpy().copy() for n, _ in ffn[:4]}
+    for name, (k, n) in ffn[:2]:
+        keep = np.kron(rng.random((k // bk, n // bn)) < 0.2, np.ones((bk, bn)))
+        w[name] *= np.where(keep > 0, 1.0, 0.01).astype(np.float32)
+    faint = rng.random(1536) >= 0.25
+    w[ffn[2][0]][:, faint] *= 0.01
+    w[ffn[3][0]][faint, :] *= 0.01
+    return replace_constants(mod, {n: {1: a} for n, a in w.items()})
+
+
+def _mixed_one(args, target, mod) -> dict:
+    import tvm_hcprune as hc
+    from tvm_hcprune.latency.measure import measure_rounds
+
+    graph = hc.analyze(mod)
+    model = hc.MeasuredLatency(widths=args.mixed_widths, refine=args.mixed_closed_loop,
+                               repeats=args.rounds)
+    t0 = time.perf_counter()
+    # the table with its BSR entries (measured once, cached; both plans read it)
+    table = model.for_graph(graph, target, hc.profile_for(target).channel_multiple,
+                            sparse_levels=hc.SparseOptions().levels)
+    table_s = time.perf_counter() - t0
+    res = {"table_s": table_s, "table_kernels_measured": table.measured, "fractions": {}}
+    for f in (float(v) for v in args.mixed.split(",")):
+        plans = {}
+        for kind, sparse in (("channels", False), ("mixed", True)):
+            pruned, rep = hc.prune(mod, budget=hc.Latency(fraction=f), target=target,
+                                   graph=graph, latency_model=model, sparse=sparse)
+            plans[kind] = (pruned, rep)
+        rounds = measure_rounds([graph.mod] + [p for p, _ in plans.values()], target,
+                                repeats=args.rounds, number=args.number)
+        base = np.array(rounds[0])
+        row = {"dense_ms": float(np.median(base))}
+        for (kind, (_p, rep)), t in zip(plans.items(), rounds[1:], strict=True):
+            layers = rep.layers
+            row[kind] = {
+                "measured_ms": float(np.median(t)),
+                "measured_fraction": float(np.median(np.array(t) / base)),
+                "predicted_fraction": rep.predicted_ms / rep.dense_predicted_ms,
+                "bsr_layers": {c.name: c.sparsity for c in layers if c.format == "bsr"},
+                "cut_layers": [c.name for c in layers if c.cin_after < c.cin_before
+                               or c.cout_after < c.cout_before],
+                "kept_groups": {str(g): len(k) for g, k in rep.plan.kept.items()},
+                "closed_loop": rep.plan.config.get("closed_loop"),
+            }
+        row["mixed_over_channels"] = (row["mixed"]["measured_fraction"]
+                                      / row["channels"]["measured_fraction"])
+        res["fractions"][f"{f:g}"] = row
+        print(f"BERT-style encoder, Latency(fraction={f:g}): dense {row['dense_ms']:.2f} ms; "
+              + "; ".join(f"{k} {row[k]['measured_ms']:.2f} ms = "
+                          f"{row[k]['measured_fraction']:.3f}x dense (table "
+                          f"{row[k]['predicted_fraction']:.3f}x)" for k in ("channels", "mixed"))
+              + f"; mixed / channel-only {row['mixed_over_channels']:.3f}", flush=True)
+        m = row["mixed"]
+        print("  mixed: BSR " + (", ".join(f"{n} {s:.0%}" for n, s in m["bsr_layers"].items())
+                                 or "none") + "; channel cuts " + (", ".join(m["cut_layers"])
+                                                                   or "none")
+              + f"; groups {m['kept_groups']}; channel-only groups "
+              f"{row['channels']['kept_groups']}", flush=True)
     return res
 
 

@@ -27,7 +27,9 @@ import tvm
 from tvm import relax
 
 import tvm_hcprune as hc
-from tvm_hcprune.testing import run_relax
+from tvm_hcprune.testing import masked_reference, run_relax
+from tvm_hcprune.transform.sparsify_blocks import sparsifiable_layers
+from tvm_hcprune.utils.relax import bindings, replace_constants
 
 
 def ffn_stack(hidden, ffn, tokens, layers=2, seed=0):
@@ -49,6 +51,28 @@ def ffn_stack(hidden, ffn, tokens, layers=2, seed=0):
             out = bb.emit_output(h)
         bb.emit_func_output(out)
     return bb.get()
+
+
+def structured_ffn(mod, blocks, channels, seed=0):
+    """``mod`` with FFN ``blocks``' weights faint outside a fifth of their 1x16 blocks and
+    FFN ``channels``' weights faint outside a quarter of its hidden channels."""
+    rng = np.random.default_rng(seed)
+    layers = [name for name, _op, _shape in sparsifiable_layers(mod)]  # W1, W2 per FFN
+    weights = {b.var.name: b.value.args[1].value.numpy() for b in bindings(mod["main"])
+               if b.var.name in layers}
+    w1, w2 = layers[2 * blocks], layers[2 * blocks + 1]
+    new = {}
+    for name in (w1, w2):
+        w = weights[name]
+        keep = np.kron(rng.random((w.shape[0], w.shape[1] // 16)) < 0.2, np.ones((1, 16)))
+        new[name] = {1: (w * np.where(keep > 0, 1.0, 0.01)).astype("float32")}
+    w1, w2 = layers[2 * channels], layers[2 * channels + 1]
+    faint = rng.random(weights[w1].shape[1]) >= 0.25
+    a, b = weights[w1].copy(), weights[w2].copy()
+    a[:, faint] *= 0.01
+    b[faint, :] *= 0.01
+    new.update({w1: {1: a}, w2: {1: b}})
+    return replace_constants(mod, new)
 
 
 def latency_ms(ex, x, number=10):
@@ -116,6 +140,48 @@ def main(argv=None) -> int:
     measured = hc.build(sparse, sparse="measure")
     got = run_relax(sparse, [x], build=lambda m, t: measured)
     assert float(np.abs(got - ref).max() / np.abs(ref).max()) < 1e-4
+
+    # %%
+    # 6. One latency budget, channels and blocks mixed
+    # ------------------------------------------------
+    # ``hc.prune(mod, budget=hc.Latency(...), sparse=True)`` lets every matmul (and 1x1
+    # conv) either lose channels or go block-sparse (50/70/90% of its blocks zeroed), in one
+    # knapsack: the latency table (measured here, cached) holds each layer's BSR time at
+    # those sparsities next to its times at candidate widths, and each step takes whatever
+    # loses the least importance per millisecond saved (block scores are ``sparsify``'s
+    # norms). The plan records both; the channels are removed, then the blocks zeroed, and
+    # ``hc.build`` runs the sparse layers on the BSR kernel. The report says which layer got
+    # which, and why (``hcprune prune|compile --latency-budget 0.5x --allow-sparse`` on the
+    # command line).
+    #
+    # Which wins depends on where the importance lies. With the Gaussian weights above,
+    # blocks and channels hold importance alike and channel cuts save more time per
+    # importance lost (they shrink two matmuls at once), so the mixed budget cuts channels
+    # only. Here the first FFN's weights hold their importance in a fifth of their blocks
+    # (as after movement pruning, say), the second FFN's in a quarter of its channels.
+    # Both plans below meet the same budget on the table; their measured times differ as far
+    # as the table's stand-alone BSR timings miss the whole model's (``MeasuredLatency``'s
+    # closed loop, ``refine``, re-plans on measured times; ``benchmarks/sparse.py --mixed``
+    # compares the two plans on a BERT-style encoder).
+    mod = structured_ffn(mod, blocks=0, channels=1, seed=3)
+    model = hc.MeasuredLatency(widths=3, repeats=3, refine=1 if args.quick else 2,
+                               progress=False)
+    budget = hc.Latency(fraction=0.7)
+    mixed, mixed_report = hc.prune(mod, budget=budget, target="llvm", latency_model=model,
+                                   sparse=True)
+    channels, channel_report = hc.prune(mod, budget=budget, target="llvm",
+                                        latency_model=model)
+    for c in mixed_report.layers:
+        print(f"{c.name}: in {c.cin_before}->{c.cin_after}, out {c.cout_before}->"
+              f"{c.cout_after}, {c.sparsity:.0%} blocks zeroed -> {c.format}: {c.why}")
+    print("plan: " + str(mixed_report.plan.to_dict().get("sparse")))
+    # the oracle: the original module with the removed channels and the zeroed blocks
+    oracle = run_relax(masked_reference(mod, mixed_report.plan), [x])
+    got = run_relax(mixed, [x], build=hc.build)
+    assert float(np.abs(got - oracle).max() / np.abs(oracle).max()) < 1e-4
+    t_mixed, t_channels = latency_ms(hc.build(mixed), x), latency_ms(hc.build(channels), x)
+    print(f"at {budget.describe()}: mixed plan {t_mixed:.3f} ms, channel-only plan "
+          f"{t_channels:.3f} ms (dense build {t_dense:.3f} ms)")
     return 0
 
 

@@ -70,6 +70,7 @@ _EXPORTS = {
     "Latency": "tvm_hcprune.planning.budget",
     "MACs": "tvm_hcprune.planning.budget",
     "Params": "tvm_hcprune.planning.budget",
+    "SparseOptions": "tvm_hcprune.planning.mixed",
     "latency_table": "tvm_hcprune.latency",
     "LatencyTable": "tvm_hcprune.latency",
     "RooflineModel": "tvm_hcprune.latency",

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.hardware.sparse_cost import choose_format
 from tvm_hcprune.latency.layers import layer_specs
-from tvm_hcprune.planning.budget import MACs, as_budget
+from tvm_hcprune.planning.budget import Latency, MACs, as_budget
 from tvm_hcprune.planning.config import PruneConfig, config_arg
+from tvm_hcprune.planning.mixed import SparseOptions, layer_weight_kn
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_plan, resolve_align
 from tvm_hcprune.recovery.guided import (
@@ -43,6 +46,9 @@ class LayerChange:
     cout_after: int
     ms_before: float
     ms_after: float
+    sparsity: float = 0.0  # fraction of weight blocks zeroed (mixed budgets)
+    format: str = "dense"  # "dense" or "bsr": what the build runs the pruned layer as
+    why: str = ""  # why that format (mixed budgets)
 
 
 @dataclass
@@ -159,15 +165,29 @@ class PruneReport:
         for g in self.groups:
             prods = ", ".join(g.producers[:3]) + (" ..." if len(g.producers) > 3 else "")
             out.append(row(g.id, prods, g.before, g.after))
+        mixed = any(c.why for c in self.layers)
         if self.layers:
-            out += ["", "## Layers", "", row("layer", "op", "in", "out", "ms dense",
-                                             "ms pruned"),
-                    row("---", "---", "---:", "---:", "---:", "---:")]
+            head = ["layer", "op", "in", "out", "ms dense", "ms pruned"]
+            align = ["---", "---", "---:", "---:", "---:", "---:"]
+            if mixed:  # a mixed budget: per layer its block sparsity and format, and why
+                head, align = head + ["sparsity", "format", "why"], align + ["---:", "---",
+                                                                             "---"]
+                sparse = [c.name for c in self.layers if c.format == "bsr"]
+                cut = [c.name for c in self.layers
+                       if c.cin_after < c.cin_before or c.cout_after < c.cout_before]
+                out += ["", f"Mixed budget: block-sparse (BSR) layers: "
+                        f"{', '.join(sparse) or 'none'}; layers with channels cut: "
+                        f"{', '.join(cut) or 'none'}."]
+            out += ["", "## Layers", "", row(*head), row(*align)]
             for c in self.layers:
-                out.append(row(c.name, c.op.replace("relax.", ""),
-                               f"{c.cin_before} -> {c.cin_after}",
-                               f"{c.cout_before} -> {c.cout_after}",
-                               f"{c.ms_before:.4f}", f"{c.ms_after:.4f}"))
+                cells = [c.name, c.op.replace("relax.", ""),
+                         f"{c.cin_before} -> {c.cin_after}",
+                         f"{c.cout_before} -> {c.cout_after}",
+                         f"{c.ms_before:.4f}", f"{c.ms_after:.4f}"]
+                if mixed:
+                    cells += [f"{c.sparsity:.0%}", c.format.upper() if c.format == "bsr"
+                              else c.format, c.why]
+                out.append(row(*cells))
         if self.frozen:
             out += ["", "## Frozen groups", "", row("group", "op", "at", "reason"),
                     row("---:", "---", "---", "---")]
@@ -240,7 +260,8 @@ class PruneReport:
 def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
           plan: PrunePlan | None = None, graph: ChannelGraph | None = None, calibration=None,
           reconstruct: bool | None = None, reconstruct_options=None, budget=None,
-          latency_model=None, preprocess=None, allocation: str = "auto", **overrides):
+          latency_model=None, preprocess=None, allocation: str = "auto", sparse=False,
+          **overrides):
     """Prune ``mod`` and report what changed.
 
     Parameters
@@ -298,6 +319,17 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         group's importance scaled by the output error measured when it alone is pruned
         (:mod:`tvm_hcprune.recovery.guided`); ``"auto"``: sensitivity when ``calibration`` is
         data, else criterion.
+    sparse : bool, dict or SparseOptions
+        A mixed budget (with a :class:`Latency` budget on a CPU target): every matmul with a
+        constant weight and every 1x1 convolution may also keep only part of its weight
+        blocks (block sparsity, run on the BSR kernel by :func:`tvm_hcprune.build`), chosen
+        in the same knapsack as the widths by importance lost per millisecond saved (see
+        :mod:`tvm_hcprune.planning.mixed`); the latency table then holds the layers' BSR
+        times too. ``True``: sparsities 0.5, 0.7 and 0.9 with the target's block; a dict or
+        :class:`~tvm_hcprune.planning.mixed.SparseOptions` sets ``levels``, ``block``,
+        ``criterion``, ``layers``. The plan records each layer's sparsity
+        (``plan.sparse``), the channels are removed and then the blocks zeroed, and
+        ``report.layers`` says per layer the widths, sparsity, format and why. Default off.
 
     Returns
     -------
@@ -319,6 +351,10 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         raise HCPruneError("pass either plan= or budget=, not both")
     if budget is not None and "ratio" in overrides:
         raise HCPruneError("pass either ratio= or budget=, not both")
+    sparse = SparseOptions.of(sparse)
+    if sparse is not None and not isinstance(budget, Latency):
+        raise HCPruneError("sparse=True mixes channel pruning and block sparsity under a "
+                           "latency budget: pass budget=Latency(fraction=...) (or ms=...)")
     if allocation not in ("auto", "sensitivity", "criterion"):
         raise HCPruneError(f"allocation must be auto, sensitivity or criterion, got "
                            f"{allocation!r}")
@@ -360,9 +396,9 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if budget is not None:
         plan, predicted, dense_pred, model, sens_info = budget_plan(
             graph, config, align_r, budget, target, latency_model, calibration,
-            _sensitivity(graph, config, calibration, guide))
+            _sensitivity(graph, config, calibration, guide), sparse)
         if model is not None:
-            layers, source = _layer_changes(graph, plan, model), model.source
+            layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
     elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
     options = reconstruct_options
@@ -395,17 +431,44 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     return pruned, report
 
 
-def _layer_changes(graph, plan, model) -> list[LayerChange]:
+def _layer_changes(graph, plan, model, sparse=None, target=None) -> list[LayerChange]:
     sg = graph.space_group
     dense = {g.id: g.size for g in graph.groups}
     after = {**dense, **{g: len(k) for g, k in plan.kept.items()}}
+    chosen = plan.sparse_layers
+    profile = profile_for(target if target is not None else "llvm")
     rows = []
     for spec in layer_specs(graph):
         ci, co = spec.lengths(sg, dense)
         ci2, co2 = spec.lengths(sg, after)
-        rows.append(LayerChange(spec.name, spec.op, ci, ci2, co, co2,
-                                model.layer_ms(spec, ci, co), model.layer_ms(spec, ci2, co2)))
+        s = chosen.get(spec.name, 0.0)
+        row = LayerChange(spec.name, spec.op, ci, ci2, co, co2, model.layer_ms(spec, ci, co),
+                          model.sparse_ms(spec, s, ci2, co2), s)
+        if sparse is not None:
+            row.format, row.why = _format_why(spec, s, ci2, co2, model, sparse, profile)
+        rows.append(row)
     return rows
+
+
+def _format_why(spec, s, cin, cout, model, sparse, profile) -> tuple[str, str]:
+    """A mixed plan's format of one layer and why (the latency model's figures)."""
+    dense_ms = model.layer_ms(spec, cin, cout)
+    src = model.bsr_source(spec)
+    if s > 0.0:
+        fmt, build_why = choose_format(1.0 - s, profile)
+        return fmt, (f"{s:.0%} of its blocks zeroed: BSR {model.bsr_ms(spec, s, cin, cout):.4f}"
+                     f" ms vs dense {dense_ms:.4f} ms ({src}); build: {build_why}")
+    if spec.fixed or spec.depthwise or layer_weight_kn(spec.call) is None:
+        return "dense", "no BSR kernel for this layer (only matmuls and 1x1 convs)"
+    if sparse.layers is not None and spec.name not in sparse.layers:
+        return "dense", "not among the layers allowed to go block-sparse"
+    faster = [lv for lv in sparse.levels if choose_format(1.0 - lv, profile)[0] == "bsr"
+              and model.bsr_ms(spec, lv, cin, cout) < dense_ms]
+    if not faster:
+        return "dense", (f"BSR not faster than dense {dense_ms:.4f} ms at any of "
+                         f"{', '.join(f'{lv:.0%}' for lv in sparse.levels)} ({src})")
+    return "dense", (f"BSR would save time from {min(faster):.0%} sparsity ({src}), but "
+                     "narrowing channels lost less importance per ms saved")
 
 
 

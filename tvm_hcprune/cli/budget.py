@@ -33,6 +33,12 @@ def add_budget_arguments(parser) -> None:
     parser.add_argument("--prune-first-conv", action="store_true",
                         help="let a budget prune the conv that reads the model input (budgets "
                              "keep its width by default; --prune-ratio prunes it)")
+    parser.add_argument("--allow-sparse", action="store_true",
+                        help="with --latency-budget: a mixed budget, where each matmul and "
+                             "1x1 conv may also go block-sparse (50/70/90%% of its weight "
+                             "blocks zeroed, run on the BSR kernel) when that loses less "
+                             "importance per ms saved than narrowing channels; the report "
+                             "says which layer got which")
     parser.add_argument("--latency-model", choices=("measured", "roofline"),
                         default="measured",
                         help="where --latency-budget's latency comes from: kernels measured "
@@ -139,6 +145,16 @@ def calibration_kwargs(args, mod, log) -> dict:
     log(f"calibration: {len(data)} samples from {data.source}")
     return {"calibration": data, "allocation": args.allocation,
             "reconstruct": not args.no_reconstruct}
+
+
+def sparse_arg(args, budget) -> dict:
+    """``{"sparse": True}`` for ``--allow-sparse`` (with a latency budget), else ``{}``."""
+    if not getattr(args, "allow_sparse", False):
+        return {}
+    if not isinstance(budget, Latency):
+        raise HCPruneError("--allow-sparse mixes channel pruning and block sparsity under a "
+                           "latency budget: add --latency-budget (e.g. 0.5x)")
+    return {"sparse": True}
 
 
 def latency_model_arg(args, target):

@@ -37,6 +37,7 @@ from tvm_hcprune.cli.budget import (
     plot_figures,
     plot_latency_model,
     rpc_args,
+    sparse_arg,
     write_figures,
     write_report,
 )
@@ -129,6 +130,7 @@ def resolve_model_options(args):
                            "`hcprune run --rpc-tracker ... --rpc-key ...`)")
     if ratio is not None and not 0.0 <= ratio < 1.0:
         raise HCPruneError(f"--prune-ratio must be in [0, 1), got {ratio}")
+    sparse_arg(args, budget)  # --allow-sparse without a latency budget fails here
     export_compiler(args)  # a cross compiler that is not found fails before the slow work
     if preset is not None and ratio is None:
         ratio = 0.5
@@ -160,6 +162,7 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
             kwargs.update(budget=ratio, latency_model=latency_model_arg(args, target))
             if getattr(args, "prune_first_conv", False):
                 kwargs["prune_first_conv"] = True
+        kwargs.update(sparse_arg(args, None if isinstance(ratio, float | int) else ratio))
         if preset is not None:
             kwargs.update(criterion=preset.criterion, align=preset.align)
         if hasattr(args, "calibration"):

@@ -17,6 +17,7 @@ from tvm_hcprune.cli.budget import (
     parse_budget,
     plot_figures,
     plot_latency_model,
+    sparse_arg,
     write_figures,
     write_report,
 )
@@ -101,6 +102,7 @@ def run(args) -> int:
            else {"ratio": args.prune_ratio})
     if budget is not None and args.prune_first_conv:
         how["prune_first_conv"] = True
+    how.update(sparse_arg(args, budget))
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
                               **data, **how)
     figures = {}

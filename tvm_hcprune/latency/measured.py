@@ -61,13 +61,16 @@ class MeasuredLatency:
     refine: int = 2
     tolerance: float = 0.05
 
-    def for_graph(self, graph, target, align: int, min_channels: int = 1):
+    def for_graph(self, graph, target, align: int, min_channels: int = 1, *,
+                  sparse_levels=None, block=None):
         """The measured :class:`~tvm_hcprune.latency.LatencyTable` of ``graph`` on
-        ``target`` (cached on disk)."""
+        ``target`` (cached on disk); with ``sparse_levels`` (a mixed budget) its BSR-able
+        layers timed at those block sparsities too."""
         return latency_table(graph, target, align=align, min_channels=min_channels,
                              widths=self.widths, database=self.database,
                              cache_dir=self.cache_dir, repeats=self.repeats,
-                             number=self.number, progress=self.progress, runner=self.runner)
+                             number=self.number, progress=self.progress, runner=self.runner,
+                             sparse_levels=sparse_levels, block=block)
 
     def refine_plan(self, graph, budget, target, replan, plan, limit: float,
                     dense_predicted: float):
@@ -139,14 +142,15 @@ class MeasuredLatency:
         chosen = plans[pick]
         return PrunePlan.create(chosen.fingerprint, dict(chosen.kept), dict(chosen.sizes),
                                 {**chosen.config, "closed_loop": history,
-                                 "closed_loop_pick": pick})
+                                 "closed_loop_pick": pick}, chosen.sparse)
 
 
 _MAX_SEARCH = 24
 
 
 def _key(plan) -> tuple:
-    return tuple(sorted((g, tuple(k)) for g, k in plan.kept.items()))
+    return (tuple(sorted((g, tuple(k)) for g, k in plan.kept.items())),
+            tuple(sorted(plan.sparse_layers.items())))
 
 
 def _next_limit(points, dense_predicted: float) -> float | None:

@@ -20,9 +20,11 @@ from tvm_hcprune.backend.cpu.winograd import TILE_ELEMENTS, prefer_winograd
 from tvm_hcprune.backend.pipeline import set_num_threads
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.hardware.sparse_cost import BSR_RELATIVE_EFFICIENCY, default_block
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.latency.layers import MEASURE_VERSION, layer_module, layer_specs
 from tvm_hcprune.latency.measure import LocalRunner
+from tvm_hcprune.latency.sparse import bsr_layer_module, bsr_specs, bsr_timer
 from tvm_hcprune.planning.budget import CostTerm, SeparableCost, candidate_widths, desc_kept_length
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import group_align
@@ -76,6 +78,25 @@ class LatencyModel:
     def layer_ms(self, spec, cin: int, cout: int) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def bsr_ms(self, spec, sparsity: float, cin: int, cout: int) -> float:
+        """Milliseconds of the layer on the BSR kernel with ``sparsity`` of its blocks zero,
+        at ``cin`` x ``cout`` channels. This estimate (nothing measured): the dense time
+        times the kept blocks over the BSR kernel's relative throughput
+        (:data:`~tvm_hcprune.hardware.sparse_cost.BSR_RELATIVE_EFFICIENCY`, the crossover
+        the build's format estimate uses); tables with measured BSR entries override it."""
+        return self.layer_ms(spec, cin, cout) * (1.0 - sparsity) / BSR_RELATIVE_EFFICIENCY
+
+    def bsr_source(self, spec) -> str:
+        """``"measured"`` when :meth:`bsr_ms` of ``spec`` comes from timings, else
+        ``"estimate"``."""
+        return "estimate"
+
+    def sparse_ms(self, spec, sparsity: float, cin: int, cout: int) -> float:
+        """The layer's milliseconds: dense at ``sparsity`` 0, else :meth:`bsr_ms`."""
+        if sparsity <= 0.0:
+            return self.layer_ms(spec, cin, cout)
+        return self.bsr_ms(spec, sparsity, cin, cout)
+
     def check(self, graph, target=None) -> None:
         """Raise :class:`HCPruneError` unless this model describes ``graph`` on ``target``."""
         if target is not None and self.target and target_key(target) != self.target:
@@ -87,8 +108,12 @@ class LatencyModel:
                                f"(fingerprint {self.fingerprint[:12]}..., the module's is "
                                f"{graph.fingerprint[:12]}...)")
 
-    def cost(self, graph) -> SeparableCost:
+    def cost(self, graph, sparse: dict | None = None) -> SeparableCost:
         """Predicted whole-model milliseconds as a function of group widths.
+
+        ``sparse`` (a mixed budget) maps layer names to ``(key, blocks)``: the term of such
+        a layer also reads ``widths[key]``, its kept weight blocks of ``blocks`` (absent or
+        all: dense), and is :meth:`bsr_ms` at that sparsity when blocks are dropped.
 
         The layers' time at the widths, plus the rest of the model (pooling, layout
         changes, element-wise kernels, the VM, and the cache misses a kernel timed on its own
@@ -102,8 +127,18 @@ class LatencyModel:
         dense = {g.id: g.size for g in graph.groups}
         specs = layer_specs(graph)
         terms = []
+        sparse = sparse or {}
         for spec in specs:
             groups = tuple(sorted(set(spec.in_groups(sg)) | set(spec.out_groups(sg))))
+            if spec.name in sparse:
+                key, blocks = sparse[spec.name]
+
+                def fn(w, spec=spec, key=key, blocks=blocks):
+                    kept = min(w.get(key, blocks), blocks)
+                    return self.sparse_ms(spec, 1.0 - kept / blocks, *spec.lengths(sg, w))
+
+                terms.append(CostTerm((*groups, key), fn))
+                continue
 
             def fn(w, spec=spec):
                 return self.layer_ms(spec, *spec.lengths(sg, w))
@@ -135,11 +170,17 @@ class LatencyModel:
                                                                                dense))
 
     def predict(self, graph, plan=None) -> float:
-        """Predicted milliseconds of ``graph``'s model pruned by ``plan`` (None: dense)."""
+        """Predicted milliseconds of ``graph``'s model pruned by ``plan`` (None: dense),
+        its block-sparse layers (a mixed plan) on the BSR kernel."""
         w = {g.id: g.size for g in graph.groups}
+        sparse = {}
         if plan is not None:
             w.update({g: len(k) for g, k in plan.kept.items()})
-        return self.cost(graph).total(w)
+            for name, s in plan.sparse_layers.items():
+                blocks = 1_000_000  # the sparsity's resolution (the cost reads kept / all)
+                sparse[name] = (f"bsr:{name}", blocks)
+                w[f"bsr:{name}"] = int(round((1.0 - s) * blocks))
+        return self.cost(graph, sparse).total(w)
 
     def candidates_of(self, group, align: int, min_channels: int = 1) -> list[int]:
         return candidate_widths(group.size, align, min_channels)
@@ -214,6 +255,9 @@ class LatencyTable(LatencyModel):
     low_ms: float | None = None
     measured: int = 0  # kernels timed when this table was built (0: all from the cache)
     device: str = "local"  # where it was measured: "local" or "rpc:KEY"
+    #: BSR timings (mixed budgets): layer name -> {"block": [bk, bn], "ms": {sparsity: ms}}
+    #: of the layer at its dense widths on the BSR kernel the build uses
+    sparse: dict = field(default_factory=dict)
     source = "table"
 
     @property
@@ -227,6 +271,21 @@ class LatencyTable(LatencyModel):
                                "rebuild it for this model")
         return t(cin, cout)
 
+    def bsr_ms(self, spec, sparsity, cin, cout):
+        entry = self.sparse.get(spec.name)
+        if not entry:
+            return super().bsr_ms(spec, sparsity, cin, cout)
+        levels = sorted((float(k), float(v)) for k, v in entry["ms"].items())
+        ms = float(np.interp(sparsity, [lv for lv, _ in levels], [v for _, v in levels]))
+        if sparsity < levels[0][0]:  # below the sparsest level timed: towards dense
+            dense = self.layer_ms(spec, spec.in_full, spec.out_full)
+            ms = float(np.interp(sparsity, [0.0, levels[0][0]], [dense, levels[0][1]]))
+        # the BSR kernel's work is its kept blocks: they shrink with the layer's area
+        return ms * (cin * cout) / (spec.in_full * spec.out_full)
+
+    def bsr_source(self, spec):
+        return "measured" if self.sparse.get(spec.name) else "estimate"
+
     def candidates_of(self, group, align, min_channels=1):
         c = self.candidates.get(group.id)
         if c is None:
@@ -238,7 +297,8 @@ class LatencyTable(LatencyModel):
                 "fingerprint": self.fingerprint, "dense_ms": self.dense_ms,
                 "low_ms": self.low_ms, "device": self.device,
                 "candidates": {str(g): list(c) for g, c in self.candidates.items()},
-                "layers": {k: t.to_dict() for k, t in self.layers.items()}}
+                "layers": {k: t.to_dict() for k, t in self.layers.items()},
+                **({"sparse": self.sparse} if self.sparse else {})}
 
     def save(self, path) -> None:
         """Write the table as JSON, atomically."""
@@ -258,7 +318,8 @@ class LatencyTable(LatencyModel):
                                 bool(v.get("depthwise"))) for k, v in d["layers"].items()}
         return cls(d["target"], d["fingerprint"], float(d["dense_ms"]), layers,
                    {int(g): list(c) for g, c in d.get("candidates", {}).items()},
-                   d.get("low_ms"), device=d.get("device", "local"))
+                   d.get("low_ms"), device=d.get("device", "local"),
+                   sparse=dict(d.get("sparse", {})))
 
 
 def _grid(desc, sg, candidates, full) -> list[int]:
@@ -322,7 +383,8 @@ class _Cache:
 
 def latency_table(graph, target="llvm", *, align: int | None = None, min_channels: int = 1,
                   widths: int = 4, database=None, cache_dir="default", repeats: int = 5,
-                  number: int = 10, progress: bool = True, runner=None) -> LatencyTable:
+                  number: int = 10, progress: bool = True, runner=None,
+                  sparse_levels=None, block=None) -> LatencyTable:
     """Measure the latency table of ``graph``'s model on ``target`` (the local CPU, or the
     device of ``runner``).
 
@@ -355,6 +417,15 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         Where kernels and models run: default this machine
         (:class:`~tvm_hcprune.latency.measure.LocalRunner`); an
         :class:`~tvm_hcprune.tuning.rpc.RPCRunner` times them on an RPC device.
+    sparse_levels : sequence of float, optional
+        Block sparsities (mixed budgets): every layer the BSR kernel can run is also timed
+        at its dense widths with these fractions of its ``block`` weight blocks zeroed,
+        built by :func:`tvm_hcprune.build` (BSR where its format choice says so) and timed
+        with its epilogue; cached like the widths. Measured on this machine only (an RPC
+        runner's tables keep the estimate of :meth:`LatencyModel.bsr_ms`).
+    block : (int, int), optional
+        The BSR block (default the target's, :func:`~tvm_hcprune.hardware.sparse_cost.
+        default_block`).
 
     Returns
     -------
@@ -433,6 +504,11 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         for k in keys:
             cache.entries[k] = float(np.median(samples[k]))
     bar.close()
+    sparse = {}
+    if sparse_levels and device == "local":
+        sparse = _bsr_entries(graph, specs, tgt, sparse_levels,
+                              tuple(block or default_block(profile_for(tgt))), cache, db_tag,
+                              database, repeats, number, progress, missing)
     low = {g: c[0] for g, c in cands.items() if c[0] < graph.groups[g].size}
     low_key = f"model-low:v{MEASURE_VERSION}:{graph.fingerprint}|{sorted(low.items())}|{db_tag}"
     if model_key not in cache.entries or (low and low_key not in cache.entries):
@@ -458,7 +534,42 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
         layers[name] = LayerTable(list(ins), list(outs), monotone(ms), spec.depthwise)
     return LatencyTable(tkey, graph.fingerprint, float(cache.entries[model_key]), layers,
                         cands, cache.entries.get(low_key) if low else None,
-                        measured=len(missing), device=device)
+                        measured=len(missing), device=device, sparse=sparse)
+
+
+def _bsr_entries(graph, specs, tgt, levels, block, cache, db_tag, database, repeats, number,
+                 progress, missing) -> dict:
+    """Time every BSR-able layer at each block sparsity (interleaved rounds per layer);
+    returns the table's ``sparse`` entries and appends the keys it timed to ``missing``."""
+    out, todo, claimed = {}, {}, set()
+    for spec in bsr_specs(graph, specs):
+        keys = {float(lv): f"bsr:v{MEASURE_VERSION}:{spec.workload(spec.in_full, spec.out_full)}"
+                           f"|{block}|{float(lv):g}|{db_tag}" for lv in levels}
+        out[spec.name] = (spec, keys)
+        # layers of one workload (a transformer's repeated blocks) are timed once
+        todo[spec.name] = [(lv, k) for lv, k in keys.items()
+                           if k not in cache.entries and k not in claimed]
+        claimed.update(keys.values())
+    bar = progress_bar(total=sum(len(v) for v in todo.values()),
+                       enabled=progress and any(todo.values()), desc="latency table (BSR)",
+                       unit="kernel")
+    for name, pending in todo.items():
+        runs = []
+        for lv, k in pending:
+            runs.append((k, bsr_timer(*bsr_layer_module(out[name][0], lv, block), tgt,
+                                      database)))
+            bar.update(1)
+        samples = {k: [] for k, _timer in runs}
+        for _ in range(repeats):
+            for k, timer in runs:
+                samples[k].append(timer(number))
+        for k in samples:
+            cache.entries[k] = float(np.median(samples[k]))
+            missing.append(k)
+    bar.close()
+    return {name: {"block": list(block), "ms": {f"{lv:g}": cache.entries[k]
+                                                 for lv, k in keys.items()}}
+            for name, (_spec, keys) in out.items()}
 
 
 # ---------------------------------------------------------------------------------------

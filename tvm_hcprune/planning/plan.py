@@ -29,6 +29,11 @@ class PrunePlan:
         Group id -> channel count before pruning (checked when applying).
     config : dict
         The ``PruneConfig`` (as a dict) that made the plan, for the record.
+    sparse : Mapping or None
+        Block sparsity per layer (a mixed budget, ``prune(..., sparse=True)``), applied
+        after the channels are removed: ``{"block": (bk, bn), "criterion": "l2",
+        "layers": {layer binding name: fraction of blocks zeroed}}``; None when the plan
+        removes channels only (its JSON then has no ``"sparse"`` key, as before).
 
     Examples
     --------
@@ -42,9 +47,11 @@ class PrunePlan:
     sizes: MappingProxyType
     config: dict = field(default_factory=dict)
     version: int = PLAN_VERSION
+    sparse: MappingProxyType | None = None
 
     @classmethod
-    def create(cls, fingerprint, kept: dict, sizes: dict, config: dict | None = None):
+    def create(cls, fingerprint, kept: dict, sizes: dict, config: dict | None = None,
+               sparse: dict | None = None):
         kept = {int(g): tuple(sorted(int(i) for i in idx)) for g, idx in kept.items()}
         sizes = {int(g): int(s) for g, s in sizes.items()}
         for g, idx in kept.items():
@@ -56,7 +63,12 @@ class PrunePlan:
                 raise HCPruneError(f"plan's kept indices for group {g} are invalid "
                                    f"(must be distinct and in [0, {sizes[g]}))")
         return cls(str(fingerprint), MappingProxyType(kept), MappingProxyType(sizes),
-                   dict(config or {}))
+                   dict(config or {}), sparse=_check_sparse(sparse))
+
+    @property
+    def sparse_layers(self) -> dict:
+        """``{layer name: block sparsity}`` (empty when the plan removes channels only)."""
+        return dict(self.sparse["layers"]) if self.sparse else {}
 
     def kept_indices(self, group: int) -> np.ndarray | None:
         idx = self.kept.get(group)
@@ -69,7 +81,7 @@ class PrunePlan:
 
     # ---- JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {
+        d = {
             "version": self.version,
             "fingerprint": self.fingerprint,
             "config": self.config,
@@ -78,6 +90,11 @@ class PrunePlan:
                 for g in sorted(self.kept)
             ],
         }
+        if self.sparse:
+            d["sparse"] = {"block": list(self.sparse["block"]),
+                           "criterion": self.sparse["criterion"],
+                           "layers": dict(self.sparse["layers"])}
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -94,7 +111,8 @@ class PrunePlan:
             sizes = {int(g["id"]): int(g["size"]) for g in d["groups"]}
         except (KeyError, TypeError, ValueError) as err:
             raise HCPruneError(f"malformed plan group entry: {err}") from None
-        return cls.create(d["fingerprint"], kept, sizes, d.get("config", {}))
+        return cls.create(d["fingerprint"], kept, sizes, d.get("config", {}),
+                          d.get("sparse"))
 
     def save(self, path) -> None:
         """Write the plan as JSON, atomically."""
@@ -110,3 +128,23 @@ class PrunePlan:
         except json.JSONDecodeError as err:
             raise HCPruneError(f"plan file {path} is not valid JSON: {err}") from None
         return cls.from_dict(d)
+
+
+def _check_sparse(sparse) -> MappingProxyType | None:
+    """A plan's ``sparse`` entry validated and frozen (None or empty: no block sparsity)."""
+    if not sparse or not sparse.get("layers"):
+        return None
+    try:
+        block = tuple(int(b) for b in sparse["block"])
+        layers = {str(k): float(v) for k, v in dict(sparse["layers"]).items()}
+        criterion = str(sparse.get("criterion", "l2"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise HCPruneError(f"malformed plan 'sparse' entry (needs block [bk, bn] and layers "
+                           f"{{name: sparsity}}): {err}") from None
+    if len(block) != 2 or min(block) < 1:
+        raise HCPruneError(f"plan's sparse block must be two positive integers, got {block}")
+    bad = {k: v for k, v in layers.items() if not 0.0 < v < 1.0}
+    if bad:
+        raise HCPruneError(f"plan's block sparsities must be in (0, 1), got {bad}")
+    return MappingProxyType({"block": block, "criterion": criterion,
+                             "layers": MappingProxyType(layers)})

@@ -11,6 +11,7 @@ from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.planning.budget import allocate_widths, candidate_widths
 from tvm_hcprune.planning.config import PruneConfig
 from tvm_hcprune.planning.criteria import GroupViews, get_criterion
+from tvm_hcprune.planning.mixed import chosen_sparsity
 from tvm_hcprune.planning.plan import PrunePlan
 
 
@@ -181,7 +182,7 @@ def budget_units(graph, config: PruneConfig) -> list[list[int]]:
 def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                      calibration=None, candidates_of=None, what: str = "cost",
                      fmt=lambda v: f"{v:g}", budget_record: dict | None = None,
-                     unit_scale: dict | None = None):
+                     unit_scale: dict | None = None, sparse_units=None, sparse_record=None):
     """A plan whose ``cost`` (a :class:`~tvm_hcprune.planning.budget.SeparableCost` of group
     widths) is at most ``limit``, keeping the most channel importance.
 
@@ -189,7 +190,11 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     differently scaled weights compare), summed over the kept channels.
     ``candidates_of(group, align)`` gives a group's allowed kept counts (default: every
     multiple of the group's alignment from ``min_channels`` up). ``unit_scale`` (unit index
-    -> factor, e.g. from measured sensitivity) multiplies a unit's importance curve. Returns
+    -> factor, e.g. from measured sensitivity) multiplies a unit's importance curve.
+    ``sparse_units`` (:class:`~tvm_hcprune.planning.mixed.SparseUnit` list, a mixed budget)
+    adds each layer's kept blocks as one more unit after the channel units (``cost`` must
+    read their ``key``); the plan's ``sparse`` entry is ``sparse_record`` (block, criterion)
+    with the layers the allocation made block-sparse. Returns
     ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled); raises
     :class:`HCPruneError` when no allowed widths meet ``limit``.
     """
@@ -216,11 +221,17 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
         candidates[i] = (candidates_of(g0, ga) if candidates_of is not None
                          else candidate_widths(g0.size, ga, config.min_channels))
     sizes = {g.id: g.size for g in graph.groups}
+    channel_units = list(units)
+    for su in sparse_units or ():  # block-sparsity units, after the channel units
+        candidates[len(units)] = su.candidates
+        importance[len(units)] = su.curve
+        units.append([su.key])
+        sizes[su.key] = su.blocks
     alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt)
-    alloc.units, alloc.candidates, alloc.curves = units, candidates, importance
+    alloc.units, alloc.candidates, alloc.curves = channel_units, candidates, importance
     kept, plan_sizes = {}, {}
     for gid, n_keep in alloc.widths.items():
-        if n_keep < sizes[gid]:
+        if gid in scores and n_keep < sizes[gid]:
             order = np.argsort(-scores[gid], kind="stable")
             kept[gid] = np.sort(order[:n_keep])
             plan_sizes[gid] = sizes[gid]
@@ -228,4 +239,7 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     cfg["align_resolved"] = align
     if budget_record is not None:
         cfg["budget"] = budget_record
-    return PrunePlan.create(graph.fingerprint, kept, plan_sizes, cfg), alloc
+    sparse = None
+    if sparse_units:
+        sparse = {**sparse_record, "layers": chosen_sparsity(sparse_units, alloc.widths)}
+    return PrunePlan.create(graph.fingerprint, kept, plan_sizes, cfg, sparse), alloc

@@ -49,7 +49,7 @@ from tvm_hcprune.recovery.runner import (
     output_error,
     outputs,
 )
-from tvm_hcprune.transform.apply_plan import apply_plan
+from tvm_hcprune.transform.apply_plan import apply_plan, apply_sparsity
 from tvm_hcprune.transform.prune_channels import module_plan, original_module
 from tvm_hcprune.utils.options import Options
 from tvm_hcprune.utils.relax import is_const, replace_constants, static_shape
@@ -419,7 +419,8 @@ def reconstruct(pruned_mod, graph, plan, calibration, config: ReconstructConfig 
 
 def apply_and_reconstruct(graph, plan, calibration=None, enabled: bool = False,
                           options: dict | None = None):
-    """``apply_plan(graph, plan)``, then (``enabled``) :func:`reconstruct` on ``calibration``.
+    """``apply_plan(graph, plan)``, then (``enabled``) :func:`reconstruct` on ``calibration``
+    (and the plan's block sparsity applied again to the re-fitted weights).
 
     Returns ``(pruned_mod, ReconstructReport or None)``; what :func:`tvm_hcprune.prune` and
     the sensitivity scan do with a plan.
@@ -430,7 +431,9 @@ def apply_and_reconstruct(graph, plan, calibration=None, enabled: bool = False,
     if calibration is None:
         raise HCPruneError("reconstruct=True needs calibration data: pass "
                            "calibration=tvm_hcprune.calibrate(mod, samples)")
-    return reconstruct(pruned, graph, plan, calibration, options)
+    out, report = reconstruct(pruned, graph, plan, calibration, options)
+    # re-fitted weights are dense again: a mixed plan's layers get their blocks zeroed anew
+    return apply_sparsity(out, plan), report
 
 
 def _guard(plain_mod, rec_mod, report, graph, plan, samples, runner_factory, target):

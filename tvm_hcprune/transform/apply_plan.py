@@ -19,6 +19,7 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.ops.desc import axis_index, desc_spaces, take_channels
 from tvm_hcprune.ops.registry import get_op_handler
 from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.transform.sparsify_blocks import sparsify
 from tvm_hcprune.utils.relax import clear_shape_cache, static_shape
 
 PLAN_ATTR = "hcprune.plan"
@@ -167,11 +168,33 @@ class _PlanRewriter(PyExprMutator):
 
 
 def apply_plan(graph, plan: PrunePlan):
-    """Rewrite ``graph.mod`` according to ``plan``; returns the pruned module."""
+    """Rewrite ``graph.mod`` according to ``plan``; returns the pruned module.
+
+    The plan's channels are removed first; then the layers its ``sparse`` entry lists (a
+    mixed budget) get that fraction of their weight blocks zeroed, chosen among the kept
+    channels' weights (:func:`apply_sparsity`).
+    """
     check_plan(graph, plan)
-    if not plan.kept:
-        return graph.mod
-    return rewrite_channels(graph, kept_lookup(graph, plan))
+    out = rewrite_channels(graph, kept_lookup(graph, plan)) if plan.kept else graph.mod
+    return apply_sparsity(out, plan)
+
+
+def apply_sparsity(mod, plan: PrunePlan):
+    """``mod`` (already pruned by ``plan``) with the block sparsity of ``plan.sparse``
+    applied by :func:`~tvm_hcprune.transform.sparsify_blocks.sparsify` (same block and
+    criterion; layer binding names survive the channel rewrite); ``mod`` itself when the
+    plan has none.
+
+    Examples
+    --------
+    >>> sparse_pruned = apply_sparsity(apply_plan(graph, channels_only), plan)
+    ... # doctest: +SKIP
+    """
+    if not plan.sparse:
+        return mod
+    out, _report = sparsify(mod, dict(plan.sparse["layers"]), tuple(plan.sparse["block"]),
+                            plan.sparse["criterion"])
+    return out
 
 
 def rewrite_channels(graph, kept_of, index_of=None):

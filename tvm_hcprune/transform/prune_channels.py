@@ -17,6 +17,7 @@ from tvm_hcprune.analysis import analyze
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
+from tvm_hcprune.planning.mixed import SparseOptions, mixed_units
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
 from tvm_hcprune.transform.apply_plan import (
@@ -31,7 +32,7 @@ __all__ = ["PLAN_ATTR", "PruneChannels", "attach_plan", "budget_plan", "module_p
            "original_module"]
 
 def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
-                latency_model=None, calibration=None, rescale=None):
+                latency_model=None, calibration=None, rescale=None, sparse=None):
     """``(plan, predicted, dense predicted, latency model, rescale info)`` meeting
     ``budget``.
 
@@ -51,6 +52,13 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     The first conv (the one reading the model input) keeps its width under every budget
     unless ``config.prune_first_conv`` is True: its ``None`` default means False here.
 
+    ``sparse`` (:class:`~tvm_hcprune.planning.mixed.SparseOptions`, Latency budgets on CPU
+    targets) makes the budget mixed: every layer the BSR kernel can run may also keep only
+    some of its weight blocks, at the levels the build runs on BSR; the latency model's
+    BSR times (measured when the table is measured here) and the block scores enter the
+    same knapsack (:mod:`tvm_hcprune.planning.mixed`), and the plan records the layers'
+    sparsity.
+
     Examples
     --------
     >>> plan, *_ = budget_plan(analyze(mod), PruneConfig(), 8, MACs(fraction=0.5))
@@ -60,6 +68,9 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     if config.prune_first_conv is None:  # budgets protect the first conv unless asked
         config = PruneConfig.of(config, prune_first_conv=False)
     record = {"kind": type(budget).__name__, **budget.__dict__}
+    sparse = SparseOptions.of(sparse)
+    units, block = mixed_units(graph, sparse, budget, target)
+    sparse_kw = {} if sparse is None else {"sparse_levels": sparse.levels, "block": block}
     if isinstance(budget, Latency):
         tgt = target if target is not None else "llvm"
         model = latency_model
@@ -67,9 +78,9 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
             model = importlib.import_module("tvm_hcprune.latency").MeasuredLatency()
         spec = model if hasattr(model, "for_graph") else None
         if spec is not None:
-            model = spec.for_graph(graph, tgt, align, config.min_channels)
+            model = spec.for_graph(graph, tgt, align, config.min_channels, **sparse_kw)
         model.check(graph, tgt)
-        cost = model.cost(graph)
+        cost = model.cost(graph, {u.layer: (u.key, u.blocks) for u in units})
         dense = cost.total({g.id: g.size for g in graph.groups})
         limit = budget.limit(dense)
         if limit >= dense:
@@ -92,7 +103,10 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     def replan(lim):
         rec = record if scales is None else {**record, "allocation": "sensitivity"}
         return make_budget_plan(graph, config, align, cost, lim, calibration,
-                                budget_record=rec, unit_scale=scales, **kwargs)
+                                budget_record=rec, unit_scale=scales, sparse_units=units,
+                                sparse_record={"block": block,
+                                               "criterion": getattr(sparse, "criterion", "")},
+                                **kwargs)
 
     plan, alloc = replan(limit)
     if rescale is not None:
@@ -130,6 +144,9 @@ class PruneChannels:
         where a Latency budget's kernels are timed.
     latency_model : LatencyModel, optional
         For Latency budgets (default: a table measured on ``target``, cached on disk).
+    sparse : bool, dict or SparseOptions
+        With a Latency budget: mix channel pruning and block sparsity per layer (see
+        :func:`tvm_hcprune.prune`); default off.
     **overrides
         Options of :class:`~tvm_hcprune.planning.config.PruneConfig` (``ratio``,
         ``criterion``, ``align``, ``protect``, ``prune_first_conv``, ``min_channels``,
@@ -157,7 +174,7 @@ class PruneChannels:
 
     def __init__(self, config: PruneConfig | dict | float | None = None, *,
                  plan: PrunePlan | None = None, budget=None, target=None,
-                 latency_model=None, **overrides):
+                 latency_model=None, sparse=False, **overrides):
         if budget is not None and plan is not None:
             raise HCPruneError("pass either plan= or budget=, not both")
         if budget is not None and "ratio" in overrides:
@@ -167,6 +184,10 @@ class PruneChannels:
         self.budget = as_budget(budget)
         self.target = target
         self.latency_model = latency_model
+        self.sparse = SparseOptions.of(sparse)
+        if self.sparse is not None and self.budget is None:
+            raise HCPruneError("sparse=True needs a latency budget: pass "
+                               "budget=Latency(fraction=...) too")
         self.last_plan: PrunePlan | None = None
         self.last_graph = None
 
@@ -176,7 +197,7 @@ class PruneChannels:
         align = resolve_align(self.config.align, self.target)
         if plan is None and self.budget is not None:
             plan = budget_plan(graph, self.config, align, self.budget, self.target,
-                               self.latency_model)[0]
+                               self.latency_model, sparse=self.sparse)[0]
         elif plan is None:
             plan = make_plan(graph, self.config, align)
         self.last_graph, self.last_plan = graph, plan

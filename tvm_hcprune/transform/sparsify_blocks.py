@@ -21,6 +21,7 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.sparse_cost import choose_format, default_block
 from tvm_hcprune.ops.weights import layer_weight_oi
+from tvm_hcprune.planning.mixed import block_scores
 from tvm_hcprune.utils.relax import bindings, is_const, op_name, replace_constants
 
 __all__ = ["LayerSparsity", "SparsifyBlocks", "SparsityReport", "block_mask", "check_sparsity",
@@ -92,14 +93,8 @@ def block_mask(w_kn: np.ndarray, block: tuple[int, int], sparsity: float,
     A weight whose shape is not a multiple of the block is padded with zeros for scoring;
     the kept count is ``round((1 - sparsity) * blocks)``, ties broken by position.
     """
-    bk, bn = block
-    k, n = w_kn.shape
-    kb, nb = -(-k // bk), -(-n // bn)
-    padded = np.zeros((kb * bk, nb * bn), np.float64)
-    padded[:k, :n] = w_kn
-    blocks = padded.reshape(kb, bk, nb, bn).transpose(0, 2, 1, 3)
-    score = (np.abs(blocks).sum(axis=(2, 3)) if criterion == "l1"
-             else np.sqrt(np.square(blocks).sum(axis=(2, 3))))
+    score = block_scores(w_kn, block, criterion)
+    kb, nb = score.shape
     keep = int(round((1.0 - sparsity) * kb * nb))
     mask = np.zeros(kb * nb, bool)
     if keep > 0:
