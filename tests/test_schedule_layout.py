@@ -344,42 +344,53 @@ def test_constant_layout_transforms_fold_with_numpy():
     np.testing.assert_array_equal(got[2], t.transpose(0, 2, 3, 1))
 
 
-def _stem_net(weight_param=False):
-    """RGB stem (3 input channels: no blocked input) -> bias -> clip -> depthwise -> conv."""
+def _stem_net(weight_param=False, layout="NCHW"):
+    """RGB stem (3 input channels: no blocked input) -> bias -> clip -> depthwise -> conv;
+    ``layout="NHWC"``: as TFLite imports it (HWIO / HWOI weights, ``[C]`` biases)."""
     rng = np.random.default_rng(11)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, 3, 15, 17), "float32"))
-    w = relax.Var("w", relax.TensorType((16, 3, 3, 3), "float32"))
+    nhwc = layout == "NHWC"
+    x = relax.Var("x", relax.TensorType((1, 15, 17, 3) if nhwc else (1, 3, 15, 17), "float32"))
+    w = relax.Var("w", relax.TensorType((3, 3, 3, 16) if nhwc else (16, 3, 3, 3), "float32"))
 
     def const(*shape):
         return relax.const(rng.standard_normal(shape).astype("float32"))
 
+    kw = {"data_layout": "NHWC", "kernel_layout": "HWIO"} if nhwc else {}
+    dw = {"data_layout": "NHWC", "kernel_layout": "HWOI"} if nhwc else {}
     with bb.function("main", [x, w] if weight_param else [x]):
         with bb.dataflow():
-            y = bb.emit(relax.op.nn.conv2d(x, w if weight_param else const(16, 3, 3, 3),
-                                           strides=2, padding=1))
-            y = bb.emit(relax.op.clip(relax.op.add(y, const(1, 16, 1, 1)), 0.0, 6.0))
-            y = bb.emit(relax.op.nn.conv2d(y, const(16, 1, 3, 3), padding=1, groups=16))
-            out = bb.emit_output(relax.op.nn.conv2d(relax.op.nn.relu(y), const(8, 16, 1, 1)))
+            y = bb.emit(relax.op.nn.conv2d(
+                x, w if weight_param else const(*((3, 3, 3, 16) if nhwc else (16, 3, 3, 3))),
+                strides=2, padding=1, **kw))
+            y = bb.emit(relax.op.clip(relax.op.add(y, const(16) if nhwc else const(1, 16, 1, 1)),
+                                      0.0, 6.0))
+            y = bb.emit(relax.op.nn.conv2d(y, const(*((3, 3, 16, 1) if nhwc else (16, 1, 3, 3))),
+                                           padding=1, groups=16, **dw))
+            out = bb.emit_output(relax.op.nn.conv2d(
+                relax.op.nn.relu(y), const(*((1, 1, 16, 8) if nhwc else (8, 16, 1, 1))), **kw))
         bb.emit_func_output(out)
     return bb.get()
 
 
-def test_stem_conv_writes_the_blocked_layout():
-    """The conv that cannot read blocked input (3 channels) writes NCHW8c itself, its
-    epilogue follows in the blocked layout: the only layout transform left is the output's."""
-    after = BlockChannelLayout(8)(_stem_net())
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_stem_conv_writes_the_blocked_layout(layout):
+    """The conv that cannot read blocked input (3 channels) writes NCHW8c itself, reading
+    NCHW or (TFLite) NHWC, and its epilogue follows in the blocked layout: the only layout
+    transform left is the output's."""
+    after = BlockChannelLayout(8)(_stem_net(layout=layout))
     assert _ops(after).count("relax.layout_transform") == 1
     (stem,) = [c for c in _calls(after, "relax.nn.conv2d")
-               if str(c.attrs.data_layout) == "NCHW"]
+               if str(c.attrs.data_layout) == layout]
     assert str(stem.attrs.out_layout) == "NCHW8c"
-    _check(_stem_net())
+    _check(_stem_net(layout=layout))
 
 
-def test_stem_conv_without_a_kernel_is_unblocked():
-    """A stem conv whose weight is a parameter (no blocked kernel) runs in NCHW and its
-    output is transformed; the model still equals the default pipeline's."""
-    _check(_stem_net(weight_param=True), strict=False)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_stem_conv_without_a_kernel_is_unblocked(layout):
+    """A stem conv whose weight is a parameter (no blocked kernel) runs in its own layout and
+    its output is transformed; the model still equals the default pipeline's."""
+    _check(_stem_net(weight_param=True, layout=layout), strict=False)
 
 
 def _pooled_stem_net(pool):

@@ -120,8 +120,8 @@ class _FullRankConstants(PyExprMutator):
             return call
         ranks = [len(a.ty.shape) if isinstance(a.ty, relax.TensorType)
                  and a.ty.shape is not None else None for a in call.args]
-        if None in ranks or ranks[0] == ranks[1]:
-            return call
+        if None in ranks or ranks[0] == ranks[1] or max(ranks) != 4:
+            return call  # only image tensors change layout (a matmul's bias stays [C])
         lo = 0 if ranks[0] < ranks[1] else 1
         const = call.args[lo]
         if not isinstance(const, tvm.ir.expr.Constant) or ranks[lo] == 0:
@@ -153,16 +153,20 @@ _ENTRY_EWISE = frozenset(
         "tanh", "nn.silu", "nn.gelu"))
 
 
-def _blocked_operand(arg, channels: int, b: int):
+def _blocked_operand(arg, channels: int, b: int, axis: int = 1):
     """A constant operand of an elementwise op moved to the blocked layout: scalars as they
-    are, per-channel ``[1, C, 1, 1]`` reshaped to ``[1, C/b, 1, 1, b]``; None otherwise."""
+    are, per-channel ``[1, C, 1, 1]`` (NCHW, ``axis`` 1) or ``[1, 1, 1, C]`` (NHWC, ``axis``
+    3) reshaped to ``[1, C/b, 1, 1, b]``; None otherwise."""
     if not isinstance(arg, tvm.ir.expr.Constant):
         return None
     value = arg.value.numpy()
     if value.ndim == 0 or value.size == 1 and value.ndim <= 4:
         return relax.const(value.reshape(()), str(value.dtype))
-    if value.shape == (1, channels, 1, 1):
-        return relax.const(block_axis(value, 1, b), str(value.dtype))
+    per_channel = [1, 1, 1, 1]
+    per_channel[axis] = channels
+    if value.shape == tuple(per_channel):
+        return relax.const(block_axis(value.reshape(1, channels, 1, 1), 1, b),
+                           str(value.dtype))
     return None
 
 
@@ -174,7 +178,8 @@ _ENTRY_POOL = frozenset(("relax.nn.max_pool2d", "relax.nn.avg_pool2d"))
 
 @mutator
 class _FuseEntryTransform(PyExprMutator):
-    """``layout_transform(ewise_or_pool*(conv2d_NCHW(x)))`` into blocked ``NCHW{b}c``, where
+    """``layout_transform(ewise_or_pool*(conv2d_NCHW(x)))`` into blocked ``NCHW{b}c`` (or
+    from ``conv2d_NHWC``: TFLite's stem), where
     the conv cannot read blocked input (its input channels are not a multiple of ``b``, e.g.
     the model's RGB stem): the conv writes the blocked layout itself (``out_layout``) and the
     elementwise epilogue and pooling follow in it, so the entry into the blocked layout costs
@@ -189,43 +194,59 @@ class _FuseEntryTransform(PyExprMutator):
         self.uses = use_counts(func)
         return super().visit_function_(func)
 
+    def _entry_axis(self, transform) -> int | None:
+        """The channel axis of a plain tensor that ``transform`` moves to ``NCHW{b}c``: 1
+        from NCHW, 3 from NHWC (TFLite), else None."""
+        if transform.attrs.pad_value is not None:
+            return None
+        index_map = transform.attrs.index_map
+        if split_axis(index_map, 4) == (1, self.block):
+            return 1
+        if index_map.is_equivalent_to(_plain_to_blocked(3, self.block)):
+            return 3
+        return None
+
     def visit_call_(self, call):
         call = super().visit_call_(call)
-        if (getattr(call.op, "name", None) != "relax.layout_transform"
-                or call.attrs.pad_value is not None
-                or split_axis(call.attrs.index_map, 4) != (1, self.block)):
+        if getattr(call.op, "name", None) != "relax.layout_transform":
             return call
+        axis = self._entry_axis(call)
+        if axis is None:
+            return call
+        layout = "NCHW" if axis == 1 else "NHWC"
         chain, var = [], call.args[0]
         while isinstance(var, relax.Var) and self.uses.get(var, 0) <= 1:
             value = self.lookup_binding(var)
             name = getattr(getattr(value, "op", None), "name", None)
             if name == "relax.nn.conv2d":
-                return self._fuse(call, value, chain)
+                return self._fuse(call, value, chain, axis)
             tensors = [a for a in getattr(value, "args", []) if isinstance(a, relax.Var)]
-            pool = name in _ENTRY_POOL and str(value.attrs.layout) == "NCHW" and str(
-                value.attrs.out_layout) == "NCHW"
+            pool = name in _ENTRY_POOL and str(value.attrs.layout) == layout and str(
+                value.attrs.out_layout) == layout
             if not (name in _ENTRY_EWISE or pool) or len(tensors) != 1:
                 return call
             chain.append(value)
             var = tensors[0]
         return call
 
-    def _fuse(self, transform, conv, chain):
+    def _fuse(self, transform, conv, chain, axis: int = 1):
         attrs, b = conv.attrs, self.block
-        oc = int(conv.ty.shape[1])
-        if (str(attrs.data_layout) != "NCHW" or str(attrs.out_layout) != "NCHW"
-                or oc % b or len(conv.ty.shape) != 4):
+        layout = "NCHW" if axis == 1 else "NHWC"
+        if len(conv.ty.shape) != 4:
+            return transform
+        oc = int(conv.ty.shape[axis])
+        if (str(attrs.data_layout) != layout or str(attrs.out_layout) != layout or oc % b):
             return transform
         ops = []
         for op in chain:
-            args = [a if isinstance(a, relax.Var) else _blocked_operand(a, oc, b)
+            args = [a if isinstance(a, relax.Var) else _blocked_operand(a, oc, b, axis)
                     for a in op.args]
             if any(a is None for a in args):
                 return transform
             ops.append((op, args))
         y = self.builder_.normalize(relax.op.nn.conv2d(
             conv.args[0], conv.args[1], strides=attrs.strides, padding=attrs.padding,
-            dilation=attrs.dilation, groups=attrs.groups, data_layout="NCHW",
+            dilation=attrs.dilation, groups=attrs.groups, data_layout=layout,
             kernel_layout=attrs.kernel_layout, out_layout=f"NCHW{b}c",
             out_dtype=attrs.out_dtype))
         for op, args in reversed(ops):
@@ -296,7 +317,8 @@ class _BlockedChannelPad(PyExprMutator):
 
 
 def _blocked_pool(pool, data, b: int):
-    """``pool`` (an NCHW max / average pooling) applied to ``data`` in ``NCHW{b}c``."""
+    """``pool`` (an NCHW or NHWC max / average pooling) applied to ``data`` in
+    ``NCHW{b}c``."""
     a = pool.attrs
     make = relax.op.nn.max_pool2d if pool.op.name == "relax.nn.max_pool2d" else (
         relax.op.nn.avg_pool2d)

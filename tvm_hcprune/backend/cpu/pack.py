@@ -89,9 +89,9 @@ class _Rewriter(PyExprMutator):
         block = cw.layout_block(layout)
         if layout not in ("NCHW", "NHWC") and not block:
             return None
-        # NCHW in, NCHW[b]c out: the model's first conv writing the blocked layout
+        # NCHW or NHWC in, NCHW[b]c out: the model's first conv writing the blocked layout
         # (BlockChannelLayout's entry fusion); otherwise the layouts are equal
-        entry = layout == "NCHW" and cw.layout_block(out_layout)
+        entry = layout in ("NCHW", "NHWC") and cw.layout_block(out_layout)
         if out_layout != layout and not entry:
             return None
         w = const_value(weight)
@@ -244,13 +244,18 @@ def _unblock(bb: relax.BlockBuilder, call):
         w_oihw = relax.op.layout_transform(
             weight, index_map=lambda o, i, h, w, oi: (o * kb + oi, i, h, w))
         wlayout = "OIHW"
+    # a plain input keeps its layout (NHWC: TFLite's stem writing NCHW[b]c)
+    plain = "NCHW" if b_in else str(attrs.data_layout)
     out = relax.op.nn.conv2d(
         data, bb.normalize(w_oihw), strides=attrs.strides,
         padding=attrs.padding, dilation=attrs.dilation, groups=attrs.groups,
-        data_layout="NCHW", kernel_layout=wlayout, out_layout="NCHW",
+        data_layout=plain, kernel_layout=wlayout, out_layout=plain,
         out_dtype=attrs.out_dtype)
     if not b_out:
         return out
+    if plain == "NHWC":
+        return relax.op.layout_transform(
+            bb.normalize(out), index_map=lambda n, h, w, c: (n, c // b_out, h, w, c % b_out))
     return relax.op.layout_transform(
         bb.normalize(out), index_map=lambda n, c, h, w: (n, c // b_out, h, w, c % b_out))
 
