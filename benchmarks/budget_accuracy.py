@@ -141,28 +141,34 @@ def bench_model(name, spec, args) -> dict:
     spec_lat = MeasuredLatency(widths=args.widths, repeats=args.table_repeats,
                                cache_dir=args.cache, refine=args.refine, progress=False)
     pairs = []
-    for u in chosen:
-        f = round(u["grid_fraction"], 4)
-        try:
-            extra = ({"calibration": cal, "allocation": "sensitivity", "reconstruct": False}
-                     if args.allocation == "sensitivity" else {})
-            pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
-                               prune_first_conv=args.prune_first_conv or None, **extra,
-                               **base)
-        except hc.HCPruneError as err:
-            print(f"  {name}: Latency(fraction={f}) skipped: {err}", flush=True)
-            continue
-        pairs.append({"asked": f, "uniform": u, "aware": {"module": pm, "report": rep}})
+    for power, floor in args.variants:
+        for u in chosen:
+            f = round(u["grid_fraction"], 4)
+            try:
+                extra = ({"calibration": cal, "allocation": "sensitivity",
+                          "reconstruct": False}
+                         if args.allocation == "sensitivity" else {})
+                pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
+                                   prune_first_conv=args.prune_first_conv or None,
+                                   allocation_power=power, min_kept_fraction=floor, **extra,
+                                   **base)
+            except hc.HCPruneError as err:
+                print(f"  {name}: Latency(fraction={f}) power {power} floor {floor} "
+                      f"skipped: {err}", flush=True)
+                continue
+            pairs.append({"asked": f, "uniform": u, "power": power, "floor": floor,
+                          "aware": {"module": pm, "report": rep}})
     plan_s = time.perf_counter() - t0
 
-    mods = [graph.mod]
-    for p in pairs:
-        mods += [p["uniform"]["module"], p["aware"]["module"]]
+    # one interleaved run: the dense model, every uniform plan in range, every aware plan
+    mods = [graph.mod] + [u["module"] for u in inside] + [p["aware"]["module"] for p in pairs]
     ms = measure_models(mods, "llvm", repeats=args.repeats, number=args.number,
                         progress=False)
     dense_ms = ms[0]
-    for i, p in enumerate(pairs):
-        p["uniform"]["ms"], p["aware"]["ms"] = ms[1 + 2 * i], ms[2 + 2 * i]
+    for u, m in zip(inside, ms[1:1 + len(inside)], strict=True):
+        u["ms"] = m
+    for p, m in zip(pairs, ms[1 + len(inside):], strict=True):
+        p["aware"]["ms"] = m
 
     runners = CachedRunners()
     tx, labels = test.samples, test.labels
@@ -186,21 +192,42 @@ def bench_model(name, spec, args) -> dict:
                 "widths": {c.id: [c.before, c.after] for c in rep.groups
                            if c.after != c.before}}
 
+    for u in inside:
+        u["eval"] = evaluate(u)
+    curve = sorted((u["eval"]["fraction"], u["eval"]["top1"]) for u in inside)
+    uniform_curve = [{"ratio": u["ratio"], "fraction": u["eval"]["fraction"],
+                      "top1": u["eval"]["top1"]} for u in inside]
+
+    def uniform_at(frac):
+        """Uniform top-1 at ``frac`` (linear between the measured uniform plans around it;
+        None outside their range)."""
+        xs, ys = [c[0] for c in curve], [c[1] for c in curve]
+        if not xs or frac < xs[0] or frac > xs[-1]:
+            return None
+        return float(np.interp(frac, xs, ys))
+
     rows = []
     for p in pairs:
-        ea, eu = evaluate(p["aware"]), evaluate(p["uniform"])
+        ea, eu = evaluate(p["aware"]), p["uniform"]["eval"]
+        at = uniform_at(ea["fraction"])
         loop = p["aware"]["report"].plan.config.get("closed_loop") or []
         rows.append({"asked": p["asked"], "uniform_ratio": p["uniform"]["ratio"],
+                     "power": p["power"], "floor": p["floor"],
                      "aware": ea, "uniform": eu,
                      "latency_gap": ea["fraction"] / eu["fraction"] - 1.0,
                      "top1_delta_pt": 100 * (ea["top1"] - eu["top1"]),
+                     "uniform_top1_at_equal_latency": at,
+                     "top1_delta_equal_latency_pt": None if at is None
+                     else 100 * (ea["top1"] - at),
                      "closed_loop_steps": len(loop)})
-        print(f"  {name} ratio {p['uniform']['ratio']}: uniform {eu['fraction']:.3f}x top-1 "
-              f"{eu['top1']:.3f} | aware {ea['fraction']:.3f}x top-1 {ea['top1']:.3f}",
-              flush=True)
+        print(f"  {name} ratio {p['uniform']['ratio']} power {p['power']} floor "
+              f"{p['floor']}: uniform {eu['fraction']:.3f}x top-1 {eu['top1']:.3f} | aware "
+              f"{ea['fraction']:.3f}x top-1 {ea['top1']:.3f} | uniform at equal latency "
+              f"{'-' if at is None else f'{at:.3f}'}", flush=True)
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
             "prune_first_conv": args.prune_first_conv, "allocation": args.allocation,
             "plan_and_table_s": round(plan_s, 1), "uniform_grid": grid, "rows": rows,
+            "uniform_curve": uniform_curve,
             "recovery": args.recovery, "calibration_samples": len(cal),
             "test_samples": len(tx)}
 
@@ -233,10 +260,15 @@ def main(argv=None) -> int:
     ap.add_argument("--prune-first-conv", action="store_true",
                     help="let the latency-aware plans prune the first conv (budgets protect "
                          "it by default; the uniform ratio prunes it)")
+    ap.add_argument("--variants", default="1:0",
+                    help="latency-aware allocations compared, comma-separated "
+                         "POWER:FLOOR pairs (allocation_power, min_kept_fraction), e.g. "
+                         "1:0,0.5:0,0:0.25; all are timed in the same interleaved run")
     ap.add_argument("--quick", action="store_true", help="fewer samples, points and rounds")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
     args.models = args.models.split(",")
+    args.variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
     if args.quick:
         args.cal, args.test, args.cal_mnist, args.test_mnist = 32, 64, 64, 200
         args.repeats, args.ratio_step, args.widths, args.points = 3, 0.1, 3, 2
@@ -246,14 +278,19 @@ def main(argv=None) -> int:
         results.append(res)
         print(f"\n{name}: dense {res['dense_ms']:.3f} ms, top-1 {res['dense_top1']:.3f}; "
               f"recovery {args.recovery}")
-        print(f"  {'ratio':>5} {'unif x':>7} {'top-1':>6} {'agree':>6} | {'aware x':>8} "
-              f"{'top-1':>6} {'agree':>6} | {'lat gap':>7} {'d top-1':>8}")
+        print("  uniform: " + ", ".join(f"{c['ratio']}: {c['fraction']:.3f}x {c['top1']:.3f}"
+                                        for c in res["uniform_curve"]))
+        print(f"  {'pow':>4} {'floor':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
+              f"{'aware x':>8} {'top-1':>6} {'agree':>6} | {'lat gap':>7} {'d top-1':>8} "
+              f"{'d@equal':>8}")
         for r in res["rows"]:
             a, u = r["aware"], r["uniform"]
-            print(f"  {r['uniform_ratio']:>5.2f} {u['fraction']:>7.3f} {u['top1']:>6.3f} "
-                  f"{u['top1_agreement']:>6.3f} | {a['fraction']:>8.3f} {a['top1']:>6.3f} "
-                  f"{a['top1_agreement']:>6.3f} | {100 * r['latency_gap']:>+6.1f}% "
-                  f"{r['top1_delta_pt']:>+7.1f}pt")
+            eq = r["top1_delta_equal_latency_pt"]
+            print(f"  {r['power']:>4g} {r['floor']:>5g} {r['uniform_ratio']:>5.2f} "
+                  f"{u['fraction']:>7.3f} {u['top1']:>6.3f} | {a['fraction']:>8.3f} "
+                  f"{a['top1']:>6.3f} {a['top1_agreement']:>6.3f} | "
+                  f"{100 * r['latency_gap']:>+6.1f}% {r['top1_delta_pt']:>+7.1f}pt "
+                  f"{'-' if eq is None else f'{eq:+.1f}pt':>8}")
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps(
             {"threads": args.threads, "results": results}, indent=1, default=str))

@@ -165,6 +165,65 @@ def test_staircase_edges_only():
     assert alloc.cost == 5.0
 
 
+def _skewed_problem():
+    """Four 64-channel groups at 1 ms per channel; group 0's channels are by far the least
+    important (its scores fall off steeply), the others are flat."""
+    cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in range(4)])
+    steep = np.sort(np.r_[np.full(16, 8.0), np.full(48, 0.2)])[::-1]
+    curves = {0: np.r_[0.0, np.cumsum(steep)]}
+    curves.update({g: np.arange(65, dtype=float) * 1.0 for g in (1, 2, 3)})
+    cands = {g: candidate_widths(64, 8) for g in range(4)}
+    return cost, curves, cands, {g: 64 for g in range(4)}
+
+
+def test_allocation_floor():
+    """No group is cut below ``min_fraction`` of its size, however cheap its channels; the
+    limit is still met (by cutting the others more)."""
+    cost, curves, cands, sizes = _skewed_problem()
+    units = [[g] for g in range(4)]
+    free = allocate_widths(units, cands, curves, cost, limit=160.0, sizes=sizes)
+    assert free.widths[0] == 16  # the cheap group alone pays most of the cut
+    for floor in (0.3, 0.5):
+        alloc = allocate_widths(units, cands, curves, cost, limit=160.0, sizes=sizes,
+                                min_fraction=floor)
+        assert min(alloc.widths.values()) >= floor * 64
+        assert alloc.cost <= 160.0
+    with pytest.raises(HCPruneError, match="no plan meets"):
+        allocate_widths(units, cands, curves, cost, limit=100.0, sizes=sizes,
+                        min_fraction=0.5)
+    with pytest.raises(HCPruneError, match="min_fraction"):
+        allocate_widths(units, cands, curves, cost, limit=100.0, sizes=sizes,
+                        min_fraction=1.0)
+
+
+def test_allocation_concave_value_spreads_cuts():
+    """Equal groups: summed importance (power 1) may cut one group deep, a concave value
+    (power < 1) cuts them evenly; with one group half as important it still cuts that group
+    most, but less deep than the sum does, at the cost of less importance kept in total."""
+    cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in range(4)])
+    flat = {g: np.arange(65, dtype=float) for g in range(4)}
+    cands = {g: candidate_widths(64, 8) for g in range(4)}
+    sizes = {g: 64 for g in range(4)}
+    units = [[g] for g in range(4)]
+    summed = allocate_widths(units, cands, flat, cost, limit=128.0, sizes=sizes)
+    assert max(summed.widths.values()) - min(summed.widths.values()) >= 32
+    for power in (0.5, 0.0):
+        even = allocate_widths(units, cands, flat, cost, limit=128.0, sizes=sizes,
+                               power=power)
+        assert set(even.widths.values()) == {32}
+    half = {**flat, 0: np.arange(65, dtype=float) * 0.5}  # group 0 half as important
+    summed = allocate_widths(units, cands, half, cost, limit=160.0, sizes=sizes)
+    assert summed.widths[0] == 8  # cut to the smallest width first
+    for power in (0.5, 0.0):
+        concave = allocate_widths(units, cands, half, cost, limit=160.0, sizes=sizes,
+                                  power=power)
+        w = concave.widths
+        assert w[0] == min(w.values()) and w[0] >= 16  # still cut most, not to the bone
+        assert max(w.values()) - min(w.values()) < max(summed.widths.values()) - 8
+        assert concave.cost <= 160.0
+        assert concave.importance <= summed.importance  # the sum is what power 1 maximises
+
+
 def test_candidate_widths():
     assert candidate_widths(64, 16) == [16, 32, 48, 64]
     assert candidate_widths(20, 8, min_channels=9) == [16, 20]
@@ -442,3 +501,40 @@ def test_cli_latency_table_from_another_target(graph, table, tmp_path, capsys):
     assert main(["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
                  str(tmp_path / "here.json"), "--align", "8", "-o", str(out)]) == 0
     assert out.is_file()
+
+
+def test_cli_prune_target(graph, table, tmp_path, capsys):
+    """``prune --target`` is parsed as ``compile --target`` is: a table made for that target
+    is accepted (the plan's budget names the target; the host's table is refused), the
+    default alignment comes from its profile (znver3: AVX2, 8 channels), and a bad target
+    exits 2 naming it with nothing written."""
+    from tvm_hcprune.hardware.target import parse_target
+
+    tab, _ = table
+    znver3 = '{"kind":"llvm","mcpu":"znver3"}'
+    key = str(parse_target(znver3))
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=32, image=16), str(path))
+    d = tab.to_dict()
+    d["target"] = key
+    (tmp_path / "z3.json").write_text(json.dumps(d))
+    low = {g: c[0] for g, c in tab.candidates.items()}
+    frac = round(0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph)), 3)
+    out, plan = tmp_path / "p.onnx", tmp_path / "plan.json"
+    args = ["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
+            str(tmp_path / "z3.json"), "--align", "8", "-o", str(out), "--plan-out", str(plan)]
+    assert main(args) == 2  # no --target: the host's, and the table is znver3's
+    assert "made for target" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--target", znver3]) == 0
+    budget = PrunePlan.load(plan).config["budget"]
+    assert budget["kind"] == "Latency" and budget["target"] == key
+    assert main(["prune", str(path), "--macs-budget", "0.5x", "--target", znver3,
+                 "--plan-out", str(plan), "-o", str(out)]) == 0
+    assert PrunePlan.load(plan).config["align_resolved"] == 8
+    bad, bad_plan = tmp_path / "bad.onnx", tmp_path / "bad.json"
+    for target, message in (("no-such-kind", "unknown target"),
+                            ('{"kind":"llvm","mcpu":"no-such-cpu"}', "unknown LLVM CPU")):
+        assert main(["prune", str(path), "--macs-budget", "0.5x", "--target", target,
+                     "--plan-out", str(bad_plan), "-o", str(bad)]) == 2
+        assert message in capsys.readouterr().err
+        assert not bad.exists() and not bad_plan.exists()

@@ -216,7 +216,9 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
         candidates[i] = (candidates_of(g0, ga) if candidates_of is not None
                          else candidate_widths(g0.size, ga, config.min_channels))
     sizes = {g.id: g.size for g in graph.groups}
-    alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt)
+    alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
+                            power=float(config.allocation_power),
+                            min_fraction=float(config.min_kept_fraction))
     alloc.units, alloc.candidates, alloc.curves = units, candidates, importance
     kept, plan_sizes = {}, {}
     for gid, n_keep in alloc.widths.items():

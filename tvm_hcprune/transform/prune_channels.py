@@ -15,6 +15,7 @@ import tvm
 
 from tvm_hcprune.analysis import analyze
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
@@ -62,6 +63,7 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     record = {"kind": type(budget).__name__, **budget.__dict__}
     if isinstance(budget, Latency):
         tgt = target if target is not None else "llvm"
+        record["target"] = str(parse_target(tgt))  # the target whose latency the plan meets
         model = latency_model
         if model is None:  # measured here, with the closed loop
             model = importlib.import_module("tvm_hcprune.latency").MeasuredLatency()
