@@ -136,6 +136,12 @@ def bench_model(name, spec, args) -> dict:
     print(f"{name}: uniform grid (measured fraction): "
           + ", ".join(f"{g['ratio']}: {g['fraction']:.3f}" for g in grid), flush=True)
     inside = [u for u in uniform if args.min_fraction <= u["grid_fraction"] <= args.max_fraction]
+    # the uniform curve also takes the nearest plan beyond each end of the range, so that
+    # an aware plan landing just outside the chosen ones still has uniform plans around it
+    above = [u for u in uniform if u["grid_fraction"] > args.max_fraction]
+    below = [u for u in uniform if u["grid_fraction"] < args.min_fraction]
+    around = ([min(above, key=lambda u: u["grid_fraction"])] if above else []) + inside + (
+        [max(below, key=lambda u: u["grid_fraction"])] if below else [])
     chosen = spread(sorted(inside, key=lambda u: -u["grid_fraction"]), args.points)
 
     spec_lat = MeasuredLatency(widths=args.widths, repeats=args.table_repeats,
@@ -161,13 +167,13 @@ def bench_model(name, spec, args) -> dict:
     plan_s = time.perf_counter() - t0
 
     # one interleaved run: the dense model, every uniform plan in range, every aware plan
-    mods = [graph.mod] + [u["module"] for u in inside] + [p["aware"]["module"] for p in pairs]
+    mods = [graph.mod] + [u["module"] for u in around] + [p["aware"]["module"] for p in pairs]
     ms = measure_models(mods, "llvm", repeats=args.repeats, number=args.number,
                         progress=False)
     dense_ms = ms[0]
-    for u, m in zip(inside, ms[1:1 + len(inside)], strict=True):
+    for u, m in zip(around, ms[1:1 + len(around)], strict=True):
         u["ms"] = m
-    for p, m in zip(pairs, ms[1 + len(inside):], strict=True):
+    for p, m in zip(pairs, ms[1 + len(around):], strict=True):
         p["aware"]["ms"] = m
 
     runners = CachedRunners()
@@ -192,11 +198,11 @@ def bench_model(name, spec, args) -> dict:
                 "widths": {c.id: [c.before, c.after] for c in rep.groups
                            if c.after != c.before}}
 
-    for u in inside:
+    for u in around:
         u["eval"] = evaluate(u)
-    curve = sorted((u["eval"]["fraction"], u["eval"]["top1"]) for u in inside)
+    curve = sorted((u["eval"]["fraction"], u["eval"]["top1"]) for u in around)
     uniform_curve = [{"ratio": u["ratio"], "fraction": u["eval"]["fraction"],
-                      "top1": u["eval"]["top1"]} for u in inside]
+                      "top1": u["eval"]["top1"]} for u in around]
 
     def uniform_at(frac):
         """Uniform top-1 at ``frac`` (linear between the measured uniform plans around it;

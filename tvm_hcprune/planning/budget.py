@@ -272,13 +272,17 @@ class Allocation:
     curves: dict = field(default_factory=dict)
 
 
+POWER_RANGE = (-4.0, 1.0)
+
+
 def unit_value(curve, power: float = 1.0):
     """The value of keeping ``curve[k]`` importance out of ``curve[-1]``, per kept count.
 
     ``total * ((x ** power - 1) / power)`` with ``x = curve[k] / total``: ``power=1`` is the
     importance itself (less the constant ``total``), ``power < 1`` is concave in the kept
     share, so each further cut into one group costs more than the last and the allocation
-    spreads its cuts over many groups; ``power=0`` is the limit ``total * log(x)``.
+    spreads its cuts over many groups; ``power=0`` is the limit ``total * log(x)``, and
+    negative powers penalise deep cuts more still (``-1``: ``total * (1 - 1 / x)``).
 
     Examples
     --------
@@ -321,9 +325,9 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
     what, fmt
         Name and formatter of the cost in error messages.
     power : float
-        Concavity of each unit's value in its kept importance (:func:`unit_value`): 1 sums
-        importance (a few groups may be cut deep), below 1 deep cuts cost more (cuts
-        spread), 0 is the logarithm.
+        Concavity of each unit's value in its kept importance (:func:`unit_value`), in
+        ``POWER_RANGE``: 1 sums importance (a few groups may be cut deep), below 1 deep cuts
+        cost more (cuts spread), 0 is the logarithm.
     min_fraction : float
         Floor on every unit's kept channels as a fraction of its size: candidates below
         ``ceil(min_fraction * size)`` are not taken (the smallest candidate at or above it
@@ -354,9 +358,9 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
     ...                 limit=10, sizes={0: 8, 1: 8}, power=0.0).widths
     {0: 4, 1: 6}
     """
-    if not 0.0 <= float(power) <= 1.0:
-        raise HCPruneError(f"power must be in [0, 1] (1: importance summed, 0: its "
-                           f"logarithm), got {power!r}")
+    if not POWER_RANGE[0] <= float(power) <= POWER_RANGE[1]:
+        raise HCPruneError(f"power must be in {list(POWER_RANGE)} (1: importance summed, 0: "
+                           f"its logarithm), got {power!r}")
     if not 0.0 <= float(min_fraction) < 1.0:
         raise HCPruneError(f"min_fraction must be in [0, 1) (the least share of a group's "
                            f"channels kept), got {min_fraction!r}")

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import POWER_RANGE
 from tvm_hcprune.planning.criteria import list_criteria
 from tvm_hcprune.utils.options import Options
 
@@ -37,10 +38,11 @@ class PruneConfig(Options):
         uniform ``ratio`` with the criterion's allocation (ratio plans keep their earlier
         behaviour).
     allocation_power : float
-        Under a budget, how a group's kept importance is valued, in [0, 1]
+        Under a budget, how a group's kept importance is valued, in [-4, 1]
         (:func:`~tvm_hcprune.planning.budget.unit_value`): 1 sums the importance (the
         knapsack may cut a few groups deep), below 1 each further cut into one group costs
-        more than the last, so cuts spread over many groups; 0 is the logarithm.
+        more than the last, so cuts spread over many groups; 0 is the logarithm, negative
+        powers penalise deep cuts more still.
     min_kept_fraction : float
         Under a budget, the least share of each group's channels kept, in [0, 1) (0: no
         floor beyond ``align`` and ``min_channels``).
@@ -83,9 +85,10 @@ class PruneConfig(Options):
             raise HCPruneError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if (not isinstance(self.allocation_power, (int, float))
                 or isinstance(self.allocation_power, bool)
-                or not 0.0 <= float(self.allocation_power) <= 1.0):
-            raise HCPruneError(f"allocation_power must be in [0, 1] (1: importance summed, "
-                               f"0: its logarithm), got {self.allocation_power!r}")
+                or not POWER_RANGE[0] <= float(self.allocation_power) <= POWER_RANGE[1]):
+            raise HCPruneError(f"allocation_power must be in {list(POWER_RANGE)} (1: "
+                               f"importance summed, 0: its logarithm), got "
+                               f"{self.allocation_power!r}")
         if (not isinstance(self.min_kept_fraction, (int, float))
                 or isinstance(self.min_kept_fraction, bool)
                 or not 0.0 <= float(self.min_kept_fraction) < 1.0):
