@@ -25,6 +25,7 @@ from tvm_hcprune.planning.budget import (
     params_cost,
 )
 from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.planning.planner import input_conv_groups
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 from tvm_hcprune.transform.prune_channels import PruneChannels
 
@@ -50,6 +51,13 @@ def _oracle(mod, pruned, plan, seed=0):
     x = np.random.default_rng(seed).normal(size=(1, 3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(run_relax(pruned, [x]), run_relax(masked_reference(mod, plan),
                                                                  [x]), rtol=1e-5, atol=1e-5)
+
+
+def _budget_lowest(tab, graph):
+    """Every group a budget may prune at the table's smallest candidate (the first conv,
+    which budgets protect, stays dense)."""
+    first = input_conv_groups(graph)
+    return {g: c[0] for g, c in tab.candidates.items() if g not in first}
 
 
 def _plan_of(graph, widths):
@@ -311,7 +319,7 @@ def test_latency_budget_with_table(small, graph, table, q):
     The budget is placed between the dense latency and the smallest the table can reach
     (measured figures vary between machines and runs; the test needs a reachable one)."""
     tab, _ = table
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     dense_pred = tab.predict(graph)
     lowest = tab.cost(graph).total(low) / dense_pred
     fraction = lowest + q * (1.0 - lowest)
@@ -342,7 +350,7 @@ def test_latency_budget_errors(small, graph, table):
 
 def test_latency_budget_in_ms(small, graph, table):
     tab, _ = table
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     ms = 0.5 * (tab.cost(graph).total(low) + tab.predict(graph))
     _, report = hc.prune(small, budget=hc.Latency(ms=ms), graph=graph, align=8,
                          latency_model=tab)
@@ -431,7 +439,7 @@ def test_report_markdown_and_layers(small, graph, table):
     """The report lists every layer with its widths and the model's milliseconds before and
     after, the totals (with a measured row when given) and the frozen groups."""
     tab, _ = table
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     frac = 0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph))
     _, report = hc.prune(small, budget=hc.Latency(fraction=frac), graph=graph, align=8,
                          target="llvm", latency_model=tab)
@@ -491,7 +499,7 @@ def test_cli_latency_table_from_another_target(graph, table, tmp_path, capsys):
     d["target"] = '{"kind":"llvm","mcpu":"cascadelake"}'
     (tmp_path / "other.json").write_text(json.dumps(d))
     out, md = tmp_path / "p.onnx", tmp_path / "r.md"
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     frac = round(0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph)), 3)
     assert main(["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
                  str(tmp_path / "other.json"), "--align", "8", "-o", str(out), "--report",
@@ -518,7 +526,7 @@ def test_cli_prune_target(graph, table, tmp_path, capsys):
     d = tab.to_dict()
     d["target"] = key
     (tmp_path / "z3.json").write_text(json.dumps(d))
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     frac = round(0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph)), 3)
     out, plan = tmp_path / "p.onnx", tmp_path / "plan.json"
     args = ["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
@@ -538,3 +546,52 @@ def test_cli_prune_target(graph, table, tmp_path, capsys):
                      "--plan-out", str(bad_plan), "-o", str(bad)]) == 2
         assert message in capsys.readouterr().err
         assert not bad.exists() and not bad_plan.exists()
+
+
+class _FixedRunner:
+    """Measures every pruned model at ``fraction`` of the dense one (a stand-in device)."""
+
+    device = "fixed"
+
+    def __init__(self, fraction):
+        self.fraction = fraction
+
+    def models(self, mods, target, database=None, **_):
+        return [1.0] + [self.fraction] * (len(mods) - 1)
+
+
+def test_closed_loop_measures_what_the_table_calls_unreachable(small, graph, table):
+    """A latency budget below the table's smallest prediction is not refused on the table's
+    word when the closed loop can measure: the smallest plan is measured and kept when it
+    meets the budget; when it does not, the error names both figures."""
+    from dataclasses import dataclass
+
+    from tvm_hcprune.latency import MeasuredLatency
+
+    tab, _ = table
+
+    @dataclass(frozen=True)
+    class _Spec(MeasuredLatency):
+        def for_graph(self, graph, target, align, min_channels=1):
+            return tab
+
+    lowest = tab.cost(graph).total({**{g.id: g.size for g in graph.groups},
+                                    **_budget_lowest(tab, graph)}) / tab.predict(graph)
+    fraction = round(0.8 * lowest, 4)
+    with pytest.raises(HCPruneError, match="no plan meets the latency budget"):
+        hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph, align=8,
+                 latency_model=tab)  # the table alone: refused
+    spec = _Spec(runner=_FixedRunner(fraction), refine=2, progress=False)
+    pruned, report = hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph,
+                              align=8, latency_model=spec)
+    loop = report.plan.config["closed_loop"]
+    assert loop[report.plan.config["closed_loop_pick"]]["measured_fraction"] == fraction
+    assert {c.id: c.after for c in report.groups} == {
+        g: w for g, w in {**{g.id: g.size for g in graph.groups},
+                          **_budget_lowest(tab, graph)}.items()
+        if g in {c.id for c in report.groups}}
+    _oracle(small, pruned, report.plan, seed=3)
+    slow = _Spec(runner=_FixedRunner(1.3 * fraction), refine=2, progress=False)
+    with pytest.raises(HCPruneError, match=r"measured, the smallest plan runs at 0\.\d+x"):
+        hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph, align=8,
+                 latency_model=slow)

@@ -24,8 +24,9 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.ops.desc import desc_length
 from tvm_hcprune.utils.relax import static_shape
 
-__all__ = ["MACs", "Latency", "Params", "SeparableCost", "allocate_widths", "as_budget",
-           "candidate_widths", "desc_kept_length", "macs_cost", "params_cost", "unit_value"]
+__all__ = ["BudgetUnreachable", "MACs", "Latency", "Params", "SeparableCost", "allocate_widths",
+           "as_budget", "candidate_widths", "desc_kept_length", "macs_cost", "params_cost",
+           "unit_value"]
 
 
 def _check_fraction(name: str, fraction) -> None:
@@ -275,6 +276,21 @@ class Allocation:
 POWER_RANGE = (-4.0, 1.0)
 
 
+class BudgetUnreachable(HCPruneError):
+    """No allowed widths meet the budget; ``reachable`` is the least cost they reach.
+
+    Examples
+    --------
+    >>> err = BudgetUnreachable(2.5, "no plan meets the latency budget 2 ms")
+    >>> isinstance(err, HCPruneError), err.reachable
+    (True, 2.5)
+    """
+
+    def __init__(self, reachable: float, message: str):
+        super().__init__(message)
+        self.reachable = float(reachable)
+
+
 def unit_value(curve, power: float = 1.0):
     """The value of keeping ``curve[k]`` importance out of ``curve[-1]``, per kept count.
 
@@ -399,7 +415,8 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
                 if best is None or key < best[0]:
                     best = (key, i, k, saved)
         if best is None:
-            raise HCPruneError(
+            raise BudgetUnreachable(
+                cur,
                 f"no plan meets the {what} budget {fmt(limit)}: the smallest widths allowed "
                 f"(align, min_channels, the kept-fraction floor, protected and frozen "
                 f"groups) reach {fmt(cur)} "

@@ -16,7 +16,14 @@ import tvm
 from tvm_hcprune.analysis import analyze
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware.target import parse_target
-from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
+from tvm_hcprune.planning.budget import (
+    BudgetUnreachable,
+    Latency,
+    MACs,
+    as_budget,
+    macs_cost,
+    params_cost,
+)
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
@@ -96,7 +103,17 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
         return make_budget_plan(graph, config, align, cost, lim, calibration,
                                 budget_record=rec, unit_scale=scales, **kwargs)
 
-    plan, alloc = replan(limit)
+    try:
+        plan, alloc = replan(limit)
+    except BudgetUnreachable as err:
+        if spec is None or not getattr(spec, "refine", 0):
+            raise
+        # the table's prediction is not the last word: the closed loop measures the
+        # smallest plan, and keeps it only when the measurement meets the budget
+        unmet, limit = err, err.reachable
+        plan, alloc = replan(limit)
+    else:
+        unmet = None
     if rescale is not None:
         scales, info = rescale(alloc)
         scales = scales or None
@@ -106,6 +123,14 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
         return plan, None, None, None, info
     if spec is not None:
         plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
+        loop = plan.config.get("closed_loop") or []
+        if unmet is not None and loop:
+            best = loop[plan.config.get("closed_loop_pick", -1)]
+            if best["error"] > getattr(spec, "tolerance", 0.0):
+                raise HCPruneError(
+                    f"{unmet}, predicted by the latency table; measured, the smallest plan "
+                    f"runs at {best['measured_fraction']:.3f}x the dense model's "
+                    f"{best['dense_ms']:.4g} ms, above the budget {budget.describe()}")
     return plan, model.predict(graph, plan), dense, model, info
 
 
