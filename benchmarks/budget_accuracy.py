@@ -15,13 +15,20 @@ classifier". Per model:
 3. the dense model and every uniform and latency-aware plan are timed again, interleaved,
    in one run: the fractions reported (so each pair is compared at equal latency as
    measured in the same run, and the table shows how equal);
+   ``--variants POWER:FLOOR,...`` makes one latency-aware plan per variant and point
+   (``allocation_power``, ``min_kept_fraction``); ``--refine 0`` takes the table's plan as
+   it is (no closed loop: much faster; the comparison below needs no exact latency match);
 4. each plan gets the same recovery (``--recovery``): ``data`` (default): the same
    calibration samples and least-squares reconstruction with its guard, on the plan as it
    is (``prune(mod, plan=..., calibration=...)``); ``none``: the pruned model as it is;
    ``--allocation sensitivity`` makes the latency-aware plans the way ``prune`` does with
    data by default (group importance scaled by measured sensitivity);
    then top-1 on labelled test samples never used for calibration, and top-1 agreement
-   with the dense model.
+   with the dense model;
+5. every uniform plan in the range (and the nearest one beyond each end) is timed in the
+   same run and evaluated the same way, and the uniform top-1 at an aware plan's measured
+   latency is interpolated between the uniform plans around it (``d@equal``): the
+   comparison at equal measured latency, whatever the gap between a pair.
 
 Data: MNIST (bundled ResNet): calibrated on training digits, tested on the 1,000 held-out
 ones; text_direction (PP-OCR mobile cls, 0/180 degrees): rendered text lines, calibration
@@ -255,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--number", type=int, default=5)
     ap.add_argument("--cache", default="default", help="latency cache folder")
     ap.add_argument("--cal", type=int, default=96, help="text_direction calibration samples")
-    ap.add_argument("--test", type=int, default=256, help="text_direction test samples")
+    ap.add_argument("--test", type=int, default=1000, help="text_direction test samples")
     ap.add_argument("--cal-mnist", type=int, default=256)
     ap.add_argument("--test-mnist", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
