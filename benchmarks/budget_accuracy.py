@@ -69,7 +69,8 @@ point  power 1 (sum)    power 0 (log)    power -1
 4      0.321x, -1.0 pt  0.325x, -0.2 pt  0.324x, -0.2 pt
 =====  ===============  ===============  ===============
 
-Power -1 halves to quarters the loss of the sum where the plans differ, but does not reach
+Power -1 cuts the sum's loss where the plans differ (-0.4 -> 0.0, -1.0 -> -0.2 pt; at point
+3 all three made nearly the same plan), but does not reach
 "equal or better" (-0.2/-0.3 pt, two or three digits of 1,000, within sampling noise), so
 the default stays the sum (``allocation_power=1``). A floor on the kept fraction
 (``min_kept_fraction=0.375``) makes MNIST's lower half of the range unreachable with 16-
