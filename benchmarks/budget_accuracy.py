@@ -70,9 +70,21 @@ point  power 1 (sum)    power 0 (log)    power -1
 =====  ===============  ===============  ===============
 
 Power -1 cuts the sum's loss where the plans differ (-0.4 -> 0.0, -1.0 -> -0.2 pt; at point
-3 all three made nearly the same plan), but does not reach
-"equal or better" (-0.2/-0.3 pt, two or three digits of 1,000, within sampling noise), so
-the default stays the sum (``allocation_power=1``). A floor on the kept fraction
+3 all three made nearly the same plan); power -2 (same run): +0.1, -0.0, +0.1, -0.2 pt.
+text_direction (``--variants 1:0,-1:0 --refine 0 --test 1000 --ratio-step 0.1 --points
+3``, loaded, dense top-1 0.991; the uniform plans collapse from ratio 0.3: 0.749x 0.984,
+0.670x 0.964, 0.580x 0.754, 0.519x 0.500, 0.445x 0.594, 0.346x 0.565):
+
+======  ==========================  ==========================
+power   0.85x / 0.64x / 0.38x       d@equal
+======  ==========================  ==========================
+1       0.932 / 0.936 / 0.668       (worse than 0.749x's 0.984) / +5.2 / +16.6 pt
+-1      0.932 / 0.936 / 0.500       (worse than 0.749x's 0.984) / +4.9 / -1.4 pt
+======  ==========================  ==========================
+
+At 0.85x both aware plans (24 -> 16, 32 -> 16, 200 -> 144 channels) are beaten by a
+uniform plan that is faster (0.749x, 0.984). No variant is equal or better everywhere on
+both models, so the default stays the sum (``allocation_power=1``). A floor on the kept fraction
 (``min_kept_fraction=0.375``) makes MNIST's lower half of the range unreachable with 16-
 channel alignment (its 32-channel groups can only keep 16 or 32).
 
