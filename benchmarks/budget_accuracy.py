@@ -75,12 +75,9 @@ text_direction (``--variants 1:0,-1:0 --refine 0 --test 1000 --ratio-step 0.1 --
 3``, loaded, dense top-1 0.991; the uniform plans collapse from ratio 0.3: 0.749x 0.984,
 0.670x 0.964, 0.580x 0.754, 0.519x 0.500, 0.445x 0.594, 0.346x 0.565):
 
-======  ==========================  ==========================
-power   0.85x / 0.64x / 0.38x       d@equal
-======  ==========================  ==========================
-1       0.932 / 0.936 / 0.668       (worse than 0.749x's 0.984) / +5.2 / +16.6 pt
--1      0.932 / 0.936 / 0.500       (worse than 0.749x's 0.984) / +4.9 / -1.4 pt
-======  ==========================  ==========================
+- power 1: top-1 0.932 at 0.851x, 0.936 at 0.636x (+5.2 pt at equal latency), 0.668 at
+  0.380x (+16.6 pt);
+- power -1: 0.932 at 0.851x, 0.936 at 0.637x (+4.9 pt), 0.500 at 0.388x (-1.4 pt).
 
 At 0.85x both aware plans (24 -> 16, 32 -> 16, 200 -> 144 channels) are beaten by a
 uniform plan that is faster (0.749x, 0.984). No variant is equal or better everywhere on
