@@ -25,6 +25,7 @@ from tvm_hcprune.planning.budget import (
     params_cost,
 )
 from tvm_hcprune.planning.plan import PrunePlan
+from tvm_hcprune.planning.planner import input_conv_groups
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 from tvm_hcprune.transform.prune_channels import PruneChannels
 
@@ -50,6 +51,13 @@ def _oracle(mod, pruned, plan, seed=0):
     x = np.random.default_rng(seed).normal(size=(1, 3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(run_relax(pruned, [x]), run_relax(masked_reference(mod, plan),
                                                                  [x]), rtol=1e-5, atol=1e-5)
+
+
+def _budget_lowest(tab, graph):
+    """Every group a budget may prune at the table's smallest candidate (the first conv,
+    which budgets protect, stays dense)."""
+    first = input_conv_groups(graph)
+    return {g: c[0] for g, c in tab.candidates.items() if g not in first}
 
 
 def _plan_of(graph, widths):
@@ -165,6 +173,65 @@ def test_staircase_edges_only():
     assert alloc.cost == 5.0
 
 
+def _skewed_problem():
+    """Four 64-channel groups at 1 ms per channel; group 0's channels are by far the least
+    important (its scores fall off steeply), the others are flat."""
+    cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in range(4)])
+    steep = np.sort(np.r_[np.full(16, 8.0), np.full(48, 0.2)])[::-1]
+    curves = {0: np.r_[0.0, np.cumsum(steep)]}
+    curves.update({g: np.arange(65, dtype=float) * 1.0 for g in (1, 2, 3)})
+    cands = {g: candidate_widths(64, 8) for g in range(4)}
+    return cost, curves, cands, {g: 64 for g in range(4)}
+
+
+def test_allocation_floor():
+    """No group is cut below ``min_fraction`` of its size, however cheap its channels; the
+    limit is still met (by cutting the others more)."""
+    cost, curves, cands, sizes = _skewed_problem()
+    units = [[g] for g in range(4)]
+    free = allocate_widths(units, cands, curves, cost, limit=160.0, sizes=sizes)
+    assert free.widths[0] == 16  # the cheap group alone pays most of the cut
+    for floor in (0.3, 0.5):
+        alloc = allocate_widths(units, cands, curves, cost, limit=160.0, sizes=sizes,
+                                min_fraction=floor)
+        assert min(alloc.widths.values()) >= floor * 64
+        assert alloc.cost <= 160.0
+    with pytest.raises(HCPruneError, match="no plan meets"):
+        allocate_widths(units, cands, curves, cost, limit=100.0, sizes=sizes,
+                        min_fraction=0.5)
+    with pytest.raises(HCPruneError, match="min_fraction"):
+        allocate_widths(units, cands, curves, cost, limit=100.0, sizes=sizes,
+                        min_fraction=1.0)
+
+
+def test_allocation_concave_value_spreads_cuts():
+    """Equal groups: summed importance (power 1) may cut one group deep, a concave value
+    (power < 1) cuts them evenly; with one group half as important it still cuts that group
+    most, but less deep than the sum does, at the cost of less importance kept in total."""
+    cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in range(4)])
+    flat = {g: np.arange(65, dtype=float) for g in range(4)}
+    cands = {g: candidate_widths(64, 8) for g in range(4)}
+    sizes = {g: 64 for g in range(4)}
+    units = [[g] for g in range(4)]
+    summed = allocate_widths(units, cands, flat, cost, limit=128.0, sizes=sizes)
+    assert max(summed.widths.values()) - min(summed.widths.values()) >= 32
+    for power in (0.5, 0.0):
+        even = allocate_widths(units, cands, flat, cost, limit=128.0, sizes=sizes,
+                               power=power)
+        assert set(even.widths.values()) == {32}
+    half = {**flat, 0: np.arange(65, dtype=float) * 0.5}  # group 0 half as important
+    summed = allocate_widths(units, cands, half, cost, limit=160.0, sizes=sizes)
+    assert summed.widths[0] == 8  # cut to the smallest width first
+    for power in (0.5, 0.0):
+        concave = allocate_widths(units, cands, half, cost, limit=160.0, sizes=sizes,
+                                  power=power)
+        w = concave.widths
+        assert w[0] == min(w.values()) and w[0] >= 16  # still cut most, not to the bone
+        assert max(w.values()) - min(w.values()) < max(summed.widths.values()) - 8
+        assert concave.cost <= 160.0
+        assert concave.importance <= summed.importance  # the sum is what power 1 maximises
+
+
 def test_candidate_widths():
     assert candidate_widths(64, 16) == [16, 32, 48, 64]
     assert candidate_widths(20, 8, min_channels=9) == [16, 20]
@@ -252,7 +319,7 @@ def test_latency_budget_with_table(small, graph, table, q):
     The budget is placed between the dense latency and the smallest the table can reach
     (measured figures vary between machines and runs; the test needs a reachable one)."""
     tab, _ = table
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     dense_pred = tab.predict(graph)
     lowest = tab.cost(graph).total(low) / dense_pred
     fraction = lowest + q * (1.0 - lowest)
@@ -283,7 +350,7 @@ def test_latency_budget_errors(small, graph, table):
 
 def test_latency_budget_in_ms(small, graph, table):
     tab, _ = table
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     ms = 0.5 * (tab.cost(graph).total(low) + tab.predict(graph))
     _, report = hc.prune(small, budget=hc.Latency(ms=ms), graph=graph, align=8,
                          latency_model=tab)
@@ -379,7 +446,7 @@ def test_report_markdown_and_layers(small, graph, table):
     """The report lists every layer with its widths and the model's milliseconds before and
     after, the totals (with a measured row when given) and the frozen groups."""
     tab, _ = table
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     frac = 0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph))
     _, report = hc.prune(small, budget=hc.Latency(fraction=frac), graph=graph, align=8,
                          target="llvm", latency_model=tab)
@@ -439,7 +506,7 @@ def test_cli_latency_table_from_another_target(graph, table, tmp_path, capsys):
     d["target"] = '{"kind":"llvm","mcpu":"cascadelake"}'
     (tmp_path / "other.json").write_text(json.dumps(d))
     out, md = tmp_path / "p.onnx", tmp_path / "r.md"
-    low = {g: c[0] for g, c in tab.candidates.items()}
+    low = _budget_lowest(tab, graph)
     frac = round(0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph)), 3)
     assert main(["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
                  str(tmp_path / "other.json"), "--align", "8", "-o", str(out), "--report",
@@ -449,3 +516,89 @@ def test_cli_latency_table_from_another_target(graph, table, tmp_path, capsys):
     assert main(["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
                  str(tmp_path / "here.json"), "--align", "8", "-o", str(out)]) == 0
     assert out.is_file()
+
+
+def test_cli_prune_target(graph, table, tmp_path, capsys):
+    """``prune --target`` is parsed as ``compile --target`` is: a table made for that target
+    is accepted (the plan's budget names the target; the host's table is refused), the
+    default alignment comes from its profile (znver3: AVX2, 8 channels), and a bad target
+    exits 2 naming it with nothing written."""
+    from tvm_hcprune.hardware.target import parse_target
+
+    tab, _ = table
+    znver3 = '{"kind":"llvm","mcpu":"znver3"}'
+    key = str(parse_target(znver3))
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx_models.small_resnet(width=32, image=16), str(path))
+    d = tab.to_dict()
+    d["target"] = key
+    (tmp_path / "z3.json").write_text(json.dumps(d))
+    low = _budget_lowest(tab, graph)
+    frac = round(0.5 * (1.0 + tab.cost(graph).total(low) / tab.predict(graph)), 3)
+    out, plan = tmp_path / "p.onnx", tmp_path / "plan.json"
+    args = ["prune", str(path), "--latency-budget", f"{frac}x", "--latency-table",
+            str(tmp_path / "z3.json"), "--align", "8", "-o", str(out), "--plan-out", str(plan)]
+    assert main(args) == 2  # no --target: the host's, and the table is znver3's
+    assert "made for target" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--target", znver3]) == 0
+    budget = PrunePlan.load(plan).config["budget"]
+    assert budget["kind"] == "Latency" and budget["target"] == key
+    assert main(["prune", str(path), "--macs-budget", "0.5x", "--target", znver3,
+                 "--plan-out", str(plan), "-o", str(out)]) == 0
+    assert PrunePlan.load(plan).config["align_resolved"] == 8
+    bad, bad_plan = tmp_path / "bad.onnx", tmp_path / "bad.json"
+    for target, message in (("no-such-kind", "unknown target"),
+                            ('{"kind":"llvm","mcpu":"no-such-cpu"}', "unknown LLVM CPU")):
+        assert main(["prune", str(path), "--macs-budget", "0.5x", "--target", target,
+                     "--plan-out", str(bad_plan), "-o", str(bad)]) == 2
+        assert message in capsys.readouterr().err
+        assert not bad.exists() and not bad_plan.exists()
+
+
+class _FixedRunner:
+    """Measures every pruned model at ``fraction`` of the dense one (a stand-in device)."""
+
+    device = "fixed"
+
+    def __init__(self, fraction):
+        self.fraction = fraction
+
+    def models(self, mods, target, database=None, **_):
+        return [1.0] + [self.fraction] * (len(mods) - 1)
+
+
+def test_closed_loop_measures_what_the_table_calls_unreachable(small, graph, table):
+    """A latency budget below the table's smallest prediction is not refused on the table's
+    word when the closed loop can measure: the smallest plan is measured and kept when it
+    meets the budget; when it does not, the error names both figures."""
+    from dataclasses import dataclass
+
+    from tvm_hcprune.latency import MeasuredLatency
+
+    tab, _ = table
+
+    @dataclass(frozen=True)
+    class _Spec(MeasuredLatency):
+        def for_graph(self, graph, target, align, min_channels=1):
+            return tab
+
+    lowest = tab.cost(graph).total({**{g.id: g.size for g in graph.groups},
+                                    **_budget_lowest(tab, graph)}) / tab.predict(graph)
+    fraction = round(0.8 * lowest, 4)
+    with pytest.raises(HCPruneError, match="no plan meets the latency budget"):
+        hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph, align=8,
+                 latency_model=tab)  # the table alone: refused
+    spec = _Spec(runner=_FixedRunner(fraction), refine=2, progress=False)
+    pruned, report = hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph,
+                              align=8, latency_model=spec)
+    loop = report.plan.config["closed_loop"]
+    assert loop[report.plan.config["closed_loop_pick"]]["measured_fraction"] == fraction
+    assert {c.id: c.after for c in report.groups} == {
+        g: w for g, w in {**{g.id: g.size for g in graph.groups},
+                          **_budget_lowest(tab, graph)}.items()
+        if g in {c.id for c in report.groups}}
+    _oracle(small, pruned, report.plan, seed=3)
+    slow = _Spec(runner=_FixedRunner(1.3 * fraction), refine=2, progress=False)
+    with pytest.raises(HCPruneError, match=r"measured, the smallest plan runs at 0\.\d+x"):
+        hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph, align=8,
+                 latency_model=slow)

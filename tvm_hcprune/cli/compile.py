@@ -93,13 +93,26 @@ def parse_input_shapes(text: str | None) -> dict[str, list[int]] | None:
     return out
 
 
+def add_target_argument(parser: argparse.ArgumentParser, default: str = "host llvm") -> None:
+    """``--target`` (tvmc's flag), shared by ``compile``, ``tune`` and ``prune``;
+    :func:`resolve_target` parses it."""
+    parser.add_argument("--target", default=None,
+                        help='TVM target: "llvm", "llvm -mcpu=znver3", "cuda -arch=sm_80", '
+                             f"a JSON dict or a tag (default: {default})")
+
+
+def resolve_target(args, preset=None):
+    """The parsed ``--target`` (else the preset's target, else the host's llvm); raises
+    :class:`~tvm_hcprune.errors.HCPruneError` naming the problem for a bad one."""
+    spec = args.target if args.target else (preset.target if preset else "llvm")
+    return parse_target(spec)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments that turn an ONNX file into the (pruned) module to compile or tune."""
     parser.add_argument("model", help="ONNX model file, or a .pt2 program written by "
                                       "torch.export.save (needs the torch extra)")
-    parser.add_argument("--target", default=None,
-                        help='TVM target: "llvm", "llvm -mcpu=znver3", "cuda -arch=sm_80", '
-                             'a JSON dict or a tag (default: the preset\'s, else host llvm)')
+    add_target_argument(parser, "the preset's, else host llvm")
     parser.add_argument("--input-shapes", default=None,
                         help='static input shapes, e.g. "input:[1,3,224,224]"')
     parser.add_argument("--prune-ratio", type=float, default=None,
@@ -134,8 +147,7 @@ def resolve_model_options(args):
     export_compiler(args)  # a cross compiler that is not found fails before the slow work
     if preset is not None and ratio is None:
         ratio = 0.5
-    target_spec = args.target if args.target else (preset.target if preset else "llvm")
-    target = parse_target(target_spec)
+    target = resolve_target(args, preset)
     path = Path(args.model)
     if not path.is_file():
         raise HCPruneError(f"model file {path} does not exist")

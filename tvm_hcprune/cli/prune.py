@@ -21,7 +21,7 @@ from tvm_hcprune.cli.budget import (
     write_figures,
     write_report,
 )
-from tvm_hcprune.cli.compile import parse_input_shapes
+from tvm_hcprune.cli.compile import add_target_argument, parse_input_shapes, resolve_target
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.load import load_onnx_graph
 from tvm_hcprune.planning.export_onnx import apply_to_onnx
@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--prune-ratio", type=float, default=None,
                    help="fraction of channels removed per prunable group, in [0, 1) (or "
                         "give a budget)")
+    add_target_argument(p)
     add_budget_arguments(p)
     add_report_argument(p)
     add_plot_argument(p)
@@ -93,24 +94,24 @@ def run(args) -> int:
                            "(.npz/.npy arrays or a folder of images)")
     if args.reconstruct and args.no_reconstruct:
         raise HCPruneError("give --reconstruct or --no-reconstruct, not both")
+    target = resolve_target(args)  # the latency table's target and the default --align
     export_compiler(args)  # a cross compiler that is not found fails before the slow work
     onnx_model, mod = load_onnx_graph(args.model, parse_input_shapes(args.input_shapes))
     graph = hc.analyze(mod)
     data = calibration_kwargs(args, graph.mod, print)
-    how = ({"budget": budget, "target": "llvm",
-            "latency_model": latency_model_arg(args, "llvm")} if budget
+    how = ({"budget": budget, "latency_model": latency_model_arg(args, target)} if budget
            else {"ratio": args.prune_ratio})
     if budget is not None and args.prune_first_conv:
         how["prune_first_conv"] = True
     how.update(sparse_arg(args, budget))
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
-                              **data, **how)
+                              target=target, **data, **how)
     figures = {}
     if args.plot:
-        sweep = {"criterion": args.criterion, "align": args.align, **data,
+        sweep = {"criterion": args.criterion, "align": args.align, "target": target, **data,
                  **{k: v for k, v in how.items() if k != "budget" and k != "ratio"}}
         figures = plot_figures(mod, graph, report, sweep,
-                               plot_latency_model(args, graph, report, "llvm"), "llvm")
+                               plot_latency_model(args, graph, report, target), target)
     print(report.summary())
     if report.reconstruction is not None:
         print(report.reconstruction.summary())

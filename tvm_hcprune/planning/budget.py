@@ -24,8 +24,9 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.ops.desc import desc_length
 from tvm_hcprune.utils.relax import static_shape
 
-__all__ = ["MACs", "Latency", "Params", "SeparableCost", "allocate_widths", "as_budget",
-           "candidate_widths", "desc_kept_length", "macs_cost", "params_cost"]
+__all__ = ["BudgetUnreachable", "MACs", "Latency", "Params", "SeparableCost", "allocate_widths",
+           "as_budget", "candidate_widths", "desc_kept_length", "macs_cost", "params_cost",
+           "unit_value"]
 
 
 def _check_fraction(name: str, fraction) -> None:
@@ -272,9 +273,55 @@ class Allocation:
     curves: dict = field(default_factory=dict)
 
 
+POWER_RANGE = (-4.0, 1.0)
+
+
+class BudgetUnreachable(HCPruneError):
+    """No allowed widths meet the budget; ``reachable`` is the least cost they reach.
+
+    Examples
+    --------
+    >>> err = BudgetUnreachable(2.5, "no plan meets the latency budget 2 ms")
+    >>> isinstance(err, HCPruneError), err.reachable
+    (True, 2.5)
+    """
+
+    def __init__(self, reachable: float, message: str):
+        super().__init__(message)
+        self.reachable = float(reachable)
+
+
+def unit_value(curve, power: float = 1.0):
+    """The value of keeping ``curve[k]`` importance out of ``curve[-1]``, per kept count.
+
+    ``total * ((x ** power - 1) / power)`` with ``x = curve[k] / total``: ``power=1`` is the
+    importance itself (less the constant ``total``), ``power < 1`` is concave in the kept
+    share, so each further cut into one group costs more than the last and the allocation
+    spreads its cuts over many groups; ``power=0`` is the limit ``total * log(x)``, and
+    negative powers penalise deep cuts more still (``-1``: ``total * (1 - 1 / x)``).
+
+    Examples
+    --------
+    >>> v = unit_value(np.array([0.0, 1.0, 2.0, 3.0, 4.0]), power=0.5)
+    >>> [round(float(a), 3) for a in v[1:]]
+    [-4.0, -2.343, -1.072, 0.0]
+    >>> bool(v[2] - v[1] > v[4] - v[3])  # the deep cut costs more than the first one
+    True
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    total = float(curve[-1])
+    if power == 1.0 or total <= 0.0:
+        return curve - total
+    x = np.clip(curve / total, 1e-12, None)  # nothing kept: -total/power or a large log
+    if power == 0.0:
+        return total * np.log(x)
+    return total * (x ** power - 1.0) / power
+
+
 def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance: dict,
                     cost: SeparableCost, limit: float, sizes: dict,
-                    what: str = "cost", fmt=lambda v: f"{v:g}") -> Allocation:
+                    what: str = "cost", fmt=lambda v: f"{v:g}", power: float = 1.0,
+                    min_fraction: float = 0.0) -> Allocation:
     """Choose one candidate width per unit so that ``cost <= limit`` keeping most importance.
 
     Parameters
@@ -293,6 +340,14 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
         Group id -> dense size.
     what, fmt
         Name and formatter of the cost in error messages.
+    power : float
+        Concavity of each unit's value in its kept importance (:func:`unit_value`), in
+        ``POWER_RANGE``: 1 sums importance (a few groups may be cut deep), below 1 deep cuts
+        cost more (cuts spread), 0 is the logarithm.
+    min_fraction : float
+        Floor on every unit's kept channels as a fraction of its size: candidates below
+        ``ceil(min_fraction * size)`` are not taken (the smallest candidate at or above it
+        is the lowest a unit goes).
 
     Returns
     -------
@@ -306,12 +361,33 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
     Notes
     -----
     Greedy knapsack (HALP/NetAdapt style): every step moves one unit to the lower candidate
-    with the smallest importance lost per cost saved; candidates that save nothing are
+    with the smallest value lost per cost saved; candidates that save nothing are
     skipped over, so no channel is removed that buys no cost. When the limit is met, steps
-    are undone (largest importance regained per cost first) while it stays met.
+    are undone (largest value regained per cost first) while it stays met.
+    :attr:`Allocation.importance` is the kept importance itself, whatever ``power``.
+
+    Examples
+    --------
+    >>> cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in (0, 1)])
+    >>> imp = {0: np.arange(9.0), 1: np.arange(9.0)}
+    >>> allocate_widths([[0], [1]], {0: [2, 4, 6, 8], 1: [2, 4, 6, 8]}, imp, cost,
+    ...                 limit=10, sizes={0: 8, 1: 8}, power=0.0).widths
+    {0: 4, 1: 6}
     """
+    if not POWER_RANGE[0] <= float(power) <= POWER_RANGE[1]:
+        raise HCPruneError(f"power must be in {list(POWER_RANGE)} (1: importance summed, 0: "
+                           f"its logarithm), got {power!r}")
+    if not 0.0 <= float(min_fraction) < 1.0:
+        raise HCPruneError(f"min_fraction must be in [0, 1) (the least share of a group's "
+                           f"channels kept), got {min_fraction!r}")
     widths = {g: sizes[g] for u in units for g in u}
     pos = {i: len(candidates[i]) - 1 for i in range(len(units))}
+    values = {i: unit_value(importance[i], float(power)) for i in range(len(units))}
+    lowest = {}
+    for i, u in enumerate(units):
+        floor = math.ceil(float(min_fraction) * max(sizes[g] for g in u) - 1e-9)
+        lowest[i] = next(k for k, c in enumerate(candidates[i])
+                         if c >= floor or k == len(candidates[i]) - 1)
 
     def with_unit(i, k):
         w = dict(widths)
@@ -322,23 +398,28 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
     def imp(i, k):
         return float(importance[i][candidates[i][k]])
 
+    def val(i, k):
+        return float(values[i][candidates[i][k]])
+
     dense = cost.total(widths)
     cur = dense
     while cur > limit:
         best = None
         for i, p in pos.items():
             here = cost.part(widths, units[i])
-            for k in range(p - 1, -1, -1):
+            for k in range(p - 1, lowest[i] - 1, -1):
                 saved = here - cost.part(with_unit(i, k), units[i])
                 if saved <= 1e-12 * max(abs(here), 1.0):
                     continue
-                key = ((imp(i, p) - imp(i, k)) / saved, -saved, i)
+                key = ((val(i, p) - val(i, k)) / saved, -saved, i)
                 if best is None or key < best[0]:
                     best = (key, i, k, saved)
         if best is None:
-            raise HCPruneError(
+            raise BudgetUnreachable(
+                cur,
                 f"no plan meets the {what} budget {fmt(limit)}: the smallest widths allowed "
-                f"(align, min_channels, protected and frozen groups) reach {fmt(cur)} "
+                f"(align, min_channels, the kept-fraction floor, protected and frozen "
+                f"groups) reach {fmt(cur)} "
                 f"(dense {fmt(dense)})")
         _, i, k, saved = best
         pos[i] = k
@@ -353,7 +434,7 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
             here = cost.part(widths, units[i])
             for k in range(p + 1, len(candidates[i])):
                 extra = cost.part(with_unit(i, k), units[i]) - here
-                gain = imp(i, k) - imp(i, p)
+                gain = val(i, k) - val(i, p)
                 if gain > 0 and cur + extra <= limit:
                     moves.append((-gain / max(extra, 1e-12), i, k))
         for _, i, k in sorted(moves):

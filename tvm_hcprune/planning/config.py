@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import POWER_RANGE
 from tvm_hcprune.planning.criteria import list_criteria
 from tvm_hcprune.utils.options import Options
 
@@ -36,6 +37,15 @@ class PruneConfig(Options):
         ``prune`` allocates by sensitivity (the default with calibration data), True for a
         uniform ``ratio`` with the criterion's allocation (ratio plans keep their earlier
         behaviour).
+    allocation_power : float
+        Under a budget, how a group's kept importance is valued, in [-4, 1]
+        (:func:`~tvm_hcprune.planning.budget.unit_value`): 1 sums the importance (the
+        knapsack may cut a few groups deep), below 1 each further cut into one group costs
+        more than the last, so cuts spread over many groups; 0 is the logarithm, negative
+        powers penalise deep cuts more still.
+    min_kept_fraction : float
+        Under a budget, the least share of each group's channels kept, in [0, 1) (0: no
+        floor beyond ``align`` and ``min_channels``).
     criterion_options : dict
         Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
     seed : int
@@ -54,6 +64,8 @@ class PruneConfig(Options):
     protect: tuple = ()
     min_channels: int = 1
     prune_first_conv: bool | None = None
+    allocation_power: float = 1.0
+    min_kept_fraction: float = 0.0
     criterion_options: dict = field(default_factory=dict)
     seed: int = 0
 
@@ -71,6 +83,18 @@ class PruneConfig(Options):
             raise HCPruneError(f"align must be a positive integer or None, got {self.align!r}")
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise HCPruneError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if (not isinstance(self.allocation_power, (int, float))
+                or isinstance(self.allocation_power, bool)
+                or not POWER_RANGE[0] <= float(self.allocation_power) <= POWER_RANGE[1]):
+            raise HCPruneError(f"allocation_power must be in {list(POWER_RANGE)} (1: "
+                               f"importance summed, 0: its logarithm), got "
+                               f"{self.allocation_power!r}")
+        if (not isinstance(self.min_kept_fraction, (int, float))
+                or isinstance(self.min_kept_fraction, bool)
+                or not 0.0 <= float(self.min_kept_fraction) < 1.0):
+            raise HCPruneError(f"min_kept_fraction must be in [0, 1) (the least share of a "
+                               f"group's channels a budget keeps), got "
+                               f"{self.min_kept_fraction!r}")
         object.__setattr__(self, "protect", tuple(self.protect))
         object.__setattr__(self, "criterion_options", dict(self.criterion_options or {}))
 

@@ -227,7 +227,9 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
         importance[len(units)] = su.curve
         units.append([su.key])
         sizes[su.key] = su.blocks
-    alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt)
+    alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
+                            power=float(config.allocation_power),
+                            min_fraction=float(config.min_kept_fraction))
     alloc.units, alloc.candidates, alloc.curves = channel_units, candidates, importance
     kept, plan_sizes = {}, {}
     for gid, n_keep in alloc.widths.items():

@@ -15,7 +15,15 @@ import tvm
 
 from tvm_hcprune.analysis import analyze
 from tvm_hcprune.errors import HCPruneError
-from tvm_hcprune.planning.budget import Latency, MACs, as_budget, macs_cost, params_cost
+from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.planning.budget import (
+    BudgetUnreachable,
+    Latency,
+    MACs,
+    as_budget,
+    macs_cost,
+    params_cost,
+)
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.mixed import SparseOptions, mixed_units
 from tvm_hcprune.planning.plan import PrunePlan
@@ -73,6 +81,7 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     sparse_kw = {} if sparse is None else {"sparse_levels": sparse.levels, "block": block}
     if isinstance(budget, Latency):
         tgt = target if target is not None else "llvm"
+        record["target"] = str(parse_target(tgt))  # the target whose latency the plan meets
         model = latency_model
         if model is None:  # measured here, with the closed loop
             model = importlib.import_module("tvm_hcprune.latency").MeasuredLatency()
@@ -108,7 +117,17 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
                                                "criterion": getattr(sparse, "criterion", "")},
                                 **kwargs)
 
-    plan, alloc = replan(limit)
+    try:
+        plan, alloc = replan(limit)
+    except BudgetUnreachable as err:
+        if spec is None or not getattr(spec, "refine", 0):
+            raise
+        # the table's prediction is not the last word: the closed loop measures the
+        # smallest plan, and keeps it only when the measurement meets the budget
+        unmet, limit = err, err.reachable
+        plan, alloc = replan(limit)
+    else:
+        unmet = None
     if rescale is not None:
         scales, info = rescale(alloc)
         scales = scales or None
@@ -118,6 +137,14 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
         return plan, None, None, None, info
     if spec is not None:
         plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
+        loop = plan.config.get("closed_loop") or []
+        if unmet is not None and loop:
+            best = loop[plan.config.get("closed_loop_pick", -1)]
+            if best["error"] > getattr(spec, "tolerance", 0.0):
+                raise HCPruneError(
+                    f"{unmet}, predicted by the latency table; measured, the smallest plan "
+                    f"runs at {best['measured_fraction']:.3f}x the dense model's "
+                    f"{best['dense_ms']:.4g} ms, above the budget {budget.describe()}")
     return plan, model.predict(graph, plan), dense, model, info
 
 
