@@ -44,26 +44,6 @@ def _build(mod, target, winograd: bool):
     return relax.VirtualMachine(ex, tvm.cpu())
 
 
-def layer_module(ic: int, oc: int, hw: int, seed: int = 0):
-    """1x1 conv + ReLU, then the 3x3 stride-1 pad-1 conv + bias + ReLU (NCHW input)."""
-    from tvm import relax
-
-    rng = np.random.default_rng(seed)
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((1, ic, hw, hw), "float32"))
-    w1 = rng.standard_normal((ic, ic, 1, 1)).astype("float32") * 0.2
-    w3 = rng.standard_normal((oc, ic, 3, 3)).astype("float32") * 0.1
-    b = rng.standard_normal((1, oc, 1, 1)).astype("float32")
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w1))))
-            y = bb.emit(relax.op.nn.conv2d(a, relax.const(w3), padding=1))
-            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(b))))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    return bb.get()
-
-
 def _conv_ms(vm, x, number: int) -> float:
     from tvm_hcprune.backend.timing import kernel_times
 
@@ -78,7 +58,9 @@ def run_layer(spec: str, target, args) -> dict:
     ch, hw = spec.split("@")
     ic, oc = (int(v) for v in ch.split("x"))
     hw = int(hw)
-    mod = layer_module(ic, oc, hw)
+    from tvm_hcprune.testing.relax_models import blocked_conv3x3
+
+    mod = blocked_conv3x3(ic, oc, hw)
     vms = {k: _build(mod, target, k == "winograd") for k in ("direct", "winograd")}
     x = tvm.runtime.tensor(np.random.default_rng(1).standard_normal(
         (1, ic, hw, hw)).astype("float32"))

@@ -15,6 +15,7 @@ from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.testing import heap_workspaces
+from tvm_hcprune.testing.relax_models import blocked_conv3x3 as winograd_module
 
 TARGET_8 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 TARGET_16 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
@@ -75,33 +76,6 @@ def test_prefer_winograd_decisions():
 def test_bad_option_is_refused():
     with pytest.raises(HCPruneError, match="winograd must be True, False or 'always'"):
         PackWeightsForCPU(winograd="yes")
-
-
-def winograd_module(ic, oc, hw, epilogue, batch=1):
-    """1x1 conv + ReLU (so the 3x3 conv reads the channel-blocked layout), then a 3x3 pad-1
-    conv with ``epilogue``: ``bias_relu``, ``residual`` (adds the 1x1 conv's output) or
-    ``hswish``."""
-    rng = np.random.default_rng(ic * 7 + oc)
-    h, w = hw
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((batch, ic, h, w), "float32"))
-    w1 = rng.standard_normal((ic, ic, 1, 1)).astype("float32") * 0.3
-    w3 = rng.standard_normal((oc, ic, 3, 3)).astype("float32") * 0.2
-    b = rng.standard_normal((1, oc, 1, 1)).astype("float32")
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            a = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(w1))))
-            y = bb.emit(relax.op.nn.conv2d(a, relax.const(w3), padding=1))
-            if epilogue == "bias_relu":
-                y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(b))))
-            elif epilogue == "residual":
-                y = bb.emit(relax.op.add(y, a))
-            else:
-                t = bb.emit(relax.op.clip(relax.op.add(y, relax.const(3.0)), 0.0, 6.0))
-                y = bb.emit(relax.op.divide(relax.op.multiply(y, t), relax.const(6.0)))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    return bb.get()
 
 
 def _run(mod, pipeline, x, target):

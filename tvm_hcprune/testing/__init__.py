@@ -1,4 +1,5 @@
-"""Testing helpers: ONNX model builders (:mod:`.onnx_models`), the mask-equivalence
+"""Testing helpers: ONNX model builders (:mod:`.onnx_models`), Relax ones
+(:mod:`.relax_models`), the mask-equivalence
 oracle (:func:`masked_reference`), what compiled code allocates on the heap
 (:func:`heap_workspaces`) and ``run_relax`` (from :mod:`tvm_hcprune.recovery.runner`)."""
 
