@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy.interpolate import RegularGridInterpolator
 
-from tvm_hcprune.backend.cpu.winograd import TILE_ELEMENTS, prefer_winograd
+from tvm_hcprune.backend.cpu.winograd import TILE_ELEMENTS, prefer_winograd, winograd_geometry
 from tvm_hcprune.backend.pipeline import set_num_threads
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
@@ -576,15 +576,17 @@ def _bsr_entries(graph, specs, tgt, levels, block, cache, db_tag, database, repe
 # analytic
 
 
-def _winograd_hw(spec, khkw: int, groups: int):
-    """``(H, W)`` of a conv that the CPU build may run with Winograd (3x3, stride 1, one
-    pixel of padding, ungrouped, NCHW or NHWC), else None."""
-    if spec.op != "relax.nn.conv2d" or khkw != 9 or groups != 1 or spec.depthwise:
+def _winograd_hw(spec, groups: int):
+    """``(H, W)`` of a conv (NCHW or NHWC) that the CPU build may run with Winograd
+    (:func:`~tvm_hcprune.backend.cpu.winograd.winograd_geometry`), else None."""
+    if spec.op != "relax.nn.conv2d" or spec.depthwise:
         return None
     attrs = spec.call.attrs
-    layout = str(attrs.out_layout or attrs.data_layout)
-    if ([int(v) for v in attrs.strides] != [1, 1] or [int(v) for v in attrs.dilation] != [1, 1]
-            or {int(v) for v in attrs.padding} != {1} or sorted(layout) != sorted("NCHW")):
+    layout, kernel = str(attrs.out_layout or attrs.data_layout), str(attrs.kernel_layout)
+    w = static_shape(spec.call.args[1])
+    if w is None or sorted(layout) != sorted("NCHW") or not winograd_geometry(
+            w[kernel.index("H")], w[kernel.index("W")], attrs.strides, attrs.dilation,
+            attrs.padding, groups):
         return None
     return spec.out_shape[layout.index("H")], spec.out_shape[layout.index("W")]
 
@@ -645,7 +647,7 @@ class RooflineModel(LatencyModel):
         else:
             khkw, groups = 1, 1
         per_group_in = max(1, cin // groups)
-        hw = _winograd_hw(spec, khkw, groups)
+        hw = _winograd_hw(spec, groups)
         if hw is not None and prefer_winograd(self._up(cin), cout, *hw, self.lanes):
             tiles = out_sp // (hw[0] * hw[1]) * math.ceil(hw[0] / 2) * math.ceil(hw[1] / 2)
             macs = tiles * TILE_ELEMENTS * self._up(cin) * self._up(cout)

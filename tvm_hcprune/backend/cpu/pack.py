@@ -129,9 +129,8 @@ class _Rewriter(PyExprMutator):
                 and (self.pointwise == "always"
                      or pw.prefer_pointwise(ic, oc, h, wd, self.lanes, self.registers))):
             return self._pointwise(data, w, dshape, oc)
-        if (self.winograd and block and out_layout == layout and groups == 1
-                and (kh, kw) == (3, 3) and strides == [1, 1] and dilation == [1, 1]
-                and padding == [1, 1, 1, 1] and oc % block == 0
+        if (self.winograd and block and out_layout == layout and oc % block == 0
+                and wg.winograd_geometry(kh, kw, strides, dilation, padding, groups)
                 and (self.winograd == "always"
                      or wg.prefer_winograd(ic, oc, h, wd, self.lanes))):
             new = self._winograd(data, w, dshape, oc, block)

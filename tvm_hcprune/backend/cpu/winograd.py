@@ -33,7 +33,8 @@ from tvm import te, tirx
 
 from tvm_hcprune.backend.cpu.conv2d_nchwc import choose_tile_w, i64, plan_conv
 
-__all__ = ["WinogradPlan", "plan_winograd", "prefer_winograd", "winograd_te", "winograd_weight"]
+__all__ = ["WinogradPlan", "plan_winograd", "prefer_winograd", "winograd_geometry", "winograd_te",
+           "winograd_weight"]
 
 # F(2x2, 3x3): G (4x3) transforms the filter; B^T and A^T are applied by _bt/_at below
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -96,6 +97,25 @@ def plan_winograd(ic: int, oc: int, h: int, w: int, block: int, lanes: int, regi
 # its three 512->512 7x7 layers on Winograd), so a conv needs this many tiles
 WINOGRAD_MIN_TILES = 32
 WINOGRAD_MIN_CHANNELS = 16
+
+
+def winograd_geometry(kh: int, kw: int, strides, dilation, padding, groups: int) -> bool:
+    """Whether a conv has the geometry F(2x2, 3x3) computes: a 3x3 kernel, stride 1,
+    dilation 1, one pixel of padding on every side (``padding`` as 2 or 4 numbers), one
+    group.
+
+    Examples
+    --------
+    >>> winograd_geometry(3, 3, [1, 1], [1, 1], [1, 1], 1)
+    True
+    >>> winograd_geometry(3, 3, [2, 2], [1, 1], [1, 1, 1, 1], 1)
+    False
+    """
+    pad = [int(p) for p in padding]
+    pad = pad * 2 if len(pad) == 2 else pad
+    return ((int(kh), int(kw)) == (3, 3) and [int(s) for s in strides] == [1, 1]
+            and [int(d) for d in dilation] == [1, 1] and pad == [1, 1, 1, 1]
+            and int(groups) == 1)
 
 
 def prefer_winograd(ic: int, oc: int, h: int, w: int, lanes: int) -> bool:
