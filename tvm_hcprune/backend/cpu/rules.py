@@ -22,6 +22,7 @@ import tvm
 from tvm import s_tir
 
 from tvm_hcprune.backend.cpu import pointwise as pw
+from tvm_hcprune.backend.cpu import winograd as wg
 from tvm_hcprune.utils.relax import schedule_unscheduled
 
 log = logging.getLogger(__name__)
@@ -252,8 +253,10 @@ def schedule_winograd(sch, names: list[str]) -> bool:
         return False
     vb, mb, yb = (sch.get_sblock(n) for n in found)
     ann = sch.get(mb).annotations
-    tile, lanes = int(ann[TILE_ATTR]), int(ann.get("hcp_lanes", 0))
-    spatial, ob = bool(int(ann.get(ORDER_ATTR, 0))), int(ann["hcp_ob"])
+    tile, lanes = int(ann[wg.TILE_ATTR]), int(ann.get(wg.LANES_ATTR, 0))
+    spatial = bool(int(ann.get(wg.SPATIAL_ATTR, 0)))
+    # the GEMM block's iteration domain: (n, e, ocb, ty, tx, ob | icb, ib)
+    ob, icb = (int(sch.get(mb).iter_vars[i].dom.extent) for i in (5, 6))
     _inline_epilogue(sch, yb)
     n, c, y, x, ci = sch.get_loops(yb)
     cbo, kk = sch.split(c, [None, ob // _extent(sch, ci)])
@@ -275,7 +278,6 @@ def schedule_winograd(sch, names: list[str]) -> bool:
     sch.vectorize(ci)
     sch.compute_at(mb, outer)
     acc = sch.cache_write(mb, 0, TILE_SCOPE)
-    icb = int(ann["hcp_icb"])
     # compute_at leaves no loop for a unit extent (one tile, one input channel block)
     e, tx, co, rc, ri = _named_loops(sch, sch.get_loops(mb)[depth:],
                                      (16, tile, ob, icb, _extent(sch, ci)))

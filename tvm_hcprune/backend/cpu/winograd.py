@@ -43,8 +43,6 @@ TILE_ELEMENTS = 16
 SPATIAL_ATTR = "hcp_spatial_major"
 TILE_ATTR = "hcp_tile"
 LANES_ATTR = "hcp_lanes"
-OB_ATTR = "hcp_ob"
-ICB_ATTR = "hcp_icb"
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,7 @@ def winograd_te(data, upack, *, oc: int, plan: WinogradPlan):
                                              axis=[rc, ri]),
         name="hcp_wgm",
         attrs={TILE_ATTR: plan.tile_w, SPATIAL_ATTR: int(plan.spatial_major),
-               LANES_ATTR: plan.lanes, OB_ATTR: ob, ICB_ATTR: icb_n})
+               LANES_ATTR: plan.lanes})
     k = ob // b
     return te.compute(
         i64(n, oc // b, h, w, b),
