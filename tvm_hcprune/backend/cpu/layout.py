@@ -25,7 +25,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from tvm_hcprune.frontend.normalize import NormalizeImport, block_axis, split_axis
+from tvm_hcprune.frontend.normalize import NormalizeImport, block_axis
 from tvm_hcprune.utils.relax import calls, mutate_functions, use_counts
 
 
@@ -200,11 +200,8 @@ class _FuseEntryTransform(PyExprMutator):
         if transform.attrs.pad_value is not None:
             return None
         index_map = transform.attrs.index_map
-        if split_axis(index_map, 4) == (1, self.block):
-            return 1
-        if index_map.is_equivalent_to(_plain_to_blocked(3, self.block)):
-            return 3
-        return None
+        return next((c for c in (1, 3)
+                     if index_map.is_equivalent_to(plain_to_blocked(c, self.block))), None)
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
@@ -258,9 +255,14 @@ class _FuseEntryTransform(PyExprMutator):
         return y
 
 
-def _plain_to_blocked(c: int, b: int):
+def plain_to_blocked(c: int, b: int):
     """The index map of a 4-D tensor whose channels are axis ``c`` (1: NCHW, 3: NHWC) to
-    ``NCHW{b}c``."""
+    ``NCHW{b}c``.
+
+    Examples
+    --------
+    >>> plain_to_blocked(3, 16)  # NHWC -> NCHW16c  # doctest: +SKIP
+    """
     def f(*idx):
         rest = [idx[k] for k in (1, 2, 3) if k != c]
         return (idx[0], idx[c] // b, *rest, idx[c] % b)
@@ -268,7 +270,14 @@ def _plain_to_blocked(c: int, b: int):
     return tvm.tirx.IndexMap.from_func(f, ndim=4)
 
 
-def _blocked_to_plain(c: int, b: int):
+def blocked_to_plain(c: int, b: int):
+    """The index map of an ``NCHW{b}c`` tensor back to 4-D with its channels on axis ``c``
+    (the inverse of :func:`plain_to_blocked`).
+
+    Examples
+    --------
+    >>> blocked_to_plain(1, 16)  # NCHW16c -> NCHW  # doctest: +SKIP
+    """
     def f(n, outer, h, w, inner):
         plain = [n, None, None, None]
         plain[c] = outer * b + inner
@@ -308,8 +317,8 @@ class _BlockedChannelPad(PyExprMutator):
                 or call.attrs.pad_value is not None or plain.attrs.pad_value is not None):
             return call
         c, b = padded[0], self.b
-        if not (call.attrs.index_map.is_equivalent_to(_plain_to_blocked(c, b))
-                and plain.attrs.index_map.is_equivalent_to(_blocked_to_plain(c, b))):
+        if not (call.attrs.index_map.is_equivalent_to(plain_to_blocked(c, b))
+                and plain.attrs.index_map.is_equivalent_to(blocked_to_plain(c, b))):
             return call
         blocked = plain.args[0]
         return relax.op.nn.pad(blocked, [0, 0, 0, widths[2 * c + 1] // b, 0, 0, 0, 0, 0, 0],

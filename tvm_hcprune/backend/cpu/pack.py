@@ -25,6 +25,7 @@ from tvm_hcprune.backend.cpu import conv2d_nchwc as cw
 from tvm_hcprune.backend.cpu import pointwise as pw
 from tvm_hcprune.backend.cpu import winograd as wg
 from tvm_hcprune.backend.cpu.dense import rewrite_matmul
+from tvm_hcprune.backend.cpu.layout import blocked_to_plain, plain_to_blocked
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.utils.relax import (
     clear_shape_cache,
@@ -230,8 +231,7 @@ def _unblock(bb: relax.BlockBuilder, call):
     b_in = cw.layout_block(str(attrs.data_layout))
     b_out = cw.layout_block(str(attrs.out_layout))
     if b_in:
-        data = bb.normalize(relax.op.layout_transform(
-            data, index_map=lambda n, c, h, w, ci: (n, c * b_in + ci, h, w)))
+        data = bb.normalize(relax.op.layout_transform(data, blocked_to_plain(1, b_in)))
     kl = str(attrs.kernel_layout)
     kb = cw.kernel_block(kl)
     wv = const_value(weight)
@@ -252,11 +252,8 @@ def _unblock(bb: relax.BlockBuilder, call):
         out_dtype=attrs.out_dtype)
     if not b_out:
         return out
-    if plain == "NHWC":
-        return relax.op.layout_transform(
-            bb.normalize(out), index_map=lambda n, h, w, c: (n, c // b_out, h, w, c % b_out))
-    return relax.op.layout_transform(
-        bb.normalize(out), index_map=lambda n, c, h, w: (n, c // b_out, h, w, c % b_out))
+    return relax.op.layout_transform(bb.normalize(out),
+                                     plain_to_blocked(plain.index("C"), b_out))
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackWeightsForCPU")
