@@ -159,11 +159,24 @@ def test_seed_best_gets_no_record_and_no_remeasurement(conv_task):
     assert len(final.get_all_tuning_records()) == 0 and stats.kept == {}
 
 
-def test_slower_database_is_dropped_at_model_level(mod, conv_task):
-    """A database that leaves the conv kernel unscheduled (far slower than the rules) is
-    timed against the rules-only build and dropped: the returned database is empty and the
-    figures say why."""
+def test_slower_database_is_dropped_at_model_level(mod, conv_task, monkeypatch):
+    """A database that leaves the conv kernel unscheduled (slower than the rules) is
+    compared with the rules-only build and dropped: the returned database is empty and the
+    figures say why. Both builds are real; their timer reports the tuned build at twice the
+    rules' time (a unit test is never timed: on a loaded machine this 16x16 model's real
+    timings flipped, see benchmarks for measured figures)."""
+    import contextlib
+
     from tvm.s_tir import meta_schedule as ms
+
+    timed = []
+
+    @contextlib.contextmanager
+    def fixed_timer(exes, inputs, target, repeat):
+        assert set(exes) == {"rules", "tuned"} and inputs
+        yield lambda label: timed.append(label) or {"rules": 1e-3, "tuned": 2e-3}[label]
+
+    monkeypatch.setattr(tn, "_local_timer", fixed_timer)
 
     _, func_mod = conv_task
     target = dbm.resolve_target(TARGET)
@@ -175,8 +188,9 @@ def test_slower_database_is_dropped_at_model_level(mod, conv_task):
     # the per-task figures (wrongly) predict a 2x gain: the contradiction buys a second pass
     kept_db, info = tn.compare_with_rules(mod, target, db, rounds=2, repeat=3, predicted=0.5,
                                           max_passes=2)
-    assert info["kept"] == "rules" and info["tuned_ms"] > info["rules_ms"]
-    assert info["ratio"] > 1.0 and info["records"] == 1 and info["passes"] == 2
+    assert info["kept"] == "rules" and info["tuned_ms"] == 2.0 and info["rules_ms"] == 1.0
+    assert info["ratio"] == 2.0 and info["records"] == 1 and info["passes"] == 2
+    assert timed == ["rules", "tuned"] * 4  # 2 rounds interleaved, 2 passes
     assert len(kept_db) == 0 and kept_db.target == db.target
     # the record does apply (the slowness is its schedule, not a failed lookup)
     applied = hc.apply_database(mod, target, db)
