@@ -15,7 +15,8 @@ OUR_RELAX_PASSES = frozenset({
     "ApplyPrunePlan", "BlockChannelLayout", "FoldBatchNorm", "NormalizeImport",
     "PruneChannels", "Reconstruct", "ReestimateBatchNorm", "PackWeightsForCPU",
     "OffloadToVTA", "VTAQuantize", "UseBlockSparse", "FastMath", "SparsifyBlocks",
-    "HCPruneApplyDatabase", "ApplyCPURules", "ScheduleRowwise", "PadChannels"})
+    "HCPruneApplyDatabase", "ApplyCPURules", "ScheduleRowwise", "PadChannels",
+    "FuseInvertedResidual"})
 NOT_CHECKED = {
     "HCPrunePipeline": "the whole build: ends in TVM's VM lowering, whose output is no "
                        "longer a Relax dataflow module (its own steps are checked one by one)",

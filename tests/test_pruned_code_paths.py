@@ -9,6 +9,9 @@ build (none falls back to TVM's unscheduled default, 13-80x slower), and every c
 dense build runs with Winograd still does (its input channels are padded to whole vectors
 by ``PadChannels`` where needed). Compile-only, both ISAs.
 
+A merged expansion + depthwise kernel (``FuseInvertedResidual``) counts as its two convs:
+the pruned build may merge fewer pairs, where a group narrower than a block stays NCHW.
+
 Not asserted: the number of layout transforms. A pruned group that reaches a flatten and
 the classifier (ResNet's last stage, 512 -> 360 on 16 lanes) or is narrower than a block
 is not padded and stays NCHW, so the blocked region can end one stage earlier.
@@ -23,6 +26,7 @@ from tvm.relax.frontend.onnx import from_onnx
 import tvm_hcprune as hc
 from tvm_hcprune.backend.pipeline import prepare_passes, schedule_passes
 from tvm_hcprune.testing import onnx_models
+from tvm_hcprune.utils.relax import calls
 
 TARGETS = {
     "8_lanes": tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2}),
@@ -37,18 +41,19 @@ MODELS = {
 
 
 def _kinds(mod, target) -> Counter:
-    """Kernel kinds of the scheduled build: ``hcp_<kind>`` for tvm_hcprune's kernels,
+    """Kernel kinds of the scheduled build's calls: ``hcp_<kind>`` for tvm_hcprune's kernels,
     ``layout_transform``, and ``tvm_conv`` for a conv left to TVM's default lowering."""
     passes = prepare_passes(target, True, True) + schedule_passes(target, None, True, True)
     with target:
         lowered = tvm.transform.Sequential(passes)(mod)
     kinds = Counter()
-    for gv, func in lowered.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
+    for call in calls(lowered):  # call sites: identical kernels are one function
+        if call.op.name != "relax.call_tir":
             continue
-        name = gv.name_hint
-        if "hcp_" in name:
-            kinds["hcp_" + name.split("hcp_")[1].split("_")[0].rstrip("0123456789")] += 1
+        name = call.args[0].name_hint
+        if "hcp_" in name:  # a merged expansion + depthwise kernel counts as both convs
+            for part in name.split("hcp_")[1:]:
+                kinds["hcp_" + part.split("_")[0].rstrip("0123456789")] += 1
         elif "layout_transform" in name:
             kinds["layout_transform"] += 1
         elif "conv2d" in name:

@@ -82,18 +82,22 @@ def _fold_passes() -> list:
 
 
 def prepare_passes(target, rules: bool = True, blocked_layout: bool = True,
-                   sparse: bool | str = True, winograd: bool = True) -> list:
+                   sparse: bool | str = True, winograd: bool = True,
+                   inverted_residual: bool = True) -> list:
     """Phase 1 of the pipeline: up to the fused PrimFuncs that schedules apply to.
 
     CPU: BatchNorm folded, the blocked layout and packed kernels (``rules``), TVM's library
     dispatch, legalisation and FuseOps/FuseTIR. Other targets: BatchNorm folded, legalised
     and fused the way :func:`tvm_hcprune.tune` sees them. ``winograd=False`` keeps every 3x3
-    conv on the direct kernel (for comparisons, ``benchmarks/winograd.py``).
+    conv on the direct kernel (for comparisons, ``benchmarks/winograd.py``);
+    ``inverted_residual=False`` keeps each expansion 1x1 conv and the depthwise conv reading
+    it as two kernels (:class:`~tvm_hcprune.backend.cpu.fuse_irb.FuseInvertedResidual`).
     """
     if target.kind.name != "llvm":
         return [*_fold_passes(), *gpu_sparse_passes(target, sparse),
                 relax.transform.LegalizeOps(), *fuse_passes()]
-    return _fold_passes() + cpu_kernel_passes(target, rules, blocked_layout, sparse, winograd)
+    return _fold_passes() + cpu_kernel_passes(target, rules, blocked_layout, sparse, winograd,
+                                              inverted_residual)
 
 
 def schedule_passes(target, database, rules: bool = True, strict: bool = False) -> list:

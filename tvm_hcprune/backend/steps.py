@@ -17,6 +17,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
 from tvm_hcprune.backend.cpu.fast_math import FastMath
+from tvm_hcprune.backend.cpu.fuse_irb import FuseInvertedResidual
 from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.cpu.pad_channels import PadChannels
@@ -47,12 +48,15 @@ def fuse_passes() -> list:
 
 
 def cpu_kernel_passes(target, rules: bool = True, blocked_layout: bool = True,
-                      sparse: bool | str = True, winograd: bool = True) -> list:
+                      sparse: bool | str = True, winograd: bool = True,
+                      inverted_residual: bool = True) -> list:
     """tvm_hcprune's CPU kernels (channels padded to the block, the blocked layout,
     block-sparse matmuls and 1x1 convs,
     vectorised erf/softmax, packed weights; ``winograd=False`` keeps 3x3 convs on the direct
     kernel), then TVM's library dispatch and legalisation (which fuses): up to the fused
-    PrimFuncs."""
+    PrimFuncs. ``inverted_residual`` merges each expansion 1x1 conv with the depthwise conv
+    reading it (:class:`~tvm_hcprune.backend.cpu.fuse_irb.FuseInvertedResidual`), between
+    FuseOps and FuseTIR."""
     pre = []
     if rules:
         prof = profile_for(target)
@@ -68,7 +72,11 @@ def cpu_kernel_passes(target, rules: bool = True, blocked_layout: bool = True,
         pre.append(FastMath())  # libm's scalar erff / expf: the slowest ops of GELU, softmax
         pre.append(PackWeightsForCPU(lanes=lanes, registers=prof.vector_registers,
                                      l2_bytes=prof.l2_bytes, winograd=winograd))
-    return pre + cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+    legalize = cpu.legalize_passes(target)
+    if rules and blocked_layout and inverted_residual:
+        fuse_tir = next(i for i, p in enumerate(legalize) if p.info.name == "FuseTIR")
+        legalize.insert(fuse_tir, FuseInvertedResidual(profile_for(target).lanes("float32")))
+    return pre + cpu.library_dispatch_passes(target) + legalize
 
 
 def _dense_build(mod, target, blocked_layout: bool):

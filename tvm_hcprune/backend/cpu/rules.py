@@ -36,7 +36,7 @@ ORDER_ATTR = "hcp_spatial_major"
 WRITEBACK_ATTR = "hcp_tile_writeback"
 
 
-def _block_names(func) -> list[str]:
+def block_names(func) -> list[str]:
     """Names of the top-level blocks of an unscheduled (fused) PrimFunc."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     try:
@@ -373,6 +373,98 @@ def schedule_dwconv(sch, names: list[str]) -> bool:
     return True
 
 
+# inverted-residual kernels: aim for this many parallel tasks (channel blocks x row bands)
+IRB_TASKS = 8
+# and for a band's expanded rows to take at most this many bytes (a quarter of Zen 5's L2)
+IRB_BAND_BYTES = 256 * 1024
+
+
+def irb_band_rows(channel_blocks: int, out_rows: int, stride: int, in_width: int,
+                  lanes: int) -> int:
+    """Depthwise output rows per band of a merged expansion + depthwise kernel: the fewest
+    bands that give ``IRB_TASKS`` tasks over the channel blocks and keep a band's expanded
+    rows (``rows * stride + 2`` input rows of ``in_width`` pixels x ``lanes`` floats) under
+    ``IRB_BAND_BYTES``. Bands overlap by the window's halo, recomputed, so fewer is better.
+    """
+    bands = 1
+    while bands < out_rows:
+        rows = -(-out_rows // bands)
+        if (channel_blocks * bands >= IRB_TASKS
+                and (rows * stride + 2) * in_width * lanes * 4 <= IRB_BAND_BYTES):
+            break
+        bands += 1
+    return -(-out_rows // bands)
+
+
+def _vectorize_tile_writeback(sch, block) -> None:
+    """A register tile's NCHW[b]c write-back: the channel block vectorised, the tile's
+    pixels unrolled (the loops above it are left rolled)."""
+    loops = sch.get_loops(block)
+    sch.vectorize(loops[-1])
+    sch.unroll(loops[-2])
+
+
+def schedule_irb(sch, names: list[str]) -> bool:
+    """Schedule a merged expansion 1x1 conv + depthwise conv (``FuseInvertedResidual``).
+
+    Parallel over (channel block, band of depthwise output rows); in each task the
+    expansion computes the band's input rows (its register tile of ``tile`` pixels x one
+    vector, the epilogue inlined into the write-back) into a per-task buffer, then the
+    depthwise conv reads them (zero padding as guarded reads) in its register tile, its
+    own epilogue inlined into its write-back.
+    """
+    found = [_find(names, p) for p in ("hcp_conv", "hcp_unpack", "hcp_dwpack", "hcp_dwconv",
+                                        "hcp_dwunpack")]
+    if not all(found):
+        return False
+    conv, unpack, dwpack, dw, dwunpack = (sch.get_sblock(n) for n in found)
+    # the expansion's epilogue (an elementwise chain) into its write-back
+    while True:
+        consumers = sch.get_consumers(unpack)
+        if len(consumers) != 1:
+            return False
+        if sch.get(consumers[0]).name_hint == found[2]:
+            break
+        sch.reverse_compute_inline(consumers[0])
+    sch.compute_inline(dwpack)
+    _inline_epilogue(sch, dwunpack)
+    ann = sch.get(dw).annotations
+    lanes = int(sch.get(conv).annotations.get("hcp_lanes", 0)) or None
+    n, cb, y, x, ci, ry, rx = sch.get_loops(dw)
+    in_h, in_w = (_extent(sch, lp) for lp in sch.get_loops(unpack)[2:4])
+    out_h = _extent(sch, y)
+    stride = max(1, in_h // out_h)
+    rows = irb_band_rows(_extent(sch, cb), out_h, stride, in_w, _extent(sch, ci))
+    yo, yi = sch.split(y, [None, rows])
+    xo, xi = sch.split(x, [None, int(ann[TILE_ATTR])])
+    sch.reorder(n, cb, yo, yi, xo, ry, rx, xi, ci)
+    outer = sch.fuse(n, cb, yo)
+    sch.parallel(outer)
+    sch.unroll(rx)
+    sch.unroll(xi)
+    sch.vectorize(ci)
+    _registers_and_writeback(sch, dw, dwunpack, xo, ry,
+                             lambda: _vectorize_tile_writeback(sch, dwunpack))
+    # the band's expanded rows, computed in the task
+    sch.compute_at(unpack, outer, preserve_unit_loops=True)
+    uloops = sch.get_loops(unpack)
+    uxo, uxi = sch.split(uloops[-2], [None, int(sch.get(conv).annotations[TILE_ATTR])])
+    sch.compute_at(conv, uxo, preserve_unit_loops=True)
+    k = len(sch.get_loops(unpack)) - 2  # conv's loops below the write-back's tile loop
+    _nn, _gg, _cb, _y, cx, co, rc, cry, crx, ri = sch.get_loops(conv)[k:]
+    sch.reorder(rc, cry, crx, ri, cx, co)
+    _unroll_reduction(sch, ri)
+    sch.unroll(cx)
+    if lanes and _extent(sch, co) > lanes:
+        return False
+    sch.vectorize(co)
+    sch.set_scope(conv, 0, TILE_SCOPE)
+    _decompose_init(sch, conv, rc)
+    sch.unroll(uxi)
+    sch.vectorize(sch.get_loops(unpack)[-1])
+    return True
+
+
 def schedule_pointwise(sch, names: list[str]) -> bool:
     """Schedule ``hcp_pwpad``/``hcp_pw``/``hcp_pwout`` (pixel-vectorised 1x1 conv).
 
@@ -595,7 +687,7 @@ def _elements(sch, loops) -> int:
     return n
 
 
-_RULES = (schedule_conv, schedule_winograd, schedule_dwconv, schedule_dwrows,
+_RULES = (schedule_irb, schedule_conv, schedule_winograd, schedule_dwconv, schedule_dwrows,
           schedule_pointwise, schedule_dense)
 
 
@@ -608,7 +700,7 @@ def rule_schedule(func, strict: bool = False):
     rule's error propagates and a function holding tvm_hcprune's blocks that no rule
     matches raises, instead of falling back to TVM's default.
     """
-    names = _block_names(func)
+    names = block_names(func)
     ours = any(n.startswith("hcp_") for n in names)
     if not names:
         return None
