@@ -10,8 +10,9 @@ from tvm import relax
 
 from tvm_hcprune.backend.cpu import rules
 from tvm_hcprune.backend.cpu.fuse_irb import FuseInvertedResidual
-from tvm_hcprune.backend.pipeline import get_pipeline, prepare_passes, scheduled_kernels
+from tvm_hcprune.backend.pipeline import prepare_passes, scheduled_kernels
 from tvm_hcprune.hardware import profile_for
+from tvm_hcprune.testing import assert_matches_default
 from tvm_hcprune.testing.relax_models import inverted_residual
 
 TARGET_8 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
@@ -31,11 +32,6 @@ def _merged(kernels: dict) -> list:
     return [f for name, f in kernels.items() if "dwconv" in name and "__" in name]
 
 
-def _run(mod, pipeline, x, target):
-    ex = tvm.compile(mod, target, relax_pipeline=pipeline)
-    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-
-
 def _check(case, target):
     ic, expand, hw, stride, kernel, batch = CASES[case]
     mod = inverted_residual(ic, expand, hw, stride, kernel, batch)
@@ -44,10 +40,7 @@ def _check(case, target):
     # one parallel region: the bands of rows, the expansion computed inside each task
     assert merged[0].script().count("T.parallel") == 1
     x = np.random.default_rng(1).standard_normal((batch, ic, *hw)).astype("float32")
-    ref = _run(mod, relax.get_default_pipeline(target), x, target)
-    ours = _run(mod, get_pipeline(target, strict=True), x, target)
-    scale = max(1.0, float(np.abs(ref).max()))
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * scale)
+    assert_matches_default(mod, target, x)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -7,14 +7,13 @@ import re
 import numpy as np
 import pytest
 import tvm
-from tvm import relax
 
 from tvm_hcprune.backend.cpu import winograd as wg
 from tvm_hcprune.backend.cpu.pack import PackWeightsForCPU
 from tvm_hcprune.backend.pipeline import get_pipeline, scheduled_kernels
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
-from tvm_hcprune.testing import heap_workspaces
+from tvm_hcprune.testing import assert_matches_default, heap_workspaces
 from tvm_hcprune.testing.relax_models import blocked_conv3x3 as winograd_module
 
 TARGET_8 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
@@ -78,11 +77,6 @@ def test_bad_option_is_refused():
         PackWeightsForCPU(winograd="yes")
 
 
-def _run(mod, pipeline, x, target):
-    ex = tvm.compile(mod, target, relax_pipeline=pipeline)
-    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-
-
 CASES = {
     # ic, oc, (h, w), epilogue[, batch]: odd sizes (partial tiles in both directions), one
     # input channel block, more output blocks than input ones, a residual epilogue, batch 2
@@ -103,10 +97,7 @@ def _check(case, target):
     assert len(wino) == 1, list(kernels)
     assert "tirx.is_scheduled" in wino[0].script()
     x = np.random.default_rng(1).standard_normal((batch, ic, *hw)).astype("float32")
-    ref = _run(mod, relax.get_default_pipeline(target), x, target)
-    ours = _run(mod, get_pipeline(target, strict=True), x, target)
-    scale = max(1.0, float(np.abs(ref).max()))
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * scale)
+    assert_matches_default(mod, target, x)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from tvm_hcprune.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "assert_matches_default": "tvm_hcprune.testing.codegen",
     "heap_workspaces": "tvm_hcprune.testing.codegen",
     "masked_reference": "tvm_hcprune.testing.oracle",
     "run_relax": "tvm_hcprune.recovery.runner",
