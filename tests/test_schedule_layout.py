@@ -607,3 +607,47 @@ def test_elementwise_leftovers_run_parallel_and_vectorised():
     soft = [f for n, f in funcs.items() if "softmax" in n]
     assert soft and all(rule_schedule(f) is None for f in soft)
     _check(mod)
+
+
+def _se_net(c, hw=(7, 9)):
+    """Squeeze-and-excitation as PP-LCNet imports it: mean over H, W -> 1x1 conv -> relu ->
+    1x1 conv -> hardsigmoid (``min(max(x / 6 + 0.5, 0), 1)``) -> times the feature map."""
+    rng = np.random.default_rng(14)
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, *hw), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            f = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, const(c, c, 1, 1))))
+            s = bb.emit(relax.op.mean(f, axis=[2, 3], keepdims=True))
+            s = bb.emit(relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(s, const(c // 4, c, 1, 1)),
+                                                      const(1, c // 4, 1, 1))))
+            s = bb.emit(relax.op.add(relax.op.nn.conv2d(s, const(c, c // 4, 1, 1)),
+                                     const(1, c, 1, 1)))
+            g = relax.op.add(relax.op.multiply(s, relax.const(1 / 6, "float32")),
+                             relax.const(0.5, "float32"))
+            g = relax.op.minimum(relax.op.maximum(g, relax.const(0.0, "float32")),
+                                 relax.const(1.0, "float32"))
+            out = bb.emit_output(relax.op.multiply(f, g))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("target", [TARGET, TARGET_AVX512], ids=["8_lanes", "16_lanes"])
+def test_se_gate_after_the_excitation_conv_is_parallel_and_vectorised(target):
+    """The SE gate multiply fused into the excitation conv's function (a consumer over the
+    whole map, so not inlined into the conv's 1x1 write-back) runs parallel and vectorised
+    (TVM's default: one thread, scalar), writes every element once, and the model equals
+    the default pipeline's at both block widths (the squeezed width an odd 3 vectors)."""
+    lanes = 8 if target is TARGET else 16
+    mod = _se_net(12 * lanes, hw=(13, 15))  # SE width 3 * lanes; 12 * lanes * 195 >= 2^14
+    kernels = scheduled_kernels(mod, target)
+    (gate,) = [f for n, f in kernels.items() if "conv" in n and "multiply" in n]
+    script = gate.script()
+    assert script.count("T.parallel") == 2 and "T.vectorized" in script
+    np.testing.assert_array_equal(write_counts(gate), 1.0)
+    if target is TARGET or HOST_AVX512:  # 16-lane code runs on AVX-512 hosts only
+        _check(mod, target=target)
