@@ -393,10 +393,11 @@ def test_stem_conv_without_a_kernel_is_unblocked(layout):
     _check(_stem_net(weight_param=True, layout=layout), strict=False)
 
 
-def _hardswish_stem_net(c=16, hw=(15, 17), shared=False):
+def _hardswish_stem_net(c=16, hw=(15, 17), shared=False, bias=True):
     """RGB stem -> bias -> hardswish as ONNX imports it (``y * min(max(y + 3, 0), 6) / 6``:
     the conv's result read twice) -> 1x1 conv; ``shared``: the biased result also feeds
-    the output (a use outside the epilogue)."""
+    the output (a use outside the epilogue); ``bias=False``: the conv's own result is read
+    twice."""
     rng = np.random.default_rng(13)
 
     def const(*shape):
@@ -409,8 +410,9 @@ def _hardswish_stem_net(c=16, hw=(15, 17), shared=False):
     x = relax.Var("x", relax.TensorType((1, 3, *hw), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            y = bb.emit(relax.op.add(relax.op.nn.conv2d(x, const(c, 3, 3, 3), strides=2,
-                                                        padding=1), const(1, c, 1, 1)))
+            y = bb.emit(relax.op.nn.conv2d(x, const(c, 3, 3, 3), strides=2, padding=1))
+            if bias:
+                y = bb.emit(relax.op.add(y, const(1, c, 1, 1)))
             g = bb.emit(relax.op.minimum(relax.op.maximum(relax.op.add(y, scalar(3.0)),
                                                           scalar(0.0)), scalar(6.0)))
             h = bb.emit(relax.op.multiply(y, relax.op.divide(g, scalar(6.0))))
@@ -427,8 +429,8 @@ def test_stem_hardswish_graph_is_written_blocked(block):
     """A stem whose epilogue is a graph, not a chain (hardswish reads the conv's result
     twice), writes NCHW{b}c itself: no layout transform between the stem and the next conv
     (PP-LCNet's stem), at both block widths, and the model equals the default pipeline's."""
-    for c in (block, 3 * block):
-        mod = _hardswish_stem_net(c)
+    for c, bias in ((block, True), (3 * block, True), (block, False)):
+        mod = _hardswish_stem_net(c, bias=bias)
         after = BlockChannelLayout(block)(mod)
         assert _ops(after).count("relax.layout_transform") == 1  # the output's only
         (stem,) = [s for s in _calls(after, "relax.nn.conv2d")

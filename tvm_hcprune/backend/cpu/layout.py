@@ -226,7 +226,7 @@ class _FuseEntryTransform(PyExprMutator):
         values, refs, todo, conv_var = {}, {}, [root], None
         while todo:
             var = todo.pop()
-            if var in values or var is conv_var:
+            if var in values or (conv_var is not None and var.same_as(conv_var)):
                 continue
             value = self.lookup_binding(var) if isinstance(var, relax.Var) else None
             name = getattr(getattr(value, "op", None), "name", None)
