@@ -5,7 +5,7 @@ and the fused epilogue."""
 import numpy as np
 import pytest
 import tvm
-from test_schedule_conv import TARGET, conv_module
+from test_schedule_conv import HOST_AVX512, TARGET, TARGET_AVX512, conv_module
 from test_schedule_grouped import write_counts
 from tvm import relax, topi
 
@@ -61,15 +61,15 @@ def _block_net(c=16, hw=(12, 10), clip_as_call_tir=True):
     return bb.get()
 
 
-def _check(mod, strict=True, **kw):
+def _check(mod, strict=True, target=TARGET, **kw):
     """Our pipeline's output equals TVM's default pipeline's on random inputs (every
     parameter of ``main``)."""
     rng = np.random.default_rng(1)
     args = [rng.standard_normal([int(d) for d in p.ty.shape]).astype("float32")
             for p in mod["main"].params]
     outs = []
-    for pipe in (relax.get_default_pipeline(TARGET), get_pipeline(TARGET, strict=strict, **kw)):
-        vm = relax.VirtualMachine(tvm.compile(mod, TARGET, relax_pipeline=pipe), tvm.cpu())
+    for pipe in (relax.get_default_pipeline(target), get_pipeline(target, strict=strict, **kw)):
+        vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=pipe), tvm.cpu())
         outs.append(vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy())
     ref, ours = outs
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(ref).max()))
@@ -393,6 +393,64 @@ def test_stem_conv_without_a_kernel_is_unblocked(layout):
     _check(_stem_net(weight_param=True, layout=layout), strict=False)
 
 
+def _hardswish_stem_net(c=16, hw=(15, 17), shared=False, bias=True):
+    """RGB stem -> bias -> hardswish as ONNX imports it (``y * min(max(y + 3, 0), 6) / 6``:
+    the conv's result read twice) -> 1x1 conv; ``shared``: the biased result also feeds
+    the output (a use outside the epilogue); ``bias=False``: the conv's own result is read
+    twice."""
+    rng = np.random.default_rng(13)
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    def scalar(v):
+        return relax.const(v, "float32")
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 3, *hw), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, const(c, 3, 3, 3), strides=2, padding=1))
+            if bias:
+                y = bb.emit(relax.op.add(y, const(1, c, 1, 1)))
+            g = bb.emit(relax.op.minimum(relax.op.maximum(relax.op.add(y, scalar(3.0)),
+                                                          scalar(0.0)), scalar(6.0)))
+            h = bb.emit(relax.op.multiply(y, relax.op.divide(g, scalar(6.0))))
+            out = relax.op.nn.conv2d(h, const(16, c, 1, 1))
+            if shared:
+                out = relax.op.add(out, relax.op.sum(y, axis=[1], keepdims=True))
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_stem_hardswish_graph_is_written_blocked(block):
+    """A stem whose epilogue is a graph, not a chain (hardswish reads the conv's result
+    twice), writes NCHW{b}c itself: no layout transform between the stem and the next conv
+    (PP-LCNet's stem), at both block widths, and the model equals the default pipeline's."""
+    for c, bias in ((block, True), (3 * block, True), (block, False)):
+        mod = _hardswish_stem_net(c, bias=bias)
+        after = BlockChannelLayout(block)(mod)
+        assert _ops(after).count("relax.layout_transform") == 1  # the output's only
+        (stem,) = [s for s in _calls(after, "relax.nn.conv2d")
+                   if str(s.attrs.data_layout) == "NCHW"]
+        assert str(stem.attrs.out_layout) == f"NCHW{block}c"
+        if block == 8 or HOST_AVX512:  # 16-lane code runs on AVX-512 hosts only
+            _check(mod, target=TARGET if block == 8 else TARGET_AVX512)
+
+
+def test_stem_epilogue_used_elsewhere_keeps_its_transform():
+    """A value inside the stem's epilogue that is also used outside it (here the biased
+    result also feeds a channel sum) keeps the NCHW stem and its transform; the model
+    still equals the default pipeline's."""
+    mod = _hardswish_stem_net(shared=True)
+    after = BlockChannelLayout(8)(mod)
+    (stem,) = [s for s in _calls(after, "relax.nn.conv2d") if str(s.attrs.data_layout) == "NCHW"]
+    assert str(stem.attrs.out_layout) == "NCHW"
+    _check(mod)
+
+
 def _pooled_stem_net(pool):
     """ResNet-style entry: RGB stem conv -> bias -> relu -> pooling -> conv."""
     rng = np.random.default_rng(12)
@@ -551,3 +609,47 @@ def test_elementwise_leftovers_run_parallel_and_vectorised():
     soft = [f for n, f in funcs.items() if "softmax" in n]
     assert soft and all(rule_schedule(f) is None for f in soft)
     _check(mod)
+
+
+def _se_net(c, hw=(7, 9)):
+    """Squeeze-and-excitation as PP-LCNet imports it: mean over H, W -> 1x1 conv -> relu ->
+    1x1 conv -> hardsigmoid (``min(max(x / 6 + 0.5, 0), 1)``) -> times the feature map."""
+    rng = np.random.default_rng(14)
+
+    def const(*shape):
+        return relax.const(rng.standard_normal(shape).astype("float32"))
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, c, *hw), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            f = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, const(c, c, 1, 1))))
+            s = bb.emit(relax.op.mean(f, axis=[2, 3], keepdims=True))
+            s = bb.emit(relax.op.nn.relu(relax.op.add(relax.op.nn.conv2d(s, const(c // 4, c, 1, 1)),
+                                                      const(1, c // 4, 1, 1))))
+            s = bb.emit(relax.op.add(relax.op.nn.conv2d(s, const(c, c // 4, 1, 1)),
+                                     const(1, c, 1, 1)))
+            g = relax.op.add(relax.op.multiply(s, relax.const(1 / 6, "float32")),
+                             relax.const(0.5, "float32"))
+            g = relax.op.minimum(relax.op.maximum(g, relax.const(0.0, "float32")),
+                                 relax.const(1.0, "float32"))
+            out = bb.emit_output(relax.op.multiply(f, g))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("target", [TARGET, TARGET_AVX512], ids=["8_lanes", "16_lanes"])
+def test_se_gate_after_the_excitation_conv_is_parallel_and_vectorised(target):
+    """The SE gate multiply fused into the excitation conv's function (a consumer over the
+    whole map, so not inlined into the conv's 1x1 write-back) runs parallel and vectorised
+    (TVM's default: one thread, scalar), writes every element once, and the model equals
+    the default pipeline's at both block widths (the squeezed width an odd 3 vectors)."""
+    lanes = 8 if target is TARGET else 16
+    mod = _se_net(12 * lanes, hw=(13, 15))  # SE width 3 * lanes; 12 * lanes * 195 >= 2^14
+    kernels = scheduled_kernels(mod, target)
+    (gate,) = [f for n, f in kernels.items() if "conv" in n and "multiply" in n]
+    script = gate.script()
+    assert script.count("T.parallel") == 2 and "T.vectorized" in script
+    np.testing.assert_array_equal(write_counts(gate), 1.0)
+    if target is TARGET or HOST_AVX512:  # 16-lane code runs on AVX-512 hosts only
+        _check(mod, target=target)

@@ -82,6 +82,10 @@ def _inline_epilogue(sch, block) -> None:
         try:
             sch.reverse_compute_inline(consumers[0])
         except _RULE_ERRORS:
+            # a consumer over a larger domain (an SE gate: the 1x1 conv's per-channel result
+            # times the whole feature map) stays its own loop nest after the kernel's
+            if _is_spatial(sch, consumers[0]):
+                _parallel_vectorized(sch, consumers[0])
             return
 
 
@@ -657,17 +661,30 @@ def schedule_injective(sch, names: list[str]) -> bool:
             return False
     block = blocks[-1]
     loops = sch.get_loops(block)
-    extents = [_extent(sch, lp) for lp in loops]
     if len(loops) < 2 or _elements(sch, loops) < POOL_MIN_ELEMENTS:
         return False
+    _parallel_vectorized(sch, block)
+    return True
+
+
+def _parallel_vectorized(sch, block) -> None:
+    """A root-level elementwise loop nest: parallel over its outer loops (from
+    ``POOL_MIN_ELEMENTS`` iterations), the innermost loop vectorised where it splits into
+    whole vectors. Left to TVM's default, the SE gate multiply after PP-LCNet's excitation
+    conv (hardsigmoid of 512 channels times a 512x7x7 map) ran on one thread, scalar: that
+    kernel took 16.8 us, 5.7 us with this (Zen 5, 2 threads)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extents = [_extent(sch, lp) for lp in loops]
     inner = loops[-1]
     lanes = next((v for v in (16, 8, 4) if extents[-1] % v == 0), 0)
-    sch.parallel(sch.fuse(*loops[:-1]))
+    if len(loops) > 1 and _elements(sch, loops) >= POOL_MIN_ELEMENTS:
+        sch.parallel(sch.fuse(*loops[:-1]))
     if lanes and extents[-1] > lanes:
         inner = sch.split(inner, [None, lanes])[1]
     if lanes:
         sch.vectorize(inner)
-    return True
 
 
 def _extent(sch, loop) -> int:
