@@ -20,11 +20,12 @@ TARGET_16 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-co
 HOST_AVX512 = profile_for("llvm").isa == "avx512"
 
 CASES = {
-    # ic, expand, (h, w), stride, kernel, batch
+    # ic, expand, (h, w), stride, kernel, batch[, activation]
     "odd_s1": (16, 48, (13, 11), 1, 3, 1),
     "odd_s2": (16, 32, (15, 13), 2, 3, 1),
     "bands_s2": (16, 48, (40, 24), 2, 3, 1),  # several row bands per channel block
     "window5_batch2": (16, 32, (12, 9), 1, 5, 2),
+    "hswish": (16, 32, (11, 13), 2, 3, 1, "hswish"),  # reads the conv's result twice
 }
 
 
@@ -33,8 +34,9 @@ def _merged(kernels: dict) -> list:
 
 
 def _check(case, target):
-    ic, expand, hw, stride, kernel, batch = CASES[case]
-    mod = inverted_residual(ic, expand, hw, stride, kernel, batch)
+    ic, expand, hw, stride, kernel, batch, *act = CASES[case]
+    mod = inverted_residual(ic, expand, hw, stride, kernel, batch,
+                            activation=act[0] if act else "relu6")
     merged = _merged(scheduled_kernels(mod, target))
     assert len(merged) == 1
     # one parallel region: the bands of rows, the expansion computed inside each task

@@ -60,7 +60,8 @@ def blocked_conv3x3(ic: int, oc: int, hw, epilogue: str = "bias_relu", batch: in
 
 
 def inverted_residual(ic: int, expand: int, hw, stride: int = 1, kernel: int = 3,
-                      batch: int = 1, share_expansion: bool = False):
+                      batch: int = 1, share_expansion: bool = False,
+                      activation: str = "relu6"):
     """A 1x1 conv + ReLU (so the block reads the channel-blocked layout, as inside a
     network), then a MobileNetV2 inverted-residual block: 1x1 expansion to ``expand``
     channels + bias + ReLU6, ``kernel`` x ``kernel`` depthwise conv (``stride``, same
@@ -77,6 +78,9 @@ def inverted_residual(ic: int, expand: int, hw, stride: int = 1, kernel: int = 3
     share_expansion : bool
         Also add the expanded tensor's mean to the output (a second use of the expansion,
         which keeps it from merging with the depthwise conv).
+    activation : str
+        After the expansion and the depthwise conv: ``relu6`` or ``hswish``
+        (``x * relu6(x + 3) / 6``, which reads its input twice).
 
     Returns
     -------
@@ -96,16 +100,25 @@ def inverted_residual(ic: int, expand: int, hw, stride: int = 1, kernel: int = 3
         return relax.const(rng.standard_normal(shape).astype("float32") * scale)
 
     op = relax.op
+
+    def act(t):
+        if activation == "relu6":
+            return bb.emit(op.clip(t, 0.0, 6.0))
+        if activation == "hswish":
+            t = bb.emit(t)
+            gate = bb.emit(op.clip(op.add(t, relax.const(3.0)), 0.0, 6.0))
+            return bb.emit(op.divide(op.multiply(t, gate), relax.const(6.0)))
+        raise ValueError(f"unknown activation {activation!r}")
+
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((batch, ic, h, w), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             a = bb.emit(op.nn.relu(op.nn.conv2d(x, const(ic, ic, 1, 1))))
-            e = bb.emit(op.clip(op.add(op.nn.conv2d(a, const(expand, ic, 1, 1)),
-                                       const(1, expand, 1, 1)), 0.0, 6.0))
+            e = act(op.add(op.nn.conv2d(a, const(expand, ic, 1, 1)), const(1, expand, 1, 1)))
             d = bb.emit(op.nn.conv2d(e, const(expand, 1, kernel, kernel), strides=stride,
                                      padding=kernel // 2, groups=expand))
-            d = bb.emit(op.clip(op.add(d, const(1, expand, 1, 1)), 0.0, 6.0))
+            d = act(op.add(d, const(1, expand, 1, 1)))
             y = bb.emit(op.add(op.nn.conv2d(d, const(ic, expand, 1, 1, scale=0.1)),
                                const(1, ic, 1, 1)))
             if stride == 1:

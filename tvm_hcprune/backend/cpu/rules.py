@@ -422,7 +422,15 @@ def schedule_irb(sch, names: list[str]) -> bool:
     if not all(found):
         return False
     conv, unpack, dwpack, dw, dwunpack = (sch.get_sblock(n) for n in found)
-    # the expansion's epilogue (an elementwise chain) into its write-back
+    # the expansion's epilogue into its write-back: its blocks sit between the two kernels;
+    # intermediate ones first go into their consumers (hardswish reads the conv's result
+    # twice), then the chain left is inlined into the write-back
+    order = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    for name in order[order.index(found[1]) + 1:order.index(found[2]) - 1]:
+        try:
+            sch.compute_inline(sch.get_sblock(name))
+        except _RULE_ERRORS:
+            pass
     while True:
         consumers = sch.get_consumers(unpack)
         if len(consumers) != 1:
@@ -721,9 +729,12 @@ def rule_schedule(func, strict: bool = False):
     ours = any(n.startswith("hcp_") for n in names)
     if not names:
         return None
-    # functions without our kernels: layout transforms, pooling, elementwise leftovers
-    for rule in _RULES if ours else (schedule_layout_transform, schedule_pool,
-                                     schedule_injective):
+    # functions without our kernels: layout transforms, pooling, elementwise leftovers; a
+    # merged expansion + depthwise kernel is schedule_irb's alone (the conv rule would take
+    # its expansion and leave the depthwise conv on TVM's default)
+    merged = _find(names, "hcp_conv") and _find(names, "hcp_dwconv")
+    for rule in ((schedule_irb,) if merged else _RULES) if ours else (
+            schedule_layout_transform, schedule_pool, schedule_injective):
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         try:
             if rule(sch, names):
