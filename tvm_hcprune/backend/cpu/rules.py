@@ -422,6 +422,9 @@ def schedule_irb(sch, names: list[str]) -> bool:
     if not all(found):
         return False
     conv, unpack, dwpack, dw, dwunpack = (sch.get_sblock(n) for n in found)
+    lanes = int(sch.get(conv).annotations.get("hcp_lanes", 0))
+    if lanes and _extent(sch, sch.get_loops(conv)[5]) != lanes:
+        return False  # the expansion's tile must be the depthwise conv's one vector
     # the expansion's epilogue into its write-back: its blocks sit between the two kernels;
     # intermediate ones first go into their consumers (hardswish reads the conv's result
     # twice), then the chain left is inlined into the write-back
@@ -441,7 +444,6 @@ def schedule_irb(sch, names: list[str]) -> bool:
     sch.compute_inline(dwpack)
     _inline_epilogue(sch, dwunpack)
     ann = sch.get(dw).annotations
-    lanes = int(sch.get(conv).annotations.get("hcp_lanes", 0)) or None
     n, cb, y, x, ci, ry, rx = sch.get_loops(dw)
     in_h, in_w = (_extent(sch, lp) for lp in sch.get_loops(unpack)[2:4])
     out_h = _extent(sch, y)
@@ -467,8 +469,6 @@ def schedule_irb(sch, names: list[str]) -> bool:
     sch.reorder(rc, cry, crx, ri, cx, co)
     _unroll_reduction(sch, ri)
     sch.unroll(cx)
-    if lanes and _extent(sch, co) > lanes:
-        return False
     sch.vectorize(co)
     sch.set_scope(conv, 0, TILE_SCOPE)
     _decompose_init(sch, conv, rc)
