@@ -181,10 +181,11 @@ def bench_model(name, spec, args) -> dict:
         [max(below, key=lambda u: u["grid_fraction"])] if below else [])
     chosen = spread(sorted(inside, key=lambda u: -u["grid_fraction"]), args.points)
 
-    spec_lat = MeasuredLatency(widths=args.widths, repeats=args.table_repeats,
-                               cache_dir=args.cache, refine=args.refine, progress=False)
     pairs = []
-    for power, floor in args.variants:
+    for power, floor, flags in args.variants:
+        spec_lat = MeasuredLatency(widths=args.widths, repeats=args.table_repeats,
+                                   cache_dir=args.cache, refine=args.refine, progress=False,
+                                   every_width="w" in flags)
         for u in chosen:
             f = round(u["grid_fraction"], 4)
             try:
@@ -193,14 +194,14 @@ def bench_model(name, spec, args) -> dict:
                          if args.allocation == "sensitivity" else {})
                 pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
                                    prune_first_conv=args.prune_first_conv or None,
-                                   allocation_power=power, min_kept_fraction=floor, **extra,
-                                   **base)
+                                   allocation_power=power, min_kept_fraction=floor,
+                                   compare_uniform="u" in flags, **extra, **base)
             except hc.HCPruneError as err:
-                print(f"  {name}: Latency(fraction={f}) power {power} floor {floor} "
+                print(f"  {name}: Latency(fraction={f}) variant {power}:{floor}:{flags} "
                       f"skipped: {err}", flush=True)
                 continue
             pairs.append({"asked": f, "uniform": u, "power": power, "floor": floor,
-                          "aware": {"module": pm, "report": rep}})
+                          "flags": flags, "aware": {"module": pm, "report": rep}})
     plan_s = time.perf_counter() - t0
 
     # one interleaved run: the dense model, every uniform plan in range, every aware plan
@@ -255,7 +256,8 @@ def bench_model(name, spec, args) -> dict:
         at = uniform_at(ea["fraction"])
         loop = p["aware"]["report"].plan.config.get("closed_loop") or []
         rows.append({"asked": p["asked"], "uniform_ratio": p["uniform"]["ratio"],
-                     "power": p["power"], "floor": p["floor"],
+                     "power": p["power"], "floor": p["floor"], "flags": p["flags"],
+                     "start": p["aware"]["report"].plan.config.get("allocation_start"),
                      "aware": ea, "uniform": eu,
                      "latency_gap": ea["fraction"] / eu["fraction"] - 1.0,
                      "top1_delta_pt": 100 * (ea["top1"] - eu["top1"]),
@@ -263,8 +265,8 @@ def bench_model(name, spec, args) -> dict:
                      "top1_delta_equal_latency_pt": None if at is None
                      else 100 * (ea["top1"] - at),
                      "closed_loop_steps": len(loop)})
-        print(f"  {name} ratio {p['uniform']['ratio']} power {p['power']} floor "
-              f"{p['floor']}: uniform {eu['fraction']:.3f}x top-1 {eu['top1']:.3f} | aware "
+        print(f"  {name} ratio {p['uniform']['ratio']} variant {p['power']:g}:{p['floor']:g}:"
+              f"{p['flags']}: uniform {eu['fraction']:.3f}x top-1 {eu['top1']:.3f} | aware "
               f"{ea['fraction']:.3f}x top-1 {ea['top1']:.3f} | uniform at equal latency "
               f"{'-' if at is None else f'{at:.3f}'}", flush=True)
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
@@ -273,6 +275,16 @@ def bench_model(name, spec, args) -> dict:
             "uniform_curve": uniform_curve,
             "recovery": args.recovery, "calibration_samples": len(cal),
             "test_samples": len(tx)}
+
+
+def _variant(text: str) -> tuple:
+    """``POWER:FLOOR[:FLAGS]`` -> (power, floor, flags); FLAGS: ``u`` compares the uniform
+    plan (``compare_uniform``), ``w`` chooses among every width (``every_width``)."""
+    parts = text.split(":")
+    flags = parts[2] if len(parts) == 3 else ""
+    if len(parts) not in (2, 3) or set(flags) - set("uw"):
+        raise SystemExit(f"--variants: {text!r} is not POWER:FLOOR[:FLAGS] (FLAGS of u, w)")
+    return float(parts[0]), float(parts[1]), flags
 
 
 def main(argv=None) -> int:
@@ -305,13 +317,14 @@ def main(argv=None) -> int:
                          "it by default; the uniform ratio prunes it)")
     ap.add_argument("--variants", default="1:0",
                     help="latency-aware allocations compared, comma-separated "
-                         "POWER:FLOOR pairs (allocation_power, min_kept_fraction), e.g. "
-                         "1:0,0.5:0,0:0.25; all are timed in the same interleaved run")
+                         "POWER:FLOOR[:FLAGS] (allocation_power, min_kept_fraction; FLAGS: "
+                         "u = compare_uniform, w = MeasuredLatency(every_width=True)), e.g. "
+                         "1:0,-2:0:uw; all are timed in the same interleaved run")
     ap.add_argument("--quick", action="store_true", help="fewer samples, points and rounds")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
     args.models = args.models.split(",")
-    args.variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
+    args.variants = [_variant(v) for v in args.variants.split(",")]
     if args.quick:
         args.cal, args.test, args.cal_mnist, args.test_mnist = 32, 64, 64, 200
         args.repeats, args.ratio_step, args.widths, args.points = 3, 0.1, 3, 2
@@ -323,13 +336,14 @@ def main(argv=None) -> int:
               f"recovery {args.recovery}")
         print("  uniform: " + ", ".join(f"{c['ratio']}: {c['fraction']:.3f}x {c['top1']:.3f}"
                                         for c in res["uniform_curve"]))
-        print(f"  {'pow':>4} {'floor':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
+        print(f"  {'pow':>4} {'floor':>5} {'flags':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
               f"{'aware x':>8} {'top-1':>6} {'agree':>6} | {'lat gap':>7} {'d top-1':>8} "
               f"{'d@equal':>8}")
         for r in res["rows"]:
             a, u = r["aware"], r["uniform"]
             eq = r["top1_delta_equal_latency_pt"]
-            print(f"  {r['power']:>4g} {r['floor']:>5g} {r['uniform_ratio']:>5.2f} "
+            print(f"  {r['power']:>4g} {r['floor']:>5g} {r['flags'] or '-':>5} "
+                  f"{r['uniform_ratio']:>5.2f} "
                   f"{u['fraction']:>7.3f} {u['top1']:>6.3f} | {a['fraction']:>8.3f} "
                   f"{a['top1']:>6.3f} {a['top1_agreement']:>6.3f} | "
                   f"{100 * r['latency_gap']:>+6.1f}% {r['top1_delta_pt']:>+7.1f}pt "

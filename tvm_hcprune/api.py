@@ -17,6 +17,7 @@ from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_plan, resolve_align
 from tvm_hcprune.recovery.guided import (
     CachedRunners,
+    choose_plan,
     output_agreement,
     prepare_calibration,
     unit_scales,
@@ -382,6 +383,10 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if allocation == "sensitivity":
         n = min(len(fit), 64)
         guide = {"samples": fit.samples[:n], "runners": runners}
+    choose = None
+    if with_data:  # the knapsack's or the uniform plan: the one the data says is closer
+        n = min(len(fit), 64)
+        choose = lambda plans: choose_plan(graph, plans, fit.samples[:n], runners)  # noqa: E731
     predicted = dense_pred = None
     layers, source, sens_info = [], "", None
     if budget is None and plan is None and allocation == "sensitivity":
@@ -390,13 +395,13 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         if uniform.kept and 0.0 < frac < 1.0:  # the ratio's MACs, spent where it hurts least
             plan, *_rest, sens_info = budget_plan(
                 graph, config, align_r, MACs(fraction=frac), target, latency_model,
-                calibration, _sensitivity(graph, config, calibration, guide))
+                calibration, _sensitivity(graph, config, calibration, guide), choose=choose)
         else:
             plan = uniform
     if budget is not None:
         plan, predicted, dense_pred, model, sens_info = budget_plan(
             graph, config, align_r, budget, target, latency_model, calibration,
-            _sensitivity(graph, config, calibration, guide), sparse)
+            _sensitivity(graph, config, calibration, guide), sparse, choose)
         if model is not None:
             layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
     elif plan is None:
