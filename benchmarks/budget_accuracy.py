@@ -15,14 +15,19 @@ classifier". Per model:
 3. the dense model and every uniform and latency-aware plan are timed again, interleaved,
    in one run: the fractions reported (so each pair is compared at equal latency as
    measured in the same run, and the table shows how equal);
-   ``--variants POWER:FLOOR,...`` makes one latency-aware plan per variant and point
-   (``allocation_power``, ``min_kept_fraction``); ``--refine 0`` takes the table's plan as
+   ``--variants POWER:FLOOR[:FLAGS],...`` makes one latency-aware plan per variant and
+   point (``allocation_power``, ``min_kept_fraction``; FLAGS ``u``: ``compare_uniform``,
+   the library's default, ``w``: ``MeasuredLatency(every_width=True)``; default ``1:0:u``,
+   the library's defaults); ``--refine 0`` takes the table's plan as
    it is (no closed loop: much faster; the comparison below needs no exact latency match);
 4. each plan gets the same recovery (``--recovery``): ``data`` (default): the same
    calibration samples and least-squares reconstruction with its guard, on the plan as it
    is (``prune(mod, plan=..., calibration=...)``); ``none``: the pruned model as it is;
-   ``--allocation sensitivity`` makes the latency-aware plans the way ``prune`` does with
-   data by default (group importance scaled by measured sensitivity);
+   ``--allocation sensitivity`` (default) makes the latency-aware plans the way ``prune``
+   does with data by default (group importance scaled by measured sensitivity, and, with
+   ``compare_uniform``, that plan or the uniform one meeting the budget, whichever output
+   is closer to the dense model's on the calibration samples); ``--allocation criterion``
+   plans without data (the criterion's scores; with ``u`` the higher value is kept);
    then top-1 on labelled test samples never used for calibration, and top-1 agreement
    with the dense model;
 5. every uniform plan in the range (and the nearest one beyond each end) is timed in the
@@ -189,8 +194,9 @@ def bench_model(name, spec, args) -> dict:
         for u in chosen:
             f = round(u["grid_fraction"], 4)
             try:
-                extra = ({"calibration": cal, "allocation": "sensitivity",
-                          "reconstruct": False}
+                # with data as prune() does by default (its choice between the knapsack's
+                # and the uniform plan compares them reconstructed)
+                extra = ({"calibration": cal, "allocation": "sensitivity"}
                          if args.allocation == "sensitivity" else {})
                 pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
                                    prune_first_conv=args.prune_first_conv or None,
@@ -308,14 +314,16 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-mnist", type=int, default=256)
     ap.add_argument("--test-mnist", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--allocation", choices=("criterion", "sensitivity"), default="criterion",
-                    help="how the latency-aware plans weigh groups: the criterion's scores "
-                         "(default) or scaled by the sensitivity measured on the calibration "
-                         "data (the default of prune() with data); the same recovery after")
+    ap.add_argument("--allocation", choices=("criterion", "sensitivity"),
+                    default="sensitivity",
+                    help="how the latency-aware plans weigh groups: scaled by the sensitivity "
+                         "measured on the calibration data, the plan or the uniform one "
+                         "chosen on it (default, as prune() with data), or the criterion's "
+                         "scores without data; the same recovery after")
     ap.add_argument("--prune-first-conv", action="store_true",
                     help="let the latency-aware plans prune the first conv (budgets protect "
                          "it by default; the uniform ratio prunes it)")
-    ap.add_argument("--variants", default="1:0",
+    ap.add_argument("--variants", default="1:0:u",
                     help="latency-aware allocations compared, comma-separated "
                          "POWER:FLOOR[:FLAGS] (allocation_power, min_kept_fraction; FLAGS: "
                          "u = compare_uniform, w = MeasuredLatency(every_width=True)), e.g. "

@@ -305,7 +305,13 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         latency, MACs or parameters are at most the budget while the most channel
         importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply,
         and the first conv keeps its width unless ``prune_first_conv=True`` (a uniform
-        ``ratio`` prunes it unless ``prune_first_conv=False``).
+        ``ratio`` prunes it unless ``prune_first_conv=False``). With ``compare_uniform``
+        (default) the uniform plan meeting the same budget (every group the same share,
+        channels then given back where the budget holds) is a second candidate: with
+        calibration data the one whose output (after reconstruction, when it is on) is
+        closer to the dense model's on the fit samples is kept
+        (``report.plan.config["allocation_scores"]``), without data the one keeping more
+        value (``allocation_power``).
     latency_model : LatencyModel, optional
         For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
         match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.
@@ -384,9 +390,13 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         n = min(len(fit), 64)
         guide = {"samples": fit.samples[:n], "runners": runners}
     choose = None
-    if with_data:  # the knapsack's or the uniform plan: the one the data says is closer
-        n = min(len(fit), 64)
-        choose = lambda plans: choose_plan(graph, plans, fit.samples[:n], runners)  # noqa: E731
+    if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model
+        n = min(len(fit), 64)  # on fit samples, reconstructed as it will be returned
+
+        def choose(plans):
+            return choose_plan(graph, plans, fit.samples[:n], runners, lambda p: (
+                apply_and_reconstruct(graph, p, calibration, reconstruct,
+                                      reconstruct_options)[0]))
     predicted = dense_pred = None
     layers, source, sens_info = [], "", None
     if budget is None and plan is None and allocation == "sensitivity":

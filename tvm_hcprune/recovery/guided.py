@@ -214,11 +214,12 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     return scales, info
 
 
-def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners) -> tuple[int, list]:
+def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
+                make=None) -> tuple[int, list]:
     """The plan whose pruned model's output is closest to the dense model's on ``samples``.
 
-    The error is the sensitivity's (``rel_mse + disagreement`` of the first output, no
-    reconstruction); ties keep the earlier plan.
+    The error is the sensitivity's (``rel_mse + disagreement`` of the first output); ties
+    keep the earlier plan.
 
     Parameters
     ----------
@@ -226,6 +227,9 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners) -> tu
     plans : sequence of PrunePlan
     samples : numpy.ndarray
     runners : CachedRunners
+    make : callable, optional
+        ``make(plan) -> module``: the model a plan becomes (e.g. pruned and reconstructed,
+        as :func:`tvm_hcprune.prune` will return it); default ``apply_plan(graph, plan)``.
 
     Returns
     -------
@@ -239,7 +243,8 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners) -> tu
     dense = runners.outputs(graph.mod, samples)[0]
     errors = []
     for plan in plans:
-        outs = runners.outputs(apply_plan(graph, plan), samples, keep=False)[0]
+        module = make(plan) if make is not None else apply_plan(graph, plan)
+        outs = runners.outputs(module, samples, keep=False)[0]
         rel, dis = output_error(outs, dense)
         errors.append(float(rel + dis) if np.isfinite(rel) else 1e6)
     return int(np.argmin(errors)), errors
