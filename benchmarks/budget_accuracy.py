@@ -15,14 +15,19 @@ classifier". Per model:
 3. the dense model and every uniform and latency-aware plan are timed again, interleaved,
    in one run: the fractions reported (so each pair is compared at equal latency as
    measured in the same run, and the table shows how equal);
-   ``--variants POWER:FLOOR,...`` makes one latency-aware plan per variant and point
-   (``allocation_power``, ``min_kept_fraction``); ``--refine 0`` takes the table's plan as
+   ``--variants POWER:FLOOR[:FLAGS],...`` makes one latency-aware plan per variant and
+   point (``allocation_power``, ``min_kept_fraction``; FLAGS ``u``: ``compare_uniform``,
+   the library's default, ``w``: ``MeasuredLatency(every_width=True)``; default ``1:0:u``,
+   the library's defaults); ``--refine 0`` takes the table's plan as
    it is (no closed loop: much faster; the comparison below needs no exact latency match);
 4. each plan gets the same recovery (``--recovery``): ``data`` (default): the same
    calibration samples and least-squares reconstruction with its guard, on the plan as it
    is (``prune(mod, plan=..., calibration=...)``); ``none``: the pruned model as it is;
-   ``--allocation sensitivity`` makes the latency-aware plans the way ``prune`` does with
-   data by default (group importance scaled by measured sensitivity);
+   ``--allocation sensitivity`` (default) makes the latency-aware plans the way ``prune``
+   does with data by default (group importance scaled by measured sensitivity, and, with
+   ``compare_uniform``, that plan or the uniform one meeting the budget, whichever output
+   is closer to the dense model's on the calibration samples); ``--allocation criterion``
+   plans without data (the criterion's scores; with ``u`` the higher value is kept);
    then top-1 on labelled test samples never used for calibration, and top-1 agreement
    with the dense model;
 5. every uniform plan in the range (and the nearest one beyond each end) is timed in the
@@ -84,6 +89,34 @@ uniform plan that is faster (0.749x, 0.984). No variant is equal or better every
 both models, so the default stays the sum (``allocation_power=1``). A floor on the kept fraction
 (``min_kept_fraction=0.375``) makes MNIST's lower half of the range unreachable with 16-
 channel alignment (its 32-channel groups can only keep 16 or 32).
+
+The default with data (``compare_uniform``: the sensitivity-guided knapsack's plan or the
+uniform plan meeting the same budget, whichever reconstructed output is closer to the dense
+model's on 64 calibration samples; ``python benchmarks/budget_accuracy.py --models mnist
+--refine 0 --ratio-step 0.1 --points 4``, defaults ``--allocation sensitivity --variants
+1:0:u``; loaded host, one run; uniform 1.075x 0.983, 0.768x 0.981, 0.554x 0.982, 0.392x
+0.973, 0.304x 0.970), MNIST, 1,000 digits:
+
+=====  ============  ===============  ========
+ratio  uniform x     aware x, top-1   d@equal
+=====  ============  ===============  ========
+0.2    0.768 0.981   0.800, 0.984     +0.3 pt
+0.3    0.554 0.982   0.522, 0.982     +0.2 pt
+0.4    0.392 0.973   0.309, 0.974     +0.4 pt
+=====  ============  ===============  ========
+
+All three picked the uniform plan (raised where the budget allowed). Comparing the plans
+before reconstruction picked the knapsack's deep cuts at 0.53x and 0.37x (128 -> 16
+channels) and lost 0.4 and 0.7 pt at equal latency (same command, earlier run).
+
+text_direction, same defaults (``--models text_direction --refine 0 --ratio-step 0.1
+--points 4``, 1,000 lines, dense 0.991; one loaded run): asked 0.753x: aware 0.784x
+0.995 vs uniform 0.754x 0.984 (no
+uniform plan slower, so no d@equal); asked 0.577x: aware 0.678x 0.933, uniform at that
+latency 0.959 (-2.6 pt: the table's plan landed 17% slower than asked, where the uniform
+ratio 0.2 is still good); asked 0.447x: aware 0.530x 0.720, uniform at that latency 0.552
+(+16.8 pt); asked 0.349x: aware 0.384x 0.500, uniform at that latency 0.503 (-0.3 pt;
+both collapsed). So the target is met on MNIST, not on text_direction.
 
 Earlier (before the variants): the target is met only down to about 0.8x of the dense
 latency. Below, the latency-aware
@@ -181,26 +214,28 @@ def bench_model(name, spec, args) -> dict:
         [max(below, key=lambda u: u["grid_fraction"])] if below else [])
     chosen = spread(sorted(inside, key=lambda u: -u["grid_fraction"]), args.points)
 
-    spec_lat = MeasuredLatency(widths=args.widths, repeats=args.table_repeats,
-                               cache_dir=args.cache, refine=args.refine, progress=False)
     pairs = []
-    for power, floor in args.variants:
+    for power, floor, flags in args.variants:
+        spec_lat = MeasuredLatency(widths=args.widths, repeats=args.table_repeats,
+                                   cache_dir=args.cache, refine=args.refine, progress=False,
+                                   every_width="w" in flags)
         for u in chosen:
             f = round(u["grid_fraction"], 4)
             try:
-                extra = ({"calibration": cal, "allocation": "sensitivity",
-                          "reconstruct": False}
+                # with data as prune() does by default (its choice between the knapsack's
+                # and the uniform plan compares them reconstructed)
+                extra = ({"calibration": cal, "allocation": "sensitivity"}
                          if args.allocation == "sensitivity" else {})
                 pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
                                    prune_first_conv=args.prune_first_conv or None,
-                                   allocation_power=power, min_kept_fraction=floor, **extra,
-                                   **base)
+                                   allocation_power=power, min_kept_fraction=floor,
+                                   compare_uniform="u" in flags, **extra, **base)
             except hc.HCPruneError as err:
-                print(f"  {name}: Latency(fraction={f}) power {power} floor {floor} "
+                print(f"  {name}: Latency(fraction={f}) variant {power}:{floor}:{flags} "
                       f"skipped: {err}", flush=True)
                 continue
             pairs.append({"asked": f, "uniform": u, "power": power, "floor": floor,
-                          "aware": {"module": pm, "report": rep}})
+                          "flags": flags, "aware": {"module": pm, "report": rep}})
     plan_s = time.perf_counter() - t0
 
     # one interleaved run: the dense model, every uniform plan in range, every aware plan
@@ -255,7 +290,8 @@ def bench_model(name, spec, args) -> dict:
         at = uniform_at(ea["fraction"])
         loop = p["aware"]["report"].plan.config.get("closed_loop") or []
         rows.append({"asked": p["asked"], "uniform_ratio": p["uniform"]["ratio"],
-                     "power": p["power"], "floor": p["floor"],
+                     "power": p["power"], "floor": p["floor"], "flags": p["flags"],
+                     "start": p["aware"]["report"].plan.config.get("allocation_start"),
                      "aware": ea, "uniform": eu,
                      "latency_gap": ea["fraction"] / eu["fraction"] - 1.0,
                      "top1_delta_pt": 100 * (ea["top1"] - eu["top1"]),
@@ -263,8 +299,8 @@ def bench_model(name, spec, args) -> dict:
                      "top1_delta_equal_latency_pt": None if at is None
                      else 100 * (ea["top1"] - at),
                      "closed_loop_steps": len(loop)})
-        print(f"  {name} ratio {p['uniform']['ratio']} power {p['power']} floor "
-              f"{p['floor']}: uniform {eu['fraction']:.3f}x top-1 {eu['top1']:.3f} | aware "
+        print(f"  {name} ratio {p['uniform']['ratio']} variant {p['power']:g}:{p['floor']:g}:"
+              f"{p['flags']}: uniform {eu['fraction']:.3f}x top-1 {eu['top1']:.3f} | aware "
               f"{ea['fraction']:.3f}x top-1 {ea['top1']:.3f} | uniform at equal latency "
               f"{'-' if at is None else f'{at:.3f}'}", flush=True)
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
@@ -273,6 +309,16 @@ def bench_model(name, spec, args) -> dict:
             "uniform_curve": uniform_curve,
             "recovery": args.recovery, "calibration_samples": len(cal),
             "test_samples": len(tx)}
+
+
+def _variant(text: str) -> tuple:
+    """``POWER:FLOOR[:FLAGS]`` -> (power, floor, flags); FLAGS: ``u`` compares the uniform
+    plan (``compare_uniform``), ``w`` chooses among every width (``every_width``)."""
+    parts = text.split(":")
+    flags = parts[2] if len(parts) == 3 else ""
+    if len(parts) not in (2, 3) or set(flags) - set("uw"):
+        raise SystemExit(f"--variants: {text!r} is not POWER:FLOOR[:FLAGS] (FLAGS of u, w)")
+    return float(parts[0]), float(parts[1]), flags
 
 
 def main(argv=None) -> int:
@@ -296,22 +342,25 @@ def main(argv=None) -> int:
     ap.add_argument("--cal-mnist", type=int, default=256)
     ap.add_argument("--test-mnist", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--allocation", choices=("criterion", "sensitivity"), default="criterion",
-                    help="how the latency-aware plans weigh groups: the criterion's scores "
-                         "(default) or scaled by the sensitivity measured on the calibration "
-                         "data (the default of prune() with data); the same recovery after")
+    ap.add_argument("--allocation", choices=("criterion", "sensitivity"),
+                    default="sensitivity",
+                    help="how the latency-aware plans weigh groups: scaled by the sensitivity "
+                         "measured on the calibration data, the plan or the uniform one "
+                         "chosen on it (default, as prune() with data), or the criterion's "
+                         "scores without data; the same recovery after")
     ap.add_argument("--prune-first-conv", action="store_true",
                     help="let the latency-aware plans prune the first conv (budgets protect "
                          "it by default; the uniform ratio prunes it)")
-    ap.add_argument("--variants", default="1:0",
+    ap.add_argument("--variants", default="1:0:u",
                     help="latency-aware allocations compared, comma-separated "
-                         "POWER:FLOOR pairs (allocation_power, min_kept_fraction), e.g. "
-                         "1:0,0.5:0,0:0.25; all are timed in the same interleaved run")
+                         "POWER:FLOOR[:FLAGS] (allocation_power, min_kept_fraction; FLAGS: "
+                         "u = compare_uniform, w = MeasuredLatency(every_width=True)), e.g. "
+                         "1:0,-2:0:uw; all are timed in the same interleaved run")
     ap.add_argument("--quick", action="store_true", help="fewer samples, points and rounds")
     args = ap.parse_args(argv)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's thread pool starts
     args.models = args.models.split(",")
-    args.variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
+    args.variants = [_variant(v) for v in args.variants.split(",")]
     if args.quick:
         args.cal, args.test, args.cal_mnist, args.test_mnist = 32, 64, 64, 200
         args.repeats, args.ratio_step, args.widths, args.points = 3, 0.1, 3, 2
@@ -323,13 +372,14 @@ def main(argv=None) -> int:
               f"recovery {args.recovery}")
         print("  uniform: " + ", ".join(f"{c['ratio']}: {c['fraction']:.3f}x {c['top1']:.3f}"
                                         for c in res["uniform_curve"]))
-        print(f"  {'pow':>4} {'floor':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
+        print(f"  {'pow':>4} {'floor':>5} {'flags':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
               f"{'aware x':>8} {'top-1':>6} {'agree':>6} | {'lat gap':>7} {'d top-1':>8} "
               f"{'d@equal':>8}")
         for r in res["rows"]:
             a, u = r["aware"], r["uniform"]
             eq = r["top1_delta_equal_latency_pt"]
-            print(f"  {r['power']:>4g} {r['floor']:>5g} {r['uniform_ratio']:>5.2f} "
+            print(f"  {r['power']:>4g} {r['floor']:>5g} {r['flags'] or '-':>5} "
+                  f"{r['uniform_ratio']:>5.2f} "
                   f"{u['fraction']:>7.3f} {u['top1']:>6.3f} | {a['fraction']:>8.3f} "
                   f"{a['top1']:>6.3f} {a['top1_agreement']:>6.3f} | "
                   f"{100 * r['latency_gap']:>+6.1f}% {r['top1_delta_pt']:>+7.1f}pt "

@@ -23,9 +23,10 @@ from tvm_hcprune.planning.budget import (
     candidate_widths,
     macs_cost,
     params_cost,
+    uniform_start,
 )
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import input_conv_groups
+from tvm_hcprune.planning.planner import input_conv_groups, make_budget_plan
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 from tvm_hcprune.transform.prune_channels import PruneChannels
 
@@ -230,6 +231,63 @@ def test_allocation_concave_value_spreads_cuts():
         assert max(w.values()) - min(w.values()) < max(summed.widths.values()) - 8
         assert concave.cost <= 160.0
         assert concave.importance <= summed.importance  # the sum is what power 1 maximises
+
+
+def test_uniform_start_and_allocation_from_it():
+    """uniform_start keeps the candidate nearest (1 - r) of every size at the least ratio r
+    meeting the limit; allocate_widths from it (floor applied) only gives channels back,
+    and stops when no further step fits."""
+    cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in range(4)])
+    cands = {g: candidate_widths(64, 8) for g in range(4)}
+    sizes = {g: 64 for g in range(4)}
+    units = [[g] for g in range(4)]
+    flat = {g: np.arange(65, dtype=float) for g in range(4)}
+    start = uniform_start(range(4), units, cands, sizes, cost, limit=150.0)
+    assert start == {g: 32 for g in range(4)}  # 4 x 40 = 160 > 150 at the ratio before
+    assert uniform_start(range(4), units, cands, sizes, cost, limit=16.0) is None
+    alloc = allocate_widths(units, cands, flat, cost, limit=150.0, sizes=sizes, start=start)
+    assert all(alloc.widths[g] >= 32 for g in range(4))
+    assert 150.0 - 8 < alloc.cost <= 150.0 and alloc.cost == sum(alloc.widths.values())
+    assert alloc.value == pytest.approx(alloc.importance - 4 * 64)  # power 1: importance
+    floored = allocate_widths(units, cands, flat, cost, limit=150.0, sizes=sizes,
+                              start={0: 8, 1: 64, 2: 64, 3: 8}, min_fraction=0.25)
+    assert min(floored.widths.values()) >= 16 and floored.cost <= 150.0
+
+
+def test_compare_uniform_picks_one_of_two_plans(graph):
+    """With compare_uniform the planner offers the knapsack's plan and the uniform one to
+    ``choose`` and keeps the one it picks (recording the scores); without ``choose`` it
+    keeps the higher value, which at power 1 is the knapsack's own objective; off, the
+    knapsack's plan as before."""
+    cost, limit = macs_cost(graph), 0.5 * graph.total_macs
+    cfg = hc.PruneConfig(prune_first_conv=False)
+    off, _ = make_budget_plan(graph, hc.PruneConfig(prune_first_conv=False,
+                                                    compare_uniform=False), 8, cost, limit)
+    assert off.config["allocation_start"] == "dense"
+    offered = []
+
+    def pick(i):
+        def choose(plans):
+            offered.append(plans)
+            return i, [0.5, 0.25]
+        return choose
+
+    uni, ualloc = make_budget_plan(graph, cfg, 8, cost, limit, choose=pick(1))
+    (knap, other), = offered
+    assert knap.kept == off.kept and other.kept == uni.kept != off.kept
+    assert uni.config["allocation_start"] == "uniform"
+    assert uni.config["allocation_scores"] == {"dense": 0.5, "uniform": 0.25}
+    assert cost.total(ualloc.widths) <= limit
+    sizes = {g.id: g.size for g in graph.groups}
+    pruned = [g for g in uni.kept]
+    shares = [len(uni.kept[g]) / sizes[g] for g in pruned]
+    knap_shares = [len(off.kept[g]) / sizes[g] for g in off.kept]
+    assert len(pruned) >= len(off.kept) and min(shares) >= min(knap_shares)  # cuts spread
+    back, _ = make_budget_plan(graph, cfg, 8, cost, limit, choose=pick(0))
+    assert back.kept == off.kept and back.config["allocation_start"] == "dense"
+    by_value, valloc = make_budget_plan(graph, cfg, 8, cost, limit)
+    assert by_value.kept == off.kept and "allocation_scores" not in by_value.config
+    assert valloc.value >= ualloc.value
 
 
 def test_candidate_widths():

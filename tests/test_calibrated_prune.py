@@ -17,7 +17,7 @@ from tvm_hcprune.cli import main
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.recovery.calibration import Calibration
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data, split_holdout
-from tvm_hcprune.recovery.guided import output_agreement
+from tvm_hcprune.recovery.guided import CachedRunners, choose_plan, output_agreement
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 
 
@@ -78,6 +78,25 @@ def test_ratio_with_data_spends_the_uniform_macs(small, samples):
                        allocation="criterion", reconstruct=False, prune_first_conv=False)
     assert crit.plan.kept.keys() == uni.plan.kept.keys()
     assert all(np.array_equal(crit.plan.kept[g], uni.plan.kept[g]) for g in uni.plan.kept)
+
+
+def test_choose_plan_by_output_error(small, samples):
+    """choose_plan keeps the plan whose output is closer to the dense model's on the
+    samples (rel_mse + top-1 disagreement of the first output, recomputed here)."""
+    graph = hc.analyze(small)
+    _, deep = hc.prune(small, ratio=0.75, graph=graph, align=8)
+    _, mild = hc.prune(small, ratio=0.25, graph=graph, align=8)
+    x = samples[:4]
+    runners = CachedRunners()
+    i, errors = choose_plan(graph, [deep.plan, mild.plan], x, runners)
+    dense = runners.outputs(graph.mod, x)[0].reshape(len(x), -1)
+    want = []
+    for plan in (deep.plan, mild.plan):  # the oracle: the dense model with channels masked
+        out = runners.outputs(masked_reference(graph.mod, plan), x)[0].reshape(len(x), -1)
+        rel = np.square(out - dense).sum() / np.square(dense - dense.mean(0)).sum()
+        want.append(rel + np.mean(out.argmax(1) != dense.argmax(1)))
+    np.testing.assert_allclose(errors, want, rtol=1e-3, atol=1e-6)
+    assert i == int(np.argmin(want)) == 1
 
 
 def test_calibration_of_another_module_is_redone(samples):

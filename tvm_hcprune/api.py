@@ -17,6 +17,7 @@ from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import make_plan, resolve_align
 from tvm_hcprune.recovery.guided import (
     CachedRunners,
+    choose_plan,
     output_agreement,
     prepare_calibration,
     unit_scales,
@@ -304,7 +305,13 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         latency, MACs or parameters are at most the budget while the most channel
         importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply,
         and the first conv keeps its width unless ``prune_first_conv=True`` (a uniform
-        ``ratio`` prunes it unless ``prune_first_conv=False``).
+        ``ratio`` prunes it unless ``prune_first_conv=False``). With ``compare_uniform``
+        (default) the uniform plan meeting the same budget (every group the same share,
+        channels then given back where the budget holds) is a second candidate: with
+        calibration data the one whose output (after reconstruction, when it is on) is
+        closer to the dense model's on the fit samples is kept
+        (``report.plan.config["allocation_scores"]``), without data the one keeping more
+        value (``allocation_power``).
     latency_model : LatencyModel, optional
         For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
         match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.
@@ -382,6 +389,14 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if allocation == "sensitivity":
         n = min(len(fit), 64)
         guide = {"samples": fit.samples[:n], "runners": runners}
+    choose = None
+    if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model
+        n = min(len(fit), 64)  # on fit samples, reconstructed as it will be returned
+
+        def choose(plans):
+            return choose_plan(graph, plans, fit.samples[:n], runners, lambda p: (
+                apply_and_reconstruct(graph, p, calibration, reconstruct,
+                                      reconstruct_options)[0]))
     predicted = dense_pred = None
     layers, source, sens_info = [], "", None
     if budget is None and plan is None and allocation == "sensitivity":
@@ -390,13 +405,13 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         if uniform.kept and 0.0 < frac < 1.0:  # the ratio's MACs, spent where it hurts least
             plan, *_rest, sens_info = budget_plan(
                 graph, config, align_r, MACs(fraction=frac), target, latency_model,
-                calibration, _sensitivity(graph, config, calibration, guide))
+                calibration, _sensitivity(graph, config, calibration, guide), choose=choose)
         else:
             plan = uniform
     if budget is not None:
         plan, predicted, dense_pred, model, sens_info = budget_plan(
             graph, config, align_r, budget, target, latency_model, calibration,
-            _sensitivity(graph, config, calibration, guide), sparse)
+            _sensitivity(graph, config, calibration, guide), sparse, choose)
         if model is not None:
             layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
     elif plan is None:

@@ -42,6 +42,10 @@ class MeasuredLatency:
         the pruned model once more.
     tolerance : float
         Relative distance from the goal at which the loop stops (0.05: within 5%).
+    every_width : bool
+        Let the budget choose every multiple of the alignment between a group's measured
+        widths (their latency interpolated), not the ``widths`` measured ones only
+        (:attr:`~tvm_hcprune.latency.LatencyTable.every_width`).
 
     Examples
     --------
@@ -60,17 +64,20 @@ class MeasuredLatency:
     progress: bool = True
     refine: int = 2
     tolerance: float = 0.05
+    every_width: bool = False
 
     def for_graph(self, graph, target, align: int, min_channels: int = 1, *,
                   sparse_levels=None, block=None):
         """The measured :class:`~tvm_hcprune.latency.LatencyTable` of ``graph`` on
         ``target`` (cached on disk); with ``sparse_levels`` (a mixed budget) its BSR-able
         layers timed at those block sparsities too."""
-        return latency_table(graph, target, align=align, min_channels=min_channels,
-                             widths=self.widths, database=self.database,
-                             cache_dir=self.cache_dir, repeats=self.repeats,
-                             number=self.number, progress=self.progress, runner=self.runner,
-                             sparse_levels=sparse_levels, block=block)
+        table = latency_table(graph, target, align=align, min_channels=min_channels,
+                              widths=self.widths, database=self.database,
+                              cache_dir=self.cache_dir, repeats=self.repeats,
+                              number=self.number, progress=self.progress, runner=self.runner,
+                              sparse_levels=sparse_levels, block=block)
+        table.every_width = bool(self.every_width)
+        return table
 
     def refine_plan(self, graph, budget, target, replan, plan, limit: float,
                     dense_predicted: float):

@@ -235,7 +235,8 @@ class LatencyTable(LatencyModel):
         Layer binding name -> :class:`LayerTable`.
     candidates : dict
         Group id -> kept counts the table was measured at (the widths a budget chooses
-        among: every measured point is a step of the latency staircase).
+        among: every measured point is a step of the latency staircase; with
+        ``every_width``, every multiple of the alignment between them too).
     low_ms : float or None
         Measured whole-model latency with every group at its smallest candidate (calibrates
         the part of the model outside the layers; see :meth:`LatencyModel.cost`).
@@ -258,6 +259,10 @@ class LatencyTable(LatencyModel):
     #: BSR timings (mixed budgets): layer name -> {"block": [bk, bn], "ms": {sparsity: ms}}
     #: of the layer at its dense widths on the BSR kernel the build uses
     sparse: dict = field(default_factory=dict)
+    #: budgets choose among every multiple of the alignment from a group's smallest measured
+    #: width up (latency interpolated between the measured widths), not the measured widths
+    #: only; not saved with the table (an option of its use, not of the measurement)
+    every_width: bool = False
     source = "table"
 
     @property
@@ -290,7 +295,10 @@ class LatencyTable(LatencyModel):
         c = self.candidates.get(group.id)
         if c is None:
             return candidate_widths(group.size, align, min_channels)
-        return [w for w in c if w >= min_channels and (w % align == 0 or w == group.size)]
+        c = [w for w in c if w >= min_channels and (w % align == 0 or w == group.size)]
+        if self.every_width and c:  # every multiple of align between the measured ends
+            c = [w for w in candidate_widths(group.size, align, min_channels) if w >= c[0]]
+        return c
 
     def to_dict(self) -> dict:
         return {"version": TABLE_VERSION, "target": self.target,

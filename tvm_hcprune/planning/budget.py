@@ -26,7 +26,7 @@ from tvm_hcprune.utils.relax import static_shape
 
 __all__ = ["BudgetUnreachable", "MACs", "Latency", "Params", "SeparableCost", "allocate_widths",
            "as_budget", "candidate_widths", "desc_kept_length", "macs_cost", "params_cost",
-           "unit_value"]
+           "uniform_start", "unit_value"]
 
 
 def _check_fraction(name: str, fraction) -> None:
@@ -258,6 +258,9 @@ class Allocation:
         The chosen widths' cost, the limit, the dense model's cost.
     importance : float
         Kept importance (sum over units of the kept share of each group's scores).
+    value : float
+        What the allocation maximised: the summed :func:`unit_value` of every unit at the
+        chosen widths (``importance`` less the dense total at ``power=1``).
     units, candidates, curves
         What was allocated over (filled by the planner): the units, their candidate widths
         and importance curves (``curves[u][k]``: importance kept with ``k`` channels).
@@ -268,6 +271,7 @@ class Allocation:
     limit: float
     dense_cost: float
     importance: float
+    value: float = 0.0
     units: list = field(default_factory=list)
     candidates: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)
@@ -321,7 +325,7 @@ def unit_value(curve, power: float = 1.0):
 def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance: dict,
                     cost: SeparableCost, limit: float, sizes: dict,
                     what: str = "cost", fmt=lambda v: f"{v:g}", power: float = 1.0,
-                    min_fraction: float = 0.0) -> Allocation:
+                    min_fraction: float = 0.0, start: dict | None = None) -> Allocation:
     """Choose one candidate width per unit so that ``cost <= limit`` keeping most importance.
 
     Parameters
@@ -348,6 +352,10 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
         Floor on every unit's kept channels as a fraction of its size: candidates below
         ``ceil(min_fraction * size)`` are not taken (the smallest candidate at or above it
         is the lowest a unit goes).
+    start : dict, optional
+        Unit index -> kept count to start from instead of the dense size (the largest
+        candidate at or below it, not below the floor): e.g. a uniform plan, which the
+        give-back step then raises where the limit allows (see :func:`uniform_start`).
 
     Returns
     -------
@@ -388,6 +396,11 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
         floor = math.ceil(float(min_fraction) * max(sizes[g] for g in u) - 1e-9)
         lowest[i] = next(k for k, c in enumerate(candidates[i])
                          if c >= floor or k == len(candidates[i]) - 1)
+    for i, n in (start or {}).items():
+        below = [k for k, c in enumerate(candidates[i]) if c <= n]
+        pos[i] = max(lowest[i], below[-1] if below else 0)
+        for g in units[i]:
+            widths[g] = candidates[i][pos[i]]
 
     def with_unit(i, k):
         w = dict(widths)
@@ -401,8 +414,8 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
     def val(i, k):
         return float(values[i][candidates[i][k]])
 
-    dense = cost.total(widths)
-    cur = dense
+    dense = cost.total({g: sizes[g] for u in units for g in u})
+    cur = cost.total(widths)
     while cur > limit:
         best = None
         for i, p in pos.items():
@@ -444,4 +457,38 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
                 pos[i], widths, cur, improved = k, w, c, True
                 break
     kept_imp = float(sum(imp(i, p) for i, p in pos.items()))
-    return Allocation(widths, cur, float(limit), dense, kept_imp)
+    return Allocation(widths, cur, float(limit), dense, kept_imp,
+                      float(sum(val(i, p) for i, p in pos.items())))
+
+
+def uniform_start(unit_ids, units: Sequence[Sequence[int]], candidates: dict, sizes: dict,
+                  cost: SeparableCost, limit: float, steps: int = 100) -> dict | None:
+    """The uniform plan that meets ``limit``: unit index -> kept count.
+
+    Every unit in ``unit_ids`` keeps the candidate nearest to ``(1 - r)`` of its size (ties
+    up, never above the size), at the smallest ratio ``r`` of the grid ``1/steps, 2/steps,
+    ...`` whose cost is at most ``limit`` (units outside ``unit_ids`` stay as they are in
+    ``cost``'s dense widths). None when no ratio of the grid meets it. This is what
+    a uniform ``ratio=`` keeps on the budget's groups (the same rounding when the
+    candidates are every multiple of the alignment), at the least cut meeting the budget.
+
+    Examples
+    --------
+    >>> cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in (0, 1)])
+    >>> uniform_start([0, 1], [[0], [1]], {0: [8, 16, 24, 32], 1: [16, 32, 48, 64]},
+    ...               {0: 32, 1: 64}, cost, limit=72.0)
+    {0: 24, 1: 48}
+    """
+    dense = {g: sizes[g] for u in units for g in u}
+    for step in range(1, steps):
+        r = step / steps
+        kept, widths = {}, dict(dense)
+        for i in unit_ids:
+            size = max(sizes[g] for g in units[i])
+            goal = (1.0 - r) * size
+            kept[i] = min(candidates[i], key=lambda c, goal=goal: (abs(c - goal), -c))
+            for g in units[i]:
+                widths[g] = kept[i]
+        if cost.total(widths) <= limit:
+            return kept
+    return None

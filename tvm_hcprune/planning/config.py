@@ -46,6 +46,11 @@ class PruneConfig(Options):
     min_kept_fraction : float
         Under a budget, the least share of each group's channels kept, in [0, 1) (0: no
         floor beyond ``align`` and ``min_channels``).
+    compare_uniform : bool
+        Under a budget, also make the uniform plan that meets it (every group keeps the same
+        share, at the least cut the budget allows, then channels are given back where the
+        budget still holds) and keep it when it keeps more value (``allocation_power``) than
+        the knapsack's plan.
     criterion_options : dict
         Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
     seed : int
@@ -66,6 +71,7 @@ class PruneConfig(Options):
     prune_first_conv: bool | None = None
     allocation_power: float = 1.0
     min_kept_fraction: float = 0.0
+    compare_uniform: bool = True
     criterion_options: dict = field(default_factory=dict)
     seed: int = 0
 
@@ -95,6 +101,9 @@ class PruneConfig(Options):
             raise HCPruneError(f"min_kept_fraction must be in [0, 1) (the least share of a "
                                f"group's channels a budget keeps), got "
                                f"{self.min_kept_fraction!r}")
+        if not isinstance(self.compare_uniform, bool):
+            raise HCPruneError(f"compare_uniform must be True or False, got "
+                               f"{self.compare_uniform!r}")
         object.__setattr__(self, "protect", tuple(self.protect))
         object.__setattr__(self, "criterion_options", dict(self.criterion_options or {}))
 

@@ -8,7 +8,7 @@ import numpy as np
 from tvm import relax
 
 from tvm_hcprune.hardware import profile_for
-from tvm_hcprune.planning.budget import allocate_widths, candidate_widths
+from tvm_hcprune.planning.budget import allocate_widths, candidate_widths, uniform_start
 from tvm_hcprune.planning.config import PruneConfig
 from tvm_hcprune.planning.criteria import GroupViews, get_criterion
 from tvm_hcprune.planning.mixed import chosen_sparsity
@@ -182,7 +182,8 @@ def budget_units(graph, config: PruneConfig) -> list[list[int]]:
 def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                      calibration=None, candidates_of=None, what: str = "cost",
                      fmt=lambda v: f"{v:g}", budget_record: dict | None = None,
-                     unit_scale: dict | None = None, sparse_units=None, sparse_record=None):
+                     unit_scale: dict | None = None, sparse_units=None, sparse_record=None,
+                     choose=None):
     """A plan whose ``cost`` (a :class:`~tvm_hcprune.planning.budget.SeparableCost` of group
     widths) is at most ``limit``, keeping the most channel importance.
 
@@ -194,9 +195,18 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     ``sparse_units`` (:class:`~tvm_hcprune.planning.mixed.SparseUnit` list, a mixed budget)
     adds each layer's kept blocks as one more unit after the channel units (``cost`` must
     read their ``key``); the plan's ``sparse`` entry is ``sparse_record`` (block, criterion)
-    with the layers the allocation made block-sparse. Returns
-    ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled); raises
-    :class:`HCPruneError` when no allowed widths meet ``limit``.
+    with the layers the allocation made block-sparse.
+
+    With ``config.compare_uniform`` the uniform plan meeting ``limit``
+    (:func:`~tvm_hcprune.planning.budget.uniform_start`, then raised where the limit allows)
+    is a second candidate: ``choose(plans) -> (index, scores)`` (e.g. the output error of
+    each plan on calibration data) picks between the knapsack's plan and it; without
+    ``choose`` the one keeping more value (``allocation_power``) is kept. The plan's config
+    records ``allocation_start`` (``"dense"``: the knapsack's plan, ``"uniform"``) and, when
+    ``choose`` decided, ``allocation_scores``.
+
+    Returns ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled);
+    raises :class:`HCPruneError` when no allowed widths meet ``limit``.
     """
     crit = get_criterion(config.criterion)
     rng = np.random.default_rng(config.seed)
@@ -227,21 +237,46 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
         importance[len(units)] = su.curve
         units.append([su.key])
         sizes[su.key] = su.blocks
+    options = {"power": float(config.allocation_power),
+               "min_fraction": float(config.min_kept_fraction)}
     alloc = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
-                            power=float(config.allocation_power),
-                            min_fraction=float(config.min_kept_fraction))
-    alloc.units, alloc.candidates, alloc.curves = channel_units, candidates, importance
-    kept, plan_sizes = {}, {}
-    for gid, n_keep in alloc.widths.items():
-        if gid in scores and n_keep < sizes[gid]:
-            order = np.argsort(-scores[gid], kind="stable")
-            kept[gid] = np.sort(order[:n_keep])
-            plan_sizes[gid] = sizes[gid]
+                            **options)
     cfg = config.to_dict()
     cfg["align_resolved"] = align
     if budget_record is not None:
         cfg["budget"] = budget_record
-    sparse = None
-    if sparse_units:
-        sparse = {**sparse_record, "layers": chosen_sparsity(sparse_units, alloc.widths)}
-    return PrunePlan.create(graph.fingerprint, kept, plan_sizes, cfg, sparse), alloc
+
+    def plan_of(al, start, **extra):
+        al.units, al.candidates, al.curves = channel_units, candidates, importance
+        kept, plan_sizes = {}, {}
+        for gid, n_keep in al.widths.items():
+            if gid in scores and n_keep < sizes[gid]:
+                order = np.argsort(-scores[gid], kind="stable")
+                kept[gid] = np.sort(order[:n_keep])
+                plan_sizes[gid] = sizes[gid]
+        sparse = None
+        if sparse_units:
+            sparse = {**sparse_record, "layers": chosen_sparsity(sparse_units, al.widths)}
+        return PrunePlan.create(graph.fingerprint, kept, plan_sizes,
+                                {**cfg, "allocation_start": start, **extra}, sparse), al
+
+    plan, alloc = plan_of(alloc, "dense")
+    if not (config.compare_uniform and channel_units):
+        return plan, alloc
+    # the uniform plan meeting the limit, raised where the limit allows, is the other
+    # candidate: it cuts every group a little where the knapsack may cut a few deep
+    first = uniform_start(range(len(channel_units)), units, candidates, sizes, cost, limit)
+    if first is None:
+        return plan, alloc
+    alt = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
+                          start=first, **options)
+    if alt.widths == alloc.widths:
+        return plan, alloc
+    if choose is None:
+        if alt.value > alloc.value + 1e-9 * max(1.0, abs(alloc.value)):
+            return plan_of(alt, "uniform")
+        return plan, alloc
+    uplan, alt = plan_of(alt, "uniform")
+    pick, by = choose([plan, uplan])
+    record = {"allocation_scores": {"dense": by[0], "uniform": by[1]}}
+    return plan_of(alt, "uniform", **record) if pick == 1 else plan_of(alloc, "dense", **record)

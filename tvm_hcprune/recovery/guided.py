@@ -26,7 +26,8 @@ from tvm_hcprune.recovery.sensitivity import group_plan
 from tvm_hcprune.transform.apply_plan import apply_plan
 from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["CachedRunners", "output_agreement", "prepare_calibration", "unit_scales"]
+__all__ = ["CachedRunners", "choose_plan", "output_agreement", "prepare_calibration",
+           "unit_scales"]
 
 
 class CachedRunners:
@@ -211,3 +212,39 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
             "widths": {int(u[0]): int(w) for _, u, w in jobs},
             "samples": int(len(samples)), "seconds": round(time.perf_counter() - t0, 2)}
     return scales, info
+
+
+def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
+                make=None) -> tuple[int, list]:
+    """The plan whose pruned model's output is closest to the dense model's on ``samples``.
+
+    The error is the sensitivity's (``rel_mse + disagreement`` of the first output); ties
+    keep the earlier plan.
+
+    Parameters
+    ----------
+    graph : ChannelGraph
+    plans : sequence of PrunePlan
+    samples : numpy.ndarray
+    runners : CachedRunners
+    make : callable, optional
+        ``make(plan) -> module``: the model a plan becomes (e.g. pruned and reconstructed,
+        as :func:`tvm_hcprune.prune` will return it); default ``apply_plan(graph, plan)``.
+
+    Returns
+    -------
+    (index, errors)
+        The chosen plan's index and every plan's error.
+
+    Examples
+    --------
+    >>> i, errors = choose_plan(graph, [plan_a, plan_b], x, CachedRunners())  # doctest: +SKIP
+    """
+    dense = runners.outputs(graph.mod, samples)[0]
+    errors = []
+    for plan in plans:
+        module = make(plan) if make is not None else apply_plan(graph, plan)
+        outs = runners.outputs(module, samples, keep=False)[0]
+        rel, dis = output_error(outs, dense)
+        errors.append(float(rel + dis) if np.isfinite(rel) else 1e6)
+    return int(np.argmin(errors)), errors

@@ -40,7 +40,8 @@ __all__ = ["PLAN_ATTR", "PruneChannels", "attach_plan", "budget_plan", "module_p
            "original_module"]
 
 def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
-                latency_model=None, calibration=None, rescale=None, sparse=None):
+                latency_model=None, calibration=None, rescale=None, sparse=None,
+                choose=None):
     """``(plan, predicted, dense predicted, latency model, rescale info)`` meeting
     ``budget``.
 
@@ -59,6 +60,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
 
     The first conv (the one reading the model input) keeps its width under every budget
     unless ``config.prune_first_conv`` is True: its ``None`` default means False here.
+
+    ``choose(plans) -> (index, scores)``, optional, picks between the knapsack's plan and
+    the uniform one (``config.compare_uniform``, see
+    :func:`~tvm_hcprune.planning.planner.make_budget_plan`), e.g. by their output error on
+    calibration data; with ``rescale`` it decides only on the re-weighted allocation.
 
     ``sparse`` (:class:`~tvm_hcprune.planning.mixed.SparseOptions`, Latency budgets on CPU
     targets) makes the budget mixed: every layer the BSR kernel can run may also keep only
@@ -115,7 +121,8 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
                                 budget_record=rec, unit_scale=scales, sparse_units=units,
                                 sparse_record={"block": block,
                                                "criterion": getattr(sparse, "criterion", "")},
-                                **kwargs)
+                                choose=choose if rescale is None or scales is not None
+                                else None, **kwargs)
 
     try:
         plan, alloc = replan(limit)
