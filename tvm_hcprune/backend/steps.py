@@ -75,7 +75,7 @@ def cpu_kernel_passes(target, rules: bool = True, blocked_layout: bool = True,
     legalize = cpu.legalize_passes(target)
     if rules and blocked_layout and inverted_residual:
         fuse_tir = next(i for i, p in enumerate(legalize) if p.info.name == "FuseTIR")
-        legalize.insert(fuse_tir, FuseInvertedResidual(profile_for(target).lanes("float32")))
+        legalize.insert(fuse_tir, FuseInvertedResidual(lanes))
     return pre + cpu.library_dispatch_passes(target) + legalize
 
 

@@ -31,6 +31,8 @@ from tvm import relax, te, tirx
 
 # relax's OpPatternKind
 OUT_EWISE_FUSABLE = 4
+# PrimFunc attribute naming which of tvm_hcprune's kernels a function is ("hcp_conv2d", ...)
+KERNEL_ATTR = "hcprune.kernel"
 # a one-vector register tile narrower than this many pixels has too few independent
 # accumulators to hide the FMA latency
 SHORT_ROW = 6
@@ -415,7 +417,7 @@ def kernel_call(bb: relax.BlockBuilder, name: str, te_fn, args, arg_shapes, dtyp
     ]
     out = te_fn(*placeholders)
     func = te.create_prim_func([*placeholders, out])
-    func = func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr("hcprune.kernel", name)
+    func = func.with_attr("op_pattern", OUT_EWISE_FUSABLE).with_attr(KERNEL_ATTR, name)
     func = func.without_attr("global_symbol")
     gvar = bb.add_func(func, name)
     out_ty = relax.TensorType([int(s) for s in out.shape], out.dtype)

@@ -24,8 +24,9 @@ import tvm
 from tvm import relax
 from tvm.relax.utils import copy_with_new_vars
 
+from tvm_hcprune.backend.cpu.conv2d_nchwc import KERNEL_ATTR
 from tvm_hcprune.backend.cpu.rules import block_names
-from tvm_hcprune.utils.relax import use_counts
+from tvm_hcprune.utils.relax import clear_shape_cache, static_shape, use_counts
 
 __all__ = ["FuseInvertedResidual"]
 
@@ -47,14 +48,7 @@ def _calls(mod: tvm.IRModule, group: relax.Function) -> list:
 
 def _kernel(func) -> str | None:
     attrs = func.attrs
-    return str(attrs["hcprune.kernel"]) if attrs is not None and "hcprune.kernel" in attrs else None
-
-
-def _shape(expr) -> list[int] | None:
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
-        return None
-    return [int(s) for s in ty.shape.values]
+    return str(attrs[KERNEL_ATTR]) if attrs is not None and KERNEL_ATTR in attrs else None
 
 
 def _chain(calls) -> bool:
@@ -78,24 +72,24 @@ class _Group:
         kind = _kernel(func)
         names = set(block_names(func))
         data = call.args[1][0]
-        dshape = _shape(data)
+        dshape = static_shape(data)
         if dshape is None or len(dshape) != 5 or dshape[4] != lanes:
             return
         if not data.same_as(group.params[0]):
             return
         if kind == "hcp_conv2d" and "hcp_conv" in names and "hcp_pack" not in names:
-            wshape = _shape(call.args[1][1])  # [G, OCB, ICB, KH, KW, IB, OB]
+            wshape = static_shape(call.args[1][1])  # [G, OCB, ICB, KH, KW, IB, OB]
             if wshape and wshape[0] == 1 and wshape[3:5] == [1, 1] and wshape[6] == lanes:
                 self.kind = "expand"
                 self.ok = True
         elif kind == "hcp_dwconv2d" and "hcp_dwconv" in names and "hcp_dwpack" in names:
-            wshape = _shape(call.args[1][1])  # [CB, KH, KW, CBI]
+            wshape = static_shape(call.args[1][1])  # [CB, KH, KW, CBI]
             if wshape and len(wshape) == 4 and wshape[3] == lanes:
                 self.kind = "dw"
                 self.ok = True
         # the group's other calls must be elementwise on the kernel's output
-        out = _shape(group.body.body)
-        self.ok = self.ok and _chain(calls) and out == _shape(call)
+        out = static_shape(group.body.body)
+        self.ok = self.ok and _chain(calls) and out == static_shape(call)
 
 
 def merge_groups(expand: relax.Function, dw: relax.Function) -> relax.Function:
@@ -135,13 +129,16 @@ class FuseInvertedResidual:
         cache: dict = {}
         merged: dict = {}
         changed = False
-        for gvar, func in list(mod.functions_items()):
-            if not isinstance(func, relax.Function) or _is_primitive(func):
-                continue
-            new = self._rewrite(mod, bb, func, cache, merged)
-            if new is not None:
-                bb.update_func(gvar, bb.normalize(new))
-                changed = True
+        try:
+            for gvar, func in list(mod.functions_items()):
+                if not isinstance(func, relax.Function) or _is_primitive(func):
+                    continue
+                new = self._rewrite(mod, bb, func, cache, merged)
+                if new is not None:
+                    bb.update_func(gvar, bb.normalize(new))
+                    changed = True
+        finally:
+            clear_shape_cache()
         return relax.transform.Normalize()(bb.get()) if changed else mod
 
     def _group(self, mod, cache, expr):
