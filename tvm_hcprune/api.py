@@ -385,16 +385,15 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if reconstruct is None:
         reconstruct = with_data
     runners = CachedRunners() if with_data else None
-    guide = None
+    guide = choose = None
+    fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
-        n = min(len(fit), 64)
-        guide = {"samples": fit.samples[:n], "runners": runners}
-    choose = None
+        guide = {"samples": fit_samples, "runners": runners}
     if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model
-        n = min(len(fit), 64)  # on fit samples, reconstructed as it will be returned
+        # on fit samples, reconstructed as it will be returned
 
         def choose(plans):
-            return choose_plan(graph, plans, fit.samples[:n], runners, lambda p: (
+            return choose_plan(graph, plans, fit_samples, runners, lambda p: (
                 apply_and_reconstruct(graph, p, calibration, reconstruct,
                                       reconstruct_options)[0]))
     predicted = dense_pred = None
