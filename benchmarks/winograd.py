@@ -39,7 +39,7 @@ def _build(mod, target, winograd: bool):
     from tvm_hcprune.backend.steps import lower_passes
 
     passes = (prepare_passes(target, winograd=winograd) + schedule_passes(target, None)
-              + lower_passes(target))
+              + lower_passes(target, chain=False))  # one kernel per layer, timed apart
     ex = tvm.compile(mod, target, relax_pipeline=tvm.transform.Sequential(passes))
     return relax.VirtualMachine(ex, tvm.cpu())
 

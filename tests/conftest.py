@@ -16,7 +16,7 @@ OUR_RELAX_PASSES = frozenset({
     "PruneChannels", "Reconstruct", "ReestimateBatchNorm", "PackWeightsForCPU",
     "OffloadToVTA", "VTAQuantize", "UseBlockSparse", "FastMath", "SparsifyBlocks",
     "HCPruneApplyDatabase", "ApplyCPURules", "ScheduleRowwise", "PadChannels",
-    "FuseInvertedResidual"})
+    "FuseInvertedResidual", "ChainKernels"})
 NOT_CHECKED = {
     "HCPrunePipeline": "the whole build: ends in TVM's VM lowering, whose output is no "
                        "longer a Relax dataflow module (its own steps are checked one by one)",

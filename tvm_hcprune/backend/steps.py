@@ -16,6 +16,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 
 from tvm_hcprune.backend import database as dbm
 from tvm_hcprune.backend.cpu.bsr import UseBlockSparse
+from tvm_hcprune.backend.cpu.chain import ChainKernels
 from tvm_hcprune.backend.cpu.fast_math import FastMath
 from tvm_hcprune.backend.cpu.fuse_irb import FuseInvertedResidual
 from tvm_hcprune.backend.cpu.layout import BlockChannelLayout
@@ -112,9 +113,13 @@ def database_pass(target, database) -> tvm.transform.Pass:
     return _db
 
 
-def lower_passes(target) -> list:
-    """TVM's CPU dataflow lowering and finalisation."""
-    return cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+def lower_passes(target, chain: bool = True) -> list:
+    """TVM's CPU dataflow lowering and finalisation; on an llvm target with ``chain``,
+    :class:`~tvm_hcprune.backend.cpu.chain.ChainKernels` first (consecutive parallel kernels
+    in one thread-pool launch; False keeps one kernel per layer, e.g. for
+    :func:`~tvm_hcprune.backend.timing.kernel_times`)."""
+    first = [ChainKernels()] if chain and target.kind.name == "llvm" else []
+    return first + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
 
 
 def _need(ctx: PresetContext, step: str, ok: bool, what: str) -> None:
@@ -170,7 +175,7 @@ def _cpu_rules(ctx):
     passes.append(database_pass(tgt, ctx.database))
     if ctx.rules:
         passes += [ApplyCPURules(strict=ctx.strict), ScheduleRowwise()]
-    return passes + lower_passes(tgt)
+    return passes + lower_passes(tgt, chain=ctx.options.get("chain_kernels", True))
 
 
 def _default_pipeline(ctx) -> list:

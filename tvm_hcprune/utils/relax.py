@@ -253,3 +253,16 @@ def with_taps(plain: tvm.IRModule, taps) -> tvm.IRModule:
     funcs[plain.get_global_var("main")] = new
     tapped = tvm.IRModule(funcs, attrs=plain.attrs, global_infos=plain.global_infos)
     return relax.transform.ConvertToDataflow()(relax.transform.Normalize()(tapped))
+
+
+def is_primitive(func) -> bool:
+    """Whether ``func`` is a Relax function marked ``Primitive`` (a fused group FuseTIR turns
+    into one PrimFunc).
+
+    Examples
+    --------
+    >>> is_primitive(mod["fused_conv2d_add"])  # doctest: +SKIP
+    True
+    """
+    attrs = func.attrs
+    return attrs is not None and "Primitive" in attrs and int(attrs["Primitive"]) == 1

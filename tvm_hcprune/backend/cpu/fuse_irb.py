@@ -26,7 +26,7 @@ from tvm.relax.utils import copy_with_new_vars
 
 from tvm_hcprune.backend.cpu.conv2d_nchwc import KERNEL_ATTR
 from tvm_hcprune.backend.cpu.rules import block_names
-from tvm_hcprune.utils.relax import clear_shape_cache, static_shape, use_counts
+from tvm_hcprune.utils.relax import clear_shape_cache, is_primitive, static_shape, use_counts
 
 __all__ = ["FuseInvertedResidual"]
 
@@ -131,7 +131,7 @@ class FuseInvertedResidual:
         changed = False
         try:
             for gvar, func in list(mod.functions_items()):
-                if not isinstance(func, relax.Function) or _is_primitive(func):
+                if not isinstance(func, relax.Function) or is_primitive(func):
                     continue
                 new = self._rewrite(mod, bb, func, cache, merged)
                 if new is not None:
@@ -148,7 +148,7 @@ class FuseInvertedResidual:
         if key not in cache:
             f = mod[expr.op]
             cache[key] = _Group(mod, f, self.lanes) if (isinstance(f, relax.Function)
-                                                       and _is_primitive(f)) else None
+                                                       and is_primitive(f)) else None
         pair = cache[key]
         return pair if pair is not None and pair.ok else None
 
@@ -184,7 +184,3 @@ class FuseInvertedResidual:
         return relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
                               func.is_pure, func.attrs, func.span)
 
-
-def _is_primitive(func) -> bool:
-    attrs = func.attrs
-    return attrs is not None and "Primitive" in attrs and int(attrs["Primitive"]) == 1
