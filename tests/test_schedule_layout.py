@@ -261,16 +261,12 @@ def test_hardswish_epilogue_is_one_loop_nest():
 def test_boundary_transforms_run_in_parallel():
     """The model's entry into and exit from the blocked layout are scheduled (parallel),
     and the result still equals the default pipeline's."""
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
-
-    from tvm_hcprune.backend.pipeline import cpu_passes
+    from tvm_hcprune.backend.pipeline import prepare_passes, schedule_passes
 
     mod = _block_net(c=16, hw=(32, 40))
-    passes = cpu_passes(TARGET, None, True, True)
-    n_pre = len(passes) - len(cpu.dataflow_lower_passes(TARGET)) - len(
-        cpu.finalize_passes(TARGET))
+    passes = prepare_passes(TARGET, True) + schedule_passes(TARGET, None, True, True)
     with TARGET:
-        lowered = tvm.transform.Sequential(passes[:n_pre])(mod)
+        lowered = tvm.transform.Sequential(passes)(mod)
     transforms = [f.script() for gv, f in lowered.functions_items()
                   if "layout_transform" in gv.name_hint]
     assert len(transforms) == 2

@@ -18,8 +18,9 @@ iterations over the tasks as it does for a stand-alone parallel loop and calls
 ``TVMBackendParallelBarrier`` between them, so every nest still reads only finished
 results. The kernels' code is unchanged.
 
-An intermediate larger than ``max_bytes`` ends a run: the kernels around it are long enough
-that a launch does not matter, and outside a run Relax's memory planner reuses its storage.
+An intermediate larger than ``max_bytes`` ends a run, and a kernel with more than
+``max_macs`` of work stays on its own: around such kernels a launch does not matter, and
+outside a run Relax's memory planner reuses the storage.
 """
 
 from __future__ import annotations
@@ -85,6 +86,27 @@ def _call_tir(binding):
     return None
 
 
+def _static(ty) -> list | None:
+    try:
+        return [int(d) for d in ty.shape]
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _macs(call) -> float | None:
+    """A kernel's work, roughly: its largest constant argument (a conv's or matmul's weight)
+    times the output's spatial size (``NCHW{b}c``: H*W; 4-D: the trailing two); a kernel
+    without constants (layout transforms, elementwise ops) counts its output's size."""
+    out = _static(call.ty)
+    if out is None:
+        return None
+    consts = [_static(a.ty) for a in call.args[1] if isinstance(a, tvm.ir.expr.Constant)]
+    if not consts or any(c is None for c in consts):
+        return float(np.prod(out))
+    spatial = out[2:-1] if len(out) == 5 else out[2:] if len(out) == 4 else []
+    return float(max(int(np.prod(c)) for c in consts)) * float(np.prod(spatial))
+
+
 def _nbytes(call) -> int | None:
     try:
         shape = [int(d) for d in call.ty.shape]
@@ -97,14 +119,16 @@ class _Runs:
     """The runs of one dataflow block: consecutive chainable calls, each reading the
     previous one's result, split so that no intermediate is used outside its run."""
 
-    def __init__(self, mod, block, reach: dict, max_bytes: int):
-        self.mod, self.reach, self.max_bytes = mod, reach, max_bytes
+    def __init__(self, mod, block, reach: dict, max_bytes: int, max_macs: float):
+        self.mod, self.reach, self.max_bytes, self.max_macs = mod, reach, max_bytes, max_macs
         self.pos = {b.var: i for i, b in enumerate(block.bindings)}
         self.runs = [r for run in self._adjacent(block.bindings) for r in self._split(run)]
 
     def _chainable(self, call) -> bool:
         f = self.mod[call.args[0]]
-        return parallel_stages(f) is not None
+        work = _macs(call)
+        return (parallel_stages(f) is not None and work is not None
+                and work <= self.max_macs)
 
     def _adjacent(self, bindings) -> list:
         runs, cur = [], []
@@ -164,6 +188,24 @@ def _last_uses(func: relax.Function, block) -> dict:
     return reach
 
 
+def _wiring(run) -> tuple:
+    """What makes two runs' primitive functions the same: the kernels called and where each
+    argument comes from (an earlier call of the run, or the n-th outside argument)."""
+    inner = {b.var: i for i, b in enumerate(run)}
+    outside: dict = {}
+    key = []
+    for b in run:
+        call = _call_tir(b)
+        src = []
+        for a in call.args[1]:
+            if isinstance(a, relax.Var) and a in inner:
+                src.append(("call", inner[a]))
+            else:
+                src.append(("arg", outside.setdefault(a, len(outside))))
+        key.append((call.args[0].name_hint, tuple(src)))
+    return tuple(key)
+
+
 def _primitive(run) -> tuple[relax.Function, list]:
     """A primitive function of ``run``'s calls and the arguments to call it with."""
     inner = {b.var for b in run}
@@ -198,6 +240,11 @@ class ChainKernels:
     ----------
     max_bytes : int
         An intermediate result larger than this ends a run (default 1 MiB).
+    max_macs : float
+        A kernel with more work than this (roughly its weight's size times its output's
+        spatial size; default 20 M) stays on its own: at ~100 us or more, a launch is noise
+        and a run through it would only add code (ResNet-50 built 50% slower when its big
+        convs were chained, for no measurable gain).
 
     Examples
     --------
@@ -206,12 +253,13 @@ class ChainKernels:
     ... # doctest: +SKIP
     """
 
-    def __init__(self, max_bytes: int = 1 << 20):
+    def __init__(self, max_bytes: int = 1 << 20, max_macs: float = 20e6):
         self.max_bytes = int(max_bytes)
+        self.max_macs = float(max_macs)
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         bb = relax.BlockBuilder(mod)
-        made: list = []
+        made: dict = {}
         for gvar, func in list(mod.functions_items()):
             if not isinstance(func, relax.Function) or is_primitive(func):
                 continue
@@ -222,7 +270,7 @@ class ChainKernels:
             return mod
         out = relax.transform.FuseTIR()(bb.get())
         out = relax.transform.DeadCodeElimination()(out)
-        names = {g.name_hint for g in made}
+        names = {g.name_hint for g in made.values()}
         for gvar, func in list(out.functions_items()):
             if gvar.name_hint in names and isinstance(func, tirx.PrimFunc):
                 out[gvar] = _one_launch(func)
@@ -234,15 +282,18 @@ class ChainKernels:
             if not isinstance(block, relax.DataflowBlock):
                 blocks.append(block)
                 continue
-            runs = _Runs(mod, block, _last_uses(func, block), self.max_bytes).runs
+            runs = _Runs(mod, block, _last_uses(func, block), self.max_bytes,
+                         self.max_macs).runs
             bindings = []
             for run in runs:
                 if len(run) < 2:
                     bindings += run
                     continue
                 prim, args = _primitive(run)
-                gvar = bb.add_func(prim, f"{CHAIN_PREFIX}{len(made)}")
-                made.append(gvar)
+                key = _wiring(run)  # identical runs (repeated blocks) share one function
+                if key not in made:
+                    made[key] = bb.add_func(prim, f"{CHAIN_PREFIX}{len(made)}")
+                gvar = made[key]
                 bindings.append(relax.VarBinding(run[-1].var, relax.Call(gvar, args)))
                 changed = True
             blocks.append(relax.DataflowBlock(bindings))
