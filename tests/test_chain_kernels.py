@@ -50,10 +50,12 @@ def test_pass_chains_the_block_into_one_launch():
     assert relax.analysis.check_well_formed(after)
 
 
-def test_small_intermediates_only():
-    """An intermediate larger than ``max_bytes`` ends a run; max_bytes=0 changes nothing."""
+def test_small_intermediates_and_small_kernels_only():
+    """An intermediate larger than ``max_bytes`` ends a run, a kernel with more work than
+    ``max_macs`` stays alone: with either at 0 nothing changes."""
     before = _scheduled(inverted_residual(16, 48, 14))
     tvm.ir.assert_structural_equal(ChainKernels(max_bytes=0)(before), before)
+    tvm.ir.assert_structural_equal(ChainKernels(max_macs=0)(before), before)
     # the first kernel's result (16 channels x 14 x 14 floats) is 12.5 KB
     small = ChainKernels(max_bytes=12 * 1024)(before)
     assert len(_kernels(small)) > len(_kernels(ChainKernels()(before)))
