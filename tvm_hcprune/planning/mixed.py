@@ -282,6 +282,7 @@ def sparse_units(graph, options: SparseOptions, block: tuple[int, int],
         n = scores.size
         mean = float(np.mean(scores)) or 1.0
         weight = sum(_layer_share(graph, gid, b.var) * graph.groups[gid].size
+                     * graph.groups[gid].unit  # channels: a group's importance_curve total
                      for gid in _layer_groups(graph, b.var, b.value)
                      if not graph.groups[gid].frozen) or max(w.shape)
         curve = np.concatenate([[0.0], np.cumsum(scores / mean)]) * (weight / n)

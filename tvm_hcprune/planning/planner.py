@@ -10,7 +10,7 @@ from tvm import relax
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.planning.budget import allocate_widths, candidate_widths, uniform_start
 from tvm_hcprune.planning.config import PruneConfig
-from tvm_hcprune.planning.criteria import GroupViews, get_criterion
+from tvm_hcprune.planning.criteria import GroupViews, get_criterion, importance_curve
 from tvm_hcprune.planning.mixed import chosen_sparsity
 from tvm_hcprune.planning.plan import PrunePlan
 
@@ -187,8 +187,10 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     """A plan whose ``cost`` (a :class:`~tvm_hcprune.planning.budget.SeparableCost` of group
     widths) is at most ``limit``, keeping the most channel importance.
 
-    Importance is the criterion's scores divided by each group's mean score (so groups with
-    differently scaled weights compare), summed over the kept channels.
+    Importance is :func:`~tvm_hcprune.planning.criteria.importance_curve`: the criterion's
+    scores divided by each group's mean score (so groups with differently scaled weights
+    compare), a unit of several channels (an attention head) weighing its channel count,
+    summed over the kept units.
     ``candidates_of(group, align)`` gives a group's allowed kept counts (default: every
     multiple of the group's alignment from ``min_channels`` up). ``unit_scale`` (unit index
     -> factor, e.g. from measured sensitivity) multiplies a unit's importance curve.
@@ -222,8 +224,7 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                 raise ValueError(f"criterion {config.criterion!r} returned shape {s.shape} "
                                  f"for a group of {g.size} channels")
             scores[gid] = s
-            mean = float(np.mean(np.abs(s))) or 1.0
-            cum = np.concatenate([[0.0], np.cumsum(np.sort(np.abs(s))[::-1] / mean)])
+            cum = importance_curve(s, g.unit)
             total = cum if total is None else total + cum
         importance[i] = total * (1.0 if unit_scale is None else float(unit_scale[i]))
         g0 = graph.groups[unit[0]]

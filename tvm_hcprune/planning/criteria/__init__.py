@@ -11,10 +11,11 @@ from tvm_hcprune.planning.criteria.registry import (
     GroupViews,
     aggregate,
     get_criterion,
+    importance_curve,
     list_criteria,
     normalise,
     register_criterion,
 )
 
-__all__ = ["GroupViews", "aggregate", "get_criterion", "list_criteria", "normalise",
-           "register_criterion"]
+__all__ = ["GroupViews", "aggregate", "get_criterion", "importance_curve", "list_criteria",
+           "normalise", "register_criterion"]

@@ -92,6 +92,43 @@ def normalise(v: np.ndarray) -> np.ndarray:
     return v / m if m > 0 else v
 
 
+def importance_curve(scores, unit: int = 1) -> np.ndarray:
+    """Importance a group keeps by kept count: ``curve[k]`` with its ``k`` best units.
+
+    A criterion scores each prunable *unit* of a group: a channel, or a whole attention
+    head of ``unit`` (head_dim) channels (``ChannelGroup.unit``). Budgets compare groups on
+    one scale: ``|scores|`` divided by their mean, so that a group's average **channel**
+    weighs 1, and each unit weighs its ``unit`` channels. A head thus counts as the sum of
+    its channels (for ``l1`` exactly the sum of its channels' normalised scores) and a
+    group's total is its channel count whatever the criterion's scale, so one head is not
+    on par with one FFN channel.
+
+    Parameters
+    ----------
+    scores : array_like
+        One score per unit (the criterion's output for the group).
+    unit : int
+        Channels per unit (1 for plain channel groups).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``len(scores) + 1`` non-decreasing values from 0 to ``len(scores) * unit`` (all zero
+        when every score is zero).
+
+    Examples
+    --------
+    >>> importance_curve([1.0, 3.0]).tolist()
+    [0.0, 1.5, 2.0]
+    >>> importance_curve([1.0, 3.0], unit=4).tolist()
+    [0.0, 6.0, 8.0]
+    """
+    s = np.abs(np.asarray(scores, dtype=np.float64)).ravel()
+    mean = float(np.mean(s)) if s.size else 0.0
+    per = np.sort(s)[::-1] / (mean or 1.0) * int(unit)
+    return np.concatenate([[0.0], np.cumsum(per)])
+
+
 def aggregate(per_member: list[np.ndarray], size: int) -> np.ndarray:
     """Normalise each layer's scores (mean 1) and sum over the group's members."""
     if not per_member:
