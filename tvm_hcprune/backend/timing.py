@@ -4,7 +4,9 @@ TVM 0.27's Relax VM has no profiler; :func:`kernel_times` uses the VM's instrume
 after each call of a compiled PrimFunc it re-runs that call ``number`` times with the same
 arguments and records the mean. Kernels are pure functions of their arguments (destination
 passing), so re-running one leaves the model's result unchanged. VM built-ins (allocation,
-shape checks) are not timed.
+shape checks) are not timed. Build with ``tvm_hcprune.build(..., chain_kernels=False)`` to
+see one kernel per layer: by default consecutive small kernels run as one
+(:class:`~tvm_hcprune.backend.cpu.chain.ChainKernels`).
 """
 
 from __future__ import annotations
