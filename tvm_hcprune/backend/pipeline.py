@@ -284,7 +284,10 @@ def get_pipeline(
         Calibration inputs (array, Dataset) or a ``Calibration``: the ``Reconstruct`` step
         re-fits the pruned layers on them; the ``VTAQuantize`` step quantises on them.
     **options
-        Per-step options: ``latency_model`` (Latency budgets), ``reconstruct_options``.
+        Per-step options: ``latency_model`` (Latency budgets), ``reconstruct_options``,
+        ``chain_kernels`` (``CPURules``; default True: consecutive small kernels run in one
+        thread-pool launch, :class:`~tvm_hcprune.backend.cpu.chain.ChainKernels`; False
+        keeps one kernel per layer, e.g. for per-kernel profiling).
 
     Examples
     --------
@@ -345,9 +348,10 @@ def build(mod: tvm.IRModule, target=None, database=None, rules: bool = True,
         A shipped preset name (``"llvm-avx2"``, ``"cuda"``, ``"vta"``...) or the path of
         your own TOML file.
     prune, calibration, **options
-        What the preset's ``PruneChannels``, ``Reconstruct`` and ``VTAQuantize`` steps use
-        (see :func:`get_pipeline`). The ``vta`` preset needs ``calibration`` (int8 scales);
-        its executable runs the offloaded layers on the VTA simulator in this process.
+        What the preset's ``PruneChannels``, ``Reconstruct``, ``VTAQuantize`` and
+        ``CPURules`` (``chain_kernels``) steps use (see :func:`get_pipeline`). The ``vta``
+        preset needs ``calibration`` (int8 scales); its executable runs the offloaded layers
+        on the VTA simulator in this process.
 
     Returns
     -------
