@@ -11,15 +11,18 @@ classifier". Per model:
    --max-fraction]``, spread over the range) a latency-aware plan is made for
    ``Latency(fraction=<that uniform plan's measured fraction>)``, the default way: the
    measured table, then the closed loop that times the pruned model and corrects the plan
-   (``MeasuredLatency(refine=2)``);
+   (``MeasuredLatency(refine=2)``; under ``compare_uniform`` it corrects the knapsack's and
+   the uniform allocation each by its own measurements, timed in the same rounds, and the
+   choice between them is made after, at equal measured latency);
 3. the dense model and every uniform and latency-aware plan are timed again, interleaved,
    in one run: the fractions reported (so each pair is compared at equal latency as
    measured in the same run, and the table shows how equal);
    ``--variants POWER:FLOOR[:FLAGS],...`` makes one latency-aware plan per variant and
    point (``allocation_power``, ``min_kept_fraction``; FLAGS ``u``: ``compare_uniform``,
    the library's default, ``w``: ``MeasuredLatency(every_width=True)``; default ``1:0:u``,
-   the library's defaults); ``--refine 0`` takes the table's plan as
-   it is (no closed loop: much faster; the comparison below needs no exact latency match);
+   the library's defaults); ``--refine 0`` takes the table's plans as
+   they are (no closed loop; the comparison below needs no exact latency match, but the
+   choice between the two allocations is then made at equal *predicted* latency);
 4. each plan gets the same recovery (``--recovery``): ``data`` (default): the same
    calibration samples and least-squares reconstruction with its guard, on the plan as it
    is (``prune(mod, plan=..., calibration=...)``); ``none``: the pruned model as it is;
@@ -221,6 +224,7 @@ def bench_model(name, spec, args) -> dict:
                                    every_width="w" in flags)
         for u in chosen:
             f = round(u["grid_fraction"], 4)
+            t1 = time.perf_counter()
             try:
                 # with data as prune() does by default (its choice between the knapsack's
                 # and the uniform plan compares them reconstructed)
@@ -234,8 +238,16 @@ def bench_model(name, spec, args) -> dict:
                 print(f"  {name}: Latency(fraction={f}) variant {power}:{floor}:{flags} "
                       f"skipped: {err}", flush=True)
                 continue
+            seconds = time.perf_counter() - t1
+            loop = rep.plan.config.get("closed_loop") or []
+            print(f"  {name}: Latency(fraction={f}) variant {power:g}:{floor:g}:{flags}: "
+                  f"{rep.plan.config.get('allocation_start')} plan in {seconds:.0f} s"
+                  + (f", closed loop {len(loop)} step(s), measured "
+                     f"{loop[rep.plan.config['closed_loop_pick']]['measured_fraction']:.3f}x"
+                     if loop else ""), flush=True)
             pairs.append({"asked": f, "uniform": u, "power": power, "floor": floor,
-                          "flags": flags, "aware": {"module": pm, "report": rep}})
+                          "flags": flags, "seconds": seconds,
+                          "aware": {"module": pm, "report": rep}})
     plan_s = time.perf_counter() - t0
 
     # one interleaved run: the dense model, every uniform plan in range, every aware plan
@@ -298,7 +310,9 @@ def bench_model(name, spec, args) -> dict:
                      "uniform_top1_at_equal_latency": at,
                      "top1_delta_equal_latency_pt": None if at is None
                      else 100 * (ea["top1"] - at),
-                     "closed_loop_steps": len(loop)})
+                     "closed_loop_steps": len(loop), "plan_seconds": round(p["seconds"], 1),
+                     "allocation_scores": p["aware"]["report"].plan.config.get(
+                         "allocation_scores")})
         print(f"  {name} ratio {p['uniform']['ratio']} variant {p['power']:g}:{p['floor']:g}:"
               f"{p['flags']}: uniform {eu['fraction']:.3f}x top-1 {eu['top1']:.3f} | aware "
               f"{ea['fraction']:.3f}x top-1 {ea['top1']:.3f} | uniform at equal latency "
@@ -329,7 +343,7 @@ def main(argv=None) -> int:
     ap.add_argument("--points", type=int, default=4, help="uniform plans compared per model")
     ap.add_argument("--min-fraction", type=float, default=0.3)
     ap.add_argument("--max-fraction", type=float, default=0.92)
-    ap.add_argument("--ratio-step", type=float, default=0.05)
+    ap.add_argument("--ratio-step", type=float, default=0.1)
     ap.add_argument("--max-ratio", type=float, default=0.9)
     ap.add_argument("--widths", type=int, default=4, help="table: candidate widths per group")
     ap.add_argument("--table-repeats", type=int, default=5)
