@@ -112,15 +112,31 @@ ratio  uniform x    asked x        start   aware x, top-1   d@equal
 0.5    0.308 0.970  0.312          unif.   0.312, 0.974     +0.4 pt
 =====  ===========  =============  ======  ===============  ========
 
-text_direction with the closed loop per allocation: the run (``--models text_direction
---points 4``, started 13:27 UTC on 5 Dec, niced) did not finish before the session's end:
-other users' timing runs paused every niced job for most of an hour. What was measured
-(one ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)``, other jobs
-paused): the table's two plans measured 0.564x and 0.566x (+0.8%, +1.1% of the goal) in
-the loop's first round, so the 17% table miss of the run below does not reproduce with
-today's tables and kernels; the loop cost 12 s on top of 107 s (71 s of them the
-sensitivity scan). The uniform grid of that run: 0.1: 0.633, 0.2: 0.561, 0.3: 0.487, 0.4:
-0.435, 0.5: 0.400, 0.6: 0.333, 0.7: 0.310, 0.8: 0.234, 0.9: 0.216 (measured fractions).
+text_direction (``--models text_direction --points 4``, 1,000 lines, dense 0.991;
+niced on the loaded host, 70 min of wall time of which most paused by other users' timing
+runs; planning 3,407 s wall for the grid and four plans; uniform 0.646x 0.984, 0.577x
+0.964, 0.497x 0.754, 0.453x 0.500, 0.411x 0.594, 0.348x 0.499, 0.321x 0.565, 0.245x 0.500):
+
+=====  ===========  =============  ======  ===============  ========
+ratio  uniform x    asked x        start   aware x, top-1   d@equal
+=====  ===========  =============  ======  ===============  ========
+0.1    0.646 0.984  0.633          unif.   0.627, 0.982     +0.4 pt
+0.3    0.497 0.754  0.487          unif.   0.506, 0.835     +5.8 pt
+0.5    0.411 0.594  0.400          dense   0.408, 0.504     -8.6 pt
+0.7    0.321 0.565  0.310          dense   0.324, 0.500     -5.8 pt
+=====  ===========  =============  ======  ===============  ========
+
+Every aware plan now lands within 3% of the uniform plan it is matched with (the closed
+loop, 1-2 steps; the previous run's 17% table miss is gone), so the remaining losses are
+the choice itself: at 0.41x and 0.32x the plan chosen on 64 calibration samples was the
+knapsack's, which cuts the three 200-channel groups to 16 and is at chance on the test
+lines (0.50), where the uniform ratio keeps 0.59 / 0.56 (itself near collapse: the uniform
+curve falls to 0.50-0.60 below 0.5x). The choice compares outputs on the samples the
+reconstruction was fitted on; judging it on held-out samples is the next thing to try.
+So the target is met on MNIST and on text_direction down to 0.5x, not below.
+A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
+jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
+table's two plans measured +0.8% and +1.1% from the goal.
 
 Before the closed loop per allocation (``--refine 0``: the choice made at equal *predicted*
 latency, then no correction). The default with data (``compare_uniform``: the
