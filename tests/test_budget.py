@@ -17,6 +17,7 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.latency import LatencyTable, RooflineModel, latency_table
 from tvm_hcprune.latency.layers import layer_module, layer_specs
 from tvm_hcprune.planning.budget import (
+    Allocation,
     CostTerm,
     SeparableCost,
     allocate_widths,
@@ -26,7 +27,7 @@ from tvm_hcprune.planning.budget import (
     uniform_start,
 )
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import input_conv_groups, make_budget_plan
+from tvm_hcprune.planning.planner import input_conv_groups, make_budget_plan, pick_plan
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 from tvm_hcprune.transform.prune_channels import PruneChannels
 
@@ -288,6 +289,33 @@ def test_compare_uniform_picks_one_of_two_plans(graph):
     by_value, valloc = make_budget_plan(graph, cfg, 8, cost, limit)
     assert by_value.kept == off.kept and "allocation_scores" not in by_value.config
     assert valloc.value >= ualloc.value
+    # one allocation alone (a closed-loop family): no choice is asked
+    asked = len(offered)
+    alone, _ = make_budget_plan(graph, cfg, 8, cost, limit, choose=pick(0), starts=("uniform",))
+    assert alone.kept == uni.kept and alone.config["allocation_start"] == "uniform"
+    knap_alone, _ = make_budget_plan(graph, cfg, 8, cost, limit, choose=pick(1),
+                                     starts=("dense",))
+    assert knap_alone.kept == off.kept and len(offered) == asked
+    with pytest.raises(HCPruneError, match="no plan meets"):
+        make_budget_plan(graph, cfg, 8, cost, 1e-3 * limit, starts=("uniform",))
+    with pytest.raises(HCPruneError, match="starts must name"):
+        make_budget_plan(graph, cfg, 8, cost, limit, starts=("knapsack",))
+
+
+def test_pick_plan_by_choice_or_value():
+    """pick_plan keeps what ``choose`` picks (scores recorded by allocation start), else the
+    higher value, an earlier plan on a tie."""
+    plans = [PrunePlan.create("f", {0: [0, 1]}, {0: 4}, {"allocation_start": s})
+             for s in ("dense", "uniform")]
+    allocs = [Allocation({0: 2}, 1.0, 1.0, 2.0, 3.0, value=v) for v in (-1.0, -1.0)]
+    assert pick_plan(list(zip(plans, allocs, strict=True)))[0] is plans[0]  # tie: the earlier
+    allocs[1].value = -0.5
+    assert pick_plan(list(zip(plans, allocs, strict=True)))[0] is plans[1]
+    chosen, al = pick_plan(list(zip(plans, allocs, strict=True)), lambda ps: (0, [0.2, 0.4]))
+    assert al is allocs[0] and chosen.config["allocation_start"] == "dense"
+    assert chosen.config["allocation_scores"] == {"dense": 0.2, "uniform": 0.4}
+    with pytest.raises(HCPruneError, match="at least one"):
+        pick_plan([])
 
 
 def test_candidate_widths():

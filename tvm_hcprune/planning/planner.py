@@ -7,6 +7,7 @@ import math
 import numpy as np
 from tvm import relax
 
+from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.planning.budget import allocate_widths, candidate_widths, uniform_start
 from tvm_hcprune.planning.config import PruneConfig
@@ -183,7 +184,7 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                      calibration=None, candidates_of=None, what: str = "cost",
                      fmt=lambda v: f"{v:g}", budget_record: dict | None = None,
                      unit_scale: dict | None = None, sparse_units=None, sparse_record=None,
-                     choose=None):
+                     choose=None, starts=None):
     """A plan whose ``cost`` (a :class:`~tvm_hcprune.planning.budget.SeparableCost` of group
     widths) is at most ``limit``, keeping the most channel importance.
 
@@ -205,7 +206,13 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     each plan on calibration data) picks between the knapsack's plan and it; without
     ``choose`` the one keeping more value (``allocation_power``) is kept. The plan's config
     records ``allocation_start`` (``"dense"``: the knapsack's plan, ``"uniform"``) and, when
-    ``choose`` decided, ``allocation_scores``.
+    ``choose`` decided, ``allocation_scores`` (see :func:`pick_plan`).
+
+    ``starts`` names the allocations made: ``("dense",)`` or ``("uniform",)`` returns that
+    one alone (no choice; e.g. one family of the closed loop, which corrects each by
+    measurement before they are compared); default both with ``config.compare_uniform``,
+    else the knapsack's. Asked alone, the uniform plan raises :class:`HCPruneError` when no
+    uniform cut meets ``limit``.
 
     Returns ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled);
     raises :class:`HCPruneError` when no allowed widths meet ``limit``.
@@ -262,22 +269,51 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                                 {**cfg, "allocation_start": start, **extra}, sparse), al
 
     plan, alloc = plan_of(alloc, "dense")
-    if not (config.compare_uniform and channel_units):
+    if starts is None:
+        starts = ("dense", "uniform") if config.compare_uniform else ("dense",)
+    if not set(starts) <= {"dense", "uniform"} or not starts:
+        raise HCPruneError(f"starts must name 'dense' and/or 'uniform', got {starts!r}")
+    if "uniform" not in starts or not channel_units:
         return plan, alloc
     # the uniform plan meeting the limit, raised where the limit allows, is the other
     # candidate: it cuts every group a little where the knapsack may cut a few deep
     first = uniform_start(range(len(channel_units)), units, candidates, sizes, cost, limit)
     if first is None:
+        if "dense" not in starts:
+            raise HCPruneError(f"no uniform cut meets the {what} budget {fmt(limit)}")
         return plan, alloc
     alt = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
                           start=first, **options)
+    if "dense" not in starts:
+        return plan_of(alt, "uniform")
     if alt.widths == alloc.widths:
         return plan, alloc
+    return pick_plan([(plan, alloc), plan_of(alt, "uniform")], choose)
+
+
+def pick_plan(candidates, choose=None):
+    """One of ``candidates`` (``(plan, Allocation)`` pairs, each plan's config naming its
+    ``allocation_start``): the one ``choose(plans) -> (index, scores)`` picks, recorded in
+    its config as ``allocation_scores`` (start -> score); without ``choose`` the one of
+    highest ``Allocation.value`` (an earlier one unless a later one is higher by more than
+    a relative 1e-9).
+
+    Examples
+    --------
+    >>> plan, alloc = pick_plan([(knapsack_plan, a), (uniform_plan, b)])  # doctest: +SKIP
+    """
+    if not candidates:
+        raise HCPruneError("pick_plan needs at least one candidate plan")
     if choose is None:
-        if alt.value > alloc.value + 1e-9 * max(1.0, abs(alloc.value)):
-            return plan_of(alt, "uniform")
-        return plan, alloc
-    uplan, alt = plan_of(alt, "uniform")
-    pick, by = choose([plan, uplan])
-    record = {"allocation_scores": {"dense": by[0], "uniform": by[1]}}
-    return plan_of(alt, "uniform", **record) if pick == 1 else plan_of(alloc, "dense", **record)
+        best = 0
+        for i, (_plan, al) in enumerate(candidates[1:], 1):
+            ref = candidates[best][1].value
+            if al.value > ref + 1e-9 * max(1.0, abs(ref)):
+                best = i
+        return candidates[best]
+    pick, by = choose([p for p, _ in candidates])
+    plan, al = candidates[int(pick)]
+    scores = {p.config.get("allocation_start", str(i)): float(b)
+              for i, ((p, _), b) in enumerate(zip(candidates, by, strict=True))}
+    return PrunePlan.create(plan.fingerprint, dict(plan.kept), dict(plan.sizes),
+                            {**plan.config, "allocation_scores": scores}, plan.sparse), al

@@ -27,7 +27,7 @@ from tvm_hcprune.planning.budget import (
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.mixed import SparseOptions, mixed_units
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_budget_plan, make_plan, resolve_align
+from tvm_hcprune.planning.planner import make_budget_plan, make_plan, pick_plan, resolve_align
 from tvm_hcprune.transform.apply_plan import (
     PLAN_ATTR,
     apply_plan,
@@ -64,7 +64,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     ``choose(plans) -> (index, scores)``, optional, picks between the knapsack's plan and
     the uniform one (``config.compare_uniform``, see
     :func:`~tvm_hcprune.planning.planner.make_budget_plan`), e.g. by their output error on
-    calibration data; with ``rescale`` it decides only on the re-weighted allocation.
+    calibration data; with ``rescale`` it decides only on the re-weighted allocation. With
+    the closed loop (a latency model with ``refine_plans`` and ``refine`` > 0) each of the two
+    is first corrected by measurement (:meth:`~tvm_hcprune.latency.MeasuredLatency.refine_plans`)
+    and ``choose`` compares their measured results, so the choice is made at equal measured
+    latency; a plan within the loop's tolerance is preferred to one that is not.
 
     ``sparse`` (:class:`~tvm_hcprune.planning.mixed.SparseOptions`, Latency budgets on CPU
     targets) makes the budget mixed: every layer the BSR kernel can run may also keep only
@@ -115,14 +119,20 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
         kwargs = {"what": what, "fmt": lambda v: f"{v / total:.3f}x ({v:.4g})"}
     scales, info = None, None
 
-    def replan(lim):
+    # with the closed loop and compare_uniform, the knapsack's and the uniform allocation
+    # are corrected by measurement each on its own and compared after (equal measured
+    # latency): the table's plans are made one by one, with no choice at the table's limit
+    families = (spec is not None and getattr(spec, "refine", 0) > 0
+                and hasattr(spec, "refine_plans") and config.compare_uniform)
+
+    def replan(lim, starts=("dense",) if families else None):
         rec = record if scales is None else {**record, "allocation": "sensitivity"}
         return make_budget_plan(graph, config, align, cost, lim, calibration,
                                 budget_record=rec, unit_scale=scales, sparse_units=units,
                                 sparse_record={"block": block,
                                                "criterion": getattr(sparse, "criterion", "")},
                                 choose=choose if rescale is None or scales is not None
-                                else None, **kwargs)
+                                else None, starts=starts, **kwargs)
 
     try:
         plan, alloc = replan(limit)
@@ -142,8 +152,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
             plan, alloc = replan(limit)
     if model is None:
         return plan, None, None, None, info
-    if spec is not None:
+    if families:
+        plan = _refine_families(spec, graph, budget, tgt, replan, plan, limit, dense, choose)
+    elif spec is not None:
         plan = spec.refine_plan(graph, budget, tgt, replan, plan, limit, dense)
+    if spec is not None:
         loop = plan.config.get("closed_loop") or []
         if unmet is not None and loop:
             best = loop[plan.config.get("closed_loop_pick", -1)]
@@ -153,6 +166,41 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
                     f"runs at {best['measured_fraction']:.3f}x the dense model's "
                     f"{best['dense_ms']:.4g} ms, above the budget {budget.describe()}")
     return plan, model.predict(graph, plan), dense, model, info
+
+
+def _refine_families(spec, graph, budget, target, replan, plan, limit, dense, choose):
+    """The closed loop over the knapsack's plan (``plan``) and the uniform one, then the
+    choice between their measured results (:func:`~tvm_hcprune.planning.planner.pick_plan`:
+    ``choose``, else the higher value); a plan within the loop's tolerance of the goal is
+    preferred to one that is not."""
+    starts, plans = ["dense"], [plan]
+    try:
+        plans.append(replan(limit, ("uniform",))[0])
+        starts.append("uniform")
+    except HCPruneError:
+        pass  # no uniform cut meets the limit: the knapsack's family alone
+    replans = [lambda lim, s=s: replan(lim, (s,)) for s in starts]
+    finals = spec.refine_plans(graph, budget, target, replans, plans, limit, dense)
+    tol = getattr(spec, "tolerance", 0.0)
+
+    def error(p):
+        return p.config["closed_loop"][p.config["closed_loop_pick"]]["error"]
+
+    met = [i for i, p in enumerate(finals) if abs(error(p)) <= tol]
+    pool = met or list(range(len(finals)))
+    keys = {}
+    for i in pool:  # one entry per distinct plan
+        keys.setdefault((tuple(sorted(finals[i].kept.items())),
+                         tuple(sorted(finals[i].sparse_layers.items()))), i)
+    pool = sorted(keys.values())
+    if len(pool) == 1:
+        return finals[pool[0]]
+    # each final plan's allocation (its value), re-made at the limit it was planned at
+    allocs = [replan(finals[i].config["closed_loop"][finals[i].config["closed_loop_pick"]]
+                     ["limit_ms"], (starts[i],))[1] for i in pool]
+    plan, _alloc = pick_plan([(finals[i], a) for i, a in zip(pool, allocs, strict=True)],
+                             choose)
+    return plan
 
 
 @tvm.transform.module_pass(opt_level=0, name="PruneChannels")
