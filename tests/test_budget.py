@@ -701,3 +701,26 @@ def test_closed_loop_measures_what_the_table_calls_unreachable(small, graph, tab
     with pytest.raises(HCPruneError, match=r"measured, the smallest plan runs at 0\.\d+x"):
         hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph, align=8,
                  latency_model=slow)
+
+
+def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):
+    """With calibration data, the knapsack's and the uniform plan are compared on the
+    held-out slice (the reconstruction is fitted on the rest, where deep cuts look better
+    than they are), not on the fit samples."""
+    import tvm_hcprune.api as api
+    from tvm_hcprune.recovery.guided import prepare_calibration
+
+    x = np.random.default_rng(3).standard_normal((40, 3, 16, 16)).astype("float32")
+    seen = []
+    real = api.choose_plan
+
+    def spy(graph, plans, samples, runners, make=None):
+        seen.append(np.asarray(samples))
+        return real(graph, plans, samples, runners, make)
+
+    monkeypatch.setattr(api, "choose_plan", spy)
+    hc.prune(small, budget=hc.MACs(fraction=0.5), calibration=x, allocation="criterion")
+    _cal, fit, held = prepare_calibration(x, hc.analyze(small).mod, None, seed=0)
+    assert seen and len(held) >= api.MIN_CHOICE_SAMPLES
+    np.testing.assert_array_equal(seen[0], held.samples[:64])
+    assert not any(np.array_equal(seen[0][:1], f[None]) for f in fit.samples)

@@ -25,6 +25,10 @@ from tvm_hcprune.recovery.guided import (
 from tvm_hcprune.recovery.reconstruct import ReconstructConfig, apply_and_reconstruct
 from tvm_hcprune.transform.prune_channels import attach_plan, budget_plan
 
+#: the least held-out samples the choice between two plans is scored on (fewer: the fit
+#: samples)
+MIN_CHOICE_SAMPLES = 8
+
 
 @dataclass
 class GroupChange:
@@ -389,11 +393,14 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
         guide = {"samples": fit_samples, "runners": runners}
-    if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model
-        # on fit samples, reconstructed as it will be returned
+    if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
+        # reconstructed as it will be returned, on held-out samples (the reconstruction is
+        # fitted on the others, where deep cuts look better than they are)
+        score_samples = (held.samples[:min(len(held), 64)]
+                         if held is not None and len(held) >= MIN_CHOICE_SAMPLES else fit_samples)
 
         def choose(plans):
-            return choose_plan(graph, plans, fit_samples, runners, lambda p: (
+            return choose_plan(graph, plans, score_samples, runners, lambda p: (
                 apply_and_reconstruct(graph, p, calibration, reconstruct,
                                       reconstruct_options)[0]))
     predicted = dense_pred = None
