@@ -112,3 +112,26 @@ def test_mobilenet_chained_equals_unchained_and_onnxruntime(pruned_mobilenet):
     want = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     got = chained[dense]["main"](xt).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_one_iteration_parallel_loop_is_not_chained():
+    """A parallel loop of one iteration is lowered away (its body would run on every task of
+    a shared launch, and TVM's codegen refuses a launch without a parallel loop): such
+    kernels stay on their own, and the tiny model builds and runs right."""
+    bb = relax.BlockBuilder()
+    rng = np.random.default_rng(4)
+    x = relax.Var("x", relax.TensorType((1, 8, 1, 1), "float32"))
+    w1 = relax.const(rng.standard_normal((8, 8, 1, 1)).astype("float32"))
+    w2 = relax.const(rng.standard_normal((8, 8, 1, 1)).astype("float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w1)))
+            out = bb.emit_output(relax.op.nn.conv2d(y, w2))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    xv = rng.standard_normal((1, 8, 1, 1)).astype("float32")
+    ref = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())["main"](
+        tvm.runtime.tensor(xv)).numpy()
+    got = relax.VirtualMachine(hc.build(mod, TARGET), tvm.cpu())["main"](
+        tvm.runtime.tensor(xv)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)

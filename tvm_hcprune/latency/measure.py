@@ -146,7 +146,8 @@ class LocalRunner:
 
     def layer(self, mod, inputs, target, database=None):
         """Compile one layer's module; returns ``timer(number) -> ms`` of its kernels."""
-        vm = _vm(build(mod, target, database=database))
+        # one kernel per layer (not chained): layer_kernel_ms finds the layer's kernels by name
+        vm = _vm(build(mod, target, database=database, chain_kernels=False))
         args = [tvm.runtime.tensor(a) for a in inputs]
         layer_kernel_ms(vm, args, number=1)  # warm-up
         return lambda number: layer_kernel_ms(vm, args, number=number)

@@ -53,7 +53,9 @@ def bsr_timer(mod, inputs, target, database=None):
     >>> timer(10)  # doctest: +SKIP
     0.21
     """
-    vm = tvm.relax.VirtualMachine(build(mod, target, database=database), tvm.cpu())
+    # one kernel per layer (not chained): layer_kernel_ms finds the layer's kernels by name
+    vm = tvm.relax.VirtualMachine(build(mod, target, database=database, chain_kernels=False),
+                                  tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in inputs]
     layer_kernel_ms(vm, args, number=1, epilogue=True)  # warm-up
     return lambda number: layer_kernel_ms(vm, args, number=number, epilogue=True)

@@ -454,7 +454,8 @@ class RPCRunner:
     def layer(self, mod, inputs, target, database=None):
         """Compile one layer's module and upload its kernels; returns ``timer(number) ->
         ms``, the sum over the layer's kernels of the fastest of ``number`` calls."""
-        ex = build(mod, target, database=database)
+        # one kernel per layer (not chained): the layer's own kernels are timed by name
+        ex = build(mod, target, database=database, chain_kernels=False)
         fused = prepare(mod, target)
         kernels = [(gv.name_hint, f) for gv, f in fused.functions_items()
                    if isinstance(f, tvm.tirx.PrimFunc)

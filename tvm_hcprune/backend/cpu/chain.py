@@ -59,9 +59,16 @@ def parallel_stages(func) -> list | None:
         return None
     stmts = _flatten(func.body.block.body)
     if not stmts or not all(isinstance(s, tirx.For) and s.kind == tirx.ForKind.PARALLEL
-                            for s in stmts):
-        return None
+                            and _extent(s) >= 2 for s in stmts):
+        return None  # an extent-1 loop is lowered away: its body would run on every task
     return stmts
+
+
+def _extent(loop) -> int:
+    try:
+        return int(loop.extent)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _one_launch(func: tirx.PrimFunc) -> tirx.PrimFunc:
