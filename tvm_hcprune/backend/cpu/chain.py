@@ -115,9 +115,8 @@ def _macs(call) -> float | None:
 
 
 def _nbytes(call) -> int | None:
-    try:
-        shape = [int(d) for d in call.ty.shape]
-    except (TypeError, ValueError):
+    shape = _static(call.ty)
+    if shape is None:
         return None
     return int(np.prod(shape)) * tvm.runtime.DataType(call.ty.dtype).bits // 8
 
