@@ -204,6 +204,24 @@ def test_anchor_grid_head_imports_a_module_that_compiles(tmp_path, grid):
     _oracle(mod, pruned, report.plan, x)
 
 
+def test_import_retry_keeps_the_first_tries_errors_off_the_console(capfd):
+    """rapidocr's direction classifier fails TVM's first import (a Reshape whose shape is
+    computed) and imports once folded: the first try's prints ("Error converting operator",
+    the C++ "BlockBuilder destroyed" warning) stay off the console; the note says why it was
+    folded (~3 s)."""
+    from tvm_hcprune.zoo.models import model_path
+
+    notes = []
+    mod = hc.load_onnx(model_path("text_direction"), {"x": [1, 3, 48, 192]}, log=notes.append)
+    out, err = capfd.readouterr()
+    assert "Error converting operator" not in out + err, out + err
+    assert "BlockBuilder destroyed" not in out + err, out + err
+    assert len(notes) == 1 and "Reshape" in notes[0], notes
+    assert first_dynamic_binding(mod["main"]) is None
+    print("after")  # the console works again
+    assert capfd.readouterr().out == "after\n"
+
+
 def test_data_dependent_shape_is_an_error_naming_the_op(tmp_path):
     """An op whose output shape depends on the data cannot be folded: load_onnx raises an
     HCPruneError naming the binding and the op, not a TVM error at compile time."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -157,18 +161,27 @@ def load_onnx_graph(path, shape_dict: dict | None = None, log=print):
 
     model = read_onnx(path)
     shapes = static_input_shapes(model, shape_dict, log)
-    try:
-        mod = from_onnx(model, shape_dict=shapes)
-        dynamic = first_dynamic_binding(mod["main"])
-        if dynamic is None:
-            return model, mod
-        first = f"{dynamic[0]} = {dynamic[1]}(...) has a shape computed at run time"
-    except Exception as err:  # noqa: BLE001 - importer gaps raise assorted errors
-        first = f"{type(err).__name__}: {str(err)[:300]}"
+    # the first try's failures are expected (the folded model usually imports): TVM's prints
+    # of them (Python's "Error converting operator ...", C++'s "BlockBuilder destroyed with
+    # remaining blocks!") are kept out of the user's console and shown only if both fail
+    with captured_output() as printed:
+        try:
+            mod = from_onnx(model, shape_dict=shapes)
+            dynamic = first_dynamic_binding(mod["main"])
+            first = (None if dynamic is None else
+                     f"{dynamic[0]} = {dynamic[1]}(...) has a shape computed at run time")
+        except Exception as err:  # noqa: BLE001 - importer gaps raise assorted errors
+            first = f"{type(err).__name__}: {str(err)[:300]}"
+            del err
+            gc.collect()  # the failed importer's BlockBuilder warns when collected
+    if first is None:
+        sys.stderr.write(printed())
+        return model, mod
     try:
         folded = ort_basic_optimize(model, shapes)
         mod = from_onnx(folded, shape_dict=shapes)
     except Exception as err:  # noqa: BLE001
+        sys.stderr.write(printed())
         raise HCPruneError(
             f"TVM's ONNX importer cannot import {path}: {first} (also after onnxruntime's "
             f"basic graph optimisation: {type(err).__name__}: {str(err)[:200]})"
@@ -184,6 +197,39 @@ def load_onnx_graph(path, shape_dict: dict | None = None, log=print):
     log(f"note: {Path(path).name} was folded by onnxruntime's basic graph optimisation "
         f"before import ({first})")
     return folded, mod
+
+
+@contextlib.contextmanager
+def captured_output():
+    """Capture what is printed inside the block, by Python and by native code (file
+    descriptors 1 and 2): yields ``printed() -> str``, readable after the block.
+
+    Examples
+    --------
+    >>> with captured_output() as printed:
+    ...     print("hidden")
+    >>> printed()
+    'hidden\\n'
+    """
+    text = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        buf = io.StringIO()
+        try:
+            os.dup2(tmp.fileno(), 1)
+            os.dup2(tmp.fileno(), 2)
+            with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                yield lambda: "".join(text)
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            tmp.seek(0)
+            text.append(buf.getvalue() + tmp.read().decode(errors="replace"))
 
 
 def load_tflite(path, shape_dict: dict | None = None):
