@@ -5,11 +5,13 @@ is on, and the report measures agreement with the dense model on held-out sample
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import onnx
 import pytest
 from PIL import Image
+from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
@@ -82,11 +84,11 @@ def test_ratio_with_data_spends_the_uniform_macs(small, samples):
 
 def test_choose_plan_by_output_error(small, samples):
     """choose_plan keeps the plan whose output is closer to the dense model's on the
-    samples (rel_mse + top-1 disagreement of the first output, recomputed here)."""
+    samples (min(rel_mse, 1) + top-1 disagreement of the first output, recomputed here)."""
     graph = hc.analyze(small)
     _, deep = hc.prune(small, ratio=0.75, graph=graph, align=8)
     _, mild = hc.prune(small, ratio=0.25, graph=graph, align=8)
-    x = samples[:4]
+    x = samples  # (random weights: both rel_mse > 1, the disagreement decides)
     runners = CachedRunners()
     i, errors = choose_plan(graph, [deep.plan, mild.plan], x, runners)
     dense = runners.outputs(graph.mod, x)[0].reshape(len(x), -1)
@@ -94,9 +96,42 @@ def test_choose_plan_by_output_error(small, samples):
     for plan in (deep.plan, mild.plan):  # the oracle: the dense model with channels masked
         out = runners.outputs(masked_reference(graph.mod, plan), x)[0].reshape(len(x), -1)
         rel = np.square(out - dense).sum() / np.square(dense - dense.mean(0)).sum()
-        want.append(rel + np.mean(out.argmax(1) != dense.argmax(1)))
+        want.append(min(rel, 1.0) + np.mean(out.argmax(1) != dense.argmax(1)))
     np.testing.assert_allclose(errors, want, rtol=1e-3, atol=1e-6)
     assert i == int(np.argmin(want)) == 1
+
+
+def _linear(weight, bias):
+    """A Relax module ``x @ weight + bias`` (x: [1, 4])."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.matmul(x, relax.const(weight.astype("float32"))))
+            out = bb.emit_output(relax.op.add(y, relax.const(bias.astype("float32"))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_choose_plan_prefers_agreement_over_a_collapsed_output():
+    """An output collapsed to a constant (the dense output's mean: rel_mse 1) is not chosen
+    over one that keeps every top-1 decision at three times the scale (rel_mse > 1): past a
+    relative MSE of 1 the disagreement decides (the sum kept the constant)."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3))
+    x = rng.standard_normal((24, 1, 4)).astype("float32")
+    dense = _linear(w, np.zeros(3))
+    mean = (x[:, 0] @ w).mean(0)
+    modules = {"constant": _linear(0 * w, mean), "scaled": _linear(3 * w, np.zeros(3))}
+    graph = types.SimpleNamespace(mod=dense)
+    i, errors = choose_plan(graph, ["constant", "scaled"], x, CachedRunners(),
+                            make=modules.__getitem__)
+    d = x[:, 0] @ w
+    rel_scaled = np.square(2 * d).sum() / np.square(d - d.mean(0)).sum()
+    dis_constant = np.mean(d.argmax(1) != mean.argmax())
+    assert rel_scaled > 1 + dis_constant and dis_constant > 0  # the sum would keep "constant"
+    np.testing.assert_allclose(errors, [1 + dis_constant, 1.0], rtol=1e-4)
+    assert i == 1
 
 
 def test_calibration_of_another_module_is_redone(samples):

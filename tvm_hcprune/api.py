@@ -312,8 +312,9 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         ``ratio`` prunes it unless ``prune_first_conv=False``). With ``compare_uniform``
         (default) the uniform plan meeting the same budget (every group the same share,
         channels then given back where the budget holds) is a second candidate: with
-        calibration data the one whose output (after reconstruction, when it is on) is
-        closer to the dense model's on the fit samples is kept
+        calibration data the one whose output (reconstructed and guarded, when
+        reconstruction is on) is closer to the dense model's on the held-out samples (the
+        fit samples when fewer than ``MIN_CHOICE_SAMPLES`` are held out) is kept
         (``report.plan.config["allocation_scores"]``), without data the one keeping more
         value (``allocation_power``).
     latency_model : LatencyModel, optional
@@ -389,20 +390,23 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if reconstruct is None:
         reconstruct = with_data
     runners = CachedRunners() if with_data else None
+    options = reconstruct_options
+    if reconstruct and held is not None:  # the model-level guard on the held-out samples
+        options = ReconstructConfig.of(reconstruct_options, guard_samples=held.samples,
+                                       runner_factory=runners)
     guide = choose = None
     fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
         guide = {"samples": fit_samples, "runners": runners}
     if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
-        # reconstructed as it will be returned, on held-out samples (the reconstruction is
-        # fitted on the others, where deep cuts look better than they are)
+        # reconstructed (and guarded) as it will be returned, on held-out samples (the
+        # reconstruction is fitted on the others, where deep cuts look better than they are)
         score_samples = (held.samples[:min(len(held), 64)]
                          if held is not None and len(held) >= MIN_CHOICE_SAMPLES else fit_samples)
 
         def choose(plans):
             return choose_plan(graph, plans, score_samples, runners, lambda p: (
-                apply_and_reconstruct(graph, p, calibration, reconstruct,
-                                      reconstruct_options)[0]))
+                apply_and_reconstruct(graph, p, calibration, reconstruct, options)[0]))
     predicted = dense_pred = None
     layers, source, sens_info = [], "", None
     if budget is None and plan is None and allocation == "sensitivity":
@@ -422,10 +426,6 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
             layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
     elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
-    options = reconstruct_options
-    if reconstruct and held is not None:
-        options = ReconstructConfig.of(reconstruct_options, guard_samples=held.samples,
-                                       runner_factory=runners)
     pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct, options)
     agreement = None
     if held is not None:
