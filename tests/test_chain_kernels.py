@@ -61,28 +61,41 @@ def test_small_intermediates_and_small_kernels_only():
     assert len(_kernels(small)) > len(_kernels(ChainKernels()(before)))
 
 
-def test_result_used_outside_the_run_stays_a_kernel_output():
-    """A result the function returns (used after the run) is never a chain's inner buffer:
-    both outputs are right."""
+def _two_convs(cin, c1, c2, hw, k2, seed, both=False):
+    """conv-relu (1x1, ``cin -> c1``) then conv (``k2`` x ``k2``, ``c1 -> c2``, same padding,
+    relu when ``both``) on a ``hw`` x ``hw`` input; ``both`` returns ``(z, y)``.
+    Returns ``(module, input)``."""
     bb = relax.BlockBuilder()
-    rng = np.random.default_rng(0)
-    x = relax.Var("x", relax.TensorType((1, 16, 10, 10), "float32"))
-    w1 = relax.const(rng.standard_normal((32, 16, 1, 1)).astype("float32"))
-    w2 = relax.const(rng.standard_normal((32, 32, 3, 3)).astype("float32"))
+    rng = np.random.default_rng(seed)
+    x = relax.Var("x", relax.TensorType((1, cin, hw, hw), "float32"))
+    w1 = relax.const(rng.standard_normal((c1, cin, 1, 1)).astype("float32"))
+    w2 = relax.const(rng.standard_normal((c2, c1, k2, k2)).astype("float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
             y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w1)))
-            z = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(y, w2, padding=1)))
-            out = bb.emit_output(relax.Tuple([z, y]))
+            z = relax.op.nn.conv2d(y, w2, padding=k2 // 2)
+            out = (bb.emit_output(relax.Tuple([bb.emit(relax.op.nn.relu(z)), y])) if both
+                   else bb.emit_output(z))
         bb.emit_func_output(out)
-    mod = bb.get()
-    xv = rng.standard_normal((1, 16, 10, 10)).astype("float32")
-    ref = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())["main"](
-        tvm.runtime.tensor(xv))
-    got = relax.VirtualMachine(hc.build(mod, TARGET), tvm.cpu())["main"](
-        tvm.runtime.tensor(xv))
+    return bb.get(), rng.standard_normal((1, cin, hw, hw)).astype("float32")
+
+
+def _outputs(mod, xv) -> tuple[list, list]:
+    """``(TVM's default build, hc.build)`` outputs of ``mod`` on ``xv``, as numpy arrays."""
+    outs = []
+    for ex in (tvm.compile(mod, "llvm"), hc.build(mod, TARGET)):
+        res = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(xv))
+        outs.append([res.numpy()] if hasattr(res, "numpy") else [r.numpy() for r in res])
+    return outs[0], outs[1]
+
+
+def test_result_used_outside_the_run_stays_a_kernel_output():
+    """A result the function returns (used after the run) is never a chain's inner buffer:
+    both outputs are right."""
+    ref, got = _outputs(*_two_convs(16, 32, 32, 10, 3, seed=0, both=True))
+    assert len(got) == len(ref) == 2
     for g, r in zip(got, ref, strict=True):
-        np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -118,20 +131,5 @@ def test_one_iteration_parallel_loop_is_not_chained():
     """A parallel loop of one iteration is lowered away (its body would run on every task of
     a shared launch, and TVM's codegen refuses a launch without a parallel loop): such
     kernels stay on their own, and the tiny model builds and runs right."""
-    bb = relax.BlockBuilder()
-    rng = np.random.default_rng(4)
-    x = relax.Var("x", relax.TensorType((1, 8, 1, 1), "float32"))
-    w1 = relax.const(rng.standard_normal((8, 8, 1, 1)).astype("float32"))
-    w2 = relax.const(rng.standard_normal((8, 8, 1, 1)).astype("float32"))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w1)))
-            out = bb.emit_output(relax.op.nn.conv2d(y, w2))
-        bb.emit_func_output(out)
-    mod = bb.get()
-    xv = rng.standard_normal((1, 8, 1, 1)).astype("float32")
-    ref = relax.VirtualMachine(tvm.compile(mod, "llvm"), tvm.cpu())["main"](
-        tvm.runtime.tensor(xv)).numpy()
-    got = relax.VirtualMachine(hc.build(mod, TARGET), tvm.cpu())["main"](
-        tvm.runtime.tensor(xv)).numpy()
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    ref, got = _outputs(*_two_convs(8, 8, 8, 1, 1, seed=4))
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
