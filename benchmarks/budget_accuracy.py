@@ -138,6 +138,32 @@ reconstruction was fitted on. Since then the choice is scored on the held-out sl
 uniform plan now, 0.537 against 0.558 at equal latency; both near chance).
 So the target is met on MNIST and on text_direction down to 0.5x, not below, where the
 model itself collapses (uniform 0.50-0.59).
+
+Since then the choice scores each plan as ``prune`` returns it (reconstructed *and* guarded:
+at 0.40x the knapsack's reconstruction was scored, then reverted by the guard) with
+``min(rel_mse, 1) + disagreement`` (a relative MSE of 1 is a constant output's: the sum
+preferred the knapsack's plan collapsed to a constant, rel_mse 1.00, disagreement 0.50,
+test top-1 0.50, to the uniform one, rel_mse 1.71, disagreement 0.46, top-1 0.56). Other
+processes paused, one run each (fractions asked / d@equal):
+
+==========================  ==============  ==============  ==============  ==============
+run                         ~0.65x          ~0.49x          ~0.41x          ~0.32x
+==========================  ==============  ==============  ==============  ==============
+96 lines (defaults)         +0.6 pt (unif.) +9.1 (unif.)    -6.3 (dense)    -6.3 (dense)
+``--cal 256`` (64 held out) +0.4 (unif.)    +9.1 (unif.)    -15.5 (dense)   +0.0 (dense)
+MNIST (same run as 256)     +0.1 at 0.75x   +0.0 at 0.55x   +0.1 at 0.37x
+==========================  ==============  ==============  ==============  ==============
+
+Below 0.45x both of the library's candidates collapse (top-1 0.50-0.54, reconstruction
+reverted by the guard on most), and their held-out scores tie near 1.5 (a constant's), so
+the choice between them no longer matters; the uniform *ratio* plan at the same latency keeps
+0.56-0.71 (with 256 lines: ratio 0.5, 0.412x, 0.705). The library's uniform candidate is not
+that plan: it is the uniform cut raised by the sensitivity-scaled importance, which gives
+channels to the small groups and takes them from the three 200-channel groups (200 -> 80
+where the ratio keeps 96); the knapsack cuts those to 16. The sensitivity scan probes each
+group at one width (half), which undervalues the wide groups at deep cuts. Not met below
+0.45x; next: the unraised uniform cut as a third candidate, or a sensitivity probe at two
+widths.
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
