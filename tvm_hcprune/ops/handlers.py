@@ -453,7 +453,9 @@ class StackHandler(OpHandler):
 
 @register_op_handler("relax.split")
 class SplitHandler(OpHandler):
-    """Split: along a channel axis only at segment boundaries, else a barrier."""
+    """Split: along a channel axis only at segment boundaries, else a barrier; except a
+    projection split into pieces that are each reshaped into attention heads (a fused Q/K/V
+    split first, then viewed as heads): its space is split into one space per piece."""
 
     def analyze(self, ctx, var, call):
         d = list(ctx.desc(call.args[0]))
@@ -466,6 +468,10 @@ class SplitHandler(OpHandler):
         else:
             bounds = [int(i) for i in ind]
         edges = [0, *bounds, shape[axis]]
+        if d[axis] is not None and _head_pieces(ctx, var, d[axis], axis, edges):
+            parts = ctx.split_space(d[axis][0].space, [b - a for a, b in zip(
+                edges[:-1], edges[1:], strict=True)])
+            d[axis] = tuple(Seg(p, ctx.sizes[p], 1) for p in parts)
         outs = []
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             o = list(d)
@@ -496,6 +502,38 @@ class SplitHandler(OpHandler):
             bounds = [int(i) for i in ind]
         new_bounds = [int((idx < b).sum()) for b in bounds]
         return relax.op.split(args[0], new_bounds, axis)
+
+
+def _head_pieces(ctx, var, desc, axis, edges) -> bool:
+    """Whether a split cuts one projection's channels into pieces that are each only
+    reshaped into attention heads (``q, k, v = split(x @ W_qkv, 3)``, each viewed as (H, hd)):
+    the space is then split into one space per piece, which the heads' reshapes coarsen and
+    the attention's batch matmuls tie together again."""
+    if (len(desc) != 1 or desc[0].inner != 1 or desc[0].space is None
+            or ctx.sizes[ctx.find(desc[0].space)] != edges[-1] or len(edges) < 3):
+        return False
+    read = set()
+    for item, value in ctx.readers(var):
+        if not isinstance(value, relax.TupleGetItem):
+            return False
+        read.add(int(value.index))
+        for user, r in ctx.readers(item):
+            if not (getattr(getattr(r, "op", None), "name", "") == "relax.reshape"
+                    and _splits_heads(static_shape(item), static_shape(user), axis)):
+                return False
+        if not ctx.readers(item):
+            return False
+    return read == set(range(len(edges) - 1))
+
+
+def _splits_heads(ishape, oshape, axis) -> bool:
+    """Whether a reshape from ``ishape`` to ``oshape`` splits ``axis`` into (H, D/H, ..), H > 1."""
+    pre = math.prod(ishape[:axis])
+    hits = [j for j in range(len(oshape)) if math.prod(oshape[:j]) == pre and oshape[j] > 1]
+    if not hits:
+        return False
+    j, n = hits[0], ishape[axis]
+    return 1 < oshape[j] < n and n % oshape[j] == 0 and _span(oshape[j + 1:], n // oshape[j]) > 0
 
 
 def _sub_desc(desc, lo, hi):

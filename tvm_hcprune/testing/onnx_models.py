@@ -350,7 +350,9 @@ def fused_qkv_attention(tokens: int = 6, dim: int = 24, heads: int = 4, split: s
     split : str
         How q, k and v are taken apart: ``"slice"`` (``Slice`` + ``Squeeze`` along the
         3-axis, as SVTR), ``"gather"`` (``Transpose`` to ``[3, B, H, N, hd]`` then ``Gather``
-        0, 1, 2, as PyTorch's ``qkv[0]``), or ``"split"`` (``Split`` along the 3-axis).
+        0, 1, 2, as PyTorch's ``qkv[0]``), ``"split"`` (``Split`` along the 3-axis), or
+        ``"chunk"`` (``Split`` of the projection into thirds, each reshaped to heads, as
+        ``qkv.chunk(3, -1)``; ``layout`` must be ``"qkv"``).
     layout : str
         ``"qkv"``: the fused channels laid out ``[3][heads][hd]`` (reshape to ``[1, N, 3, H,
         hd]``); ``"heads"``: ``[heads][3][hd]`` (reshape to ``[1, N, H, 3, hd]``, as
@@ -365,10 +367,13 @@ def fused_qkv_attention(tokens: int = 6, dim: int = 24, heads: int = 4, split: s
     >>> [n.op_type for n in model.graph.node][:3]
     ['MatMul', 'Add', 'Reshape']
     """
-    if dim % heads or split not in ("slice", "gather", "split") or layout not in ("qkv", "heads"):
+    if (dim % heads or split not in ("slice", "gather", "split", "chunk")
+            or layout not in ("qkv", "heads")
+            or (split == "chunk" and (layout != "qkv" or read_whole))):
         raise ValueError(f"fused_qkv_attention: dim {dim} must be a multiple of heads {heads}, "
-                         f"split one of slice/gather/split (got {split!r}), layout qkv or "
-                         f"heads (got {layout!r})")
+                         f"split one of slice/gather/split/chunk (got {split!r}), layout qkv "
+                         f"or heads (got {layout!r}); chunk only with layout qkv, without "
+                         "read_whole")
     g = GraphBuilder(seed)
     hd, t = dim // heads, tokens
 
@@ -382,8 +387,16 @@ def fused_qkv_attention(tokens: int = 6, dim: int = 24, heads: int = 4, split: s
 
     shape = [1, t, 3, heads, hd] if layout == "qkv" else [1, t, heads, 3, hd]
     ax = shape.index(3)
-    qkv = g.op("Reshape", [linear("input", dim, 3 * dim), ints(*shape)])
-    if split == "gather":  # -> [3, 1, H, N, hd]
+    fused = linear("input", dim, 3 * dim)
+    qkv = g.op("Reshape", [fused, ints(*shape)])
+    if split == "chunk":  # split the projection first, then view each third as heads
+        node = helper.make_node("Split", [fused, ints(dim, dim, dim)],
+                                [g._name("chunk") for _ in range(3)], axis=2)
+        g.nodes.append(node)
+        g.nodes.remove(next(n for n in g.nodes if n.output[0] == qkv))
+        q, k, v = (g.op("Transpose", [g.op("Reshape", [p, ints(1, t, heads, hd)])],
+                        perm=[0, 2, 1, 3]) for p in node.output)
+    elif split == "gather":  # -> [3, 1, H, N, hd]
         perm = [2, 0, 3, 1, 4] if layout == "qkv" else [3, 0, 2, 1, 4]
         qkv_t = g.op("Transpose", [qkv], perm=perm)
         q, k, v = (g.op("Gather", [qkv_t, g.const(np.array(i, np.int64), "i")], axis=0)

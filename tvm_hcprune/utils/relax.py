@@ -116,12 +116,16 @@ def bindings(func: relax.Function):
 
 
 def is_static_type(ty) -> bool:
-    """True for a tensor type with a fully known shape, or a tuple of such types."""
-    if isinstance(ty, relax.TensorType):
-        if ty.shape is None:
+    """True for a tensor type with a fully known shape, a shape whose values are all known
+    (``shape_of`` a static tensor, as the ONNX importer normalises ``Gather`` indices), or a
+    tuple of such types."""
+    if isinstance(ty, relax.TensorType | relax.ShapeType):
+        values = ty.values if isinstance(ty, relax.ShapeType) else (
+            None if ty.shape is None else ty.shape.values)
+        if values is None:
             return False
         try:
-            [int(s) for s in ty.shape.values]
+            [int(s) for s in values]
         except (TypeError, ValueError, AttributeError):
             return False
         return True
