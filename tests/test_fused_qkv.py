@@ -15,6 +15,8 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
+from tvm_hcprune.frontend.load import load_onnx_graph
+from tvm_hcprune.planning.export_onnx import apply_to_onnx
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.testing import masked_reference, run_relax
 from tvm_hcprune.testing.onnx_models import fused_qkv_attention
@@ -96,10 +98,11 @@ def test_fused_qkv_onnx_prunes_by_heads_like_the_mask_oracle(split, tmp_path):
     3-axis; the importer normalises a ``Gather`` index through ``shape_of``, which
     ``load_onnx`` folds; or ``chunk``: the projection split in thirds, each reshaped to
     heads): dense TVM equals onnxruntime; one prunable head group (4 heads of 6); ratio 0.5
-    keeps 2 heads and the pruned module equals the mask oracle."""
+    keeps 2 heads, the pruned module equals the mask oracle, and the pruned ONNX export
+    (``Reshape`` and ``Split`` sizes rewritten) reproduces it in onnxruntime."""
     model = fused_qkv_attention(tokens=6, dim=24, heads=4, split=split)
     onnx.save(model, str(tmp_path / "block.onnx"))
-    mod = hc.load_onnx(str(tmp_path / "block.onnx"))
+    model, mod = load_onnx_graph(str(tmp_path / "block.onnx"))  # the graph it imported
     x = np.random.default_rng(1).normal(size=(1, 6, 24)).astype("float32")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(run_relax(mod, [x]), sess.run(None, {"input": x})[0],
@@ -114,9 +117,12 @@ def test_fused_qkv_onnx_prunes_by_heads_like_the_mask_oracle(split, tmp_path):
               for b in blk.bindings if getattr(b.value, "op", None) is not None
               and getattr(b.value.op, "name", "") == "relax.reshape"]
     assert ([1, 6, 2, 6] if split == "chunk" else [1, 6, 3, 2, 6]) in shapes  # 2 heads kept
-    np.testing.assert_allclose(run_relax(pruned, [x]),
-                               run_relax(masked_reference(mod, report.plan), [x]),
+    got = run_relax(pruned, [x])
+    np.testing.assert_allclose(got, run_relax(masked_reference(mod, report.plan), [x]),
                                rtol=1e-5, atol=1e-5)
+    exported = apply_to_onnx(model, graph, report.plan, pruned)  # heads gone in ONNX too
+    sess = ort.InferenceSession(exported.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], got, rtol=1e-5, atol=1e-5)
 
 
 def test_head_major_layout_is_read_as_heads_of_three_blocks():
