@@ -57,6 +57,9 @@ class AnalysisContext:
         # var -> descriptors its op drops on purpose (a slice's cut-off segments), which the
         # rewrite accounts for although they reach neither an output nor a sliced constant
         self.accounted: dict = defaultdict(list)
+        # var -> [(user var, user value)]: the bindings that read it (filled by ``analyze``;
+        # handlers that must look ahead, e.g. a fused Q/K/V split, read it via ``readers``)
+        self.users: dict = {}
 
     # ---- spaces -------------------------------------------------------------------------
     def new_space(self, size: int, var, op: str) -> int:
@@ -240,6 +243,11 @@ class AnalysisContext:
             else:
                 self.union(x.space, y.space)
         return a
+
+    def readers(self, var) -> list:
+        """``[(user var, user value), ...]``: the bindings that read ``var`` (none for a var
+        only the function returns)."""
+        return self.users.get(var, [])
 
     # ---- descriptors ----------------------------------------------------------------------
     def desc(self, expr):

@@ -23,7 +23,13 @@ from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.frontend.normalize import NormalizeImport
 from tvm_hcprune.ops.desc import axis_index, desc_length, desc_spaces
 from tvm_hcprune.ops.registry import get_op_handler
-from tvm_hcprune.utils.relax import bindings, clear_shape_cache, is_const, static_shape
+from tvm_hcprune.utils.relax import (
+    bindings,
+    clear_shape_cache,
+    is_const,
+    static_shape,
+    users,
+)
 
 __all__ = ["ChannelGraph", "ChannelGroup", "FrozenRecord", "Member", "analyze", "check_plan",
            "kept_lookup"]
@@ -341,6 +347,7 @@ def analyze(mod, canonicalize: bool = True, fingerprint: bool = True) -> Channel
     clear_shape_cache()
     ctx = AnalysisContext()
     ctx.values = {}
+    ctx.users = users(func)
     n_calls = 0
     for b in bindings(func):
         var, value = b.var, getattr(b, "value", None)

@@ -38,12 +38,29 @@ _NUMPY_OPS = {
     "relax.multiply": lambda c, a: a[0] * a[1],
     "relax.divide": lambda c, a: a[0] / a[1],
     "relax.sqrt": lambda c, a: np.sqrt(a[0]),
+    "relax.less": lambda c, a: a[0] < a[1],
+    "relax.take": lambda c, a: _take(c, a),
     "relax.squeeze": lambda c, a: a[0].reshape(static_shape(c)),
     "relax.expand_dims": lambda c, a: a[0].reshape(static_shape(c)),
     # weights and biases moved to a channel-blocked layout (FoldConstant would compile one
     # kernel per constant: seconds on a 50-conv model)
     "relax.layout_transform": lambda c, a: _layout_transform(c, a[0]),
 }
+
+def _take(call, arrays):
+    """``take`` of constants with an in-range index (an out-of-range one is left to TVM)."""
+    data, index = arrays
+    axis = call.attrs.axis
+    axis = None if axis is None else int(axis)
+    n = data.size if axis is None else data.shape[axis]
+    if str(call.attrs.mode) == "wrap":
+        index = np.mod(index, n)
+    elif str(call.attrs.mode) == "clip":
+        index = np.clip(index, 0, n - 1)
+    elif not ((index >= 0) & (index < n)).all():
+        raise ValueError("take index out of range")
+    return np.take(data, index, axis=axis)
+
 
 _ELEMENTWISE_TIR = {
     "T_maximum": relax.op.maximum,
@@ -148,6 +165,22 @@ def _constant_pad(func, in_shape, out_shape):
     return width, value
 
 
+def _static_shape_value(name, call):
+    """``shape_of`` a tensor of static shape as that shape, and ``shape_to_tensor`` of a
+    known shape as an int64 constant (the ONNX importer's ``Gather`` index normalisation
+    reads the data's shape), else None."""
+    if name == "relax.shape_of":
+        shape = static_shape(call.args[0])
+        return None if shape is None else relax.ShapeExpr(shape)
+    if name == "relax.shape_to_tensor" and isinstance(call.args[0], relax.ShapeExpr):
+        try:
+            values = [int(v) for v in call.args[0].values]
+        except (TypeError, ValueError):
+            return None
+        return relax.const(np.array(values, np.int64), "int64")
+    return None
+
+
 @mutator
 class _Canonicalizer(PyExprMutator):
     def __init__(self, mod):
@@ -161,7 +194,7 @@ class _Canonicalizer(PyExprMutator):
         # a binding that folds to a constant is dropped and its uses see the constant
         if isinstance(binding.var, relax.DataflowVar) and isinstance(binding.value, relax.Call):
             new = self.visit_expr(binding.value)
-            if is_const(new):
+            if is_const(new) or isinstance(new, relax.ShapeExpr):
                 self.consts[binding.var] = new
                 return
         super().visit_var_binding_(binding)
@@ -177,6 +210,9 @@ class _Canonicalizer(PyExprMutator):
         if not isinstance(new, relax.Call) or not hasattr(new.op, "name"):
             return new
         name = new.op.name
+        static = _static_shape_value(name, new)
+        if static is not None:
+            return static
         if name == "relax.reshape":
             prelu = self._flattened_prelu(call)
             if prelu is not None:

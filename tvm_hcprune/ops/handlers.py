@@ -453,7 +453,9 @@ class StackHandler(OpHandler):
 
 @register_op_handler("relax.split")
 class SplitHandler(OpHandler):
-    """Split: along a channel axis only at segment boundaries, else a barrier."""
+    """Split: along a channel axis only at segment boundaries, else a barrier; except a
+    projection split into pieces that are each reshaped into attention heads (a fused Q/K/V
+    split first, then viewed as heads): its space is split into one space per piece."""
 
     def analyze(self, ctx, var, call):
         d = list(ctx.desc(call.args[0]))
@@ -466,6 +468,10 @@ class SplitHandler(OpHandler):
         else:
             bounds = [int(i) for i in ind]
         edges = [0, *bounds, shape[axis]]
+        if d[axis] is not None and _head_pieces(ctx, var, d[axis], axis, edges):
+            parts = ctx.split_space(d[axis][0].space, [b - a for a, b in zip(
+                edges[:-1], edges[1:], strict=True)])
+            d[axis] = tuple(Seg(p, ctx.sizes[p], 1) for p in parts)
         outs = []
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             o = list(d)
@@ -496,6 +502,38 @@ class SplitHandler(OpHandler):
             bounds = [int(i) for i in ind]
         new_bounds = [int((idx < b).sum()) for b in bounds]
         return relax.op.split(args[0], new_bounds, axis)
+
+
+def _head_pieces(ctx, var, desc, axis, edges) -> bool:
+    """Whether a split cuts one projection's channels into pieces that are each only
+    reshaped into attention heads (``q, k, v = split(x @ W_qkv, 3)``, each viewed as (H, hd)):
+    the space is then split into one space per piece, which the heads' reshapes coarsen and
+    the attention's batch matmuls tie together again."""
+    if (len(desc) != 1 or desc[0].inner != 1 or desc[0].space is None
+            or ctx.sizes[ctx.find(desc[0].space)] != edges[-1] or len(edges) < 3):
+        return False
+    read = set()
+    for item, value in ctx.readers(var):
+        if not isinstance(value, relax.TupleGetItem):
+            return False
+        read.add(int(value.index))
+        for user, r in ctx.readers(item):
+            if not (getattr(getattr(r, "op", None), "name", "") == "relax.reshape"
+                    and _splits_heads(static_shape(item), static_shape(user), axis)):
+                return False
+        if not ctx.readers(item):
+            return False
+    return read == set(range(len(edges) - 1))
+
+
+def _splits_heads(ishape, oshape, axis) -> bool:
+    """Whether a reshape from ``ishape`` to ``oshape`` splits ``axis`` into (H, D/H, ..), H > 1."""
+    pre = math.prod(ishape[:axis])
+    hits = [j for j in range(len(oshape)) if math.prod(oshape[:j]) == pre and oshape[j] > 1]
+    if not hits:
+        return False
+    j, n = hits[0], ishape[axis]
+    return 1 < oshape[j] < n and n % oshape[j] == 0 and _span(oshape[j + 1:], n // oshape[j]) > 0
 
 
 def _sub_desc(desc, lo, hi):
@@ -546,6 +584,25 @@ class StridedSliceHandler(OpHandler):
             strides.append(st)
         return relax.op.strided_slice(args[0], axes, begins, ends, strides,
                                       assume_inbound=bool(call.attrs.assume_inbound))
+
+
+@register_op_handler("relax.take")
+class TakeHandler(OpHandler):
+    """Gathering along an axis that carries no channels (``q, k, v = qkv[0], qkv[1],
+    qkv[2]`` of a fused projection, as ONNX ``Gather`` imports) passes the other axes'
+    channels through; gathering along a channel axis is a barrier."""
+
+    def analyze(self, ctx, var, call):
+        op = call.op.name
+        d = list(ctx.desc(call.args[0]))
+        ind = static_shape(call.args[1])
+        if call.attrs.axis is None or ind is None:
+            ctx.freeze(d, var, op, "take over the flattened tensor")
+            return [None] * len(_out_shape(var))
+        ctx.freeze(ctx.desc(call.args[1]), var, op, "channels used as gather indices")
+        axis = int(call.attrs.axis) % len(d)
+        ctx.freeze(d[axis], var, op, "take (gather) along a channel axis")
+        return d[:axis] + [None] * len(ind) + d[axis + 1:]
 
 
 def _ints(expr):
@@ -667,6 +724,8 @@ class ReshapeHandler(OpHandler):
                     if acc == rest:
                         ok = True
                         out[j] = tuple(Seg(s.space, s.size, s.inner * rest) for s in desc)
+            if not ok and hits:
+                ok = _fused_split(ctx, var, call, desc, ishape[ax], hits[0], oshape, out)
             if not ok and hits and len(desc) == 1 and desc[0].inner == 1 \
                     and desc[0].space is not None and ishape[ax] % oshape[hits[0]] == 0:
                 # (.., D, ..) -> (.., H, D/H, ..): a projection split into attention heads
@@ -678,6 +737,8 @@ class ReshapeHandler(OpHandler):
                     ok = True
             if not ok and hits:
                 ok = self._split_groups(desc, hits[0], oshape, out)
+            if not ok and hits:
+                ok = self._unfold(desc, ishape[ax], hits[0], oshape, out)
             if not ok:
                 ctx.freeze(desc, var, call.op.name, "reshape splits a channel axis")
         for j, o in enumerate(out):
@@ -701,5 +762,100 @@ class ReshapeHandler(OpHandler):
         out[j], out[j + 1] = None, chunk
         return True
 
+    @staticmethod
+    def _unfold(desc, n, j, oshape, out) -> bool:
+        """(.., C*m, ..) -> (.., C, m, ..) where every channel spans a multiple of ``m``
+        consecutive indices (the inverse of folding channels with trailing axes, e.g.
+        attention scores merged to (heads*queries, keys) for a softmax and split back)."""
+        if n % oshape[j]:
+            return False
+        rest = n // oshape[j]
+        if rest == 1 or any(s.inner % rest for s in desc) \
+                or _span(oshape[j + 1:], rest) == 0:
+            return False
+        out[j] = tuple(Seg(s.space, s.size, s.inner // rest) for s in desc)
+        return True
+
     def rewrite(self, rw, var, call, args):
+        name = call.op.name
+        if name in ("relax.expand_dims", "relax.flatten") or (
+                name == "relax.squeeze" and call.attrs.axis is not None):
+            # no attribute counts channels (a squeeze of all unit axes would also drop an
+            # axis pruned to one channel: that one becomes a reshape)
+            return relax.Call(call.op, args, call.attrs, call.ty_args)
         return relax.op.reshape(args[0], _new_shape_from_descs(rw, var))
+
+
+_SELECTORS = ("relax.strided_slice", "relax.take", "relax.split")
+
+
+def _selections(ctx, var, axis: int) -> tuple[list, list]:
+    """Who reads ``var``'s ``axis``, through transposes: ``(selectors, others)``, the
+    bindings that select along it (strided_slice / take / split over that axis) and the
+    others (each ``(var name, op name)``)."""
+    sel, other = [], []
+    for user, value in ctx.readers(var):
+        name = getattr(getattr(value, "op", None), "name", type(value).__name__)
+        if name == "relax.permute_dims" and value.args[0].same_as(var):
+            axes = value.attrs.axes
+            nd = len(static_shape(var))
+            axes = list(reversed(range(nd))) if axes is None else [int(a) for a in axes]
+            s, o = _selections(ctx, user, axes.index(axis))
+            sel += s
+            other += o
+            continue
+        if name in _SELECTORS and value.args[0].same_as(var) and _selects(value, axis):
+            sel.append(user.name)
+            continue
+        other.append((user.name, name))
+    return sel, other
+
+
+def _selects(call, axis: int) -> bool:
+    nd = len(static_shape(call.args[0]))
+    if call.op.name == "relax.strided_slice":
+        return axis in [int(a) % nd for a in _ints(call.args[1])]
+    return call.attrs.axis is not None and int(call.attrs.axis) % nd == axis
+
+
+def _fused_split(ctx, var, call, desc, n, j, oshape, out) -> bool:
+    """A fused projection split by a reshape: (.., G*D, ..) -> (.., G, D, ..) or (.., G, H,
+    D/H, ..), whose G-axis every reader selects along (strided_slice / take / split,
+    through transposes): a fused Q/K/V (G=3, layout [3][H][hd]) or K/V projection.
+
+    The G blocks of the projection's channels become copies of one space: channel ``c`` of
+    every block goes together, and with (H, D/H) that space is coarsened into H heads, so
+    removing head ``h`` removes its channels from each of q, k and v (the reshape's H then
+    shrinks). A G-axis that some readers select along but others read whole is frozen,
+    since the blocks would then meet unaligned channels; returns whether it matched.
+    """
+    groups = oshape[j]
+    if (len(desc) != 1 or desc[0].inner != 1 or desc[0].space is None or groups < 2
+            or n % groups or ctx.sizes[ctx.find(desc[0].space)] != n):
+        return False
+    rest = n // groups
+    span = _span(oshape[j + 1:], rest)
+    if span == 0:
+        return False
+    heads = oshape[j + 1]
+    if span > 1 and heads == 1:
+        return False
+    sel, other = _selections(ctx, var, j)
+    if not sel:
+        return False  # not a split into blocks: read (.., G, ..) as G heads, if at all
+    if other:
+        who = ", ".join(f"{v} ({o})" for v, o in other[:3])
+        ctx.freeze(desc, var, call.op.name,
+                   f"fused projection reshaped to {list(oshape[j:j + 1 + span])}: its "
+                   f"{groups}-axis is sliced by {', '.join(sel[:3])} but also read whole by "
+                   f"{who}; only a split into blocks (strided_slice / take / split along "
+                   "that axis, through transposes) prunes its heads")
+        return False
+    parts = ctx.split_space(desc[0].space, [rest] * groups)
+    for p in parts[1:]:
+        ctx.union(parts[0], p)
+    if span > 1:
+        out[j + 1] = (Seg(ctx.coarsen_space(parts[0], heads), heads, 1),)
+    else:
+        out[j + 1] = (Seg(parts[0], rest, 1),)
+    return True

@@ -8,7 +8,8 @@ reconstruction - is traced to the ONNX tensor it came from by content: an initia
 ``[1, C, 1, 1]`` in Relax) or transposed (a ``Gemm`` weight with ``transB=1``). The
 pruned values replace the ONNX tensor through the inverse relation. Depthwise ``Conv``
 nodes get their ``group`` attribute updated; ``Reshape`` shape constants whose element
-count no longer matches are rewritten from the pruned Relax module's shapes; stale
+count no longer matches, and ``Split`` sizes whose pieces were pruned, are rewritten from
+the pruned Relax module's shapes; stale
 ``value_info`` is dropped and shapes are re-inferred.
 
 Anything the mapping cannot account for is refused with :class:`HCPruneError` naming the
@@ -212,6 +213,7 @@ def apply_to_onnx(onnx_model, graph, plan, pruned_mod):
                 if att.name == "value":
                     att.t.CopyFrom(tensor)
     _fix_groups(model, sources, new_values)
+    _fix_splits(model, graph, pruned_mod, onnx_model)
     _fix_reshapes(model, graph, pruned_mod, onnx_model)
     _check_outputs(onnx_model, model)
     return model
@@ -351,6 +353,48 @@ def _fix_reshapes(model, graph, pruned_mod, dense_model):
         if not fixed:
             break
     _infer(model)  # leaves value_info empty: onnxruntime infers it again
+
+
+def _fix_splits(model, graph, pruned_mod, dense_model):
+    """Rewrite the ``split`` sizes input of ``Split`` nodes whose pieces were pruned (a fused
+    Q/K/V projection split into thirds). A Split is matched to the Relax split with the same
+    dense input shape, axis and piece sizes; its new sizes are that split's pruned pieces."""
+    from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
+
+    g = model.graph
+    nodes = [n for n in g.node if n.op_type == "Split" and len(n.input) > 1 and n.input[1]]
+    if not nodes:
+        return
+    pruned = {b.var.name: b for b in bindings(pruned_mod["main"])}
+    table = defaultdict(set)
+    for b in bindings(graph.mod["main"]):
+        v = b.value
+        nb = pruned.get(b.var.name)
+        if not (isinstance(v, relax.Call) and getattr(v.op, "name", "") == "relax.split"
+                and nb is not None):
+            continue
+        shape = static_shape(v.args[0])
+        axis = int(v.attrs.axis) % len(shape)
+        sizes = tuple(int(f.shape[axis]) for f in b.var.ty.fields)
+        new = tuple(int(f.shape[axis]) for f in nb.var.ty.fields)
+        table[(tuple(shape), axis, sizes)].add(new)
+    dense_shapes = _infer(copy.deepcopy(dense_model))
+    for node in nodes:
+        sizes = _shape_constant(g, node.input[1])
+        in_shape = dense_shapes.get(node.input[0])
+        if sizes is None or in_shape is None or None in in_shape:
+            continue
+        axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 0) % len(in_shape)
+        found = table.get((tuple(in_shape), axis, tuple(int(x) for x in sizes)), set())
+        if not found or found == {tuple(int(x) for x in sizes)}:
+            continue  # not pruned (or no Relax split of that signature: shapes check it)
+        if len(found) != 1:
+            raise HCPruneError(f"Split {node.name!r} of sizes {sizes.tolist()} has pruned "
+                               "pieces whose new sizes cannot be determined uniquely")
+        name = f"{node.input[1]}_hcprune_{node.output[0]}"
+        g.initializer.append(numpy_helper.from_array(np.asarray(next(iter(found)), np.int64),
+                                                     name))
+        node.input[1] = name
 
 
 def _check_outputs(dense_model, model):

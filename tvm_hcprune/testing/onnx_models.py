@@ -334,3 +334,95 @@ def bert_encoder(layers: int = 4, hidden: int = 384, heads: int = 12, ffn: int =
         h = g.op("Mul", [g.op("Mul", [h, half]), g.op("Add", [erf, one])])
         x = layer_norm(g.op("Add", [x, linear(h, ffn, hidden)]))
     return g.model(x, [1, seq, hidden], [1, seq, hidden], "bert_encoder")
+
+
+def fused_qkv_attention(tokens: int = 6, dim: int = 24, heads: int = 4, split: str = "slice",
+                        layout: str = "qkv", read_whole: bool = False,
+                        seed: int = 0) -> onnx.ModelProto:
+    """An attention block whose Q, K and V come from one fused ``MatMul`` (as SVTR,
+    PP-OCR's recogniser, and ``timm`` ViTs export it): input ``[1, tokens, dim]`` (named
+    ``"input"``), the ``3 * dim`` projection reshaped to heads, split into q, k, v, scaled
+    softmax attention (scores merged to ``(heads * tokens, tokens)`` around the
+    ``Softmax``, as PaddlePaddle exports it), output projection and a residual ``Add``.
+
+    Parameters
+    ----------
+    split : str
+        How q, k and v are taken apart: ``"slice"`` (``Slice`` + ``Squeeze`` along the
+        3-axis, as SVTR), ``"gather"`` (``Transpose`` to ``[3, B, H, N, hd]`` then ``Gather``
+        0, 1, 2, as PyTorch's ``qkv[0]``), ``"split"`` (``Split`` along the 3-axis), or
+        ``"chunk"`` (``Split`` of the projection into thirds, each reshaped to heads, as
+        ``qkv.chunk(3, -1)``; ``layout`` must be ``"qkv"``).
+    layout : str
+        ``"qkv"``: the fused channels laid out ``[3][heads][hd]`` (reshape to ``[1, N, 3, H,
+        hd]``); ``"heads"``: ``[heads][3][hd]`` (reshape to ``[1, N, H, 3, hd]``, as
+        Megatron lays it out).
+    read_whole : bool
+        Also read the reshaped projection whole (its mean over the 3-axis is added to the
+        values): a near miss of the pattern, whose heads stay frozen.
+
+    Examples
+    --------
+    >>> model = fused_qkv_attention(split="gather")
+    >>> [n.op_type for n in model.graph.node][:3]
+    ['MatMul', 'Add', 'Reshape']
+    """
+    if (dim % heads or split not in ("slice", "gather", "split", "chunk")
+            or layout not in ("qkv", "heads")
+            or (split == "chunk" and (layout != "qkv" or read_whole))):
+        raise ValueError(f"fused_qkv_attention: dim {dim} must be a multiple of heads {heads}, "
+                         f"split one of slice/gather/split/chunk (got {split!r}), layout qkv "
+                         f"or heads (got {layout!r}); chunk only with layout qkv, without "
+                         "read_whole")
+    g = GraphBuilder(seed)
+    hd, t = dim // heads, tokens
+
+    def linear(x, n_in, n_out):
+        w = g.rng.normal(0, np.sqrt(1.0 / n_in), (n_in, n_out)).astype(np.float32)
+        b = g.rng.normal(0, 0.1, n_out).astype(np.float32)
+        return g.op("Add", [g.op("MatMul", [x, g.const(w, "w")]), g.const(b, "b")])
+
+    def ints(*v):
+        return g.const(np.array(v, np.int64), "i")
+
+    shape = [1, t, 3, heads, hd] if layout == "qkv" else [1, t, heads, 3, hd]
+    ax = shape.index(3)
+    fused = linear("input", dim, 3 * dim)
+    qkv = g.op("Reshape", [fused, ints(*shape)])
+    if split == "chunk":  # split the projection first, then view each third as heads
+        node = helper.make_node("Split", [fused, ints(dim, dim, dim)],
+                                [g._name("chunk") for _ in range(3)], axis=2)
+        g.nodes.append(node)
+        g.nodes.remove(next(n for n in g.nodes if n.output[0] == qkv))
+        q, k, v = (g.op("Transpose", [g.op("Reshape", [p, ints(1, t, heads, hd)])],
+                        perm=[0, 2, 1, 3]) for p in node.output)
+    elif split == "gather":  # -> [3, 1, H, N, hd]
+        perm = [2, 0, 3, 1, 4] if layout == "qkv" else [3, 0, 2, 1, 4]
+        qkv_t = g.op("Transpose", [qkv], perm=perm)
+        q, k, v = (g.op("Gather", [qkv_t, g.const(np.array(i, np.int64), "i")], axis=0)
+                   for i in range(3))
+    else:
+        if split == "slice":
+            parts = [g.op("Slice", [qkv, ints(i), ints(i + 1), ints(ax)]) for i in range(3)]
+        else:
+            node = helper.make_node("Split", [qkv, ints(1, 1, 1)],
+                                    [g._name("split") for _ in range(3)], axis=ax)
+            g.nodes.append(node)
+            parts = list(node.output)
+        order = [0, 2, 1, 3] if layout == "qkv" else [0, 1, 2, 3]
+        q, k, v = (g.op("Transpose", [g.op("Squeeze", [p, ints(ax)])], perm=order)
+                   for p in parts)  # [1, H, N, hd]
+    later = layout == "heads" and split != "gather"  # q, k, v still [1, N, H, hd]
+    if read_whole:
+        v = g.op("Add", [v, g.op("Transpose", [g.op("ReduceMean", [qkv], axes=[ax], keepdims=0)],
+                                 perm=[0, 1, 2, 3] if later else [0, 2, 1, 3])])
+    if later:  # [1, N, H, hd] -> [1, H, N, hd]
+        q, k, v = (g.op("Transpose", [y], perm=[0, 2, 1, 3]) for y in (q, k, v))
+    k = g.op("Transpose", [k], perm=[0, 1, 3, 2])
+    s = g.op("Mul", [g.op("MatMul", [q, k]), g.const(np.array(hd ** -0.5, np.float32), "c")])
+    s = g.op("Reshape", [s, ints(heads * t, t)])
+    s = g.op("Reshape", [g.op("Softmax", [s], axis=-1), ints(1, heads, t, t)])
+    y = g.op("Transpose", [g.op("MatMul", [s, v])], perm=[0, 2, 1, 3])
+    y = linear(g.op("Reshape", [y, ints(1, t, dim)]), dim, dim)
+    out = g.op("Add", ["input", y])
+    return g.model(out, [1, t, dim], [1, t, dim], "fused_qkv_attention")

@@ -25,6 +25,7 @@ __all__ = [
     "static_shape",
     "update_functions",
     "use_counts",
+    "users",
     "with_taps",
 ]
 
@@ -115,12 +116,16 @@ def bindings(func: relax.Function):
 
 
 def is_static_type(ty) -> bool:
-    """True for a tensor type with a fully known shape, or a tuple of such types."""
-    if isinstance(ty, relax.TensorType):
-        if ty.shape is None:
+    """True for a tensor type with a fully known shape, a shape whose values are all known
+    (``shape_of`` a static tensor, as the ONNX importer normalises ``Gather`` indices), or a
+    tuple of such types."""
+    if isinstance(ty, relax.TensorType | relax.ShapeType):
+        values = ty.values if isinstance(ty, relax.ShapeType) else (
+            None if ty.shape is None else ty.shape.values)
+        if values is None:
             return False
         try:
-            [int(s) for s in ty.shape.values]
+            [int(s) for s in values]
         except (TypeError, ValueError, AttributeError):
             return False
         return True
@@ -184,6 +189,30 @@ def use_counts(func: relax.Function) -> dict:
 
     relax.analysis.post_order_visit(func.body, _visit)
     return counts
+
+
+def users(func: relax.Function) -> dict:
+    """The bindings that read each var of ``func``: ``{var: [(user var, user value), ...]}``,
+    in binding order (a var read twice by one binding is listed once; the function's output
+    is no binding and not listed).
+
+    Examples
+    --------
+    >>> readers = users(mod["main"])  # doctest: +SKIP
+    >>> [v.name for v, _ in readers[lv]]  # doctest: +SKIP
+    ['lv5', 'lv9']
+    """
+    out: dict = {}
+    for b in bindings(func):
+        seen: set = set()
+
+        def _visit(node, b=b, seen=seen):
+            if isinstance(node, relax.Var) and node not in seen:
+                seen.add(node)
+                out.setdefault(node, []).append((b.var, b.value))
+
+        relax.analysis.post_order_visit(b.value, _visit)
+    return out
 
 
 @mutator
