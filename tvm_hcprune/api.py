@@ -310,9 +310,8 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         importance (the criterion's scores) is kept; ``protect`` and ``min_channels`` apply,
         and the first conv keeps its width unless ``prune_first_conv=True`` (a uniform
         ``ratio`` prunes it unless ``prune_first_conv=False``). With ``compare_uniform``
-        (default) the uniform plan meeting the same budget (every group the same share),
-        as it is and with channels given back where the budget holds, are candidates too:
-        with
+        (default) the uniform plan meeting the same budget (every group the same share,
+        channels then given back where the budget holds) is a second candidate: with
         calibration data the one whose output (reconstructed and guarded, when
         reconstruction is on) is closer to the dense model's on the held-out samples (the
         fit samples when fewer than ``MIN_CHOICE_SAMPLES`` are held out) is kept
@@ -399,7 +398,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
         guide = {"samples": fit_samples, "runners": runners}
-    if with_data:  # the knapsack's or a uniform plan: the one closer to the dense model,
+    if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
         # reconstructed (and guarded) as it will be returned, on held-out samples (the
         # reconstruction is fitted on the others, where deep cuts look better than they are)
         score_samples = (held.samples[:min(len(held), 64)]

@@ -180,10 +180,6 @@ def budget_units(graph, config: PruneConfig) -> list[list[int]]:
     return units
 
 
-#: the allocations :func:`make_budget_plan` can make (its ``starts``)
-STARTS = ("dense", "uniform", "plain")
-
-
 def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                      calibration=None, candidates_of=None, what: str = "cost",
                      fmt=lambda v: f"{v:g}", budget_record: dict | None = None,
@@ -205,20 +201,18 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     with the layers the allocation made block-sparse.
 
     With ``config.compare_uniform`` the uniform plan meeting ``limit``
-    (:func:`~tvm_hcprune.planning.budget.uniform_start`) is a candidate as it is
-    (``"plain"``) and raised where the limit allows (``"uniform"``): ``choose(plans) ->
-    (index, scores)`` (e.g. the output error of each plan on calibration data) picks among
-    the knapsack's plan and these (the distinct ones); without ``choose`` the one keeping
-    more value (``allocation_power``) is kept (never the plain cut, whose value the raise
-    only adds to). The plan's config records ``allocation_start`` (``"dense"``: the
-    knapsack's plan, ``"uniform"``, ``"plain"``) and, when ``choose`` decided,
-    ``allocation_scores`` (see :func:`pick_plan`).
+    (:func:`~tvm_hcprune.planning.budget.uniform_start`, then raised where the limit allows)
+    is a second candidate: ``choose(plans) -> (index, scores)`` (e.g. the output error of
+    each plan on calibration data) picks between the knapsack's plan and it; without
+    ``choose`` the one keeping more value (``allocation_power``) is kept. The plan's config
+    records ``allocation_start`` (``"dense"``: the knapsack's plan, ``"uniform"``) and, when
+    ``choose`` decided, ``allocation_scores`` (see :func:`pick_plan`).
 
-    ``starts`` names the allocations made (some of :data:`STARTS`): one alone is returned
-    without a choice (e.g. one family of the closed loop, which corrects each by
-    measurement before they are compared); default all three with
-    ``config.compare_uniform``, else the knapsack's. Without ``"dense"``, the uniform plans
-    raise :class:`HCPruneError` when no uniform cut meets ``limit``.
+    ``starts`` names the allocations made: ``("dense",)`` or ``("uniform",)`` returns that
+    one alone (no choice; e.g. one family of the closed loop, which corrects each by
+    measurement before they are compared); default both with ``config.compare_uniform``,
+    else the knapsack's. Asked alone, the uniform plan raises :class:`HCPruneError` when no
+    uniform cut meets ``limit``.
 
     Returns ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled);
     raises :class:`HCPruneError` when no allowed widths meet ``limit``.
@@ -276,39 +270,25 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
 
     plan, alloc = plan_of(alloc, "dense")
     if starts is None:
-        starts = ("dense", "uniform", "plain") if config.compare_uniform else ("dense",)
-    if not set(starts) <= set(STARTS) or not starts:
-        raise HCPruneError(f"starts must name some of {', '.join(map(repr, STARTS))}, got "
-                           f"{starts!r}")
-    if set(starts) == {"dense"} or not channel_units:
+        starts = ("dense", "uniform") if config.compare_uniform else ("dense",)
+    if not set(starts) <= {"dense", "uniform"} or not starts:
+        raise HCPruneError(f"starts must name 'dense' and/or 'uniform', got {starts!r}")
+    if "uniform" not in starts or not channel_units:
         return plan, alloc
-    # the uniform plan meeting the limit is the other candidate, as it is ("plain") and
-    # raised where the limit allows ("uniform"): it cuts every group a little where the
-    # knapsack may cut a few deep (and the raise follows the same importance the knapsack
-    # does, which may misjudge wide groups at deep cuts: text direction at 0.41x)
+    # the uniform plan meeting the limit, raised where the limit allows, is the other
+    # candidate: it cuts every group a little where the knapsack may cut a few deep
     first = uniform_start(range(len(channel_units)), units, candidates, sizes, cost, limit)
     if first is None:
         if "dense" not in starts:
             raise HCPruneError(f"no uniform cut meets the {what} budget {fmt(limit)}")
         return plan, alloc
-    found = [(plan, alloc)] if "dense" in starts else []
-    if "uniform" in starts:
-        alt = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
-                              start=first, **options)
-        found.append(plan_of(alt, "uniform"))
-    if "plain" in starts:  # the uniform cut's own cost as the limit: nothing is raised
-        widths = {g: sizes[g] for u in units for g in u}
-        widths.update({g: first[i] for i in first for g in units[i]})
-        flat = allocate_widths(units, candidates, importance, cost, cost.total(widths),
-                               sizes, what, fmt, start=first, **options)
-        found.append(plan_of(flat, "plain"))
-    distinct = []  # one entry per distinct allocation, the earlier start kept
-    for cand in found:
-        if all(cand[1].widths != d[1].widths for d in distinct):
-            distinct.append(cand)
-    if len(distinct) == 1:
-        return distinct[0]
-    return pick_plan(distinct, choose)
+    alt = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
+                          start=first, **options)
+    if "dense" not in starts:
+        return plan_of(alt, "uniform")
+    if alt.widths == alloc.widths:
+        return plan, alloc
+    return pick_plan([(plan, alloc), plan_of(alt, "uniform")], choose)
 
 
 def pick_plan(candidates, choose=None):

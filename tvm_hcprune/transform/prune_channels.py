@@ -61,11 +61,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     The first conv (the one reading the model input) keeps its width under every budget
     unless ``config.prune_first_conv`` is True: its ``None`` default means False here.
 
-    ``choose(plans) -> (index, scores)``, optional, picks among the knapsack's plan and the
-    uniform ones (``config.compare_uniform``, see
+    ``choose(plans) -> (index, scores)``, optional, picks between the knapsack's plan and
+    the uniform one (``config.compare_uniform``, see
     :func:`~tvm_hcprune.planning.planner.make_budget_plan`), e.g. by their output error on
     calibration data; with ``rescale`` it decides only on the re-weighted allocation. With
-    the closed loop (a latency model with ``refine_plans`` and ``refine`` > 0) each of them
+    the closed loop (a latency model with ``refine_plans`` and ``refine`` > 0) each of the two
     is first corrected by measurement (:meth:`~tvm_hcprune.latency.MeasuredLatency.refine_plans`)
     and ``choose`` compares their measured results, so the choice is made at equal measured
     latency; a plan within the loop's tolerance is preferred to one that is not.
@@ -169,18 +169,16 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
 
 
 def _refine_families(spec, graph, budget, target, replan, plan, limit, dense, choose):
-    """The closed loop over the knapsack's plan (``plan``) and the uniform ones (raised and,
-    with ``choose``, plain), then the choice between their measured results
-    (:func:`~tvm_hcprune.planning.planner.pick_plan`: ``choose``, else the higher value); a
-    plan within the loop's tolerance of the goal is preferred to one that is not."""
+    """The closed loop over the knapsack's plan (``plan``) and the uniform one, then the
+    choice between their measured results (:func:`~tvm_hcprune.planning.planner.pick_plan`:
+    ``choose``, else the higher value); a plan within the loop's tolerance of the goal is
+    preferred to one that is not."""
     starts, plans = ["dense"], [plan]
-    # the plain uniform cut keeps less value than the raised one: only a choice can pick it
-    for start in ("uniform", "plain") if choose is not None else ("uniform",):
-        try:
-            plans.append(replan(limit, (start,))[0])
-            starts.append(start)
-        except HCPruneError:
-            pass  # no uniform cut meets the limit: the knapsack's family alone
+    try:
+        plans.append(replan(limit, ("uniform",))[0])
+        starts.append("uniform")
+    except HCPruneError:
+        pass  # no uniform cut meets the limit: the knapsack's family alone
     replans = [lambda lim, s=s: replan(lim, (s,)) for s in starts]
     finals = spec.refine_plans(graph, budget, target, replans, plans, limit, dense)
     tol = getattr(spec, "tolerance", 0.0)
