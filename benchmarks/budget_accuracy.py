@@ -161,9 +161,13 @@ the choice between them no longer matters; the uniform *ratio* plan at the same 
 that plan: it is the uniform cut raised by the sensitivity-scaled importance, which gives
 channels to the small groups and takes them from the three 200-channel groups (200 -> 80
 where the ratio keeps 96); the knapsack cuts those to 16. The sensitivity scan probes each
-group at one width (half), which undervalues the wide groups at deep cuts. Not met below
-0.45x; next: the unraised uniform cut as a third candidate, or a sensitivity probe at two
-widths.
+group at one width (half), which undervalues the wide groups at deep cuts. Tried and
+reverted: the unraised uniform cut as a third candidate (96 lines, same command: +0.6, +9.1,
+-6.6, -6.2 pt; at 0.42x it equalled the raised one and collapsed too, at 0.32x all three
+tied at a constant's score): the ratio plan differs from the library's uniform cut in more
+than the raise (the cut is made at the table's latency, with the first conv kept). Not met
+below 0.45x; next: a sensitivity probe at two widths, or the ratio plans themselves as
+candidates.
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.

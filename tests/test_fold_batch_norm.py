@@ -63,7 +63,7 @@ def test_fold_removes_bn_and_keeps_outputs(with_bias, layout, groups):
     """conv(+bias)+BN becomes conv+add with the same outputs (rtol 1e-5)."""
     mod = conv_bn_module(with_bias, layout, groups)
     folded = FoldBatchNorm()(mod)
-    relax.analysis.well_formed(folded)
+    assert relax.analysis.check_well_formed(folded)
     assert _count_bn(mod) == 1 and _count_bn(folded) == 0
     shape = [int(s) for s in mod["main"].params[0].ty.shape]
     x = np.random.default_rng(3).standard_normal(shape).astype("float32")

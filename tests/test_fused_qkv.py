@@ -79,7 +79,7 @@ def test_removed_heads_leave_every_third_of_the_fused_weight(select):
     keep = [0, 2]
     plan = PrunePlan.create(graph.fingerprint, {group.id: keep}, {group.id: H})
     after, report = hc.prune(before, plan=plan, graph=graph)
-    relax.analysis.well_formed(after)
+    assert relax.analysis.check_well_formed(after)
     chans = np.concatenate([h * HD + np.arange(HD) for h in keep])
     cols = np.concatenate([third * D + chans for third in range(3)])
     expected = _fused_block(W_QKV[:, cols], B_QKV[cols], W_O[chans], len(keep), select)
@@ -111,7 +111,7 @@ def test_fused_qkv_onnx_prunes_by_heads_like_the_mask_oracle(split, tmp_path):
     heads = [g for g in graph.groups if g.unit > 1]
     assert [(g.size, g.unit, g.frozen) for g in heads] == [(4, 6, False)], graph.summary()
     pruned, report = hc.prune(mod, ratio=0.5, align=1, graph=graph)
-    relax.analysis.well_formed(pruned)
+    assert relax.analysis.check_well_formed(pruned)
     assert len(report.plan.kept[heads[0].id]) == 2
     shapes = [[int(s) for s in b.var.ty.shape] for blk in pruned["main"].body.blocks
               for b in blk.bindings if getattr(b.value, "op", None) is not None

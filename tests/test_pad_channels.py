@@ -63,7 +63,7 @@ def test_residual_group_padded_to_the_block():
     after = p(mod)
     assert list(p.padded.values()) == [(24, 32)]
     assert _conv_shapes(after) == [(32, 16, 1, 1), (32, 32, 3, 3), (16, 32, 1, 1)]
-    relax.analysis.well_formed(after)  # raises on a violation
+    assert relax.analysis.check_well_formed(after)
     x = RNG.standard_normal((1, 16, 8, 8)).astype("float32")
     np.testing.assert_allclose(_run_default(after, x), _run_default(mod, x),
                                rtol=1e-5, atol=1e-5)
@@ -152,7 +152,7 @@ def test_channel_pad_between_padded_layouts(tmp_path):
                                  (28, 1, 3, 3), (48, 28, 1, 1), (8, 48, 1, 1)]
     p = PadChannels(block=16)
     padded = p(mod)
-    relax.analysis.well_formed(padded)
+    assert relax.analysis.check_well_formed(padded)
     assert sorted(p.padded.values()) == [(24, 32), (28, 32)]
     assert _pads(padded) == [[0, 0, 0, 16, 0, 0, 0, 0]]
     assert _conv_shapes(padded) == [(32, 16, 1, 1), (32, 1, 3, 3), (32, 32, 1, 1),

@@ -66,7 +66,7 @@ def _fused(mod, target, lanes, merge: bool):
         out = tvm.transform.Sequential(passes)(mod)
         if merge:
             out = FuseInvertedResidual(lanes)(out)
-        relax.analysis.well_formed(out)
+        assert relax.analysis.check_well_formed(out)
         return out
 
 

@@ -160,7 +160,7 @@ def test_tflite_bias_and_prelu_stay_blocked():
     before = _tflite_block()
     assert "relax.nn.prelu" in _ops(before)
     after = BlockChannelLayout(8)(before)
-    relax.analysis.well_formed(after)
+    assert relax.analysis.check_well_formed(after)
     ops = _ops(after)
     assert "relax.nn.prelu" not in ops
     assert [op for op in ops if op.startswith("relax.nn.conv2d")] == ["relax.nn.conv2d:NCHW8c"] * 2
@@ -202,7 +202,7 @@ def test_channel_pad_stays_blocked(layout):
     of ``NCHW8c`` (zeros appended, whole blocks); the default pipeline's output."""
     before = _channel_pad_block(layout)
     after = BlockChannelLayout(8)(before)
-    relax.analysis.well_formed(after)
+    assert relax.analysis.check_well_formed(after)
     assert _ops(after).count("relax.layout_transform") == 2
     pads = []
     relax.analysis.post_order_visit(after["main"], lambda e: pads.append(

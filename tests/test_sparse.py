@@ -90,7 +90,7 @@ def test_sparsify_zeroes_the_weakest_blocks_and_reports():
     are unchanged and the report names block, sparsity, format and why."""
     mod = _ffn()
     sparse, report = hc.sparsify(mod, sparsity=0.75, block=(1, 8), target=TARGET)
-    relax.analysis.well_formed(sparse)
+    assert relax.analysis.check_well_formed(sparse)
     assert [tuple(p.ty.shape) for p in sparse["main"].params] == [(1, 8, 64)]
     weights = [b.value.args[1].value.numpy() for blk in sparse["main"].body.blocks
                for b in blk.bindings

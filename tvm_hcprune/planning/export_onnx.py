@@ -215,8 +215,27 @@ def apply_to_onnx(onnx_model, graph, plan, pruned_mod):
     _fix_groups(model, sources, new_values)
     _fix_splits(model, graph, pruned_mod, onnx_model)
     _fix_reshapes(model, graph, pruned_mod, onnx_model)
+    _drop_unused_initializers(model)
     _check_outputs(onnx_model, model)
     return model
+
+
+def _drop_unused_initializers(model) -> None:
+    """Remove initializers no node reads any more (a Reshape's or Split's old shape
+    constant once it was given a new one), unless a node carries a subgraph (which may read
+    the outer graph's initializers)."""
+    g = model.graph
+    if any(a.type in (5, 10) for n in g.node for a in n.attribute):  # GRAPH, GRAPHS
+        return
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [init for init in g.initializer if init.name in used]
+    if len(keep) < len(g.initializer):
+        dropped = {init.name for init in g.initializer} - {init.name for init in keep}
+        del g.initializer[:]
+        g.initializer.extend(keep)
+        inputs = [i for i in g.input if i.name not in dropped]  # old models list them too
+        del g.input[:]
+        g.input.extend(inputs)
 
 
 def cands_for(name, cands):
