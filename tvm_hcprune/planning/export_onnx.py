@@ -21,6 +21,7 @@ whose new shape is ambiguous, an output shape that would change) - the export ne
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 from collections import defaultdict
 
@@ -213,8 +214,10 @@ def apply_to_onnx(onnx_model, graph, plan, pruned_mod):
                 if att.name == "value":
                     att.t.CopyFrom(tensor)
     _fix_groups(model, sources, new_values)
-    _fix_splits(model, graph, pruned_mod, onnx_model)
-    _fix_reshapes(model, graph, pruned_mod, onnx_model)
+    # the dense model's inferred shapes, computed once and only when a fix needs them
+    dense_shapes = functools.cache(lambda: _infer(copy.deepcopy(onnx_model)))
+    _fix_splits(model, graph, pruned_mod, dense_shapes)
+    _fix_reshapes(model, graph, pruned_mod, dense_shapes)
     _drop_unused_initializers(model)
     _check_outputs(onnx_model, model)
     return model
@@ -316,17 +319,17 @@ def _shape_constant(g, name):
     return None
 
 
-def _fix_reshapes(model, graph, pruned_mod, dense_model):
+def _fix_reshapes(model, graph, pruned_mod, dense_shapes):
     """Rewrite Reshape shape constants whose element count no longer fits their input.
 
     A Reshape is matched to the Relax reshape with the same dense input and output shapes
     (its ``-1`` and ``0`` entries resolved on the dense model, e.g. the ``[-1, C]`` that
     flattens global pooling into a classifier's MatMul); its new shape is that reshape's
-    pruned output shape.
+    pruned output shape. ``dense_shapes()`` gives the dense model's inferred shapes.
     """
     from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
-    table = dense_shapes = None
+    table = None
     g = model.graph
     for _ in range(8):
         shapes = _infer(model)
@@ -348,9 +351,8 @@ def _fix_reshapes(model, graph, pruned_mod, dense_model):
                 continue
             if table is None:  # only when a Reshape needs a new shape
                 table = _relax_reshapes(graph, pruned_mod)
-                dense_shapes = _infer(copy.deepcopy(dense_model))
-            dense_in = dense_shapes.get(node.input[0])
-            dense_out = dense_shapes.get(node.output[0])
+            dense_in = dense_shapes().get(node.input[0])
+            dense_out = dense_shapes().get(node.output[0])
             new_shapes = set()
             for (rin, rout), pr in table.items():
                 if dense_in is not None and dense_out is not None:
@@ -374,10 +376,11 @@ def _fix_reshapes(model, graph, pruned_mod, dense_model):
     _infer(model)  # leaves value_info empty: onnxruntime infers it again
 
 
-def _fix_splits(model, graph, pruned_mod, dense_model):
+def _fix_splits(model, graph, pruned_mod, dense_shapes):
     """Rewrite the ``split`` sizes input of ``Split`` nodes whose pieces were pruned (a fused
     Q/K/V projection split into thirds). A Split is matched to the Relax split with the same
-    dense input shape, axis and piece sizes; its new sizes are that split's pruned pieces."""
+    dense input shape, axis and piece sizes (``dense_shapes()``: the dense model's inferred
+    shapes); its new sizes are that split's pruned pieces."""
     from onnx import numpy_helper  # deferred: onnx is slow to import and optional at run time
 
     g = model.graph
@@ -397,10 +400,9 @@ def _fix_splits(model, graph, pruned_mod, dense_model):
         sizes = tuple(int(f.shape[axis]) for f in b.var.ty.fields)
         new = tuple(int(f.shape[axis]) for f in nb.var.ty.fields)
         table[(tuple(shape), axis, sizes)].add(new)
-    dense_shapes = _infer(copy.deepcopy(dense_model))
     for node in nodes:
         sizes = _shape_constant(g, node.input[1])
-        in_shape = dense_shapes.get(node.input[0])
+        in_shape = dense_shapes().get(node.input[0])
         if sizes is None or in_shape is None or None in in_shape:
             continue
         axis = next((int(a.i) for a in node.attribute if a.name == "axis"), 0) % len(in_shape)
