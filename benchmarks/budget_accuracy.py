@@ -274,7 +274,8 @@ def bench_model(name, spec, args) -> dict:
     uniform, seen = [], set()
     for r in np.arange(args.ratio_step, args.max_ratio + 1e-9, args.ratio_step):
         r = round(float(r), 4)
-        pm, rep = hc.prune(mod, ratio=r, **base)
+        pm, rep = hc.prune(mod, ratio=r, **base,
+                           prune_first_conv=False if args.uniform_keep_first_conv else None)
         key = _widths(rep)
         if key in seen or not rep.plan.kept:
             continue
@@ -400,6 +401,7 @@ def bench_model(name, spec, args) -> dict:
               f"{'-' if at is None else f'{at:.3f}'}", flush=True)
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
             "prune_first_conv": args.prune_first_conv, "allocation": args.allocation,
+            "uniform_keep_first_conv": args.uniform_keep_first_conv,
             "plan_and_table_s": round(plan_s, 1), "uniform_grid": grid, "rows": rows,
             "uniform_curve": uniform_curve,
             "recovery": args.recovery, "calibration_samples": len(cal),
@@ -446,6 +448,10 @@ def main(argv=None) -> int:
     ap.add_argument("--prune-first-conv", action="store_true",
                     help="let the latency-aware plans prune the first conv (budgets protect "
                          "it by default; the uniform ratio prunes it)")
+    ap.add_argument("--uniform-keep-first-conv", action="store_true",
+                    help="make the uniform-ratio plans with the first conv kept "
+                         "(prune(ratio=r, prune_first_conv=False)), the protect rule the "
+                         "latency-aware plans have by default")
     ap.add_argument("--variants", default="1:0:u",
                     help="latency-aware allocations compared, comma-separated "
                          "POWER:FLOOR[:FLAGS] (allocation_power, min_kept_fraction; FLAGS: "
