@@ -44,6 +44,7 @@ with seed 1000, test with seed 0 (``tvm_hcprune.zoo.datasets``).
 
     python benchmarks/budget_accuracy.py [--json PATH] [--models mnist,text_direction]
         [--recovery data|none] [--allocation criterion|sensitivity] [--prune-first-conv]
+        [--uniform-keep-first-conv]
         [--points 4] [--quick]
 
 Measured on the shared 2-core host, loaded (two or three of these runs at once besides the
@@ -168,6 +169,19 @@ tied at a constant's score): the ratio plan differs from the library's uniform c
 than the raise (the cut is made at the table's latency, with the first conv kept). Not met
 below 0.45x; next: a sensitivity probe at two widths, or the ratio plans themselves as
 candidates.
+Is it the first conv? The uniform ratio prunes it, the budget protects it. Twelfth session,
+2-core Intel Xeon (Emerald Rapids, AVX-512), other processes paused, ``--models
+text_direction --points 4 --prune-first-conv`` (the aware plans may prune it too; 1,000
+lines, dense 0.991, 0.804 ms; uniform 0.654x 0.984, 0.571x 0.964, 0.497x 0.754, 0.463x
+0.500, 0.426x 0.594, 0.357x 0.499, 0.325x 0.565, 0.242x 0.500): d@equal +0.7 pt at 0.64x
+(unif.), -1.4 at 0.53x (unif.: 0.823, between uniform 0.964 and 0.754), -7.7 at 0.43x and
+-5.0 at 0.33x (dense: both at 0.500, a constant class). No: with the same freedom the deep
+plans collapse as before. Below 0.45x the uniform curve itself moves between 0.50 and 0.59
+from one ratio to the next (0.463x 0.500, 0.426x 0.594, 0.357x 0.499), so the uniform
+plan's lead there is which collapsed model still separates some lines, not a trend.
+``--uniform-keep-first-conv`` makes the uniform plans with the first conv kept (the same
+protect rule as the budget's default), for the comparison under equal rules; not yet run.
+
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
