@@ -180,9 +180,34 @@ plans collapse as before. Below 0.45x the uniform curve itself moves between 0.5
 from one ratio to the next (0.463x 0.500, 0.426x 0.594, 0.357x 0.499), so the uniform
 plan's lead there is which collapsed model still separates some lines, not a trend.
 ``--uniform-keep-first-conv`` makes the uniform plans with the first conv kept (the same
-protect rule as the budget's default), for the comparison under equal rules; run only in
-``--quick`` mode so far (64 test lines, host not quiet): aware 0.641 at 0.315x against
-uniform 0.500 at 0.335x, too few lines to conclude.
+protect rule as the budget's default), for the comparison under equal rules.
+
+Correction (thirteenth session, same Intel host): text_direction's first conv has 8
+channels, below the 16-channel multiple of an AVX-512 host, so *no* plan can prune it: the
+uniform ratio never pruned it either, and ``--prune-first-conv`` /
+``--uniform-keep-first-conv`` change nothing on this model (the script now says so and
+records ``first_conv_prunable``). The run above is therefore a repeat of the default
+command, and so is this one: ``--models text_direction --points 4
+--uniform-keep-first-conv``, other processes paused, 38 min (dense 1.193 ms this time; the
+same eight uniform plans, top-1 0.984, 0.964, 0.754, 0.500, 0.594, 0.499, 0.565, 0.500 at
+0.714x ... 0.250x): d@equal -1.0 pt at 0.71x (dense start; 0.973 against 0.983), -0.1 at
+0.53x (unif.), -6.2 at 0.47x (dense; 0.497, the reconstruction reverted by the guard) and
+**+13.4 at 0.33x** (unif.: 0.692 against 0.558). The same command's two runs thus gave -7.7
+and -6.2 pt near 0.43-0.47x but -5.0 and +13.4 at 0.33x: below 0.45x the sign of the
+difference is decided by which collapsed plan the choice on 24 held-out lines keeps, not by
+the allocation. What repeats across all runs so far is the loss near 0.42-0.47x (-6 to -9
+pt: the knapsack's plan, three 200-channel groups cut to 16, against the uniform ratio 0.5
+plan's 0.594).
+A floor on each group's kept fraction, ``--variants 1:0.25:u`` (``min_kept_fraction=0.25``:
+a 200-channel group keeps at least 64), same host and conditions, 37 min (dense 1.183 ms;
+the same uniform plans at 0.697x ... 0.250x): d@equal -1.7 pt at 0.69x (dense start;
+0.965), **+14.3 at 0.55x** (unif.; 0.944 against 0.801), -1.4 at 0.46x (dense; 0.537, three
+200-channel groups kept at 80, not reverted) and 0.33x unreachable (the floor's smallest
+plan measured 0.408x). Narrower losses below 0.5x than without the floor, but a loss at
+0.69x (as in the floorless run above, -1.0: the plan chosen on the held-out lines cut
+groups 21-25, 0.039 against the uniform one's 0.051, and lost on the test lines), and MNIST
+not measured with it (a 0.375 floor made its lower half unreachable, see above); the
+default stays floorless.
 
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
@@ -247,7 +272,9 @@ import numpy as np
 import tvm_hcprune as hc
 from tvm_hcprune.latency import MeasuredLatency
 from tvm_hcprune.latency.measure import measure_models
-from tvm_hcprune.planning.planner import input_conv_groups
+from tvm_hcprune.planning.budget import candidate_widths
+from tvm_hcprune.planning.config import PruneConfig
+from tvm_hcprune.planning.planner import group_align, input_conv_groups, resolve_align
 from tvm_hcprune.recovery.guided import CachedRunners, output_agreement
 from tvm_hcprune.utils import atomic_write_text
 from tvm_hcprune.zoo import datasets
@@ -279,6 +306,15 @@ def spread(items: list, k: int) -> list:
     return [items[i] for i in idx]
 
 
+def first_conv_prunable(graph, target="llvm") -> bool:
+    """Whether any plan can narrow a group of the first conv: a width below its size at the
+    target's channel multiple and the default minimum width (text_direction's first conv has
+    8 channels, below the 16 of an AVX-512 host: then the first-conv flags change nothing)."""
+    align, low = resolve_align(None, target), PruneConfig().min_channels
+    return any(candidate_widths(g.size, group_align(graph, g, align), low)[0] < g.size
+               for g in graph.groups if g.id in input_conv_groups(graph))
+
+
 def bench_model(name, spec, args) -> dict:
     path, shapes, make_cal, make_test = spec
     mod = hc.load_onnx(path, shapes, log=lambda *_: None)
@@ -286,6 +322,10 @@ def bench_model(name, spec, args) -> dict:
     cal, test = make_cal(), make_test()
     base = {"graph": graph, "target": "llvm"}
     first = input_conv_groups(graph)
+    prunable = first_conv_prunable(graph)
+    if (args.prune_first_conv or args.uniform_keep_first_conv) and not prunable:
+        print(f"{name}: no plan can prune the first conv at this host's channel multiple: "
+              f"--prune-first-conv and --uniform-keep-first-conv change nothing", flush=True)
 
     uniform, seen = [], set()
     for r in np.arange(args.ratio_step, args.max_ratio + 1e-9, args.ratio_step):
@@ -418,6 +458,7 @@ def bench_model(name, spec, args) -> dict:
     return {"model": name, "dense_ms": dense_ms, "dense_top1": dense_top1,
             "prune_first_conv": args.prune_first_conv, "allocation": args.allocation,
             "uniform_keep_first_conv": args.uniform_keep_first_conv,
+            "first_conv_prunable": prunable,
             "plan_and_table_s": round(plan_s, 1), "uniform_grid": grid, "rows": rows,
             "uniform_curve": uniform_curve,
             "recovery": args.recovery, "calibration_samples": len(cal),
