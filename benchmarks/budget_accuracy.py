@@ -306,13 +306,14 @@ def spread(items: list, k: int) -> list:
     return [items[i] for i in idx]
 
 
-def first_conv_prunable(graph, target="llvm") -> bool:
-    """Whether any plan can narrow a group of the first conv: a width below its size at the
+def first_conv_prunable(graph, first: set, target="llvm") -> bool:
+    """Whether any plan can narrow a group of the first conv (``first``, its group ids from
+    :func:`~tvm_hcprune.planning.planner.input_conv_groups`): a width below its size at the
     target's channel multiple and the default minimum width (text_direction's first conv has
     8 channels, below the 16 of an AVX-512 host: then the first-conv flags change nothing)."""
     align, low = resolve_align(None, target), PruneConfig().min_channels
     return any(candidate_widths(g.size, group_align(graph, g, align), low)[0] < g.size
-               for g in graph.groups if g.id in input_conv_groups(graph))
+               for g in graph.groups if g.id in first)
 
 
 def bench_model(name, spec, args) -> dict:
@@ -322,7 +323,7 @@ def bench_model(name, spec, args) -> dict:
     cal, test = make_cal(), make_test()
     base = {"graph": graph, "target": "llvm"}
     first = input_conv_groups(graph)
-    prunable = first_conv_prunable(graph)
+    prunable = first_conv_prunable(graph, first)
     if (args.prune_first_conv or args.uniform_keep_first_conv) and not prunable:
         print(f"{name}: no plan can prune the first conv at this host's channel multiple: "
               f"--prune-first-conv and --uniform-keep-first-conv change nothing", flush=True)
