@@ -102,3 +102,68 @@ def test_scan_measures_real_errors_and_plan_prunes(small):
     assert output_error(got, dense)[::-1] == pytest.approx(best)
     with pytest.raises(HCPruneError):
         sensitivity_scan(mod, graph, cal, xs[12:], ratios=(1.5,), runner_factory=make)
+
+
+def test_unit_scales_two_probes_fit_the_measured_errors(small):
+    """With ``sensitivity_probes=2`` a unit with several candidates is pruned alone at two
+    widths; each error is the output error of that single-group plan (recomputed here on
+    the mask oracle), and the unit's importance curve is fitted through both: its loss at
+    each probed width equals the measured error. One probe gives scalar factors."""
+    from tvm_hcprune.planning.budget import macs_cost
+    from tvm_hcprune.planning.config import PruneConfig
+    from tvm_hcprune.planning.planner import make_budget_plan
+    from tvm_hcprune.recovery.guided import CachedRunners, fitted_curve, unit_scales
+    from tvm_hcprune.testing import masked_reference
+
+    _, _, graph, cal, xs = small
+    config = PruneConfig(prune_first_conv=False)
+    cost = macs_cost(graph)
+    _, alloc = make_budget_plan(graph, config, 4, cost, 0.6 * graph.total_macs, cal,
+                                starts=("dense",))
+    runners = CachedRunners()
+    scales, info = unit_scales(graph, alloc, config, cal, xs[:8], runners)
+    two = [i for i, s in scales.items() if np.ndim(s) == 1]
+    assert two, "no unit was probed at two widths"
+    dense = runners.outputs(graph.mod, xs[:8])[0]
+    for i in two:
+        gid = alloc.units[i][0]
+        probes = info["probes"][gid]
+        assert len(probes) == 2 and min(probes) == min(
+            c for c in alloc.candidates[i] if c < graph.groups[gid].size)
+        curve = scales[i]
+        assert curve[0] == 0 and np.all(np.diff(curve) >= 0)
+        for w, err in probes.items():
+            plan = group_plan(graph, {g: w for g in alloc.units[i]}, config.criterion, cal)
+            outs = runners.outputs(masked_reference(graph.mod, plan), xs[:8], keep=False)[0]
+            assert err == pytest.approx(sum(output_error(outs, dense)), rel=1e-3, abs=1e-6)
+            # the fitted loss: the error, or a wider probe's when that measured more
+            want = max(e for v, e in probes.items() if v >= w)
+            assert curve[-1] - curve[w] == pytest.approx(want, rel=1e-9)
+        np.testing.assert_allclose(curve, fitted_curve(alloc.curves[i], probes))
+    one, info1 = unit_scales(graph, alloc, PruneConfig(prune_first_conv=False,
+                                                       sensitivity_probes=1),
+                             cal, xs[:8], runners)
+    assert all(np.ndim(s) == 0 for s in one.values())
+    assert all(len(p) == 1 for p in info1["probes"].values())
+    with pytest.raises(HCPruneError, match="sensitivity_probes must be 1 or 2"):
+        PruneConfig(sensitivity_probes=3)
+
+
+def test_fitted_curve_oracle():
+    """The loss of the fitted curve is the measured error at each probe, the probe's factor
+    times the criterion's loss beyond the probes, and never rises with the kept count."""
+    from tvm_hcprune.recovery.guided import fitted_curve
+
+    curve = np.cumsum(np.arange(1.0, 11.0))[::-1].cumsum()  # concave, 10 channels
+    curve = np.concatenate([[0.0], curve / curve[-1] * 10.0])
+    loss = curve[-1] - curve
+    c = fitted_curve(curve, {6: 0.5, 2: 4.0})
+    got = c[-1] - c
+    assert got[6] == pytest.approx(0.5) and got[2] == pytest.approx(4.0)
+    np.testing.assert_allclose(got[6:], loss[6:] * 0.5 / loss[6])
+    np.testing.assert_allclose(got[:3], loss[:3] * 4.0 / loss[2])
+    assert np.all(np.diff(got) <= 1e-12) and c[0] == 0.0
+    assert np.all((got[2:7] >= 0.5 - 1e-12) & (got[2:7] <= 4.0 + 1e-12))
+    flat = fitted_curve(curve, {6: 3.0, 2: 1.0})  # the deeper probe measured less
+    assert (flat[-1] - flat)[2] == pytest.approx(3.0)
+    np.testing.assert_allclose(fitted_curve(curve, {6: 2.0}), curve * 2.0 / loss[6])

@@ -46,6 +46,12 @@ class PruneConfig(Options):
     min_kept_fraction : float
         Under a budget, the least share of each group's channels kept, in [0, 1) (0: no
         floor beyond ``align`` and ``min_channels``).
+    sensitivity_probes : int
+        Under sensitivity allocation, the widths each group is pruned to alone to measure
+        its output error (:func:`~tvm_hcprune.recovery.guided.unit_scales`): 1 (the first
+        allocation's width, or half) scales the criterion's importance by one factor; 2
+        (default) also probes the deepest width the budget may take and fits the
+        importance curve through both errors.
     compare_uniform : bool
         Under a budget, also make the uniform plan that meets it (every group keeps the same
         share, at the least cut the budget allows, then channels are given back where the
@@ -71,6 +77,7 @@ class PruneConfig(Options):
     prune_first_conv: bool | None = None
     allocation_power: float = 1.0
     min_kept_fraction: float = 0.0
+    sensitivity_probes: int = 2
     compare_uniform: bool = True
     criterion_options: dict = field(default_factory=dict)
     seed: int = 0
@@ -101,6 +108,9 @@ class PruneConfig(Options):
             raise HCPruneError(f"min_kept_fraction must be in [0, 1) (the least share of a "
                                f"group's channels a budget keeps), got "
                                f"{self.min_kept_fraction!r}")
+        if type(self.sensitivity_probes) is not int or self.sensitivity_probes not in (1, 2):
+            raise HCPruneError(f"sensitivity_probes must be 1 or 2 (widths each group is "
+                               f"probed at), got {self.sensitivity_probes!r}")
         if not isinstance(self.compare_uniform, bool):
             raise HCPruneError(f"compare_uniform must be True or False, got "
                                f"{self.compare_uniform!r}")

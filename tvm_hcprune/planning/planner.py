@@ -194,7 +194,9 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
     summed over the kept units.
     ``candidates_of(group, align)`` gives a group's allowed kept counts (default: every
     multiple of the group's alignment from ``min_channels`` up). ``unit_scale`` (unit index
-    -> factor, e.g. from measured sensitivity) multiplies a unit's importance curve.
+    -> factor, e.g. from measured sensitivity) multiplies a unit's importance curve; an
+    array instead replaces the curve (same length, e.g.
+    :func:`~tvm_hcprune.recovery.guided.fitted_curve`).
     ``sparse_units`` (:class:`~tvm_hcprune.planning.mixed.SparseUnit` list, a mixed budget)
     adds each layer's kept blocks as one more unit after the channel units (``cost`` must
     read their ``key``); the plan's ``sparse`` entry is ``sparse_record`` (block, criterion)
@@ -233,7 +235,11 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
             scores[gid] = s
             cum = importance_curve(s, g.unit)
             total = cum if total is None else total + cum
-        importance[i] = total * (1.0 if unit_scale is None else float(unit_scale[i]))
+        scale = None if unit_scale is None else unit_scale[i]
+        if np.ndim(scale) == 1:  # a fitted curve replaces the criterion's
+            importance[i] = np.asarray(scale, dtype=np.float64)
+        else:
+            importance[i] = total * (1.0 if scale is None else float(scale))
         g0 = graph.groups[unit[0]]
         ga = group_align(graph, g0, align)
         candidates[i] = (candidates_of(g0, ga) if candidates_of is not None

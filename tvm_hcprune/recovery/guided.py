@@ -9,11 +9,16 @@ first allocation left dense: to the candidate nearest half their size) and the m
 output error on calibration samples is measured (``rel_mse + disagreement``, as the scan).
 The unit's importance curve is scaled so that the importance lost at the scanned width
 equals the measured error, and the allocation is run again: groups whose pruning moves
-the output little give up channels first. One compile and run per unit.
+the output little give up channels first. One compile and run per unit and probed width.
+By default (``PruneConfig.sensitivity_probes=2``) a unit is also probed at the deepest
+width the budget may take, and its curve is fitted through both errors
+(:func:`fitted_curve`): one probe at half width undervalued wide groups that collapse when
+cut deep (text direction: three 200-channel groups cut to 16).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -26,8 +31,8 @@ from tvm_hcprune.recovery.sensitivity import group_plan
 from tvm_hcprune.transform.apply_plan import apply_plan
 from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["CachedRunners", "choose_plan", "output_agreement", "prepare_calibration",
-           "unit_scales"]
+__all__ = ["CachedRunners", "choose_plan", "fitted_curve", "output_agreement",
+           "prepare_calibration", "unit_scales"]
 
 
 class CachedRunners:
@@ -156,9 +161,70 @@ def output_agreement(dense: list[np.ndarray], pruned: list[np.ndarray],
     return out
 
 
+def _probe_widths(cands: list, first: int, size: int, floor: int, probes: int) -> list:
+    """The widths a unit is pruned to alone: the first allocation's (half the size when it
+    left the unit dense) and, with ``probes=2``, the deepest candidate the budget may take
+    (at or above ``floor``), or half the size when the first width is already that deep."""
+    if first >= size:
+        first = min(cands, key=lambda c: abs(c - size / 2))
+    widths = [first]
+    if probes > 1:
+        allowed = [c for c in cands if c >= floor] or cands[-1:]
+        other = allowed[0] if allowed[0] < first else min(
+            (c for c in cands if c > first), key=lambda c: abs(c - size / 2), default=first)
+        if other != first:
+            widths.append(other)
+    return sorted(widths)
+
+
+def fitted_curve(curve: np.ndarray, errors: dict) -> np.ndarray:
+    """The importance curve whose loss equals the measured error at each probed width.
+
+    The loss ``L(k) = curve[-1] - curve[k]`` is scaled by ``errors[w] / L(w)`` at each
+    probed width ``w``, by the nearest probe's factor beyond the probed range and by the
+    linearly interpolated factor between probes (there clipped to the two probes' errors);
+    the scaled loss is then made non-increasing in ``k`` (a channel kept never costs
+    output: a deeper probe that measured less than a wider one is raised to it) and turned
+    back into a curve (``[0] == 0``, non-decreasing).
+
+    Parameters
+    ----------
+    curve : numpy.ndarray
+        ``curve[k]``: importance kept with ``k`` channels (non-decreasing, ``[0] == 0``).
+    errors : dict
+        Probed width -> measured output error (positive).
+
+    Returns
+    -------
+    numpy.ndarray
+
+    Examples
+    --------
+    >>> c = fitted_curve(np.arange(9.0), {4: 2.0, 2: 12.0})  # losses 4 and 6 measured 2, 12
+    >>> [round(float(c[-1] - c[k]), 2) for k in (8, 6, 4, 3, 2, 0)]
+    [0.0, 1.0, 2.0, 6.25, 12.0, 16.0]
+    """
+    curve = np.asarray(curve, dtype=np.float64)
+    loss = curve[-1] - curve
+    ws = sorted(errors)
+    factors = [float(errors[w]) / max(float(loss[w]), 1e-12) for w in ws]
+    scaled = loss * np.interp(np.arange(len(curve)), ws, factors)
+    for lo, hi in zip(ws, ws[1:]):  # between two probes, within their errors
+        lims = sorted((float(errors[lo]), float(errors[hi])))
+        scaled[lo:hi + 1] = np.clip(scaled[lo:hi + 1], *lims)
+    scaled = np.maximum.accumulate(scaled[::-1])[::-1]
+    return scaled[0] - scaled
+
+
 def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners: CachedRunners,
                 progress: bool = False) -> tuple[dict, dict]:
     """Importance scale per allocation unit from single-unit pruning (see the module docs).
+
+    With ``config.sensitivity_probes == 2`` (the default) a unit with more than one
+    candidate below its size is also pruned alone to a second width (the deepest the
+    budget may take, or half its size when the first is that deep), and its importance
+    curve is replaced by :func:`fitted_curve` through both measured errors: a wide group
+    that loses little at half width but collapses when cut deep is valued for that.
 
     Parameters
     ----------
@@ -166,7 +232,7 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     alloc : Allocation
         The criterion-only allocation (its ``units``, ``candidates`` and ``curves``).
     config : PruneConfig
-        Criterion and its options.
+        Criterion and its options, ``sensitivity_probes`` and ``min_kept_fraction``.
     calibration : Calibration
         For data-driven criteria.
     samples : numpy.ndarray
@@ -176,40 +242,50 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     Returns
     -------
     (scales, info)
-        ``scales``: unit index -> factor; ``info``: ``{"errors": {group: error},
-        "widths": {group: scanned width}, "seconds": s}``.
+        ``scales``: unit index -> factor, or a fitted importance curve (units probed at two
+        widths); ``info``: ``{"errors": {group: error}, "widths": {group: scanned width},
+        "probes": {group: {width: error}}, "samples": n, "seconds": s}`` (``errors`` and
+        ``widths``: the shallower probe).
     """
     t0 = time.perf_counter()
     dense = runners.outputs(graph.mod, samples)[0]
+    probes = int(config.sensitivity_probes)
     jobs = []
     for i, unit in enumerate(alloc.units):
-        cands = [c for c in alloc.candidates[i] if c < graph.groups[unit[0]].size]
+        size = graph.groups[unit[0]].size
+        cands = [c for c in alloc.candidates[i] if c < size]
         if not cands:
             continue
-        w = alloc.widths[unit[0]]
-        if w >= graph.groups[unit[0]].size:
-            w = min(cands, key=lambda c: abs(c - graph.groups[unit[0]].size / 2))
-        jobs.append((i, unit, w))
-    errors, loss = {}, {}
+        floor = math.ceil(float(config.min_kept_fraction) * size - 1e-9)
+        for w in _probe_widths(cands, alloc.widths[unit[0]], size, floor, probes):
+            jobs.append((i, unit, w))
+    measured: dict = {}
     for i, unit, w in progress_bar(jobs, enabled=progress, desc="sensitivity", leave=False):
         plan = group_plan(graph, {g: w for g in unit}, config.criterion, calibration,
                           config.criterion_options, config.seed)
         pruned = apply_plan(graph, plan)
         outs = runners.outputs(pruned, samples, keep=False)[0]
         rel, dis = output_error(outs, dense)
-        errors[i] = rel + dis if np.isfinite(rel) else 1e6
-        curve = alloc.curves[i]
-        loss[i] = float(curve[-1] - curve[w])
+        measured.setdefault(i, {})[w] = rel + dis if np.isfinite(rel) else 1e6
     scales = {}
-    if errors:
-        floor = 1e-3 * max(max(errors.values()), 1e-12)
-        for i in errors:
-            scales[i] = max(errors[i], floor) / max(loss[i], 1e-12)
+    if measured:
+        floor = 1e-3 * max(max(max(m.values()) for m in measured.values()), 1e-12)
+        first = {i: max(m) for i, m in measured.items()}  # the shallower probe
+        for i, m in measured.items():
+            curve = alloc.curves[i]
+            w = first[i]
+            scales[i] = max(m[w], floor) / max(float(curve[-1] - curve[w]), 1e-12)
         med = float(np.median(list(scales.values())))
+        for i, m in measured.items():
+            if len(m) > 1:
+                scales[i] = fitted_curve(alloc.curves[i],
+                                         {w: max(e, floor) for w, e in m.items()})
         for i in range(len(alloc.units)):
             scales.setdefault(i, med)
-    info = {"errors": {int(alloc.units[i][0]): float(e) for i, e in errors.items()},
-            "widths": {int(u[0]): int(w) for _, u, w in jobs},
+    info = {"errors": {int(alloc.units[i][0]): float(m[max(m)]) for i, m in measured.items()},
+            "widths": {int(alloc.units[i][0]): int(max(m)) for i, m in measured.items()},
+            "probes": {int(alloc.units[i][0]): {int(w): float(e) for w, e in m.items()}
+                       for i, m in measured.items()},
             "samples": int(len(samples)), "seconds": round(time.perf_counter() - t0, 2)}
     return scales, info
 
