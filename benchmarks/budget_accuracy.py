@@ -19,7 +19,8 @@ classifier". Per model:
    measured in the same run, and the table shows how equal);
    ``--variants POWER:FLOOR[:FLAGS],...`` makes one latency-aware plan per variant and
    point (``allocation_power``, ``min_kept_fraction``; FLAGS ``u``: ``compare_uniform``,
-   the library's default, ``w``: ``MeasuredLatency(every_width=True)``; default ``1:0:u``,
+   the library's default, ``w``: ``MeasuredLatency(every_width=True)``, ``1``:
+   ``sensitivity_probes=1``, one probe per group; default ``1:0:u``,
    the library's defaults); ``--refine 0`` takes the table's plans as
    they are (no closed loop; the comparison below needs no exact latency match, but the
    choice between the two allocations is then made at equal *predicted* latency);
@@ -209,6 +210,33 @@ groups 21-25, 0.039 against the uniform one's 0.051, and lost on the test lines)
 not measured with it (a 0.375 floor made its lower half unreachable, see above); the
 default stays floorless.
 
+**Two sensitivity probes per group** (fourteenth session, same Intel host, other jobs
+paused; ``sensitivity_probes=2``, now the default: each group with more than one candidate
+width is pruned alone at the first allocation's width and at the deepest the budget may
+take, and its importance curve is fitted through both errors; ``--variants 1:0:u1`` is the
+single probe). ``--models text_direction --points 4``, 43 min (dense 0.762 ms; the same
+uniform plans, 0.664x 0.984, 0.585x 0.964, 0.511x 0.754, 0.469x 0.500, 0.430x 0.594, 0.362x
+0.499, 0.331x 0.565, 0.246x 0.500; 404-435 s per aware plan):
+
+=======  ============  ======  ===============  ========
+asked x  uniform x     start   aware x, top-1   d@equal
+=======  ============  ======  ===============  ========
+0.669    0.664 0.984   dense   0.639, 0.994     +1.6 pt
+0.528    0.511 0.754   unif.   0.526, 0.944     +14.9 pt
+0.428    0.430 0.594   dense   0.419, 0.785     **+20.6 pt**
+0.335    0.331 0.565   dense   0.331, 0.500     -6.4 pt
+=======  ============  ======  ===============  ========
+
+At 0.42x the knapsack's plan still cuts two 200-channel groups to 16 but keeps the third at
+80 and more elsewhere (88 -> 48, 104 -> 80) and is no longer reverted by the guard: 0.785
+where every earlier run lost 6-9 pt there. At 0.33x both candidates scored a constant's
+error (1.5) on the 24 held-out lines and the tie kept the knapsack's plan, at chance (0.500;
+five runs so far gave it 0.500 whenever it was kept there, the uniform candidate 0.537 and
+0.692 when it was). MNIST, ``--models mnist --points 3``, 9 min (dense 0.201 ms, 0.984;
+uniform 0.728x 0.981, 0.521x 0.982, 0.367x 0.973): +0.1 pt at 0.69x (dense start), -0.3 at
+0.53x (unif.; 0.979 against 0.982, agreement with the dense model 0.995 against the uniform
+ratio's 0.992), +0.2 at 0.38x (dense); 111-186 s per aware plan.
+
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
@@ -372,7 +400,8 @@ def bench_model(name, spec, args) -> dict:
                 pm, rep = hc.prune(mod, budget=hc.Latency(fraction=f), latency_model=spec_lat,
                                    prune_first_conv=args.prune_first_conv or None,
                                    allocation_power=power, min_kept_fraction=floor,
-                                   compare_uniform="u" in flags, **extra, **base)
+                                   compare_uniform="u" in flags,
+                                   sensitivity_probes=1 if "1" in flags else 2, **extra, **base)
             except hc.HCPruneError as err:
                 print(f"  {name}: Latency(fraction={f}) variant {power}:{floor}:{flags} "
                       f"skipped: {err}", flush=True)
@@ -468,11 +497,12 @@ def bench_model(name, spec, args) -> dict:
 
 def _variant(text: str) -> tuple:
     """``POWER:FLOOR[:FLAGS]`` -> (power, floor, flags); FLAGS: ``u`` compares the uniform
-    plan (``compare_uniform``), ``w`` chooses among every width (``every_width``)."""
+    plan (``compare_uniform``), ``w`` chooses among every width (``every_width``), ``1``
+    probes sensitivity at one width (``sensitivity_probes=1``)."""
     parts = text.split(":")
     flags = parts[2] if len(parts) == 3 else ""
-    if len(parts) not in (2, 3) or set(flags) - set("uw"):
-        raise SystemExit(f"--variants: {text!r} is not POWER:FLOOR[:FLAGS] (FLAGS of u, w)")
+    if len(parts) not in (2, 3) or set(flags) - set("uw1"):
+        raise SystemExit(f"--variants: {text!r} is not POWER:FLOOR[:FLAGS] (FLAGS of u, w, 1)")
     return float(parts[0]), float(parts[1]), flags
 
 
@@ -513,7 +543,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="1:0:u",
                     help="latency-aware allocations compared, comma-separated "
                          "POWER:FLOOR[:FLAGS] (allocation_power, min_kept_fraction; FLAGS: "
-                         "u = compare_uniform, w = MeasuredLatency(every_width=True)), e.g. "
+                         "u = compare_uniform, w = MeasuredLatency(every_width=True), 1 = "
+                         "sensitivity_probes=1), e.g. "
                          "1:0,-2:0:uw; all are timed in the same interleaved run")
     ap.add_argument("--quick", action="store_true", help="fewer samples, points and rounds")
     args = ap.parse_args(argv)
