@@ -209,7 +209,7 @@ def fitted_curve(curve: np.ndarray, errors: dict) -> np.ndarray:
     ws = sorted(errors)
     factors = [float(errors[w]) / max(float(loss[w]), 1e-12) for w in ws]
     scaled = loss * np.interp(np.arange(len(curve)), ws, factors)
-    for lo, hi in zip(ws, ws[1:]):  # between two probes, within their errors
+    for lo, hi in zip(ws[:-1], ws[1:], strict=True):  # between two probes, within their errors
         lims = sorted((float(errors[lo]), float(errors[hi])))
         scaled[lo:hi + 1] = np.clip(scaled[lo:hi + 1], *lims)
     scaled = np.maximum.accumulate(scaled[::-1])[::-1]
