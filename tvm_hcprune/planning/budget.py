@@ -25,8 +25,8 @@ from tvm_hcprune.ops.desc import desc_length
 from tvm_hcprune.utils.relax import static_shape
 
 __all__ = ["BudgetUnreachable", "MACs", "Latency", "Params", "SeparableCost", "allocate_widths",
-           "as_budget", "candidate_widths", "desc_kept_length", "macs_cost", "params_cost",
-           "uniform_start", "unit_value"]
+           "as_budget", "candidate_widths", "desc_kept_length", "kept_floor", "macs_cost",
+           "params_cost", "uniform_start", "unit_value"]
 
 
 def _check_fraction(name: str, fraction) -> None:
@@ -295,6 +295,18 @@ class BudgetUnreachable(HCPruneError):
         self.reachable = float(reachable)
 
 
+def kept_floor(min_fraction: float, size: int) -> int:
+    """The fewest channels of ``size`` a budget keeps under ``min_fraction``
+    (``ceil(min_fraction * size)``, robust to rounding).
+
+    Examples
+    --------
+    >>> kept_floor(0.25, 200), kept_floor(0.0, 64)
+    (50, 0)
+    """
+    return math.ceil(float(min_fraction) * size - 1e-9)
+
+
 def unit_value(curve, power: float = 1.0):
     """The value of keeping ``curve[k]`` importance out of ``curve[-1]``, per kept count.
 
@@ -393,7 +405,7 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
     values = {i: unit_value(importance[i], float(power)) for i in range(len(units))}
     lowest = {}
     for i, u in enumerate(units):
-        floor = math.ceil(float(min_fraction) * max(sizes[g] for g in u) - 1e-9)
+        floor = kept_floor(min_fraction, max(sizes[g] for g in u))
         lowest[i] = next(k for k, c in enumerate(candidates[i])
                          if c >= floor or k == len(candidates[i]) - 1)
     for i, n in (start or {}).items():

@@ -18,12 +18,12 @@ cut deep (text direction: three 200-channel groups cut to 16).
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 
 from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.planning.budget import kept_floor
 from tvm_hcprune.recovery.calibration import Calibration, calibrate
 from tvm_hcprune.recovery.data import calibration_data, split_holdout
 from tvm_hcprune.recovery.runner import compile_module, output_error, runner_for
@@ -256,7 +256,7 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
         cands = [c for c in alloc.candidates[i] if c < size]
         if not cands:
             continue
-        floor = math.ceil(float(config.min_kept_fraction) * size - 1e-9)
+        floor = kept_floor(config.min_kept_fraction, size)
         for w in _probe_widths(cands, alloc.widths[unit[0]], size, floor, probes):
             jobs.append((i, unit, w))
     measured: dict = {}
@@ -270,10 +270,8 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     scales = {}
     if measured:
         floor = 1e-3 * max(max(max(m.values()) for m in measured.values()), 1e-12)
-        first = {i: max(m) for i, m in measured.items()}  # the shallower probe
         for i, m in measured.items():
-            curve = alloc.curves[i]
-            w = first[i]
+            curve, w = alloc.curves[i], max(m)  # the shallower probe
             scales[i] = max(m[w], floor) / max(float(curve[-1] - curve[w]), 1e-12)
         med = float(np.median(list(scales.values())))
         for i, m in measured.items():
