@@ -19,7 +19,12 @@ from tvm_hcprune.cli import main
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.recovery.calibration import Calibration
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data, split_holdout
-from tvm_hcprune.recovery.guided import CachedRunners, choose_plan, output_agreement
+from tvm_hcprune.recovery.guided import (
+    CachedRunners,
+    centred_correlation,
+    choose_plan,
+    output_agreement,
+)
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 
 
@@ -132,6 +137,31 @@ def test_choose_plan_prefers_agreement_over_a_collapsed_output():
     assert rel_scaled > 1 + dis_constant and dis_constant > 0  # the sum would keep "constant"
     np.testing.assert_allclose(errors, [1 + dis_constant, 1.0], rtol=1e-4)
     assert i == 1
+
+
+def test_choose_plan_breaks_a_tie_by_centred_correlation():
+    """Two plans tied at ``1 + disagreement`` (both relative MSEs past 1, the same top-1
+    decisions: a two-class model whose outputs never cross) are told apart by the centred
+    correlation with the dense output: the one that still follows it (correlation 1) is
+    chosen over the constant (0), though the constant comes first and ties kept it."""
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((4, 1))
+    w = np.concatenate([v, -v], 1)  # dense: [s, -s], class 0 where s > 0
+    x = rng.standard_normal((24, 1, 4)).astype("float32")
+    s = x[:, 0] @ v[:, 0]
+    b = 4 * np.abs(s).max()
+    modules = {"constant": _linear(0 * w, np.array([b, -b])),  # always class 0
+               "follows": _linear(0.5 * w, np.array([b, -b]))}  # always class 0, tracks s
+    graph = types.SimpleNamespace(mod=_linear(w, np.zeros(2)))
+    i, errors = choose_plan(graph, ["constant", "follows"], x, CachedRunners(),
+                            make=modules.__getitem__)
+    dis = np.mean(s <= 0)
+    assert 0 < dis < 1
+    np.testing.assert_allclose(errors, [1 + dis, 1 + dis], rtol=1e-6)  # the tie
+    assert i == 1
+    d = np.stack([s, -s], 1)
+    assert centred_correlation(0.5 * d + b, d) == pytest.approx(1.0)
+    assert centred_correlation(np.full_like(d, b), d) == 0.0
 
 
 def test_calibration_of_another_module_is_redone(samples):
