@@ -237,6 +237,23 @@ uniform 0.728x 0.981, 0.521x 0.982, 0.367x 0.973): +0.1 pt at 0.69x (dense start
 0.53x (unif.; 0.979 against 0.982, agreement with the dense model 0.995 against the uniform
 ratio's 0.992), +0.2 at 0.38x (dense); 111-186 s per aware plan.
 
+Repeat, fifteenth session (same Intel host; three benchmarks at once on its two cores, one
+TVM thread each, so latency figures are noisier; ties between candidates now broken by the
+centred correlation with the dense output). ``--models text_direction --points 4`` (dense
+0.758 ms, 0.991; uniform 0.659x 0.984, 0.509x 0.754, 0.432x 0.594, 0.332x 0.565): +0.7 pt at
+0.68x (dense start; 0.991, no slower uniform plan to interpolate), **+10.5 at 0.52x**
+(unif.; 0.888), **+20.6 at 0.43x** (dense; 0.791, held-out scores 0.83 against the uniform
+candidate's 1.5), -6.5 at 0.33x (dense; 0.500). At 0.33x both candidates scored 1.5 again;
+re-made alone, their centred correlations on the held-out lines were 0.32 (knapsack) and
+0.13, and on the 1,000 test lines *both* scored 0.500 (every line one class): no choice
+between them helps there. MNIST with ``--variants 1:0:u,1:0:u1`` (same run; dense 0.191 ms,
+0.984; uniform 0.722x 0.981, 0.528x 0.982, 0.373x 0.973): two probes -0.0, -0.4, +0.2 pt at
+0.74x, 0.54x, 0.39x; one probe +0.1, +0.1, +0.1 at 0.76x, 0.51x, 0.40x. At 0.54x the two-probe
+run kept the knapsack's plan (128 -> 16 in one group) with no choice made: only its family
+ended within the loop's 5% of the goal under that load. Re-made alone (one other benchmark
+running) both families ended within 5% and the uniform candidate was chosen (held-out
+0.0215 against 0.0227).
+
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
