@@ -313,6 +313,7 @@ import os
 import time
 
 import numpy as np
+from scipy.stats import binomtest
 
 import tvm_hcprune as hc
 from tvm_hcprune.latency import MeasuredLatency
@@ -458,7 +459,9 @@ def bench_model(name, spec, args) -> dict:
             reverted = None if recon is None else recon.reverted
         else:
             pruned, reverted = entry["module"], None
-        agree = output_agreement(dense_out, runners.outputs(pruned, tx, keep=False), labels)
+        out = runners.outputs(pruned, tx, keep=False)
+        agree = output_agreement(dense_out, out, labels)
+        entry["correct"] = out[0].reshape(len(tx), -1).argmax(1) == labels  # per test sample
         return {"top1": agree["top1_pruned"], "top1_agreement": agree["top1_agreement"],
                 "correlation": agree["correlation"], "macs_fraction": rep.macs_fraction,
                 "fraction": entry["ms"] / dense_ms, "ms": entry["ms"],
@@ -495,6 +498,7 @@ def bench_model(name, spec, args) -> dict:
                      "uniform_top1_at_equal_latency": at,
                      "top1_delta_equal_latency_pt": None if at is None
                      else 100 * (ea["top1"] - at),
+                     "paired": paired(p["aware"]["correct"], p["uniform"]["correct"]),
                      "closed_loop_steps": len(loop), "plan_seconds": round(p["seconds"], 1),
                      "allocation_scores": p["aware"]["report"].plan.config.get(
                          "allocation_scores")})
@@ -510,6 +514,21 @@ def bench_model(name, spec, args) -> dict:
             "uniform_curve": uniform_curve,
             "recovery": args.recovery, "calibration_samples": len(cal),
             "test_samples": len(tx)}
+
+
+def paired(aware: np.ndarray, uniform: np.ndarray) -> dict:
+    """McNemar's exact test on the test samples that only one of two plans gets right: the
+    aware plan against the uniform one it is matched with (``aware_only``, ``uniform_only``;
+    ``p_aware_worse``, one-sided: the chance of so few aware-only wins if both plans were
+    equally accurate; below 0.05, the aware plan is less accurate beyond the sampling noise
+    of the test set).
+
+    >>> paired(np.array([1, 1, 0, 1], bool), np.array([1, 0, 1, 1], bool))["p_aware_worse"]
+    0.75
+    """
+    b, c = int(np.sum(aware & ~uniform)), int(np.sum(~aware & uniform))
+    p = binomtest(b, b + c, 0.5, alternative="less").pvalue if b + c else 1.0
+    return {"aware_only": b, "uniform_only": c, "p_aware_worse": float(p)}
 
 
 def _variant(text: str) -> tuple:
@@ -581,7 +600,7 @@ def main(argv=None) -> int:
                                         for c in res["uniform_curve"]))
         print(f"  {'pow':>4} {'floor':>5} {'flags':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
               f"{'aware x':>8} {'top-1':>6} {'agree':>6} | {'lat gap':>7} {'d top-1':>8} "
-              f"{'d@equal':>8}")
+              f"{'d@equal':>8} {'a/u only':>9} {'p worse':>7}")
         for r in res["rows"]:
             a, u = r["aware"], r["uniform"]
             eq = r["top1_delta_equal_latency_pt"]
@@ -590,7 +609,9 @@ def main(argv=None) -> int:
                   f"{u['fraction']:>7.3f} {u['top1']:>6.3f} | {a['fraction']:>8.3f} "
                   f"{a['top1']:>6.3f} {a['top1_agreement']:>6.3f} | "
                   f"{100 * r['latency_gap']:>+6.1f}% {r['top1_delta_pt']:>+7.1f}pt "
-                  f"{'-' if eq is None else f'{eq:+.1f}pt':>8}")
+                  f"{'-' if eq is None else f'{eq:+.1f}pt':>8} "
+                  f"{r['paired']['aware_only']:>4}/{r['paired']['uniform_only']:<4} "
+                  f"{r['paired']['p_aware_worse']:>7.3f}")
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps(
             {"threads": args.threads, "results": results}, indent=1, default=str))

@@ -5,6 +5,7 @@ Nothing here asserts a timing: measured numbers are only compared with themselve
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.cli import main
-from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError, HCPruneWarning
 from tvm_hcprune.latency import LatencyTable, RooflineModel, latency_table
 from tvm_hcprune.latency.layers import layer_module, layer_specs
 from tvm_hcprune.planning.budget import (
@@ -701,6 +702,51 @@ def test_closed_loop_measures_what_the_table_calls_unreachable(small, graph, tab
     with pytest.raises(HCPruneError, match=r"measured, the smallest plan runs at 0\.\d+x"):
         hc.prune(small, budget=hc.Latency(fraction=fraction), graph=graph, align=8,
                  latency_model=slow)
+
+
+class _ScaledRunner:
+    """Times the dense model at ``dense_ms`` and every pruned one at ``fraction`` of it."""
+
+    device = "scaled"
+
+    def __init__(self, dense_ms, fraction):
+        self.dense_ms, self.fraction = dense_ms, fraction
+
+    def models(self, mods, target, database=None, **_):
+        return [self.dense_ms] + [self.fraction * self.dense_ms] * (len(mods) - 1)
+
+
+def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
+    """The closed loop times the dense model again: far slower than the table timed it (the
+    host busy, TVM's pool oversubscribed) it warns, naming both figures and the fix; at the
+    table's speed it does not."""
+    from dataclasses import dataclass
+
+    from tvm_hcprune.latency import MeasuredLatency
+    from tvm_hcprune.latency.measured import BUSY_FACTOR
+
+    measured, _ = table
+
+    @dataclass(frozen=True)
+    class _Spec(MeasuredLatency):
+        def for_graph(self, graph, target, align, min_channels=1):
+            return measured
+
+    dense = measured.predict(graph)
+    for factor in (1.0, 1.1 * BUSY_FACTOR):
+        spec = _Spec(runner=_ScaledRunner(factor * dense, 0.7), refine=1, progress=False)
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            _, report = hc.prune(small, budget=hc.Latency(fraction=0.7), graph=graph, align=8,
+                                 latency_model=spec)
+        busy = [str(w.message) for w in got if issubclass(w.category, HCPruneWarning)]
+        step = report.plan.config["closed_loop"][0]
+        assert step["dense_ms"] == pytest.approx(factor * dense)
+        if factor == 1.0:
+            assert busy == []
+        else:
+            assert len(busy) == 1 and f"{1.1 * BUSY_FACTOR:.1f}x the {dense:.4g} ms" in busy[0]
+            assert "TVM_NUM_THREADS" in busy[0]
 
 
 def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):

@@ -16,13 +16,14 @@ from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_hcprune as hc
 from tvm_hcprune.cli import main
-from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError, HCPruneWarning
 from tvm_hcprune.recovery.calibration import Calibration
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data, split_holdout
 from tvm_hcprune.recovery.guided import (
     CachedRunners,
     centred_correlation,
     choose_plan,
+    collapse_reason,
     output_agreement,
 )
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
@@ -56,6 +57,7 @@ def test_data_default_path(small, samples):
     assert rec is not None and rec.guard is not None and rec.guard["n"] == 4
     a = report.agreement
     assert a["n"] == 4 and -1 <= a["correlation"] <= 1 and "top1_agreement" in a
+    assert a["collapsed"] is None and report.collapse_warning() is None
     # the agreement is what the returned module does on the held-out samples
     _, held = split_holdout(calibration_data(samples, small))
     dense = np.stack([run_relax(small, [x]) for x in held.samples])
@@ -241,6 +243,80 @@ def test_output_agreement():
     assert a["top1_agreement"] == 0.5 and a["max_abs_error"] == 2.0
     assert a["top1_dense"] == 1.0 and a["top1_pruned"] == 0.5
     assert a["correlation"] == pytest.approx(np.corrcoef(d[0].ravel(), p[0].ravel())[0, 1])
+
+
+def test_collapse_reason():
+    """Collapsed: an output the same for every sample, or a classifier giving one class to
+    every sample where the dense model's most frequent class covers at most half."""
+    d = [np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])]  # classes 0, 1, 0, 1
+    assert collapse_reason(d, d) is None
+    assert collapse_reason(d, [d[0] * 0.5 + 1.0]) is None  # scaled, still input-dependent
+    assert collapse_reason(d, [np.ones_like(d[0])]) == "output 0 is the same for every sample"
+    one_class = d[0] * [1.0, 0.0] + [0.0, 9.0]  # varies, but arg-max 1 everywhere
+    assert collapse_reason(d, [one_class]).startswith("every sample is given class 1 ")
+    skewed = [np.array([[1.0, 0.0]] * 3 + [[0.0, 1.0]])]  # the dense model: 3 of 4 class 0
+    assert collapse_reason(skewed, [skewed[0] * [1.0, 0.0] + [0.5, 0.0]]) is None
+    # a second output collapsed is named; constant dense outputs are not a collapse
+    assert collapse_reason(d + d, d + [np.zeros_like(d[0])]) == (
+        "output 1 is the same for every sample")
+    assert collapse_reason([np.ones((4, 3))], [np.zeros((4, 3))]) is None
+
+
+def _dead_channel_onnx():
+    """conv(4 -> 16, bias) -> relu -> pool -> linear(3): channels 0-7 have the largest weights
+    (an L2 criterion keeps them) and a bias of -1e4 (dead after the relu); 8-15 carry the
+    signal. Pruning half by L2 leaves a model whose logits are the linear bias."""
+    g = onnx_models.GraphBuilder(3)
+    y = g.op("Relu", [g.conv("input", 4, 16, 3, bias=True)])
+    m = g.model(g.head(y, 16, 3), [1, 4, 6, 6], [1, 3], "dead_channels")
+    for t in m.graph.initializer:
+        a = onnx.numpy_helper.to_array(t).copy()
+        if a.shape == (16, 4, 3, 3):
+            a[:8] *= 10.0
+        elif a.shape == (16,):
+            a[:8], a[8:] = -1e4, 0.0
+        else:
+            continue
+        t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
+    return m
+
+
+def test_collapsed_model_is_reported_and_warned():
+    """A plan that keeps only dead channels: prune warns (HCPruneWarning, the ratio named),
+    and the report's summary and markdown say so; the mask oracle holds for the plan."""
+    mod = from_onnx(_dead_channel_onnx())
+    x = np.random.default_rng(1).normal(size=(16, 1, 4, 6, 6)).astype(np.float32)
+    with pytest.warns(HCPruneWarning, match=r"collapsed at ratio 0\.5: on the 4 held-out "
+                      r"calibration samples output 0 is the same for every sample"):
+        pruned, report = hc.prune(mod, ratio=0.5, align=8, calibration=x,
+                                  allocation="criterion", reconstruct=False)
+    assert sorted(report.plan.kept[0]) == list(range(8))  # the dead (largest) channels
+    _, held = split_holdout(calibration_data(x, mod))
+    runners = CachedRunners()
+    out = runners.outputs(pruned, held.samples)[0]
+    assert np.allclose(out, out[:1]) and not np.allclose(
+        runners.outputs(mod, held.samples)[0], out[:1])  # the dense model's do vary
+    np.testing.assert_allclose(out, runners.outputs(masked_reference(mod, report.plan),
+                                                    held.samples)[0], rtol=1e-4, atol=1e-4)
+    assert report.agreement["collapsed"] == "output 0 is the same for every sample"
+    assert "WARNING: the pruned model has collapsed at ratio 0.5" in report.summary()
+    assert "**Warning**: the pruned model has collapsed" in report.to_markdown()
+    assert json.loads(json.dumps(report.to_dict()))["agreement"]["collapsed"]
+
+
+def test_cli_prints_the_collapse_warning(tmp_path, capsys):
+    """``hcprune prune`` prints the collapse warning with the summary (once: not also as a
+    Python warning on stderr) and still writes the model the user asked for (exit 0)."""
+    path, out = tmp_path / "dead.onnx", tmp_path / "p.onnx"
+    onnx.save(_dead_channel_onnx(), str(path))
+    np.savez(tmp_path / "cal.npz", input=np.random.default_rng(1).normal(
+        size=(16, 1, 4, 6, 6)).astype(np.float32))
+    assert main(["prune", str(path), "--prune-ratio", "0.5", "--align", "8", "-o", str(out),
+                 "--calibration", str(tmp_path / "cal.npz"), "--allocation", "criterion",
+                 "--no-reconstruct"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.count("WARNING: the pruned model has collapsed at ratio 0.5") == 1
+    assert "HCPruneWarning" not in cap.err and out.exists()
 
 
 def test_cli_calibration_npz_and_warning(tmp_path, capsys, samples):

@@ -29,6 +29,7 @@ from tvm_hcprune.utils.lazy import lazy_exports
 _EXPORTS = {
     # core
     "HCPruneError": "tvm_hcprune.errors",
+    "HCPruneWarning": "tvm_hcprune.errors",
     "analyze": "tvm_hcprune.analysis",
     "ChannelGraph": "tvm_hcprune.analysis",
     "ChannelGroup": "tvm_hcprune.analysis",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
-from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError, HCPruneWarning
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.sparse_cost import choose_format
 from tvm_hcprune.latency.layers import layer_specs
@@ -200,6 +201,20 @@ class PruneReport:
                 out.append(row(f.group, f.op, f.var, f.reason))
         return "\n".join(out) + "\n"
 
+    def collapse_warning(self) -> str | None:
+        """The warning for a pruned model whose outputs on the held-out samples no longer
+        depend on the input (``agreement["collapsed"]``), else None."""
+        a = self.agreement
+        if not a or not a.get("collapsed"):
+            return None
+        ratio = self.plan.config.get("ratio")
+        what = (self.budget.describe() if self.budget is not None
+                else "this plan" if ratio is None else f"ratio {ratio:g}")
+        return (f"the pruned model has collapsed at {what}: on the {a['n']} held-out "
+                f"calibration samples {a['collapsed']}, so its outputs no longer depend on the "
+                f"input; prune less (a larger budget or a smaller ratio) or check that the "
+                f"calibration data is what the model sees in use")
+
     def _agreement_markdown(self, row) -> list[str]:
         out = []
         if self.agreement is not None:
@@ -217,6 +232,8 @@ class PruneReport:
                 out.append(row("top-1 dense / pruned",
                                f"{a['top1_dense']:.3f} / {a['top1_pruned']:.3f}"))
             out.append("")
+            if self.collapse_warning():
+                out += [f"**Warning**: {self.collapse_warning()}", ""]
         rec = self.reconstruction
         if rec is not None:
             n_ok = len(rec.layers) - len(rec.fallbacks)
@@ -250,6 +267,8 @@ class PruneReport:
                          + (f", top-1 agreement {a['top1_agreement']:.3f}"
                             if "top1_agreement" in a else "")
                          + f" (allocation by {self.allocation})")
+            if self.collapse_warning():
+                lines.append(f"WARNING: {self.collapse_warning()}")
         frozen_groups = sorted({f.group for f in self.frozen})
         if frozen_groups:
             lines.append(f"{len(frozen_groups)} frozen group(s):")
@@ -449,6 +468,8 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if fit is not None:
         report.calibration = {"source": fit.source, "fit_samples": len(fit),
                               "held_out_samples": 0 if held is None else len(held)}
+    if report.collapse_warning():
+        warnings.warn(report.collapse_warning(), HCPruneWarning, stacklevel=2)
     return pruned, report
 
 

@@ -20,6 +20,12 @@ class HCPruneError(ValueError):
     """
 
 
+class HCPruneWarning(UserWarning):
+    """A result the user should look at before deploying it, e.g. a pruned model whose
+    outputs on the held-out calibration samples no longer depend on the input (collapsed);
+    the message says what and what to change."""
+
+
 class UnsupportedModelError(HCPruneError):
     """The model uses something tvm_hcprune cannot handle (yet); the message says what."""
 

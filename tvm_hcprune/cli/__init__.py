@@ -11,8 +11,9 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
-from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError, HCPruneWarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status = args.func(args)
+        with warnings.catch_warnings():  # the commands print the report's own warning lines
+            warnings.simplefilter("ignore", HCPruneWarning)
+            status = args.func(args)
     except HCPruneError as err:
         print(f"hcprune {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -19,10 +19,11 @@ allocation differently).
 from __future__ import annotations
 
 import sys
+import warnings
 from dataclasses import dataclass
 
 from tvm_hcprune.backend.pipeline import build
-from tvm_hcprune.errors import HCPruneError
+from tvm_hcprune.errors import HCPruneError, HCPruneWarning
 from tvm_hcprune.latency.measure import LocalRunner, random_inputs
 from tvm_hcprune.latency.model import latency_table
 from tvm_hcprune.planning.plan import PrunePlan
@@ -165,6 +166,8 @@ class MeasuredLatency:
                                number=max(1, self.number // 2), inputs=[x] * len(mods))
             timed += len(mods)
             d_ms = ms[0]
+            if step == 0:
+                _warn_if_busy(d_ms, dense_predicted)
             goal = budget.fraction * d_ms if budget.fraction is not None else budget.ms
             for n, lp in enumerate(active):
                 p_ms = ms[index[_key(lp.plan)]]
@@ -182,6 +185,26 @@ class MeasuredLatency:
                 elif not lp.advance(dense_predicted):
                     lp.done = True
         return [lp.result(self.tolerance, timed) for lp in loops]
+
+
+#: the closed loop's dense time over the table's (its whole-model measurement) above which
+#: the host is taken to be busy: the table and the loop time the same dense model
+BUSY_FACTOR = 3.0
+
+
+def _warn_if_busy(measured_ms: float, table_ms: float) -> None:
+    """Warn (:class:`~tvm_hcprune.errors.HCPruneWarning`) when the dense model now runs more
+    than :data:`BUSY_FACTOR` times slower than when the latency table timed it: on a 2-core
+    host running two other jobs, TVM's thread pool timed the dense MNIST model at 80-88 ms
+    instead of 0.2 ms, and the loop then fits the plan to those timings."""
+    if table_ms > 0 and measured_ms > BUSY_FACTOR * table_ms:
+        warnings.warn(
+            f"the closed loop timed the dense model at {measured_ms:.4g} ms, "
+            f"{measured_ms / table_ms:.1f}x the {table_ms:.4g} ms of the latency table: the "
+            f"host is busy, or TVM's thread pool has more threads than there are free cores; "
+            f"the plan is fitted to these timings. Measure on an idle host, or set "
+            f"TVM_NUM_THREADS to the free cores before TVM starts", HCPruneWarning,
+            stacklevel=4)
 
 
 class _Loop:

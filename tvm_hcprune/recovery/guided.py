@@ -31,7 +31,7 @@ from tvm_hcprune.recovery.sensitivity import group_plan
 from tvm_hcprune.transform.apply_plan import apply_plan
 from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["CachedRunners", "centred_correlation", "choose_plan", "fitted_curve",
+__all__ = ["CachedRunners", "centred_correlation", "choose_plan", "collapse_reason", "fitted_curve",
            "output_agreement", "prepare_calibration", "unit_scales"]
 
 
@@ -127,7 +127,8 @@ def output_agreement(dense: list[np.ndarray], pruned: list[np.ndarray],
         ``n``; ``correlation`` (Pearson, all outputs flattened; the lowest over outputs);
         ``max_abs_error`` and ``rel_mse`` (first output); for classifiers (first output one
         score per class) ``top1_agreement`` (arg-max equal to the dense one), with labels
-        ``top1_dense`` and ``top1_pruned``.
+        ``top1_dense`` and ``top1_pruned``; ``collapsed``: None, or why the pruned outputs no
+        longer depend on the input (:func:`collapse_reason`).
 
     Examples
     --------
@@ -158,7 +159,55 @@ def output_agreement(dense: list[np.ndarray], pruned: list[np.ndarray],
         if labels is not None:
             out["top1_dense"] = float(np.mean(pd == labels))
             out["top1_pruned"] = float(np.mean(pp == labels))
+    out["collapsed"] = collapse_reason(dense, pruned)
     return out
+
+
+def collapse_reason(dense: list[np.ndarray], pruned: list[np.ndarray]) -> str | None:
+    """Why the pruned model's outputs no longer depend on its input, or None when they do.
+
+    Collapsed: an output that varies from sample to sample in the dense model is the same for
+    every sample in the pruned one (its spread below 1e-6 of the dense spread), or a
+    classifier's pruned arg-max is one class for every sample where the dense model's most
+    frequent class covers at most half of them (a two-class model at chance).
+
+    Parameters
+    ----------
+    dense, pruned : list of numpy.ndarray
+        Per model output, ``[n, *output_shape]``, on the same samples (at least two).
+
+    Returns
+    -------
+    str or None
+        The reason, in words, for a message.
+
+    Examples
+    --------
+    >>> d = [np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])]
+    >>> collapse_reason(d, d) is None
+    True
+    >>> collapse_reason(d, [np.ones_like(d[0])])
+    'output 0 is the same for every sample'
+    >>> collapse_reason(d, [d[0] * [1.0, 0.0] + [0.0, 9.0]])
+    'every sample is given class 1 (the dense model: 2 classes, the most frequent on 2 of 4)'
+    """
+    for i, (d, p) in enumerate(zip(dense, pruned, strict=True)):
+        d = np.asarray(d, np.float64).reshape(len(d), -1)
+        p = np.asarray(p, np.float64).reshape(len(p), -1)
+        if len(d) < 2 or not np.isfinite(p).all():
+            continue
+        spread = float(d.std(0).max())
+        if spread > 0 and float(p.std(0).max()) <= 1e-6 * spread:
+            return f"output {i} is the same for every sample"
+    d0 = np.asarray(dense[0]).reshape(len(dense[0]), -1)
+    if len(d0) >= 2 and d0.shape[1] > 1 and d0.shape[1] == np.asarray(dense[0]).shape[-1]:
+        pd = d0.argmax(1)
+        pp = np.asarray(pruned[0]).reshape(len(d0), -1).argmax(1)
+        classes, counts = np.unique(pd, return_counts=True)
+        if len(np.unique(pp)) == 1 and 2 * counts.max() <= len(pd):
+            return (f"every sample is given class {int(pp[0])} (the dense model: "
+                    f"{len(classes)} classes, the most frequent on {counts.max()} of {len(pd)})")
+    return None
 
 
 def _probe_widths(cands: list, first: int, size: int, floor: int, probes: int) -> list:
