@@ -251,13 +251,16 @@ def test_collapse_reason():
     d = [np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])]  # classes 0, 1, 0, 1
     assert collapse_reason(d, d) is None
     assert collapse_reason(d, [d[0] * 0.5 + 1.0]) is None  # scaled, still input-dependent
-    assert collapse_reason(d, [np.ones_like(d[0])]) == "output 0 is the same for every sample"
+    assert collapse_reason(d, [np.ones_like(d[0])]) == (
+        "output 0 is the same for every sample: it no longer depends on the input")
     one_class = d[0] * [1.0, 0.0] + [0.0, 9.0]  # varies, but arg-max 1 everywhere
-    assert collapse_reason(d, [one_class]).startswith("every sample is given class 1 ")
+    assert collapse_reason(d, [one_class]) == (
+        "every sample is given class 1 (the dense model: 2 classes, the most frequent on 2 "
+        "of 4): it no longer tells the classes apart")
     skewed = [np.array([[1.0, 0.0]] * 3 + [[0.0, 1.0]])]  # the dense model: 3 of 4 class 0
     assert collapse_reason(skewed, [skewed[0] * [1.0, 0.0] + [0.5, 0.0]]) is None
     # a second output collapsed is named; constant dense outputs are not a collapse
-    assert collapse_reason(d + d, d + [np.zeros_like(d[0])]) == (
+    assert collapse_reason(d + d, d + [np.zeros_like(d[0])]).startswith(
         "output 1 is the same for every sample")
     assert collapse_reason([np.ones((4, 3))], [np.zeros((4, 3))]) is None
 
@@ -287,7 +290,8 @@ def test_collapsed_model_is_reported_and_warned():
     mod = from_onnx(_dead_channel_onnx())
     x = np.random.default_rng(1).normal(size=(16, 1, 4, 6, 6)).astype(np.float32)
     with pytest.warns(HCPruneWarning, match=r"collapsed at ratio 0\.5: on the 4 held-out "
-                      r"calibration samples output 0 is the same for every sample"):
+                      r"calibration samples output 0 is the same for every sample: it no "
+                      r"longer depends on the input; prune less"):
         pruned, report = hc.prune(mod, ratio=0.5, align=8, calibration=x,
                                   allocation="criterion", reconstruct=False)
     assert sorted(report.plan.kept[0]) == list(range(8))  # the dead (largest) channels
@@ -298,7 +302,7 @@ def test_collapsed_model_is_reported_and_warned():
         runners.outputs(mod, held.samples)[0], out[:1])  # the dense model's do vary
     np.testing.assert_allclose(out, runners.outputs(masked_reference(mod, report.plan),
                                                     held.samples)[0], rtol=1e-4, atol=1e-4)
-    assert report.agreement["collapsed"] == "output 0 is the same for every sample"
+    assert report.agreement["collapsed"].startswith("output 0 is the same for every sample")
     assert "WARNING: the pruned model has collapsed at ratio 0.5" in report.summary()
     assert "**Warning**: the pruned model has collapsed" in report.to_markdown()
     assert json.loads(json.dumps(report.to_dict()))["agreement"]["collapsed"]

@@ -211,9 +211,9 @@ class PruneReport:
         what = (self.budget.describe() if self.budget is not None
                 else "this plan" if ratio is None else f"ratio {ratio:g}")
         return (f"the pruned model has collapsed at {what}: on the {a['n']} held-out "
-                f"calibration samples {a['collapsed']}, so its outputs no longer depend on the "
-                f"input; prune less (a larger budget or a smaller ratio) or check that the "
-                f"calibration data is what the model sees in use")
+                f"calibration samples {a['collapsed']}; prune less (a larger budget or a "
+                f"smaller ratio), or check that the calibration data is what the model sees "
+                f"in use")
 
     def _agreement_markdown(self, row) -> list[str]:
         out = []
