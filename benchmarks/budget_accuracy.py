@@ -254,6 +254,41 @@ ended within the loop's 5% of the goal under that load. Re-made alone (one other
 running) both families ended within 5% and the uniform candidate was chosen (held-out
 0.0215 against 0.0227).
 
+Sixteenth session (same Intel host). The table now ends with McNemar's exact test against
+the matched uniform plan: ``a/u only`` counts the test samples that only the aware / only the
+uniform plan gets right, ``p worse`` is the one-sided p-value of the aware plan being less
+accurate (it compares with the matched plan, not at the interpolated latency: read it with
+the latency gap). ``--models text_direction --points 4`` (with a second run at once; dense
+0.991; uniform 0.706x 0.984, 0.623x 0.964, 0.534x 0.754, 0.489x 0.500, 0.442x 0.594, 0.375x
+0.499, 0.339x 0.565, 0.253x 0.500):
+
+=======  ============  ======  ===============  ========  ========  =======
+asked x  uniform x     start   aware x, top-1   d@equal   a/u only  p worse
+=======  ============  ======  ===============  ========  ========  =======
+0.669    0.706 0.984   dense   0.665, 0.994     +2.0 pt   13/3      0.998
+0.517    0.534 0.754   unif.   0.509, 0.678     +6.5 pt   186/262   0.000
+0.440    0.442 0.594   dense   0.443, 0.791     +19.8 pt  272/75    1.000
+0.338    0.339 0.565   dense   0.339, 0.500     -6.5 pt   384/449   0.013
+=======  ============  ======  ===============  ========  ========  =======
+
+At 0.52x the aware plan ran 4.7% faster than its matched plan, where the uniform curve falls
+from 0.754 to 0.500 between 0.534x and 0.489x: below the matched plan, above the curve at its
+own latency. At 0.34x ``prune`` now warns that its plan collapsed (every one of the 24
+held-out lines class 0; ``HCPruneWarning``, ``report.agreement["collapsed"]``); so did the
+uniform ratio 0.5 plan when reconstructed (one class on the 24 lines, 0.594 on the 1,000). The
+lower two points with every width (``--variants 1:0:uw --min-fraction 0.3 --max-fraction
+0.45 --points 2``, at the same time): 0.441x 0.592 (+0.9, the uniform candidate chosen: the
++19.8 of the staircase widths is lost) and 0.342x 0.555 (-0.5 pt, p 0.375; the knapsack's
+plan, 200 -> 16, 16 and 32, scored 1.43 on the held-out lines against the uniform one's 1.5).
+Below 0.4x each plan is a differently collapsed model (the uniform curve 0.500, 0.594,
+0.499, 0.565, 0.500 from 0.49x down), and which one a choice on 24 lines keeps decides the
+sign. MNIST, ``--models mnist --points 3``, other jobs idle: +0.2, -0.4, +0.2 pt at 0.76x,
+0.55x, 0.39x (the knapsack's plan at each; started before the paired test existed); a
+repeat, idle: +0.2, -0.1 and +0.4 pt at 0.80x, 0.56x, 0.37x (uniform candidate at the lower
+two), paired 2/0 (p 1.000), 5/6 (p 0.500), 9/3 (p 0.981); a third beside the text-direction
+run: +0.2, -0.1, -0.1 pt, 5/6 at the middle point (p 0.500). No MNIST difference is beyond
+the noise of 1,000 test digits.
+
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
