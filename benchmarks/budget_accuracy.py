@@ -274,7 +274,7 @@ asked x  uniform x     start   aware x, top-1   d@equal   a/u only  p worse
 At 0.52x the aware plan ran 4.7% faster than its matched plan, where the uniform curve falls
 from 0.754 to 0.500 between 0.534x and 0.489x: below the matched plan, above the curve at its
 own latency. At 0.34x ``prune`` now warns that its plan collapsed (every one of the 24
-held-out lines class 0; ``HCPruneWarning``, ``report.agreement["collapsed"]``); so did the
+held-out lines class 0; ``CollapsedModelWarning``, ``report.agreement["collapsed"]``); so did the
 uniform ratio 0.5 plan when reconstructed (one class on the 24 lines, 0.594 on the 1,000). The
 lower two points with every width (``--variants 1:0:uw --min-fraction 0.3 --max-fraction
 0.45 --points 2``, at the same time): 0.441x 0.592 (+0.9, the uniform candidate chosen: the

@@ -289,7 +289,7 @@ def test_collapsed_model_is_reported_and_warned():
     and the report's summary and markdown say so; the mask oracle holds for the plan."""
     mod = from_onnx(_dead_channel_onnx())
     x = np.random.default_rng(1).normal(size=(16, 1, 4, 6, 6)).astype(np.float32)
-    with pytest.warns(HCPruneWarning, match=r"collapsed at ratio 0\.5: on the 4 held-out "
+    with pytest.warns(hc.CollapsedModelWarning, match=r"collapsed at ratio 0\.5: on the 4 held-out "
                       r"calibration samples output 0 is the same for every sample: it no "
                       r"longer depends on the input; prune less"):
         pruned, report = hc.prune(mod, ratio=0.5, align=8, calibration=x,
@@ -320,7 +320,28 @@ def test_cli_prints_the_collapse_warning(tmp_path, capsys):
                  "--no-reconstruct"]) == 0
     cap = capsys.readouterr()
     assert cap.out.count("WARNING: the pruned model has collapsed at ratio 0.5") == 1
-    assert "HCPruneWarning" not in cap.err and out.exists()
+    assert "collapsed" not in cap.err and out.exists()
+
+
+def test_cli_prints_library_warnings_once(capsys):
+    """The CLI prints each HCPruneWarning once as ``hcprune CMD: warning: ...`` on stderr,
+    leaves a collapsed model's warning to the report lines, and shows other warnings as
+    Python does."""
+    import warnings
+
+    from tvm_hcprune.cli import print_warnings
+    from tvm_hcprune.errors import CollapsedModelWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            warnings.warn("the host is busy", HCPruneWarning, stacklevel=1)
+        warnings.warn("collapsed", CollapsedModelWarning, stacklevel=1)
+        warnings.warn("a library's own", DeprecationWarning, stacklevel=1)
+    print_warnings(caught, "prune")
+    err = capsys.readouterr().err
+    assert err.count("hcprune prune: warning: the host is busy\n") == 1
+    assert "collapsed" not in err and "DeprecationWarning: a library's own" in err
 
 
 def test_cli_calibration_npz_and_warning(tmp_path, capsys, samples):

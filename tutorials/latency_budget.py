@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     # with the dense model at least as often), and the report says how close the pruned
     # model stays to the dense one. A budget past what the model can lose shows there too:
     # when the held-out outputs no longer depend on the input (one class for every digit, or
-    # an output the same for every sample), ``prune`` warns (``hc.HCPruneWarning``; the
+    # an output the same for every sample), ``prune`` warns (``hc.CollapsedModelWarning``; the
     # summary, the Markdown report and ``rep.agreement["collapsed"]`` say why) and a larger
     # budget is needed. Here: 0.5x MACs, without and with 256 training digits (48 quick)
     # (CLI: ``hcprune prune model.onnx --macs-budget 0.5x --calibration digits.npz``).

@@ -30,6 +30,7 @@ _EXPORTS = {
     # core
     "HCPruneError": "tvm_hcprune.errors",
     "HCPruneWarning": "tvm_hcprune.errors",
+    "CollapsedModelWarning": "tvm_hcprune.errors",
     "analyze": "tvm_hcprune.analysis",
     "ChannelGraph": "tvm_hcprune.analysis",
     "ChannelGroup": "tvm_hcprune.analysis",

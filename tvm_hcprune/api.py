@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
-from tvm_hcprune.errors import HCPruneError, HCPruneWarning
+from tvm_hcprune.errors import CollapsedModelWarning, HCPruneError
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.sparse_cost import choose_format
 from tvm_hcprune.latency.layers import layer_specs
@@ -469,7 +469,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         report.calibration = {"source": fit.source, "fit_samples": len(fit),
                               "held_out_samples": 0 if held is None else len(held)}
     if report.collapse_warning():
-        warnings.warn(report.collapse_warning(), HCPruneWarning, stacklevel=2)
+        warnings.warn(report.collapse_warning(), CollapsedModelWarning, stacklevel=2)
     return pruned, report
 
 

@@ -21,9 +21,15 @@ class HCPruneError(ValueError):
 
 
 class HCPruneWarning(UserWarning):
-    """A result the user should look at before deploying it, e.g. a pruned model whose
-    outputs on the held-out calibration samples no longer depend on the input (collapsed);
-    the message says what and what to change."""
+    """A result the user should look at before deploying it (a collapsed pruned model, a
+    latency measured on a busy host); the message says what and what to change. The CLI
+    prints it as ``hcprune COMMAND: warning: ...`` on stderr."""
+
+
+class CollapsedModelWarning(HCPruneWarning):
+    """The pruned model's outputs on the held-out calibration samples no longer depend on the
+    input (``report.agreement["collapsed"]`` says why); the report's summary and Markdown
+    carry the same warning, so the CLI prints it there and not again."""
 
 
 class UnsupportedModelError(HCPruneError):

@@ -13,7 +13,7 @@ import pkgutil
 import sys
 import warnings
 
-from tvm_hcprune.errors import HCPruneError, HCPruneWarning
+from tvm_hcprune.errors import CollapsedModelWarning, HCPruneError, HCPruneWarning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def print_warnings(caught: list, command: str, file=None) -> None:
+    """Print the :class:`~tvm_hcprune.errors.HCPruneWarning` s a command raised as
+    ``hcprune COMMAND: warning: ...`` lines on stderr, each once; a collapsed model's warning
+    is left to the report lines the commands print; other warnings are printed as Python
+    formats them."""
+    seen, file = set(), file or sys.stderr
+    for w in caught:
+        msg = str(w.message)
+        if not issubclass(w.category, HCPruneWarning):
+            print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno),
+                  end="", file=file)
+        elif not issubclass(w.category, CollapsedModelWarning) and msg not in seen:
+            seen.add(msg)
+            print(f"hcprune {command}: warning: {msg}", file=file)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    caught: list = []
     try:
-        with warnings.catch_warnings():  # the commands print the report's own warning lines
-            warnings.simplefilter("ignore", HCPruneWarning)
-            status = args.func(args)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", HCPruneWarning)
+                status = args.func(args)
+        finally:  # after the block: it restored how Python shows warnings
+            print_warnings(caught, args.command)
     except HCPruneError as err:
         print(f"hcprune {args.command}: error: {err}", file=sys.stderr)
         return 2
