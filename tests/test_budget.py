@@ -718,8 +718,8 @@ class _ScaledRunner:
 
 def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
     """The closed loop times the dense model again: far slower than the table timed it (the
-    host busy, TVM's pool oversubscribed) it warns, naming both figures and the fix; at the
-    table's speed it does not."""
+    host busy, TVM's pool oversubscribed) or far faster (the table timed on a busy host and
+    cached) it warns, naming both figures and the fix; at the table's speed it does not."""
     from dataclasses import dataclass
 
     from tvm_hcprune.latency import MeasuredLatency
@@ -733,7 +733,7 @@ def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
             return measured
 
     dense = measured.predict(graph)
-    for factor in (1.0, 1.1 * BUSY_FACTOR):
+    for factor in (1.0, 1.1 * BUSY_FACTOR, 1.0 / (1.1 * BUSY_FACTOR)):
         spec = _Spec(runner=_ScaledRunner(factor * dense, 0.7), refine=1, progress=False)
         with warnings.catch_warnings(record=True) as got:
             warnings.simplefilter("always")
@@ -744,9 +744,13 @@ def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
         assert step["dense_ms"] == pytest.approx(factor * dense)
         if factor == 1.0:
             assert busy == []
-        else:
-            assert len(busy) == 1 and f"{1.1 * BUSY_FACTOR:.1f}x the {dense:.4g} ms" in busy[0]
+        elif factor > 1.0:  # the host busy now
+            assert len(busy) == 1 and f"the latency table at {dense:.4g} ms " in busy[0]
+            assert f"({1.1 * BUSY_FACTOR:.1f}x slower now)" in busy[0]
             assert "TVM_NUM_THREADS" in busy[0]
+        else:  # the table timed on a busy host: the cache named, and how to re-measure
+            assert len(busy) == 1 and f"({1.1 * BUSY_FACTOR:.1f}x slower then)" in busy[0]
+            assert "cache_dir=None" in busy[0] and "remove the cache folder" in busy[0]
 
 
 def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.errors import HCPruneError, HCPruneWarning
 from tvm_hcprune.latency.measure import LocalRunner, random_inputs
-from tvm_hcprune.latency.model import latency_table
+from tvm_hcprune.latency.model import default_cache_dir, latency_table
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.transform.apply_plan import apply_plan
 
@@ -167,7 +167,7 @@ class MeasuredLatency:
             timed += len(mods)
             d_ms = ms[0]
             if step == 0:
-                _warn_if_busy(d_ms, dense_predicted)
+                _warn_if_busy(d_ms, dense_predicted, self.cache_dir)
             goal = budget.fraction * d_ms if budget.fraction is not None else budget.ms
             for n, lp in enumerate(active):
                 p_ms = ms[index[_key(lp.plan)]]
@@ -187,24 +187,37 @@ class MeasuredLatency:
         return [lp.result(self.tolerance, timed) for lp in loops]
 
 
-#: the closed loop's dense time over the table's (its whole-model measurement) above which
-#: the host is taken to be busy: the table and the loop time the same dense model
+#: the factor between the closed loop's dense time and the table's (its whole-model
+#: measurement) beyond which one of them was timed on a busy host: both time the same model
 BUSY_FACTOR = 3.0
 
 
-def _warn_if_busy(measured_ms: float, table_ms: float) -> None:
+def _warn_if_busy(measured_ms: float, table_ms: float, cache_dir) -> None:
     """Warn (:class:`~tvm_hcprune.errors.HCPruneWarning`) when the dense model now runs more
-    than :data:`BUSY_FACTOR` times slower than when the latency table timed it: on a 2-core
-    host running two other jobs, TVM's thread pool timed the dense MNIST model at 80-88 ms
-    instead of 0.2 ms, and the loop then fits the plan to those timings."""
-    if table_ms > 0 and measured_ms > BUSY_FACTOR * table_ms:
+    than :data:`BUSY_FACTOR` times slower or faster than when the latency table timed it.
+    Slower: the host is busy now (on a 2-core host running two other jobs, TVM's thread pool
+    timed the dense MNIST model at 80-88 ms instead of 0.2 ms). Faster: the table was timed
+    on a busy host and cached (that run's MNIST table, 88 ms, then made every later plan on
+    an idle host miss its goal by 80%)."""
+    if table_ms <= 0 or measured_ms <= 0:
+        return
+    head = (f"the closed loop timed the dense model at {measured_ms:.4g} ms, the latency "
+            f"table at {table_ms:.4g} ms")
+    if measured_ms > BUSY_FACTOR * table_ms:
         warnings.warn(
-            f"the closed loop timed the dense model at {measured_ms:.4g} ms, "
-            f"{measured_ms / table_ms:.1f}x the {table_ms:.4g} ms of the latency table: the "
-            f"host is busy, or TVM's thread pool has more threads than there are free cores; "
-            f"the plan is fitted to these timings. Measure on an idle host, or set "
-            f"TVM_NUM_THREADS to the free cores before TVM starts", HCPruneWarning,
-            stacklevel=4)
+            f"{head} ({measured_ms / table_ms:.1f}x slower now): the host is busy, or TVM's "
+            f"thread pool has more threads than there are free cores; the plan is fitted to "
+            f"these timings. Measure on an idle host, or set TVM_NUM_THREADS to the free "
+            f"cores before TVM starts", HCPruneWarning, stacklevel=4)
+    elif table_ms > BUSY_FACTOR * measured_ms:
+        where = (f"the cache folder {default_cache_dir()}" if cache_dir == "default"
+                 else f"the cache folder {cache_dir}" if cache_dir is not None else "")
+        warnings.warn(
+            f"{head} ({table_ms / measured_ms:.1f}x slower then): the table was measured "
+            f"while the host was busy, and its plans miss the goal"
+            + (f"; remove {where} (or pass MeasuredLatency(cache_dir=None)) to measure it "
+               f"again on an idle host" if where else "; measure it again on an idle host"),
+            HCPruneWarning, stacklevel=4)
 
 
 class _Loop:
