@@ -753,6 +753,29 @@ def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
             assert "cache_dir=None" in busy[0] and "remove the cache folder" in busy[0]
 
 
+def test_closed_loop_warns_when_it_ends_off_the_goal(small, graph, table):
+    """A device where every pruned plan runs at 0.9x the dense model: a 0.6x budget's loop
+    cannot land within its tolerance, and prune says by how much (the plan is returned)."""
+    from dataclasses import dataclass
+
+    from tvm_hcprune.latency import MeasuredLatency
+
+    measured, _ = table
+
+    @dataclass(frozen=True)
+    class _Spec(MeasuredLatency):
+        def for_graph(self, graph, target, align, min_channels=1):
+            return measured
+
+    spec = _Spec(runner=_ScaledRunner(measured.predict(graph), 0.9), refine=1, progress=False)
+    with pytest.warns(HCPruneWarning, match=r"the closed loop ended \+50\.0% from the goal of "
+                      r"the budget 0\.6x latency \(tolerance 5%\) after [12] measured "
+                      r"step\(s\): the plan runs at 0\.900x"):
+        _, report = hc.prune(small, budget=hc.Latency(fraction=0.6), graph=graph, align=8,
+                             latency_model=spec)
+    assert report.plan.kept and 1 <= len(report.plan.config["closed_loop"]) <= 2
+
+
 def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):
     """With calibration data, the knapsack's and the uniform plan are compared on the
     held-out slice (the reconstruction is fitted on the rest, where deep cuts look better
