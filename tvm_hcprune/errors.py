@@ -23,13 +23,31 @@ class HCPruneError(ValueError):
 class HCPruneWarning(UserWarning):
     """A result the user should look at before deploying it (a collapsed pruned model, a
     latency measured on a busy host); the message says what and what to change. The CLI
-    prints it as ``hcprune COMMAND: warning: ...`` on stderr."""
+    prints it as ``hcprune COMMAND: warning: ...`` on stderr.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> warnings.simplefilter("error", tvm_hcprune.HCPruneWarning)  # doctest: +SKIP
+    >>> tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.5))  # doctest: +SKIP
+    Traceback (most recent call last):
+    HCPruneWarning: the closed loop ended +79.0% from the goal of the budget 0.5x latency ...
+    """
 
 
 class CollapsedModelWarning(HCPruneWarning):
     """The pruned model's outputs on the held-out calibration samples no longer depend on the
     input (``report.agreement["collapsed"]`` says why); the report's summary and Markdown
-    carry the same warning, so the CLI prints it there and not again."""
+    carry the same warning, so the CLI prints it there and not again.
+
+    Examples
+    --------
+    >>> pruned, report = tvm_hcprune.prune(mod, budget=tvm_hcprune.Latency(fraction=0.33),
+    ...                                    calibration=lines)  # doctest: +SKIP
+    CollapsedModelWarning: the pruned model has collapsed at 0.33x latency: on the 24 ...
+    >>> report.agreement["collapsed"]  # doctest: +SKIP
+    'every sample is given class 0 (the dense model: 2 classes, ...'
+    """
 
 
 class UnsupportedModelError(HCPruneError):
