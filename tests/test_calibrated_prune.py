@@ -166,6 +166,38 @@ def test_choose_plan_breaks_a_tie_by_centred_correlation():
     assert centred_correlation(np.full_like(d, b), d) == 0.0
 
 
+def test_choose_plan_keeps_the_uniform_plan_when_every_plan_collapsed():
+    """When every plan's output collapsed on the samples (one class for every sample of a
+    balanced two-class model), nothing tells them apart: the uniform allocation is kept, though
+    the knapsack's plan comes first, scores the same and follows the dense output more
+    closely (the tie-break would keep it). With one plan still live the usual choice holds."""
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((4, 1))
+    w = np.concatenate([v, -v], 1)  # dense: [s, -s], class 0 where s > 0
+    x = rng.standard_normal((24, 1, 4)).astype("float32")
+    sign = np.sign(x[:, 0] @ v[:, 0]) * np.where(np.arange(24) < 12, 1, -1)
+    x[:, 0] *= sign[:, None]  # 12 samples of each class
+    s = x[:, 0] @ v[:, 0]
+    assert (s > 0).sum() == 12
+    b = 4 * np.abs(s).max()
+    modules = {"dense": _linear(0.5 * w, np.array([b, -b])),  # class 0 always, tracks s
+               "uniform": _linear(0 * w, np.array([b, -b])),  # class 0 always, constant
+               "live": _linear(w, np.zeros(2))}
+    plans = [types.SimpleNamespace(config={"allocation_start": k}) for k in modules]
+    graph = types.SimpleNamespace(mod=_linear(w, np.zeros(2)))
+
+    def make(p):
+        return modules[p.config["allocation_start"]]
+    dense = CachedRunners().outputs(graph.mod, x)
+    for p in plans[:2]:
+        assert collapse_reason(dense, CachedRunners().outputs(make(p), x)) is not None
+    i, errors = choose_plan(graph, plans[:2], x, CachedRunners(), make=make)
+    np.testing.assert_allclose(errors, [1.5, 1.5], rtol=1e-6)
+    assert i == 1  # the uniform plan
+    i, errors = choose_plan(graph, plans, x, CachedRunners(), make=make)
+    assert i == 2 and errors[2] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_calibration_of_another_module_is_redone(samples):
     """``calibrate(mod)`` then ``prune(mod, criterion="thinet", calibration=cal)`` works when
     the calibrated module is not the analysed one (its samples are recalibrated); a
