@@ -740,6 +740,8 @@ def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
             _, report = hc.prune(small, budget=hc.Latency(fraction=0.7), graph=graph, align=8,
                                  latency_model=spec)
         busy = [str(w.message) for w in got if issubclass(w.category, HCPruneWarning)]
+        # attributed to the caller's line (here), not to a line inside the package
+        assert all(w.filename == __file__ for w in got if issubclass(w.category, HCPruneWarning))
         step = report.plan.config["closed_loop"][0]
         assert step["dense_ms"] == pytest.approx(factor * dense)
         if factor == 1.0:
@@ -770,9 +772,10 @@ def test_closed_loop_warns_when_it_ends_off_the_goal(small, graph, table):
     spec = _Spec(runner=_ScaledRunner(measured.predict(graph), 0.9), refine=1, progress=False)
     with pytest.warns(HCPruneWarning, match=r"the closed loop ended \+50\.0% from the goal of "
                       r"the budget 0\.6x latency \(tolerance 5%\) after [12] measured "
-                      r"step\(s\): the plan runs at 0\.900x"):
+                      r"step\(s\): the plan runs at 0\.900x") as got:
         _, report = hc.prune(small, budget=hc.Latency(fraction=0.6), graph=graph, align=8,
                              latency_model=spec)
+    assert [w.filename for w in got] == [__file__]  # the caller's line, not the package's
     assert report.plan.kept and 1 <= len(report.plan.config["closed_loop"]) <= 2
 
 

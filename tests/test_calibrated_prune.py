@@ -323,9 +323,10 @@ def test_collapsed_model_is_reported_and_warned():
     x = np.random.default_rng(1).normal(size=(16, 1, 4, 6, 6)).astype(np.float32)
     with pytest.warns(hc.CollapsedModelWarning, match=r"collapsed at ratio 0\.5: on the 4 held-out "
                       r"calibration samples output 0 is the same for every sample: it no "
-                      r"longer depends on the input; prune less"):
+                      r"longer depends on the input; prune less") as got:
         pruned, report = hc.prune(mod, ratio=0.5, align=8, calibration=x,
                                   allocation="criterion", reconstruct=False)
+    assert {w.filename for w in got} == {__file__}  # the caller's line
     assert sorted(report.plan.kept[0]) == list(range(8))  # the dead (largest) channels
     _, held = split_holdout(calibration_data(x, mod))
     runners = CachedRunners()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 
 from tvm_hcprune.analysis import ChannelGraph, FrozenRecord, analyze
-from tvm_hcprune.errors import CollapsedModelWarning, HCPruneError
+from tvm_hcprune.errors import CollapsedModelWarning, HCPruneError, warn
 from tvm_hcprune.hardware import profile_for
 from tvm_hcprune.hardware.sparse_cost import choose_format
 from tvm_hcprune.latency.layers import layer_specs
@@ -232,8 +231,8 @@ class PruneReport:
                 out.append(row("top-1 dense / pruned",
                                f"{a['top1_dense']:.3f} / {a['top1_pruned']:.3f}"))
             out.append("")
-            if self.collapse_warning():
-                out += [f"**Warning**: {self.collapse_warning()}", ""]
+            if warning := self.collapse_warning():
+                out += [f"**Warning**: {warning}", ""]
         rec = self.reconstruction
         if rec is not None:
             n_ok = len(rec.layers) - len(rec.fallbacks)
@@ -267,8 +266,8 @@ class PruneReport:
                          + (f", top-1 agreement {a['top1_agreement']:.3f}"
                             if "top1_agreement" in a else "")
                          + f" (allocation by {self.allocation})")
-            if self.collapse_warning():
-                lines.append(f"WARNING: {self.collapse_warning()}")
+            if warning := self.collapse_warning():
+                lines.append(f"WARNING: {warning}")
         frozen_groups = sorted({f.group for f in self.frozen})
         if frozen_groups:
             lines.append(f"{len(frozen_groups)} frozen group(s):")
@@ -468,8 +467,8 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if fit is not None:
         report.calibration = {"source": fit.source, "fit_samples": len(fit),
                               "held_out_samples": 0 if held is None else len(held)}
-    if report.collapse_warning():
-        warnings.warn(report.collapse_warning(), CollapsedModelWarning, stacklevel=2)
+    if warning := report.collapse_warning():
+        warn(warning, CollapsedModelWarning)
     return pruned, report
 
 

@@ -6,6 +6,13 @@ reaches the caller as itself instead of a ``RuntimeError``.
 """
 
 
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 class HCPruneError(ValueError):
     """A problem with the user's input (model, plan, option, file).
 
@@ -52,6 +59,15 @@ class CollapsedModelWarning(HCPruneWarning):
 
 class UnsupportedModelError(HCPruneError):
     """The model uses something tvm_hcprune cannot handle (yet); the message says what."""
+
+
+def warn(message: str, category: type[Warning] = HCPruneWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package (the user's
+    ``prune`` call or pass), however deep inside it the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level + 1)
 
 
 def _register_with_ffi() -> None:

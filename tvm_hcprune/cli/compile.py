@@ -188,8 +188,8 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
             a = report.agreement
             log(f"agreement with the dense model on {a['n']} held-out samples: correlation "
                 f"{a['correlation']:.4f}, max |err| {a['max_abs_error']:.3g}")
-            if report.collapse_warning():
-                log(f"WARNING: {report.collapse_warning()}")
+            if warning := report.collapse_warning():
+                log(f"WARNING: {warning}")
         log(f"pruned: MACs {report.macs_before / 1e6:.1f}M -> {report.macs_after / 1e6:.1f}M, "
             f"params {report.params_before / 1e6:.2f}M -> {report.params_after / 1e6:.2f}M")
     return mod

@@ -19,13 +19,12 @@ allocation differently).
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 
 from tvm_hcprune.backend.pipeline import build
-from tvm_hcprune.errors import HCPruneError, HCPruneWarning
+from tvm_hcprune.errors import HCPruneError, warn
 from tvm_hcprune.latency.measure import LocalRunner, random_inputs
-from tvm_hcprune.latency.model import default_cache_dir, latency_table
+from tvm_hcprune.latency.model import latency_table, resolve_cache_dir
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.transform.apply_plan import apply_plan
 
@@ -204,20 +203,19 @@ def _warn_if_busy(measured_ms: float, table_ms: float, cache_dir) -> None:
     head = (f"the closed loop timed the dense model at {measured_ms:.4g} ms, the latency "
             f"table at {table_ms:.4g} ms")
     if measured_ms > BUSY_FACTOR * table_ms:
-        warnings.warn(
+        warn(
             f"{head} ({measured_ms / table_ms:.1f}x slower now): the host is busy, or TVM's "
             f"thread pool has more threads than there are free cores; the plan is fitted to "
             f"these timings. Measure on an idle host, or set TVM_NUM_THREADS to the free "
-            f"cores before TVM starts", HCPruneWarning, stacklevel=4)
+            f"cores before TVM starts")
     elif table_ms > BUSY_FACTOR * measured_ms:
-        where = (f"the cache folder {default_cache_dir()}" if cache_dir == "default"
-                 else f"the cache folder {cache_dir}" if cache_dir is not None else "")
-        warnings.warn(
+        folder = resolve_cache_dir(cache_dir)
+        where = f"the cache folder {folder}" if folder is not None else ""
+        warn(
             f"{head} ({table_ms / measured_ms:.1f}x slower then): the table was measured "
             f"while the host was busy, and its plans miss the goal"
             + (f"; remove {where} (or pass MeasuredLatency(cache_dir=None)) to measure it "
-               f"again on an idle host" if where else "; measure it again on an idle host"),
-            HCPruneWarning, stacklevel=4)
+               f"again on an idle host" if where else "; measure it again on an idle host"))
 
 
 class _Loop:

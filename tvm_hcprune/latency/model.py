@@ -51,6 +51,14 @@ def default_cache_dir() -> Path:
     return base / "latency"
 
 
+def resolve_cache_dir(cache_dir) -> Path | None:
+    """The folder a ``cache_dir`` argument names: ``"default"`` is
+    :func:`default_cache_dir`, None no cache."""
+    if cache_dir is None:
+        return None
+    return default_cache_dir() if cache_dir == "default" else Path(cache_dir)
+
+
 def _traffic(spec, cin: int, cout: int) -> int:
     """Elements a layer moves through memory: its weights and its output activations."""
     out_sp = math.prod(spec.out_shape) // spec.out_full
@@ -457,7 +465,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     align = int(align or profile_for(tgt).channel_multiple)
     # the thread count changes every timing: it is part of each cached entry's key
     set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
-    cache = _Cache(default_cache_dir() if cache_dir == "default" else cache_dir,
+    cache = _Cache(resolve_cache_dir(cache_dir),
                    tkey if device == "local" else f"{tkey}|{device}")
     db_tag = database if isinstance(database, str | type(None)) else repr(database)
     threads = os.environ.get("TVM_NUM_THREADS", "") if device == "local" else device

@@ -151,9 +151,8 @@ def output_agreement(dense: list[np.ndarray], pruned: list[np.ndarray],
     d0, p0 = np.asarray(dense[0]), np.asarray(pruned[0])
     out["max_abs_error"] = float(np.abs(d0.astype(np.float64) - p0).max())
     out["rel_mse"] = float(output_error(p0, d0)[0])
-    per = d0.reshape(len(d0), -1)
-    if per.shape[1] > 1 and per.shape[1] == d0.shape[-1]:  # one score per class
-        pd = per.argmax(1)
+    pd = _top1(d0)
+    if pd is not None:
         pp = p0.reshape(len(p0), -1).argmax(1)
         out["top1_agreement"] = float(np.mean(pd == pp))
         if labels is not None:
@@ -201,15 +200,25 @@ def collapse_reason(dense: list[np.ndarray], pruned: list[np.ndarray]) -> str | 
         spread = float(d.std(0).max())
         if spread > 0 and float(p.std(0).max()) <= 1e-6 * spread:
             return f"output {i} is the same for every sample: it no longer depends on the input"
-    d0 = np.asarray(dense[0]).reshape(len(dense[0]), -1)
-    if len(d0) >= 2 and d0.shape[1] > 1 and d0.shape[1] == np.asarray(dense[0]).shape[-1]:
-        pd = d0.argmax(1)
-        pp = np.asarray(pruned[0]).reshape(len(d0), -1).argmax(1)
+    pd = _top1(dense[0])
+    if pd is not None and len(pd) >= 2:
+        pp = np.asarray(pruned[0]).reshape(len(pd), -1).argmax(1)
         classes, counts = np.unique(pd, return_counts=True)
         if len(np.unique(pp)) == 1 and 2 * counts.max() <= len(pd):
             return (f"every sample is given class {int(pp[0])} (the dense model: "
                     f"{len(classes)} classes, the most frequent on {counts.max()} of {len(pd)}): "
                     f"it no longer tells the classes apart")
+    return None
+
+
+def _top1(out) -> np.ndarray | None:
+    """Per-sample arg-max of a classifier's output ``[n, ..., C]`` (one score per class:
+    nothing but the class axis beyond the sample axis has more than one element), else
+    None."""
+    out = np.asarray(out)
+    per = out.reshape(len(out), -1)
+    if per.shape[1] > 1 and per.shape[1] == out.shape[-1]:
+        return per.argmax(1)
     return None
 
 

@@ -10,12 +10,11 @@ TVMScript printing of the pruned one.
 from __future__ import annotations
 
 import importlib
-import warnings
 
 import tvm
 
 from tvm_hcprune.analysis import analyze
-from tvm_hcprune.errors import HCPruneError, HCPruneWarning
+from tvm_hcprune.errors import HCPruneError, warn
 from tvm_hcprune.hardware.target import parse_target
 from tvm_hcprune.planning.budget import (
     BudgetUnreachable,
@@ -167,12 +166,12 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
                 f"runs at {best['measured_fraction']:.3f}x the dense model's "
                 f"{best['dense_ms']:.4g} ms, above the budget {budget.describe()}")
         if best is not None and abs(best["error"]) > tol:
-            warnings.warn(
+            warn(
                 f"the closed loop ended {100 * best['error']:+.1f}% from the goal of the "
                 f"budget {budget.describe()} (tolerance {100 * tol:.0f}%) after {len(loop)} "
                 f"measured step(s): the plan runs at {best['measured_fraction']:.3f}x the dense "
                 f"model's {best['dense_ms']:.4g} ms; more steps (MeasuredLatency(refine=...)) "
-                f"or an idle host may land closer", HCPruneWarning, stacklevel=3)
+                f"or an idle host may land closer")
     return plan, model.predict(graph, plan), dense, model, info
 
 
