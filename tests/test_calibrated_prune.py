@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+import warnings
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ from tvm.relax.frontend.onnx import from_onnx
 import tvm_hcprune as hc
 from tvm_hcprune.cli import main
 from tvm_hcprune.errors import HCPruneError, HCPruneWarning
+from tvm_hcprune.planning.planner import input_conv_groups
 from tvm_hcprune.recovery.calibration import Calibration
 from tvm_hcprune.recovery.data import ImagePreprocess, calibration_data, split_holdout
 from tvm_hcprune.recovery.guided import (
@@ -316,6 +318,58 @@ def _dead_channel_onnx():
     return m
 
 
+def _dead_second_conv_onnx():
+    """conv(4 -> 16) -> relu -> conv(16 -> 16, 1x1, bias) -> relu -> pool -> linear(2): the
+    second conv's channels 0-7 are dead after the relu and have the largest weights (as in
+    :func:`_dead_channel_onnx`), 8-15 carry the signal. With the first conv kept whole, a
+    budget met by halving the second conv keeps only dead channels (a constant output);
+    halving the first conv meets it with the second whole."""
+    g = onnx_models.GraphBuilder(5)
+    y = g.op("Relu", [g.conv("input", 4, 16, 3)])
+    z = g.op("Relu", [g.conv(y, 16, 16, 1, bias=True)])
+    m = g.model(g.head(z, 16, 2), [1, 4, 6, 6], [1, 2], "dead_second_conv")
+    for t in m.graph.initializer:
+        a = onnx.numpy_helper.to_array(t).copy()
+        if a.shape == (16, 16, 1, 1):
+            a[:8] *= 10.0
+        elif a.shape == (16,):
+            a[:8], a[8:] = -1e4, 0.0
+        else:
+            continue
+        t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
+    return m
+
+
+def test_budget_retries_with_the_first_conv_when_every_plan_collapsed():
+    """A MACs budget that, with the first conv protected (the default), only the second conv
+    can meet: both candidates keep its dead channels and collapse; prune then plans the
+    budget again with the first conv prunable and keeps that plan (live output, no warning),
+    saying why. With ``prune_first_conv=False`` asked for, the collapsed plan stays."""
+    mod = from_onnx(_dead_second_conv_onnx())
+    graph = hc.analyze(mod)
+    first = sorted(input_conv_groups(graph))
+    assert len(first) == 1 and len(graph.groups) >= 2
+    x = np.random.default_rng(2).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
+    kw = {"budget": hc.MACs(fraction=0.85), "align": 8, "calibration": x,
+          "allocation": "criterion", "reconstruct": False, "graph": graph}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HCPruneWarning)  # no collapse warning
+        pruned, report = hc.prune(mod, **kw)
+    assert first[0] in report.plan.kept  # the first conv is pruned now
+    assert report.plan.config["first_conv_retry"].startswith("output 0 is the same")
+    assert report.agreement["collapsed"] is None and report.macs_fraction <= 0.85
+    assert "the first conv is pruned too: with it kept whole, output 0" in report.summary()
+    _, held = split_holdout(calibration_data(x, mod))
+    runners = CachedRunners()
+    out = runners.outputs(pruned, held.samples)[0]
+    np.testing.assert_allclose(out, runners.outputs(masked_reference(mod, report.plan),
+                                                    held.samples)[0], rtol=1e-4, atol=1e-4)
+    with pytest.warns(hc.CollapsedModelWarning, match="collapsed at 0.85x MACs"):
+        _, kept = hc.prune(mod, prune_first_conv=False, **kw)
+    assert first[0] not in kept.plan.kept and "first_conv_retry" not in kept.plan.config
+    assert kept.agreement["collapsed"].startswith("output 0 is the same")
+
+
 def test_collapsed_model_is_reported_and_warned():
     """A plan that keeps only dead channels: prune warns (HCPruneWarning, the ratio named),
     and the report's summary and markdown say so; the mask oracle holds for the plan."""
@@ -360,8 +414,6 @@ def test_cli_prints_library_warnings_once(capsys):
     """The CLI prints each HCPruneWarning once as ``hcprune CMD: warning: ...`` on stderr,
     leaves a collapsed model's warning to the report lines, and shows other warnings as
     Python does."""
-    import warnings
-
     from tvm_hcprune.cli import print_warnings
     from tvm_hcprune.errors import CollapsedModelWarning
 

@@ -14,7 +14,12 @@ from tvm_hcprune.planning.budget import Latency, MACs, as_budget
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.mixed import SparseOptions, layer_weight_kn
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_plan, resolve_align
+from tvm_hcprune.planning.planner import (
+    input_conv_groups,
+    make_plan,
+    protected,
+    resolve_align,
+)
 from tvm_hcprune.recovery.guided import (
     CachedRunners,
     choose_plan,
@@ -268,6 +273,8 @@ class PruneReport:
                          + f" (allocation by {self.allocation})")
             if warning := self.collapse_warning():
                 lines.append(f"WARNING: {warning}")
+            if retry := self.plan.config.get("first_conv_retry"):
+                lines.append(f"the first conv is pruned too: with it kept whole, {retry}")
         frozen_groups = sorted({f.group for f in self.frozen})
         if frozen_groups:
             lines.append(f"{len(frozen_groups)} frozen group(s):")
@@ -403,6 +410,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
                            "an image folder or a Dataset) as calibration=")
     if allocation == "sensitivity" and plan is not None:
         raise HCPruneError("allocation='sensitivity' chooses a plan: do not pass plan=")
+    first_conv_default = config.prune_first_conv is None
     if allocation == "sensitivity" and config.prune_first_conv is None:
         config = PruneConfig.of(config, prune_first_conv=False)  # the default protect rule
     if reconstruct is None:
@@ -449,6 +457,31 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if held is not None:
         agreement = output_agreement(runners.outputs(graph.mod, held.samples),
                                      runners.outputs(pruned, held.samples), held.labels)
+        first = input_conv_groups(graph) - set(plan.kept)
+        if (agreement["collapsed"] and budget is not None and first_conv_default
+                and first and not any(protected(graph, graph.groups[g], PruneConfig.of(
+                    config, prune_first_conv=True)) for g in first)):
+            # the default protect rule made every candidate cut deeper elsewhere: the
+            # budget again with the first conv prunable, kept when its output still lives
+            cfg = PruneConfig.of(config, prune_first_conv=True)
+            try:
+                again = budget_plan(graph, cfg, align_r, budget, target, latency_model,
+                                    calibration, _sensitivity(graph, cfg, calibration, guide),
+                                    sparse, choose)
+            except HCPruneError:
+                again = None
+            if again is not None:
+                p2 = again[0]
+                m2, r2 = apply_and_reconstruct(graph, p2, calibration, reconstruct, options)
+                a2 = output_agreement(runners.outputs(graph.mod, held.samples),
+                                      runners.outputs(m2, held.samples), held.labels)
+                if not a2["collapsed"]:  # recorded: why the first plan was replaced
+                    plan = PrunePlan.create(p2.fingerprint, dict(p2.kept), dict(p2.sizes), {
+                        **p2.config, "first_conv_retry": agreement["collapsed"]}, p2.sparse)
+                    config, pruned, recon, agreement = cfg, m2, r2, a2
+                    predicted, dense_pred, model, sens_info = again[1:]
+                    if model is not None:
+                        layers = _layer_changes(graph, plan, model, sparse, target)
     pruned = attach_plan(pruned, graph, plan)
     seconds = time.perf_counter() - t0
     macs_after, params_after = graph.count_after(plan)

@@ -36,7 +36,10 @@ class PruneConfig(Options):
         under a budget (``Latency``, ``MACs``, ``Params``, any allocation) and when
         ``prune`` allocates by sensitivity (the default with calibration data), True for a
         uniform ``ratio`` with the criterion's allocation (ratio plans keep their earlier
-        behaviour).
+        behaviour). With calibration data and a budget, a plan that keeps it whole under the
+        None default and whose output collapses on the held-out samples is made again with
+        it prunable, and that plan is kept when its output does not collapse
+        (``plan.config["first_conv_retry"]`` says why).
     allocation_power : float
         Under a budget, how a group's kept importance is valued, in [-4, 1]
         (:func:`~tvm_hcprune.planning.budget.unit_value`): 1 sums the importance (the
