@@ -353,9 +353,8 @@ from scipy.stats import binomtest
 import tvm_hcprune as hc
 from tvm_hcprune.latency import MeasuredLatency
 from tvm_hcprune.latency.measure import measure_models
-from tvm_hcprune.planning.budget import candidate_widths
 from tvm_hcprune.planning.config import PruneConfig
-from tvm_hcprune.planning.planner import group_align, input_conv_groups, resolve_align
+from tvm_hcprune.planning.planner import can_narrow, input_conv_groups, resolve_align
 from tvm_hcprune.recovery.guided import CachedRunners, output_agreement
 from tvm_hcprune.utils import atomic_write_text
 from tvm_hcprune.zoo import datasets
@@ -393,8 +392,7 @@ def first_conv_prunable(graph, first: set, target="llvm") -> bool:
     target's channel multiple and the default minimum width (text_direction's first conv has
     8 channels, below the 16 of an AVX-512 host: then the first-conv flags change nothing)."""
     align, low = resolve_align(None, target), PruneConfig().min_channels
-    return any(candidate_widths(g.size, group_align(graph, g, align), low)[0] < g.size
-               for g in graph.groups if g.id in first)
+    return any(can_narrow(graph, g, align, low) for g in graph.groups if g.id in first)
 
 
 def bench_model(name, spec, args) -> dict:

@@ -15,6 +15,7 @@ from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.mixed import SparseOptions, layer_weight_kn
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import (
+    can_narrow,
     input_conv_groups,
     make_plan,
     protected,
@@ -457,13 +458,13 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if held is not None:
         agreement = output_agreement(runners.outputs(graph.mod, held.samples),
                                      runners.outputs(pruned, held.samples), held.labels)
-        first = input_conv_groups(graph) - set(plan.kept)
-        if (agreement["collapsed"] and budget is not None and first_conv_default
-                and first and not any(protected(graph, graph.groups[g], PruneConfig.of(
-                    config, prune_first_conv=True)) for g in first)):
+        cfg = PruneConfig.of(config, prune_first_conv=True)
+        first = [g for g in input_conv_groups(graph) - set(plan.kept)
+                 if can_narrow(graph, graph.groups[g], align_r, cfg.min_channels)
+                 and not protected(graph, graph.groups[g], cfg)]
+        if agreement["collapsed"] and budget is not None and first_conv_default and first:
             # the default protect rule made every candidate cut deeper elsewhere: the
             # budget again with the first conv prunable, kept when its output still lives
-            cfg = PruneConfig.of(config, prune_first_conv=True)
             try:
                 again = budget_plan(graph, cfg, align_r, budget, target, latency_model,
                                     calibration, _sensitivity(graph, cfg, calibration, guide),

@@ -110,6 +110,14 @@ def input_conv_groups(graph) -> set[int]:
     return out
 
 
+def can_narrow(graph, group, align: int, min_channels: int = 1) -> bool:
+    """Whether a plan can keep fewer than all of ``group``'s channels at ``align`` (see
+    :func:`group_align`) and ``min_channels`` (text_direction's first conv, 8 channels, at
+    the 16-channel multiple of an AVX-512 host cannot)."""
+    low = candidate_widths(group.size, group_align(graph, group, align), min_channels)[0]
+    return low < group.size
+
+
 def protected(graph, group, config: PruneConfig, first: set | None = None) -> bool:
     """Whether ``config`` keeps ``group`` whole: listed in ``protect``, or the first conv's
     output when ``prune_first_conv`` is False (``first`` is :func:`input_conv_groups`)."""
