@@ -716,16 +716,26 @@ class _ScaledRunner:
         return [self.dense_ms] + [self.fraction * self.dense_ms] * (len(mods) - 1)
 
 
-def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
+def test_closed_loop_warns_when_the_host_is_busy(small, graph, table, tmp_path):
     """The closed loop times the dense model again: far slower than the table timed it (the
     host busy, TVM's pool oversubscribed) or far faster (the table timed on a busy host and
-    cached) it warns, naming both figures and the fix; at the table's speed it does not."""
+    cached) it warns, naming both figures and the fix; at the table's speed it does not.
+    Far faster, the target's cache file is removed (the next run measures again); the other
+    cases leave it."""
+    import shutil
     from dataclasses import dataclass
 
     from tvm_hcprune.latency import MeasuredLatency
     from tvm_hcprune.latency.measured import BUSY_FACTOR
 
-    measured, _ = table
+    measured, cached = table
+    cache = tmp_path / "cache"
+    shutil.copytree(cached, cache)  # the table's own cache file, "llvm" on this machine
+    files = sorted(cache.iterdir())
+    assert len(files) == 1
+
+    class _Local(_ScaledRunner):
+        device = "local"
 
     @dataclass(frozen=True)
     class _Spec(MeasuredLatency):
@@ -734,7 +744,8 @@ def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
 
     dense = measured.predict(graph)
     for factor in (1.0, 1.1 * BUSY_FACTOR, 1.0 / (1.1 * BUSY_FACTOR)):
-        spec = _Spec(runner=_ScaledRunner(factor * dense, 0.7), refine=1, progress=False)
+        spec = _Spec(runner=_Local(factor * dense, 0.7), refine=1, progress=False,
+                     cache_dir=cache)
         with warnings.catch_warnings(record=True) as got:
             warnings.simplefilter("always")
             _, report = hc.prune(small, budget=hc.Latency(fraction=0.7), graph=graph, align=8,
@@ -745,14 +756,15 @@ def test_closed_loop_warns_when_the_host_is_busy(small, graph, table):
         step = report.plan.config["closed_loop"][0]
         assert step["dense_ms"] == pytest.approx(factor * dense)
         if factor == 1.0:
-            assert busy == []
-        elif factor > 1.0:  # the host busy now
+            assert busy == [] and files[0].is_file()
+        elif factor > 1.0:  # the host busy now: the cache kept
             assert len(busy) == 1 and f"the latency table at {dense:.4g} ms " in busy[0]
             assert f"({1.1 * BUSY_FACTOR:.1f}x slower now)" in busy[0]
-            assert "TVM_NUM_THREADS" in busy[0]
-        else:  # the table timed on a busy host: the cache named, and how to re-measure
+            assert "TVM_NUM_THREADS" in busy[0] and files[0].is_file()
+        else:  # the table timed on a busy host: its cache file removed, and said so
             assert len(busy) == 1 and f"({1.1 * BUSY_FACTOR:.1f}x slower then)" in busy[0]
-            assert "cache_dir=None" in busy[0] and "remove the cache folder" in busy[0]
+            assert f"its cache file {files[0]} was removed" in busy[0]
+            assert not files[0].exists() and cached.is_dir()  # the fixture's own cache kept
 
 
 def test_closed_loop_warns_when_it_ends_off_the_goal(small, graph, table):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from tvm_hcprune.backend.pipeline import build
 from tvm_hcprune.errors import HCPruneError, warn
 from tvm_hcprune.latency.measure import LocalRunner, random_inputs
-from tvm_hcprune.latency.model import latency_table, resolve_cache_dir
+from tvm_hcprune.latency.model import forget_cached, latency_table
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.transform.apply_plan import apply_plan
 
@@ -166,7 +166,8 @@ class MeasuredLatency:
             timed += len(mods)
             d_ms = ms[0]
             if step == 0:
-                _warn_if_busy(d_ms, dense_predicted, self.cache_dir)
+                _warn_if_busy(d_ms, dense_predicted, self.cache_dir, target,
+                              getattr(runner, "device", "local"))
             goal = budget.fraction * d_ms if budget.fraction is not None else budget.ms
             for n, lp in enumerate(active):
                 p_ms = ms[index[_key(lp.plan)]]
@@ -191,13 +192,15 @@ class MeasuredLatency:
 BUSY_FACTOR = 3.0
 
 
-def _warn_if_busy(measured_ms: float, table_ms: float, cache_dir) -> None:
+def _warn_if_busy(measured_ms: float, table_ms: float, cache_dir, target="llvm",
+                  device: str = "local") -> None:
     """Warn (:class:`~tvm_hcprune.errors.HCPruneWarning`) when the dense model now runs more
     than :data:`BUSY_FACTOR` times slower or faster than when the latency table timed it.
     Slower: the host is busy now (on a 2-core host running two other jobs, TVM's thread pool
     timed the dense MNIST model at 80-88 ms instead of 0.2 ms). Faster: the table was timed
     on a busy host and cached (that run's MNIST table, 88 ms, then made every later plan on
-    an idle host miss its goal by 80%)."""
+    an idle host miss its goal by 80%): the target's cached measurements are removed
+    (:func:`~tvm_hcprune.latency.model.forget_cached`), so the next run measures again."""
     if table_ms <= 0 or measured_ms <= 0:
         return
     head = (f"the closed loop timed the dense model at {measured_ms:.4g} ms, the latency "
@@ -209,13 +212,13 @@ def _warn_if_busy(measured_ms: float, table_ms: float, cache_dir) -> None:
             f"these timings. Measure on an idle host, or set TVM_NUM_THREADS to the free "
             f"cores before TVM starts")
     elif table_ms > BUSY_FACTOR * measured_ms:
-        folder = resolve_cache_dir(cache_dir)
-        where = f"the cache folder {folder}" if folder is not None else ""
+        removed = forget_cached(target, device, cache_dir)
         warn(
             f"{head} ({table_ms / measured_ms:.1f}x slower then): the table was measured "
-            f"while the host was busy, and its plans miss the goal"
-            + (f"; remove {where} (or pass MeasuredLatency(cache_dir=None)) to measure it "
-               f"again on an idle host" if where else "; measure it again on an idle host"))
+            f"while the host was busy, and its plans miss the goal (the closed loop corrects "
+            f"what it can)" + (f"; its cache file {removed} was removed, so the next run "
+                               f"measures the table again (on an idle host)" if removed
+                               else "; measure it again on an idle host"))
 
 
 class _Loop:

@@ -59,6 +59,29 @@ def resolve_cache_dir(cache_dir) -> Path | None:
     return default_cache_dir() if cache_dir == "default" else Path(cache_dir)
 
 
+def _cache_target(tkey: str, device: str) -> str:
+    """What a target's cache file is keyed by: the target, and the device when remote."""
+    return tkey if device == "local" else f"{tkey}|{device}"
+
+
+def forget_cached(target, device: str = "local", cache_dir="default") -> Path | None:
+    """Remove the cached latency measurements of ``target`` on ``device`` (a table timed on a
+    busy host); the next :func:`latency_table` measures again. Returns the file removed, or
+    None when there was none.
+
+    Examples
+    --------
+    >>> forget_cached("llvm", cache_dir=None) is None
+    True
+    """
+    path = _Cache.file(resolve_cache_dir(cache_dir),
+                       _cache_target(target_key(target), device))
+    if path is None or not path.is_file():
+        return None
+    path.unlink()
+    return path
+
+
 def _traffic(spec, cin: int, cout: int) -> int:
     """Elements a layer moves through memory: its weights and its output activations."""
     out_sp = math.prod(spec.out_shape) // spec.out_full
@@ -376,13 +399,11 @@ class _Cache:
     """Measured milliseconds by workload key, one JSON file per target."""
 
     def __init__(self, cache_dir, target_str: str):
-        self.path = None
+        self.path = self.file(cache_dir, target_str)
         self.target = target_str
         self.entries: dict = {}
-        if cache_dir is None:
+        if self.path is None:
             return
-        name = hashlib.blake2b(target_str.encode(), digest_size=8).hexdigest()
-        self.path = Path(cache_dir) / f"{name}.json"
         if self.path.is_file():
             try:
                 d = json.loads(self.path.read_text(encoding="utf-8"))
@@ -390,6 +411,14 @@ class _Cache:
                     self.entries = dict(d.get("entries", {}))
             except (json.JSONDecodeError, OSError, AttributeError):
                 self.entries = {}  # a damaged cache is re-measured, then rewritten
+
+    @staticmethod
+    def file(cache_dir, target_str: str) -> Path | None:
+        """The JSON file of ``target_str``'s entries in ``cache_dir`` (None: no cache)."""
+        if cache_dir is None:
+            return None
+        name = hashlib.blake2b(target_str.encode(), digest_size=8).hexdigest()
+        return Path(cache_dir) / f"{name}.json"
 
     def save(self):
         if self.path is not None:
@@ -465,8 +494,7 @@ def latency_table(graph, target="llvm", *, align: int | None = None, min_channel
     align = int(align or profile_for(tgt).channel_multiple)
     # the thread count changes every timing: it is part of each cached entry's key
     set_num_threads(int(dict(tgt.attrs).get("num-cores", 0) or 0) or None)
-    cache = _Cache(resolve_cache_dir(cache_dir),
-                   tkey if device == "local" else f"{tkey}|{device}")
+    cache = _Cache(resolve_cache_dir(cache_dir), _cache_target(tkey, device))
     db_tag = database if isinstance(database, str | type(None)) else repr(database)
     threads = os.environ.get("TVM_NUM_THREADS", "") if device == "local" else device
     db_tag = f"{db_tag}|threads={threads}"
