@@ -305,10 +305,16 @@ def _dead_channel_onnx():
     signal. Pruning half by L2 leaves a model whose logits are the linear bias."""
     g = onnx_models.GraphBuilder(3)
     y = g.op("Relu", [g.conv("input", 4, 16, 3, bias=True)])
-    m = g.model(g.head(y, 16, 3), [1, 4, 6, 6], [1, 3], "dead_channels")
+    return _kill_channels(g.model(g.head(y, 16, 3), [1, 4, 6, 6], [1, 3], "dead_channels"),
+                          (16, 4, 3, 3))
+
+
+def _kill_channels(m, weight_shape):
+    """``m`` with output channels 0-7 of the conv of weight ``weight_shape`` (the model's one
+    16-element bias is its) ten times larger and dead after a relu (bias -1e4), 8-15 bias 0."""
     for t in m.graph.initializer:
         a = onnx.numpy_helper.to_array(t).copy()
-        if a.shape == (16, 4, 3, 3):
+        if a.shape == weight_shape:
             a[:8] *= 10.0
         elif a.shape == (16,):
             a[:8], a[8:] = -1e4, 0.0
@@ -327,17 +333,8 @@ def _dead_second_conv_onnx():
     g = onnx_models.GraphBuilder(5)
     y = g.op("Relu", [g.conv("input", 4, 16, 3)])
     z = g.op("Relu", [g.conv(y, 16, 16, 1, bias=True)])
-    m = g.model(g.head(z, 16, 2), [1, 4, 6, 6], [1, 2], "dead_second_conv")
-    for t in m.graph.initializer:
-        a = onnx.numpy_helper.to_array(t).copy()
-        if a.shape == (16, 16, 1, 1):
-            a[:8] *= 10.0
-        elif a.shape == (16,):
-            a[:8], a[8:] = -1e4, 0.0
-        else:
-            continue
-        t.CopyFrom(onnx.numpy_helper.from_array(a, t.name))
-    return m
+    return _kill_channels(g.model(g.head(z, 16, 2), [1, 4, 6, 6], [1, 2], "dead_second_conv"),
+                          (16, 16, 1, 1))
 
 
 def test_budget_retries_with_the_first_conv_when_every_plan_collapsed():
