@@ -289,6 +289,23 @@ two), paired 2/0 (p 1.000), 5/6 (p 0.500), 9/3 (p 0.981); a third beside the tex
 run: +0.2, -0.1, -0.1 pt, 5/6 at the middle point (p 0.500). No MNIST difference is beyond
 the noise of 1,000 test digits.
 
+Seventeenth session (same Intel host). ``choose_plan`` now keeps the uniform allocation when
+every candidate's output has collapsed on the held-out lines (nothing tells them apart; the
+tie-break had kept the knapsack's plan at 0.34x). ``--models text_direction --min-fraction
+0.3 --max-fraction 0.45 --points 2``, alone (dense 0.744 ms; uniform 0.479x 0.500, 0.441x
+0.594, 0.373x 0.499, 0.339x 0.565, 0.252x 0.500): at 0.47x the knapsack's plan, 0.773
+(**+24.5 pt** at equal latency, 292/113); at 0.34x every candidate collapsed on the 24
+held-out lines, the uniform allocation was kept and scored 0.500 as well (its reconstruction
+reverted by the guard; the uniform *ratio* plan at that latency, cut a little differently,
+0.565): -6.3 pt, 384/449, p 0.013, as before. With four times the calibration data (``--cal
+256``, 64 lines held out, the uniform plans reconstructed on the same 256; same range,
+alone; dense 0.611 ms; uniform 0.548x 0.577, 0.517x 0.705, 0.435x 0.532, 0.384x 0.500,
+0.254x 0.500): -0.9 pt at 0.44x (the knapsack's plan, 200 -> 16 three times, 0.541; it
+scored 1.438 against the uniform one's 1.484 on the 64 lines) and **+2.3 pt** at 0.37x
+(the uniform allocation, 0.523 against 0.500; 39/16, p 0.999). So the sign below 0.45x
+changes with the calibration sample (96 or 256 lines) as it did between runs: every plan
+there, uniform or aware, is within a few points of chance (0.50).
+
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
