@@ -16,6 +16,7 @@ import tvm_hcprune as hc
 from tvm_hcprune.backend.pipeline import resolve_preset
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware.target import parse_target
+from tvm_hcprune.planning.planner import input_conv_groups
 from tvm_hcprune.recovery.reconstruct import Reconstruct
 from tvm_hcprune.testing.onnx_models import GraphBuilder
 from tvm_hcprune.testing.oracle import masked_reference
@@ -136,8 +137,14 @@ def test_latency_budget_inside_the_pipeline(setup, tmp_path):
     folded = _folded(mod)
     graph = hc.analyze(folded)
     table = hc.latency_table(graph, "llvm", **opts)
-    low = table.cost(graph).total({**{g.id: g.size for g in graph.groups}, **table.low_widths})
-    fraction = round(0.5 * (1 + low / table.predict(graph)), 3)  # reachable on any machine
+    # halfway to the smallest plan a budget may make (the first conv, which budgets protect,
+    # at its full width): reachable on any machine (with the first conv at its smallest
+    # width, a run whose table gave it a third of the time asked 0.2% below what is reachable)
+    first = input_conv_groups(graph)
+    low = table.cost(graph).total({**{g.id: g.size for g in graph.groups},
+                                   **{g: w for g, w in table.low_widths.items()
+                                      if g not in first}})
+    fraction = round(0.5 * (1 + low / table.predict(graph)), 3)
 
     # every plan from the one table measured above: the cache keeps its kernels, but the
     # whole-model figures are measured again per table, and on a loaded machine a second
