@@ -37,7 +37,10 @@ classifier". Per model:
 5. every uniform plan in the range (and the nearest one beyond each end) is timed in the
    same run and evaluated the same way, and the uniform top-1 at an aware plan's measured
    latency is interpolated between the uniform plans around it (``d@equal``): the
-   comparison at equal measured latency, whatever the gap between a pair.
+   comparison at equal measured latency, whatever the gap between a pair; McNemar's exact
+   test (``a/u only``, ``p worse``) is against the matched uniform plan and again against
+   the uniform plan nearest in the final run (``nearest``; the fractions may move between
+   the grid's timing and that run).
 
 Data: MNIST (bundled ResNet): calibrated on training digits, tested on the 1,000 held-out
 ones; text_direction (PP-OCR mobile cls, 0/180 degrees): rendered text lines, calibration
@@ -538,6 +541,9 @@ def bench_model(name, spec, args) -> dict:
     for p in pairs:
         ea, eu = evaluate(p["aware"]), p["uniform"]["eval"]
         at = uniform_at(ea["fraction"])
+        # the fractions may move between the grid's timing and the final run: the paired
+        # test again against the uniform plan nearest the aware plan in the final run
+        near = min(around, key=lambda u: abs(u["eval"]["fraction"] - ea["fraction"]))
         loop = p["aware"]["report"].plan.config.get("closed_loop") or []
         rows.append({"asked": p["asked"], "uniform_ratio": p["uniform"]["ratio"],
                      "power": p["power"], "floor": p["floor"], "flags": p["flags"],
@@ -549,6 +555,10 @@ def bench_model(name, spec, args) -> dict:
                      "top1_delta_equal_latency_pt": None if at is None
                      else 100 * (ea["top1"] - at),
                      "paired": paired(p["aware"]["correct"], p["uniform"]["correct"]),
+                     "paired_nearest": {"uniform_ratio": near["ratio"],
+                                        "uniform_fraction": near["eval"]["fraction"],
+                                        "uniform_top1": near["eval"]["top1"],
+                                        **paired(p["aware"]["correct"], near["correct"])},
                      "closed_loop_steps": len(loop), "plan_seconds": round(p["seconds"], 1),
                      "allocation_scores": p["aware"]["report"].plan.config.get(
                          "allocation_scores")})
@@ -650,7 +660,8 @@ def main(argv=None) -> int:
                                         for c in res["uniform_curve"]))
         print(f"  {'pow':>4} {'floor':>5} {'flags':>5} {'ratio':>5} {'unif x':>7} {'top-1':>6} | "
               f"{'aware x':>8} {'top-1':>6} {'agree':>6} | {'lat gap':>7} {'d top-1':>8} "
-              f"{'d@equal':>8} {'a/u only':>9} {'p worse':>7}")
+              f"{'d@equal':>8} {'a/u only':>9} {'p worse':>7} | {'nearest':>7} {'a/u only':>9} "
+              f"{'p worse':>7}")
         for r in res["rows"]:
             a, u = r["aware"], r["uniform"]
             eq = r["top1_delta_equal_latency_pt"]
@@ -661,7 +672,11 @@ def main(argv=None) -> int:
                   f"{100 * r['latency_gap']:>+6.1f}% {r['top1_delta_pt']:>+7.1f}pt "
                   f"{'-' if eq is None else f'{eq:+.1f}pt':>8} "
                   f"{r['paired']['aware_only']:>4}/{r['paired']['uniform_only']:<4} "
-                  f"{r['paired']['p_aware_worse']:>7.3f}")
+                  f"{r['paired']['p_aware_worse']:>7.3f} | "
+                  f"{r['paired_nearest']['uniform_fraction']:>6.3f}x "
+                  f"{r['paired_nearest']['aware_only']:>4}/"
+                  f"{r['paired_nearest']['uniform_only']:<4} "
+                  f"{r['paired_nearest']['p_aware_worse']:>7.3f}")
     if args.json_path:
         atomic_write_text(args.json_path, json.dumps(
             {"threads": args.threads, "results": results}, indent=1, default=str))

@@ -309,12 +309,13 @@ def _dead_channel_onnx():
                           (16, 4, 3, 3))
 
 
-def _kill_channels(m, weight_shape):
-    """``m`` with output channels 0-7 of the conv of weight ``weight_shape`` (the model's one
-    16-element bias is its) ten times larger and dead after a relu (bias -1e4), 8-15 bias 0."""
+def _kill_channels(m, *weight_shapes):
+    """``m`` with output channels 0-7 of the convs of weights ``weight_shapes`` (the model's
+    16-element biases are theirs) ten times larger and dead after a relu (bias -1e4), 8-15
+    bias 0."""
     for t in m.graph.initializer:
         a = onnx.numpy_helper.to_array(t).copy()
-        if a.shape == weight_shape:
+        if a.shape in weight_shapes:
             a[:8] *= 10.0
         elif a.shape == (16,):
             a[:8], a[8:] = -1e4, 0.0
@@ -335,6 +336,37 @@ def _dead_second_conv_onnx():
     z = g.op("Relu", [g.conv(y, 16, 16, 1, bias=True)])
     return _kill_channels(g.model(g.head(z, 16, 2), [1, 4, 6, 6], [1, 2], "dead_second_conv"),
                           (16, 16, 1, 1))
+
+
+def _dead_both_convs_onnx():
+    """:func:`_dead_second_conv_onnx` with the first conv's channels 0-7 dead too (and
+    largest): halving either conv keeps only dead channels."""
+    g = onnx_models.GraphBuilder(5)
+    y = g.op("Relu", [g.conv("input", 4, 16, 3, bias=True)])
+    z = g.op("Relu", [g.conv(y, 16, 16, 1, bias=True)])
+    return _kill_channels(g.model(g.head(z, 16, 2), [1, 4, 6, 6], [1, 2], "dead_both_convs"),
+                          (16, 4, 3, 3), (16, 16, 1, 1))
+
+
+def test_budget_retry_that_collapses_too_is_named_in_the_warning():
+    """When the plan made with the first conv prunable collapses as well, prune returns the
+    first plan, and the collapse warning (and the plan's config) says the retry was tried."""
+    mod = from_onnx(_dead_both_convs_onnx())
+    graph = hc.analyze(mod)
+    x = np.random.default_rng(3).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
+    _, held = split_holdout(calibration_data(x, mod))
+    dense = CachedRunners().outputs(mod, held.samples)[0]
+    assert np.ptp(dense, axis=0).max() > 1e-3  # the dense model's output depends on x
+    with pytest.warns(hc.CollapsedModelWarning,
+                      match="planned again with the first conv pruned too: that plan has "
+                            "collapsed too"):
+        _, report = hc.prune(mod, budget=hc.MACs(fraction=0.85), align=8, calibration=x,
+                             allocation="criterion", reconstruct=False, graph=graph)
+    first = sorted(input_conv_groups(graph))
+    assert first[0] not in report.plan.kept  # the first plan (first conv whole) returned
+    assert "first_conv_retry" not in report.plan.config
+    assert report.plan.config["first_conv_retry_failed"].startswith("that plan has collapsed")
+    assert report.agreement["collapsed"].startswith("output 0 is the same")
 
 
 def test_budget_retries_with_the_first_conv_when_every_plan_collapsed():

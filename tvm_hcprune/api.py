@@ -215,10 +215,13 @@ class PruneReport:
         ratio = self.plan.config.get("ratio")
         what = (self.budget.describe() if self.budget is not None
                 else "this plan" if ratio is None else f"ratio {ratio:g}")
+        retry = self.plan.config.get("first_conv_retry_failed")
+        tried = (f" (planned again with the first conv pruned too: {retry})" if retry
+                 else "")
         return (f"the pruned model has collapsed at {what}: on the {a['n']} held-out "
-                f"calibration samples {a['collapsed']}; prune less (a larger budget or a "
-                f"smaller ratio), or check that the calibration data is what the model sees "
-                f"in use")
+                f"calibration samples {a['collapsed']}{tried}; prune less (a larger budget "
+                f"or a smaller ratio), or check that the calibration data is what the model "
+                f"sees in use")
 
     def _agreement_markdown(self, row) -> list[str]:
         out = []
@@ -445,44 +448,35 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
                 calibration, _sensitivity(graph, config, calibration, guide), choose=choose)
         else:
             plan = uniform
+
+    def plan_budget(cfg):
+        return budget_plan(graph, cfg, align_r, budget, target, latency_model, calibration,
+                           _sensitivity(graph, cfg, calibration, guide), sparse, choose)
+
+    def finish(p):  # the pruned module, its reconstruction, its agreement on held-out data
+        m, r = apply_and_reconstruct(graph, p, calibration, reconstruct, options)
+        a = None if held is None else output_agreement(
+            runners.outputs(graph.mod, held.samples), runners.outputs(m, held.samples),
+            held.labels)
+        return m, r, a
+
+    model = None
     if budget is not None:
-        plan, predicted, dense_pred, model, sens_info = budget_plan(
-            graph, config, align_r, budget, target, latency_model, calibration,
-            _sensitivity(graph, config, calibration, guide), sparse, choose)
-        if model is not None:
-            layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
+        plan, predicted, dense_pred, model, sens_info = plan_budget(config)
     elif plan is None:
         plan = make_plan(graph, config, align_r, calibration=calibration)
-    pruned, recon = apply_and_reconstruct(graph, plan, calibration, reconstruct, options)
-    agreement = None
-    if held is not None:
-        agreement = output_agreement(runners.outputs(graph.mod, held.samples),
-                                     runners.outputs(pruned, held.samples), held.labels)
-        cfg = PruneConfig.of(config, prune_first_conv=True)
-        first = [g for g in input_conv_groups(graph) - set(plan.kept)
-                 if can_narrow(graph, graph.groups[g], align_r, cfg.min_channels)
-                 and not protected(graph, graph.groups[g], cfg)]
-        if agreement["collapsed"] and budget is not None and first_conv_default and first:
-            # the default protect rule made every candidate cut deeper elsewhere: the
-            # budget again with the first conv prunable, kept when its output still lives
-            try:
-                again = budget_plan(graph, cfg, align_r, budget, target, latency_model,
-                                    calibration, _sensitivity(graph, cfg, calibration, guide),
-                                    sparse, choose)
-            except HCPruneError:
-                again = None
-            if again is not None:
-                p2 = again[0]
-                m2, r2 = apply_and_reconstruct(graph, p2, calibration, reconstruct, options)
-                a2 = output_agreement(runners.outputs(graph.mod, held.samples),
-                                      runners.outputs(m2, held.samples), held.labels)
-                if not a2["collapsed"]:  # recorded: why the first plan was replaced
-                    plan = PrunePlan.create(p2.fingerprint, dict(p2.kept), dict(p2.sizes), {
-                        **p2.config, "first_conv_retry": agreement["collapsed"]}, p2.sparse)
-                    config, pruned, recon, agreement = cfg, m2, r2, a2
-                    predicted, dense_pred, model, sens_info = again[1:]
-                    if model is not None:
-                        layers = _layer_changes(graph, plan, model, sparse, target)
+    pruned, recon, agreement = finish(plan)
+    if (budget is not None and first_conv_default and agreement is not None
+            and agreement["collapsed"]):
+        retry = _retry_first_conv(graph, config, align_r, plan, plan_budget, finish)
+        if isinstance(retry, str):  # tried, and no better: the warning says so
+            plan = plan.with_config(first_conv_retry_failed=retry)
+        elif retry is not None:  # recorded: why the first plan was replaced
+            (p2, predicted, dense_pred, model, sens_info), done = retry
+            plan = p2.with_config(first_conv_retry=agreement["collapsed"])
+            pruned, recon, agreement = done
+    if model is not None:
+        layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
     pruned = attach_plan(pruned, graph, plan)
     seconds = time.perf_counter() - t0
     macs_after, params_after = graph.count_after(plan)
@@ -504,6 +498,32 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if warning := report.collapse_warning():
         warn(warning, CollapsedModelWarning)
     return pruned, report
+
+
+def _retry_first_conv(graph, config, align, plan, plan_budget, finish):
+    """The budget planned again with the first conv prunable, after ``plan`` (made under
+    the default protect rule, the first conv kept whole) collapsed on the held-out samples.
+
+    ``plan_budget(config)`` makes a budget's plan (``budget_plan``'s five results),
+    ``finish(plan)`` prunes, reconstructs and measures agreement. Returns None when no
+    first conv could narrow (at ``align``, not in ``protect``); ``(results, finished)`` of
+    the new plan when its output does not collapse; else a string: why the retry did not
+    help.
+    """
+    cfg = PruneConfig.of(config, prune_first_conv=True)
+    first = [g for g in input_conv_groups(graph) - set(plan.kept)
+             if can_narrow(graph, graph.groups[g], align, cfg.min_channels)
+             and not protected(graph, graph.groups[g], cfg)]
+    if not first:
+        return None
+    try:
+        again = plan_budget(cfg)
+    except HCPruneError as err:
+        return f"no plan with it pruned meets the budget ({err})"
+    done = finish(again[0])
+    if done[2]["collapsed"]:
+        return f"that plan has collapsed too ({done[2]['collapsed']})"
+    return again, done
 
 
 def _layer_changes(graph, plan, model, sparse=None, target=None) -> list[LayerChange]:

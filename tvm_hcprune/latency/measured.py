@@ -257,10 +257,8 @@ class _Loop:
     def result(self, tolerance: float, timed: int) -> PrunePlan:
         pick = _pick(self.history, tolerance)
         chosen = self.plans[pick]
-        return PrunePlan.create(chosen.fingerprint, dict(chosen.kept), dict(chosen.sizes),
-                                {**chosen.config, "closed_loop": self.history,
-                                 "closed_loop_pick": pick, "closed_loop_timed": timed},
-                                chosen.sparse)
+        return chosen.with_config(closed_loop=self.history, closed_loop_pick=pick,
+                                  closed_loop_timed=timed)
 
 
 _MAX_SEARCH = 24

@@ -39,7 +39,8 @@ class PruneConfig(Options):
         behaviour). With calibration data and a budget, a plan that keeps it whole under the
         None default and whose output collapses on the held-out samples is made again with
         it prunable, and that plan is kept when its output does not collapse
-        (``plan.config["first_conv_retry"]`` says why).
+        (``plan.config["first_conv_retry"]`` says why; ``"first_conv_retry_failed"``, when
+        the retry collapsed too and the first plan is returned).
     allocation_power : float
         Under a budget, how a group's kept importance is valued, in [-4, 1]
         (:func:`~tvm_hcprune.planning.budget.unit_value`): 1 sums the importance (the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -64,6 +64,18 @@ class PrunePlan:
                                    f"(must be distinct and in [0, {sizes[g]}))")
         return cls(str(fingerprint), MappingProxyType(kept), MappingProxyType(sizes),
                    dict(config or {}), sparse=_check_sparse(sparse))
+
+    def with_config(self, **entries) -> PrunePlan:
+        """This plan with ``entries`` added to (or replacing keys of) its config: a new plan,
+        the same channels; this one is unchanged.
+
+        Examples
+        --------
+        >>> plan = PrunePlan.create("f", {0: [1, 3]}, {0: 4}, {"ratio": 0.5})
+        >>> plan.with_config(note="kept").config
+        {'ratio': 0.5, 'note': 'kept'}
+        """
+        return replace(self, config={**self.config, **entries})
 
     @property
     def sparse_layers(self) -> dict:

@@ -15,6 +15,10 @@ from tvm_hcprune.planning.criteria import GroupViews, get_criterion, importance_
 from tvm_hcprune.planning.mixed import chosen_sparsity
 from tvm_hcprune.planning.plan import PrunePlan
 
+#: ``plan.config["allocation_start"]`` of a budget's two candidate allocations: the
+#: knapsack's (from the dense widths down) and the uniform cut raised where the limit allows
+KNAPSACK_START, UNIFORM_START = "dense", "uniform"
+
 
 def member_matrix(graph, member, group_id: int) -> np.ndarray:
     """The ``(channels, k)`` slice of a member's weight that belongs to ``group_id``.
@@ -282,27 +286,28 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
         return PrunePlan.create(graph.fingerprint, kept, plan_sizes,
                                 {**cfg, "allocation_start": start, **extra}, sparse), al
 
-    plan, alloc = plan_of(alloc, "dense")
+    plan, alloc = plan_of(alloc, KNAPSACK_START)
     if starts is None:
-        starts = ("dense", "uniform") if config.compare_uniform else ("dense",)
-    if not set(starts) <= {"dense", "uniform"} or not starts:
+        starts = ((KNAPSACK_START, UNIFORM_START) if config.compare_uniform
+                  else (KNAPSACK_START,))
+    if not set(starts) <= {KNAPSACK_START, UNIFORM_START} or not starts:
         raise HCPruneError(f"starts must name 'dense' and/or 'uniform', got {starts!r}")
-    if "uniform" not in starts or not channel_units:
+    if UNIFORM_START not in starts or not channel_units:
         return plan, alloc
     # the uniform plan meeting the limit, raised where the limit allows, is the other
     # candidate: it cuts every group a little where the knapsack may cut a few deep
     first = uniform_start(range(len(channel_units)), units, candidates, sizes, cost, limit)
     if first is None:
-        if "dense" not in starts:
+        if KNAPSACK_START not in starts:
             raise HCPruneError(f"no uniform cut meets the {what} budget {fmt(limit)}")
         return plan, alloc
     alt = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
                           start=first, **options)
-    if "dense" not in starts:
-        return plan_of(alt, "uniform")
+    if KNAPSACK_START not in starts:
+        return plan_of(alt, UNIFORM_START)
     if alt.widths == alloc.widths:
         return plan, alloc
-    return pick_plan([(plan, alloc), plan_of(alt, "uniform")], choose)
+    return pick_plan([(plan, alloc), plan_of(alt, UNIFORM_START)], choose)
 
 
 def pick_plan(candidates, choose=None):
@@ -329,5 +334,4 @@ def pick_plan(candidates, choose=None):
     plan, al = candidates[int(pick)]
     scores = {p.config.get("allocation_start", str(i)): float(b)
               for i, ((p, _), b) in enumerate(zip(candidates, by, strict=True))}
-    return PrunePlan.create(plan.fingerprint, dict(plan.kept), dict(plan.sizes),
-                            {**plan.config, "allocation_scores": scores}, plan.sparse), al
+    return plan.with_config(allocation_scores=scores), al

@@ -24,6 +24,7 @@ import numpy as np
 
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.planning.budget import kept_floor
+from tvm_hcprune.planning.planner import UNIFORM_START
 from tvm_hcprune.recovery.calibration import Calibration, calibrate
 from tvm_hcprune.recovery.data import calibration_data, split_holdout
 from tvm_hcprune.recovery.runner import compile_module, output_error, runner_for
@@ -411,7 +412,7 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
         collapsed.append(collapse_reason(dense_all, outs_all) is not None)
     if all(collapsed):  # nothing to tell them apart by: the baseline, if it is one of them
         uniform = [i for i, p in enumerate(plans)
-                   if getattr(p, "config", {}).get("allocation_start") == "uniform"]
+                   if getattr(p, "config", {}).get("allocation_start") == UNIFORM_START]
         if uniform:
             return uniform[0], errors
     tied = [i for i, e in enumerate(errors) if e <= min(errors) + 1e-9]

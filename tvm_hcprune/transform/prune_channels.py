@@ -27,7 +27,14 @@ from tvm_hcprune.planning.budget import (
 from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.mixed import SparseOptions, mixed_units
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import make_budget_plan, make_plan, pick_plan, resolve_align
+from tvm_hcprune.planning.planner import (
+    KNAPSACK_START,
+    UNIFORM_START,
+    make_budget_plan,
+    make_plan,
+    pick_plan,
+    resolve_align,
+)
 from tvm_hcprune.transform.apply_plan import (
     PLAN_ATTR,
     apply_plan,
@@ -125,7 +132,7 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     families = (spec is not None and getattr(spec, "refine", 0) > 0
                 and hasattr(spec, "refine_plans") and config.compare_uniform)
 
-    def replan(lim, starts=("dense",) if families else None):
+    def replan(lim, starts=(KNAPSACK_START,) if families else None):
         rec = record if scales is None else {**record, "allocation": "sensitivity"}
         return make_budget_plan(graph, config, align, cost, lim, calibration,
                                 budget_record=rec, unit_scale=scales, sparse_units=units,
@@ -180,10 +187,10 @@ def _refine_families(spec, graph, budget, target, replan, plan, limit, dense, ch
     choice between their measured results (:func:`~tvm_hcprune.planning.planner.pick_plan`:
     ``choose``, else the higher value); a plan within the loop's tolerance of the goal is
     preferred to one that is not."""
-    starts, plans = ["dense"], [plan]
+    starts, plans = [KNAPSACK_START], [plan]
     try:
-        plans.append(replan(limit, ("uniform",))[0])
-        starts.append("uniform")
+        plans.append(replan(limit, (UNIFORM_START,))[0])
+        starts.append(UNIFORM_START)
     except HCPruneError:
         pass  # no uniform cut meets the limit: the knapsack's family alone
     replans = [lambda lim, s=s: replan(lim, (s,)) for s in starts]
