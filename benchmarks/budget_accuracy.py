@@ -309,6 +309,17 @@ scored 1.438 against the uniform one's 1.484 on the 64 lines) and **+2.3 pt** at
 changes with the calibration sample (96 or 256 lines) as it did between runs: every plan
 there, uniform or aware, is within a few points of chance (0.50).
 
+Eighteenth session, on a 2-core AMD EPYC (Zen 4, AVX-512; ``x86-avx512``, 16-channel
+multiple), the first run of this benchmark on an AMD host; the table now also gives McNemar's
+test against the uniform plan nearest in the final run (``nearest``). Same command, alone
+(dense 0.770 ms, 0.991; uniform 0.456x 0.500, 0.415x 0.594, 0.347x 0.499, 0.317x 0.565,
+0.234x 0.500; 572 s for the grid and both plans): **+21.8 pt** at 0.43x (the knapsack's plan,
+0.785; 200 -> 16, 16, 80; held-out 0.81 against the uniform candidate's 1.46; 269/78 against
+the nearest uniform plan, p 1.000) and -4.1 pt at 0.33x (every candidate collapsed, the
+uniform allocation kept, reconstruction reverted, 0.500 against 0.565; 384/449, p 0.013).
+The same pattern as on the Intel host: a large gain near 0.43x, and below 0.35x a choice
+among collapsed plans.
+
 A single ``prune(mod, budget=Latency(fraction=0.56), calibration=<96 lines>)`` with other
 jobs paused: the loop cost 12 s on top of 107 s (71 s of them the sensitivity scan); the
 table's two plans measured +0.8% and +1.1% from the goal.
