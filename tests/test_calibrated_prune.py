@@ -369,6 +369,23 @@ def test_budget_retry_that_collapses_too_is_named_in_the_warning():
     assert report.agreement["collapsed"].startswith("output 0 is the same")
 
 
+def test_progress_shows_the_sensitivity_scan_and_the_retry(capsys):
+    """``progress=True`` (what the CLI passes): the sensitivity scan's bar and the retry's
+    line on stderr; the default is silent."""
+    mod = from_onnx(_dead_second_conv_onnx())
+    graph = hc.analyze(mod)
+    x = np.random.default_rng(2).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
+    kw = {"budget": hc.MACs(fraction=0.85), "align": 8, "calibration": x,
+          "reconstruct": False, "graph": graph}
+    _, report = hc.prune(mod, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert report.allocation == "sensitivity" and "first_conv_retry" in report.plan.config
+    assert "sensitivity" in err and "%|" in err  # the scan's tqdm bar
+    assert "planning the budget again with the first conv prunable" in err
+    hc.prune(mod, **kw)
+    assert capsys.readouterr().err == ""
+
+
 def test_budget_retries_with_the_first_conv_when_every_plan_collapsed():
     """A MACs budget that, with the first conv protected (the default), only the second conv
     can meet: both candidates keep its dead channels and collapse; prune then plans the

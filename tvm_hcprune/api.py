@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -295,7 +296,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
           plan: PrunePlan | None = None, graph: ChannelGraph | None = None, calibration=None,
           reconstruct: bool | None = None, reconstruct_options=None, budget=None,
           latency_model=None, preprocess=None, allocation: str = "auto", sparse=False,
-          **overrides):
+          progress: bool = False, **overrides):
     """Prune ``mod`` and report what changed.
 
     Parameters
@@ -371,6 +372,11 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         ``criterion``, ``layers``. The plan records each layer's sparsity
         (``plan.sparse``), the channels are removed and then the blocks zeroed, and
         ``report.layers`` says per layer the widths, sparsity, format and why. Default off.
+    progress : bool
+        Show the long steps on stderr: a bar over the sensitivity scan (the single-group
+        prunings of a sensitivity allocation) and a line when a collapsed plan is planned
+        again with the first conv prunable (the latency table and its closed loop say their
+        own, per ``latency_model``). The CLI turns it on. Default off.
 
     Returns
     -------
@@ -427,7 +433,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     guide = choose = None
     fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
-        guide = {"samples": fit_samples, "runners": runners}
+        guide = {"samples": fit_samples, "runners": runners, "progress": progress}
     if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
         # reconstructed (and guarded) as it will be returned, on held-out samples (the
         # reconstruction is fitted on the others, where deep cuts look better than they are)
@@ -468,6 +474,9 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     pruned, recon, agreement = finish(plan)
     if (budget is not None and first_conv_default and agreement is not None
             and agreement["collapsed"]):
+        if progress:
+            print(f"the plan collapsed ({agreement['collapsed']}): planning the budget again "
+                  f"with the first conv prunable", file=sys.stderr, flush=True)
         retry = _retry_first_conv(graph, config, align_r, plan, plan_budget, finish)
         if isinstance(retry, str):  # tried, and no better: the warning says so
             plan = plan.with_config(first_conv_retry_failed=retry)
@@ -574,4 +583,4 @@ def _sensitivity(graph, config, calibration, guide):
     if guide is None:
         return None
     return lambda alloc: unit_scales(graph, alloc, config, calibration, guide["samples"],
-                                     guide["runners"])
+                                     guide["runners"], progress=guide.get("progress", False))

@@ -167,7 +167,7 @@ def load_model(args, target, preset, ratio, log=print, reports: list | None = No
     else:
         mod = load_onnx(args.model, parse_input_shapes(args.input_shapes), log=log)
     if ratio:
-        kwargs = {"target": target}
+        kwargs = {"target": target, "progress": True}
         if isinstance(ratio, float | int):
             kwargs["ratio"] = ratio
         else:

@@ -105,7 +105,7 @@ def run(args) -> int:
         how["prune_first_conv"] = True
     how.update(sparse_arg(args, budget))
     pruned, report = hc.prune(mod, criterion=args.criterion, align=args.align, graph=graph,
-                              target=target, **data, **how)
+                              target=target, progress=True, **data, **how)
     figures = {}
     if args.plot:
         sweep = {"criterion": args.criterion, "align": args.align, "target": target, **data,
