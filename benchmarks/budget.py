@@ -34,6 +34,11 @@ MobileNetV2 run 1   +7.3%   -8.0%   -11.1%
 MobileNetV2 run 2   +4.2%   +6.7%   +4.4%
 ==================  ======  ======  ======
 
+Eighteenth session, 2-core AMD EPYC (Zen 4, AVX-512), alone, ``--closed-loop 2`` (9.5 min,
+tables measured afresh): MNIST -3.2%, +1.2%, +3.7%; ResNet-50-shaped -1.4%, -1.0%, +0.9%;
+MobileNetV2-shaped +2.6%, -3.4%, +0.4% at 0.7, 0.5, 0.3: 9 of 9 within 5%; Spearman of the
+roofline and of the table against measurement 1.00 on each model.
+
     python benchmarks/budget.py [--json PATH] [--quick] [--image 96] [--widths 4]
                                 [--closed-loop 2]
 """
