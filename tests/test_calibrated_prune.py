@@ -384,6 +384,10 @@ def test_progress_shows_the_sensitivity_scan_and_the_retry(capsys):
     assert "planning the budget again with the first conv prunable" in err
     hc.prune(mod, **kw)
     assert capsys.readouterr().err == ""
+    first = sorted(input_conv_groups(graph))[0]
+    with pytest.warns(hc.CollapsedModelWarning):  # first conv protected: no retry, no line
+        hc.prune(mod, progress=True, protect=(f"group:{first}",), **kw)
+    assert "planning the budget again" not in capsys.readouterr().err
 
 
 def test_budget_retries_with_the_first_conv_when_every_plan_collapsed():

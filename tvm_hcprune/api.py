@@ -474,10 +474,8 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     pruned, recon, agreement = finish(plan)
     if (budget is not None and first_conv_default and agreement is not None
             and agreement["collapsed"]):
-        if progress:
-            print(f"the plan collapsed ({agreement['collapsed']}): planning the budget again "
-                  f"with the first conv prunable", file=sys.stderr, flush=True)
-        retry = _retry_first_conv(graph, config, align_r, plan, plan_budget, finish)
+        retry = _retry_first_conv(graph, config, align_r, plan, plan_budget, finish,
+                                  agreement["collapsed"] if progress else None)
         if isinstance(retry, str):  # tried, and no better: the warning says so
             plan = plan.with_config(first_conv_retry_failed=retry)
         elif retry is not None:  # recorded: why the first plan was replaced
@@ -509,7 +507,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     return pruned, report
 
 
-def _retry_first_conv(graph, config, align, plan, plan_budget, finish):
+def _retry_first_conv(graph, config, align, plan, plan_budget, finish, say=None):
     """The budget planned again with the first conv prunable, after ``plan`` (made under
     the default protect rule, the first conv kept whole) collapsed on the held-out samples.
 
@@ -517,7 +515,8 @@ def _retry_first_conv(graph, config, align, plan, plan_budget, finish):
     ``finish(plan)`` prunes, reconstructs and measures agreement. Returns None when no
     first conv could narrow (at ``align``, not in ``protect``); ``(results, finished)`` of
     the new plan when its output does not collapse; else a string: why the retry did not
-    help.
+    help. ``say`` (the first plan's collapse reason, for progress) prints a line on stderr
+    when the retry starts.
     """
     cfg = PruneConfig.of(config, prune_first_conv=True)
     first = [g for g in input_conv_groups(graph) - set(plan.kept)
@@ -525,6 +524,9 @@ def _retry_first_conv(graph, config, align, plan, plan_budget, finish):
              and not protected(graph, graph.groups[g], cfg)]
     if not first:
         return None
+    if say:
+        print(f"the plan collapsed ({say}): planning the budget again with the first conv "
+              f"prunable", file=sys.stderr, flush=True)
     try:
         again = plan_budget(cfg)
     except HCPruneError as err:
