@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hcprune-installed
+# pytest-xdist workers for `make test` (auto: one per CPU; TEST_WORKERS=0 runs in one process)
+TEST_WORKERS ?= auto
 
 .PHONY: demo test lint bench clean
 
@@ -21,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check tvm_hcprune tests benchmarks tutorials scripts
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check tvm_hcprune tests benchmarks tutorials scripts

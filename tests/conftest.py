@@ -1,7 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # keep TVM's thread pool to the physical cores of this small machine
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+# the latency cache: one per test process, removed at its end; never the user's
+# ~/.cache/tvm_hcprune (every run starts as on a fresh machine, and no two pytest-xdist
+# workers rewrite one cache file). Tests that check the cache point it at their tmp_path.
+_LATENCY_CACHE = tempfile.mkdtemp(prefix="hcprune-test-cache-")
+os.environ["TVM_HCPRUNE_CACHE"] = _LATENCY_CACHE
+atexit.register(shutil.rmtree, _LATENCY_CACHE, True)
 
 import pytest  # noqa: E402
 import tvm  # noqa: E402
