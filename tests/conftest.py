@@ -3,8 +3,19 @@ import os
 import shutil
 import tempfile
 
-# keep TVM's thread pool to the physical cores of this small machine
-os.environ.setdefault("TVM_NUM_THREADS", "2")
+from tvm_hcprune.hardware.host import host_physical_cores
+
+# TVM's thread pool: the physical cores, shared out between the pytest-xdist workers. Two
+# workers with a pool of 2 threads each on 2 cores spin against each other: a table timed
+# the small test model at 4 ms instead of 0.056 ms, and tests whose plans follow the
+# timings failed. One thread per worker there. (TVM reads the variable when its pool starts,
+# at the first parallel kernel call.)
+# A value the user set before pytest started is kept (the workers inherit the controller's
+# environment, so the controller records it first).
+os.environ.setdefault("HCPRUNE_TEST_USER_THREADS", os.environ.get("TVM_NUM_THREADS", ""))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ["TVM_NUM_THREADS"] = (os.environ["HCPRUNE_TEST_USER_THREADS"]
+                                 or str(max(1, host_physical_cores() // _WORKERS)))
 # the latency cache: one per test process, removed at its end; never the user's
 # ~/.cache/tvm_hcprune (every run starts as on a fresh machine, and no two pytest-xdist
 # workers rewrite one cache file). Tests that check the cache point it at their tmp_path.

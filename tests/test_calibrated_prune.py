@@ -348,20 +348,28 @@ def _dead_both_convs_onnx():
                           (16, 4, 3, 3), (16, 16, 1, 1))
 
 
+def _retry_case(model, seed):
+    """``(module, its analysis, 32 samples, prune's keywords)`` of a dead-channel ``model``
+    pruned to 0.85x MACs at align 8 with the samples, without reconstruction (the first-conv
+    retry's tests)."""
+    mod = from_onnx(model)
+    graph = hc.analyze(mod)
+    x = np.random.default_rng(seed).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
+    return mod, graph, x, {"budget": hc.MACs(fraction=0.85), "align": 8, "calibration": x,
+                           "reconstruct": False, "graph": graph}
+
+
 def test_budget_retry_that_collapses_too_is_named_in_the_warning():
     """When the plan made with the first conv prunable collapses as well, prune returns the
     first plan, and the collapse warning (and the plan's config) says the retry was tried."""
-    mod = from_onnx(_dead_both_convs_onnx())
-    graph = hc.analyze(mod)
-    x = np.random.default_rng(3).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
+    mod, graph, x, kw = _retry_case(_dead_both_convs_onnx(), 3)
     _, held = split_holdout(calibration_data(x, mod))
     dense = CachedRunners().outputs(mod, held.samples)[0]
     assert np.ptp(dense, axis=0).max() > 1e-3  # the dense model's output depends on x
     with pytest.warns(hc.CollapsedModelWarning,
                       match="planned again with the first conv pruned too: that plan has "
                             "collapsed too"):
-        _, report = hc.prune(mod, budget=hc.MACs(fraction=0.85), align=8, calibration=x,
-                             allocation="criterion", reconstruct=False, graph=graph)
+        _, report = hc.prune(mod, allocation="criterion", **kw)
     first = sorted(input_conv_groups(graph))
     assert first[0] not in report.plan.kept  # the first plan (first conv whole) returned
     assert "first_conv_retry" not in report.plan.config
@@ -372,11 +380,7 @@ def test_budget_retry_that_collapses_too_is_named_in_the_warning():
 def test_progress_shows_the_sensitivity_scan_and_the_retry(capsys):
     """``progress=True`` (what the CLI passes): the sensitivity scan's bar and the retry's
     line on stderr; the default is silent."""
-    mod = from_onnx(_dead_second_conv_onnx())
-    graph = hc.analyze(mod)
-    x = np.random.default_rng(2).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
-    kw = {"budget": hc.MACs(fraction=0.85), "align": 8, "calibration": x,
-          "reconstruct": False, "graph": graph}
+    mod, graph, _, kw = _retry_case(_dead_second_conv_onnx(), 2)
     _, report = hc.prune(mod, progress=True, **kw)
     err = capsys.readouterr().err
     assert report.allocation == "sensitivity" and "first_conv_retry" in report.plan.config
@@ -395,13 +399,10 @@ def test_budget_retries_with_the_first_conv_when_every_plan_collapsed():
     can meet: both candidates keep its dead channels and collapse; prune then plans the
     budget again with the first conv prunable and keeps that plan (live output, no warning),
     saying why. With ``prune_first_conv=False`` asked for, the collapsed plan stays."""
-    mod = from_onnx(_dead_second_conv_onnx())
-    graph = hc.analyze(mod)
+    mod, graph, x, kw = _retry_case(_dead_second_conv_onnx(), 2)
+    kw["allocation"] = "criterion"
     first = sorted(input_conv_groups(graph))
     assert len(first) == 1 and len(graph.groups) >= 2
-    x = np.random.default_rng(2).normal(size=(32, 1, 4, 6, 6)).astype(np.float32)
-    kw = {"budget": hc.MACs(fraction=0.85), "align": 8, "calibration": x,
-          "allocation": "criterion", "reconstruct": False, "graph": graph}
     with warnings.catch_warnings():
         warnings.simplefilter("error", HCPruneWarning)  # no collapse warning
         pruned, report = hc.prune(mod, **kw)

@@ -37,6 +37,17 @@ from tvm_hcprune.transform.prune_channels import attach_plan, budget_plan
 MIN_CHOICE_SAMPLES = 8
 
 
+@dataclass(frozen=True)
+class _Retry:
+    """What planning a collapsed budget's plan again with the first conv prunable gave:
+    ``planned`` (``budget_plan``'s five results) and ``finished`` (module, reconstruction,
+    agreement) when that plan does not collapse, else ``failed``: why it did not help."""
+
+    failed: str | None = None
+    planned: tuple | None = None
+    finished: tuple | None = None
+
+
 @dataclass
 class GroupChange:
     id: int
@@ -445,19 +456,18 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
                 apply_and_reconstruct(graph, p, calibration, reconstruct, options)[0]))
     predicted = dense_pred = None
     layers, source, sens_info = [], "", None
+
+    def plan_budget(cfg, how=budget, mixed=sparse):  # budget_plan's five results
+        return budget_plan(graph, cfg, align_r, how, target, latency_model, calibration,
+                           _sensitivity(graph, cfg, calibration, guide), mixed, choose)
+
     if budget is None and plan is None and allocation == "sensitivity":
         uniform = make_plan(graph, config, align_r, calibration=calibration)
         frac = graph.count_after(uniform)[0] / max(graph.total_macs, 1)
         if uniform.kept and 0.0 < frac < 1.0:  # the ratio's MACs, spent where it hurts least
-            plan, *_rest, sens_info = budget_plan(
-                graph, config, align_r, MACs(fraction=frac), target, latency_model,
-                calibration, _sensitivity(graph, config, calibration, guide), choose=choose)
+            plan, *_rest, sens_info = plan_budget(config, MACs(fraction=frac), None)
         else:
             plan = uniform
-
-    def plan_budget(cfg):
-        return budget_plan(graph, cfg, align_r, budget, target, latency_model, calibration,
-                           _sensitivity(graph, cfg, calibration, guide), sparse, choose)
 
     def finish(p):  # the pruned module, its reconstruction, its agreement on held-out data
         m, r = apply_and_reconstruct(graph, p, calibration, reconstruct, options)
@@ -476,12 +486,12 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
             and agreement["collapsed"]):
         retry = _retry_first_conv(graph, config, align_r, plan, plan_budget, finish,
                                   agreement["collapsed"] if progress else None)
-        if isinstance(retry, str):  # tried, and no better: the warning says so
-            plan = plan.with_config(first_conv_retry_failed=retry)
+        if retry is not None and retry.failed:  # tried, and no better: the warning says so
+            plan = plan.with_config(first_conv_retry_failed=retry.failed)
         elif retry is not None:  # recorded: why the first plan was replaced
-            (p2, predicted, dense_pred, model, sens_info), done = retry
+            p2, predicted, dense_pred, model, sens_info = retry.planned
             plan = p2.with_config(first_conv_retry=agreement["collapsed"])
-            pruned, recon, agreement = done
+            pruned, recon, agreement = retry.finished
     if model is not None:
         layers, source = _layer_changes(graph, plan, model, sparse, target), model.source
     pruned = attach_plan(pruned, graph, plan)
@@ -507,15 +517,16 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     return pruned, report
 
 
-def _retry_first_conv(graph, config, align, plan, plan_budget, finish, say=None):
+def _retry_first_conv(graph, config, align, plan, plan_budget, finish,
+                      say=None) -> _Retry | None:
     """The budget planned again with the first conv prunable, after ``plan`` (made under
     the default protect rule, the first conv kept whole) collapsed on the held-out samples.
 
     ``plan_budget(config)`` makes a budget's plan (``budget_plan``'s five results),
     ``finish(plan)`` prunes, reconstructs and measures agreement. Returns None when no
-    first conv could narrow (at ``align``, not in ``protect``); ``(results, finished)`` of
-    the new plan when its output does not collapse; else a string: why the retry did not
-    help. ``say`` (the first plan's collapse reason, for progress) prints a line on stderr
+    first conv could narrow (at ``align``, not in ``protect``), else a :class:`_Retry`: the
+    new plan's results when its output does not collapse, or why the retry did not help.
+    ``say`` (the first plan's collapse reason, for progress) prints a line on stderr
     when the retry starts.
     """
     cfg = PruneConfig.of(config, prune_first_conv=True)
@@ -530,11 +541,11 @@ def _retry_first_conv(graph, config, align, plan, plan_budget, finish, say=None)
     try:
         again = plan_budget(cfg)
     except HCPruneError as err:
-        return f"no plan with it pruned meets the budget ({err})"
+        return _Retry(failed=f"no plan with it pruned meets the budget ({err})")
     done = finish(again[0])
     if done[2]["collapsed"]:
-        return f"that plan has collapsed too ({done[2]['collapsed']})"
-    return again, done
+        return _Retry(failed=f"that plan has collapsed too ({done[2]['collapsed']})")
+    return _Retry(planned=again, finished=done)
 
 
 def _layer_changes(graph, plan, model, sparse=None, target=None) -> list[LayerChange]:
