@@ -384,6 +384,9 @@ def test_progress_shows_the_sensitivity_scan_and_the_retry(capsys):
     _, report = hc.prune(mod, progress=True, **kw)
     err = capsys.readouterr().err
     assert report.allocation == "sensitivity" and "first_conv_retry" in report.plan.config
+    # the retry's scan measured the first conv alone; the second conv's probe (the first
+    # scan's only one) was taken from the first scan
+    assert report.sensitivity["reused"] == 1 and report.sensitivity["probes"].keys() == {0, 1}
     assert "sensitivity" in err and "%|" in err  # the scan's tqdm bar
     assert "planning the budget again with the first conv prunable" in err
     hc.prune(mod, **kw)

@@ -121,7 +121,9 @@ def test_unit_scales_two_probes_fit_the_measured_errors(small):
     _, alloc = make_budget_plan(graph, config, 4, cost, 0.6 * graph.total_macs, cal,
                                 starts=("dense",))
     runners = CachedRunners()
-    scales, info = unit_scales(graph, alloc, config, cal, xs[:8], runners)
+    memo, samples = {}, xs[:8]
+    scales, info = unit_scales(graph, alloc, config, cal, samples, runners, memo=memo)
+    assert info["reused"] == 0
     two = [i for i, s in scales.items() if np.ndim(s) == 1]
     assert two, "no unit was probed at two widths"
     dense = runners.outputs(graph.mod, xs[:8])[0]
@@ -140,11 +142,21 @@ def test_unit_scales_two_probes_fit_the_measured_errors(small):
             want = max(e for v, e in probes.items() if v >= w)
             assert curve[-1] - curve[w] == pytest.approx(want, rel=1e-9)
         np.testing.assert_allclose(curve, fitted_curve(alloc.curves[i], probes))
+    # one probe per unit, with the memo of the first scan: each probe is one of the first
+    # scan's, taken from the memo (nothing pruned and run again), with its error
     one, info1 = unit_scales(graph, alloc, PruneConfig(prune_first_conv=False,
                                                        sensitivity_probes=1),
-                             cal, xs[:8], runners)
+                             cal, samples, runners, memo=memo)
     assert all(np.ndim(s) == 0 for s in one.values())
     assert all(len(p) == 1 for p in info1["probes"].values())
+    assert info1["reused"] == len(info1["probes"]) > 0
+    for gid, probes in info1["probes"].items():
+        assert probes.items() <= info["probes"][gid].items()
+    # other samples are another scope: measured again
+    _, info2 = unit_scales(graph, alloc, PruneConfig(prune_first_conv=False,
+                                                     sensitivity_probes=1),
+                           cal, xs[8:12], runners, memo=memo)
+    assert info2["reused"] == 0 and info2["probes"].keys() == info1["probes"].keys()
     with pytest.raises(HCPruneError, match="sensitivity_probes must be 1 or 2"):
         PruneConfig(sensitivity_probes=3)
 

@@ -444,7 +444,8 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     guide = choose = None
     fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
-        guide = {"samples": fit_samples, "runners": runners, "progress": progress}
+        guide = {"samples": fit_samples, "runners": runners, "progress": progress,
+                 "memo": {}}  # probes measured once per call (the retry reuses them)
     if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
         # reconstructed (and guarded) as it will be returned, on held-out samples (the
         # reconstruction is fitted on the others, where deep cuts look better than they are)
@@ -592,8 +593,10 @@ def _format_why(spec, s, cin, cout, model, sparse, profile) -> tuple[str, str]:
 def _sensitivity(graph, config, calibration, guide):
     """The ``rescale`` hook of :func:`~tvm_hcprune.transform.prune_channels.budget_plan`
     for sensitivity-guided allocation (None without ``guide``: ``{"samples", "runners"}``
-    for :func:`~tvm_hcprune.recovery.guided.unit_scales`)."""
+    for :func:`~tvm_hcprune.recovery.guided.unit_scales`, optionally ``"progress"`` and
+    ``"memo"``)."""
     if guide is None:
         return None
     return lambda alloc: unit_scales(graph, alloc, config, calibration, guide["samples"],
-                                     guide["runners"], progress=guide.get("progress", False))
+                                     guide["runners"], progress=guide.get("progress", False),
+                                     memo=guide.get("memo"))

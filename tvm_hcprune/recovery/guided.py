@@ -279,7 +279,7 @@ def fitted_curve(curve: np.ndarray, errors: dict) -> np.ndarray:
 
 
 def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners: CachedRunners,
-                progress: bool = False) -> tuple[dict, dict]:
+                progress: bool = False, memo: dict | None = None) -> tuple[dict, dict]:
     """Importance scale per allocation unit from single-unit pruning (see the module docs).
 
     With ``config.sensitivity_probes == 2`` (the default) a unit with more than one
@@ -300,14 +300,32 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     samples : numpy.ndarray
         Inputs the output error is measured on.
     runners : CachedRunners
+    progress : bool
+        A bar over the probes (stderr).
+    memo : dict, optional
+        Probe errors measured before, kept across calls: a probe (the unit's groups, its
+        width, the criterion, its options and seed, the calibration and the samples) found
+        there is not pruned and run again. ``prune`` passes one dict to every scan of a call,
+        so the first-conv retry measures only the probes its new allocation changed.
 
     Returns
     -------
     (scales, info)
         ``scales``: unit index -> factor, or a fitted importance curve (units probed at two
         widths); ``info``: ``{"errors": {group: error}, "widths": {group: scanned width},
-        "probes": {group: {width: error}}, "samples": n, "seconds": s}`` (``errors`` and
-        ``widths``: the shallower probe).
+        "probes": {group: {width: error}}, "samples": n, "seconds": s, "reused": r}``
+        (``errors`` and ``widths``: the shallower probe; ``reused``: probes taken from
+        ``memo``).
+
+    Examples
+    --------
+    >>> memo = {}
+    >>> scales, info = unit_scales(graph, alloc, config, cal, xs, CachedRunners(),
+    ...                            memo=memo)  # doctest: +SKIP
+    >>> again = unit_scales(graph, alloc, config, cal, xs, CachedRunners(), memo=memo)
+    ... # doctest: +SKIP
+    >>> again[1]["reused"] == sum(len(p) for p in info["probes"].values())  # doctest: +SKIP
+    True
     """
     t0 = time.perf_counter()
     dense = runners.outputs(graph.mod, samples)[0]
@@ -322,13 +340,22 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
         for w in _probe_widths(cands, alloc.widths[unit[0]], size, floor, probes):
             jobs.append((i, unit, w))
     measured: dict = {}
-    for i, unit, w in progress_bar(jobs, enabled=progress, desc="sensitivity", leave=False):
+    memo = {} if memo is None else memo
+    scope = (config.criterion, repr(config.criterion_options), config.seed, id(calibration),
+             id(samples))
+    memo[scope] = (calibration, samples)  # kept alive: their ids are not reused meanwhile
+    reused = sum((tuple(unit), w, scope) in memo for _i, unit, w in jobs)
+    todo = [j for j in jobs if (tuple(j[1]), j[2], scope) not in memo]
+    for _i, unit, w in progress_bar(todo, enabled=progress and bool(todo), desc="sensitivity",
+                                    leave=False):
         plan = group_plan(graph, {g: w for g in unit}, config.criterion, calibration,
                           config.criterion_options, config.seed)
         pruned = apply_plan(graph, plan)
         outs = runners.outputs(pruned, samples, keep=False)[0]
         rel, dis = output_error(outs, dense)
-        measured.setdefault(i, {})[w] = rel + dis if np.isfinite(rel) else 1e6
+        memo[tuple(unit), w, scope] = rel + dis if np.isfinite(rel) else 1e6
+    for i, unit, w in jobs:
+        measured.setdefault(i, {})[w] = memo[tuple(unit), w, scope]
     scales = {}
     if measured:
         floor = 1e-3 * max(max(max(m.values()) for m in measured.values()), 1e-12)
@@ -346,7 +373,8 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
             "widths": {int(alloc.units[i][0]): int(max(m)) for i, m in measured.items()},
             "probes": {int(alloc.units[i][0]): {int(w): float(e) for w, e in m.items()}
                        for i, m in measured.items()},
-            "samples": int(len(samples)), "seconds": round(time.perf_counter() - t0, 2)}
+            "samples": int(len(samples)), "seconds": round(time.perf_counter() - t0, 2),
+            "reused": int(reused)}
     return scales, info
 
 
