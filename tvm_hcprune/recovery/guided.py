@@ -303,10 +303,11 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     progress : bool
         A bar over the probes (stderr).
     memo : dict, optional
-        Probe errors measured before, kept across calls: a probe (the unit's groups, its
-        width, the criterion, its options and seed, the calibration and the samples) found
-        there is not pruned and run again. ``prune`` passes one dict to every scan of a call,
-        so the first-conv retry measures only the probes its new allocation changed.
+        Probe errors measured before, kept across calls: a probe (the graph, the unit's
+        groups, its width, the criterion, its options and seed, the calibration and the
+        samples) found there is not pruned and run again. ``prune`` passes one dict to
+        every scan of a call, so the first-conv retry measures only the probes its new
+        allocation changed.
 
     Returns
     -------
@@ -341,9 +342,9 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
             jobs.append((i, unit, w))
     measured: dict = {}
     memo = {} if memo is None else memo
-    scope = (config.criterion, repr(config.criterion_options), config.seed, id(calibration),
-             id(samples))
-    memo[scope] = (calibration, samples)  # kept alive: their ids are not reused meanwhile
+    scope = (id(graph), config.criterion, repr(config.criterion_options), config.seed,
+             id(calibration), id(samples))
+    memo[scope] = (graph, calibration, samples)  # kept alive: their ids are not reused
     reused = sum((tuple(unit), w, scope) in memo for _i, unit, w in jobs)
     todo = [j for j in jobs if (tuple(j[1]), j[2], scope) not in memo]
     for _i, unit, w in progress_bar(todo, enabled=progress and bool(todo), desc="sensitivity",
