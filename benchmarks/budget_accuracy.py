@@ -51,6 +51,15 @@ with seed 1000, test with seed 0 (``tvm_hcprune.zoo.datasets``).
         [--uniform-keep-first-conv]
         [--points 4] [--quick]
 
+More calibration data (``--models text_direction --cal 1024 --points 1``, 256 lines held
+out; AMD EPYC Zen 4, alone, one run per row; the choice scored on ``MAX_CHOICE_SAMPLES`` of
+them, 64 unless said): asked 0.348x: aware 0.343x 0.556 (knapsack) vs uniform 0.346x 0.500,
++4.5 pt at equal latency (76/20 lines only one got right); scored on all 256: aware 0.344x
+0.550 (uniform allocation), +3.6 pt; asked 0.315x: aware 0.313x 0.500 (knapsack, collapsed)
+vs uniform 0.315x 0.635, -13.1 pt (39/174, p 0.000). With 96 lines (24 held out) the same
+0.33x point was -4.1 pt. More data helps near 0.35x, not below: there the knapsack's plan
+collapses while the uniform ratio, reconstructed on 512 lines, keeps 0.635.
+
 Measured on the shared 2-core host, loaded (two or three of these runs at once besides the
 other users; one TVM thread), defaults (``--recovery data``, criterion allocation, first
 conv protected under the budget); fractions of the dense latency from the final

@@ -810,5 +810,5 @@ def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):
     hc.prune(small, budget=hc.MACs(fraction=0.5), calibration=x, allocation="criterion")
     _cal, fit, held = prepare_calibration(x, hc.analyze(small).mod, None, seed=0)
     assert seen and len(held) >= api.MIN_CHOICE_SAMPLES
-    np.testing.assert_array_equal(seen[0], held.samples[:64])
+    np.testing.assert_array_equal(seen[0], held.samples[:api.MAX_CHOICE_SAMPLES])
     assert not any(np.array_equal(seen[0][:1], f[None]) for f in fit.samples)
