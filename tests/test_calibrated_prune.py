@@ -28,6 +28,7 @@ from tvm_hcprune.recovery.guided import (
     collapse_reason,
     output_agreement,
 )
+from tvm_hcprune.recovery.runner import output_error
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 
 
@@ -198,6 +199,43 @@ def test_choose_plan_keeps_the_uniform_plan_when_every_plan_collapsed():
     assert i == 1  # the uniform plan
     i, errors = choose_plan(graph, plans, x, CachedRunners(), make=make)
     assert i == 2 and errors[2] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_choose_plan_scores_a_one_class_output_as_dead():
+    """An output giving one class to every sample (the dense model: 15 of 24 one class, 9 the
+    other, so :func:`collapse_reason` does not call it collapsed) scores ``1 + disagreement``
+    though its relative MSE is below 1, and a live plan that agrees as often is kept over it
+    (text direction at 0.31x latency: a one-class plan, MSE 0.988, beat the live uniform plan
+    by its MSE alone and scored 0.500 on 1,000 test lines, where the uniform plan kept 0.635).
+    """
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((4, 1))
+    w = np.concatenate([v, -v], 1)  # dense: [s, -s], class 0 where s > 0
+    x = rng.standard_normal((24, 4))
+    x *= (np.sign(x @ v[:, 0]) * np.where(np.arange(24) < 15, 1, -1))[:, None]
+    s = x @ v[:, 0]
+    d = np.stack([s, -s], 1)
+    b = 0.3 * np.abs(s).max() + 1e-3
+    noise = np.random.default_rng(123).standard_normal((4, 2))
+    modules = {"one class": _linear(0.3 * w, 0.7 * d.mean(0) + [b, -b]),  # class 0 always
+               "as often": _linear(w + 1.5 * noise, np.zeros(2))}  # 9 disagreements, live
+    graph = types.SimpleNamespace(mod=_linear(w, np.zeros(2)))
+    x = x[:, None].astype("float32")
+    runners = CachedRunners()
+    dense = runners.outputs(graph.mod, x)
+    outs = {k: runners.outputs(m, x)[0].reshape(24, 2) for k, m in modules.items()}
+    assert np.unique(outs["one class"].argmax(1)).tolist() == [0]
+    assert len(np.unique(outs["as often"].argmax(1))) == 2
+    assert collapse_reason(dense, [outs["one class"]]) is None  # the dense classes: 15/9
+    rel, dis = output_error(outs["one class"], dense[0])
+    assert rel < 1 and dis == pytest.approx(9 / 24)  # min(rel, 1) + dis would keep it
+    assert output_error(outs["as often"], dense[0])[1] == pytest.approx(9 / 24)
+    i, errors = choose_plan(graph, ["one class", "as often"], x, runners,
+                            make=modules.__getitem__)
+    np.testing.assert_allclose(errors, [1 + 9 / 24] * 2, rtol=1e-6)
+    assert i == 1  # the tie goes to the live plan
+    i, errors = choose_plan(graph, ["one class"], x, runners, make=modules.__getitem__)
+    assert i == 0  # alone: nothing else to choose
 
 
 def test_calibration_of_another_module_is_redone(samples):

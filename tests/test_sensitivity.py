@@ -112,7 +112,7 @@ def test_unit_scales_two_probes_fit_the_measured_errors(small):
     from tvm_hcprune.planning.budget import macs_cost
     from tvm_hcprune.planning.config import PruneConfig
     from tvm_hcprune.planning.planner import make_budget_plan
-    from tvm_hcprune.recovery.guided import CachedRunners, fitted_curve, unit_scales
+    from tvm_hcprune.recovery.guided import CachedRunners, ProbeMemo, fitted_curve, unit_scales
     from tvm_hcprune.testing import masked_reference
 
     _, _, graph, cal, xs = small
@@ -121,7 +121,7 @@ def test_unit_scales_two_probes_fit_the_measured_errors(small):
     _, alloc = make_budget_plan(graph, config, 4, cost, 0.6 * graph.total_macs, cal,
                                 starts=("dense",))
     runners = CachedRunners()
-    memo, samples = {}, xs[:8]
+    memo, samples = ProbeMemo(), xs[:8]
     scales, info = unit_scales(graph, alloc, config, cal, samples, runners, memo=memo)
     assert info["reused"] == 0
     two = [i for i, s in scales.items() if np.ndim(s) == 1]

@@ -24,6 +24,7 @@ from tvm_hcprune.planning.planner import (
 )
 from tvm_hcprune.recovery.guided import (
     CachedRunners,
+    ProbeMemo,
     choose_plan,
     output_agreement,
     prepare_calibration,
@@ -450,7 +451,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     fit_samples = fit.samples[:min(len(fit), 64)] if with_data else None
     if allocation == "sensitivity":
         guide = {"samples": fit_samples, "runners": runners, "progress": progress,
-                 "memo": {}}  # probes measured once per call (the retry reuses them)
+                 "memo": ProbeMemo()}  # probes measured once per call (the retry reuses them)
     if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
         # reconstructed (and guarded) as it will be returned, on held-out samples (the
         # reconstruction is fitted on the others, where deep cuts look better than they are)
@@ -491,7 +492,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if (budget is not None and first_conv_default and agreement is not None
             and agreement["collapsed"]):
         retry = _retry_first_conv(graph, config, align_r, plan, plan_budget, finish,
-                                  agreement["collapsed"] if progress else None)
+                                  agreement["collapsed"], progress)
         if retry is not None and retry.failed:  # tried, and no better: the warning says so
             plan = plan.with_config(first_conv_retry_failed=retry.failed)
         elif retry is not None:  # recorded: why the first plan was replaced
@@ -523,8 +524,8 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     return pruned, report
 
 
-def _retry_first_conv(graph, config, align, plan, plan_budget, finish,
-                      say=None) -> _Retry | None:
+def _retry_first_conv(graph, config, align, plan, plan_budget, finish, reason: str,
+                      progress: bool = False) -> _Retry | None:
     """The budget planned again with the first conv prunable, after ``plan`` (made under
     the default protect rule, the first conv kept whole) collapsed on the held-out samples.
 
@@ -532,8 +533,8 @@ def _retry_first_conv(graph, config, align, plan, plan_budget, finish,
     ``finish(plan)`` prunes, reconstructs and measures agreement. Returns None when no
     first conv could narrow (at ``align``, not in ``protect``), else a :class:`_Retry`: the
     new plan's results when its output does not collapse, or why the retry did not help.
-    ``say`` (the first plan's collapse reason, for progress) prints a line on stderr
-    when the retry starts.
+    With ``progress`` a line on stderr names ``reason`` (the first plan's collapse) when
+    the retry starts.
     """
     cfg = PruneConfig.of(config, prune_first_conv=True)
     first = [g for g in input_conv_groups(graph) - set(plan.kept)
@@ -541,8 +542,8 @@ def _retry_first_conv(graph, config, align, plan, plan_budget, finish,
              and not protected(graph, graph.groups[g], cfg)]
     if not first:
         return None
-    if say:
-        print(f"the plan collapsed ({say}): planning the budget again with the first conv "
+    if progress:
+        print(f"the plan collapsed ({reason}): planning the budget again with the first conv "
               f"prunable", file=sys.stderr, flush=True)
     try:
         again = plan_budget(cfg)

@@ -32,8 +32,8 @@ from tvm_hcprune.recovery.sensitivity import group_plan
 from tvm_hcprune.transform.apply_plan import apply_plan
 from tvm_hcprune.utils.progress import progress_bar
 
-__all__ = ["CachedRunners", "centred_correlation", "choose_plan", "collapse_reason", "fitted_curve",
-           "output_agreement", "prepare_calibration", "unit_scales"]
+__all__ = ["CachedRunners", "ProbeMemo", "centred_correlation", "choose_plan", "collapse_reason",
+           "fitted_curve", "output_agreement", "prepare_calibration", "unit_scales"]
 
 
 class CachedRunners:
@@ -278,8 +278,40 @@ def fitted_curve(curve: np.ndarray, errors: dict) -> np.ndarray:
     return scaled[0] - scaled
 
 
+class ProbeMemo:
+    """Sensitivity probe errors kept across :func:`unit_scales` calls.
+
+    A probe is keyed by its unit's groups, its width and its scope: the graph, the
+    criterion, its options and seed, the calibration and the samples (the objects keyed by
+    identity are kept alive here, so their ids are not reused while the memo lives).
+
+    Attributes
+    ----------
+    errors : dict
+        ``(unit groups, width, scope) -> error``.
+
+    Examples
+    --------
+    >>> memo = ProbeMemo()
+    >>> memo.errors
+    {}
+    """
+
+    def __init__(self):
+        self.errors: dict = {}
+        self._alive: dict = {}
+
+    def scope(self, graph, config, calibration, samples) -> tuple:
+        """The scope key of probes on ``graph`` with ``config``'s criterion (its options and
+        seed), ``calibration`` and ``samples``."""
+        key = (id(graph), config.criterion, repr(config.criterion_options), config.seed,
+               id(calibration), id(samples))
+        self._alive[key] = (graph, calibration, samples)
+        return key
+
+
 def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners: CachedRunners,
-                progress: bool = False, memo: dict | None = None) -> tuple[dict, dict]:
+                progress: bool = False, memo: ProbeMemo | None = None) -> tuple[dict, dict]:
     """Importance scale per allocation unit from single-unit pruning (see the module docs).
 
     With ``config.sensitivity_probes == 2`` (the default) a unit with more than one
@@ -302,12 +334,10 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
     runners : CachedRunners
     progress : bool
         A bar over the probes (stderr).
-    memo : dict, optional
-        Probe errors measured before, kept across calls: a probe (the graph, the unit's
-        groups, its width, the criterion, its options and seed, the calibration and the
-        samples) found there is not pruned and run again. ``prune`` passes one dict to
-        every scan of a call, so the first-conv retry measures only the probes its new
-        allocation changed.
+    memo : ProbeMemo, optional
+        Probe errors measured before, kept across calls: a probe found there is not pruned
+        and run again. ``prune`` passes one memo to every scan of a call, so the first-conv
+        retry measures only the probes its new allocation changed.
 
     Returns
     -------
@@ -320,7 +350,7 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
 
     Examples
     --------
-    >>> memo = {}
+    >>> memo = ProbeMemo()
     >>> scales, info = unit_scales(graph, alloc, config, cal, xs, CachedRunners(),
     ...                            memo=memo)  # doctest: +SKIP
     >>> again = unit_scales(graph, alloc, config, cal, xs, CachedRunners(), memo=memo)
@@ -341,22 +371,21 @@ def unit_scales(graph, alloc, config, calibration, samples: np.ndarray, runners:
         for w in _probe_widths(cands, alloc.widths[unit[0]], size, floor, probes):
             jobs.append((i, unit, w))
     measured: dict = {}
-    memo = {} if memo is None else memo
-    scope = (id(graph), config.criterion, repr(config.criterion_options), config.seed,
-             id(calibration), id(samples))
-    memo[scope] = (graph, calibration, samples)  # kept alive: their ids are not reused
-    reused = sum((tuple(unit), w, scope) in memo for _i, unit, w in jobs)
-    todo = [j for j in jobs if (tuple(j[1]), j[2], scope) not in memo]
-    for _i, unit, w in progress_bar(todo, enabled=progress and bool(todo), desc="sensitivity",
-                                    leave=False):
+    memo = ProbeMemo() if memo is None else memo
+    scope = memo.scope(graph, config, calibration, samples)
+    keys = [(tuple(unit), w, scope) for _i, unit, w in jobs]
+    reused = sum(k in memo.errors for k in keys)
+    todo = [(j, k) for j, k in zip(jobs, keys, strict=True) if k not in memo.errors]
+    for (_i, unit, w), key in progress_bar(todo, enabled=progress and bool(todo),
+                                           desc="sensitivity", leave=False):
         plan = group_plan(graph, {g: w for g in unit}, config.criterion, calibration,
                           config.criterion_options, config.seed)
         pruned = apply_plan(graph, plan)
         outs = runners.outputs(pruned, samples, keep=False)[0]
         rel, dis = output_error(outs, dense)
-        memo[tuple(unit), w, scope] = rel + dis if np.isfinite(rel) else 1e6
-    for i, unit, w in jobs:
-        measured.setdefault(i, {})[w] = memo[tuple(unit), w, scope]
+        memo.errors[key] = rel + dis if np.isfinite(rel) else 1e6
+    for (i, _unit, w), key in zip(jobs, keys, strict=True):
+        measured.setdefault(i, {})[w] = memo.errors[key]
     scales = {}
     if measured:
         floor = 1e-3 * max(max(max(m.values()) for m in measured.values()), 1e-12)
@@ -392,22 +421,33 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
     rel_mse 1.00, disagreement 0.50, test top-1 0.50, against rel_mse 1.71, disagreement
     0.46, test top-1 0.56).
 
-    Plans whose errors tie (within ``1e-9``: on a two-class model two collapsed plans both
-    score ``1 + 0.5``) are told apart by :func:`centred_correlation` with the dense output,
-    the highest kept (a constant scores 0), not the earlier one. Text direction at 0.33x
-    latency (Intel Xeon, one run): both candidates 1.5 on 24 held-out lines, correlation 0.32
-    (the knapsack's) and 0.13; on 1,000 test lines both scored 0.500 (every line one class):
-    there the tie-break changes nothing, no candidate is usable.
+    A dead output (collapsed, :func:`collapse_reason`, or a classifier's giving one class to
+    every sample where the dense model gives more than one) scores ``1 + disagreement``
+    whatever its MSE: a near-constant output can sit just below a relative MSE of 1 while
+    its top-1 decisions no longer depend on the input. Text direction at 0.31x latency (Zen 4,
+    1,024 calibration lines, 64 held-out lines scored): the knapsack's plan gave one class to
+    every held-out line (the dense model: 38 and 26), relative MSE 0.988, error 1.394,
+    against the live uniform plan's 1.406 (the same 26 disagreements, MSE past 1); chosen so,
+    it scored 0.500 on 1,000 test lines, every line one class, against the uniform plan's
+    0.635.
 
-    When *every* plan's output has collapsed on ``samples`` (:func:`collapse_reason`) the
-    samples cannot tell them apart, and the uniform allocation (a plan whose config names
-    ``allocation_start`` ``"uniform"``) is kept: the baseline the knapsack's plan has to
-    beat, with no evidence here that it does. Text direction at 0.34x latency (Intel Xeon):
-    every candidate one class on the 24 held-out lines; the knapsack's plan, chosen by the
-    tie-break, was at chance on 1,000 test lines (0.500), the uniform ratio at that latency
-    0.565. With this rule the uniform allocation was kept there and scored 0.500 as well (its
-    reconstruction reverted by the guard): the rule keeps the baseline, it cannot make a
-    usable plan where every candidate has collapsed.
+    Plans whose errors tie (within ``1e-9``: on a two-class model two collapsed plans both
+    score ``1 + 0.5``) are told apart first by whether their output is live (a live plan is
+    kept over a dead one that agrees as often), then by :func:`centred_correlation` with the
+    dense output, the highest kept (a constant scores 0), not the earlier one. Text
+    direction at 0.33x latency (Intel Xeon, one run): both candidates 1.5 on 24 held-out
+    lines, correlation 0.32 (the knapsack's) and 0.13; on 1,000 test lines both scored 0.500
+    (every line one class): there the tie-break changes nothing, no candidate is usable.
+
+    When *every* plan's output is dead on ``samples`` the samples cannot tell them apart,
+    and the uniform allocation (a plan whose config names ``allocation_start``
+    ``"uniform"``) is kept: the baseline the knapsack's plan has to beat, with no evidence
+    here that it does. Text direction at 0.34x latency (Intel Xeon): every candidate one
+    class on the 24 held-out lines; the knapsack's plan, chosen by the tie-break, was at
+    chance on 1,000 test lines (0.500), the uniform ratio at that latency 0.565. With this
+    rule the uniform allocation was kept there and scored 0.500 as well (its reconstruction
+    reverted by the guard): the rule keeps the baseline, it cannot make a usable plan where
+    every candidate has collapsed.
 
     Parameters
     ----------
@@ -430,22 +470,37 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
     """
     dense_all = runners.outputs(graph.mod, samples)
     dense = dense_all[0]
-    errors, corrs, collapsed = [], [], []
+    errors, corrs, live = [], [], []
     for plan in plans:
         module = make(plan) if make is not None else apply_plan(graph, plan)
         outs_all = runners.outputs(module, samples, keep=False)
         outs = outs_all[0]
         rel, dis = output_error(outs, dense)
-        errors.append(float(min(rel, 1.0) + dis) if np.isfinite(rel) else 1e6)
-        corrs.append(centred_correlation(outs, dense) if np.isfinite(rel) else -1.0)
-        collapsed.append(collapse_reason(dense_all, outs_all) is not None)
-    if all(collapsed):  # nothing to tell them apart by: the baseline, if it is one of them
+        live.append(collapse_reason(dense_all, outs_all) is None and not _one_class(outs, dense))
+        if not np.isfinite(rel):
+            errors.append(1e6)
+            corrs.append(-1.0)
+            continue
+        rel = min(rel, 1.0) if live[-1] else 1.0  # a dead output explains none of the dense one
+        errors.append(float(rel + dis))
+        corrs.append(centred_correlation(outs, dense))
+    if not any(live):  # nothing to tell them apart by: the baseline, if it is one of them
         uniform = [i for i, p in enumerate(plans)
                    if getattr(p, "config", {}).get("allocation_start") == UNIFORM_START]
         if uniform:
             return uniform[0], errors
     tied = [i for i, e in enumerate(errors) if e <= min(errors) + 1e-9]
-    return max(tied, key=lambda i: (corrs[i], -i)), errors
+    return max(tied, key=lambda i: (live[i], corrs[i], -i)), errors
+
+
+def _one_class(outs, dense) -> bool:
+    """Whether a classifier's output gives one class to every sample where the dense output
+    ``dense`` gives more than one (:func:`collapse_reason` calls that a collapse only where
+    the dense model's classes are balanced; on a few samples they seldom are)."""
+    pd = _top1(dense)
+    if pd is None or len(np.unique(pd)) < 2:
+        return False
+    return len(np.unique(np.asarray(outs).reshape(len(pd), -1).argmax(1))) == 1
 
 
 def centred_correlation(outs: np.ndarray, dense: np.ndarray) -> float:
