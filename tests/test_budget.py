@@ -28,7 +28,12 @@ from tvm_hcprune.planning.budget import (
     uniform_start,
 )
 from tvm_hcprune.planning.plan import PrunePlan
-from tvm_hcprune.planning.planner import input_conv_groups, make_budget_plan, pick_plan
+from tvm_hcprune.planning.planner import (
+    input_conv_groups,
+    make_budget_plan,
+    make_plan,
+    pick_plan,
+)
 from tvm_hcprune.testing import masked_reference, onnx_models, run_relax
 from tvm_hcprune.transform.prune_channels import PruneChannels
 
@@ -256,11 +261,12 @@ def test_uniform_start_and_allocation_from_it():
     assert min(floored.widths.values()) >= 16 and floored.cost <= 150.0
 
 
-def test_compare_uniform_picks_one_of_two_plans(graph):
-    """With compare_uniform the planner offers the knapsack's plan and the uniform one to
-    ``choose`` and keeps the one it picks (recording the scores); without ``choose`` it
-    keeps the higher value, which at power 1 is the knapsack's own objective; off, the
-    knapsack's plan as before."""
+def test_compare_uniform_picks_one_of_the_plans(graph):
+    """With compare_uniform the planner offers the knapsack's plan, the uniform one and the
+    uniform ratio (what ``ratio=`` keeps at the least ratio meeting the limit) to ``choose``
+    and keeps the one it picks (recording the scores); without ``choose`` it keeps the
+    higher value of the first two, which at power 1 is the knapsack's own objective; off,
+    the knapsack's plan as before."""
     cost, limit = macs_cost(graph), 0.5 * graph.total_macs
     cfg = hc.PruneConfig(prune_first_conv=False)
     off, _ = make_budget_plan(graph, hc.PruneConfig(prune_first_conv=False,
@@ -271,14 +277,24 @@ def test_compare_uniform_picks_one_of_two_plans(graph):
     def pick(i):
         def choose(plans):
             offered.append(plans)
-            return i, [0.5, 0.25]
+            return i, [0.5, 0.25, 0.75][:len(plans)]
         return choose
 
     uni, ualloc = make_budget_plan(graph, cfg, 8, cost, limit, choose=pick(1))
-    (knap, other), = offered
+    (knap, other, ratio), = offered  # with choose, the uniform ratio is the third
     assert knap.kept == off.kept and other.kept == uni.kept != off.kept
     assert uni.config["allocation_start"] == "uniform"
-    assert uni.config["allocation_scores"] == {"dense": 0.5, "uniform": 0.25}
+    assert uni.config["allocation_scores"] == {"dense": 0.5, "uniform": 0.25, "ratio": 0.75}
+    # the oracle of the third: ratio= at the least ratio of the 1/100 grid meeting the limit
+    r = next(k / 100 for k in range(1, 100) if graph.count_after(make_plan(
+        graph, hc.PruneConfig(ratio=k / 100, prune_first_conv=False), 8))[0] <= limit)
+    want = make_plan(graph, hc.PruneConfig(ratio=r, prune_first_conv=False), 8)
+    assert ratio.config["allocation_start"] == "ratio"
+    assert {g: len(k) for g, k in ratio.kept.items()} == {
+        g: len(k) for g, k in want.kept.items()}
+    picked, _ = make_budget_plan(graph, cfg, 8, cost, limit, choose=pick(2))
+    assert picked.kept == ratio.kept and picked.config["allocation_start"] == "ratio"
+    offered.clear()
     assert cost.total(ualloc.widths) <= limit
     sizes = {g.id: g.size for g in graph.groups}
     pruned = [g for g in uni.kept]
@@ -299,6 +315,8 @@ def test_compare_uniform_picks_one_of_two_plans(graph):
     assert knap_alone.kept == off.kept and len(offered) == asked
     with pytest.raises(HCPruneError, match="no plan meets"):
         make_budget_plan(graph, cfg, 8, cost, 1e-3 * limit, starts=("uniform",))
+    ratio_alone, _ = make_budget_plan(graph, cfg, 8, cost, limit, starts=("ratio",))
+    assert ratio_alone.kept == ratio.kept
     with pytest.raises(HCPruneError, match="starts must name"):
         make_budget_plan(graph, cfg, 8, cost, limit, starts=("knapsack",))
 

@@ -171,7 +171,8 @@ def test_choose_plan_breaks_a_tie_by_centred_correlation():
 
 def test_choose_plan_keeps_the_uniform_plan_when_every_plan_collapsed():
     """When every plan's output collapsed on the samples (one class for every sample of a
-    balanced two-class model), nothing tells them apart: the uniform allocation is kept, though
+    balanced two-class model), nothing tells them apart: the uniform allocation (the uniform
+    ratio, where it is a candidate) is kept, though
     the knapsack's plan comes first, scores the same and follows the dense output more
     closely (the tie-break would keep it). With one plan still live the usual choice holds."""
     rng = np.random.default_rng(1)
@@ -197,6 +198,10 @@ def test_choose_plan_keeps_the_uniform_plan_when_every_plan_collapsed():
     i, errors = choose_plan(graph, plans[:2], x, CachedRunners(), make=make)
     np.testing.assert_allclose(errors, [1.5, 1.5], rtol=1e-6)
     assert i == 1  # the uniform plan
+    ratio = types.SimpleNamespace(config={"allocation_start": "ratio"})
+    modules["ratio"] = modules["uniform"]
+    i, _ = choose_plan(graph, [*plans[:2], ratio], x, CachedRunners(), make=make)
+    assert i == 2  # the uniform ratio, where it is a candidate
     i, errors = choose_plan(graph, plans, x, CachedRunners(), make=make)
     assert i == 2 and errors[2] == pytest.approx(0.0, abs=1e-9)
 

@@ -180,10 +180,11 @@ def test_closed_loop_lands_within_tolerance(model):
 
 
 def test_closed_loop_compares_allocations_at_equal_measured_latency(model):
-    """With compare_uniform the knapsack's and the uniform allocation are each corrected by
-    measurement, timed in the same rounds, before ``choose`` compares them: both plans it is
-    offered measure within tolerance of the goal (a known function of the plan, which the
-    roofline table misses), and the one it picks is returned with the scores."""
+    """With compare_uniform the knapsack's allocation, the uniform one and the uniform ratio
+    (when its plan differs from theirs) are each corrected by measurement, timed in the same
+    rounds, before ``choose`` compares them: every plan it is offered measures within
+    tolerance of the goal (a known function of the plan, which the roofline table misses),
+    and the one it picks is returned with the scores."""
     _path, mod = model
     graph = hc.analyze(mod)
     runner = _KnownRunner(graph)
@@ -192,22 +193,24 @@ def test_closed_loop_compares_allocations_at_equal_measured_latency(model):
 
     def choose(plans):
         offered.append(plans)
-        return 1, [0.3, 0.1]
+        return 1, [0.3, 0.1, 0.2][:len(plans)]
 
     config = hc.PruneConfig(prune_first_conv=True)
     plan, *_ = budget_plan(graph, config, 4, hc.Latency(fraction=0.7), "llvm", spec,
                            choose=choose)
-    (knap, uni), = offered  # asked once, after the loop
-    assert [p.config["allocation_start"] for p in (knap, uni)] == ["dense", "uniform"]
+    (plans,) = offered  # asked once, after the loop
+    knap, uni = plans[:2]
+    starts = [p.config["allocation_start"] for p in plans]  # the ratio: when it differs
+    assert starts in (["dense", "uniform"], ["dense", "uniform", "ratio"])
     assert knap.kept != uni.kept
-    for p in (knap, uni):
+    for p in plans:
         final = p.config["closed_loop"][p.config["closed_loop_pick"]]
         assert abs(final["error"]) <= 0.05
         macs = graph.count_after(p)[0] / graph.total_macs
         assert final["measured_fraction"] == pytest.approx(macs ** 0.6)
-    assert max(runner.sizes) == 3  # dense, the knapsack's and the uniform plan in one run
+    assert max(runner.sizes) == 1 + len(plans)  # dense and every family's plan in one run
     assert plan.kept == uni.kept and plan.config["allocation_start"] == "uniform"
-    assert plan.config["allocation_scores"] == {"dense": 0.3, "uniform": 0.1}
+    assert plan.config["allocation_scores"] == dict(zip(starts, [0.3, 0.1, 0.2], strict=False))
     assert plan.config["closed_loop_timed"] == sum(runner.sizes)
 
 

@@ -25,8 +25,8 @@ from tvm_hcprune.ops.desc import desc_length
 from tvm_hcprune.utils.relax import static_shape
 
 __all__ = ["BudgetUnreachable", "MACs", "Latency", "Params", "SeparableCost", "allocate_widths",
-           "as_budget", "candidate_widths", "desc_kept_length", "kept_floor", "macs_cost",
-           "params_cost", "uniform_start", "unit_value"]
+           "allocation_at", "as_budget", "candidate_widths", "desc_kept_length", "kept_floor",
+           "macs_cost", "params_cost", "uniform_start", "unit_value"]
 
 
 def _check_fraction(name: str, fraction) -> None:
@@ -420,9 +420,6 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
             w[g] = candidates[i][k]
         return w
 
-    def imp(i, k):
-        return float(importance[i][candidates[i][k]])
-
     def val(i, k):
         return float(values[i][candidates[i][k]])
 
@@ -468,9 +465,31 @@ def allocate_widths(units: Sequence[Sequence[int]], candidates: dict, importance
             if c <= limit:
                 pos[i], widths, cur, improved = k, w, c, True
                 break
-    kept_imp = float(sum(imp(i, p) for i, p in pos.items()))
-    return Allocation(widths, cur, float(limit), dense, kept_imp,
-                      float(sum(val(i, p) for i, p in pos.items())))
+    return allocation_at(units, {i: candidates[i][p] for i, p in pos.items()}, importance,
+                         cost, limit, sizes, power)
+
+
+def allocation_at(units: Sequence[Sequence[int]], kept: dict, importance: dict,
+                  cost: SeparableCost, limit: float, sizes: dict,
+                  power: float = 1.0) -> Allocation:
+    """The :class:`Allocation` of given kept counts: unit index -> count (units not in
+    ``kept`` dense), with its cost, kept importance and value (:func:`unit_value`).
+
+    Examples
+    --------
+    >>> cost = SeparableCost([CostTerm((g,), lambda w, g=g: float(w[g])) for g in (0, 1)])
+    >>> al = allocation_at([[0], [1]], {0: 4}, {0: np.arange(9.0), 1: np.arange(9.0)}, cost,
+    ...                    limit=12, sizes={0: 8, 1: 8})
+    >>> al.widths, al.cost, al.importance
+    ({0: 4, 1: 8}, 12.0, 12.0)
+    """
+    counts = {i: kept.get(i, max(sizes[g] for g in u)) for i, u in enumerate(units)}
+    widths = {g: counts[i] for i, u in enumerate(units) for g in u}
+    dense = cost.total({g: sizes[g] for u in units for g in u})
+    return Allocation(widths, cost.total(widths), float(limit), dense,
+                      float(sum(importance[i][n] for i, n in counts.items())),
+                      float(sum(unit_value(importance[i], float(power))[n]
+                                for i, n in counts.items())))
 
 
 def uniform_start(unit_ids, units: Sequence[Sequence[int]], candidates: dict, sizes: dict,

@@ -60,7 +60,9 @@ class PruneConfig(Options):
         Under a budget, also make the uniform plan that meets it (every group keeps the same
         share, at the least cut the budget allows, then channels are given back where the
         budget still holds) and keep it when it keeps more value (``allocation_power``) than
-        the knapsack's plan.
+        the knapsack's plan. With calibration data the plans are compared by their output
+        on held-out samples, and the uniform ratio that meets the budget (what ``ratio=``
+        keeps) is a third candidate.
     criterion_options : dict
         Extra keyword options of the criterion (e.g. ``{"lam": 1e-3}`` for redundancy).
     seed : int

@@ -9,15 +9,22 @@ from tvm import relax
 
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.hardware import profile_for
-from tvm_hcprune.planning.budget import allocate_widths, candidate_widths, uniform_start
+from tvm_hcprune.planning.budget import (
+    allocate_widths,
+    allocation_at,
+    candidate_widths,
+    kept_floor,
+    uniform_start,
+)
 from tvm_hcprune.planning.config import PruneConfig
 from tvm_hcprune.planning.criteria import GroupViews, get_criterion, importance_curve
 from tvm_hcprune.planning.mixed import chosen_sparsity
 from tvm_hcprune.planning.plan import PrunePlan
 
-#: ``plan.config["allocation_start"]`` of a budget's two candidate allocations: the
-#: knapsack's (from the dense widths down) and the uniform cut raised where the limit allows
-KNAPSACK_START, UNIFORM_START = "dense", "uniform"
+#: ``plan.config["allocation_start"]`` of a budget's candidate allocations: the knapsack's
+#: (from the dense widths down), the uniform cut raised where the limit allows, and (when
+#: data chooses) the uniform ratio itself, every group cut alike to any aligned width
+KNAPSACK_START, UNIFORM_START, RATIO_START = "dense", "uniform", "ratio"
 
 
 def member_matrix(graph, member, group_id: int) -> np.ndarray:
@@ -216,17 +223,20 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
 
     With ``config.compare_uniform`` the uniform plan meeting ``limit``
     (:func:`~tvm_hcprune.planning.budget.uniform_start`, then raised where the limit allows)
-    is a second candidate: ``choose(plans) -> (index, scores)`` (e.g. the output error of
-    each plan on calibration data) picks between the knapsack's plan and it; without
-    ``choose`` the one keeping more value (``allocation_power``) is kept. The plan's config
-    records ``allocation_start`` (``"dense"``: the knapsack's plan, ``"uniform"``) and, when
-    ``choose`` decided, ``allocation_scores`` (see :func:`pick_plan`).
+    is a second candidate, and with ``choose`` a third is the uniform ratio itself: what
+    ``ratio=`` keeps (every group cut alike, to any multiple of its alignment, not only the
+    ``candidates_of`` widths) at the least ratio of a 1/100 grid meeting ``limit``.
+    ``choose(plans) -> (index, scores)`` (e.g. the output error of each plan on calibration
+    data) picks among them; without ``choose`` the one keeping more value
+    (``allocation_power``) of the first two is kept. Equal plans are offered once. The
+    plan's config records ``allocation_start`` (``"dense"``: the knapsack's plan,
+    ``"uniform"``, ``"ratio"``) and, when ``choose`` decided, ``allocation_scores`` (see
+    :func:`pick_plan`).
 
-    ``starts`` names the allocations made: ``("dense",)`` or ``("uniform",)`` returns that
-    one alone (no choice; e.g. one family of the closed loop, which corrects each by
-    measurement before they are compared); default both with ``config.compare_uniform``,
-    else the knapsack's. Asked alone, the uniform plan raises :class:`HCPruneError` when no
-    uniform cut meets ``limit``.
+    ``starts`` names the allocations made: e.g. ``("dense",)`` or ``("uniform",)`` returns
+    that one alone (no choice; e.g. one family of the closed loop, which corrects each by
+    measurement before they are compared); default as above. Asked alone, the uniform plan
+    or the ratio raises :class:`HCPruneError` when no uniform cut meets ``limit``.
 
     Returns ``(plan, Allocation)`` (its ``units``, ``candidates`` and ``curves`` filled);
     raises :class:`HCPruneError` when no allowed widths meet ``limit``.
@@ -288,26 +298,43 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
 
     plan, alloc = plan_of(alloc, KNAPSACK_START)
     if starts is None:
-        starts = ((KNAPSACK_START, UNIFORM_START) if config.compare_uniform
-                  else (KNAPSACK_START,))
-    if not set(starts) <= {KNAPSACK_START, UNIFORM_START} or not starts:
-        raise HCPruneError(f"starts must name 'dense' and/or 'uniform', got {starts!r}")
-    if UNIFORM_START not in starts or not channel_units:
+        starts = ((KNAPSACK_START, UNIFORM_START) + ((RATIO_START,) if choose else ())
+                  if config.compare_uniform else (KNAPSACK_START,))
+    if not set(starts) <= {KNAPSACK_START, UNIFORM_START, RATIO_START} or not starts:
+        raise HCPruneError(f"starts must name 'dense', 'uniform' and/or 'ratio', got "
+                           f"{starts!r}")
+    if not channel_units or set(starts) == {KNAPSACK_START}:
         return plan, alloc
-    # the uniform plan meeting the limit, raised where the limit allows, is the other
-    # candidate: it cuts every group a little where the knapsack may cut a few deep
-    first = uniform_start(range(len(channel_units)), units, candidates, sizes, cost, limit)
-    if first is None:
-        if KNAPSACK_START not in starts:
-            raise HCPruneError(f"no uniform cut meets the {what} budget {fmt(limit)}")
-        return plan, alloc
-    alt = allocate_widths(units, candidates, importance, cost, limit, sizes, what, fmt,
-                          start=first, **options)
-    if KNAPSACK_START not in starts:
-        return plan_of(alt, UNIFORM_START)
-    if alt.widths == alloc.widths:
-        return plan, alloc
-    return pick_plan([(plan, alloc), plan_of(alt, UNIFORM_START)], choose)
+    made = [(plan, alloc)] if KNAPSACK_START in starts else []
+    ids = range(len(channel_units))
+    if UNIFORM_START in starts:
+        # the uniform plan meeting the limit, raised where the limit allows: it cuts every
+        # group a little where the knapsack may cut a few deep
+        first = uniform_start(ids, units, candidates, sizes, cost, limit)
+        if first is not None:
+            made.append(plan_of(allocate_widths(units, candidates, importance, cost, limit,
+                                                sizes, what, fmt, start=first, **options),
+                                UNIFORM_START))
+    if RATIO_START in starts:
+        # what ratio= keeps at the least ratio meeting the limit: the baseline itself, on
+        # every aligned width (a latency table's few measured widths are the others' grid)
+        every = {}
+        for i, unit in enumerate(channel_units):
+            g0 = graph.groups[unit[0]]
+            low = kept_floor(config.min_kept_fraction, g0.size)
+            every[i] = [c for c in candidate_widths(g0.size, group_align(graph, g0, align),
+                                                    config.min_channels) if c >= low]
+        first = uniform_start(ids, units, every, sizes, cost, limit)
+        if first is not None:
+            made.append(plan_of(allocation_at(units, first, importance, cost, limit, sizes,
+                                              options["power"]), RATIO_START))
+    distinct = {}
+    for p, al in made:  # the first of equal plans
+        distinct.setdefault(tuple(sorted(al.widths.items())), (p, al))
+    made = list(distinct.values())
+    if not made:
+        raise HCPruneError(f"no uniform cut meets the {what} budget {fmt(limit)}")
+    return made[0] if len(made) == 1 else pick_plan(made, choose)
 
 
 def pick_plan(candidates, choose=None):

@@ -24,7 +24,7 @@ import numpy as np
 
 from tvm_hcprune.errors import HCPruneError
 from tvm_hcprune.planning.budget import kept_floor
-from tvm_hcprune.planning.planner import UNIFORM_START
+from tvm_hcprune.planning.planner import RATIO_START, UNIFORM_START
 from tvm_hcprune.recovery.calibration import Calibration, calibrate
 from tvm_hcprune.recovery.data import calibration_data, split_holdout
 from tvm_hcprune.recovery.runner import compile_module, output_error, runner_for
@@ -424,12 +424,12 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
     A dead output (collapsed, :func:`collapse_reason`, or a classifier's giving one class to
     every sample where the dense model gives more than one) scores ``1 + disagreement``
     whatever its MSE: a near-constant output can sit just below a relative MSE of 1 while
-    its top-1 decisions no longer depend on the input. Text direction at 0.31x latency (Zen 4,
+    its top-1 decisions no longer depend on the input. Text direction at 0.32x latency (Zen 4,
     1,024 calibration lines, 64 held-out lines scored): the knapsack's plan gave one class to
-    every held-out line (the dense model: 38 and 26), relative MSE 0.988, error 1.394,
-    against the live uniform plan's 1.406 (the same 26 disagreements, MSE past 1); chosen so,
-    it scored 0.500 on 1,000 test lines, every line one class, against the uniform plan's
-    0.635.
+    every held-out line (the dense model: 38 and 26), relative MSE 0.984 and 26
+    disagreements, 1.3903 with ``min(rel_mse, 1)``, below the uniform ratio's 1.3906 (25
+    disagreements, MSE past 1, two classes); on 1,000 test lines the knapsack's plan scored
+    0.500 (every line one class), the uniform ratio 0.635.
 
     Plans whose errors tie (within ``1e-9``: on a two-class model two collapsed plans both
     score ``1 + 0.5``) are told apart first by whether their output is live (a live plan is
@@ -440,14 +440,15 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
     (every line one class): there the tie-break changes nothing, no candidate is usable.
 
     When *every* plan's output is dead on ``samples`` the samples cannot tell them apart,
-    and the uniform allocation (a plan whose config names ``allocation_start``
-    ``"uniform"``) is kept: the baseline the knapsack's plan has to beat, with no evidence
-    here that it does. Text direction at 0.34x latency (Intel Xeon): every candidate one
-    class on the 24 held-out lines; the knapsack's plan, chosen by the tie-break, was at
-    chance on 1,000 test lines (0.500), the uniform ratio at that latency 0.565. With this
-    rule the uniform allocation was kept there and scored 0.500 as well (its reconstruction
-    reverted by the guard): the rule keeps the baseline, it cannot make a usable plan where
-    every candidate has collapsed.
+    and the baseline the knapsack's plan has to beat, with no evidence here that it does, is
+    kept: the uniform ratio (a plan whose config names ``allocation_start`` ``"ratio"``),
+    else the uniform allocation (``"uniform"``). Text direction at 0.34x latency (Intel
+    Xeon): every candidate one class on the 24 held-out lines; the knapsack's plan, chosen
+    by the tie-break, was at chance on 1,000 test lines (0.500), the uniform ratio at that
+    latency 0.565. With this rule the uniform allocation was kept there and scored 0.500 as
+    well (its reconstruction reverted by the guard; the uniform ratio was no candidate
+    then): the rule keeps the baseline, it cannot make a usable plan where every candidate
+    has collapsed.
 
     Parameters
     ----------
@@ -485,10 +486,10 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
         errors.append(float(rel + dis))
         corrs.append(centred_correlation(outs, dense))
     if not any(live):  # nothing to tell them apart by: the baseline, if it is one of them
-        uniform = [i for i, p in enumerate(plans)
-                   if getattr(p, "config", {}).get("allocation_start") == UNIFORM_START]
-        if uniform:
-            return uniform[0], errors
+        starts = [getattr(p, "config", {}).get("allocation_start") for p in plans]
+        for base in (RATIO_START, UNIFORM_START):
+            if base in starts:
+                return starts.index(base), errors
     tied = [i for i, e in enumerate(errors) if e <= min(errors) + 1e-9]
     return max(tied, key=lambda i: (live[i], corrs[i], -i)), errors
 

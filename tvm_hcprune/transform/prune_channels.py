@@ -29,6 +29,7 @@ from tvm_hcprune.planning.mixed import SparseOptions, mixed_units
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import (
     KNAPSACK_START,
+    RATIO_START,
     UNIFORM_START,
     make_budget_plan,
     make_plan,
@@ -68,11 +69,11 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
     The first conv (the one reading the model input) keeps its width under every budget
     unless ``config.prune_first_conv`` is True: its ``None`` default means False here.
 
-    ``choose(plans) -> (index, scores)``, optional, picks between the knapsack's plan and
-    the uniform one (``config.compare_uniform``, see
+    ``choose(plans) -> (index, scores)``, optional, picks among the knapsack's plan, the
+    uniform one and the uniform ratio (``config.compare_uniform``, see
     :func:`~tvm_hcprune.planning.planner.make_budget_plan`), e.g. by their output error on
     calibration data; with ``rescale`` it decides only on the re-weighted allocation. With
-    the closed loop (a latency model with ``refine_plans`` and ``refine`` > 0) each of the two
+    the closed loop (a latency model with ``refine_plans`` and ``refine`` > 0) each of them
     is first corrected by measurement (:meth:`~tvm_hcprune.latency.MeasuredLatency.refine_plans`)
     and ``choose`` compares their measured results, so the choice is made at equal measured
     latency; a plan within the loop's tolerance is preferred to one that is not.
@@ -183,16 +184,20 @@ def budget_plan(graph, config: PruneConfig, align: int, budget, target=None,
 
 
 def _refine_families(spec, graph, budget, target, replan, plan, limit, dense, choose):
-    """The closed loop over the knapsack's plan (``plan``) and the uniform one, then the
-    choice between their measured results (:func:`~tvm_hcprune.planning.planner.pick_plan`:
-    ``choose``, else the higher value); a plan within the loop's tolerance of the goal is
-    preferred to one that is not."""
+    """The closed loop over the knapsack's plan (``plan``), the uniform one and, with
+    ``choose``, the uniform ratio (when its table plan differs from theirs),
+    then the choice between their measured results
+    (:func:`~tvm_hcprune.planning.planner.pick_plan`: ``choose``, else the higher value); a
+    plan within the loop's tolerance of the goal is preferred to one that is not."""
     starts, plans = [KNAPSACK_START], [plan]
-    try:
-        plans.append(replan(limit, (UNIFORM_START,))[0])
-        starts.append(UNIFORM_START)
-    except HCPruneError:
-        pass  # no uniform cut meets the limit: the knapsack's family alone
+    for start in (UNIFORM_START, RATIO_START) if choose is not None else (UNIFORM_START,):
+        try:
+            p = replan(limit, (start,))[0]
+        except HCPruneError:
+            continue  # no uniform cut meets the limit: not this family
+        if start == UNIFORM_START or all(_plan_key(p) != _plan_key(q) for q in plans):
+            starts.append(start)  # the ratio: a family unless its table plan is another's
+            plans.append(p)
     replans = [lambda lim, s=s: replan(lim, (s,)) for s in starts]
     finals = spec.refine_plans(graph, budget, target, replans, plans, limit, dense)
     tol = getattr(spec, "tolerance", 0.0)
@@ -204,8 +209,7 @@ def _refine_families(spec, graph, budget, target, replan, plan, limit, dense, ch
     pool = met or list(range(len(finals)))
     keys = {}
     for i in pool:  # one entry per distinct plan
-        keys.setdefault((tuple(sorted(finals[i].kept.items())),
-                         tuple(sorted(finals[i].sparse_layers.items()))), i)
+        keys.setdefault(_plan_key(finals[i]), i)
     pool = sorted(keys.values())
     if len(pool) == 1:
         return finals[pool[0]]
@@ -215,6 +219,11 @@ def _refine_families(spec, graph, budget, target, replan, plan, limit, dense, ch
     plan, _alloc = pick_plan([(finals[i], a) for i, a in zip(pool, allocs, strict=True)],
                              choose)
     return plan
+
+
+def _plan_key(plan) -> tuple:
+    """What tells plans apart: the kept channels and the block-sparse layers."""
+    return (tuple(sorted(plan.kept.items())), tuple(sorted(plan.sparse_layers.items())))
 
 
 @tvm.transform.module_pass(opt_level=0, name="PruneChannels")
