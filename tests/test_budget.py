@@ -810,9 +810,10 @@ def test_closed_loop_warns_when_it_ends_off_the_goal(small, graph, table):
 
 
 def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):
-    """With calibration data, the knapsack's and the uniform plan are compared on the
-    held-out slice (the reconstruction is fitted on the rest, where deep cuts look better
-    than they are), not on the fit samples."""
+    """With calibration data, the knapsack's plan, the uniform one and the uniform ratio are
+    compared on the held-out slice (the reconstruction is fitted on the rest, where deep
+    cuts look better than they are), not on the fit samples; the report names the plan
+    kept and every candidate's error."""
     import tvm_hcprune.api as api
     from tvm_hcprune.recovery.guided import prepare_calibration
 
@@ -825,7 +826,13 @@ def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):
         return real(graph, plans, samples, runners, make)
 
     monkeypatch.setattr(api, "choose_plan", spy)
-    hc.prune(small, budget=hc.MACs(fraction=0.5), calibration=x, allocation="criterion")
+    _, rep = hc.prune(small, budget=hc.MACs(fraction=0.5), calibration=x,
+                      allocation="criterion")
+    scores, start = rep.plan.config["allocation_scores"], rep.plan.config["allocation_start"]
+    names = {"dense": "knapsack", "uniform": "uniform allocation", "ratio": "uniform ratio"}
+    want = (f"the {names[start]}'s plan kept (held-out error: "
+            + ", ".join(f"{names[k]} {v:.3f}" for k, v in scores.items()) + ")")
+    assert rep.choice() == want and want in rep.summary() and want in rep.to_markdown()
     _cal, fit, held = prepare_calibration(x, hc.analyze(small).mod, None, seed=0)
     assert seen and len(held) >= api.MIN_CHOICE_SAMPLES
     np.testing.assert_array_equal(seen[0], held.samples[:api.MAX_CHOICE_SAMPLES])

@@ -159,7 +159,11 @@ def main(argv=None) -> int:
     # error measured when it alone is pruned, the conv reading the input is protected,
     # pruned layers are re-fitted by least squares (kept only if the held-out samples agree
     # with the dense model at least as often), and the report says how close the pruned
-    # model stays to the dense one. A budget past what the model can lose shows there too:
+    # model stays to the dense one. Three plans meet the budget: the knapsack's, the uniform
+    # allocation and the uniform ratio (what ``ratio=`` keeps at that cost); the one whose
+    # output is closest to the dense model's on the held-out samples is kept
+    # (``rep.plan.config["allocation_start"]``, every score in ``["allocation_scores"]``).
+    # A budget past what the model can lose shows there too:
     # when the held-out outputs no longer depend on the input (one class for every digit, or
     # an output the same for every sample), ``prune`` warns (``hc.CollapsedModelWarning``; the
     # summary, the Markdown report and ``rep.agreement["collapsed"]`` say why) and a larger
@@ -178,6 +182,11 @@ def main(argv=None) -> int:
     agree = next(ln for ln in rep.summary().splitlines() if ln.startswith("agreement"))
     print(f"with data ({time.perf_counter() - t0:.0f} s): {agree}")
     print(rep.reconstruction.summary().splitlines()[0])
+    start, scores = rep.plan.config["allocation_start"], rep.plan.config.get(
+        "allocation_scores", {})  # no scores: the three plans were one
+    print(f"kept the {start} plan; held-out errors: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    assert not scores or scores[start] <= min(scores.values()) + 1e-9
     top1 = {name: hc.evaluate(m, test, progress=False).top1
             for name, m in (("without data", blind), ("with data", aware))}
     print(f"top-1 on {n_test} held-out digits: dense {dense.top1:.3f}, "

@@ -16,6 +16,9 @@ from tvm_hcprune.planning.config import PruneConfig, config_arg
 from tvm_hcprune.planning.mixed import SparseOptions, layer_weight_kn
 from tvm_hcprune.planning.plan import PrunePlan
 from tvm_hcprune.planning.planner import (
+    KNAPSACK_START,
+    RATIO_START,
+    UNIFORM_START,
     can_narrow,
     input_conv_groups,
     make_plan,
@@ -40,6 +43,9 @@ MIN_CHOICE_SAMPLES = 8
 #: calibration lines, 256 held out: the first 64 chose a plan 4.5 pt above the uniform
 #: ratio's top-1 at equal latency, all 256 one 3.6 pt above; one run each)
 MAX_CHOICE_SAMPLES = 64
+#: how reports name a budget's candidate plans (``plan.config["allocation_start"]``)
+_START_NAMES = {KNAPSACK_START: "knapsack", UNIFORM_START: "uniform allocation",
+                RATIO_START: "uniform ratio"}
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,8 @@ class PruneReport:
             out.append(row("latency, measured (ms)", f"{d:.4f}", f"{p:.4f}", f"{p / d:.3f}"))
         out += ["", f"{sum(g.after != g.before for g in self.groups)} of {len(self.groups)} "
                 f"channel groups pruned, widths multiples of {self.align}; allocation by "
-                f"{self.allocation}.", ""]
+                f"{self.allocation}" + (f"; {choice}" if (choice := self.choice()) else "")
+                + ".", ""]
         out += self._agreement_markdown(row)
         out += ["## Channel groups", "", row("group", "producers", "before", "after"),
                 row("---:", "---", "---:", "---:")]
@@ -269,6 +276,24 @@ class PruneReport:
             out += [line + ".", ""]
         return out
 
+    def choice(self) -> str | None:
+        """Which candidate plan the held-out samples kept and every candidate's error
+        (:func:`~tvm_hcprune.recovery.guided.choose_plan`), or None when none was chosen
+        so (no data, no budget, or one plan).
+
+        Examples
+        --------
+        >>> report.choice()  # doctest: +SKIP
+        "the uniform ratio's plan kept (held-out error: knapsack 1.406, uniform ratio 1.391)"
+        """
+        scores = self.plan.config.get("allocation_scores")
+        if not scores:
+            return None
+        start = self.plan.config.get("allocation_start")
+        return (f"the {_START_NAMES.get(start, start)}'s plan kept (held-out error: "
+                + ", ".join(f"{_START_NAMES.get(k, k)} {v:.3f}" for k, v in scores.items())
+                + ")")
+
     def summary(self) -> str:
         pruned = [g for g in self.groups if g.after != g.before]
         lines = [
@@ -292,6 +317,8 @@ class PruneReport:
                          + (f", top-1 agreement {a['top1_agreement']:.3f}"
                             if "top1_agreement" in a else "")
                          + f" (allocation by {self.allocation})")
+            if choice := self.choice():
+                lines.append(choice)
             if warning := self.collapse_warning():
                 lines.append(f"WARNING: {warning}")
             if retry := self.plan.config.get("first_conv_retry"):
@@ -357,13 +384,14 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
         and the first conv keeps its width unless ``prune_first_conv=True`` (a uniform
         ``ratio`` prunes it unless ``prune_first_conv=False``). With ``compare_uniform``
         (default) the uniform plan meeting the same budget (every group the same share,
-        channels then given back where the budget holds) is a second candidate: with
-        calibration data the one whose output (reconstructed and guarded, when
-        reconstruction is on) is closer to the dense model's on the held-out samples (at most
-        ``MAX_CHOICE_SAMPLES``; the fit samples when fewer than
-        ``MIN_CHOICE_SAMPLES`` are held out) is kept
-        (``report.plan.config["allocation_scores"]``), without data the one keeping more
-        value (``allocation_power``).
+        channels then given back where the budget holds) is a second candidate, and with
+        calibration data the uniform ratio meeting it (what ``ratio=`` keeps) a third: with
+        data the one whose output (reconstructed and guarded, when reconstruction is on) is
+        closer to the dense model's on the held-out samples (at most
+        ``MAX_CHOICE_SAMPLES``; the fit samples when fewer than ``MIN_CHOICE_SAMPLES`` are
+        held out; see :func:`~tvm_hcprune.recovery.guided.choose_plan`) is kept
+        (``report.plan.config["allocation_start"]`` and ``["allocation_scores"]``), without
+        data the one of the first two keeping more value (``allocation_power``).
     latency_model : LatencyModel, optional
         For :class:`Latency` budgets: a table from :func:`tvm_hcprune.latency_table` (must
         match ``target`` and the model) or a :class:`~tvm_hcprune.latency.RooflineModel`.
@@ -452,7 +480,7 @@ def prune(mod, config: PruneConfig | dict | float | None = None, *, target=None,
     if allocation == "sensitivity":
         guide = {"samples": fit_samples, "runners": runners, "progress": progress,
                  "memo": ProbeMemo()}  # probes measured once per call (the retry reuses them)
-    if with_data:  # the knapsack's or the uniform plan: the one closer to the dense model,
+    if with_data:  # the knapsack's, uniform or ratio plan: the one closest to the dense model,
         # reconstructed (and guarded) as it will be returned, on held-out samples (the
         # reconstruction is fitted on the others, where deep cuts look better than they are)
         score_samples = (held.samples[:MAX_CHOICE_SAMPLES]
