@@ -330,7 +330,7 @@ def make_budget_plan(graph, config: PruneConfig, align: int, cost, limit: float,
                                               options["power"]), RATIO_START))
     distinct = {}
     for p, al in made:  # the first of equal plans
-        distinct.setdefault(tuple(sorted(al.widths.items())), (p, al))
+        distinct.setdefault(frozenset(al.widths.items()), (p, al))
     made = list(distinct.values())
     if not made:
         raise HCPruneError(f"no uniform cut meets the {what} budget {fmt(limit)}")
