@@ -74,7 +74,11 @@ ratio's 0.548 interpolated at that latency (0.346x 0.500, 0.317x 0.635), **+10.4
 build a closed-loop step). MNIST (``--models mnist --points 3``, same session, 11 min):
 +0.2, -0.4 and -0.1 pt at 0.69x, 0.49x and 0.32x (the knapsack's, the knapsack's and the
 uniform allocation's plan; 3/1, 4/8 and 7/7 digits only one got right, p 0.94, 0.19, 0.61):
-within the noise of 1,000 digits, as before.
+within the noise of 1,000 digits, as before. Text direction with the default 96 lines
+(``--models text_direction --min-fraction 0.3 --max-fraction 0.45 --points 2``, 17 min;
+dense 0.991; uniform 0.456x 0.500, 0.414x 0.594, 0.348x 0.499, 0.316x 0.565): **+22.2 pt**
+at 0.43x (the knapsack's plan, 0.785; 269/78) and **+0.2 pt** at 0.32x (the ratio's plan,
+the uniform plan itself, 0/0), where the eighteenth session's run lost 4.1.
 
 Measured on the shared 2-core host, loaded (two or three of these runs at once besides the
 other users; one TVM thread), defaults (``--recovery data``, criterion allocation, first

@@ -830,7 +830,7 @@ def test_plan_choice_is_scored_on_held_out_samples(small, monkeypatch):
                       allocation="criterion")
     scores, start = rep.plan.config["allocation_scores"], rep.plan.config["allocation_start"]
     names = {"dense": "knapsack", "uniform": "uniform allocation", "ratio": "uniform ratio"}
-    want = (f"the {names[start]}'s plan kept (held-out error: "
+    want = (f"the {names[start]}'s plan kept (error against the dense output: "
             + ", ".join(f"{names[k]} {v:.3f}" for k, v in scores.items()) + ")")
     assert rep.choice() == want and want in rep.summary() and want in rep.to_markdown()
     _cal, fit, held = prepare_calibration(x, hc.analyze(small).mod, None, seed=0)

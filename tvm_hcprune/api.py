@@ -277,22 +277,23 @@ class PruneReport:
         return out
 
     def choice(self) -> str | None:
-        """Which candidate plan the held-out samples kept and every candidate's error
-        (:func:`~tvm_hcprune.recovery.guided.choose_plan`), or None when none was chosen
-        so (no data, no budget, or one plan).
+        """Which candidate plan the calibration data kept and every candidate's error
+        against the dense output (:func:`~tvm_hcprune.recovery.guided.choose_plan`, on the
+        held-out samples), or None when none was chosen so (no data, no budget, or one
+        plan).
 
         Examples
         --------
         >>> report.choice()  # doctest: +SKIP
-        "the uniform ratio's plan kept (held-out error: knapsack 1.406, uniform ratio 1.391)"
+        "the uniform ratio's plan kept (error against the dense output: knapsack 1.406, ...)"
         """
         scores = self.plan.config.get("allocation_scores")
         if not scores:
             return None
         start = self.plan.config.get("allocation_start")
-        return (f"the {_START_NAMES.get(start, start)}'s plan kept (held-out error: "
-                + ", ".join(f"{_START_NAMES.get(k, k)} {v:.3f}" for k, v in scores.items())
-                + ")")
+        each = ", ".join(f"{_START_NAMES.get(k, k)} {v:.3f}" for k, v in scores.items())
+        return (f"the {_START_NAMES.get(start, start)}'s plan kept (error against the dense "
+                f"output: {each})")
 
     def summary(self) -> str:
         pruned = [g for g in self.groups if g.after != g.before]

@@ -477,8 +477,9 @@ def choose_plan(graph, plans, samples: np.ndarray, runners: CachedRunners,
         outs_all = runners.outputs(module, samples, keep=False)
         outs = outs_all[0]
         rel, dis = output_error(outs, dense)
-        live.append(collapse_reason(dense_all, outs_all) is None and not _one_class(outs, dense))
-        if not np.isfinite(rel):
+        live.append(bool(np.isfinite(rel)) and collapse_reason(dense_all, outs_all) is None
+                    and not _one_class(outs, dense))
+        if not np.isfinite(rel):  # NaN or Inf: never chosen over a finite output
             errors.append(1e6)
             corrs.append(-1.0)
             continue
