@@ -210,9 +210,9 @@ def test_choose_plan_scores_a_one_class_output_as_dead():
     """An output giving one class to every sample (the dense model: 15 of 24 one class, 9 the
     other, so :func:`collapse_reason` does not call it collapsed) scores ``1 + disagreement``
     though its relative MSE is below 1, and a live plan that agrees as often is kept over it
-    (text direction at 0.31x latency: a one-class plan, MSE 0.988, beat the live uniform plan
-    by its MSE alone and scored 0.500 on 1,000 test lines, where the uniform plan kept 0.635).
-    """
+    (text direction at 0.32x latency: the knapsack's one-class plan, MSE 0.984, scored below
+    the live uniform ratio by its MSE alone and 0.500 on 1,000 test lines, where the uniform
+    ratio kept 0.635)."""
     rng = np.random.default_rng(0)
     v = rng.standard_normal((4, 1))
     w = np.concatenate([v, -v], 1)  # dense: [s, -s], class 0 where s > 0
